@@ -1,0 +1,4 @@
+//! Configuration (placeholder, being written).
+/// Configuration.
+#[derive(Debug, Clone, Default)]
+pub struct RpcConf {}

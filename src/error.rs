@@ -1,0 +1,266 @@
+//! [`RpcError`], the one error type of the crate.
+
+use std::error::Error;
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use crate::sync::Arc;
+
+/// Everything that can go wrong in rpcenv.
+///
+/// Each variant carries the facts a caller needs (the key, the peer, the sizes); its
+/// `Display` describes this level only, and a wrapped OS error is reachable through
+/// [`Error::source`]. Faults of a peer (`Decode`, `FrameTooLarge`, `Auth`) are kept apart
+/// from mistakes of the caller (`Config`).
+///
+/// ```
+/// use rpcenv::RpcError;
+/// let err = RpcError::FrameTooLarge { size: 3_000_000_000, max: 134_217_728 };
+/// assert_eq!(
+///     err.to_string(),
+///     "frame of 3000000000 bytes exceeds rpc.message.maxSize (134217728 bytes)"
+/// );
+/// ```
+#[non_exhaustive]
+#[derive(Debug, Clone)]
+pub enum RpcError {
+    /// A deadline passed before the answer came.
+    Timeout {
+        /// What timed out, e.g. `"rpc 7 to 127.0.0.1:7077"`.
+        what: String,
+        /// The duration that ran out.
+        after: Duration,
+        /// The configuration key that set the duration, or a phrase naming the argument
+        /// that did (`"the timeout given to send_rpc_sync"`).
+        key: &'static str,
+    },
+    /// The remote env has no endpoint of that name.
+    EndpointNotFound {
+        /// The endpoint's URI, `rpc://name@host:port`.
+        uri: String,
+    },
+    /// The env was shut down.
+    EnvStopped,
+    /// The endpoint was stopped.
+    EndpointStopped {
+        /// The endpoint's name.
+        name: String,
+    },
+    /// The remote side answered with a failure.
+    Remote {
+        /// The remote's message (for a Spark peer, its exception text).
+        message: String,
+    },
+    /// The endpoint dropped the call context without replying.
+    NoReply {
+        /// The endpoint's name.
+        endpoint: String,
+    },
+    /// A connection could not be made, or closed while the call was outstanding.
+    Connection {
+        /// The remote address, `host:port`.
+        peer: String,
+        /// What happened, e.g. `"closed with the request outstanding"`.
+        reason: String,
+        /// The OS error behind it, if there was one.
+        source: Option<Arc<io::Error>>,
+    },
+    /// Bytes could not be decoded.
+    Decode {
+        /// What was being decoded, e.g. `"frame"`.
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// A value could not be encoded.
+    Encode {
+        /// What was being encoded.
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// A frame is larger than `rpc.message.maxSize`.
+    FrameTooLarge {
+        /// The frame's size in bytes (claimed by a peer, or of a frame about to be sent).
+        size: u64,
+        /// The configured maximum in bytes.
+        max: u64,
+    },
+    /// The authentication handshake failed or was missing.
+    Auth {
+        /// Why it failed.
+        reason: String,
+    },
+    /// A configuration key or value is wrong.
+    Config {
+        /// The key.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No port could be bound.
+    Bind {
+        /// The address that was bound, e.g. `"127.0.0.1"`.
+        host: String,
+        /// The first port tried.
+        start_port: u16,
+        /// How many more ports were tried after the first.
+        retries: u32,
+        /// The error of the last attempt.
+        source: Option<Arc<io::Error>>,
+    },
+    /// An operating-system call failed outside any connection (creating a poller,
+    /// spawning a thread).
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        source: Arc<io::Error>,
+    },
+}
+
+impl RpcError {
+    pub(crate) fn connection(peer: impl fmt::Display, reason: impl Into<String>) -> Self {
+        Self::Connection { peer: peer.to_string(), reason: reason.into(), source: None }
+    }
+
+    pub(crate) fn connection_io(
+        peer: impl fmt::Display,
+        reason: impl Into<String>,
+        source: io::Error,
+    ) -> Self {
+        Self::Connection {
+            peer: peer.to_string(),
+            reason: reason.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    pub(crate) fn config(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Config { key: key.into(), reason: reason.into() }
+    }
+
+    pub(crate) fn decode(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Decode { what: what.into(), reason: reason.into() }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Self::Io { context: context.into(), source: Arc::new(source) }
+    }
+}
+
+impl fmt::Display for RpcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Timeout { what, after, key } => {
+                write!(f, "{what} timed out after {after:?} (set by {key})")
+            }
+            Self::EndpointNotFound { uri } => write!(f, "cannot find endpoint: {uri}"),
+            Self::EnvStopped => f.write_str("rpc env already stopped"),
+            Self::EndpointStopped { name } => write!(f, "endpoint {name} is stopped"),
+            Self::Remote { message } => write!(f, "remote failure: {message}"),
+            Self::NoReply { endpoint } => {
+                write!(f, "endpoint {endpoint} dropped the call without replying")
+            }
+            Self::Connection { peer, reason, source } => {
+                write!(f, "connection to {peer} {reason}")?;
+                // The OS error is part of the one-line story here: callers print errors
+                // with `{}`, and "failed to connect" alone does not say why.
+                match source {
+                    Some(err) => write!(f, ": {err}"),
+                    None => Ok(()),
+                }
+            }
+            Self::Decode { what, reason } => write!(f, "cannot decode {what}: {reason}"),
+            Self::Encode { what, reason } => write!(f, "cannot encode {what}: {reason}"),
+            Self::FrameTooLarge { size, max } => write!(
+                f,
+                "frame of {size} bytes exceeds rpc.message.maxSize ({max} bytes)"
+            ),
+            Self::Auth { reason } => write!(f, "authentication failed: {reason}"),
+            Self::Config { key, reason } => write!(f, "invalid configuration {key}: {reason}"),
+            Self::Bind { host, start_port, retries, source } => {
+                write!(
+                    f,
+                    "cannot bind {host}: tried port {start_port} and {retries} more \
+                     (rpc.port.maxRetries)"
+                )?;
+                match source {
+                    Some(err) => write!(f, ": {err}"),
+                    None => Ok(()),
+                }
+            }
+            Self::Io { context, source } => write!(f, "{context}: {source}"),
+        }
+    }
+}
+
+impl Error for RpcError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            Self::Connection { source: Some(err), .. } | Self::Bind { source: Some(err), .. } => {
+                Some(&**err)
+            }
+            Self::Io { source, .. } => Some(&**source),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_size_of() {
+        assert!(std::mem::size_of::<RpcError>() <= 64);
+    }
+
+    #[test]
+    fn messages_name_what_design_requires() {
+        let cases: Vec<(RpcError, &[&str])> = vec![
+            (
+                RpcError::Timeout {
+                    what: "ask".into(),
+                    after: Duration::from_millis(200),
+                    key: "rpc.askTimeout",
+                },
+                &["200ms", "rpc.askTimeout"],
+            ),
+            (
+                RpcError::EndpointNotFound { uri: "rpc://echo@127.0.0.1:7077".into() },
+                &["rpc://echo@127.0.0.1:7077"],
+            ),
+            (RpcError::EndpointStopped { name: "echo".into() }, &["echo"]),
+            (RpcError::Remote { message: "boom".into() }, &["boom"]),
+            (RpcError::NoReply { endpoint: "echo".into() }, &["echo"]),
+            (RpcError::connection("10.0.0.1:7077", "closed"), &["10.0.0.1:7077"]),
+            (RpcError::decode("frame", "unknown message type 42"), &["frame", "42"]),
+            (RpcError::FrameTooLarge { size: 300, max: 100 }, &["300", "100"]),
+            (RpcError::config("rpc.askTimeout", "bad"), &["rpc.askTimeout"]),
+            (
+                RpcError::Bind { host: "0.0.0.0".into(), start_port: 7077, retries: 16, source: None },
+                &["7077", "16", "rpc.port.maxRetries"],
+            ),
+        ];
+        for (err, needles) in cases {
+            let text = err.to_string();
+            for needle in needles {
+                assert!(text.contains(needle), "{text:?} should contain {needle:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn io_errors_are_reachable_through_source() {
+        let err = RpcError::connection_io(
+            "127.0.0.1:1",
+            "failed to connect",
+            io::Error::from(io::ErrorKind::ConnectionRefused),
+        );
+        let source = err.source().expect("source");
+        assert!(source.downcast_ref::<io::Error>().is_some());
+        assert!(err.to_string().starts_with("connection to 127.0.0.1:1 failed to connect"));
+    }
+}

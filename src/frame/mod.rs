@@ -1,0 +1,1 @@
+//! Spark frames (placeholder, being written).
