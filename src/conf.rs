@@ -1,4 +1,1227 @@
-//! Configuration (placeholder, being written).
-/// Configuration.
-#[derive(Debug, Clone, Default)]
-pub struct RpcConf {}
+//! [`RpcConf`], the string-keyed configuration, and `Settings`, its typed and checked view.
+//!
+//! Values stay strings until the env is built (or [`RpcConf::validate`] is called); then
+//! every `rpc.*` key is checked at once and turned into a `Settings`. Unknown `rpc.*` keys
+//! are errors here and nowhere else. This module opens no sockets and starts no threads.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use crate::error::RpcError;
+
+/// The names of the configuration keys, for code that reports them (e.g. `RpcError::Timeout`).
+pub(crate) mod keys {
+    /// Default deadline of `ask` / `ask_sync`.
+    pub(crate) const ASK_TIMEOUT: &str = "rpc.askTimeout";
+    /// Deadline of `setup_endpoint_ref*`.
+    pub(crate) const LOOKUP_TIMEOUT: &str = "rpc.lookupTimeout";
+    /// Bind retries on a port collision.
+    pub(crate) const PORT_MAX_RETRIES: &str = "rpc.port.maxRetries";
+    /// Largest frame accepted or sent.
+    pub(crate) const MESSAGE_MAX_SIZE: &str = "rpc.message.maxSize";
+    /// Worker event loops.
+    pub(crate) const IO_THREADS: &str = "rpc.io.threads";
+    /// Pooled clients per remote address.
+    pub(crate) const IO_NUM_CONNECTIONS_PER_PEER: &str = "rpc.io.numConnectionsPerPeer";
+    /// Connect timeout, and idle limit of a connection with calls outstanding.
+    pub(crate) const IO_CONNECTION_TIMEOUT: &str = "rpc.io.connectionTimeout";
+    /// Listen backlog.
+    pub(crate) const IO_BACKLOG: &str = "rpc.io.backLog";
+    /// `SO_RCVBUF`.
+    pub(crate) const IO_RECEIVE_BUFFER: &str = "rpc.io.receiveBuffer";
+    /// `SO_SNDBUF`.
+    pub(crate) const IO_SEND_BUFFER: &str = "rpc.io.sendBuffer";
+    /// Shared message-loop threads.
+    pub(crate) const DISPATCHER_NUM_THREADS: &str = "rpc.dispatcher.numThreads";
+    /// Ceiling of the connect thread pool.
+    pub(crate) const CONNECT_THREADS: &str = "rpc.connect.threads";
+    /// Require the shared-secret handshake.
+    pub(crate) const AUTHENTICATE: &str = "rpc.authenticate";
+    /// The shared secret. Its value is never logged or `Debug`-printed.
+    pub(crate) const AUTHENTICATE_SECRET: &str = "rpc.authenticate.secret";
+    /// Encrypt frames after the handshake.
+    pub(crate) const IO_ENCRYPTION_ENABLED: &str = "rpc.io.encryption.enabled";
+}
+
+/// One row of the key table: a known key, its default and what it means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeyInfo {
+    /// The key, e.g. `rpc.askTimeout`.
+    pub(crate) key: &'static str,
+    /// The default as a user would write it, or a phrase (`cores`, `OS default`, `none`).
+    pub(crate) default: &'static str,
+    /// What the key sets, with its unit and range.
+    pub(crate) meaning: &'static str,
+}
+
+/// Every known key, in the order of DESIGN §4 (and of the table in the `RpcConf` docs).
+pub(crate) const KEYS: &[KeyInfo] = &[
+    KeyInfo {
+        key: keys::ASK_TIMEOUT,
+        default: "120s",
+        meaning: "default deadline of ask / ask_sync (duration, > 0)",
+    },
+    KeyInfo {
+        key: keys::LOOKUP_TIMEOUT,
+        default: "120s",
+        meaning: "deadline of setup_endpoint_ref* (duration, > 0)",
+    },
+    KeyInfo {
+        key: keys::PORT_MAX_RETRIES,
+        default: "16",
+        meaning: "bind retries on a port collision (integer, 0 to 65535)",
+    },
+    KeyInfo {
+        key: keys::MESSAGE_MAX_SIZE,
+        default: "128m",
+        meaning: "largest frame accepted or sent (size, 64 to 2147483647 bytes)",
+    },
+    KeyInfo {
+        key: keys::IO_THREADS,
+        default: "cores",
+        meaning: "worker event loops, rpc-io-N threads (integer, 1 to 1024)",
+    },
+    KeyInfo {
+        key: keys::IO_NUM_CONNECTIONS_PER_PEER,
+        default: "1",
+        meaning: "pooled clients per remote address (integer, 1 to 1024)",
+    },
+    KeyInfo {
+        key: keys::IO_CONNECTION_TIMEOUT,
+        default: "120s",
+        meaning: "connect timeout, and idle limit of a connection with calls outstanding \
+                  (duration; 0 disables)",
+    },
+    KeyInfo {
+        key: keys::IO_BACKLOG,
+        default: "OS default",
+        meaning: "listen backlog (integer, 1 to 2147483647)",
+    },
+    KeyInfo {
+        key: keys::IO_RECEIVE_BUFFER,
+        default: "OS default",
+        meaning: "socket receive buffer, SO_RCVBUF (size, 1 to 2147483647 bytes)",
+    },
+    KeyInfo {
+        key: keys::IO_SEND_BUFFER,
+        default: "OS default",
+        meaning: "socket send buffer, SO_SNDBUF (size, 1 to 2147483647 bytes)",
+    },
+    KeyInfo {
+        key: keys::DISPATCHER_NUM_THREADS,
+        default: "max(2, cores)",
+        meaning: "shared message-loop threads, rpc-dispatcher-N (integer, 1 to 1024)",
+    },
+    KeyInfo {
+        key: keys::CONNECT_THREADS,
+        default: "64",
+        meaning: "ceiling of the rpc-connect-N connection pool (integer, 1 to 1024)",
+    },
+    KeyInfo {
+        key: keys::AUTHENTICATE,
+        default: "false",
+        meaning: "require the shared-secret handshake (boolean; true is rejected: \
+                  not implemented yet)",
+    },
+    KeyInfo {
+        key: keys::AUTHENTICATE_SECRET,
+        default: "none",
+        meaning: "the shared secret (string; ignored while rpc.authenticate is false)",
+    },
+    KeyInfo {
+        key: keys::IO_ENCRYPTION_ENABLED,
+        default: "false",
+        meaning: "encrypt frames after the handshake (boolean; true is rejected: \
+                  not implemented yet)",
+    },
+];
+
+/// The most threads (or connections per peer) a key may ask for.
+const MAX_THREADS: usize = 1024;
+/// The largest value a signed 32-bit length or socket option can hold.
+const I32_MAX: u64 = i32::MAX as u64;
+/// The smallest `rpc.message.maxSize`: room for any frame header and a small body.
+const MIN_MESSAGE_SIZE: u64 = 64;
+
+/// String-keyed configuration of an `RpcEnv`, in the manner of Spark's `SparkConf`.
+///
+/// Keys and values are strings, and setting one never fails. When the env is built (or
+/// earlier, with [`validate`](Self::validate)) every key that starts with `rpc.` (in any
+/// letter case) is checked: an unknown `rpc.` key (usually a typo; the error suggests the
+/// closest known key) or a value that does not parse or is out of range is an
+/// [`RpcError::Config`] naming the key and quoting the value. Keys that do not start with `rpc.` belong to the application:
+/// they are kept and ignored. That includes Spark's own names: `spark.rpc.askTimeout` is
+/// not read, write `rpc.askTimeout`.
+///
+/// ```
+/// use rpcenv::RpcConf;
+/// let conf = RpcConf::new().set("rpc.askTimeout", "5s").set("rpc.io.threads", "2");
+/// assert_eq!(conf.get("rpc.askTimeout"), Some("5s"));
+/// assert!(conf.validate().is_ok());
+/// assert!(RpcConf::new().set("rpc.askTimeout", "soon").validate().is_err());
+/// ```
+///
+/// # Value forms
+///
+/// - **duration**: a whole number and a unit, `us`, `ms`, `s`, `m` (or `min`), `h` or `d`,
+///   e.g. `500ms`, `5s`, `2m`, `1h`; a bare number is seconds. No fractions: write
+///   `1500ms`, not `1.5s`.
+/// - **size**: a whole number of bytes, or with a binary unit, `k` (1024), `m` (1024²),
+///   `g` (1024³), `t`, `p`, each also with a `b` (`kb`, `mb`, …), e.g. `64k`, `128m`, `1g`;
+///   a bare number (or `b`) is bytes.
+/// - **integer**: a whole decimal number.
+/// - **boolean**: `true` or `false`.
+///
+/// Units and booleans are case-insensitive and whitespace around a value is ignored;
+/// keys are case-sensitive. Negative numbers are always rejected.
+///
+/// # Keys
+///
+/// | key | default | unit and range | meaning |
+/// |---|---|---|---|
+/// | `rpc.askTimeout` | `120s` | duration, > 0 | default deadline of `ask` and `ask_sync` |
+/// | `rpc.lookupTimeout` | `120s` | duration, > 0 | deadline of `setup_endpoint_ref*` (connect and verify) |
+/// | `rpc.port.maxRetries` | `16` | integer, 0 to 65535 | on a bind collision, how many following ports (port + 1, port + 2, …) to try; port 0 never needs a retry |
+/// | `rpc.message.maxSize` | `128m` | size, 64 to 2147483647 bytes (2g − 1) | largest frame accepted or sent; the wire's body length is a signed 32-bit int |
+/// | `rpc.io.threads` | cores | integer, 1 to 1024 | worker event loops (`rpc-io-N` threads) |
+/// | `rpc.io.numConnectionsPerPeer` | `1` | integer, 1 to 1024 | pooled connections per remote address |
+/// | `rpc.io.connectionTimeout` | `120s` | duration; `0` disables | connect timeout, and idle limit of a connection with calls outstanding |
+/// | `rpc.io.backLog` | OS default | integer, 1 to 2147483647 | listen backlog |
+/// | `rpc.io.receiveBuffer` | OS default | size, 1 to 2147483647 bytes | socket receive buffer (`SO_RCVBUF`) |
+/// | `rpc.io.sendBuffer` | OS default | size, 1 to 2147483647 bytes | socket send buffer (`SO_SNDBUF`) |
+/// | `rpc.dispatcher.numThreads` | max(2, cores) | integer, 1 to 1024 | shared message-loop threads (`rpc-dispatcher-N`) |
+/// | `rpc.connect.threads` | `64` | integer, 1 to 1024 | ceiling of the cached `rpc-connect-N` pool that makes connections |
+/// | `rpc.authenticate` | `false` | boolean; `true` is rejected | require the shared-secret handshake (not implemented in this version) |
+/// | `rpc.authenticate.secret` | none | string | the shared secret; accepted and ignored while `rpc.authenticate` is `false` |
+/// | `rpc.io.encryption.enabled` | `false` | boolean; `true` is rejected | encrypt frames after the handshake (not implemented in this version) |
+///
+/// "cores" is [`std::thread::available_parallelism`] (1 if unknown), at most 1024.
+///
+/// # Dangers
+///
+/// - **`rpc.message.maxSize` is in bytes when bare**: `128` means 128 bytes, not 128 MiB as
+///   in Spark's `spark.rpc.message.maxSize`; write `128m`. Both ends should agree: a frame
+///   above the receiver's limit closes the connection, failing every call on it. A
+///   connection may hold up to this much memory for one incoming frame, so a large limit
+///   lets each peer make the process buffer that much.
+/// - **Long timeouts**: a call to a peer that is alive but does not answer waits up to
+///   `rpc.askTimeout` (or `rpc.lookupTimeout`). A connection that closes fails its calls at
+///   once whatever the timeout.
+/// - **`rpc.io.connectionTimeout` = `0`** disables the limit: a connect to an unreachable
+///   host then waits for the operating system's own TCP timeout (often minutes), and a
+///   silent connection with calls outstanding is never closed, so its calls end only at
+///   their own deadlines.
+/// - **Thread counts are OS threads**, each with its own stack. An endpoint that blocks
+///   in its handler holds a `rpc-dispatcher-N` thread; when all of them are blocked, every
+///   endpoint on the shared pool stalls.
+/// - **Socket buffers**: setting `rpc.io.receiveBuffer` or `rpc.io.sendBuffer` turns off the
+///   OS's automatic sizing (Linux TCP autotuning) for that socket, and the OS may round or
+///   clamp the value. Leave them unset unless a measurement says otherwise. The OS also
+///   clamps `rpc.io.backLog` (Linux: `net.core.somaxconn`).
+/// - **Security**: this version implements neither the handshake nor encryption, so
+///   `rpc.authenticate = true` and `rpc.io.encryption.enabled = true` are rejected rather
+///   than silently not enforced. Traffic is plain, unauthenticated TCP: bind to a trusted
+///   network only. The secret is never logged, and `Debug` prints the value of any key
+///   whose name contains `secret` as `<redacted>`; [`get`](Self::get) and
+///   [`iter`](Self::iter) do return it.
+#[derive(Clone, Default)]
+pub struct RpcConf {
+    entries: BTreeMap<String, String>,
+}
+
+impl RpcConf {
+    /// An empty configuration: every key has its default.
+    ///
+    /// ```
+    /// use rpcenv::RpcConf;
+    /// let conf = RpcConf::new();
+    /// assert_eq!(conf.iter().count(), 0);
+    /// assert!(conf.validate().is_ok());
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Returns the configuration with `key` set to `value` (replacing any earlier value),
+    /// for chaining. Nothing is checked until [`validate`](Self::validate) or build time.
+    ///
+    /// ```
+    /// use rpcenv::RpcConf;
+    /// let conf = RpcConf::new().set("rpc.askTimeout", "5s").set("rpc.askTimeout", "10s");
+    /// assert_eq!(conf.get("rpc.askTimeout"), Some("10s"));
+    /// ```
+    #[must_use = "set returns the changed configuration; use insert to change one in place"]
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.insert(key, value);
+        self
+    }
+
+    /// Sets `key` to `value` in place (replacing any earlier value).
+    ///
+    /// ```
+    /// use rpcenv::RpcConf;
+    /// let mut conf = RpcConf::new();
+    /// conf.insert("rpc.io.threads", "4").insert("rpc.connect.threads", "8");
+    /// assert_eq!(conf.get("rpc.io.threads"), Some("4"));
+    /// ```
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
+        self.entries.insert(key.into(), value.into());
+        self
+    }
+
+    /// The value set for `key`, if any (defaults are not filled in).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries.get(key).map(String::as_str)
+    }
+
+    /// Removes `key`, returning its value if it was set; the key goes back to its default.
+    pub fn remove(&mut self, key: &str) -> Option<String> {
+        self.entries.remove(key)
+    }
+
+    /// Every key that was set and its value, sorted by key. This includes the value of
+    /// `rpc.authenticate.secret`.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_str()))
+    }
+
+    /// Checks every key and value now, as building an env will: `Ok(())`, or the first
+    /// error in key order, an [`RpcError::Config`] that names the key.
+    ///
+    /// ```
+    /// use rpcenv::{RpcConf, RpcError};
+    /// let err = RpcConf::new().set("rpc.askTimout", "5s").validate().unwrap_err();
+    /// assert!(matches!(&err, RpcError::Config { key, .. } if key == "rpc.askTimout"));
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "invalid configuration rpc.askTimout: unknown key; did you mean rpc.askTimeout?"
+    /// );
+    /// ```
+    pub fn validate(&self) -> Result<(), RpcError> {
+        self.settings().map(drop)
+    }
+
+    /// Parses and checks every `rpc.*` entry into the typed view used by the env.
+    pub(crate) fn settings(&self) -> Result<Settings, RpcError> {
+        let mut settings = Settings::default();
+        for (key, value) in &self.entries {
+            if !is_rpc_key(key) {
+                continue;
+            }
+            let value = value.as_str();
+            match key.as_str() {
+                keys::ASK_TIMEOUT => settings.ask_timeout = positive_duration(key, value)?,
+                keys::LOOKUP_TIMEOUT => settings.lookup_timeout = positive_duration(key, value)?,
+                keys::PORT_MAX_RETRIES => {
+                    settings.port_max_retries = integer(key, value, 0, u64::from(u16::MAX))?;
+                }
+                keys::MESSAGE_MAX_SIZE => {
+                    settings.max_message_size = size(key, value, MIN_MESSAGE_SIZE, I32_MAX)?;
+                }
+                keys::IO_THREADS => settings.io_threads = thread_count(key, value)?,
+                keys::IO_NUM_CONNECTIONS_PER_PEER => {
+                    settings.num_connections_per_peer = thread_count(key, value)?;
+                }
+                keys::IO_CONNECTION_TIMEOUT => {
+                    let timeout = duration(key, value)?;
+                    settings.connection_timeout = (!timeout.is_zero()).then_some(timeout);
+                }
+                keys::IO_BACKLOG => settings.backlog = Some(integer(key, value, 1, I32_MAX)?),
+                keys::IO_RECEIVE_BUFFER => {
+                    settings.receive_buffer = Some(size(key, value, 1, I32_MAX)?);
+                }
+                keys::IO_SEND_BUFFER => settings.send_buffer = Some(size(key, value, 1, I32_MAX)?),
+                keys::DISPATCHER_NUM_THREADS => {
+                    settings.dispatcher_threads = thread_count(key, value)?;
+                }
+                keys::CONNECT_THREADS => settings.connect_threads = thread_count(key, value)?,
+                keys::AUTHENTICATE => {
+                    if boolean(key, value)? {
+                        return Err(RpcError::config(
+                            key,
+                            "authentication is not implemented in this version of rpcenv; \
+                             leave it false",
+                        ));
+                    }
+                }
+                // Accepted and ignored: authentication is off (it cannot be turned on above).
+                keys::AUTHENTICATE_SECRET => {}
+                keys::IO_ENCRYPTION_ENABLED => {
+                    if boolean(key, value)? {
+                        return Err(RpcError::config(
+                            key,
+                            "encryption is not implemented in this version of rpcenv; \
+                             leave it false",
+                        ));
+                    }
+                }
+                _ => return Err(unknown_key(key)),
+            }
+        }
+        Ok(settings)
+    }
+}
+
+impl fmt::Debug for RpcConf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        /// The entries as a map, with secret values replaced.
+        struct Entries<'a>(&'a BTreeMap<String, String>);
+
+        impl fmt::Debug for Entries<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let mut map = f.debug_map();
+                for (key, value) in self.0 {
+                    if is_secret_key(key) {
+                        map.entry(key, &format_args!("<redacted>"));
+                    } else {
+                        map.entry(key, value);
+                    }
+                }
+                map.finish()
+            }
+        }
+
+        f.debug_struct("RpcConf")
+            .field("entries", &Entries(&self.entries))
+            .finish()
+    }
+}
+
+/// The typed, validated view of a [`RpcConf`], produced at build time.
+///
+/// Durations can be as long as `u64::MAX` seconds: turn one into a deadline with
+/// `Instant::checked_add` (no deadline on overflow), never with `+`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Settings {
+    /// `rpc.askTimeout`: default deadline of `ask` / `ask_sync`; > 0.
+    pub(crate) ask_timeout: Duration,
+    /// `rpc.lookupTimeout`: deadline of `setup_endpoint_ref*`; > 0.
+    pub(crate) lookup_timeout: Duration,
+    /// `rpc.port.maxRetries`: how many ports after the first to try on a collision.
+    pub(crate) port_max_retries: u32,
+    /// `rpc.message.maxSize` in bytes, 64 ..= `i32::MAX`.
+    pub(crate) max_message_size: u64,
+    /// `rpc.io.threads`: worker event loops, 1 ..= 1024.
+    pub(crate) io_threads: usize,
+    /// `rpc.io.numConnectionsPerPeer`: pooled clients per remote address, 1 ..= 1024.
+    pub(crate) num_connections_per_peer: usize,
+    /// `rpc.io.connectionTimeout`; `None` when set to zero (disabled).
+    pub(crate) connection_timeout: Option<Duration>,
+    /// `rpc.io.backLog`; `None` = the OS default. At most `i32::MAX`.
+    pub(crate) backlog: Option<u32>,
+    /// `rpc.io.receiveBuffer` in bytes; `None` = the OS default. At most `i32::MAX`.
+    pub(crate) receive_buffer: Option<usize>,
+    /// `rpc.io.sendBuffer` in bytes; `None` = the OS default. At most `i32::MAX`.
+    pub(crate) send_buffer: Option<usize>,
+    /// `rpc.dispatcher.numThreads`: shared message-loop threads, 1 ..= 1024.
+    pub(crate) dispatcher_threads: usize,
+    /// `rpc.connect.threads`: ceiling of the connect pool, 1 ..= 1024.
+    pub(crate) connect_threads: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let cores = available_cores();
+        Self {
+            ask_timeout: Duration::from_secs(120),
+            lookup_timeout: Duration::from_secs(120),
+            port_max_retries: 16,
+            max_message_size: 128 * 1024 * 1024,
+            io_threads: cores,
+            num_connections_per_peer: 1,
+            connection_timeout: Some(Duration::from_secs(120)),
+            backlog: None,
+            receive_buffer: None,
+            send_buffer: None,
+            dispatcher_threads: cores.max(2),
+            connect_threads: 64,
+        }
+    }
+}
+
+/// The number of cores, 1 if unknown, at most [`MAX_THREADS`] so that the defaults pass
+/// their own range checks.
+fn available_cores() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, NonZeroUsize::get)
+        .min(MAX_THREADS)
+}
+
+/// Whether the configuration claims `key` (it starts with `rpc.`, in any case and after
+/// any leading whitespace, so that `RPC.askTimeout` is reported rather than ignored).
+fn is_rpc_key(key: &str) -> bool {
+    key.trim_start()
+        .get(..4)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("rpc."))
+}
+
+/// Whether `Debug` must hide the value of `key`.
+fn is_secret_key(key: &str) -> bool {
+    key.to_ascii_lowercase().contains("secret")
+}
+
+/// The error for an unknown `rpc.*` key, suggesting the closest known one.
+fn unknown_key(key: &str) -> RpcError {
+    match closest_key(key) {
+        Some(known) => RpcError::config(key, format!("unknown key; did you mean {known}?")),
+        None => RpcError::config(
+            key,
+            "unknown key (the rpc.* keys are listed in the documentation of RpcConf)",
+        ),
+    }
+}
+
+/// The known key nearest to `key` (ignoring case), if it is within edit distance 3.
+fn closest_key(key: &str) -> Option<&'static str> {
+    const MAX_DISTANCE: usize = 3;
+    let key = key.trim().to_ascii_lowercase();
+    let len = key.chars().count();
+    let mut best: Option<(usize, &'static str)> = None;
+    for info in KEYS {
+        let known = info.key.to_ascii_lowercase();
+        // The distance is at least the difference in length: skip hopeless candidates.
+        if known.chars().count().abs_diff(len) > MAX_DISTANCE {
+            continue;
+        }
+        let distance = edit_distance(&key, &known);
+        if distance <= MAX_DISTANCE && best.is_none_or(|(least, _)| distance < least) {
+            best = Some((distance, info.key));
+        }
+    }
+    best.map(|(_, known)| known)
+}
+
+/// Levenshtein distance between `a` and `b`, counted in chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    let mut current = vec![0; b.len() + 1];
+    for (i, ca) in a.chars().enumerate() {
+        current[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitute = previous[j] + usize::from(ca != cb);
+            current[j + 1] = substitute.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        std::mem::swap(&mut previous, &mut current);
+    }
+    previous[b.len()]
+}
+
+/// What is wrong with a value that should start with a whole number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NumberProblem {
+    Empty,
+    NotANumber,
+    Negative,
+    Fraction,
+    TooLarge,
+}
+
+/// Splits `text` (trimmed, lower-cased) into its leading whole number and the rest (the unit).
+fn split_number(text: &str) -> Result<(u64, String), NumberProblem> {
+    let text = text.trim().to_ascii_lowercase();
+    if text.is_empty() {
+        return Err(NumberProblem::Empty);
+    }
+    let starts_with_digit = |s: &str| s.starts_with(|c: char| c.is_ascii_digit());
+    let end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(end);
+    if digits.is_empty() {
+        return Err(match text.strip_prefix('-') {
+            Some(rest) if starts_with_digit(rest) => NumberProblem::Negative,
+            _ => NumberProblem::NotANumber,
+        });
+    }
+    if unit.strip_prefix('.').is_some_and(starts_with_digit) {
+        return Err(NumberProblem::Fraction);
+    }
+    // Only ASCII digits are left, so the parse can fail only by overflowing.
+    let number = digits.parse().map_err(|_| NumberProblem::TooLarge)?;
+    Ok((number, unit.to_owned()))
+}
+
+/// The expected form of a duration, as quoted in errors.
+const DURATION_FORM: &str = "expected e.g. 500ms, 5s, 2m, 1h; a bare number is seconds";
+/// The expected form of a size, as quoted in errors.
+const SIZE_FORM: &str = "expected a number of bytes, or e.g. 64k, 128m, 1g (k = 1024)";
+
+/// The message for a value that is not a `what` (`"duration"`, `"size"`).
+fn not_a(text: &str, what: &str, problem: NumberProblem, form: &str) -> String {
+    let detail = match problem {
+        NumberProblem::NotANumber => "",
+        NumberProblem::Empty => ": the value is empty",
+        NumberProblem::Negative => ": it is negative",
+        NumberProblem::Fraction => ": fractions are not supported, use a smaller unit",
+        NumberProblem::TooLarge => ": the number is too large",
+    };
+    format!("{text:?} is not a {what}{detail} ({form})")
+}
+
+/// Parses a duration: a whole number and a unit (`us`, `ms`, `s`, `m`/`min`, `h`, `d`,
+/// any case), or a bare number of seconds; whitespace around it is ignored. The error
+/// quotes `text` and says what form was expected.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) =
+        split_number(text).map_err(|problem| not_a(text, "duration", problem, DURATION_FORM))?;
+    let seconds_per_unit: u64 = match unit.as_str() {
+        "us" => return Ok(Duration::from_micros(number)),
+        "ms" => return Ok(Duration::from_millis(number)),
+        "" | "s" => 1,
+        "m" | "min" => 60,
+        "h" => 60 * 60,
+        "d" => 24 * 60 * 60,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a duration: unknown unit {unit:?} ({DURATION_FORM}; \
+                 units: us, ms, s, m, min, h, d)"
+            ));
+        }
+    };
+    number
+        .checked_mul(seconds_per_unit)
+        .map(Duration::from_secs)
+        .ok_or_else(|| not_a(text, "duration", NumberProblem::TooLarge, DURATION_FORM))
+}
+
+/// Parses a size in bytes: a whole number, or one with a binary unit (`b`, `k`/`kb`,
+/// `m`/`mb`, `g`/`gb`, `t`/`tb`, `p`/`pb`, any case; `k` = 1024); whitespace around it is
+/// ignored. The error quotes `text` and says what form was expected.
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let (number, unit) =
+        split_number(text).map_err(|problem| not_a(text, "size", problem, SIZE_FORM))?;
+    let shift = match unit.as_str() {
+        "" | "b" => 0,
+        "k" | "kb" => 10,
+        "m" | "mb" => 20,
+        "g" | "gb" => 30,
+        "t" | "tb" => 40,
+        "p" | "pb" => 50,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a size: unknown unit {unit:?} ({SIZE_FORM}; \
+                 units: b, k, kb, m, mb, g, gb, t, tb, p, pb)"
+            ));
+        }
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| not_a(text, "size", NumberProblem::TooLarge, SIZE_FORM))
+}
+
+/// A duration value of `key`.
+fn duration(key: &str, value: &str) -> Result<Duration, RpcError> {
+    parse_duration(value).map_err(|reason| RpcError::config(key, reason))
+}
+
+/// A duration value of `key` that must not be zero.
+fn positive_duration(key: &str, value: &str) -> Result<Duration, RpcError> {
+    let parsed = duration(key, value)?;
+    if parsed.is_zero() {
+        return Err(RpcError::config(
+            key,
+            format!("{value:?} is out of range (expected a duration greater than zero)"),
+        ));
+    }
+    Ok(parsed)
+}
+
+/// An integer value of `key` in `min ..= max`.
+fn integer<T: TryFrom<u64>>(key: &str, value: &str, min: u64, max: u64) -> Result<T, RpcError> {
+    let form = format!("expected a whole number from {min} to {max}");
+    let out_of_range = || RpcError::config(key, format!("{value:?} is out of range ({form})"));
+    let number = match split_number(value) {
+        Ok((number, unit)) if unit.is_empty() => number,
+        Err(NumberProblem::Negative | NumberProblem::TooLarge) => return Err(out_of_range()),
+        _ => {
+            return Err(RpcError::config(
+                key,
+                format!("{value:?} is not an integer ({form})"),
+            ));
+        }
+    };
+    if !(min..=max).contains(&number) {
+        return Err(out_of_range());
+    }
+    T::try_from(number).map_err(|_| out_of_range())
+}
+
+/// A thread (or connection) count of `key`, in `1 ..= MAX_THREADS`.
+fn thread_count(key: &str, value: &str) -> Result<usize, RpcError> {
+    integer(key, value, 1, MAX_THREADS as u64)
+}
+
+/// A size value of `key` in `min ..= max` bytes.
+fn size<T: TryFrom<u64>>(key: &str, value: &str, min: u64, max: u64) -> Result<T, RpcError> {
+    let bytes = parse_size(value).map_err(|reason| RpcError::config(key, reason))?;
+    let out_of_range = || {
+        RpcError::config(
+            key,
+            format!("{value:?} is out of range (expected a size from {min} to {max} bytes)"),
+        )
+    };
+    if !(min..=max).contains(&bytes) {
+        return Err(out_of_range());
+    }
+    T::try_from(bytes).map_err(|_| out_of_range())
+}
+
+/// A boolean value of `key`: `true` or `false`, any case.
+fn boolean(key: &str, value: &str) -> Result<bool, RpcError> {
+    let trimmed = value.trim();
+    if trimmed.eq_ignore_ascii_case("true") {
+        Ok(true)
+    } else if trimmed.eq_ignore_ascii_case("false") {
+        Ok(false)
+    } else {
+        Err(RpcError::config(
+            key,
+            format!("{value:?} is not a boolean (expected true or false)"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "hunter2-do-not-print";
+
+    /// The settings of a configuration with one entry.
+    fn with(key: &str, value: &str) -> Result<Settings, RpcError> {
+        RpcConf::new().set(key, value).settings()
+    }
+
+    /// The `(key, reason)` of a configuration error; panics on anything else.
+    fn config_error(result: Result<Settings, RpcError>) -> (String, String) {
+        match result {
+            Err(RpcError::Config { key, reason }) => (key, reason),
+            other => panic!("expected a Config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_of_every_key() {
+        let cores = std::thread::available_parallelism()
+            .map_or(1, NonZeroUsize::get)
+            .min(1024);
+        let settings = RpcConf::new().settings().unwrap();
+        assert_eq!(settings.ask_timeout, Duration::from_secs(120));
+        assert_eq!(settings.lookup_timeout, Duration::from_secs(120));
+        assert_eq!(settings.port_max_retries, 16);
+        assert_eq!(settings.max_message_size, 134_217_728);
+        assert_eq!(settings.io_threads, cores);
+        assert_eq!(settings.num_connections_per_peer, 1);
+        assert_eq!(settings.connection_timeout, Some(Duration::from_secs(120)));
+        assert_eq!(settings.backlog, None);
+        assert_eq!(settings.receive_buffer, None);
+        assert_eq!(settings.send_buffer, None);
+        assert_eq!(settings.dispatcher_threads, cores.max(2));
+        assert_eq!(settings.connect_threads, 64);
+        assert_eq!(settings, Settings::default());
+    }
+
+    #[test]
+    fn defaults_written_out_give_the_default_settings() {
+        let conf = RpcConf::new()
+            .set(keys::ASK_TIMEOUT, "120s")
+            .set(keys::LOOKUP_TIMEOUT, "120s")
+            .set(keys::PORT_MAX_RETRIES, "16")
+            .set(keys::MESSAGE_MAX_SIZE, "128m")
+            .set(keys::IO_NUM_CONNECTIONS_PER_PEER, "1")
+            .set(keys::IO_CONNECTION_TIMEOUT, "120s")
+            .set(keys::CONNECT_THREADS, "64")
+            .set(keys::AUTHENTICATE, "false")
+            .set(keys::IO_ENCRYPTION_ENABLED, "false");
+        assert_eq!(conf.settings().unwrap(), Settings::default());
+    }
+
+    #[test]
+    fn every_key_is_parsed_into_its_field() {
+        let settings = RpcConf::new()
+            .set(keys::ASK_TIMEOUT, "5s")
+            .set(keys::LOOKUP_TIMEOUT, "250ms")
+            .set(keys::PORT_MAX_RETRIES, "3")
+            .set(keys::MESSAGE_MAX_SIZE, "1m")
+            .set(keys::IO_THREADS, "3")
+            .set(keys::IO_NUM_CONNECTIONS_PER_PEER, "2")
+            .set(keys::IO_CONNECTION_TIMEOUT, "30s")
+            .set(keys::IO_BACKLOG, "128")
+            .set(keys::IO_RECEIVE_BUFFER, "64k")
+            .set(keys::IO_SEND_BUFFER, "32k")
+            .set(keys::DISPATCHER_NUM_THREADS, "5")
+            .set(keys::CONNECT_THREADS, "7")
+            .set(keys::AUTHENTICATE, "False")
+            .set(keys::AUTHENTICATE_SECRET, SECRET)
+            .set(keys::IO_ENCRYPTION_ENABLED, " FALSE ")
+            .settings()
+            .unwrap();
+        assert_eq!(
+            settings,
+            Settings {
+                ask_timeout: Duration::from_secs(5),
+                lookup_timeout: Duration::from_millis(250),
+                port_max_retries: 3,
+                max_message_size: 1 << 20,
+                io_threads: 3,
+                num_connections_per_peer: 2,
+                connection_timeout: Some(Duration::from_secs(30)),
+                backlog: Some(128),
+                receive_buffer: Some(65_536),
+                send_buffer: Some(32_768),
+                dispatcher_threads: 5,
+                connect_threads: 7,
+            }
+        );
+    }
+
+    #[test]
+    fn duration_forms() {
+        let cases: &[(&str, Duration)] = &[
+            ("500ms", Duration::from_millis(500)),
+            ("5s", Duration::from_secs(5)),
+            ("2m", Duration::from_secs(120)),
+            ("1h", Duration::from_secs(3600)),
+            ("7", Duration::from_secs(7)),
+            ("250us", Duration::from_micros(250)),
+            ("3min", Duration::from_secs(180)),
+            ("2d", Duration::from_secs(2 * 86_400)),
+            ("0", Duration::ZERO),
+            ("0ms", Duration::ZERO),
+            ("007s", Duration::from_secs(7)),
+            ("  5s\t", Duration::from_secs(5)),
+            ("5S", Duration::from_secs(5)),
+            ("500MS", Duration::from_millis(500)),
+            ("3Min", Duration::from_secs(180)),
+            ("1H", Duration::from_secs(3600)),
+            ("18446744073709551615", Duration::from_secs(u64::MAX)),
+            ("18446744073709551615ms", Duration::from_millis(u64::MAX)),
+        ];
+        for &(text, expected) in cases {
+            assert_eq!(parse_duration(text), Ok(expected), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn bad_durations_are_rejected_with_the_expected_form() {
+        let cases: &[(&str, &str)] = &[
+            ("", "is empty"),
+            ("   ", "is empty"),
+            ("abc", "is not a duration (expected"),
+            ("soon", "is not a duration (expected"),
+            ("s", "is not a duration (expected"),
+            ("+5s", "is not a duration (expected"),
+            ("-5s", "negative"),
+            ("-1", "negative"),
+            ("1.5s", "fractions"),
+            ("0.5", "fractions"),
+            ("5x", "unknown unit \"x\""),
+            ("5sec", "unknown unit \"sec\""),
+            ("5 s", "unknown unit \" s\""),
+            ("5s5", "unknown unit \"s5\""),
+            ("99999999999999999999", "too large"),
+            ("18446744073709551615m", "too large"),
+            ("18446744073709551615d", "too large"),
+        ];
+        for &(text, needle) in cases {
+            let err = parse_duration(text).expect_err(text);
+            assert!(
+                err.contains(needle),
+                "{text:?}: {err:?} should contain {needle:?}"
+            );
+            assert!(
+                err.starts_with(&format!("{text:?} is not a duration")),
+                "{err:?}"
+            );
+            assert!(
+                err.contains("500ms, 5s, 2m, 1h; a bare number is seconds"),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn size_forms() {
+        let cases: &[(&str, u64)] = &[
+            ("0", 0),
+            ("100", 100),
+            ("100b", 100),
+            ("64k", 65_536),
+            ("64kb", 65_536),
+            ("128m", 134_217_728),
+            ("128mb", 134_217_728),
+            ("1g", 1 << 30),
+            ("1gb", 1 << 30),
+            ("2t", 2 << 40),
+            ("2tb", 2 << 40),
+            ("1p", 1 << 50),
+            ("1pb", 1 << 50),
+            ("128M", 134_217_728),
+            ("1GB", 1 << 30),
+            (" 64K ", 65_536),
+            ("18446744073709551615", u64::MAX),
+            ("16383p", 16_383 << 50),
+        ];
+        for &(text, expected) in cases {
+            assert_eq!(parse_size(text), Ok(expected), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn bad_sizes_are_rejected_with_the_expected_form() {
+        let cases: &[(&str, &str)] = &[
+            ("", "is empty"),
+            ("big", "is not a size (expected"),
+            ("k", "is not a size (expected"),
+            ("-1k", "negative"),
+            ("1.5g", "fractions"),
+            ("5x", "unknown unit \"x\""),
+            ("5kib", "unknown unit \"kib\""),
+            ("99999999999999999999", "too large"),
+            ("16384p", "too large"),
+            ("18446744073709551615k", "too large"),
+        ];
+        for &(text, needle) in cases {
+            let err = parse_size(text).expect_err(text);
+            assert!(
+                err.contains(needle),
+                "{text:?}: {err:?} should contain {needle:?}"
+            );
+            assert!(
+                err.starts_with(&format!("{text:?} is not a size")),
+                "{err:?}"
+            );
+            assert!(err.contains("64k, 128m, 1g"), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_value_error_names_the_key_and_quotes_the_value() {
+        let err = with(keys::ASK_TIMEOUT, "abc").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration rpc.askTimeout: \"abc\" is not a duration \
+             (expected e.g. 500ms, 5s, 2m, 1h; a bare number is seconds)"
+        );
+        let err = with(keys::IO_THREADS, "many").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration rpc.io.threads: \"many\" is not an integer \
+             (expected a whole number from 1 to 1024)"
+        );
+        let err = with(keys::MESSAGE_MAX_SIZE, "2g").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration rpc.message.maxSize: \"2g\" is out of range \
+             (expected a size from 64 to 2147483647 bytes)"
+        );
+        let err = with(keys::AUTHENTICATE, "yes").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration rpc.authenticate: \"yes\" is not a boolean \
+             (expected true or false)"
+        );
+    }
+
+    #[test]
+    fn unknown_rpc_key_is_named_and_the_closest_key_suggested() {
+        let cases: &[(&str, &str)] = &[
+            ("rpc.askTimout", "rpc.askTimeout"),
+            ("rpc.asktimeout", "rpc.askTimeout"),
+            ("rpc.io.backlog", "rpc.io.backLog"),
+            ("rpc.io.thread", "rpc.io.threads"),
+            (
+                "rpc.io.numconnectionsperpeer",
+                "rpc.io.numConnectionsPerPeer",
+            ),
+            ("rpc.authenticate.secrt", "rpc.authenticate.secret"),
+            ("rpc.io.encryption.enable", "rpc.io.encryption.enabled"),
+            ("RPC.askTimeout", "rpc.askTimeout"),
+            (" rpc.askTimeout", "rpc.askTimeout"),
+        ];
+        for &(key, suggestion) in cases {
+            let (named, reason) = config_error(with(key, "5s"));
+            assert_eq!(named, key);
+            assert_eq!(reason, format!("unknown key; did you mean {suggestion}?"));
+        }
+    }
+
+    #[test]
+    fn unknown_rpc_key_far_from_any_known_key_has_no_suggestion() {
+        for key in ["rpc.frobnicate", "rpc.", "rpc.askTimeoutSeconds"] {
+            let (named, reason) = config_error(with(key, "1"));
+            assert_eq!(named, key);
+            assert!(reason.starts_with("unknown key"), "{reason}");
+            assert!(!reason.contains("did you mean"), "{reason}");
+        }
+    }
+
+    #[test]
+    fn unknown_key_error_never_quotes_the_value() {
+        let (_, reason) = config_error(with("rpc.authenticate.secrt", SECRET));
+        assert!(!reason.contains(SECRET));
+    }
+
+    #[test]
+    fn keys_not_starting_with_rpc_are_ignored() {
+        let conf = RpcConf::new()
+            .set("spark.rpc.askTimeout", "not a duration")
+            .set("myapp.threads", "-1")
+            .set("rpcx.askTimeout", "?")
+            .set("", "");
+        assert_eq!(conf.settings().unwrap(), Settings::default());
+        assert_eq!(conf.get("myapp.threads"), Some("-1"));
+    }
+
+    #[test]
+    fn range_checks() {
+        // (key, accepted values, rejected values)
+        let cases: &[(&str, &[&str], &[&str])] = &[
+            (keys::ASK_TIMEOUT, &["1us", "1"], &["0", "0s", "0ms"]),
+            (keys::LOOKUP_TIMEOUT, &["1ms", "1d"], &["0", "0min"]),
+            (
+                keys::PORT_MAX_RETRIES,
+                &["0", "65535"],
+                &["65536", "-1", "1k", "4294967296"],
+            ),
+            (
+                keys::MESSAGE_MAX_SIZE,
+                &["64", "2147483647", "1g"],
+                &["63", "0", "2g", "1t"],
+            ),
+            (
+                keys::IO_THREADS,
+                &["1", "1024"],
+                &["0", "1025", "-2", "1.5"],
+            ),
+            (
+                keys::IO_NUM_CONNECTIONS_PER_PEER,
+                &["1", "1024"],
+                &["0", "1025"],
+            ),
+            (
+                keys::IO_CONNECTION_TIMEOUT,
+                &["0", "1ms", "1h"],
+                &["-1s", "x"],
+            ),
+            (keys::IO_BACKLOG, &["1", "2147483647"], &["0", "2147483648"]),
+            (
+                keys::IO_RECEIVE_BUFFER,
+                &["1", "2147483647", "1m"],
+                &["0", "2g"],
+            ),
+            (
+                keys::IO_SEND_BUFFER,
+                &["1", "2147483647", "4k"],
+                &["0", "2g"],
+            ),
+            (keys::DISPATCHER_NUM_THREADS, &["1", "1024"], &["0", "1025"]),
+            (keys::CONNECT_THREADS, &["1", "1024"], &["0", "1025"]),
+            (
+                keys::AUTHENTICATE,
+                &["false", "FALSE", " false "],
+                &["true", "1", "no", ""],
+            ),
+            (
+                keys::IO_ENCRYPTION_ENABLED,
+                &["false", "False"],
+                &["true", "TRUE", "0"],
+            ),
+            (keys::AUTHENTICATE_SECRET, &["", "anything"], &[]),
+        ];
+        for &(key, good, bad) in cases {
+            for value in good {
+                assert!(
+                    with(key, value).is_ok(),
+                    "{key}={value:?} should be accepted"
+                );
+            }
+            for value in bad {
+                let (named, reason) = config_error(with(key, value));
+                assert_eq!(named, key);
+                assert!(reason.contains(&format!("{value:?}")) || reason.contains("implemented"));
+            }
+        }
+    }
+
+    #[test]
+    fn boundary_values_land_in_the_settings() {
+        assert_eq!(
+            with(keys::PORT_MAX_RETRIES, "65535")
+                .unwrap()
+                .port_max_retries,
+            65_535
+        );
+        assert_eq!(
+            with(keys::MESSAGE_MAX_SIZE, "2147483647")
+                .unwrap()
+                .max_message_size,
+            I32_MAX
+        );
+        assert_eq!(
+            with(keys::IO_BACKLOG, "2147483647").unwrap().backlog,
+            Some(i32::MAX as u32)
+        );
+        assert_eq!(with(keys::IO_THREADS, "1024").unwrap().io_threads, 1024);
+    }
+
+    #[test]
+    fn connection_timeout_zero_means_disabled() {
+        for zero in ["0", "0s", "0ms", "0us", " 0 "] {
+            assert_eq!(
+                with(keys::IO_CONNECTION_TIMEOUT, zero)
+                    .unwrap()
+                    .connection_timeout,
+                None
+            );
+        }
+        assert_eq!(
+            with(keys::IO_CONNECTION_TIMEOUT, "5s")
+                .unwrap()
+                .connection_timeout,
+            Some(Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn authentication_and_encryption_are_rejected_until_implemented() {
+        let (key, reason) = config_error(
+            RpcConf::new()
+                .set(keys::AUTHENTICATE, "true")
+                .set(keys::AUTHENTICATE_SECRET, SECRET)
+                .settings(),
+        );
+        assert_eq!(key, keys::AUTHENTICATE);
+        assert_eq!(
+            reason,
+            "authentication is not implemented in this version of rpcenv; leave it false"
+        );
+        assert!(!reason.contains(SECRET));
+
+        let (key, reason) = config_error(with(keys::IO_ENCRYPTION_ENABLED, "True"));
+        assert_eq!(key, keys::IO_ENCRYPTION_ENABLED);
+        assert_eq!(
+            reason,
+            "encryption is not implemented in this version of rpcenv; leave it false"
+        );
+
+        assert!(
+            RpcConf::new()
+                .set(keys::AUTHENTICATE, "true")
+                .validate()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_secret_alone_is_accepted_and_ignored() {
+        let conf = RpcConf::new().set(keys::AUTHENTICATE_SECRET, SECRET);
+        assert_eq!(conf.settings().unwrap(), Settings::default());
+        assert!(!format!("{:?}", conf.settings().unwrap()).contains(SECRET));
+    }
+
+    #[test]
+    fn the_secret_never_appears_in_debug_output() {
+        let conf = RpcConf::new()
+            .set(keys::ASK_TIMEOUT, "5s")
+            .set(keys::AUTHENTICATE_SECRET, SECRET)
+            .set("myapp.Secret.token", SECRET);
+        for text in [format!("{conf:?}"), format!("{conf:#?}")] {
+            assert!(!text.contains(SECRET), "{text}");
+            assert!(text.contains("<redacted>"), "{text}");
+            assert!(text.contains("rpc.authenticate.secret"), "{text}");
+            assert!(text.contains("\"rpc.askTimeout\": \"5s\""), "{text}");
+        }
+        assert_eq!(
+            format!(
+                "{:?}",
+                RpcConf::new().set(keys::AUTHENTICATE_SECRET, SECRET)
+            ),
+            "RpcConf { entries: {\"rpc.authenticate.secret\": <redacted>} }"
+        );
+    }
+
+    #[test]
+    fn set_insert_get_remove_iter() {
+        let mut conf = RpcConf::new().set("rpc.askTimeout", "5s").set("b", "2");
+        conf.insert("a", "1").insert("rpc.askTimeout", "6s");
+        assert_eq!(conf.get("rpc.askTimeout"), Some("6s"));
+        assert_eq!(conf.get("missing"), None);
+        let all: Vec<_> = conf.iter().collect();
+        assert_eq!(all, [("a", "1"), ("b", "2"), ("rpc.askTimeout", "6s")]);
+        assert_eq!(conf.remove("a"), Some("1".to_owned()));
+        assert_eq!(conf.remove("a"), None);
+        assert_eq!(conf.iter().count(), 2);
+        let copy = conf.clone();
+        assert_eq!(copy.get("b"), Some("2"));
+    }
+
+    #[test]
+    fn validate_reports_the_first_error_in_key_order() {
+        let conf = RpcConf::new()
+            .set(keys::IO_THREADS, "0")
+            .set(keys::ASK_TIMEOUT, "x");
+        let err = conf.validate().unwrap_err();
+        assert!(matches!(err, RpcError::Config { ref key, .. } if key == keys::ASK_TIMEOUT));
+        assert!(RpcConf::new().set(keys::IO_THREADS, "2").validate().is_ok());
+    }
+
+    #[test]
+    fn keys_are_unique_and_all_known() {
+        for (i, info) in KEYS.iter().enumerate() {
+            assert!(info.key.starts_with("rpc."), "{}", info.key);
+            assert!(
+                KEYS[..i].iter().all(|other| other.key != info.key),
+                "{}",
+                info.key
+            );
+            assert!(
+                !info.default.is_empty() && !info.meaning.is_empty(),
+                "{}",
+                info.key
+            );
+            // Every key in the table is accepted by `settings` (with a harmless value).
+            let value = match info.key {
+                keys::AUTHENTICATE | keys::IO_ENCRYPTION_ENABLED => "false",
+                keys::MESSAGE_MAX_SIZE => "1m",
+                _ => "1",
+            };
+            assert!(with(info.key, value).is_ok(), "{}", info.key);
+        }
+        assert_eq!(KEYS.len(), 15);
+    }
+
+    #[test]
+    fn doc_table_matches_keys() {
+        let source = include_str!("conf.rs");
+        let rows: Vec<(String, String)> = source
+            .lines()
+            .filter_map(|line| line.trim_start().strip_prefix("/// | `rpc."))
+            .map(|row| {
+                let cells: Vec<&str> = row.split(" | ").collect();
+                let key = format!("rpc.{}", cells[0].trim_end_matches('`'));
+                (key, cells[1].trim_matches('`').to_owned())
+            })
+            .collect();
+        let table: Vec<(String, String)> = KEYS
+            .iter()
+            .map(|info| (info.key.to_owned(), info.default.to_owned()))
+            .collect();
+        assert_eq!(rows, table);
+    }
+
+    #[test]
+    fn edit_distances() {
+        assert_eq!(edit_distance("", ""), 0);
+        assert_eq!(edit_distance("abc", ""), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("rpc.asktimeout", "rpc.asktimout"), 1);
+        assert_eq!(edit_distance("flaw", "lawn"), 2);
+    }
+}

@@ -122,7 +122,11 @@ pub enum RpcError {
 
 impl RpcError {
     pub(crate) fn connection(peer: impl fmt::Display, reason: impl Into<String>) -> Self {
-        Self::Connection { peer: peer.to_string(), reason: reason.into(), source: None }
+        Self::Connection {
+            peer: peer.to_string(),
+            reason: reason.into(),
+            source: None,
+        }
     }
 
     pub(crate) fn connection_io(
@@ -138,15 +142,24 @@ impl RpcError {
     }
 
     pub(crate) fn config(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::Config { key: key.into(), reason: reason.into() }
+        Self::Config {
+            key: key.into(),
+            reason: reason.into(),
+        }
     }
 
     pub(crate) fn decode(what: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::Decode { what: what.into(), reason: reason.into() }
+        Self::Decode {
+            what: what.into(),
+            reason: reason.into(),
+        }
     }
 
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
-        Self::Io { context: context.into(), source: Arc::new(source) }
+        Self::Io {
+            context: context.into(),
+            source: Arc::new(source),
+        }
     }
 }
 
@@ -163,7 +176,11 @@ impl fmt::Display for RpcError {
             Self::NoReply { endpoint } => {
                 write!(f, "endpoint {endpoint} dropped the call without replying")
             }
-            Self::Connection { peer, reason, source } => {
+            Self::Connection {
+                peer,
+                reason,
+                source,
+            } => {
                 write!(f, "connection to {peer} {reason}")?;
                 // The OS error is part of the one-line story here: callers print errors
                 // with `{}`, and "failed to connect" alone does not say why.
@@ -180,7 +197,12 @@ impl fmt::Display for RpcError {
             ),
             Self::Auth { reason } => write!(f, "authentication failed: {reason}"),
             Self::Config { key, reason } => write!(f, "invalid configuration {key}: {reason}"),
-            Self::Bind { host, start_port, retries, source } => {
+            Self::Bind {
+                host,
+                start_port,
+                retries,
+                source,
+            } => {
                 write!(
                     f,
                     "cannot bind {host}: tried port {start_port} and {retries} more \
@@ -199,9 +221,12 @@ impl fmt::Display for RpcError {
 impl Error for RpcError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
-            Self::Connection { source: Some(err), .. } | Self::Bind { source: Some(err), .. } => {
-                Some(&**err)
+            Self::Connection {
+                source: Some(err), ..
             }
+            | Self::Bind {
+                source: Some(err), ..
+            } => Some(&**err),
             Self::Io { source, .. } => Some(&**source),
             _ => None,
         }
@@ -214,7 +239,7 @@ mod tests {
 
     #[test]
     fn error_size_of() {
-        assert!(std::mem::size_of::<RpcError>() <= 64);
+        assert!(size_of::<RpcError>() <= 64);
     }
 
     #[test]
@@ -229,18 +254,55 @@ mod tests {
                 &["200ms", "rpc.askTimeout"],
             ),
             (
-                RpcError::EndpointNotFound { uri: "rpc://echo@127.0.0.1:7077".into() },
+                RpcError::EndpointNotFound {
+                    uri: "rpc://echo@127.0.0.1:7077".into(),
+                },
                 &["rpc://echo@127.0.0.1:7077"],
             ),
-            (RpcError::EndpointStopped { name: "echo".into() }, &["echo"]),
-            (RpcError::Remote { message: "boom".into() }, &["boom"]),
-            (RpcError::NoReply { endpoint: "echo".into() }, &["echo"]),
-            (RpcError::connection("10.0.0.1:7077", "closed"), &["10.0.0.1:7077"]),
-            (RpcError::decode("frame", "unknown message type 42"), &["frame", "42"]),
-            (RpcError::FrameTooLarge { size: 300, max: 100 }, &["300", "100"]),
-            (RpcError::config("rpc.askTimeout", "bad"), &["rpc.askTimeout"]),
             (
-                RpcError::Bind { host: "0.0.0.0".into(), start_port: 7077, retries: 16, source: None },
+                RpcError::EndpointStopped {
+                    name: "echo".into(),
+                },
+                &["echo"],
+            ),
+            (
+                RpcError::Remote {
+                    message: "boom".into(),
+                },
+                &["boom"],
+            ),
+            (
+                RpcError::NoReply {
+                    endpoint: "echo".into(),
+                },
+                &["echo"],
+            ),
+            (
+                RpcError::connection("10.0.0.1:7077", "closed"),
+                &["10.0.0.1:7077"],
+            ),
+            (
+                RpcError::decode("frame", "unknown message type 42"),
+                &["frame", "42"],
+            ),
+            (
+                RpcError::FrameTooLarge {
+                    size: 300,
+                    max: 100,
+                },
+                &["300", "100"],
+            ),
+            (
+                RpcError::config("rpc.askTimeout", "bad"),
+                &["rpc.askTimeout"],
+            ),
+            (
+                RpcError::Bind {
+                    host: "0.0.0.0".into(),
+                    start_port: 7077,
+                    retries: 16,
+                    source: None,
+                },
                 &["7077", "16", "rpc.port.maxRetries"],
             ),
         ];
@@ -261,6 +323,9 @@ mod tests {
         );
         let source = err.source().expect("source");
         assert!(source.downcast_ref::<io::Error>().is_some());
-        assert!(err.to_string().starts_with("connection to 127.0.0.1:1 failed to connect"));
+        assert!(
+            err.to_string()
+                .starts_with("connection to 127.0.0.1:1 failed to connect")
+        );
     }
 }

@@ -1,14 +1,16 @@
 //! The one place that names the standard synchronisation primitives.
 //!
-//! Everything else in the crate takes `Arc`, `Mutex` and `Condvar` from here, so a model
+//! Everything else in the crate takes `Arc` and `Mutex` from here, so a model
 //! checker can be swapped in under `cfg(loom)` without touching the rest of the code.
 //! [`Mutex::lock`] ignores poisoning: every piece of user code the crate calls runs under
 //! `catch_unwind` or outside any lock, so a poisoned lock only ever guards consistent data.
 
 #![allow(clippy::disallowed_types)] // this module is the sanctioned wrapper
 
-pub(crate) use std::sync::Arc;
-pub(crate) use std::sync::Weak;
+/// `std::sync::Arc`, named through this module.
+pub(crate) type Arc<T> = std::sync::Arc<T>;
+/// `std::sync::Weak`, named through this module.
+pub(crate) type Weak<T> = std::sync::Weak<T>;
 pub(crate) use std::sync::atomic;
 
 /// A mutual-exclusion lock whose `lock` never fails: a poisoned lock is entered anyway.
@@ -24,35 +26,14 @@ impl<T> Mutex<T> {
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(crate) fn into_inner(self) -> T {
-        self.0.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// A condition variable paired with [`Mutex`]; waits ignore poisoning like `Mutex::lock`.
-#[derive(Debug, Default)]
-pub(crate) struct Condvar(std::sync::Condvar);
-
-impl Condvar {
-    pub(crate) const fn new() -> Self {
-        Self(std::sync::Condvar::new())
-    }
-
-    pub(crate) fn wait_timeout<'a, T>(
-        &self,
-        guard: MutexGuard<'a, T>,
-        timeout: std::time::Duration,
-    ) -> MutexGuard<'a, T> {
-        match self.0.wait_timeout(guard, timeout) {
-            Ok((guard, _)) => guard,
-            Err(poisoned) => poisoned.into_inner().0,
-        }
-    }
-
-    pub(crate) fn notify_all(&self) {
-        self.0.notify_all();
+    pub(crate) fn get_mut(&mut self) -> &mut T {
+        self.0
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
