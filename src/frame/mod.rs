@@ -1,1 +1,36 @@
-//! Spark frames (placeholder, being written).
+//! The sans-IO Spark frame codec: [`Message`] values ⇄ the bytes of Spark network-common.
+//!
+//! Every message is one frame, all integers big-endian (see `frames.md` for captured bytes):
+//!
+//! ```text
+//! frame length: i64 (counts ALL bytes, incl. these 8) | type: u8 | type header | body
+//!
+//! RpcRequest    (3): request id i64 | body length i32 | body
+//! RpcResponse   (4): request id i64 | body length i32 | body
+//! RpcFailure    (5): request id i64 | error length i32 | UTF-8 error text
+//! OneWayMessage (9):                  body length i32 | body
+//! ```
+//!
+//! [`FrameHeader`] encodes a header inline so the body can be written without a copy;
+//! [`FrameDecoder`] takes any split of the byte stream and yields whole messages, checking
+//! each length before believing it. This module does no I/O, spawns no threads and reads
+//! no clock; `transport` drives it.
+
+mod decode;
+mod encode;
+mod header;
+
+#[cfg(test)]
+mod tests;
+
+#[allow(
+    unused_imports,
+    reason = "the codec's API; not every item has a caller outside yet"
+)]
+pub(crate) use decode::{FrameDecoder, FrameError};
+pub(crate) use encode::FrameHeader;
+#[allow(
+    unused_imports,
+    reason = "the codec's API; not every item has a caller outside yet"
+)]
+pub(crate) use header::{MAX_HEADER_LEN, Message, MessageType};

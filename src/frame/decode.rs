@@ -1,0 +1,437 @@
+//! Bytes → [`Message`]: the incremental [`FrameDecoder`] and its [`FrameError`].
+//!
+//! The decoder believes nothing a peer claims before checking it: the frame length is
+//! checked against the maximum as soon as its 8 bytes are in, before anything is
+//! allocated, and a body buffer only grows with the bytes that actually arrive (see
+//! [`FrameDecoder::pending_body`] for the exact rule).
+
+use std::fmt;
+
+use crate::error::RpcError;
+
+use super::header::{
+    LENGTH_FIELD_LEN, MAX_HEADER_LEN, MIN_FRAME_LEN, Message, MessageType, RPC_HEADER_LEN,
+};
+
+/// A body buffer may hold this much capacity before the peer has sent that many bytes of
+/// the body; beyond it, capacity is at most twice the bytes received.
+const BODY_ALLOCATION_FLOOR: usize = 64 * 1024;
+
+/// What is wrong with a frame. Every variant is a fault of the peer; the connection that
+/// sent it is closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FrameError {
+    /// The claimed frame length is above the maximum frame size.
+    TooLarge {
+        /// The claimed frame length in bytes.
+        size: u64,
+        /// The maximum frame size in bytes.
+        max: u64,
+    },
+    /// The frame length is negative, shorter than the 9-byte minimum, or shorter than the
+    /// header of the frame's type.
+    BadLength(i64),
+    /// A Spark message type this crate does not speak (0-2, 6-8, 10-12).
+    UnsupportedType(u8),
+    /// A byte that is no Spark message type at all (13..=255).
+    UnknownType(u8),
+    /// The header contradicts itself, e.g. the body length disagrees with the frame length.
+    Malformed(String),
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooLarge { size, max } => {
+                write!(
+                    f,
+                    "frame of {size} bytes exceeds the maximum of {max} bytes"
+                )
+            }
+            Self::BadLength(len) => write!(f, "invalid frame length {len}"),
+            Self::UnsupportedType(byte) => match MessageType::try_from(*byte) {
+                Ok(message_type) => write!(f, "unsupported message type {byte} ({message_type})"),
+                Err(_) => write!(f, "unsupported message type {byte}"),
+            },
+            Self::UnknownType(byte) => write!(f, "unknown message type {byte}"),
+            Self::Malformed(reason) => write!(f, "malformed frame: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+impl From<FrameError> for RpcError {
+    fn from(err: FrameError) -> Self {
+        match err {
+            FrameError::TooLarge { size, max } => Self::FrameTooLarge { size, max },
+            other => Self::decode("frame", other.to_string()),
+        }
+    }
+}
+
+/// Incremental decoder: any split of the byte stream yields the same messages.
+///
+/// Headers are assembled in a fixed inline array; a body is assembled in the one `Vec`
+/// that ends up in the [`Message`]. A body that is already whole in the input is copied
+/// out with a single exact allocation.
+pub(crate) struct FrameDecoder {
+    /// Largest accepted frame length (whole frame, header included).
+    max_frame_size: u64,
+    /// Where in the current frame the decoder is.
+    state: State,
+}
+
+/// Where in a frame the decoder is.
+enum State {
+    /// Collecting a header (possibly none of it yet).
+    Header(PartialHeader),
+    /// Collecting a body whose header was valid.
+    Body(PartialBody),
+    /// A frame was bad; the decoder only repeats the error.
+    Failed(FrameError),
+}
+
+/// The bytes of a header received so far.
+struct PartialHeader {
+    /// The header bytes; the first `filled` are valid.
+    bytes: [u8; MAX_HEADER_LEN],
+    /// How many bytes of the header are in.
+    filled: usize,
+    /// How many header bytes the next check needs: the length field, then the type byte,
+    /// then the rest of that type's header.
+    target: usize,
+}
+
+/// What the header of a frame said, once all of it was in and checked.
+struct ParsedHeader {
+    /// The kind of message the body completes.
+    kind: Kind,
+    /// The body (or error text) length in bytes.
+    body_len: usize,
+}
+
+/// The kind of message under assembly, with its request id.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// An RpcRequest with this id.
+    Request(u64),
+    /// An RpcResponse with this id.
+    Response(u64),
+    /// An RpcFailure with this id.
+    Failure(u64),
+    /// A OneWayMessage.
+    OneWay,
+}
+
+/// A body under assembly.
+struct PartialBody {
+    /// The kind of message the body completes.
+    kind: Kind,
+    /// The body bytes received so far; its capacity follows the allocation rule.
+    body: Vec<u8>,
+    /// The body length the header announced.
+    body_len: usize,
+}
+
+impl FrameDecoder {
+    /// `max_frame_size`: largest accepted frame length (whole frame, header included).
+    pub(crate) fn new(max_frame_size: u64) -> Self {
+        Self {
+            max_frame_size,
+            state: State::Header(PartialHeader::default()),
+        }
+    }
+
+    /// Consumes a prefix of `input`: returns how many bytes were consumed and the message
+    /// if one was completed. `Ok((n, None))` with n == input.len() means "need more bytes".
+    ///
+    /// `Ok((_, None))` is only returned once all of `input` was consumed; at most one
+    /// message is returned per call. Callers loop:
+    /// `while !input.is_empty() { let (n, msg) = dec.decode(input)?; input = &input[n..]; … }`.
+    /// After an error the decoder is unusable (the connection is closed); further calls
+    /// return the same error.
+    pub(crate) fn decode(&mut self, input: &[u8]) -> Result<(usize, Option<Message>), FrameError> {
+        let result = match &mut self.state {
+            State::Failed(err) => return Err(err.clone()),
+            State::Body(partial) => {
+                let n = partial.missing().min(input.len());
+                partial.append(&input[..n]);
+                return Ok((n, self.take_complete_body()));
+            }
+            State::Header(header) => header.fill(input, self.max_frame_size),
+        };
+        let (consumed, parsed) = match result {
+            Ok((consumed, Some(parsed))) => (consumed, parsed),
+            Ok((consumed, None)) => return Ok((consumed, None)),
+            Err(err) => {
+                self.state = State::Failed(err.clone());
+                return Err(err);
+            }
+        };
+        self.state = State::Header(PartialHeader::default());
+        let ParsedHeader { kind, body_len } = parsed;
+        let rest = &input[consumed..];
+        if let Some(body) = rest.get(..body_len) {
+            // The whole body is here: one allocation of exactly its size.
+            return Ok((consumed + body_len, Some(kind.finish(body.to_vec()))));
+        }
+        let mut partial = PartialBody {
+            kind,
+            body: Vec::new(),
+            body_len,
+        };
+        partial.append(rest);
+        self.state = State::Body(partial);
+        Ok((input.len(), None))
+    }
+
+    /// While a frame's body is being assembled and at least `threshold` bytes of it are
+    /// still missing: the body buffer and how many bytes to append to it now, so the caller
+    /// can read from the socket straight into it (e.g.
+    /// `(&mut reader).take(want as u64).read_to_end(buf)`), then call
+    /// [`body_filled`](Self::body_filled). `None` otherwise.
+    ///
+    /// The count is the bytes still missing, limited to the buffer's spare capacity, so
+    /// appending that many never reallocates. Before returning, the buffer is grown if it
+    /// is (nearly) full, following the allocation rule: its capacity never exceeds
+    /// max(64 KiB, 2 × body bytes received so far), and never the announced body length.
+    pub(crate) fn pending_body(&mut self, threshold: usize) -> Option<(&mut Vec<u8>, usize)> {
+        let State::Body(partial) = &mut self.state else {
+            return None;
+        };
+        let missing = partial.missing();
+        if missing == 0 || missing < threshold {
+            return None;
+        }
+        // Grow when less than half the floor (or less than what is missing) is spare.
+        let len = partial.body.len();
+        partial.reserve(len + missing.min(BODY_ALLOCATION_FLOOR / 2), len);
+        let want = missing.min(partial.body.capacity() - len);
+        Some((&mut partial.body, want))
+    }
+
+    /// After the caller appended bytes to the buffer from
+    /// [`pending_body`](Self::pending_body): the message if the body is now complete.
+    pub(crate) fn body_filled(&mut self) -> Option<Message> {
+        if let State::Body(partial) = &self.state {
+            debug_assert!(
+                partial.body.len() <= partial.body_len,
+                "{} bytes appended to a body of {}",
+                partial.body.len(),
+                partial.body_len
+            );
+        }
+        self.take_complete_body()
+    }
+
+    /// True when no partial frame is buffered (a hang-up now is clean, otherwise truncated).
+    pub(crate) fn is_idle(&self) -> bool {
+        matches!(&self.state, State::Header(header) if header.filled == 0)
+    }
+
+    /// Bytes of buffer capacity currently held for a partial frame (for tests of the
+    /// allocation rule). Partial headers are inline and count as nothing.
+    #[allow(dead_code, reason = "for tests of the allocation rule")]
+    pub(crate) fn buffered_capacity(&self) -> usize {
+        match &self.state {
+            State::Body(partial) => partial.body.capacity(),
+            State::Header(_) | State::Failed(_) => 0,
+        }
+    }
+
+    /// If a body is complete: the message, and the decoder waits for the next header.
+    fn take_complete_body(&mut self) -> Option<Message> {
+        match &self.state {
+            State::Body(partial) if partial.body.len() >= partial.body_len => {}
+            _ => return None,
+        }
+        match std::mem::replace(&mut self.state, State::Header(PartialHeader::default())) {
+            State::Body(PartialBody { kind, body, .. }) => Some(kind.finish(body)),
+            State::Header(_) | State::Failed(_) => unreachable!("checked above"),
+        }
+    }
+}
+
+impl fmt::Debug for FrameDecoder {
+    /// Shows progress, never payload bytes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = f.debug_struct("FrameDecoder");
+        out.field("max_frame_size", &self.max_frame_size);
+        match &self.state {
+            State::Header(header) => out.field("header_bytes", &header.filled),
+            State::Body(partial) => out
+                .field("body_bytes", &partial.body.len())
+                .field("body_len", &partial.body_len)
+                .field("capacity", &partial.body.capacity()),
+            State::Failed(err) => out.field("failed", err),
+        };
+        out.finish()
+    }
+}
+
+impl Default for PartialHeader {
+    fn default() -> Self {
+        Self {
+            bytes: [0; MAX_HEADER_LEN],
+            filled: 0,
+            target: LENGTH_FIELD_LEN,
+        }
+    }
+}
+
+impl PartialHeader {
+    /// The claimed frame length; valid once the length field is in.
+    fn frame_len(&self) -> i64 {
+        i64::from_be_bytes(self.array::<LENGTH_FIELD_LEN>(0))
+    }
+
+    /// `N` header bytes starting at `at`.
+    fn array<const N: usize>(&self, at: usize) -> [u8; N] {
+        let mut out = [0; N];
+        out.copy_from_slice(&self.bytes[at..at + N]);
+        out
+    }
+
+    /// Takes header bytes from `input`, checking each field as soon as it is in. Returns
+    /// the bytes consumed and, once the header is whole, what it says.
+    fn fill(
+        &mut self,
+        input: &[u8],
+        max_frame_size: u64,
+    ) -> Result<(usize, Option<ParsedHeader>), FrameError> {
+        let mut consumed = 0;
+        loop {
+            let n = (self.target - self.filled).min(input.len() - consumed);
+            self.bytes[self.filled..self.filled + n]
+                .copy_from_slice(&input[consumed..consumed + n]);
+            self.filled += n;
+            consumed += n;
+            if self.filled < self.target {
+                return Ok((consumed, None));
+            }
+            match self.filled {
+                LENGTH_FIELD_LEN => self.target = self.check_length(max_frame_size)?,
+                MIN_FRAME_LEN => self.target = self.check_type()?,
+                _ => return self.parse().map(|parsed| (consumed, Some(parsed))),
+            }
+        }
+    }
+
+    /// The length field is in: it must cover the length and type, and stay within the
+    /// maximum. Nothing has been allocated for the frame yet. Next comes the type byte.
+    fn check_length(&self, max_frame_size: u64) -> Result<usize, FrameError> {
+        let frame_len = self.frame_len();
+        if frame_len < MIN_FRAME_LEN as i64 {
+            return Err(FrameError::BadLength(frame_len));
+        }
+        if frame_len as u64 > max_frame_size {
+            return Err(FrameError::TooLarge {
+                size: frame_len as u64,
+                max: max_frame_size,
+            });
+        }
+        Ok(MIN_FRAME_LEN)
+    }
+
+    /// The type byte is in: it must be a type rpcenv speaks, and the frame must be long
+    /// enough for that type's header. Next comes the rest of that header.
+    fn check_type(&self) -> Result<usize, FrameError> {
+        let byte = self.bytes[LENGTH_FIELD_LEN];
+        let header_len = MessageType::try_from(byte)?
+            .header_len()
+            .ok_or(FrameError::UnsupportedType(byte))?;
+        let frame_len = self.frame_len();
+        if (frame_len as u64) < header_len as u64 {
+            return Err(FrameError::BadLength(frame_len));
+        }
+        Ok(header_len)
+    }
+
+    /// The whole header is in: its body length must agree with the frame length.
+    fn parse(&self) -> Result<ParsedHeader, FrameError> {
+        let header_len = self.target;
+        let frame_len = self.frame_len() as u64;
+        let field = i32::from_be_bytes(self.array::<4>(header_len - 4));
+        let expected = frame_len - header_len as u64;
+        let message_type = MessageType::try_from(self.bytes[LENGTH_FIELD_LEN])?;
+        if field < 0 || field as u64 != expected {
+            let what = match message_type {
+                MessageType::RpcFailure => "error text",
+                _ => "body",
+            };
+            return Err(FrameError::Malformed(format!(
+                "{message_type} of {frame_len} bytes announces a {what} of {field} bytes, \
+                 expected {expected}"
+            )));
+        }
+        let request_id = || u64::from_be_bytes(self.array::<8>(MIN_FRAME_LEN));
+        debug_assert!(header_len == RPC_HEADER_LEN || message_type == MessageType::OneWayMessage);
+        let kind = match message_type {
+            MessageType::RpcRequest => Kind::Request(request_id()),
+            MessageType::RpcResponse => Kind::Response(request_id()),
+            MessageType::RpcFailure => Kind::Failure(request_id()),
+            _ => Kind::OneWay,
+        };
+        Ok(ParsedHeader {
+            kind,
+            body_len: field as usize,
+        })
+    }
+}
+
+impl Kind {
+    /// The message made of this kind and a whole body.
+    fn finish(self, body: Vec<u8>) -> Message {
+        match self {
+            Self::Request(request_id) => Message::RpcRequest { request_id, body },
+            Self::Response(request_id) => Message::RpcResponse { request_id, body },
+            Self::Failure(request_id) => Message::RpcFailure {
+                request_id,
+                // A bad string must not kill the connection: decode it lossily.
+                error: String::from_utf8(body)
+                    .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned()),
+            },
+            Self::OneWay => Message::OneWay { body },
+        }
+    }
+}
+
+impl PartialBody {
+    /// Body bytes still to come.
+    fn missing(&self) -> usize {
+        self.body_len - self.body.len()
+    }
+
+    /// Appends body bytes (never more than are missing).
+    fn append(&mut self, bytes: &[u8]) {
+        debug_assert!(bytes.len() <= self.missing());
+        let required = self.body.len() + bytes.len();
+        self.reserve(required, required);
+        self.body.extend_from_slice(bytes);
+    }
+
+    /// Makes room for `required` bytes of body in all once `received` bytes of it are in,
+    /// following the allocation rule: capacity at most max(64 KiB, 2 × `received`), never
+    /// above the body length. Doubles where the rule allows, so appends stay amortised O(1).
+    ///
+    /// `required` must itself fit the rule (callers ask for at most `received` + 32 KiB).
+    fn reserve(&mut self, required: usize, received: usize) {
+        let capacity = self.body.capacity();
+        if required <= capacity {
+            return;
+        }
+        let limit = BODY_ALLOCATION_FLOOR
+            .max(received.saturating_mul(2))
+            .min(self.body_len);
+        debug_assert!(
+            required <= limit,
+            "{required} bytes exceed the allocation rule"
+        );
+        let target = required
+            .max(capacity.saturating_mul(2))
+            .max(BODY_ALLOCATION_FLOOR)
+            .min(limit);
+        self.body.reserve_exact(target - self.body.len());
+    }
+}
