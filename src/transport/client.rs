@@ -1,0 +1,161 @@
+//! [`TransportClient`]: requests and one-way messages over one connection.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crossbeam_channel::RecvTimeoutError;
+
+use crate::error::RpcError;
+use crate::sync::Arc;
+use crate::transport::connection::Conn;
+
+/// One connection, seen from the side that sends on it.
+///
+/// A handle: clones share the connection. Every connection is bidirectional, so the
+/// client an [`RpcHandler`](super::RpcHandler) is given for an inbound connection can send
+/// requests back to the peer that opened it. Request ids are sequential per connection.
+/// When the connection closes, every outstanding request fails at once with
+/// [`RpcError::Connection`] naming the peer.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use rpcenv::transport::{Responder, RpcHandler, TransportClient, TransportConf, TransportContext};
+///
+/// struct Echo;
+/// impl RpcHandler for Echo {
+///     fn receive(&self, _: &TransportClient, message: Vec<u8>, responder: Responder) {
+///         responder.reply(message)
+///     }
+/// }
+/// let ctx = TransportContext::new(TransportConf::default(), Arc::new(Echo));
+/// let server = ctx.create_server("127.0.0.1", 0)?;
+/// let factory = ctx.create_client_factory();
+/// let client = factory.create_client("127.0.0.1", server.port())?;
+/// assert_eq!(client.send_rpc_sync(b"hello", Duration::from_secs(5))?, b"hello");
+/// client.send(b"one-way")?;
+/// # Ok::<(), rpcenv::RpcError>(())
+/// ```
+#[derive(Clone)]
+pub struct TransportClient {
+    conn: Arc<Conn>,
+}
+
+impl TransportClient {
+    pub(crate) fn new(conn: Arc<Conn>) -> Self {
+        Self { conn }
+    }
+
+    pub(crate) fn conn(&self) -> &Arc<Conn> {
+        &self.conn
+    }
+
+    /// Sends a request. `callback` receives the response body, or the failure, exactly
+    /// once: on an `rpc-io-N` thread when the answer arrives (so it must not block), or on
+    /// this thread if the request cannot be sent at all (frame too large, connection
+    /// closed). Returns the request id, for [`remove_rpc_request`](Self::remove_rpc_request).
+    pub fn send_rpc(
+        &self,
+        body: impl Into<Vec<u8>>,
+        callback: impl FnOnce(Result<Vec<u8>, RpcError>) + Send + 'static,
+    ) -> u64 {
+        self.conn.send_rpc(body.into(), Box::new(callback))
+    }
+
+    /// Sends a request and waits up to `timeout` for its answer. A failure the peer sends
+    /// is [`RpcError::Remote`]; the connection closing while waiting is
+    /// [`RpcError::Connection`], at once; the timeout running out is [`RpcError::Timeout`]
+    /// and forgets the request, so a late answer is dropped.
+    pub fn send_rpc_sync(
+        &self,
+        body: impl Into<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RpcError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let id = self.send_rpc(body, move |result| {
+            let _ = tx.send(result);
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => {
+                if self.remove_rpc_request(id) {
+                    Err(RpcError::Timeout {
+                        what: format!("request {id} to {}", self.conn.peer()),
+                        after: timeout,
+                        key: "the timeout given to send_rpc_sync",
+                    })
+                } else {
+                    // The answer raced the deadline; it is in the channel or on its way.
+                    rx.recv().unwrap_or_else(|_| Err(self.conn.closed_error()))
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(self.conn.closed_error()),
+        }
+    }
+
+    /// Sends a one-way message. `Ok` means it was queued on an open connection; it fails
+    /// at once if the connection is closed or the frame is larger than
+    /// `rpc.message.maxSize`.
+    pub fn send(&self, body: impl Into<Vec<u8>>) -> Result<(), RpcError> {
+        self.conn.send_one_way(body.into())
+    }
+
+    /// Forgets an outstanding request (it timed out, or the caller gave up); its answer,
+    /// if it comes, is logged and dropped. Returns whether it was still outstanding. Its
+    /// callback is dropped without being called.
+    pub fn remove_rpc_request(&self, request_id: u64) -> bool {
+        self.conn.take_request(request_id).is_some()
+    }
+
+    /// How many requests wait for an answer.
+    pub fn outstanding_requests(&self) -> usize {
+        self.conn.request_stats().0
+    }
+
+    /// Whether the connection is open.
+    pub fn is_active(&self) -> bool {
+        self.conn.is_open()
+    }
+
+    /// Closes the connection; outstanding requests fail at once with
+    /// [`RpcError::Connection`]. Idempotent.
+    pub fn close(&self) {
+        self.conn.close("closed by this side");
+    }
+
+    /// The address of the peer.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.conn.peer()
+    }
+
+    /// A number that identifies the connection within this process.
+    pub fn id(&self) -> u64 {
+        self.conn.id()
+    }
+}
+
+impl PartialEq for TransportClient {
+    fn eq(&self, other: &Self) -> bool {
+        self.conn.id() == other.conn.id()
+    }
+}
+
+impl Eq for TransportClient {}
+
+impl Hash for TransportClient {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.conn.id().hash(state);
+    }
+}
+
+impl fmt::Debug for TransportClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransportClient")
+            .field("id", &self.conn.id())
+            .field("peer", &self.conn.peer())
+            .field("active", &self.conn.is_open())
+            .finish()
+    }
+}

@@ -1,0 +1,184 @@
+//! [`TransportClientFactory`]: a pool of clients per peer, made by blocking connects.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Instant;
+
+use log::{debug, warn};
+
+use crate::error::RpcError;
+use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use crate::sync::{Arc, Mutex};
+use crate::transport::TransportClient;
+use crate::transport::context::ContextInner;
+use crate::transport::event_loop::{IoGroup, next_origin};
+use crate::transport::socket::connect;
+
+/// Makes and pools [`TransportClient`]s: `rpc.io.numConnectionsPerPeer` per remote
+/// address, handed out in turn, each reused while active and replaced once closed.
+///
+/// [`create_client`](Self::create_client) blocks while it connects (up to
+/// `rpc.io.connectionTimeout`); call it off any thread that must stay responsive. The
+/// connections live on the context's event loops, next to the server's, and are served
+/// by the context's [`RpcHandler`](super::RpcHandler): a peer can send requests back on
+/// them. [`close`](Self::close) (or drop) closes every client it made.
+pub struct TransportClientFactory {
+    ctx: Arc<ContextInner>,
+    pools: Mutex<HashMap<(String, u16), Arc<ClientPool>>>,
+    io: Mutex<Option<Arc<IoGroup>>>,
+    closed: AtomicBool,
+    origin: u64,
+}
+
+struct ClientPool {
+    slots: Vec<Mutex<Option<TransportClient>>>,
+    next: AtomicUsize,
+}
+
+impl TransportClientFactory {
+    pub(crate) fn new(ctx: Arc<ContextInner>) -> Self {
+        Self {
+            ctx,
+            pools: Mutex::new(HashMap::new()),
+            io: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            origin: next_origin(),
+        }
+    }
+
+    /// A client connected to `host:port`: a pooled one if it is still active, otherwise
+    /// a new connection. Fails with [`RpcError::Connection`] naming the peer when the
+    /// connect fails or times out, or after [`close`](Self::close).
+    pub fn create_client(&self, host: &str, port: u16) -> Result<TransportClient, RpcError> {
+        let peer = format!("{host}:{port}");
+        if self.closed.load(Ordering::Acquire) {
+            return Err(RpcError::connection(
+                peer,
+                "cannot be made: the client factory is closed",
+            ));
+        }
+        let pool = {
+            let mut pools = self.pools.lock();
+            let slots = self.ctx.conf.num_connections_per_peer();
+            Arc::clone(pools.entry((host.to_owned(), port)).or_insert_with(|| {
+                Arc::new(ClientPool {
+                    slots: (0..slots).map(|_| Mutex::new(None)).collect(),
+                    next: AtomicUsize::new(0),
+                })
+            }))
+        };
+        let index = pool.next.fetch_add(1, Ordering::Relaxed) % pool.slots.len();
+        // The slot stays locked while connecting, so callers racing for the same slot
+        // share one new connection instead of opening several.
+        let mut slot = pool.slots[index].lock();
+        if let Some(client) = slot.as_ref() {
+            if client.is_active() {
+                return Ok(client.clone());
+            }
+            debug!("pooled connection to {peer} is closed; opening a new one");
+        }
+        let client = self.connect(host, port, &peer)?;
+        *slot = Some(client.clone());
+        drop(slot);
+        if self.closed.load(Ordering::Acquire) {
+            // close() ran while this connect was under way and may have missed it.
+            client.close();
+            return Err(RpcError::connection(
+                peer,
+                "cannot be made: the client factory is closed",
+            ));
+        }
+        Ok(client)
+    }
+
+    fn connect(&self, host: &str, port: u16, peer: &str) -> Result<TransportClient, RpcError> {
+        let started = Instant::now();
+        let conf = &self.ctx.conf;
+        let timeout = conf.connection_timeout();
+        let addrs: Vec<SocketAddr> = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| {
+                RpcError::connection_io(peer, "cannot be made: cannot resolve the host", e)
+            })?
+            .collect();
+        let mut last_error = io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            format!("{host} resolves to no address"),
+        );
+        for addr in addrs {
+            match connect(addr, timeout, conf) {
+                Ok(stream) => {
+                    let io = self.io()?;
+                    let client =
+                        io.adopt(mio::net::TcpStream::from_std(stream), addr, self.origin)?;
+                    debug!(
+                        "connected to {peer} ({addr}) in {:?} as connection {}",
+                        started.elapsed(),
+                        client.id()
+                    );
+                    return Ok(client);
+                }
+                Err(err) => {
+                    debug!("cannot connect to {addr}: {err}");
+                    last_error = err;
+                }
+            }
+        }
+        let reason = match (last_error.kind(), timeout) {
+            (io::ErrorKind::TimedOut, Some(timeout)) => {
+                format!("failed: no answer within {timeout:?} (rpc.io.connectionTimeout)")
+            }
+            _ => "failed".to_owned(),
+        };
+        warn!("connection to {peer} {reason}: {last_error}");
+        Err(RpcError::connection_io(peer, reason, last_error))
+    }
+
+    /// The event loops, started on first use.
+    fn io(&self) -> Result<Arc<IoGroup>, RpcError> {
+        let mut io = self.io.lock();
+        if let Some(group) = io.as_ref() {
+            return Ok(Arc::clone(group));
+        }
+        let group = self.ctx.io_group()?;
+        *io = Some(Arc::clone(&group));
+        Ok(group)
+    }
+
+    /// Closes every client this factory made; later `create_client` calls fail.
+    /// Idempotent.
+    pub fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let pools = std::mem::take(&mut *self.pools.lock());
+        for pool in pools.values() {
+            for slot in &pool.slots {
+                if let Some(client) = slot.lock().take() {
+                    client.close();
+                }
+            }
+        }
+        if let Some(io) = self.io.lock().take() {
+            io.close_origin(self.origin);
+        }
+        debug!("client factory closed");
+    }
+}
+
+impl Drop for TransportClientFactory {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl fmt::Debug for TransportClientFactory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransportClientFactory")
+            .field("peers", &self.pools.lock().len())
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}

@@ -1,0 +1,130 @@
+//! [`RpcHandler`], the server side of every connection, and [`Responder`], its way to answer.
+
+use std::fmt;
+
+use crate::error::RpcError;
+use crate::sync::Arc;
+use crate::transport::TransportClient;
+use crate::transport::connection::Conn;
+
+/// What a connection does with the requests and one-way messages it receives.
+///
+/// One handler serves every connection of a [`TransportContext`](super::TransportContext),
+/// inbound and outbound alike: every connection is bidirectional. Its methods run on the
+/// `rpc-io-N` event-loop threads, so they must not block: hand slow work to another thread
+/// and answer through the [`Responder`], which is `Send`. A panic inside a method is caught
+/// and logged, and the connection keeps running.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use rpcenv::transport::{Responder, RpcHandler, TransportClient, TransportConf, TransportContext};
+///
+/// /// Answers requests with their own bytes; counts one-way messages.
+/// #[derive(Default)]
+/// struct Echo {
+///     one_way: AtomicU64,
+/// }
+/// impl RpcHandler for Echo {
+///     fn receive(&self, _client: &TransportClient, message: Vec<u8>, responder: Responder) {
+///         responder.reply(message)
+///     }
+///     fn receive_one_way(&self, _client: &TransportClient, _message: Vec<u8>) {
+///         self.one_way.fetch_add(1, Ordering::Relaxed);
+///     }
+/// }
+/// let ctx = TransportContext::new(TransportConf::default(), Arc::new(Echo::default()));
+/// # let _ = ctx;
+/// ```
+pub trait RpcHandler: Send + Sync + 'static {
+    /// A request arrived. Answer it through `responder` (now or later, from any thread);
+    /// dropping the responder unanswered sends the caller a failure at once.
+    fn receive(&self, client: &TransportClient, message: Vec<u8>, responder: Responder);
+
+    /// A one-way message arrived. By default it goes to [`receive`](Self::receive) with a
+    /// responder whose answer is discarded.
+    fn receive_one_way(&self, client: &TransportClient, message: Vec<u8>) {
+        self.receive(client, message, Responder::discard());
+    }
+
+    /// A connection, inbound or outbound, is ready to carry messages.
+    fn channel_active(&self, client: &TransportClient) {
+        let _ = client;
+    }
+
+    /// A connection closed; `client` is no longer active.
+    fn channel_inactive(&self, client: &TransportClient) {
+        let _ = client;
+    }
+
+    /// A connection is about to close because of `error` (a bad frame, an I/O error).
+    /// [`channel_inactive`](Self::channel_inactive) follows.
+    fn exception_caught(&self, error: &RpcError, client: &TransportClient) {
+        let _ = (error, client);
+    }
+}
+
+/// The answer to one request: [`reply`](Self::reply) or [`fail`](Self::fail), once.
+///
+/// Dropping a `Responder` without answering fails the request at once, so a caller never
+/// waits for its timeout because a handler forgot it.
+#[must_use = "a dropped Responder fails the request"]
+pub struct Responder {
+    target: Option<(Arc<Conn>, u64)>,
+}
+
+impl Responder {
+    pub(crate) fn new(conn: Arc<Conn>, request_id: u64) -> Self {
+        Self {
+            target: Some((conn, request_id)),
+        }
+    }
+
+    /// A responder whose answer goes nowhere (the default one-way path).
+    pub(crate) fn discard() -> Self {
+        Self { target: None }
+    }
+
+    /// Sends `body` back as the response.
+    pub fn reply(mut self, body: impl Into<Vec<u8>>) {
+        if let Some((conn, id)) = self.target.take() {
+            conn.respond(id, Ok(body.into()));
+        }
+    }
+
+    /// Sends a failure whose text the caller receives as [`RpcError::Remote`].
+    pub fn fail(mut self, error: impl Into<String>) {
+        if let Some((conn, id)) = self.target.take() {
+            conn.respond(id, Err(error.into()));
+        }
+    }
+
+    /// The request id this responder answers, `None` for a one-way message.
+    pub fn request_id(&self) -> Option<u64> {
+        self.target.as_ref().map(|(_, id)| *id)
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if let Some((conn, id)) = self.target.take() {
+            conn.respond(
+                id,
+                Err("the handler dropped the request without replying".into()),
+            );
+        }
+    }
+}
+
+impl fmt::Debug for Responder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.target {
+            Some((conn, id)) => f
+                .debug_struct("Responder")
+                .field("peer", &conn.peer())
+                .field("request_id", id)
+                .finish(),
+            None => f.write_str("Responder(one-way)"),
+        }
+    }
+}

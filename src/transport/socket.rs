@@ -1,0 +1,116 @@
+//! Socket plumbing: options through `socket2`, listening, connecting, and the [`Wire`]
+//! abstraction the connection logic is written against.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+
+use crate::transport::TransportConf;
+
+/// A byte stream a connection reads from (its event loop only) and writes to (any
+/// thread, under the connection's write lock). Implemented by `mio::net::TcpStream` and
+/// by in-memory pipes in tests.
+pub(crate) trait Wire: Send + Sync + 'static {
+    /// A non-blocking read: `WouldBlock` when nothing is there, `Ok(0)` at end of stream.
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// A non-blocking vectored write.
+    fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// Shuts both directions down, so the peer sees the close at once.
+    fn shutdown(&self);
+}
+
+impl Wire for mio::net::TcpStream {
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        Read::read(&mut &*self, buf)
+    }
+
+    fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        Write::write_vectored(&mut &*self, bufs)
+    }
+
+    fn shutdown(&self) {
+        // NotConnected after the peer reset the connection is fine: it is closed already.
+        let _ = Self::shutdown(self, Shutdown::Both);
+    }
+}
+
+/// `io::Read` over a [`Wire`], for `Read::take(..).read_to_end(..)`.
+pub(crate) struct WireReader<'a>(pub(crate) &'a dyn Wire);
+
+impl Read for WireReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+/// Options every connected socket gets: `TCP_NODELAY`, keep-alive, and the configured
+/// buffer sizes.
+pub(crate) fn configure_stream(socket: SockRef<'_>, conf: &TransportConf) -> io::Result<()> {
+    socket.set_tcp_nodelay(true)?;
+    socket.set_tcp_keepalive(&TcpKeepalive::new())?;
+    apply_buffers(&socket, conf)
+}
+
+fn apply_buffers(socket: &Socket, conf: &TransportConf) -> io::Result<()> {
+    if let Some(size) = conf.receive_buffer() {
+        socket.set_recv_buffer_size(size)?;
+    }
+    if let Some(size) = conf.send_buffer() {
+        socket.set_send_buffer_size(size)?;
+    }
+    Ok(())
+}
+
+/// Binds a non-blocking listener with `SO_REUSEADDR`, the configured buffers (set before
+/// `listen`, so accepted sockets inherit them and window scaling matches) and backlog.
+pub(crate) fn bind_listener(addr: SocketAddr, conf: &TransportConf) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    #[cfg(not(windows))]
+    socket.set_reuse_address(true)?;
+    apply_buffers(&socket, conf)?;
+    socket.bind(&addr.into())?;
+    let backlog = conf
+        .backlog()
+        .map_or_else(os_max_backlog, |b| b.min(i32::MAX as u32) as i32);
+    socket.listen(backlog)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// The kernel clamps the backlog to `net.core.somaxconn`; ask for exactly that.
+fn os_max_backlog() -> i32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(1024)
+}
+
+/// A blocking connect with a timeout (none when `timeout` is `None`), returning a
+/// configured, non-blocking stream.
+pub(crate) fn connect(
+    addr: SocketAddr,
+    timeout: Option<Duration>,
+    conf: &TransportConf,
+) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    apply_buffers(&socket, conf)?;
+    match timeout {
+        Some(timeout) => socket.connect_timeout(&addr.into(), timeout)?,
+        None => socket.connect(&addr.into())?,
+    }
+    configure_stream(SockRef::from(&socket), conf)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// True for the errors that mean "nothing to do right now".
+pub(crate) fn would_block(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::WouldBlock
+}
+
+/// True for the errors a syscall should simply be retried after.
+pub(crate) fn interrupted(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::Interrupted
+}
