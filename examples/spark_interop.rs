@@ -1,0 +1,402 @@
+//! The Rust side of the Spark interop check (`interop/spark/run.sh`).
+//!
+//! A peer that speaks the echo protocol of `interop/spark/SparkPeer.java` over
+//! `rpcenv::transport`, so that a real Spark `TransportClient` can be pointed at an rpcenv
+//! server and an rpcenv client at a real Spark `TransportServer`:
+//!
+//! ```text
+//! cargo run --example spark_interop -- server <port-file>
+//! cargo run --example spark_interop -- client <port>
+//! ```
+//!
+//! Echo protocol (both servers):
+//!
+//! * RPC `FAIL:<rest>` is answered with a failure whose text contains `<rest>`;
+//! * RPC `__count__` is answered with the number of one-way messages received so far,
+//!   in ASCII decimal;
+//! * RPC `__shutdown__` is answered with `bye`, then the server exits 0;
+//! * any other RPC is answered with its own body;
+//! * a one-way message increments the one-way counter.
+//!
+//! The client runs the checks against 127.0.0.1:`<port>` and prints `PASS <name>` or
+//! `FAIL <name>: <why>` per check, then `interop client: N passed, M failed`; it exits 0
+//! iff every check passed. Set `RUST_LOG=debug` for the transport's logs.
+
+// The crate's own `sync` wrappers are private; its public API takes `std::sync::Arc`.
+#![allow(clippy::disallowed_types)]
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rpcenv::RpcError;
+use rpcenv::transport::{Responder, RpcHandler, TransportClient, TransportConf, TransportContext};
+
+const HOST: &str = "127.0.0.1";
+/// Upper bound for every single wait of the client (per check).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
+/// The server gives up (exit 1) if nobody asks it to shut down within this time.
+const SERVER_LIFETIME: Duration = Duration::from_secs(10 * 60);
+
+const USAGE: &str = "\
+usage: spark_interop server <port-file>
+       spark_interop client <port>
+       spark_interop --help
+
+  server <port-file>  serve the echo protocol on 127.0.0.1 (port chosen by the OS), write the
+                      port to <port-file>, run until an RPC `__shutdown__` arrives (exit 0) or
+                      10 minutes pass (exit 1)
+  client <port>       run the interop checks against an echo server on 127.0.0.1:<port>, then
+                      send it `__shutdown__`; exit 0 iff every check passed
+
+Environment: RUST_LOG (env_logger) selects the log level, e.g. RUST_LOG=debug.";
+
+enum Mode {
+    Help,
+    Server(PathBuf),
+    Client(u16),
+}
+
+fn parse_args(args: &[String]) -> Result<Mode, String> {
+    match args {
+        [flag] if flag == "--help" || flag == "-h" || flag == "help" => Ok(Mode::Help),
+        [mode, file] if mode == "server" => {
+            if file.is_empty() {
+                Err("server: the port file must not be empty".to_owned())
+            } else {
+                Ok(Mode::Server(PathBuf::from(file)))
+            }
+        }
+        [mode, port] if mode == "client" => match port.parse::<u16>() {
+            Ok(p) if p != 0 => Ok(Mode::Client(p)),
+            _ => Err(format!(
+                "client: invalid port {port:?} (expected 1..=65535)"
+            )),
+        },
+        [] => Err("missing mode (server or client)".to_owned()),
+        [mode, ..] if mode == "server" || mode == "client" => {
+            Err(format!("{mode}: expected exactly one argument"))
+        }
+        [other, ..] => Err(format!("unknown mode {other:?}")),
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match parse_args(&args) {
+        Ok(Mode::Help) => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Ok(Mode::Server(port_file)) => run_server(&port_file),
+        Ok(Mode::Client(port)) => run_client(port),
+        Err(msg) => {
+            eprintln!("spark_interop: {msg}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------ server
+
+struct EchoHandler {
+    one_ways: AtomicU64,
+    shutdown: mpsc::Sender<()>,
+}
+
+impl RpcHandler for EchoHandler {
+    fn receive(&self, _client: &TransportClient, message: Vec<u8>, responder: Responder) {
+        if let Some(rest) = message.strip_prefix(b"FAIL:") {
+            responder.fail(String::from_utf8_lossy(rest).into_owned());
+        } else if message == b"__count__" {
+            responder.reply(self.one_ways.load(Ordering::SeqCst).to_string());
+        } else if message == b"__shutdown__" {
+            responder.reply("bye");
+            let _ = self.shutdown.send(());
+        } else {
+            responder.reply(message);
+        }
+    }
+
+    fn receive_one_way(&self, _client: &TransportClient, _message: Vec<u8>) {
+        self.one_ways.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn exception_caught(&self, error: &RpcError, client: &TransportClient) {
+        eprintln!("spark_interop server: exception on {client:?}: {error}");
+    }
+}
+
+fn write_port_file(path: &Path, port: u16) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    fs::write(&tmp, format!("{port}\n"))?;
+    fs::rename(&tmp, path)
+}
+
+fn run_server(port_file: &Path) -> ExitCode {
+    let (shutdown_tx, shutdown_rx) = mpsc::channel();
+    let handler = Arc::new(EchoHandler {
+        one_ways: AtomicU64::new(0),
+        shutdown: shutdown_tx,
+    });
+    let context = TransportContext::new(TransportConf::default(), handler.clone());
+    let server = match context.create_server(HOST, 0) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("spark_interop server: cannot listen on {HOST}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let port = server.port();
+    if let Err(e) = write_port_file(port_file, port) {
+        eprintln!(
+            "spark_interop server: cannot write {}: {e}",
+            port_file.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    eprintln!("spark_interop server: listening on {HOST}:{port}");
+
+    let asked = shutdown_rx.recv_timeout(SERVER_LIFETIME).is_ok();
+    if asked {
+        // Let the "bye" reply reach the wire before tearing the server down.
+        thread::sleep(Duration::from_millis(300));
+    } else {
+        eprintln!(
+            "spark_interop server: no __shutdown__ within {} s, giving up",
+            SERVER_LIFETIME.as_secs()
+        );
+    }
+    server.close();
+    eprintln!(
+        "spark_interop server: {} one-way messages received",
+        handler.one_ways.load(Ordering::SeqCst)
+    );
+    if asked {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+// ------------------------------------------------------------------------------------ client
+
+/// A check returns `Err(why)` when it failed.
+type Check = Box<dyn Fn(&TransportClient) -> Result<(), String>>;
+
+fn run_client(port: u16) -> ExitCode {
+    let (shutdown_tx, _shutdown_rx) = mpsc::channel();
+    let handler = Arc::new(EchoHandler {
+        one_ways: AtomicU64::new(0),
+        shutdown: shutdown_tx,
+    });
+    let context = TransportContext::new(TransportConf::default(), handler);
+    let factory = context.create_client_factory();
+    let mut passed = 0usize;
+    let mut failed = 0usize;
+
+    match factory.create_client(HOST, port) {
+        Err(e) => {
+            println!("FAIL connect: {}", one_line(&e.to_string()));
+            failed += 1;
+        }
+        Ok(client) => {
+            let mut checks: Vec<(String, Check)> = Vec::new();
+            for (size, name) in [
+                (0, "0B"),
+                (1, "1B"),
+                (100, "100B"),
+                (64 << 10, "64KiB"),
+                (16 << 20, "16MiB"),
+            ] {
+                checks.push((
+                    format!("echo_{name}"),
+                    Box::new(move |c| check_echo(c, size)),
+                ));
+            }
+            checks.push(("fail_boom".to_owned(), Box::new(check_failure)));
+            checks.push(("oneway_1000_count".to_owned(), Box::new(check_one_way)));
+            checks.push(("concurrent_200".to_owned(), Box::new(check_concurrent)));
+
+            for (name, check) in &checks {
+                match check(&client) {
+                    Ok(()) => {
+                        println!("PASS {name}");
+                        passed += 1;
+                    }
+                    Err(why) => {
+                        println!("FAIL {name}: {}", one_line(&why));
+                        failed += 1;
+                    }
+                }
+                let _ = std::io::stdout().flush();
+            }
+
+            // Not a check: ask the server to exit (run.sh checks that it did).
+            match client.send_rpc_sync("__shutdown__", Duration::from_secs(10)) {
+                Ok(reply) if reply == b"bye" => {}
+                Ok(reply) => eprintln!(
+                    "spark_interop client: __shutdown__ answered {:?}, not \"bye\"",
+                    String::from_utf8_lossy(&reply)
+                ),
+                Err(e) => eprintln!("spark_interop client: __shutdown__ failed: {e}"),
+            }
+            client.close();
+        }
+    }
+    factory.close();
+
+    println!("interop client: {passed} passed, {failed} failed");
+    let _ = std::io::stdout().flush();
+    if failed == 0 && passed > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn check_echo(client: &TransportClient, size: usize) -> Result<(), String> {
+    let body = pseudo_random_bytes(0x5eed_0000 + size as u64, size);
+    let reply = client
+        .send_rpc_sync(body.clone(), CHECK_TIMEOUT)
+        .map_err(|e| e.to_string())?;
+    if reply.len() != body.len() {
+        return Err(format!(
+            "reply is {} bytes, expected {}",
+            reply.len(),
+            body.len()
+        ));
+    }
+    match reply.iter().zip(&body).position(|(a, b)| a != b) {
+        Some(i) => Err(format!("reply differs from request at byte {i}")),
+        None => Ok(()),
+    }
+}
+
+fn check_failure(client: &TransportClient) -> Result<(), String> {
+    match client.send_rpc_sync("FAIL:boom", CHECK_TIMEOUT) {
+        Ok(reply) => Err(format!(
+            "unexpected success: {:?}",
+            String::from_utf8_lossy(&reply)
+        )),
+        Err(RpcError::Remote { message }) if message.contains("boom") => Ok(()),
+        Err(RpcError::Remote { message }) => {
+            Err(format!("failure text does not contain 'boom': {message:?}"))
+        }
+        Err(other) => Err(format!("expected RpcError::Remote, got {other:?}")),
+    }
+}
+
+fn check_one_way(client: &TransportClient) -> Result<(), String> {
+    // Same connection, one-ways first: the count request is written after all of them.
+    for i in 0..1000 {
+        client
+            .send(format!("oneway-{i}"))
+            .map_err(|e| format!("one-way message {i}: {e}"))?;
+    }
+    let reply = client
+        .send_rpc_sync("__count__", CHECK_TIMEOUT)
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&reply);
+    if text == "1000" {
+        Ok(())
+    } else {
+        Err(format!("__count__ answered {text:?}, expected \"1000\""))
+    }
+}
+
+fn check_concurrent(client: &TransportClient) -> Result<(), String> {
+    const N: usize = 200;
+    let mut seed = 0xc0ff_ee00_u64;
+    let bodies: Vec<Vec<u8>> = (0..N)
+        .map(|i| {
+            let mut body = format!("concurrent-{i}:").into_bytes();
+            let extra = 1 + (splitmix64(&mut seed) % 256) as usize;
+            body.extend(pseudo_random_bytes(splitmix64(&mut seed), extra));
+            body
+        })
+        .collect();
+
+    let (tx, rx) = mpsc::channel::<(usize, Result<Vec<u8>, RpcError>)>();
+    for (i, body) in bodies.iter().enumerate() {
+        let tx = tx.clone();
+        client.send_rpc(body.clone(), move |result| {
+            let _ = tx.send((i, result));
+        });
+    }
+    drop(tx);
+
+    let deadline = Instant::now() + CHECK_TIMEOUT;
+    let mut answered = [false; N];
+    let mut count = 0;
+    while count < N {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (i, result) = match rx.recv_timeout(left) {
+            Ok(answer) => answer,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(format!(
+                    "{} of {N} requests unanswered after {} s",
+                    N - count,
+                    CHECK_TIMEOUT.as_secs()
+                ));
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(format!(
+                    "{} of {N} callbacks were dropped without being called",
+                    N - count
+                ));
+            }
+        };
+        if answered[i] {
+            return Err(format!("request {i}: callback called twice"));
+        }
+        answered[i] = true;
+        count += 1;
+        match result {
+            Ok(reply) if reply == bodies[i] => {}
+            Ok(_) => return Err(format!("request {i}: reply differs from its request")),
+            Err(e) => return Err(format!("request {i}: failed: {e}")),
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------ helpers
+
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        out.extend_from_slice(&splitmix64(&mut state).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Keeps a (possibly multi-line, e.g. a Java stack trace) message on one output line.
+fn one_line(text: &str) -> String {
+    let flat = text.replace('\r', "").replace('\n', " | ");
+    if flat.chars().count() > 400 {
+        let cut: String = flat.chars().take(400).collect();
+        format!("{cut}...")
+    } else {
+        flat
+    }
+}
