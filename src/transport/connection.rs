@@ -407,6 +407,12 @@ impl Conn {
         let _ = self.close_reason.set(reason.clone());
         {
             let mut queue = self.writes.lock();
+            // What was already answered goes out if the socket takes it now: a reply given
+            // in the same batch as the peer's hang-up (or a bad frame after a good one) is
+            // not lost. Best effort, never waiting.
+            if !queue.segments.is_empty() {
+                let _ = self.flush_locked(&mut queue);
+            }
             queue.closed = true;
             queue.segments.clear();
         }

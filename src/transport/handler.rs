@@ -108,10 +108,12 @@ impl Responder {
 impl Drop for Responder {
     fn drop(&mut self) {
         if let Some((conn, id)) = self.target.take() {
-            conn.respond(
-                id,
-                Err("the handler dropped the request without replying".into()),
-            );
+            let text = if std::thread::panicking() {
+                "the handler panicked while handling the request"
+            } else {
+                "the handler dropped the request without replying"
+            };
+            conn.respond(id, Err(text.into()));
         }
     }
 }

@@ -1,0 +1,15 @@
+//! Integration tests of rpcenv, one binary (STYLE.md habit 8): real sockets on
+//! 127.0.0.1 and port 0, bounded waits, every started thread joined.
+//!
+//! Run with `cargo test --test it`; `RUST_LOG=debug` shows the crate's logs.
+
+// The crate routes `Arc`/`Mutex` through `crate::sync` for loom; tests are not modelled
+// by loom and use the standard types directly.
+#![allow(clippy::disallowed_types)]
+
+mod support;
+
+mod bad_input;
+mod pool;
+mod server;
+mod transport;
