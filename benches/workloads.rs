@@ -1,0 +1,1351 @@
+//! The workload benchmark of `BENCH.md`: W1–W6 against the transport
+//! (`TransportClient` and an echo `RpcHandler`) and against a plain blocking-TCP
+//! baseline, server and client in this one process, on loopback.
+//!
+//! ```text
+//! cargo bench --bench workloads -- [W1 W2 ...] [--quick] [--threads N] [--system NAME]
+//! ```
+//!
+//! With no workload named, all run. `--quick` scales every workload down about ten
+//! times (smoke runs). `--threads N` sets `rpc.io.threads` (default 2). `--system NAME`
+//! (repeatable) runs only the systems named (`transport`, `plain-tcp`), e.g. to profile
+//! one; ratios are printed only when `plain-tcp` ran. The `--bench` argument cargo adds
+//! is ignored. Results go to stdout, one line per workload and
+//! system, then one ratio line per system against `plain-tcp`; diagnostics go to stderr.
+//! Any failure is printed and makes the exit status non-zero.
+//!
+//! Units: `MB` is 10^6 bytes of payload counted one way (the request bodies, not the
+//! echoes and not the frame headers); `us` is microseconds.
+//!
+//! Adding a system means implementing [`System`], [`Server`] and [`Connection`] and
+//! adding it to the list in `main`.
+
+// The bench is outside the library: the crate's own `Arc`/`Mutex` wrappers are private,
+// so it uses the standard ones.
+#![allow(clippy::disallowed_types)]
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use rpcenv::transport::{
+    Responder, RpcHandler, TransportClient, TransportClientFactory, TransportConf,
+    TransportContext, TransportServer,
+};
+use rpcenv::{RpcConf, RpcError};
+
+/// The byte every payload is filled with (around the sequence stamps).
+const FILL: u8 = 0xA5;
+/// W1, W2, W4, W6 payload.
+const SMALL: usize = 64;
+/// W3 payload.
+const MEDIUM: usize = 4 << 10;
+/// W5 payload.
+const LARGE: usize = 16 << 20;
+/// Requests in flight in W2 and W3.
+const WINDOW: usize = 64;
+/// Caller threads (and connections) in W6.
+const FAN_IN: usize = 32;
+/// The longest any single answer may take before the workload fails.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest the count request of W4 may take (it waits behind every one-way message).
+const COUNT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a plain-TCP server thread may take to notice its client closed.
+const SERVE_EXIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// `BufReader` / `BufWriter` capacity of the plain-TCP baseline.
+const PLAIN_BUFFER: usize = 64 << 10;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_millis()
+        .init();
+    let options = match Options::parse(std::env::args().skip(1)) {
+        Ok(Some(options)) => options,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let scale = Scale::new(options.quick);
+    // The baseline comes last; every other system gets a ratio line against it.
+    let systems: Vec<Box<dyn System>> = vec![
+        Box::new(TransportSystem {
+            io_threads: options.io_threads,
+        }),
+        Box::new(PlainTcp),
+    ];
+    let baseline = systems.len() - 1;
+    let known: Vec<&str> = systems.iter().map(|s| s.name()).collect();
+    if let Some(unknown) = options
+        .systems
+        .iter()
+        .find(|name| !known.contains(&name.as_str()))
+    {
+        eprintln!(
+            "error: unknown system {unknown:?} (known: {})\n{USAGE}",
+            known.join(", ")
+        );
+        return ExitCode::from(2);
+    }
+    eprintln!(
+        "workloads: {} ({}), rpc.io.threads={}",
+        options
+            .workloads
+            .iter()
+            .map(|w| w.name())
+            .collect::<Vec<_>>()
+            .join(" "),
+        if options.quick {
+            "quick: about 1/10 of the full size"
+        } else {
+            "full size"
+        },
+        options.io_threads
+    );
+    let selected =
+        |name: &str| options.systems.is_empty() || options.systems.iter().any(|s| s == name);
+    let mut failures = 0;
+    let started = Instant::now();
+    for &workload in &options.workloads {
+        let mut results: Vec<Option<Measurement>> = Vec::new();
+        for system in &systems {
+            if !selected(system.name()) {
+                results.push(None);
+                continue;
+            }
+            let began = Instant::now();
+            match run(workload, system.as_ref(), &scale) {
+                Ok(measurement) => {
+                    println!(
+                        "{} system={} {}",
+                        workload.name(),
+                        system.name(),
+                        measurement
+                    );
+                    eprintln!(
+                        "  ({} system={} took {:.1} s)",
+                        workload.name(),
+                        system.name(),
+                        began.elapsed().as_secs_f64()
+                    );
+                    results.push(Some(measurement));
+                }
+                Err(err) => {
+                    eprintln!(
+                        "error: {} system={} failed: {err}",
+                        workload.name(),
+                        system.name()
+                    );
+                    failures += 1;
+                    results.push(None);
+                }
+            }
+        }
+        let Some(Some(base)) = results.get(baseline) else {
+            continue;
+        };
+        for (index, system) in systems.iter().enumerate() {
+            if index == baseline {
+                continue;
+            }
+            if let Some(Some(measured)) = results.get(index) {
+                let (key, ratio) = measured.ratio_to(base);
+                println!(
+                    "{} ratio {}/{} {key}={ratio:.2}",
+                    workload.name(),
+                    system.name(),
+                    systems[baseline].name()
+                );
+            }
+        }
+    }
+    eprintln!(
+        "all workloads took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    if failures > 0 {
+        eprintln!("error: {failures} workload run(s) failed");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+const USAGE: &str = "usage: cargo bench --bench workloads -- [W1 .. W6] [--quick] [--threads N] \
+                     [--system transport|plain-tcp]...";
+
+// ---------------------------------------------------------------------------------------
+// Options and sizes
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    W1,
+    W2,
+    W3,
+    W4,
+    W5,
+    W6,
+}
+
+impl Workload {
+    const ALL: [Self; 6] = [Self::W1, Self::W2, Self::W3, Self::W4, Self::W5, Self::W6];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::W1 => "W1",
+            Self::W2 => "W2",
+            Self::W3 => "W3",
+            Self::W4 => "W4",
+            Self::W5 => "W5",
+            Self::W6 => "W6",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Options {
+    workloads: Vec<Workload>,
+    quick: bool,
+    io_threads: usize,
+    /// The systems to run; empty means all.
+    systems: Vec<String>,
+}
+
+impl Options {
+    /// The options, or `None` when only the usage was asked for.
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Self>, String> {
+        let mut workloads = Vec::new();
+        let mut quick = false;
+        let mut io_threads = 2;
+        let mut systems = Vec::new();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--bench" => {}
+                "--quick" => quick = true,
+                "-h" | "--help" => {
+                    println!("{USAGE}");
+                    return Ok(None);
+                }
+                "--threads" => {
+                    let value = args.next().ok_or("--threads needs a value")?;
+                    io_threads = parse_threads(&value)?;
+                }
+                "--system" => systems.push(args.next().ok_or("--system needs a name")?),
+                _ if arg.starts_with("--system=") => {
+                    systems.push(arg["--system=".len()..].to_owned())
+                }
+                _ if arg.starts_with("--threads=") => {
+                    io_threads = parse_threads(&arg["--threads=".len()..])?;
+                }
+                _ if arg.eq_ignore_ascii_case("W7") => {
+                    eprintln!("W7 (idle connections) is not implemented yet; skipping it");
+                }
+                _ => {
+                    let workload = Workload::ALL
+                        .into_iter()
+                        .find(|w| w.name().eq_ignore_ascii_case(&arg))
+                        .ok_or_else(|| format!("unknown argument {arg:?}"))?;
+                    if !workloads.contains(&workload) {
+                        workloads.push(workload);
+                    }
+                }
+            }
+        }
+        if workloads.is_empty() {
+            workloads = Workload::ALL.to_vec();
+        }
+        Ok(Some(Self {
+            workloads,
+            quick,
+            io_threads,
+            systems,
+        }))
+    }
+}
+
+fn parse_threads(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("--threads takes a positive integer, not {value:?}")),
+    }
+}
+
+/// The size of every workload; `--quick` divides each by about ten.
+#[derive(Debug)]
+struct Scale {
+    w1_warmup: usize,
+    w1_measured: usize,
+    pipe_warmup: Duration,
+    pipe_measure: Duration,
+    w4_messages: u64,
+    w5_warmup: usize,
+    w5_measured: usize,
+    w6_warmup: Duration,
+    w6_measure: Duration,
+}
+
+impl Scale {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                w1_warmup: 200,
+                w1_measured: 2_000,
+                pipe_warmup: Duration::from_millis(100),
+                pipe_measure: Duration::from_millis(500),
+                w4_messages: 100_000,
+                w5_warmup: 1,
+                w5_measured: 2,
+                w6_warmup: Duration::from_millis(100),
+                w6_measure: Duration::from_millis(500),
+            }
+        } else {
+            Self {
+                w1_warmup: 2_000,
+                w1_measured: 20_000,
+                pipe_warmup: Duration::from_secs(1),
+                pipe_measure: Duration::from_secs(5),
+                w4_messages: 1_000_000,
+                w5_warmup: 3,
+                w5_measured: 20,
+                w6_warmup: Duration::from_secs(1),
+                w6_measure: Duration::from_secs(5),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct BenchError(String);
+
+impl fmt::Display for BenchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl BenchError {
+    fn new(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+}
+
+type Result<T, E = BenchError> = std::result::Result<T, E>;
+
+/// Adds what was being done to an error.
+trait Context<T> {
+    fn context(self, what: impl fmt::Display) -> Result<T>;
+}
+
+impl<T, E: fmt::Display> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: impl fmt::Display) -> Result<T> {
+        self.map_err(|err| BenchError(format!("{what}: {err}")))
+    }
+}
+
+fn join<T>(handle: JoinHandle<Result<T>>, what: &str) -> Result<T> {
+    handle.join().map_err(|panic| {
+        let text = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-string panic".to_owned());
+        BenchError(format!("{what} panicked: {text}"))
+    })?
+}
+
+// ---------------------------------------------------------------------------------------
+// The systems under test
+// ---------------------------------------------------------------------------------------
+
+/// A system under test: it starts echo servers.
+trait System {
+    fn name(&self) -> &'static str;
+    /// Starts a fresh echo server (each workload gets its own, so W4's count starts at 0).
+    fn start(&self) -> Result<Box<dyn Server>>;
+}
+
+/// A running echo server: echoes requests, counts one-way messages, and answers a count
+/// request with the number of one-way messages it received.
+trait Server {
+    /// Opens a new connection to the server, distinct from every other one.
+    fn connect(&self) -> Result<Box<dyn Connection>>;
+    /// Stops the server and joins its threads. Close the connections first.
+    fn close(self: Box<Self>) -> Result<()>;
+}
+
+/// One client connection. Dropping it closes it too; `close` reports errors.
+trait Connection: Send {
+    /// A number that tells this connection from the others of the same system.
+    fn id(&self) -> u64;
+    /// One synchronous round trip; returns the echo (the caller may reuse its buffer).
+    fn echo_sync(&mut self, body: Vec<u8>) -> Result<Vec<u8>>;
+    /// `plan.window` requests in flight, as long as `plan` says; counts the answers
+    /// that arrive inside the measured window.
+    fn pipelined(&mut self, plan: &PipePlan) -> Result<u64>;
+    /// Sends `messages` one-way messages of `payload` bytes, then one request whose
+    /// answer is the server's count of one-way messages; returns that count.
+    fn one_way_then_count(&mut self, messages: u64, payload: usize) -> Result<u64>;
+    fn close(self: Box<Self>) -> Result<()>;
+}
+
+/// What a pipelined run does.
+#[derive(Debug, Clone, Copy)]
+struct PipePlan {
+    payload: usize,
+    window: usize,
+    warmup: Duration,
+    measure: Duration,
+}
+
+/// The measured window of a timed run: answers completing in `[warm_end, end)` count.
+#[derive(Debug, Clone, Copy)]
+struct TimeWindow {
+    warm_end: Instant,
+    end: Instant,
+}
+
+impl TimeWindow {
+    fn starting_now(warmup: Duration, measure: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            warm_end: now + warmup,
+            end: now + warmup + measure,
+        }
+    }
+}
+
+/// Counts completions inside a [`TimeWindow`].
+#[derive(Debug)]
+struct Meter {
+    window: TimeWindow,
+    counted: u64,
+    past_end: bool,
+}
+
+impl Meter {
+    fn new(window: TimeWindow) -> Self {
+        Self {
+            window,
+            counted: 0,
+            past_end: false,
+        }
+    }
+
+    /// One completion, now.
+    fn record(&mut self) {
+        let now = Instant::now();
+        if now >= self.window.end {
+            self.past_end = true;
+        } else if now >= self.window.warm_end {
+            self.counted += 1;
+        }
+    }
+}
+
+// --- payload stamps ---------------------------------------------------------------------
+
+/// Writes `seq` into the first 8 bytes and, when there is room, the last 8.
+fn stamp(body: &mut [u8], seq: u64) {
+    let bytes = seq.to_le_bytes();
+    let len = body.len();
+    if len >= 8 {
+        body[..8].copy_from_slice(&bytes);
+    }
+    if len >= 16 {
+        body[len - 8..].copy_from_slice(&bytes);
+    }
+}
+
+/// Checks an echo: its length, its stamps (equal to `seq` when given, else to each
+/// other) and, when `full`, that every other byte is [`FILL`].
+fn check_echo(reply: &[u8], len: usize, seq: Option<u64>, full: bool) -> Result<()> {
+    if reply.len() != len {
+        return Err(BenchError(format!(
+            "echo of {} bytes, expected {len}",
+            reply.len()
+        )));
+    }
+    if len < 16 {
+        return Ok(());
+    }
+    let head = u64::from_le_bytes(reply[..8].try_into().expect("8 bytes"));
+    let tail = u64::from_le_bytes(reply[len - 8..].try_into().expect("8 bytes"));
+    if head != tail || seq.is_some_and(|seq| seq != head) {
+        return Err(BenchError(format!(
+            "echo stamped {head}/{tail}, expected {}",
+            seq.map_or_else(|| "equal stamps".to_owned(), |s| s.to_string())
+        )));
+    }
+    if full && reply[8..len - 8].iter().any(|&b| b != FILL) {
+        return Err(BenchError::new("echo body differs from the request"));
+    }
+    Ok(())
+}
+
+// --- system=transport -------------------------------------------------------------------
+
+/// `TransportClient` against an echo [`RpcHandler`], one `TransportContext` (and one set
+/// of `rpc-io-N` loops) for the server and its clients.
+#[derive(Debug)]
+struct TransportSystem {
+    io_threads: usize,
+}
+
+/// The body of the count request of W4 (its length differs from every echo payload).
+const COUNT_REQUEST: &[u8] = b"rpcenv-bench: how many one-way messages?";
+
+/// Echoes requests, counts one-way messages, answers [`COUNT_REQUEST`] with the count.
+#[derive(Debug, Default)]
+struct EchoHandler {
+    one_way: AtomicU64,
+}
+
+impl RpcHandler for EchoHandler {
+    fn receive(&self, _client: &TransportClient, message: Vec<u8>, responder: Responder) {
+        if message.as_slice() == COUNT_REQUEST {
+            let count = self.one_way.load(Ordering::SeqCst);
+            responder.reply(count.to_le_bytes().to_vec());
+        } else {
+            responder.reply(message);
+        }
+    }
+
+    fn receive_one_way(&self, _client: &TransportClient, _message: Vec<u8>) {
+        self.one_way.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl System for TransportSystem {
+    fn name(&self) -> &'static str {
+        "transport"
+    }
+
+    fn start(&self) -> Result<Box<dyn Server>> {
+        let conf = RpcConf::new().set("rpc.io.threads", self.io_threads.to_string());
+        let conf = TransportConf::from_conf(&conf).context("transport configuration")?;
+        let ctx = TransportContext::new(conf, Arc::new(EchoHandler::default()));
+        let server = ctx
+            .create_server("127.0.0.1", 0)
+            .context("transport server")?;
+        let port = server.port();
+        Ok(Box::new(TransportBenchServer { ctx, server, port }))
+    }
+}
+
+#[derive(Debug)]
+struct TransportBenchServer {
+    ctx: TransportContext,
+    server: TransportServer,
+    port: u16,
+}
+
+impl Server for TransportBenchServer {
+    fn connect(&self) -> Result<Box<dyn Connection>> {
+        // A factory per connection: a factory pools one client per peer by default.
+        let factory = self.ctx.create_client_factory();
+        let client = factory
+            .create_client("127.0.0.1", self.port)
+            .context(format_args!("transport connect to 127.0.0.1:{}", self.port))?;
+        Ok(Box::new(TransportConnection { factory, client }))
+    }
+
+    fn close(self: Box<Self>) -> Result<()> {
+        // Closing the server releases the event loops once every factory is closed too;
+        // the last release joins the rpc-io threads.
+        self.server.close();
+        drop(self.ctx);
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct TransportConnection {
+    factory: TransportClientFactory,
+    client: TransportClient,
+}
+
+impl TransportConnection {
+    /// Sends one request of a pipelined run; its answer goes to `answers`.
+    fn send_pipelined(&self, body: Vec<u8>, answers: &Sender<Result<Vec<u8>, RpcError>>) {
+        let answers = answers.clone();
+        self.client.send_rpc(body, move |result| {
+            // An unbounded channel never blocks; it is only disconnected when the run
+            // has already failed and stopped listening.
+            let _ = answers.send(result);
+        });
+    }
+}
+
+impl Connection for TransportConnection {
+    fn id(&self) -> u64 {
+        self.client.id()
+    }
+
+    fn echo_sync(&mut self, body: Vec<u8>) -> Result<Vec<u8>> {
+        self.client
+            .send_rpc_sync(body, REPLY_TIMEOUT)
+            .context("send_rpc_sync")
+    }
+
+    fn pipelined(&mut self, plan: &PipePlan) -> Result<u64> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut meter = Meter::new(TimeWindow::starting_now(plan.warmup, plan.measure));
+        let mut seq = 0u64;
+        for _ in 0..plan.window {
+            let mut body = vec![FILL; plan.payload];
+            stamp(&mut body, seq);
+            seq += 1;
+            self.send_pipelined(body, &tx);
+        }
+        let mut in_flight = plan.window;
+        while in_flight > 0 {
+            let answer = match rx.recv_timeout(REPLY_TIMEOUT) {
+                Ok(answer) => answer,
+                Err(err) => {
+                    return Err(BenchError(format!(
+                        "no answer within {REPLY_TIMEOUT:?} with {in_flight} requests in \
+                         flight ({err}); the client has {} outstanding",
+                        self.client.outstanding_requests()
+                    )));
+                }
+            };
+            in_flight -= 1;
+            let mut body = answer.context(format_args!("request (of {seq} sent)"))?;
+            check_echo(&body, plan.payload, None, false)?;
+            meter.record();
+            if !meter.past_end {
+                stamp(&mut body, seq);
+                seq += 1;
+                self.send_pipelined(body, &tx);
+                in_flight += 1;
+            }
+        }
+        Ok(meter.counted)
+    }
+
+    fn one_way_then_count(&mut self, messages: u64, payload: usize) -> Result<u64> {
+        for i in 0..messages {
+            self.client
+                .send(vec![FILL; payload])
+                .context(format_args!("one-way message {i} of {messages}"))?;
+        }
+        let answer = self
+            .client
+            .send_rpc_sync(COUNT_REQUEST, COUNT_TIMEOUT)
+            .context("count request")?;
+        let count: [u8; 8] = answer
+            .as_slice()
+            .try_into()
+            .map_err(|_| BenchError(format!("count answer of {} bytes, not 8", answer.len())))?;
+        Ok(u64::from_le_bytes(count))
+    }
+
+    fn close(self: Box<Self>) -> Result<()> {
+        self.client.close();
+        self.factory.close();
+        Ok(())
+    }
+}
+
+// --- system=plain-tcp -------------------------------------------------------------------
+
+/// The baseline: blocking `std::net::TcpStream`s with `TCP_NODELAY`, frames of an 8-byte
+/// length, an 8-byte request id and the body (big endian), one server thread per
+/// connection that echoes through a `BufReader` and a `BufWriter`, flushing whenever it
+/// has no more buffered input.
+#[derive(Debug)]
+struct PlainTcp;
+
+/// Request id of a one-way frame: counted, not answered.
+const ONE_WAY_ID: u64 = u64::MAX;
+/// Request id of the count request: answered with the count of one-way frames (8 bytes,
+/// little endian).
+const COUNT_ID: u64 = u64::MAX - 1;
+/// Request id of the frame that ends a pipelined run (echoed like any other).
+const END_ID: u64 = u64::MAX - 2;
+/// The largest frame body the baseline accepts.
+const PLAIN_MAX_BODY: u64 = 1 << 30;
+
+fn write_frame(out: &mut impl Write, id: u64, body: &[u8]) -> io::Result<()> {
+    let mut header = [0u8; 16];
+    header[..8].copy_from_slice(&(body.len() as u64).to_be_bytes());
+    header[8..].copy_from_slice(&id.to_be_bytes());
+    out.write_all(&header)?;
+    out.write_all(body)
+}
+
+/// Reads one frame into `body` (reusing its allocation); returns its request id.
+fn read_frame(input: &mut impl Read, body: &mut Vec<u8>) -> io::Result<u64> {
+    let mut header = [0u8; 16];
+    input.read_exact(&mut header)?;
+    let len = u64::from_be_bytes(header[..8].try_into().expect("8 bytes"));
+    let id = u64::from_be_bytes(header[8..].try_into().expect("8 bytes"));
+    if len > PLAIN_MAX_BODY {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame body of {len} bytes (max {PLAIN_MAX_BODY})"),
+        ));
+    }
+    body.resize(len as usize, 0);
+    input.read_exact(body)?;
+    Ok(id)
+}
+
+impl System for PlainTcp {
+    fn name(&self) -> &'static str {
+        "plain-tcp"
+    }
+
+    fn start(&self) -> Result<Box<dyn Server>> {
+        let listener = TcpListener::bind("127.0.0.1:0").context("plain-tcp bind")?;
+        let addr = listener.local_addr().context("plain-tcp local address")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let acceptor = {
+            let stop = Arc::clone(&stop);
+            let served = Arc::clone(&served);
+            thread::Builder::new()
+                .name("plain-accept".into())
+                .spawn(move || accept_loop(&listener, &stop, &served))
+                .context("cannot start the plain-tcp accept thread")?
+        };
+        Ok(Box::new(PlainServer {
+            addr,
+            stop,
+            acceptor,
+            served,
+        }))
+    }
+}
+
+/// A connection the plain-TCP server serves: a handle to shut it, and its thread.
+struct Served {
+    stream: TcpStream,
+    thread: JoinHandle<Result<()>>,
+}
+
+#[derive(Debug)]
+struct PlainServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    acceptor: JoinHandle<Result<()>>,
+    served: Arc<Mutex<Vec<Served>>>,
+}
+
+impl fmt::Debug for Served {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Served")
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Accepts until `stop` is set (and one more connection wakes it).
+fn accept_loop(
+    listener: &TcpListener,
+    stop: &AtomicBool,
+    served: &Mutex<Vec<Served>>,
+) -> Result<()> {
+    for n in 0u64.. {
+        let (stream, peer) = listener.accept().context("plain-tcp accept")?;
+        if stop.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        stream.set_nodelay(true).context("TCP_NODELAY")?;
+        let handle = stream.try_clone().context("plain-tcp try_clone")?;
+        let thread = thread::Builder::new()
+            .name(format!("plain-serve-{n}"))
+            .spawn(move || serve(stream).context(format_args!("plain-tcp server for {peer}")))
+            .context("cannot start a plain-tcp server thread")?;
+        served
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Served {
+                stream: handle,
+                thread,
+            });
+    }
+    Ok(())
+}
+
+/// Serves one connection until the client closes it at a frame boundary.
+fn serve(stream: TcpStream) -> io::Result<()> {
+    let mut reader = BufReader::with_capacity(PLAIN_BUFFER, stream.try_clone()?);
+    let mut writer = BufWriter::with_capacity(PLAIN_BUFFER, stream);
+    let mut body = Vec::new();
+    let mut one_way = 0u64;
+    loop {
+        if reader.buffer().is_empty() {
+            writer.flush()?;
+            if reader.fill_buf()?.is_empty() {
+                return Ok(());
+            }
+        }
+        match read_frame(&mut reader, &mut body)? {
+            ONE_WAY_ID => one_way += 1,
+            COUNT_ID => write_frame(&mut writer, COUNT_ID, &one_way.to_le_bytes())?,
+            id => write_frame(&mut writer, id, &body)?,
+        }
+    }
+}
+
+impl Server for PlainServer {
+    fn connect(&self) -> Result<Box<dyn Connection>> {
+        let stream = TcpStream::connect(self.addr).context("plain-tcp connect")?;
+        stream.set_nodelay(true).context("TCP_NODELAY")?;
+        // Bounds every wait of the client on a broken server.
+        stream
+            .set_read_timeout(Some(REPLY_TIMEOUT))
+            .context("SO_RCVTIMEO")?;
+        stream
+            .set_write_timeout(Some(REPLY_TIMEOUT))
+            .context("SO_SNDTIMEO")?;
+        let port = stream
+            .local_addr()
+            .context("plain-tcp local address")?
+            .port();
+        let reader =
+            BufReader::with_capacity(PLAIN_BUFFER, stream.try_clone().context("try_clone")?);
+        let writer =
+            BufWriter::with_capacity(PLAIN_BUFFER, stream.try_clone().context("try_clone")?);
+        Ok(Box::new(PlainConnection {
+            stream,
+            reader,
+            writer,
+            next_id: 0,
+            port,
+        }))
+    }
+
+    fn close(self: Box<Self>) -> Result<()> {
+        let mut errors = Vec::new();
+        self.stop.store(true, Ordering::Release);
+        // Wakes the accept thread, which then sees `stop`.
+        if let Err(err) = TcpStream::connect(self.addr) {
+            errors.push(format!("cannot wake the accept thread: {err}"));
+        }
+        if let Err(err) = join(self.acceptor, "the plain-tcp accept thread") {
+            errors.push(err.to_string());
+        }
+        let served =
+            std::mem::take(&mut *self.served.lock().unwrap_or_else(PoisonError::into_inner));
+        for Served { stream, thread } in served {
+            let deadline = Instant::now() + SERVE_EXIT_TIMEOUT;
+            while !thread.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
+            }
+            if !thread.is_finished() {
+                errors.push(format!(
+                    "a plain-tcp server thread still ran {SERVE_EXIT_TIMEOUT:?} after close; \
+                     shutting its socket"
+                ));
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+            if let Err(err) = join(thread, "a plain-tcp server thread") {
+                errors.push(err.to_string());
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(BenchError(errors.join("; ")))
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PlainConnection {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+    writer: BufWriter<TcpStream>,
+    next_id: u64,
+    port: u16,
+}
+
+impl Connection for PlainConnection {
+    fn id(&self) -> u64 {
+        u64::from(self.port)
+    }
+
+    fn echo_sync(&mut self, mut body: Vec<u8>) -> Result<Vec<u8>> {
+        let id = self.next_id;
+        self.next_id += 1;
+        write_frame(&mut self.writer, id, &body).context("plain-tcp write")?;
+        self.writer.flush().context("plain-tcp flush")?;
+        let got = read_frame(&mut self.reader, &mut body).context("plain-tcp read")?;
+        if got != id {
+            return Err(BenchError(format!(
+                "answer to request {got}, expected {id}"
+            )));
+        }
+        Ok(body)
+    }
+
+    fn pipelined(&mut self, plan: &PipePlan) -> Result<u64> {
+        // Window slots: the reader hands one back per answer, the writer takes one per
+        // request. There are never more than `window` of them, so sends never block.
+        let (slot_tx, slot_rx) = crossbeam_channel::bounded(plan.window);
+        for _ in 0..plan.window {
+            slot_tx.try_send(()).context("filling the window")?;
+        }
+        let window = TimeWindow::starting_now(plan.warmup, plan.measure);
+        let stream = self.stream.try_clone().context("try_clone")?;
+        let payload = plan.payload;
+        let writer = thread::Builder::new()
+            .name("plain-pipe-writer".into())
+            .spawn(move || {
+                let result = pipe_writer(&stream, payload, window.end, &slot_rx);
+                if result.is_err() {
+                    // Unblocks the reader at once instead of after its read timeout.
+                    let _ = stream.shutdown(Shutdown::Both);
+                }
+                result
+            })
+            .context("cannot start the plain-tcp writer thread")?;
+        let read = pipe_reader(&mut self.reader, payload, window, &slot_tx);
+        drop(slot_tx);
+        if read.is_err() {
+            // Unblocks the writer if it is stuck in a write.
+            let _ = self.stream.shutdown(Shutdown::Both);
+        }
+        let sent = join(writer, "the plain-tcp writer thread");
+        match (read, sent) {
+            (Ok((counted, answered)), Ok(sent)) if answered == sent => Ok(counted),
+            (Ok((_, answered)), Ok(sent)) => {
+                Err(BenchError(format!("{answered} answers to {sent} requests")))
+            }
+            (Ok(_), Err(err)) => Err(err),
+            (Err(err), Ok(_)) => Err(err),
+            (Err(read), Err(write)) => Err(BenchError(format!("{read}; {write}"))),
+        }
+    }
+
+    fn one_way_then_count(&mut self, messages: u64, payload: usize) -> Result<u64> {
+        let body = vec![FILL; payload];
+        for i in 0..messages {
+            write_frame(&mut self.writer, ONE_WAY_ID, &body)
+                .context(format_args!("one-way message {i} of {messages}"))?;
+        }
+        write_frame(&mut self.writer, COUNT_ID, &[]).context("count request")?;
+        self.writer.flush().context("plain-tcp flush")?;
+        let mut answer = Vec::new();
+        let id = read_frame(&mut self.reader, &mut answer).context("count answer")?;
+        let count: [u8; 8] = answer
+            .as_slice()
+            .try_into()
+            .map_err(|_| BenchError(format!("count answer of {} bytes, not 8", answer.len())))?;
+        if id != COUNT_ID {
+            return Err(BenchError(format!("count answer with request id {id}")));
+        }
+        Ok(u64::from_le_bytes(count))
+    }
+
+    fn close(self: Box<Self>) -> Result<()> {
+        let Self {
+            stream,
+            reader,
+            mut writer,
+            ..
+        } = *self;
+        writer.flush().context("plain-tcp flush")?;
+        if !reader.buffer().is_empty() {
+            return Err(BenchError::new(
+                "plain-tcp connection closed with unread input",
+            ));
+        }
+        stream
+            .shutdown(Shutdown::Both)
+            .context("plain-tcp shutdown")
+    }
+}
+
+/// Writes requests while it holds window slots, flushing whenever it runs out of them,
+/// until `end`; then the end frame. Returns the number of requests sent.
+fn pipe_writer(
+    stream: &TcpStream,
+    payload: usize,
+    end: Instant,
+    slots: &Receiver<()>,
+) -> Result<u64> {
+    let mut out = BufWriter::with_capacity(PLAIN_BUFFER, stream);
+    let mut body = vec![FILL; payload];
+    let mut sent = 0u64;
+    loop {
+        match slots.try_recv() {
+            Ok(()) => {}
+            Err(TryRecvError::Empty) => {
+                out.flush().context("plain-tcp flush")?;
+                match slots.recv_timeout(REPLY_TIMEOUT) {
+                    Ok(()) => {}
+                    Err(RecvTimeoutError::Timeout) => {
+                        return Err(BenchError(format!(
+                            "no answer freed a window slot within {REPLY_TIMEOUT:?}"
+                        )));
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        return Err(BenchError::new("the reader stopped"));
+                    }
+                }
+            }
+            Err(TryRecvError::Disconnected) => return Err(BenchError::new("the reader stopped")),
+        }
+        if Instant::now() >= end {
+            break;
+        }
+        stamp(&mut body, sent);
+        write_frame(&mut out, sent, &body).context("plain-tcp write")?;
+        sent += 1;
+    }
+    write_frame(&mut out, END_ID, &[]).context("plain-tcp write")?;
+    out.flush().context("plain-tcp flush")?;
+    Ok(sent)
+}
+
+/// Reads answers until the end frame, handing a window slot back for each. Returns the
+/// answers counted in the measured window and all answers.
+fn pipe_reader(
+    input: &mut BufReader<TcpStream>,
+    payload: usize,
+    window: TimeWindow,
+    slots: &Sender<()>,
+) -> Result<(u64, u64)> {
+    let mut meter = Meter::new(window);
+    let mut body = Vec::with_capacity(payload);
+    let mut answered = 0u64;
+    loop {
+        let id = read_frame(input, &mut body).context("plain-tcp read")?;
+        if id == END_ID {
+            break;
+        }
+        check_echo(&body, payload, None, false)?;
+        answered += 1;
+        meter.record();
+        match slots.try_send(()) {
+            Ok(()) => {}
+            Err(TrySendError::Full(())) => {
+                return Err(BenchError::new("more answers than requests in the window"));
+            }
+            // The writer is done: it sent the end frame, or failed and shut the
+            // stream (the next read fails, and joining it reports why).
+            Err(TrySendError::Disconnected(())) => {}
+        }
+    }
+    Ok((meter.counted, answered))
+}
+
+// ---------------------------------------------------------------------------------------
+// The workloads
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy)]
+enum Measurement {
+    Latency {
+        p50_us: f64,
+        p99_us: f64,
+        mean_us: f64,
+    },
+    Pipelined {
+        req_per_s: f64,
+        mb_per_s: Option<f64>,
+    },
+    OneWay {
+        msg_per_s: f64,
+        messages: u64,
+    },
+    Large {
+        mb_per_s: f64,
+        round_trips: usize,
+    },
+    FanIn {
+        req_per_s: f64,
+        connections: usize,
+    },
+}
+
+impl Measurement {
+    /// The headline figure of `self` over that of `base`, and its key.
+    fn ratio_to(&self, base: &Self) -> (&'static str, f64) {
+        match (self, base) {
+            (Self::Latency { p50_us: a, .. }, Self::Latency { p50_us: b, .. }) => ("p50", a / b),
+            (Self::Pipelined { req_per_s: a, .. }, Self::Pipelined { req_per_s: b, .. })
+            | (Self::FanIn { req_per_s: a, .. }, Self::FanIn { req_per_s: b, .. }) => {
+                ("req_per_s", a / b)
+            }
+            (Self::OneWay { msg_per_s: a, .. }, Self::OneWay { msg_per_s: b, .. }) => {
+                ("msg_per_s", a / b)
+            }
+            (Self::Large { mb_per_s: a, .. }, Self::Large { mb_per_s: b, .. }) => {
+                ("mb_per_s", a / b)
+            }
+            _ => ("mismatched", f64::NAN),
+        }
+    }
+}
+
+impl fmt::Display for Measurement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Latency {
+                p50_us,
+                p99_us,
+                mean_us,
+            } => {
+                write!(
+                    f,
+                    "p50_us={p50_us:.1} p99_us={p99_us:.1} mean_us={mean_us:.1}"
+                )
+            }
+            Self::Pipelined {
+                req_per_s,
+                mb_per_s: None,
+            } => write!(f, "req_per_s={req_per_s:.0}"),
+            Self::Pipelined {
+                req_per_s,
+                mb_per_s: Some(mb),
+            } => {
+                write!(f, "req_per_s={req_per_s:.0} mb_per_s={mb:.1}")
+            }
+            Self::OneWay {
+                msg_per_s,
+                messages,
+            } => {
+                write!(f, "msg_per_s={msg_per_s:.0} messages={messages}")
+            }
+            Self::Large {
+                mb_per_s,
+                round_trips,
+            } => {
+                write!(f, "mb_per_s={mb_per_s:.1} round_trips={round_trips}")
+            }
+            Self::FanIn {
+                req_per_s,
+                connections,
+            } => {
+                write!(f, "req_per_s={req_per_s:.0} connections={connections}")
+            }
+        }
+    }
+}
+
+/// Runs one workload on a fresh server of `system`, then closes the server.
+fn run(workload: Workload, system: &dyn System, scale: &Scale) -> Result<Measurement> {
+    let server = system.start()?;
+    let result = match workload {
+        Workload::W1 => latency(server.as_ref(), scale),
+        Workload::W2 => pipelined(server.as_ref(), scale, SMALL),
+        Workload::W3 => pipelined(server.as_ref(), scale, MEDIUM),
+        Workload::W4 => one_way(server.as_ref(), scale),
+        Workload::W5 => large(server.as_ref(), scale),
+        Workload::W6 => fan_in(server.as_ref(), scale),
+    };
+    let closed = server.close().context("closing the server");
+    match (result, closed) {
+        (Ok(measurement), Ok(())) => Ok(measurement),
+        (Err(err), Ok(())) => Err(err),
+        (Ok(_), Err(err)) => Err(err),
+        (Err(err), Err(close)) => Err(BenchError(format!("{err}; then {close}"))),
+    }
+}
+
+/// W1: synchronous 64-byte round trips on one connection; p50, p99 and mean of the
+/// measured ones.
+fn latency(server: &dyn Server, scale: &Scale) -> Result<Measurement> {
+    let mut conn = server.connect()?;
+    let total = scale.w1_warmup + scale.w1_measured;
+    let mut samples = Vec::with_capacity(scale.w1_measured);
+    let mut body = vec![FILL; SMALL];
+    for i in 0..total {
+        let seq = i as u64;
+        stamp(&mut body, seq);
+        let started = Instant::now();
+        let reply = conn
+            .echo_sync(body)
+            .context(format_args!("round trip {i}"))?;
+        let took = started.elapsed();
+        check_echo(&reply, SMALL, Some(seq), true).context(format_args!("round trip {i}"))?;
+        if i >= scale.w1_warmup {
+            samples.push(took);
+        }
+        body = reply;
+    }
+    conn.close()?;
+    samples.sort_unstable();
+    let n = samples.len();
+    if n == 0 {
+        return Err(BenchError::new("no measured round trips"));
+    }
+    // Nearest rank: the smallest sample at or above the fraction p of all samples.
+    let rank = |p: f64| samples[((p * n as f64).ceil() as usize).clamp(1, n) - 1];
+    let micros = |d: Duration| d.as_secs_f64() * 1e6;
+    let mean = samples.iter().sum::<Duration>() / n as u32;
+    Ok(Measurement::Latency {
+        p50_us: micros(rank(0.50)),
+        p99_us: micros(rank(0.99)),
+        mean_us: micros(mean),
+    })
+}
+
+/// W2 (64 bytes) and W3 (4 KiB): one connection, 64 requests in flight; answers per
+/// second over the measured window, and for W3 MB/s of request payload.
+fn pipelined(server: &dyn Server, scale: &Scale, payload: usize) -> Result<Measurement> {
+    let mut conn = server.connect()?;
+    let plan = PipePlan {
+        payload,
+        window: WINDOW,
+        warmup: scale.pipe_warmup,
+        measure: scale.pipe_measure,
+    };
+    let counted = conn.pipelined(&plan)?;
+    conn.close()?;
+    if counted == 0 {
+        return Err(BenchError::new(
+            "no answer arrived inside the measured window",
+        ));
+    }
+    let req_per_s = counted as f64 / plan.measure.as_secs_f64();
+    let mb_per_s = (payload > SMALL).then(|| req_per_s * payload as f64 / 1e6);
+    Ok(Measurement::Pipelined {
+        req_per_s,
+        mb_per_s,
+    })
+}
+
+/// W4: one-way 64-byte messages, then a count request whose answer must equal their
+/// number; messages per second from the first send to that answer.
+fn one_way(server: &dyn Server, scale: &Scale) -> Result<Measurement> {
+    let mut conn = server.connect()?;
+    let messages = scale.w4_messages;
+    let started = Instant::now();
+    let count = conn.one_way_then_count(messages, SMALL)?;
+    let elapsed = started.elapsed();
+    conn.close()?;
+    if count != messages {
+        return Err(BenchError(format!(
+            "the receiver counted {count} one-way messages, {messages} were sent"
+        )));
+    }
+    Ok(Measurement::OneWay {
+        msg_per_s: messages as f64 / elapsed.as_secs_f64(),
+        messages,
+    })
+}
+
+/// W5: 16 MiB echoes, one at a time; MB/s = payload bytes sent one way by the measured
+/// round trips / the sum of their durations (each from send to the whole echo received).
+fn large(server: &dyn Server, scale: &Scale) -> Result<Measurement> {
+    let mut conn = server.connect()?;
+    let mut body = vec![FILL; LARGE];
+    let mut measured = Duration::ZERO;
+    for i in 0..scale.w5_warmup + scale.w5_measured {
+        let seq = i as u64;
+        stamp(&mut body, seq);
+        let started = Instant::now();
+        let reply = conn
+            .echo_sync(body)
+            .context(format_args!("16 MiB round trip {i}"))?;
+        let took = started.elapsed();
+        check_echo(&reply, LARGE, Some(seq), true)
+            .context(format_args!("16 MiB round trip {i}"))?;
+        if i >= scale.w5_warmup {
+            measured += took;
+        }
+        body = reply;
+    }
+    conn.close()?;
+    let bytes = (LARGE * scale.w5_measured) as f64;
+    Ok(Measurement::Large {
+        mb_per_s: bytes / measured.as_secs_f64() / 1e6,
+        round_trips: scale.w5_measured,
+    })
+}
+
+/// W6: 32 threads, each with its own connection, synchronous 64-byte round trips; the
+/// round trips completed by all of them inside the measured window, per second.
+fn fan_in(server: &dyn Server, scale: &Scale) -> Result<Measurement> {
+    let mut conns = Vec::with_capacity(FAN_IN);
+    for i in 0..FAN_IN {
+        conns.push(server.connect().context(format_args!("connection {i}"))?);
+    }
+    let ids: HashSet<u64> = conns.iter().map(|conn| conn.id()).collect();
+    if ids.len() != FAN_IN {
+        return Err(BenchError(format!(
+            "{FAN_IN} connects gave {} distinct connections",
+            ids.len()
+        )));
+    }
+    // The callers wait until `go` is dropped; by then `window` is set, unless starting
+    // the callers failed, in which case they close their connections and stop.
+    let (go, wait_for_go) = crossbeam_channel::bounded::<()>(0);
+    let window: Arc<OnceLock<TimeWindow>> = Arc::new(OnceLock::new());
+    let mut threads = Vec::with_capacity(FAN_IN);
+    let mut spawn_error = None;
+    for (i, mut conn) in conns.into_iter().enumerate() {
+        let wait_for_go = wait_for_go.clone();
+        let window = Arc::clone(&window);
+        let spawned = thread::Builder::new()
+            .name(format!("w6-caller-{i}"))
+            .spawn(move || {
+                // Only ever disconnected: nothing is sent on `go`.
+                let _ = wait_for_go.recv();
+                let Some(&window) = window.get() else {
+                    return conn.close().map(|()| 0);
+                };
+                let mut meter = Meter::new(window);
+                let mut body = vec![FILL; SMALL];
+                let mut seq = 0u64;
+                while !meter.past_end {
+                    stamp(&mut body, seq);
+                    let reply = conn
+                        .echo_sync(body)
+                        .context(format_args!("caller {i}, round trip {seq}"))?;
+                    check_echo(&reply, SMALL, Some(seq), false)?;
+                    meter.record();
+                    body = reply;
+                    seq += 1;
+                }
+                conn.close()?;
+                Ok(meter.counted)
+            });
+        match spawned {
+            Ok(handle) => threads.push(handle),
+            Err(err) => {
+                spawn_error = Some(BenchError(format!("cannot start caller thread {i}: {err}")));
+                break;
+            }
+        }
+    }
+    if spawn_error.is_none() {
+        let _ = window.set(TimeWindow::starting_now(scale.w6_warmup, scale.w6_measure));
+    }
+    drop(go);
+    let mut total = 0u64;
+    let mut errors = Vec::new();
+    for (i, handle) in threads.into_iter().enumerate() {
+        match join(handle, &format!("W6 caller thread {i}")) {
+            Ok(counted) => total += counted,
+            Err(err) => errors.push(err.to_string()),
+        }
+    }
+    if let Some(err) = spawn_error {
+        errors.insert(0, err.to_string());
+    }
+    if !errors.is_empty() {
+        return Err(BenchError(errors.join("; ")));
+    }
+    Ok(Measurement::FanIn {
+        req_per_s: total as f64 / scale.w6_measure.as_secs_f64(),
+        connections: FAN_IN,
+    })
+}
