@@ -1,6 +1,6 @@
 //! The one place that names the standard synchronisation primitives.
 //!
-//! Everything else in the crate takes `Arc` and `Mutex` from here, so a model
+//! Everything else in the crate takes `Arc`, `Mutex` and `Condvar` from here, so a model
 //! checker can be swapped in under `cfg(loom)` without touching the rest of the code.
 //! [`Mutex::lock`] ignores poisoning: every piece of user code the crate calls runs under
 //! `catch_unwind` or outside any lock, so a poisoned lock only ever guards consistent data.
@@ -35,5 +35,27 @@ impl<T> Mutex<T> {
         self.0
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A condition variable paired with [`Mutex`]; waits ignore poisoning like `Mutex::lock`.
+#[derive(Debug, Default)]
+pub(crate) struct Condvar(std::sync::Condvar);
+
+impl Condvar {
+    /// Waits for a notification or until `timeout` passes (spurious wake-ups happen).
+    pub(crate) fn wait_timeout<'a, T>(
+        &self,
+        guard: MutexGuard<'a, T>,
+        timeout: std::time::Duration,
+    ) -> MutexGuard<'a, T> {
+        match self.0.wait_timeout(guard, timeout) {
+            Ok((guard, _)) => guard,
+            Err(poisoned) => poisoned.into_inner().0,
+        }
+    }
+
+    pub(crate) fn notify_one(&self) {
+        self.0.notify_one();
     }
 }

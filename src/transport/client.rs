@@ -3,12 +3,10 @@
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::time::Duration;
-
-use crossbeam_channel::RecvTimeoutError;
+use std::time::{Duration, Instant};
 
 use crate::error::RpcError;
-use crate::sync::Arc;
+use crate::sync::{Arc, Condvar, Mutex};
 use crate::transport::connection::Conn;
 
 /// One connection, seen from the side that sends on it.
@@ -21,7 +19,7 @@ use crate::transport::connection::Conn;
 ///
 /// ```
 /// use std::sync::Arc;
-/// use std::time::Duration;
+/// use std::time::{Duration, Instant};
 /// use rpcenv::transport::{Responder, RpcHandler, TransportClient, TransportConf, TransportContext};
 ///
 /// struct Echo;
@@ -73,26 +71,26 @@ impl TransportClient {
         body: impl Into<Vec<u8>>,
         timeout: Duration,
     ) -> Result<Vec<u8>, RpcError> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let id = self.send_rpc(body, move |result| {
-            let _ = tx.send(result);
-        });
-        match rx.recv_timeout(timeout) {
-            Ok(result) => result,
-            Err(RecvTimeoutError::Timeout) => {
-                if self.remove_rpc_request(id) {
-                    Err(RpcError::Timeout {
-                        what: format!("request {id} to {}", self.conn.peer()),
-                        after: timeout,
-                        key: "the timeout given to send_rpc_sync",
-                    })
-                } else {
-                    // The answer raced the deadline; it is in the channel or on its way.
-                    rx.recv().unwrap_or_else(|_| Err(self.conn.closed_error()))
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => Err(self.conn.closed_error()),
+        // Blocks on a condition variable, without spinning: on a small machine the
+        // event loops need the CPU that spinning would burn.
+        let answer = Arc::new(Answer::default());
+        let slot = Arc::clone(&answer);
+        let id = self.send_rpc(body, move |result| slot.set(result));
+        let deadline = Instant::now().checked_add(timeout);
+        if let Some(result) = answer.wait_until(deadline) {
+            return result;
         }
+        if self.remove_rpc_request(id) {
+            return Err(RpcError::Timeout {
+                what: format!("request {id} to {}", self.conn.peer()),
+                after: timeout,
+                key: "the timeout given to send_rpc_sync",
+            });
+        }
+        // The answer raced the deadline: its callback has run or is running.
+        answer
+            .wait_until(None)
+            .unwrap_or_else(|| Err(self.conn.closed_error()))
     }
 
     /// Sends a one-way message. `Ok` means it was queued on an open connection; it fails
@@ -157,5 +155,37 @@ impl fmt::Debug for TransportClient {
             .field("peer", &self.conn.peer())
             .field("active", &self.conn.is_open())
             .finish()
+    }
+}
+
+/// Where the callback of a `send_rpc_sync` leaves the answer for the waiting caller.
+#[derive(Default)]
+struct Answer {
+    result: Mutex<Option<Result<Vec<u8>, RpcError>>>,
+    ready: Condvar,
+}
+
+impl Answer {
+    fn set(&self, result: Result<Vec<u8>, RpcError>) {
+        *self.result.lock() = Some(result);
+        self.ready.notify_one();
+    }
+
+    /// The answer, or `None` once `deadline` passed (`None`: no deadline).
+    fn wait_until(&self, deadline: Option<Instant>) -> Option<Result<Vec<u8>, RpcError>> {
+        let mut result = self.result.lock();
+        loop {
+            if let Some(answer) = result.take() {
+                return Some(answer);
+            }
+            let wait = match deadline {
+                Some(deadline) => deadline.checked_duration_since(Instant::now())?,
+                None => Duration::from_secs(3600),
+            };
+            if wait.is_zero() {
+                return None;
+            }
+            result = self.ready.wait_timeout(result, wait);
+        }
     }
 }

@@ -18,6 +18,7 @@ use std::io::{self, IoSlice, Read};
 use std::net::SocketAddr;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use log::{debug, error, trace, warn};
 
@@ -35,6 +36,8 @@ pub(crate) type Callback = Box<dyn FnOnce(Result<Vec<u8>, RpcError>) + Send>;
 pub(crate) trait Notify: Send + Sync {
     /// `conn_id` was closed; the loop forgets it and reports it inactive.
     fn closed(&self, conn_id: u64);
+    /// `conn` has frames queued for the loop to write.
+    fn flush(&self, conn: Arc<Conn>);
 }
 
 /// A body this large or larger that is still missing is read from the socket straight
@@ -42,7 +45,20 @@ pub(crate) trait Notify: Send + Sync {
 const DIRECT_READ_THRESHOLD: usize = 32 * 1024;
 
 /// At most this many slices go into one `writev`.
-const MAX_SLICES: usize = 64;
+const MAX_SLICES: usize = 256;
+
+/// A frame sent within this time of the previous one on the same connection is part of
+/// a burst: the event loop writes the burst in one go instead of a `writev` per frame.
+/// Longer than any gap between back-to-back sends, shorter than a loopback round trip, so
+/// a caller waiting for each answer still writes at once.
+const BURST: Duration = Duration::from_micros(10);
+
+/// A burst writes itself (on the sending thread) once this much is queued.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// A sending thread writes at most this many batches before leaving the rest to the
+/// event loop.
+const MAX_SENDER_ROUNDS: usize = 4;
 
 /// Why a connection closed, kept for the errors of later calls.
 #[derive(Debug, Clone)]
@@ -63,13 +79,38 @@ pub(crate) struct Conn {
     writes: Mutex<WriteQueue>,
     requests: Mutex<Requests>,
     next_request_id: AtomicU64,
+    /// When the last frame was sent, from [`clock_nanos`].
+    last_send: AtomicU64,
 }
 
+/// The frames waiting to be written, and who is to write them.
+///
+/// Invariant: while `segments` is not empty, somebody will write them: the thread that
+/// set `writing`, the event loop on its next writable event (`blocked`), or the event
+/// loop soon (`flush_scheduled`).
 #[derive(Default)]
 struct WriteQueue {
     segments: VecDeque<Segment>,
+    /// Bytes in `segments` not yet written.
+    bytes: usize,
     closed: bool,
+    /// A thread is writing, with the queue's frames taken out of it.
+    writing: bool,
+    /// The socket would not take more: the event loop resumes on a writable event.
+    blocked: bool,
+    /// The event loop will flush: at the end of its batch, or for a burst of sends.
     flush_scheduled: bool,
+    /// The event loop asked for a flush while a writer was busy: the writer goes on.
+    flush_requested: bool,
+}
+
+/// Who runs a writer's loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// A thread that sent a frame: it hands over to the event loop after a few rounds.
+    Sender,
+    /// The event loop.
+    Loop,
 }
 
 /// One frame waiting to be written: its header and the bytes after it.
@@ -92,6 +133,10 @@ impl Segment {
 
     fn len(&self) -> usize {
         self.header.as_bytes().len() + self.body.len()
+    }
+
+    fn remaining_len(&self) -> usize {
+        self.len() - self.written
     }
 }
 
@@ -136,6 +181,7 @@ impl Conn {
             writes: Mutex::new(WriteQueue::default()),
             requests: Mutex::new(Requests::default()),
             next_request_id: AtomicU64::new(0),
+            last_send: AtomicU64::new(0),
         })
     }
 
@@ -159,8 +205,7 @@ impl Conn {
     /// Bytes queued and not yet written.
     #[cfg(test)]
     pub(crate) fn queued_bytes(&self) -> usize {
-        let queue = self.writes.lock();
-        queue.segments.iter().map(|s| s.len() - s.written).sum()
+        self.writes.lock().bytes
     }
 
     /// Writes bytes as they are, bypassing the frame encoder (tests of bad input).
@@ -290,66 +335,131 @@ impl Conn {
         self.requests.lock().pending.remove(&id)
     }
 
-    /// Queues a frame, writing it at once when nothing is queued before it.
+    /// Queues a frame and sees that somebody writes it.
+    ///
+    /// Who writes: if a writer is busy, it takes the frame with the rest; on an event
+    /// loop in the middle of a batch, the loop at the batch's end; in a burst of sends
+    /// (this one within [`BURST`] of the previous) the event loop, woken once for the
+    /// whole burst, unless [`BATCH_BYTES`] have piled up; otherwise this thread, at once.
     fn write_frame(self: &Arc<Self>, header: FrameHeader, body: Vec<u8>) -> Result<(), RpcError> {
+        let now = clock_nanos();
+        let previous = self.last_send.swap(now, Ordering::Relaxed);
         let mut queue = self.writes.lock();
         if queue.closed {
             return Err(self.closed_error());
         }
-        let was_empty = queue.segments.is_empty();
-        queue.segments.push_back(Segment {
+        let segment = Segment {
             header,
             body,
             written: 0,
-        });
-        if !was_empty || queue.flush_scheduled {
-            // Someone flushes already: the loop at the end of its batch, or on the
-            // writable event that follows a full socket buffer.
+        };
+        queue.bytes += segment.len();
+        queue.segments.push_back(segment);
+        if queue.writing || queue.blocked {
+            // The busy writer, or the loop on the next writable event, takes it.
             return Ok(());
         }
-        if defer_flush(self) {
+        if !queue.flush_scheduled && defer_flush(self) {
             queue.flush_scheduled = true;
             return Ok(());
         }
-        match self.flush_locked(&mut queue) {
-            Ok(()) => Ok(()),
-            Err(err) => {
+        let burst = now.saturating_sub(previous) < BURST.as_nanos() as u64;
+        if queue.bytes < BATCH_BYTES && (queue.flush_scheduled || burst) {
+            if !queue.flush_scheduled {
+                queue.flush_scheduled = true;
                 drop(queue);
-                let err = self.fail_write(err);
-                Err(err)
+                self.notify.flush(Arc::clone(self));
+            }
+            return Ok(());
+        }
+        queue.writing = true;
+        drop(queue);
+        self.write_out(Writer::Sender)
+    }
+
+    /// Writes what is queued until the socket would block. Called by the event loop on a
+    /// writable event, at the end of a batch, and when a burst asked it to.
+    pub(crate) fn flush(self: &Arc<Self>) {
+        let mut queue = self.writes.lock();
+        queue.flush_scheduled = false;
+        queue.blocked = false;
+        if queue.writing {
+            // Another thread is inside `writev`: it goes on instead of stopping.
+            queue.flush_requested = true;
+            return;
+        }
+        if queue.closed || queue.segments.is_empty() {
+            return;
+        }
+        queue.writing = true;
+        drop(queue);
+        let _ = self.write_out(Writer::Loop);
+    }
+
+    /// The writer's loop: takes everything queued, writes it without holding the lock (so
+    /// other senders only append), and goes on while more arrives. The caller set
+    /// `writing`; this clears it.
+    fn write_out(self: &Arc<Self>, writer: Writer) -> Result<(), RpcError> {
+        let mut batch = VecDeque::new();
+        let mut rounds = 0;
+        loop {
+            {
+                let mut queue = self.writes.lock();
+                if queue.closed || queue.segments.is_empty() {
+                    queue.writing = false;
+                    queue.flush_requested = false;
+                    return Ok(());
+                }
+                if writer == Writer::Sender && rounds == MAX_SENDER_ROUNDS {
+                    // Enough of this caller's time: the event loop writes the rest.
+                    queue.writing = false;
+                    if !queue.flush_scheduled {
+                        queue.flush_scheduled = true;
+                        drop(queue);
+                        self.notify.flush(Arc::clone(self));
+                    }
+                    return Ok(());
+                }
+                std::mem::swap(&mut batch, &mut queue.segments);
+                queue.bytes = 0;
+                queue.flush_requested = false;
+            }
+            rounds += 1;
+            let result = self.write_segments(&mut batch);
+            let mut queue = self.writes.lock();
+            match result {
+                Ok(()) if batch.is_empty() => {}
+                Ok(()) => {
+                    // The socket is full: what is left goes back in front of what came
+                    // meanwhile, and the loop resumes on the writable event.
+                    queue.bytes += batch.iter().map(Segment::remaining_len).sum::<usize>();
+                    batch.extend(queue.segments.drain(..));
+                    std::mem::swap(&mut batch, &mut queue.segments);
+                    if queue.flush_requested {
+                        // A writable event came while writing: try again now.
+                        continue;
+                    }
+                    queue.writing = false;
+                    queue.blocked = true;
+                    return Ok(());
+                }
+                Err(err) => {
+                    queue.writing = false;
+                    drop(queue);
+                    return Err(self.fail_write(err));
+                }
             }
         }
     }
 
-    /// Writes what is queued until the socket would block. Called by the event loop on a
-    /// writable event and at the end of a batch.
-    pub(crate) fn flush(&self) {
-        let mut queue = self.writes.lock();
-        queue.flush_scheduled = false;
-        if queue.closed || queue.segments.is_empty() {
-            return;
-        }
-        if let Err(err) = self.flush_locked(&mut queue) {
-            drop(queue);
-            self.fail_write(err);
-        }
-    }
-
-    fn fail_write(&self, err: io::Error) -> RpcError {
-        debug!("write to {} failed: {err}", self.peer);
-        self.close_with(CloseReason {
-            text: format!("write failed: {err}"),
-            source: Some(Arc::new(err)),
-        });
-        self.closed_error()
-    }
-
-    fn flush_locked(&self, queue: &mut WriteQueue) -> io::Result<()> {
-        while !queue.segments.is_empty() {
+    /// Writes `batch` until it is empty or the socket would block, popping what was
+    /// written. Called without the queue's lock.
+    fn write_segments(&self, batch: &mut VecDeque<Segment>) -> io::Result<()> {
+        while !batch.is_empty() {
             let result = {
                 let mut slices = [IoSlice::new(&[]); MAX_SLICES];
                 let mut count = 0;
-                for segment in &queue.segments {
+                for segment in batch.iter() {
                     if count + 2 > MAX_SLICES {
                         break;
                     }
@@ -368,13 +478,13 @@ impl Conn {
                 Ok(mut written) => {
                     trace!("wrote {written} bytes to {}", self.peer);
                     while written > 0 {
-                        let Some(front) = queue.segments.front_mut() else {
+                        let Some(front) = batch.front_mut() else {
                             break;
                         };
-                        let left = front.len() - front.written;
+                        let left = front.remaining_len();
                         if written >= left {
                             written -= left;
-                            queue.segments.pop_front();
+                            batch.pop_front();
                         } else {
                             front.written += written;
                             written = 0;
@@ -387,6 +497,15 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    fn fail_write(&self, err: io::Error) -> RpcError {
+        debug!("write to {} failed: {err}", self.peer);
+        self.close_with(CloseReason {
+            text: format!("write failed: {err}"),
+            source: Some(Arc::new(err)),
+        });
+        self.closed_error()
     }
 
     /// Closes the connection from this side: fails everything outstanding at once and
@@ -410,11 +529,13 @@ impl Conn {
             // What was already answered goes out if the socket takes it now: a reply given
             // in the same batch as the peer's hang-up (or a bad frame after a good one) is
             // not lost. Best effort, never waiting.
-            if !queue.segments.is_empty() {
-                let _ = self.flush_locked(&mut queue);
+            if !queue.writing && !queue.segments.is_empty() {
+                let mut batch = std::mem::take(&mut queue.segments);
+                let _ = self.write_segments(&mut batch);
             }
             queue.closed = true;
             queue.segments.clear();
+            queue.bytes = 0;
         }
         let pending = {
             let mut requests = self.requests.lock();
@@ -444,7 +565,8 @@ impl Conn {
         true
     }
 
-    /// Reads until the socket would block or `budget` bytes were read, handing every whole
+    /// Reads until the socket would block (or, unless `drain`, a read comes back short) or
+    /// `budget` bytes were read, handing every whole
     /// frame to `handler` (requests, one-way messages) or to the waiting callback
     /// (responses). On end of stream, an error or a bad frame it closes the connection and
     /// returns [`ReadOutcome::Closed`].
@@ -455,6 +577,7 @@ impl Conn {
         scratch: &mut [u8],
         budget: usize,
         handler: &dyn RpcHandler,
+        drain: bool,
     ) -> ReadOutcome {
         let mut total = 0;
         while self.is_open() {
@@ -485,6 +608,9 @@ impl Conn {
                 Ok(0) => return self.read_eof(decoder),
                 Ok(n) => {
                     total += n;
+                    // A read shorter than the buffer emptied the socket; new bytes raise a
+                    // new edge. Only a hang-up must be read to its end now.
+                    let drained = n < scratch.len() && !drain;
                     let mut input = &scratch[..n];
                     while !input.is_empty() {
                         match decoder.decode(input) {
@@ -507,6 +633,9 @@ impl Conn {
                                 return ReadOutcome::Closed;
                             }
                         }
+                    }
+                    if drained {
+                        return ReadOutcome::Drained;
                     }
                 }
                 Err(err) if would_block(&err) => return ReadOutcome::Drained,
@@ -664,4 +793,12 @@ fn defer_flush(conn: &Arc<Conn>) -> bool {
         }
         _ => false,
     })
+}
+
+/// Nanoseconds since the first call in this process: a cheap clock for telling bursts of
+/// sends from isolated ones. Never 0 after the first call, so 0 means "never sent".
+fn clock_nanos() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    (epoch.elapsed().as_nanos() as u64).saturating_add(1)
 }

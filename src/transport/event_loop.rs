@@ -44,6 +44,8 @@ enum Command {
     },
     /// The connection was closed from another thread.
     Closed(u64),
+    /// Write what a burst of sends queued on this connection.
+    Flush(Arc<Conn>),
     /// Close every connection that came from this server or client factory.
     CloseOrigin(u64),
     /// Close everything and exit.
@@ -74,6 +76,10 @@ impl LoopHandle {
 impl Notify for LoopHandle {
     fn closed(&self, conn_id: u64) {
         self.send(Command::Closed(conn_id));
+    }
+
+    fn flush(&self, conn: Arc<Conn>) {
+        self.send(Command::Flush(conn));
     }
 }
 
@@ -283,12 +289,13 @@ impl EventLoop {
                         entry.client.conn().flush();
                     }
                 }
-                if event.is_readable() || event.is_read_closed() || event.is_error() {
-                    self.read(id, now);
+                let hang_up = event.is_read_closed() || event.is_error();
+                if event.is_readable() || hang_up {
+                    self.read(id, now, hang_up);
                 }
             }
             for id in again {
-                self.read(id, now);
+                self.read(id, now, false);
             }
             let shutdown = self.handle_commands(now);
             let flush = connection::end_batch();
@@ -313,7 +320,8 @@ impl EventLoop {
         debug!("event loop {} stopped", self.id);
     }
 
-    fn read(&mut self, id: u64, now: Instant) {
+    /// Reads what connection `id` has; `drain`: to the end, not stopping at a short read.
+    fn read(&mut self, id: u64, now: Instant, drain: bool) {
         let Some(entry) = self.conns.get_mut(&id) else {
             return;
         };
@@ -325,6 +333,7 @@ impl EventLoop {
             &mut self.scratch,
             READ_BUDGET,
             &*self.handler,
+            drain,
         );
         match outcome {
             ReadOutcome::Drained => {}
@@ -369,9 +378,10 @@ impl EventLoop {
                     });
                     // Events that came before the loop knew the connection were dropped.
                     client.conn().flush();
-                    self.read(id, now);
+                    self.read(id, now, true);
                 }
                 Command::Closed(id) => self.remove(id, "closed"),
+                Command::Flush(conn) => conn.flush(),
                 Command::CloseOrigin(origin) => {
                     let ids: Vec<u64> = self
                         .conns

@@ -75,6 +75,8 @@ struct NoLoop;
 
 impl Notify for NoLoop {
     fn closed(&self, _conn_id: u64) {}
+    // `pump` flushes both sides every round, as the event loop would.
+    fn flush(&self, _conn: Arc<Conn>) {}
 }
 
 /// Answers `ping:X` with `X`, `fail:X` with a failure, keeps other requests for the test
@@ -112,6 +114,8 @@ struct Side {
     client: TransportClient,
     /// What the peer wrote and this side has not read yet.
     inbound: Arc<Pipe>,
+    /// What this side wrote and the peer has not read yet.
+    outbound: Arc<Pipe>,
     decoder: FrameDecoder,
     handler: TestHandler,
     outcome: ReadOutcome,
@@ -132,8 +136,16 @@ impl Side {
                 &mut scratch,
                 1 << 20,
                 &self.handler,
+                true,
             );
         }
+    }
+}
+
+impl Side {
+    /// Whether this side's peer has bytes from it waiting.
+    fn inbound_of_peer_is_empty(&self) -> bool {
+        self.outbound.data.lock().is_empty()
     }
 }
 
@@ -150,12 +162,13 @@ fn pair(capacity: usize) -> (Side, Side) {
         let peer: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let wire = Box::new(MemWire {
             rx: Arc::clone(&rx),
-            tx,
+            tx: Arc::clone(&tx),
         });
         let conn = Conn::new(id, loop_id, peer, MAX_FRAME, wire, Arc::new(NoLoop));
         Side {
             client: TransportClient::new(conn),
             inbound: rx,
+            outbound: tx,
             decoder: FrameDecoder::new(MAX_FRAME),
             handler: TestHandler::default(),
             outcome: ReadOutcome::Drained,
@@ -331,6 +344,8 @@ fn replies_in_a_batch_are_flushed_at_its_end() {
     let slots: Vec<_> = (0..3)
         .map(|i| request(&client, format!("ping:{i}").as_bytes()))
         .collect();
+    // Back-to-back sends are a burst: the client's loop would write them.
+    client.conn().flush();
     connection::begin_batch(server.conn().loop_id(), Vec::new());
     server.read();
     // The three replies wait in the queue: nothing written yet.
@@ -389,4 +404,29 @@ fn a_panicking_callback_does_not_break_the_connection() {
     let (_, slot) = request(&client, b"ping:y");
     pump(&mut client, &mut server);
     assert_eq!(taken(&slot).unwrap(), b"y");
+}
+
+#[test]
+fn a_burst_of_sends_waits_for_one_flush() {
+    let (mut client, mut server) = pair(1 << 16);
+    let slots: Vec<_> = (0..50)
+        .map(|i| request(&client, format!("ping:{i}").as_bytes()))
+        .collect();
+    // The first went out at once; the rest of the burst waits for the loop's flush.
+    assert!(client.conn().queued_bytes() > 0);
+    client.conn().flush();
+    assert_eq!(client.conn().queued_bytes(), 0);
+    pump(&mut client, &mut server);
+    for (i, (_, slot)) in slots.iter().enumerate() {
+        assert_eq!(taken(slot).unwrap(), i.to_string().as_bytes());
+    }
+}
+
+#[test]
+fn an_isolated_send_is_written_at_once() {
+    let (client, _server) = pair(1 << 16);
+    std::thread::sleep(std::time::Duration::from_millis(1));
+    request(&client, b"ping:alone");
+    assert_eq!(client.conn().queued_bytes(), 0);
+    assert!(!client.inbound_of_peer_is_empty());
 }
