@@ -10,6 +10,7 @@
 mod support;
 
 mod bad_input;
+mod ordering;
 mod pool;
 mod server;
 mod transport;
