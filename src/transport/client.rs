@@ -19,7 +19,7 @@ use crate::transport::connection::Conn;
 ///
 /// ```
 /// use std::sync::Arc;
-/// use std::time::{Duration, Instant};
+/// use std::time::Duration;
 /// use rpcenv::transport::{Responder, RpcHandler, TransportClient, TransportConf, TransportContext};
 ///
 /// struct Echo;
