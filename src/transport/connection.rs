@@ -11,10 +11,11 @@
 //!
 //! - an isolated send is written at once by the thread that sends it, so a caller
 //!   waiting for its answer pays no hand-off to another thread;
-//! - a send within [`BURST`] of the previous one on the same connection is queued, and
-//!   the event loop, woken once, writes the whole burst (or the sender does, once
-//!   [`BATCH_BYTES`] pile up): a million one-way messages cost thousands of syscalls,
-//!   not a million;
+//! - a send within [`BURST`] of the previous one on the same connection, or a request
+//!   sent while others are outstanding (a pipeline, whose answers come in anyway), is
+//!   queued, and the event loop, woken once, writes the whole burst (or the sender does,
+//!   once [`BATCH_BYTES`] pile up): a million one-way messages cost thousands of
+//!   syscalls, not a million, and a window of 64 requests travels in a few segments;
 //! - while one thread is inside `writev` the others only append: it takes what they
 //!   queued when it is done (the lock is never held across the syscall);
 //! - while an event loop dispatches a batch of frames it read, replies to its own
@@ -275,7 +276,7 @@ impl Conn {
             run_callback(callback, Err(err), self.peer);
             return id;
         }
-        {
+        let pipelined = {
             let mut requests = self.requests.lock();
             if requests.closed {
                 drop(requests);
@@ -284,9 +285,10 @@ impl Conn {
             }
             requests.pending.insert(id, callback);
             requests.sent += 1;
-        }
+            requests.pending.len() > 1
+        };
         trace!("request {id} to {} ({} bytes)", self.peer, body.len());
-        if let Err(err) = self.write_frame(header, body) {
+        if let Err(err) = self.write_frame(header, body, pipelined) {
             // Closing fails what is outstanding; if the close raced ahead of this request's
             // registration it is still here, and fails now.
             if let Some(callback) = self.take_request(id) {
@@ -301,7 +303,7 @@ impl Conn {
         let header = FrameHeader::one_way(body.len());
         self.check_size(&header)?;
         trace!("one-way message to {} ({} bytes)", self.peer, body.len());
-        self.write_frame(header, body)
+        self.write_frame(header, body, false)
     }
 
     /// Answers request `id` with a response or a failure.
@@ -322,7 +324,7 @@ impl Conn {
             }
             Err(text) => self.failure_frame(id, text),
         };
-        if let Err(err) = self.write_frame(header, body) {
+        if let Err(err) = self.write_frame(header, body, false) {
             debug!("answer to request {id} from {} dropped: {err}", self.peer);
         }
     }
@@ -349,9 +351,15 @@ impl Conn {
     ///
     /// Who writes: if a writer is busy, it takes the frame with the rest; on an event
     /// loop in the middle of a batch, the loop at the batch's end; in a burst of sends
-    /// (this one within [`BURST`] of the previous) the event loop, woken once for the
-    /// whole burst, unless [`BATCH_BYTES`] have piled up; otherwise this thread, at once.
-    fn write_frame(self: &Arc<Self>, header: FrameHeader, body: Vec<u8>) -> Result<(), RpcError> {
+    /// (this one within [`BURST`] of the previous, or `pipelined`: a request sent while
+    /// others wait for answers) the event loop, woken once for the whole burst, unless
+    /// [`BATCH_BYTES`] have piled up; otherwise this thread, at once.
+    fn write_frame(
+        self: &Arc<Self>,
+        header: FrameHeader,
+        body: Vec<u8>,
+        pipelined: bool,
+    ) -> Result<(), RpcError> {
         let now = clock_nanos();
         let previous = self.last_send.swap(now, Ordering::Relaxed);
         let mut queue = self.writes.lock();
@@ -373,7 +381,7 @@ impl Conn {
             queue.flush_scheduled = true;
             return Ok(());
         }
-        let burst = now.saturating_sub(previous) < BURST.as_nanos() as u64;
+        let burst = pipelined || now.saturating_sub(previous) < BURST.as_nanos() as u64;
         if queue.bytes < BATCH_BYTES && (queue.flush_scheduled || burst) {
             if !queue.flush_scheduled {
                 queue.flush_scheduled = true;

@@ -430,3 +430,17 @@ fn an_isolated_send_is_written_at_once() {
     assert_eq!(client.conn().queued_bytes(), 0);
     assert!(!client.inbound_of_peer_is_empty());
 }
+
+#[test]
+fn a_request_sent_while_others_are_outstanding_is_left_to_the_loop() {
+    let (mut client, mut server) = pair(1 << 16);
+    let (_, first) = request(&client, b"held-1");
+    pump(&mut client, &mut server);
+    std::thread::sleep(std::time::Duration::from_millis(1));
+    // Not a burst in time, but a pipeline: the answers to come wake the loop anyway.
+    let (_, second) = request(&client, b"ping:second");
+    assert!(client.conn().queued_bytes() > 0);
+    pump(&mut client, &mut server);
+    assert_eq!(taken(&second).unwrap(), b"second");
+    assert!(first.lock().is_none());
+}
