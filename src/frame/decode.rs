@@ -232,7 +232,7 @@ impl FrameDecoder {
 
     /// Bytes of buffer capacity currently held for a partial frame (for tests of the
     /// allocation rule). Partial headers are inline and count as nothing.
-    #[allow(dead_code, reason = "for tests of the allocation rule")]
+    #[cfg(test)]
     pub(crate) fn buffered_capacity(&self) -> usize {
         match &self.state {
             State::Body(partial) => partial.body.capacity(),

@@ -1,10 +1,10 @@
-//! [`Message`] → bytes: a small inline [`FrameHeader`] and the body that follows it.
+//! Messages → bytes: a small inline [`FrameHeader`] for the body that follows it.
 //!
-//! The body is never copied here: [`Message::into_parts`] hands the caller the header and
-//! the body `Vec` to write one after the other (or as one vectored write).
+//! The body is never copied: the transport writes the header and the body `Vec` one after
+//! the other in one vectored write.
 
 use super::header::{
-    LENGTH_FIELD_LEN, MAX_HEADER_LEN, MIN_FRAME_LEN, Message, MessageType, ONE_WAY_HEADER_LEN,
+    LENGTH_FIELD_LEN, MAX_HEADER_LEN, MIN_FRAME_LEN, MessageType, ONE_WAY_HEADER_LEN,
     RPC_HEADER_LEN,
 };
 
@@ -83,11 +83,10 @@ impl FrameHeader {
     }
 }
 
-#[allow(
-    dead_code,
-    reason = "whole-message encoding; transport writes FrameHeader + body itself"
-)]
-impl Message {
+/// Whole-message encoding, for tests: the transport writes a [`FrameHeader`] and the
+/// body itself, without joining them.
+#[cfg(test)]
+impl super::header::Message {
     /// Splits a message into its header and the bytes that follow it on the wire
     /// (the body, or the failure's UTF-8 error text), without copying the body.
     pub(crate) fn into_parts(self) -> (FrameHeader, Vec<u8>) {

@@ -23,14 +23,6 @@ mod header;
 #[cfg(test)]
 mod tests;
 
-#[allow(
-    unused_imports,
-    reason = "the codec's API; not every item has a caller outside yet"
-)]
-pub(crate) use decode::{FrameDecoder, FrameError};
+pub(crate) use decode::FrameDecoder;
 pub(crate) use encode::FrameHeader;
-#[allow(
-    unused_imports,
-    reason = "the codec's API; not every item has a caller outside yet"
-)]
-pub(crate) use header::{MAX_HEADER_LEN, Message, MessageType};
+pub(crate) use header::Message;

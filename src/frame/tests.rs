@@ -6,7 +6,9 @@ use std::io::Read;
 use proptest::collection::vec;
 use proptest::prelude::*;
 
-use super::{FrameDecoder, FrameError, FrameHeader, MAX_HEADER_LEN, Message, MessageType};
+use super::decode::FrameError;
+use super::header::{MAX_HEADER_LEN, MessageType};
+use super::{FrameDecoder, FrameHeader, Message};
 use crate::error::RpcError;
 
 /// `rpc.message.maxSize`'s default, 128 MiB.
