@@ -19,6 +19,11 @@
 //! - `send_rpc_sync` blocks its caller until the answer or the timeout.
 //! - `create_client` blocks while it connects.
 //!
+//! # Back-pressure
+//!
+//! None yet: what a peer does not read waits in memory in its connection's write queue,
+//! as in Netty. A handler that answers a peer which never reads makes that queue grow.
+//!
 //! # Failures
 //!
 //! A frame larger than `rpc.message.maxSize`, a frame of a type this crate does not
