@@ -78,8 +78,11 @@ struct CloseReason {
     source: Option<Arc<io::Error>>,
 }
 
+/// One connection's shared state (see the module docs).
 pub(crate) struct Conn {
+    /// Unique in the process; also the connection's `mio::Token`.
     id: u64,
+    /// The event loop that owns the connection's reads.
     loop_id: usize,
     peer: SocketAddr,
     max_frame: u64,
