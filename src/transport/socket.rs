@@ -114,3 +114,68 @@ pub(crate) fn would_block(err: &io::Error) -> bool {
 pub(crate) fn interrupted(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::Interrupted
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RpcConf;
+
+    fn conf(pairs: &[(&str, &str)]) -> TransportConf {
+        let mut conf = RpcConf::new();
+        for (key, value) in pairs {
+            conf.insert(*key, *value);
+        }
+        TransportConf::from_conf(&conf).unwrap()
+    }
+
+    #[test]
+    fn listeners_and_connections_get_the_configured_options() {
+        let conf = conf(&[
+            ("rpc.io.receiveBuffer", "256k"),
+            ("rpc.io.sendBuffer", "128k"),
+        ]);
+        let listener = bind_listener("127.0.0.1:0".parse().unwrap(), &conf).unwrap();
+        let listening = SockRef::from(&listener);
+        assert!(listening.reuse_address().unwrap());
+        // Linux doubles the value it is given; other systems may round it.
+        assert!(listening.recv_buffer_size().unwrap() >= 256 * 1024);
+
+        let addr = listener.local_addr().unwrap();
+        let client = connect(addr, Some(Duration::from_secs(5)), &conf).unwrap();
+        let socket = SockRef::from(&client);
+        assert!(socket.tcp_nodelay().unwrap());
+        assert!(socket.keepalive().unwrap());
+        assert!(socket.recv_buffer_size().unwrap() >= 256 * 1024);
+        assert!(socket.send_buffer_size().unwrap() >= 128 * 1024);
+        assert!(socket.nonblocking().unwrap());
+
+        // An accepted connection is configured by the server the same way.
+        let mut accepted = None;
+        for _ in 0..5_000 {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    accepted = Some(stream);
+                    break;
+                }
+                Err(err) if would_block(&err) => std::thread::sleep(Duration::from_millis(1)),
+                Err(err) => panic!("accept: {err}"),
+            }
+        }
+        let accepted = accepted.expect("the connection is accepted within 5 s");
+        configure_stream(SockRef::from(&accepted), &conf).unwrap();
+        assert!(SockRef::from(&accepted).tcp_nodelay().unwrap());
+    }
+
+    #[test]
+    fn connecting_to_a_closed_port_fails() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let err = connect(
+            addr,
+            Some(Duration::from_secs(5)),
+            &TransportConf::default(),
+        );
+        assert_eq!(err.unwrap_err().kind(), io::ErrorKind::ConnectionRefused);
+    }
+}
