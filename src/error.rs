@@ -5,6 +5,7 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
+use crate::conf::keys;
 use crate::sync::Arc;
 
 /// Everything that can go wrong in rpcenv.
@@ -193,7 +194,8 @@ impl fmt::Display for RpcError {
             Self::Encode { what, reason } => write!(f, "cannot encode {what}: {reason}"),
             Self::FrameTooLarge { size, max } => write!(
                 f,
-                "frame of {size} bytes exceeds rpc.message.maxSize ({max} bytes)"
+                "frame of {size} bytes exceeds {} ({max} bytes)",
+                keys::MESSAGE_MAX_SIZE
             ),
             Self::Auth { reason } => write!(f, "authentication failed: {reason}"),
             Self::Config { key, reason } => write!(f, "invalid configuration {key}: {reason}"),
@@ -205,8 +207,8 @@ impl fmt::Display for RpcError {
             } => {
                 write!(
                     f,
-                    "cannot bind {host}: tried port {start_port} and {retries} more \
-                     (rpc.port.maxRetries)"
+                    "cannot bind {host}: tried port {start_port} and {retries} more ({})",
+                    keys::PORT_MAX_RETRIES
                 )?;
                 match source {
                     Some(err) => write!(f, ": {err}"),

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rpcenv::RpcConf;
-use rpcenv::transport::{Responder, RpcHandler, TransportClient, TransportConf, TransportContext};
+use rpcenv::transport::{
+    Responder, RpcHandler, TransportClient, TransportClientFactory, TransportConf,
+    TransportContext, TransportServer,
+};
 
 struct Echo;
 
@@ -36,20 +39,26 @@ fn rpc_threads() -> Vec<String> {
     names
 }
 
+/// A server, a factory, and a client that has made one round trip.
+fn serve_and_ping(
+    ctx: &TransportContext,
+) -> (TransportServer, TransportClientFactory, TransportClient) {
+    let server = ctx.create_server("127.0.0.1", 0).unwrap();
+    let factory = ctx.create_client_factory();
+    let client = factory.create_client("127.0.0.1", server.port()).unwrap();
+    let reply = client
+        .send_rpc_sync(b"ping", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(reply, b"ping");
+    (server, factory, client)
+}
+
 #[test]
 fn close_and_drop_join_every_thread_the_server_and_factory_started() {
     assert_eq!(rpc_threads(), Vec::<String>::new());
     let conf = TransportConf::from_conf(&RpcConf::new().set("rpc.io.threads", "3")).unwrap();
     let ctx = TransportContext::new(conf, Arc::new(Echo));
-    let server = ctx.create_server("127.0.0.1", 0).unwrap();
-    let factory = ctx.create_client_factory();
-    let client = factory.create_client("127.0.0.1", server.port()).unwrap();
-    assert_eq!(
-        client
-            .send_rpc_sync(b"ping", Duration::from_secs(10))
-            .unwrap(),
-        b"ping"
-    );
+    let (server, factory, client) = serve_and_ping(&ctx);
     assert_eq!(
         rpc_threads(),
         ["rpc-boss", "rpc-io-0", "rpc-io-1", "rpc-io-2"]
@@ -64,15 +73,7 @@ fn close_and_drop_join_every_thread_the_server_and_factory_started() {
     assert!(!client.is_active());
 
     // Dropping joins as well.
-    let server = ctx.create_server("127.0.0.1", 0).unwrap();
-    let factory = ctx.create_client_factory();
-    let client = factory.create_client("127.0.0.1", server.port()).unwrap();
-    assert_eq!(
-        client
-            .send_rpc_sync(b"ping", Duration::from_secs(10))
-            .unwrap(),
-        b"ping"
-    );
+    let (server, factory, client) = serve_and_ping(&ctx);
     assert_eq!(rpc_threads().len(), 4);
     drop(factory);
     drop(server);

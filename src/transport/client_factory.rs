@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use log::{debug, warn};
 
+use crate::conf::keys;
 use crate::error::RpcError;
 use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crate::sync::{Arc, Mutex};
@@ -128,7 +129,10 @@ impl TransportClientFactory {
         }
         let reason = match (last_error.kind(), timeout) {
             (io::ErrorKind::TimedOut, Some(timeout)) => {
-                format!("failed: no answer within {timeout:?} (rpc.io.connectionTimeout)")
+                format!(
+                    "failed: no answer within {timeout:?} ({})",
+                    keys::IO_CONNECTION_TIMEOUT
+                )
             }
             _ => "failed".to_owned(),
         };

@@ -78,6 +78,17 @@ struct CloseReason {
     source: Option<Arc<io::Error>>,
 }
 
+impl CloseReason {
+    /// The [`RpcError::Connection`] for `peer` that tells this reason, `what` happened.
+    fn error(&self, peer: SocketAddr, what: &str) -> RpcError {
+        RpcError::Connection {
+            peer: peer.to_string(),
+            reason: format!("{what} ({})", self.text),
+            source: self.source.clone(),
+        }
+    }
+}
+
 /// One connection's shared state (see the module docs).
 pub(crate) struct Conn {
     /// Unique in the process; also the connection's `mio::Token`.
@@ -240,23 +251,9 @@ impl Conn {
 
     /// The error for a call made on this connection after it closed.
     pub(crate) fn closed_error(&self) -> RpcError {
-        let reason = self.close_reason.get();
-        RpcError::Connection {
-            peer: self.peer.to_string(),
-            reason: match reason {
-                Some(reason) => format!("is closed ({})", reason.text),
-                None => "is closed".to_owned(),
-            },
-            source: reason.and_then(|r| r.source.clone()),
-        }
-    }
-
-    /// The error for a request that was outstanding when the connection closed.
-    fn outstanding_error(&self, reason: &CloseReason) -> RpcError {
-        RpcError::Connection {
-            peer: self.peer.to_string(),
-            reason: format!("closed with the request outstanding ({})", reason.text),
-            source: reason.source.clone(),
+        match self.close_reason.get() {
+            Some(reason) => reason.error(self.peer, "is closed"),
+            None => RpcError::connection(self.peer, "is closed"),
         }
     }
 
@@ -584,7 +581,7 @@ impl Conn {
                 reason.text
             );
         }
-        let err = self.outstanding_error(&reason);
+        let err = reason.error(self.peer, "closed with the request outstanding");
         for (_, callback) in pending {
             run_callback(callback, Err(err.clone()), self.peer);
         }
@@ -700,11 +697,7 @@ impl Conn {
             text: format!("read failed: {err}"),
             source: Some(Arc::new(err)),
         };
-        let error = RpcError::Connection {
-            peer: self.peer.to_string(),
-            reason: reason.text.clone(),
-            source: reason.source.clone(),
-        };
+        let error = reason.error(self.peer, "closed");
         guard(self.peer, "exception_caught", || {
             handler.exception_caught(&error, client)
         });

@@ -13,6 +13,7 @@ use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error, trace, warn};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
+use crate::conf::keys;
 use crate::error::RpcError;
 use crate::frame::FrameDecoder;
 use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -417,17 +418,12 @@ impl EventLoop {
         }
         for (id, outstanding) in dead {
             let peer = self.conns[&id].client.remote_address();
-            warn!(
-                "connection to {peer} has been quiet for {timeout:?} with {outstanding} \
-                 requests outstanding; closing it (rpc.io.connectionTimeout)"
+            let reason = format!(
+                "quiet for {timeout:?} with {outstanding} requests outstanding ({})",
+                keys::IO_CONNECTION_TIMEOUT
             );
-            self.remove(
-                id,
-                &format!(
-                    "quiet for {timeout:?} with {outstanding} requests outstanding \
-                     (rpc.io.connectionTimeout)"
-                ),
-            );
+            warn!("closing the connection to {peer}: {reason}");
+            self.remove(id, &reason);
         }
     }
 }

@@ -27,12 +27,7 @@ fn reuse_clients_up_to_config_variable() {
             assert!(client.is_active());
             ids.insert(client.id());
         }
-        assert!(
-            ids.len() <= per_peer,
-            "{} distinct clients with numConnectionsPerPeer={per_peer}",
-            ids.len()
-        );
-        assert_echo(&f.client(), b"pooled");
+        assert_pooled(&f, &ids, per_peer);
     }
 }
 
@@ -62,12 +57,7 @@ fn reuse_clients_up_to_config_variable_concurrent() {
             })
             .collect();
         let ids: HashSet<u64> = handles.into_iter().map(join).collect();
-        assert!(
-            ids.len() <= per_peer,
-            "{} distinct clients with numConnectionsPerPeer={per_peer}",
-            ids.len()
-        );
-        assert_echo(&f.client(), b"pooled");
+        assert_pooled(&f, &ids, per_peer);
     }
 }
 
@@ -214,4 +204,15 @@ fn disabled_connection_timeout_keeps_idle_clients_and_still_fails_connects() {
     let err = f.factory.create_client(HOST, port).unwrap_err();
     assert!(matches!(err, RpcError::Connection { .. }), "{err:?}");
     assert!(std::error::Error::source(&err).is_some(), "{err:?}");
+}
+
+/// No more distinct clients than the pool holds, and the pool still works.
+#[track_caller]
+fn assert_pooled(f: &Fixture, ids: &HashSet<u64>, per_peer: usize) {
+    assert!(
+        ids.len() <= per_peer,
+        "{} distinct clients with numConnectionsPerPeer={per_peer}",
+        ids.len()
+    );
+    assert_echo(&f.client(), b"pooled");
 }
