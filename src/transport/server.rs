@@ -202,22 +202,19 @@ fn is_transient_accept_error(err: &io::Error) -> bool {
 }
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr, RpcError> {
-    let mut addrs = (host, port)
-        .to_socket_addrs()
-        .map_err(|err| RpcError::Bind {
-            host: host.to_owned(),
-            start_port: port,
-            retries: 0,
-            source: Some(Arc::new(err)),
-        })?;
-    addrs.next().ok_or_else(|| RpcError::Bind {
+    let resolved = (host, port).to_socket_addrs().and_then(|mut addrs| {
+        addrs.next().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                format!("{host} resolves to no address"),
+            )
+        })
+    });
+    resolved.map_err(|err| RpcError::Bind {
         host: host.to_owned(),
         start_port: port,
         retries: 0,
-        source: Some(Arc::new(io::Error::new(
-            io::ErrorKind::AddrNotAvailable,
-            format!("{host} resolves to no address"),
-        ))),
+        source: Some(Arc::new(err)),
     })
 }
 
