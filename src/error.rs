@@ -48,6 +48,11 @@ pub enum RpcError {
         /// The endpoint's name.
         name: String,
     },
+    /// An endpoint of that name is already registered in this env.
+    EndpointExists {
+        /// The endpoint's name.
+        name: String,
+    },
     /// The remote side answered with a failure.
     Remote {
         /// The remote's message (for a Spark peer, its exception text).
@@ -111,6 +116,21 @@ pub enum RpcError {
         /// The error of the last attempt.
         source: Option<Arc<io::Error>>,
     },
+    /// An address or endpoint URI could not be parsed.
+    InvalidAddress {
+        /// The text that was given.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Endpoint code panicked; the endpoint keeps running. Given to
+    /// [`RpcEndpoint::on_error`](crate::RpcEndpoint::on_error).
+    EndpointPanicked {
+        /// The endpoint's name.
+        endpoint: String,
+        /// The panic's message, when it was a string.
+        message: String,
+    },
     /// An operating-system call failed outside any connection (creating a poller,
     /// spawning a thread).
     Io {
@@ -173,6 +193,9 @@ impl fmt::Display for RpcError {
             Self::EndpointNotFound { uri } => write!(f, "cannot find endpoint: {uri}"),
             Self::EnvStopped => f.write_str("rpc env already stopped"),
             Self::EndpointStopped { name } => write!(f, "endpoint {name} is stopped"),
+            Self::EndpointExists { name } => {
+                write!(f, "there is already an endpoint called {name}")
+            }
             Self::Remote { message } => write!(f, "remote failure: {message}"),
             Self::NoReply { endpoint } => {
                 write!(f, "endpoint {endpoint} dropped the call without replying")
@@ -214,6 +237,12 @@ impl fmt::Display for RpcError {
                     Some(err) => write!(f, ": {err}"),
                     None => Ok(()),
                 }
+            }
+            Self::InvalidAddress { input, reason } => {
+                write!(f, "invalid address {input:?}: {reason}")
+            }
+            Self::EndpointPanicked { endpoint, message } => {
+                write!(f, "endpoint {endpoint} panicked: {message}")
             }
             Self::Io { context, source } => write!(f, "{context}: {source}"),
         }

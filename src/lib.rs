@@ -42,11 +42,17 @@
 #![deny(unsafe_code)]
 #![doc(test(attr(deny(warnings))))]
 
+mod codec;
 mod conf;
 mod error;
 mod frame;
+mod rpc;
 mod sync;
 pub mod transport;
 
 pub use crate::conf::RpcConf;
 pub use crate::error::RpcError;
+pub use crate::rpc::{
+    EndpointContext, Pending, RpcAddress, RpcCallContext, RpcEndpoint, RpcEndpointRef, RpcEnv,
+    RpcEnvBuilder, Threading,
+};

@@ -1,0 +1,549 @@
+//! One ask from start to end: the shared [`Call`] slot, the caller's [`Pending`] and the
+//! endpoint's [`RpcCallContext`].
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+use log::debug;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec;
+use crate::error::RpcError;
+use crate::rpc::address::RpcAddress;
+use crate::rpc::endpoint_ref::decode_scope;
+use crate::rpc::env::EnvInner;
+use crate::rpc::envelope;
+use crate::rpc::timeout::Deadline;
+use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{Arc, Condvar, Mutex};
+use crate::transport::{Responder, TransportClient};
+
+/// A value that can travel locally without being serialized, and be serialized when it
+/// must (a local reply or message whose type is not the one the other side expects).
+pub(crate) trait Content: Send {
+    fn as_any(&self) -> &dyn Any;
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
+    fn encode(&self, what: &str) -> Result<Vec<u8>, RpcError>;
+}
+
+impl<T: Serialize + Send + 'static> Content for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+        self
+    }
+
+    fn encode(&self, what: &str) -> Result<Vec<u8>, RpcError> {
+        codec::encode(self, what)
+    }
+}
+
+/// Turns local content into a `T`: moved when it is one, otherwise serialized and
+/// deserialized (which gives [`RpcError::Decode`] when the types do not match).
+pub(crate) fn downcast_or_decode<T: DeserializeOwned + 'static>(
+    content: Box<dyn Content>,
+    env: &Arc<EnvInner>,
+    what: &str,
+) -> Result<T, RpcError> {
+    if content.as_any().is::<T>() {
+        if let Ok(value) = content.into_any().downcast::<T>() {
+            return Ok(*value);
+        }
+        unreachable!("the type was checked");
+    }
+    let bytes = content.encode(what)?;
+    decode_scope(env, None, || codec::decode::<T>(&bytes, what))
+}
+
+/// The answer an ask received, before it is turned into the asked type.
+pub(crate) enum Reply {
+    /// From an endpoint of the same env: the value itself.
+    Local(Box<dyn Content>),
+    /// From a peer: the response body, and the connection it came over (refs inside it
+    /// to client-mode endpoints are bound to that connection).
+    Remote {
+        body: Vec<u8>,
+        client: TransportClient,
+    },
+}
+
+enum State {
+    Waiting,
+    Done(Result<Reply, RpcError>),
+    /// The outcome was handed out (or the call abandoned).
+    Taken,
+}
+
+/// What a timeout error says about the call.
+pub(crate) struct CallInfo {
+    /// e.g. `"ask of endpoint echo at 127.0.0.1:7077"`.
+    pub(crate) what: String,
+    pub(crate) after: Duration,
+    pub(crate) key: &'static str,
+}
+
+/// The slot an ask's outcome lands in: filled once (first outcome wins), by the endpoint's
+/// reply, a transport failure, the timeout thread, an abort or a shutdown.
+pub(crate) struct Call {
+    id: u64,
+    deadline: Deadline,
+    info: CallInfo,
+    env: Arc<EnvInner>,
+    state: Mutex<State>,
+    ready: Condvar,
+    /// The connection and request id once sent, to forget the request on timeout or abort.
+    sent: Mutex<Option<(TransportClient, u64)>>,
+}
+
+static NEXT_CALL_ID: AtomicU64 = AtomicU64::new(0);
+
+impl Call {
+    /// A call, registered with the env's timeouts (or failed at once if the env stopped).
+    pub(crate) fn start(env: &Arc<EnvInner>, info: CallInfo) -> Arc<Self> {
+        let call = Arc::new(Self {
+            id: NEXT_CALL_ID.fetch_add(1, Ordering::Relaxed),
+            deadline: Deadline::after(Instant::now(), info.after),
+            info,
+            env: Arc::clone(env),
+            state: Mutex::new(State::Waiting),
+            ready: Condvar::default(),
+            sent: Mutex::new(None),
+        });
+        if !env.timeouts().register(&call) {
+            call.complete(Err(RpcError::EnvStopped));
+        }
+        call
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn deadline(&self) -> Deadline {
+        self.deadline
+    }
+
+    /// Sets the outcome unless one is set already; returns whether this one was taken.
+    pub(crate) fn complete(&self, outcome: Result<Reply, RpcError>) -> bool {
+        let mut state = self.state.lock();
+        if !matches!(*state, State::Waiting) {
+            drop(state);
+            match outcome {
+                Ok(_) => debug!("late reply to call {} dropped", self.id),
+                Err(err) => debug!("late failure of call {} dropped: {err}", self.id),
+            }
+            return false;
+        }
+        *state = State::Done(outcome);
+        drop(state);
+        self.ready.notify_all();
+        self.env.timeouts().cancel(self.deadline, self.id);
+        true
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        !matches!(*self.state.lock(), State::Waiting)
+    }
+
+    /// Records where the request went, so that a timeout or abort can forget it.
+    pub(crate) fn set_sent(&self, client: &TransportClient, request_id: u64) {
+        if self.is_done() {
+            client.remove_rpc_request(request_id);
+        } else {
+            *self.sent.lock() = Some((client.clone(), request_id));
+        }
+    }
+
+    fn forget_request(&self) {
+        if let Some((client, id)) = self.sent.lock().take() {
+            client.remove_rpc_request(id);
+        }
+    }
+
+    fn timeout_error(&self) -> RpcError {
+        RpcError::Timeout {
+            what: self.info.what.clone(),
+            after: self.info.after,
+            key: self.info.key,
+        }
+    }
+
+    /// The deadline passed (called by the `rpc-timeout` thread).
+    pub(crate) fn expire(&self) {
+        if self.complete(Err(self.timeout_error())) {
+            debug!("{} timed out after {:?}", self.info.what, self.info.after);
+            self.forget_request();
+        }
+    }
+
+    /// Waits for the outcome until `until` (or the call's own deadline, if earlier).
+    /// `None`: `until` passed first.
+    fn wait_until(&self, until: Deadline) -> Option<Result<Reply, RpcError>> {
+        let limit = until.min(self.deadline);
+        let mut state = self.state.lock();
+        loop {
+            match std::mem::replace(&mut *state, State::Taken) {
+                State::Done(outcome) => return Some(outcome),
+                State::Taken => panic!("the outcome of this ask was already taken by try_wait"),
+                State::Waiting => *state = State::Waiting,
+            }
+            let now = Instant::now();
+            let wait = match limit {
+                Deadline::At(at) if at <= now => break,
+                Deadline::At(at) => at - now,
+                Deadline::Never => Duration::from_secs(3600),
+            };
+            state = self.ready.wait_timeout(state, wait);
+        }
+        drop(state);
+        if limit == self.deadline {
+            // The call's own deadline: it times out now, whether or not the timeout
+            // thread got there first.
+            self.expire();
+            return self.take();
+        }
+        None
+    }
+
+    fn take(&self) -> Option<Result<Reply, RpcError>> {
+        let mut state = self.state.lock();
+        match std::mem::replace(&mut *state, State::Taken) {
+            State::Done(outcome) => Some(outcome),
+            State::Waiting => {
+                *state = State::Waiting;
+                None
+            }
+            State::Taken => None,
+        }
+    }
+
+    /// Gives up on the call: a later reply is dropped.
+    fn abandon(&self, reason: RpcError) {
+        if self.complete(Err(reason)) {
+            self.forget_request();
+        }
+        *self.state.lock() = State::Taken;
+    }
+}
+
+/// Turns an outcome into the asked type.
+fn into_typed<T: DeserializeOwned + 'static>(
+    outcome: Result<Reply, RpcError>,
+    env: &Arc<EnvInner>,
+    what: &str,
+) -> Result<T, RpcError> {
+    match outcome? {
+        Reply::Local(content) => downcast_or_decode(content, env, what),
+        Reply::Remote { body, client } => {
+            let payload = envelope::decode_reply(&body)?;
+            decode_scope(env, Some(&client), || codec::decode::<T>(payload, what))
+        }
+    }
+}
+
+/// An ask under way: its reply, its failure or its timeout, when it comes.
+///
+/// Returned by [`RpcEndpointRef::ask`](crate::RpcEndpointRef::ask). Many can be in flight
+/// from one thread; each ends exactly once, with the reply decoded as `T`, or with an
+/// [`RpcError`]: `Timeout` at its deadline, `Connection` as soon as its connection fails,
+/// `EnvStopped` as soon as the env shuts down, whatever the endpoint sends with
+/// [`RpcCallContext::send_failure`] as `Remote`, and `NoReply` if the endpoint drops the
+/// context. Dropping a `Pending` abandons the ask: the reply is discarded when it comes.
+///
+/// ```
+/// # use rpcenv::{RpcEnv, RpcEndpoint, RpcCallContext};
+/// # struct Double;
+/// # impl RpcEndpoint for Double {
+/// #     type Message = u64;
+/// #     fn receive_and_reply(&mut self, n: u64, reply: RpcCallContext) { reply.reply(2 * n) }
+/// # }
+/// let env = RpcEnv::builder("doc").client_mode(true).build()?;
+/// let double = env.setup_endpoint("double", Double)?;
+/// let pending: Vec<_> = (0..10u64).map(|n| double.ask::<u64>(n)).collect();
+/// let answers: Vec<u64> = pending.into_iter().map(|p| p.wait()).collect::<Result<_, _>>()?;
+/// assert_eq!(answers[9], 18);
+/// # env.shutdown();
+/// # Ok::<(), rpcenv::RpcError>(())
+/// ```
+#[must_use = "a dropped Pending abandons the ask"]
+pub struct Pending<T> {
+    call: Option<Arc<Call>>,
+    _reply: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned + 'static> Pending<T> {
+    pub(crate) fn new(call: Arc<Call>) -> Self {
+        Self {
+            call: Some(call),
+            _reply: PhantomData,
+        }
+    }
+
+    fn call(&self) -> &Arc<Call> {
+        match &self.call {
+            Some(call) => call,
+            None => unreachable!("a Pending holds its call until it is consumed"),
+        }
+    }
+
+    fn what(&self) -> String {
+        format!("reply of {}", self.call().info.what)
+    }
+
+    /// Blocks until the ask ends, and returns its reply or failure.
+    ///
+    /// # Panics
+    ///
+    /// If [`try_wait`](Self::try_wait) already returned the outcome.
+    pub fn wait(mut self) -> Result<T, RpcError> {
+        let call = self.call.take().expect("held until consumed");
+        let what = format!("reply of {}", call.info.what);
+        let outcome = call
+            .wait_until(Deadline::Never)
+            .unwrap_or_else(|| Err(call.timeout_error()));
+        into_typed(outcome, &call.env, &what)
+    }
+
+    /// Blocks at most `timeout` (and no longer than the ask's own deadline). When
+    /// `timeout` runs out first the ask is abandoned and the result is
+    /// [`RpcError::Timeout`] naming "the timeout given to wait_timeout".
+    ///
+    /// # Panics
+    ///
+    /// If [`try_wait`](Self::try_wait) already returned the outcome.
+    pub fn wait_timeout(mut self, timeout: Duration) -> Result<T, RpcError> {
+        let call = self.call.take().expect("held until consumed");
+        let what = format!("reply of {}", call.info.what);
+        match call.wait_until(Deadline::after(Instant::now(), timeout)) {
+            Some(outcome) => into_typed(outcome, &call.env, &what),
+            None => {
+                let err = RpcError::Timeout {
+                    what: call.info.what.clone(),
+                    after: timeout,
+                    key: "the timeout given to wait_timeout",
+                };
+                call.abandon(err.clone());
+                Err(err)
+            }
+        }
+    }
+
+    /// The outcome if the ask has ended, without blocking; `None` while it is under way.
+    /// The outcome is handed out once: after `Some`, later calls return `None`.
+    pub fn try_wait(&mut self) -> Option<Result<T, RpcError>> {
+        let what = self.what();
+        let call = self.call();
+        let outcome = call.take()?;
+        Some(into_typed(outcome, &call.env, &what))
+    }
+
+    /// Whether the ask has ended (replied, failed or timed out), without blocking.
+    pub fn is_done(&self) -> bool {
+        self.call().is_done()
+    }
+
+    /// Gives up on the ask: the reply is discarded when it comes. The remote endpoint is
+    /// not told and may still run the request.
+    pub fn abort(mut self) {
+        if let Some(call) = self.call.take() {
+            call.abandon(RpcError::Remote {
+                message: "aborted by the caller".into(),
+            });
+        }
+    }
+}
+
+impl<T> Drop for Pending<T> {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            if !call.is_done() {
+                call.abandon(RpcError::Remote {
+                    message: "the Pending was dropped".into(),
+                });
+            }
+        }
+    }
+}
+
+impl<T> fmt::Debug for Pending<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("Pending");
+        if let Some(call) = &self.call {
+            s.field("ask", &call.info.what)
+                .field("done", &call.is_done());
+        }
+        s.finish()
+    }
+}
+
+/// Where an answer goes.
+enum ReplyTarget {
+    Local(Arc<Call>),
+    Remote(Responder),
+}
+
+/// The way an endpoint answers one ask: [`reply`](Self::reply) or
+/// [`send_failure`](Self::send_failure), once, from any thread, now or later.
+///
+/// Dropping it without either fails the ask at once with [`RpcError::NoReply`] naming the
+/// endpoint; if the endpoint panicked while holding it, the ask fails with
+/// [`RpcError::Remote`] carrying the panic's message.
+///
+/// ```
+/// use rpcenv::{RpcCallContext, RpcEndpoint};
+/// struct Div;
+/// impl RpcEndpoint for Div {
+///     type Message = (i64, i64);
+///     fn receive_and_reply(&mut self, (a, b): (i64, i64), reply: RpcCallContext) {
+///         if b == 0 {
+///             reply.send_failure("division by zero")
+///         } else {
+///             reply.reply(a / b)
+///         }
+///     }
+/// }
+/// let env = rpcenv::RpcEnv::builder("doc").client_mode(true).build()?;
+/// let div = env.setup_endpoint("div", Div)?;
+/// assert_eq!(div.ask_sync::<i64>((7, 2))?, 3);
+/// assert!(matches!(
+///     div.ask_sync::<i64>((7, 0)),
+///     Err(rpcenv::RpcError::Remote { message }) if message == "division by zero"
+/// ));
+/// # env.shutdown();
+/// # Ok::<(), rpcenv::RpcError>(())
+/// ```
+#[must_use = "a dropped RpcCallContext fails the ask with NoReply"]
+pub struct RpcCallContext {
+    target: Option<ReplyTarget>,
+    endpoint: Arc<str>,
+    sender: Option<RpcAddress>,
+}
+
+thread_local! {
+    /// Call contexts dropped while their endpoint panicked: the message loop answers them
+    /// with the panic's message once it has caught the panic.
+    static PANICKED: RefCell<Vec<RpcCallContext>> = const { RefCell::new(Vec::new()) };
+}
+
+impl RpcCallContext {
+    pub(crate) fn local(call: Arc<Call>, endpoint: Arc<str>, sender: Option<RpcAddress>) -> Self {
+        Self {
+            target: Some(ReplyTarget::Local(call)),
+            endpoint,
+            sender,
+        }
+    }
+
+    pub(crate) fn remote(
+        responder: Responder,
+        endpoint: Arc<str>,
+        sender: Option<RpcAddress>,
+    ) -> Self {
+        Self {
+            target: Some(ReplyTarget::Remote(responder)),
+            endpoint,
+            sender,
+        }
+    }
+
+    /// Answers the ask with `value`. The asker receives it as its reply type: a local
+    /// asker of the same type gets the value itself, without serialization; any other
+    /// gets it through the codec, and a type that does not decode as the asked one gives
+    /// it [`RpcError::Decode`].
+    pub fn reply<T: Serialize + Send + 'static>(mut self, value: T) {
+        match self.target.take() {
+            Some(ReplyTarget::Local(call)) => {
+                call.complete(Ok(Reply::Local(Box::new(value))));
+            }
+            Some(ReplyTarget::Remote(responder)) => {
+                let what = format!("reply of endpoint {}", self.endpoint);
+                let body = envelope::encode_reply(&value, &what)
+                    .unwrap_or_else(|err| envelope::encode_reply_error(&err));
+                responder.reply(body);
+            }
+            None => {}
+        }
+    }
+
+    /// Fails the ask: the asker gets [`RpcError::Remote`] with `message`.
+    pub fn send_failure(self, message: impl fmt::Display) {
+        self.fail(RpcError::Remote {
+            message: message.to_string(),
+        });
+    }
+
+    /// Fails the ask with `error` (sent as it is to a local asker, and with its kind kept
+    /// to a remote one where the wire can carry it).
+    pub(crate) fn fail(mut self, error: RpcError) {
+        match self.target.take() {
+            Some(ReplyTarget::Local(call)) => {
+                call.complete(Err(error));
+            }
+            Some(ReplyTarget::Remote(responder)) => {
+                responder.reply(envelope::encode_reply_error(&error));
+            }
+            None => {}
+        }
+    }
+
+    /// The listen address of the env that asked; `None` when it is a client-mode env
+    /// (or this env itself in client mode).
+    pub fn sender_address(&self) -> Option<RpcAddress> {
+        self.sender.clone()
+    }
+
+    /// Answers the contexts that were dropped by a panic on this thread.
+    pub(crate) fn answer_panicked(message: &str) {
+        let contexts = PANICKED.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        for ctx in contexts {
+            let endpoint = Arc::clone(&ctx.endpoint);
+            ctx.fail(RpcError::Remote {
+                message: format!("endpoint {endpoint} panicked: {message}"),
+            });
+        }
+    }
+}
+
+impl Drop for RpcCallContext {
+    fn drop(&mut self) {
+        let Some(target) = self.target.take() else {
+            return;
+        };
+        let stash = Self {
+            target: Some(target),
+            endpoint: Arc::clone(&self.endpoint),
+            sender: None,
+        };
+        if std::thread::panicking() {
+            // Left for the message loop, which knows the panic's message. During thread
+            // teardown the thread-local may be gone: then it is answered here.
+            let mut slot = Some(stash);
+            let _ = PANICKED.try_with(|p| p.borrow_mut().extend(slot.take()));
+            if let Some(stash) = slot {
+                let endpoint = Arc::clone(&stash.endpoint);
+                stash.fail(RpcError::Remote {
+                    message: format!("endpoint {endpoint} panicked"),
+                });
+            }
+            return;
+        }
+        let endpoint = self.endpoint.to_string();
+        stash.fail(RpcError::NoReply { endpoint });
+    }
+}
+
+impl fmt::Debug for RpcCallContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RpcCallContext")
+            .field("endpoint", &self.endpoint)
+            .field("sender", &self.sender)
+            .field("local", &matches!(self.target, Some(ReplyTarget::Local(_))))
+            .finish()
+    }
+}

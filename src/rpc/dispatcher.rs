@@ -1,0 +1,225 @@
+//! [`Dispatcher`]: the name → endpoint registry, and the routing of every message to an
+//! inbox.
+
+use std::collections::{HashMap, VecDeque};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+
+use crate::error::RpcError;
+use crate::rpc::endpoint::{EndpointContext, RpcEndpoint, Threading};
+use crate::rpc::endpoint_ref::{RefInner, RpcEndpointRef};
+use crate::rpc::env::{EnvInner, RpcEnv};
+use crate::rpc::inbox::{Inbox, InboxMessage};
+use crate::rpc::message_loop::{MessageLoop, Typed};
+use crate::sync::{Arc, Mutex, RwLock, Weak};
+
+/// How many names of stopped endpoints are remembered, so that calls to them fail with
+/// `EndpointStopped` rather than `EndpointNotFound`.
+const REMEMBERED_STOPPED: usize = 1024;
+
+struct Registry {
+    endpoints: HashMap<String, Arc<Inbox>>,
+    stopped: bool,
+}
+
+/// Routes messages to the inboxes of the endpoints registered in one env.
+pub(crate) struct Dispatcher {
+    env_id: u64,
+    registry: RwLock<Registry>,
+    recently_stopped: Mutex<VecDeque<String>>,
+    shared: Arc<MessageLoop>,
+    dedicated: Mutex<Vec<Arc<MessageLoop>>>,
+}
+
+impl Dispatcher {
+    pub(crate) fn new(env_id: u64, threads: usize) -> Result<Self, RpcError> {
+        Ok(Self {
+            env_id,
+            registry: RwLock::new(Registry {
+                endpoints: HashMap::new(),
+                stopped: false,
+            }),
+            recently_stopped: Mutex::new(VecDeque::new()),
+            shared: MessageLoop::shared(env_id, threads)?,
+            dedicated: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Registers `endpoint` as `name`; its `on_start` is queued first.
+    pub(crate) fn register<E: RpcEndpoint>(
+        &self,
+        env: &Arc<EnvInner>,
+        name: String,
+        endpoint: E,
+    ) -> Result<RpcEndpointRef<E::Message>, RpcError> {
+        let mut registry = self.registry.write();
+        if registry.stopped {
+            return Err(RpcError::EnvStopped);
+        }
+        if registry.endpoints.contains_key(&name) {
+            return Err(RpcError::EndpointExists { name });
+        }
+        let runner = match endpoint.threading() {
+            Threading::Shared => Arc::clone(&self.shared),
+            Threading::Dedicated => {
+                let runner = MessageLoop::dedicated(self.env_id, &name)?;
+                let mut dedicated = self.dedicated.lock();
+                dedicated.retain(|l| !l.is_done());
+                dedicated.push(Arc::clone(&runner));
+                runner
+            }
+        };
+        let name: Arc<str> = name.into();
+        let inner = Arc::new(RefInner {
+            env: Arc::clone(env),
+            name: Arc::clone(&name),
+            address: env.address().cloned(),
+            env_id: env.id(),
+            client: None,
+            inbox: std::sync::OnceLock::new(),
+        });
+        let self_ref = RpcEndpointRef::from_inner(Arc::clone(&inner));
+        let ctx = EndpointContext::new(self_ref.clone(), RpcEnv::internal(Arc::clone(env)));
+        let typed = Typed::new(endpoint, ctx, Arc::clone(env), Arc::clone(&name));
+        let inbox = Arc::new(Inbox::new(Arc::clone(&name), Box::new(typed), runner));
+        let _ = inner.inbox.set(Arc::downgrade(&inbox));
+        registry
+            .endpoints
+            .insert(name.to_string(), Arc::clone(&inbox));
+        drop(registry);
+        self.recently_stopped.lock().retain(|n| **n != *name);
+        inbox.schedule_start();
+        debug!("endpoint {name} registered");
+        Ok(self_ref)
+    }
+
+    /// The inbox of the endpoint `name`, if registered.
+    pub(crate) fn inbox(&self, name: &str) -> Option<Arc<Inbox>> {
+        self.registry.read().endpoints.get(name).cloned()
+    }
+
+    /// Whether an endpoint called `name` is registered (the verifier's question).
+    pub(crate) fn verify(&self, name: &str) -> bool {
+        self.registry.read().endpoints.contains_key(name)
+    }
+
+    /// Posts `msg` to the endpoint `target` names. On failure an ask is failed through
+    /// its context, and the error is returned as well.
+    pub(crate) fn post(&self, target: &RefInner, msg: InboxMessage) -> Result<(), RpcError> {
+        let cached = target
+            .inbox
+            .get()
+            .and_then(Weak::upgrade)
+            .filter(|inbox| !inbox.is_stopped());
+        self.post_to(cached, &target.name, msg, || target.uri())
+    }
+
+    /// Posts `msg` to the endpoint called `name`; `uri` names it in a not-found error.
+    pub(crate) fn post_named(
+        &self,
+        name: &str,
+        msg: InboxMessage,
+        uri: impl FnOnce() -> String,
+    ) -> Result<(), RpcError> {
+        self.post_to(None, name, msg, uri)
+    }
+
+    fn post_to(
+        &self,
+        cached: Option<Arc<Inbox>>,
+        name: &str,
+        msg: InboxMessage,
+        uri: impl FnOnce() -> String,
+    ) -> Result<(), RpcError> {
+        let inbox = match cached {
+            Some(inbox) => Some(inbox),
+            None => {
+                let registry = self.registry.read();
+                if registry.stopped {
+                    drop(registry);
+                    return fail(msg, RpcError::EnvStopped);
+                }
+                registry.endpoints.get(name).cloned()
+            }
+        };
+        let error = match inbox {
+            Some(inbox) => return inbox.post(msg),
+            None if self.recently_stopped.lock().iter().any(|n| n == name) => {
+                RpcError::EndpointStopped {
+                    name: name.to_owned(),
+                }
+            }
+            None => RpcError::EndpointNotFound { uri: uri() },
+        };
+        fail(msg, error)
+    }
+
+    /// Posts an event to every endpoint (dropped once the env is stopping).
+    pub(crate) fn post_to_all(&self, event: impl Fn() -> InboxMessage) {
+        let registry = self.registry.read();
+        if registry.stopped {
+            return;
+        }
+        for inbox in registry.endpoints.values() {
+            if inbox.post(event()).is_err() {
+                debug!("event for stopped endpoint {} dropped", inbox.name());
+            }
+        }
+    }
+
+    /// Stops the endpoint `name`: its `on_stop` runs after the messages already queued,
+    /// and the name is free again at once. `false` if no such endpoint is registered.
+    pub(crate) fn stop_endpoint(&self, name: &str) -> bool {
+        let Some(inbox) = self.registry.write().endpoints.remove(name) else {
+            return false;
+        };
+        let mut stopped = self.recently_stopped.lock();
+        if stopped.len() >= REMEMBERED_STOPPED {
+            stopped.pop_front();
+        }
+        stopped.push_back(name.to_owned());
+        drop(stopped);
+        inbox.stop();
+        true
+    }
+
+    /// Stops every endpoint and the message loops, waiting no later than `deadline`.
+    pub(crate) fn stop(&self, deadline: Instant) {
+        let inboxes: Vec<Arc<Inbox>> = {
+            let mut registry = self.registry.write();
+            registry.stopped = true;
+            registry.endpoints.drain().map(|(_, inbox)| inbox).collect()
+        };
+        for inbox in &inboxes {
+            inbox.stop();
+        }
+        // Wait for each on_stop; a loop thread calling shutdown cannot wait for itself.
+        let on_loop = crate::rpc::message_loop::on_loop_of(self.env_id);
+        if !on_loop {
+            while inboxes.iter().any(|i| !i.is_finished()) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+        for inbox in inboxes.iter().filter(|i| !i.is_finished()) {
+            warn!(
+                "endpoint {} did not stop in time ({} messages left); abandoned",
+                inbox.name(),
+                inbox.len()
+            );
+        }
+        let dedicated = std::mem::take(&mut *self.dedicated.lock());
+        for runner in dedicated {
+            runner.stop(deadline);
+        }
+        self.shared.stop(deadline);
+    }
+}
+
+/// Fails `msg` (an ask through its context) and returns the error.
+fn fail(msg: InboxMessage, error: RpcError) -> Result<(), RpcError> {
+    debug!("{msg:?} not delivered: {error}");
+    msg.fail(error.clone());
+    Err(error)
+}

@@ -1,0 +1,377 @@
+//! [`RpcEndpointRef`]: a typed handle to an endpoint, here or in another env.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::marker::PhantomData;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::conf::keys;
+use crate::error::RpcError;
+use crate::rpc::address::{RpcAddress, endpoint_uri};
+use crate::rpc::call::{Call, CallInfo, Pending, RpcCallContext};
+use crate::rpc::env::EnvInner;
+use crate::rpc::envelope;
+use crate::rpc::inbox::{Inbox, InboxMessage, Payload};
+use crate::rpc::outbox::{OutboxMessage, send_rpc_on};
+use crate::sync::{Arc, Weak};
+use crate::transport::TransportClient;
+
+/// What a reference points at.
+pub(crate) struct RefInner {
+    /// The env that holds this reference (and sends through it).
+    pub(crate) env: Arc<EnvInner>,
+    pub(crate) name: Arc<str>,
+    /// The target env's listen address; `None` for an endpoint in a client-mode env.
+    pub(crate) address: Option<RpcAddress>,
+    /// The target env's id, `0` when unknown.
+    pub(crate) env_id: u64,
+    /// For an endpoint of a client-mode env: the connection that env opened to this one.
+    pub(crate) client: Option<TransportClient>,
+    /// For a local endpoint: its inbox, to skip the name lookup.
+    pub(crate) inbox: OnceLock<Weak<Inbox>>,
+}
+
+enum Route<'a> {
+    Local,
+    Client(&'a TransportClient),
+    Remote(&'a RpcAddress),
+}
+
+impl RefInner {
+    fn route(&self) -> Route<'_> {
+        if let Some(client) = &self.client {
+            return Route::Client(client);
+        }
+        if self.env_id == self.env.id() || self.address.as_ref() == self.env.address() {
+            return Route::Local;
+        }
+        match &self.address {
+            Some(address) => Route::Remote(address),
+            // A client-mode endpoint of an env that is neither this one nor connected to
+            // it: deserialization binds such refs to a connection, so this is only a ref
+            // whose connection is unknown; treat it as this env's (see the guide).
+            None => Route::Local,
+        }
+    }
+
+    pub(crate) fn uri(&self) -> String {
+        endpoint_uri(self.address.as_ref(), &self.name)
+    }
+
+    fn describe(&self) -> String {
+        match (&self.address, &self.client) {
+            (Some(address), _) => format!("endpoint {} at {address}", self.name),
+            (None, Some(client)) => format!(
+                "endpoint {} of the client-mode env at {}",
+                self.name,
+                client.remote_address()
+            ),
+            (None, None) => format!("endpoint {} of this env", self.name),
+        }
+    }
+}
+
+/// A typed reference to an endpoint whose messages are `M`, in this env or another.
+///
+/// Cheap to clone, `Send + Sync`, and serializable: a reference put inside a message
+/// works on the receiving side, including a reference to an endpoint of a client-mode env
+/// (its calls then go back over the connection that env opened; once that connection is
+/// closed they fail at once with [`RpcError::Connection`]).
+///
+/// Messages from one sender to one endpoint are delivered in the order they were sent.
+/// Calls to an endpoint of the same env never touch a socket, and a message or reply of
+/// the type the other side expects is moved, not serialized.
+///
+/// ```
+/// use rpcenv::{RpcCallContext, RpcEndpoint, RpcEnv};
+/// struct Echo;
+/// impl RpcEndpoint for Echo {
+///     type Message = String;
+///     fn receive_and_reply(&mut self, msg: String, reply: RpcCallContext) {
+///         reply.reply(msg)
+///     }
+/// }
+/// let server = RpcEnv::builder("server").bind_address("127.0.0.1").port(0).build()?;
+/// server.setup_endpoint("echo", Echo)?;
+/// let client = RpcEnv::builder("client").client_mode(true).build()?;
+/// let echo = client.setup_endpoint_ref::<String>(&server.address().unwrap(), "echo")?;
+/// let back: String = echo.ask_sync("hello".to_string())?;
+/// assert_eq!(back, "hello");
+/// # client.shutdown();
+/// # server.shutdown();
+/// # Ok::<(), rpcenv::RpcError>(())
+/// ```
+pub struct RpcEndpointRef<M> {
+    inner: Arc<RefInner>,
+    _message: PhantomData<fn(M) -> M>,
+}
+
+impl<M> RpcEndpointRef<M> {
+    pub(crate) fn from_inner(inner: Arc<RefInner>) -> Self {
+        Self {
+            inner,
+            _message: PhantomData,
+        }
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<RefInner> {
+        &self.inner
+    }
+
+    /// The endpoint's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The listen address of the endpoint's env; `None` for an endpoint of a client-mode
+    /// env.
+    pub fn address(&self) -> Option<RpcAddress> {
+        self.inner.address.clone()
+    }
+
+    /// `rpc://name@host:port`, or `rpc-client://name` for a client-mode endpoint.
+    pub fn uri(&self) -> String {
+        self.inner.uri()
+    }
+}
+
+impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
+    /// Sends a one-way message. Never waits for the network: a message to another env is
+    /// queued on that env's connection (connecting first, off this thread, if needed).
+    ///
+    /// `Ok` means the message was accepted for delivery. It fails at once when this env
+    /// is stopped ([`RpcError::EnvStopped`]), a local endpoint does not exist or is
+    /// stopped, the message does not encode, or the connection is known to be down
+    /// ([`RpcError::Connection`]). A message queued while connecting that cannot be
+    /// delivered because the connect then fails is logged at `warn`.
+    pub fn send(&self, msg: M) -> Result<(), RpcError> {
+        let inner = &*self.inner;
+        let env = &inner.env;
+        env.check_running()?;
+        match inner.route() {
+            Route::Local => env.dispatcher().post(
+                inner,
+                InboxMessage::OneWay {
+                    sender: env.address().cloned(),
+                    payload: Payload::Local(Box::new(msg)),
+                },
+            ),
+            Route::Client(client) => {
+                let body = envelope::encode_request(env.address(), &inner.name, &msg)?;
+                client.send(body)
+            }
+            Route::Remote(address) => {
+                let body = envelope::encode_request(env.address(), &inner.name, &msg)?;
+                env.outbox(address).send(OutboxMessage::OneWay(body))
+            }
+        }
+    }
+
+    /// Asks with the default deadline, `rpc.askTimeout`. Never waits for the network.
+    pub fn ask<R: DeserializeOwned + 'static>(&self, msg: M) -> Pending<R> {
+        let after = self.inner.env.settings().ask_timeout;
+        self.ask_with(msg, after, keys::ASK_TIMEOUT)
+    }
+
+    /// Asks with the deadline `timeout` from now.
+    pub fn ask_timeout<R: DeserializeOwned + 'static>(
+        &self,
+        msg: M,
+        timeout: Duration,
+    ) -> Pending<R> {
+        self.ask_with(msg, timeout, "the timeout given to ask_timeout")
+    }
+
+    /// Asks and waits for the reply, up to `rpc.askTimeout`.
+    pub fn ask_sync<R: DeserializeOwned + 'static>(&self, msg: M) -> Result<R, RpcError> {
+        self.ask(msg).wait()
+    }
+
+    /// Asks and waits for the reply, up to `timeout`.
+    pub fn ask_sync_timeout<R: DeserializeOwned + 'static>(
+        &self,
+        msg: M,
+        timeout: Duration,
+    ) -> Result<R, RpcError> {
+        self.ask_with(msg, timeout, "the timeout given to ask_sync_timeout")
+            .wait()
+    }
+
+    pub(crate) fn ask_with<R: DeserializeOwned + 'static>(
+        &self,
+        msg: M,
+        after: Duration,
+        key: &'static str,
+    ) -> Pending<R> {
+        let what = format!("ask of {}", self.inner.describe());
+        self.ask_info(msg, CallInfo { what, after, key })
+    }
+
+    /// Asks; `info` says what a timeout error reports.
+    pub(crate) fn ask_info<R: DeserializeOwned + 'static>(
+        &self,
+        msg: M,
+        info: CallInfo,
+    ) -> Pending<R> {
+        let inner = &*self.inner;
+        let env = &inner.env;
+        let call = Call::start(env, info);
+        if call.is_done() {
+            return Pending::new(call);
+        }
+        match inner.route() {
+            Route::Local => {
+                let reply = RpcCallContext::local(
+                    Arc::clone(&call),
+                    Arc::clone(&inner.name),
+                    env.address().cloned(),
+                );
+                // A failed post fails the call through the context it carries.
+                let _ = env.dispatcher().post(
+                    inner,
+                    InboxMessage::Ask {
+                        sender: env.address().cloned(),
+                        payload: Payload::Local(Box::new(msg)),
+                        reply,
+                    },
+                );
+            }
+            Route::Client(client) => {
+                match envelope::encode_request(env.address(), &inner.name, &msg) {
+                    Ok(body) => send_rpc_on(client, body, Arc::clone(&call)),
+                    Err(err) => {
+                        call.complete(Err(err));
+                    }
+                }
+            }
+            Route::Remote(address) => {
+                match envelope::encode_request(env.address(), &inner.name, &msg) {
+                    Ok(body) => {
+                        // Ask failures reach the call itself.
+                        let _ = env.outbox(address).send(OutboxMessage::Ask {
+                            body,
+                            call: Arc::clone(&call),
+                        });
+                    }
+                    Err(err) => {
+                        call.complete(Err(err));
+                    }
+                }
+            }
+        }
+        Pending::new(call)
+    }
+}
+
+impl<M> Clone for RpcEndpointRef<M> {
+    fn clone(&self) -> Self {
+        Self::from_inner(Arc::clone(&self.inner))
+    }
+}
+
+impl<M> fmt::Debug for RpcEndpointRef<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RpcEndpointRef({})", self.inner.uri())
+    }
+}
+
+/// Two references are equal when they name the same endpoint at the same address.
+impl<M> PartialEq for RpcEndpointRef<M> {
+    fn eq(&self, other: &Self) -> bool {
+        self.inner.name == other.inner.name && self.inner.address == other.inner.address
+    }
+}
+
+impl<M> Eq for RpcEndpointRef<M> {}
+
+impl<M> Hash for RpcEndpointRef<M> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.inner.name.hash(state);
+        self.inner.address.hash(state);
+    }
+}
+
+/// A reference on the wire.
+#[derive(Serialize, Deserialize)]
+struct WireRef {
+    address: Option<RpcAddress>,
+    name: String,
+    env_id: u64,
+}
+
+impl<M> Serialize for RpcEndpointRef<M> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        WireRef {
+            address: self.inner.address.clone(),
+            name: self.inner.name.to_string(),
+            env_id: self.inner.env_id,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de, M> Deserialize<'de> for RpcEndpointRef<M> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = WireRef::deserialize(deserializer)?;
+        let (env, client) = SCOPE
+            .with(|scope| scope.borrow().last().cloned())
+            .ok_or_else(|| {
+                serde::de::Error::custom(
+                    "an RpcEndpointRef can only be deserialized by rpcenv, which binds it \
+                     to the receiving env",
+                )
+            })?;
+        let ours = wire.env_id == env.id()
+            || (wire.address.is_some() && wire.address.as_ref() == env.address());
+        let inbox = OnceLock::new();
+        if ours {
+            if let Some(local) = env.dispatcher().inbox(&wire.name) {
+                let _ = inbox.set(Arc::downgrade(&local));
+            }
+        }
+        // A client-mode endpoint (no address) of another env is reached over the
+        // connection the message came in on.
+        let client = match (&wire.address, ours) {
+            (None, false) => client,
+            _ => None,
+        };
+        Ok(Self::from_inner(Arc::new(RefInner {
+            env,
+            name: wire.name.into(),
+            address: wire.address,
+            env_id: wire.env_id,
+            client,
+            inbox,
+        })))
+    }
+}
+
+type Scope = (Arc<EnvInner>, Option<TransportClient>);
+
+thread_local! {
+    /// The env (and connection) that references decoded on this thread bind to.
+    static SCOPE: RefCell<Vec<Scope>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `decode` with `env` (and the connection the bytes came over) as the binding of
+/// every [`RpcEndpointRef`] it deserializes.
+pub(crate) fn decode_scope<R>(
+    env: &Arc<EnvInner>,
+    client: Option<&TransportClient>,
+    decode: impl FnOnce() -> R,
+) -> R {
+    struct Pop;
+    impl Drop for Pop {
+        fn drop(&mut self) {
+            SCOPE.with(|scope| scope.borrow_mut().pop());
+        }
+    }
+    SCOPE.with(|scope| scope.borrow_mut().push((Arc::clone(env), client.cloned())));
+    let _pop = Pop;
+    decode()
+}

@@ -1,0 +1,522 @@
+//! [`RpcEnv`] and its builder: the wiring of transport, dispatcher, outboxes and timeouts,
+//! and the shutdown sequence.
+
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use log::{debug, info};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::conf::{RpcConf, Settings, keys};
+use crate::error::RpcError;
+use crate::rpc::address::{RpcAddress, endpoint_uri, parse_endpoint_uri};
+use crate::rpc::call::CallInfo;
+use crate::rpc::dispatcher::Dispatcher;
+use crate::rpc::endpoint::RpcEndpoint;
+use crate::rpc::endpoint_ref::{RefInner, RpcEndpointRef};
+use crate::rpc::handler::RpcEnvHandler;
+use crate::rpc::message_loop::on_loop_of;
+use crate::rpc::outbox::{CONNECT_IDLE, ConnectPool, Outbox};
+use crate::rpc::timeout::Timeouts;
+use crate::rpc::verifier::{self, CheckExistence, Verifier};
+use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use crate::sync::{Arc, Condvar, Mutex};
+use crate::transport::{
+    RpcHandler, TransportClientFactory, TransportConf, TransportContext, TransportServer,
+};
+
+/// How long a shutdown waits for endpoints to run `on_stop` and for threads to exit
+/// before it leaves them behind (and logs them).
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Builds an [`RpcEnv`]; see [`RpcEnv::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until build() is called"]
+pub struct RpcEnvBuilder {
+    name: String,
+    bind_address: String,
+    advertise_address: Option<String>,
+    port: u16,
+    conf: RpcConf,
+    client_mode: bool,
+}
+
+impl RpcEnvBuilder {
+    /// The address to listen on (default `127.0.0.1`). Binding the wildcard (`0.0.0.0`
+    /// or `::`) needs an [`advertise_address`](Self::advertise_address).
+    pub fn bind_address(mut self, host: impl Into<String>) -> Self {
+        self.bind_address = host.into();
+        self
+    }
+
+    /// The host other envs should use to reach this one, as it appears in
+    /// [`RpcEnv::address`] and in references this env hands out (default: the bind
+    /// address).
+    pub fn advertise_address(mut self, host: impl Into<String>) -> Self {
+        self.advertise_address = Some(host.into());
+        self
+    }
+
+    /// The port to listen on (default 0: any free port). On a collision the next ports
+    /// are tried, up to `rpc.port.maxRetries` more.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// The configuration; checked by [`build`](Self::build).
+    pub fn conf(mut self, conf: RpcConf) -> Self {
+        self.conf = conf;
+        self
+    }
+
+    /// A client-mode env opens no listener ([`RpcEnv::address`] is `None`); its
+    /// endpoints are reached by peers over the connections it opens to them.
+    pub fn client_mode(mut self, client_mode: bool) -> Self {
+        self.client_mode = client_mode;
+        self
+    }
+
+    /// Checks the configuration, binds (in server mode) and starts the env's threads.
+    ///
+    /// Fails with [`RpcError::Config`] for a bad key or value, [`RpcError::Bind`] when no
+    /// port could be bound, [`RpcError::Io`] when a thread cannot be started.
+    pub fn build(self) -> Result<RpcEnv, RpcError> {
+        let settings = self.conf.settings()?;
+        let wildcard = matches!(
+            self.bind_address.trim_matches(['[', ']']),
+            "0.0.0.0" | "::" | "0:0:0:0:0:0:0:0"
+        );
+        if !self.client_mode && wildcard && self.advertise_address.is_none() {
+            return Err(RpcError::config(
+                "advertise_address",
+                format!(
+                    "binding {} needs an advertise address that peers can reach",
+                    self.bind_address
+                ),
+            ));
+        }
+        let id = random_id();
+        let handler = Arc::new(RpcEnvHandler::new());
+        let transport = TransportContext::new(
+            TransportConf::from_settings(&settings),
+            Arc::clone(&handler) as Arc<dyn RpcHandler>,
+        );
+        let (server, address) = if self.client_mode {
+            (None, None)
+        } else {
+            let server = transport.create_server(&self.bind_address, self.port)?;
+            let host = self.advertise_address.unwrap_or(self.bind_address);
+            let address = RpcAddress::new(host, server.port());
+            (Some(server), Some(address))
+        };
+        let factory = transport.create_client_factory();
+        let dispatcher = Dispatcher::new(id, settings.dispatcher_threads)?;
+        let timeouts = Timeouts::start()?;
+        let connect_pool = ConnectPool::new(settings.connect_threads, CONNECT_IDLE);
+        let inner = Arc::new(EnvInner {
+            id,
+            name: self.name,
+            settings,
+            address,
+            handler: Arc::clone(&handler),
+            server: Mutex::new(server),
+            factory,
+            dispatcher,
+            outboxes: Mutex::new(HashMap::new()),
+            timeouts,
+            connect_pool,
+            stopped: AtomicBool::new(false),
+            terminated: Mutex::new(false),
+            terminated_cv: Condvar::default(),
+        });
+        handler.set_env(Arc::downgrade(&inner));
+        if inner.address.is_some() {
+            let verifier = Verifier {
+                env: Arc::downgrade(&inner),
+            };
+            if let Err(err) = inner
+                .dispatcher
+                .register(&inner, verifier::NAME.into(), verifier)
+            {
+                inner.shutdown();
+                return Err(err);
+            }
+        }
+        match &inner.address {
+            Some(address) => info!("rpc env {} listening on {address}", inner.name),
+            None => info!("rpc env {} started in client mode", inner.name),
+        }
+        Ok(RpcEnv {
+            _owner: Some(Arc::new(Owner {
+                inner: Arc::clone(&inner),
+            })),
+            inner,
+        })
+    }
+}
+
+fn random_id() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u32(std::process::id());
+    // Never 0, which means "unknown" in references.
+    hasher.finish() | 1
+}
+
+/// An RPC environment: a registry of named endpoints, a listener (unless in client mode)
+/// and connections to other envs.
+///
+/// A handle: clones share the env, and it is `Send + Sync`. The env shuts down when
+/// [`shutdown`](Self::shutdown) is called or the last handle built by
+/// [`RpcEnvBuilder::build`] (and its clones) is dropped; the handle an endpoint gets from
+/// [`EndpointContext::env`](crate::EndpointContext::env) does not keep it running.
+///
+/// ```
+/// use rpcenv::{RpcCallContext, RpcEndpoint, RpcEnv};
+/// struct Echo;
+/// impl RpcEndpoint for Echo {
+///     type Message = String;
+///     fn receive_and_reply(&mut self, msg: String, reply: RpcCallContext) {
+///         reply.reply(msg)
+///     }
+/// }
+/// let env = RpcEnv::builder("master").bind_address("127.0.0.1").port(0).build()?;
+/// let addr = env.address().expect("a server env has an address");
+/// env.setup_endpoint("echo", Echo)?;
+///
+/// let driver = RpcEnv::builder("driver").client_mode(true).build()?;
+/// let echo = driver.setup_endpoint_ref_by_uri::<String>(&format!("rpc://echo@{addr}"))?;
+/// assert_eq!(echo.ask_sync::<String>("hi".into())?, "hi");
+/// driver.shutdown();
+/// env.shutdown();
+/// env.await_termination();
+/// # Ok::<(), rpcenv::RpcError>(())
+/// ```
+#[derive(Clone)]
+pub struct RpcEnv {
+    inner: Arc<EnvInner>,
+    _owner: Option<Arc<Owner>>,
+}
+
+/// Shuts the env down when the last handle its owner holds is dropped.
+struct Owner {
+    inner: Arc<EnvInner>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.inner.shutdown();
+    }
+}
+
+impl RpcEnv {
+    /// A builder for an env called `name` (the name shows in logs).
+    pub fn builder(name: impl Into<String>) -> RpcEnvBuilder {
+        RpcEnvBuilder {
+            name: name.into(),
+            bind_address: "127.0.0.1".into(),
+            advertise_address: None,
+            port: 0,
+            conf: RpcConf::new(),
+            client_mode: false,
+        }
+    }
+
+    /// A handle that does not keep the env running.
+    pub(crate) fn internal(inner: Arc<EnvInner>) -> Self {
+        Self {
+            inner,
+            _owner: None,
+        }
+    }
+
+    /// The env's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The address peers reach this env at (advertised host, bound port); `None` in
+    /// client mode.
+    pub fn address(&self) -> Option<RpcAddress> {
+        self.inner.address.clone()
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) has begun.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.stopped.load(Ordering::Acquire)
+    }
+
+    /// Registers `endpoint` as `name` and returns a reference to it. Its `on_start` runs
+    /// before any message.
+    ///
+    /// Fails with [`RpcError::EndpointExists`] if the name is taken (it is free again once
+    /// that endpoint is [stopped](Self::stop)) and [`RpcError::EnvStopped`] after
+    /// shutdown.
+    pub fn setup_endpoint<E: RpcEndpoint>(
+        &self,
+        name: impl Into<String>,
+        endpoint: E,
+    ) -> Result<RpcEndpointRef<E::Message>, RpcError> {
+        self.inner.check_running()?;
+        self.inner
+            .dispatcher
+            .register(&self.inner, name.into(), endpoint)
+    }
+
+    /// A reference to the endpoint `name` of the env at `address`, after asking that env
+    /// whether the endpoint exists (within `rpc.lookupTimeout`).
+    ///
+    /// Fails with [`RpcError::EndpointNotFound`] naming the URI when it does not, with
+    /// [`RpcError::Connection`] when the env cannot be reached, and with
+    /// [`RpcError::Timeout`] naming `rpc.lookupTimeout` when it does not answer.
+    pub fn setup_endpoint_ref<M>(
+        &self,
+        address: impl AsRef<RpcAddress>,
+        name: &str,
+    ) -> Result<RpcEndpointRef<M>, RpcError>
+    where
+        M: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let inner = &self.inner;
+        inner.check_running()?;
+        let address = address.as_ref();
+        let uri = endpoint_uri(Some(address), name);
+        let target = |env_id| {
+            Arc::new(RefInner {
+                env: Arc::clone(inner),
+                name: name.into(),
+                address: Some(address.clone()),
+                env_id,
+                client: None,
+                inbox: std::sync::OnceLock::new(),
+            })
+        };
+        if inner.address.as_ref() == Some(address) {
+            let Some(inbox) = inner.dispatcher.inbox(name) else {
+                return Err(RpcError::EndpointNotFound { uri });
+            };
+            let local = target(inner.id);
+            let _ = local.inbox.set(Arc::downgrade(&inbox));
+            return Ok(RpcEndpointRef::from_inner(local));
+        }
+        let verifier = RpcEndpointRef::<CheckExistence>::from_inner(Arc::new(RefInner {
+            env: Arc::clone(inner),
+            name: verifier::NAME.into(),
+            address: Some(address.clone()),
+            env_id: 0,
+            client: None,
+            inbox: std::sync::OnceLock::new(),
+        }));
+        let info = CallInfo {
+            what: format!("lookup of {uri}"),
+            after: inner.settings.lookup_timeout,
+            key: keys::LOOKUP_TIMEOUT,
+        };
+        match verifier
+            .ask_info::<bool>(CheckExistence(name.to_owned()), info)
+            .wait()
+        {
+            Ok(true) => Ok(RpcEndpointRef::from_inner(target(0))),
+            Ok(false) | Err(RpcError::EndpointNotFound { .. }) => {
+                Err(RpcError::EndpointNotFound { uri })
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// [`setup_endpoint_ref`](Self::setup_endpoint_ref) for a URI
+    /// `rpc://name@host:port` (`spark://` is accepted too). A URI that does not parse is
+    /// [`RpcError::InvalidAddress`].
+    pub fn setup_endpoint_ref_by_uri<M>(&self, uri: &str) -> Result<RpcEndpointRef<M>, RpcError>
+    where
+        M: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let (address, name) = parse_endpoint_uri(uri)?;
+        self.setup_endpoint_ref(&address, &name)
+    }
+
+    /// Stops an endpoint of this env: `on_stop` runs after the messages already queued,
+    /// later calls to it fail with [`RpcError::EndpointStopped`], and its name is free
+    /// again. Stopping it again is a no-op. A reference to an endpoint of another env is
+    /// [`RpcError::EndpointNotFound`].
+    pub fn stop<M>(&self, endpoint: &RpcEndpointRef<M>) -> Result<(), RpcError> {
+        let target = endpoint.inner();
+        let ours = target.client.is_none()
+            && (target.env_id == self.inner.id || target.address == self.inner.address);
+        if !ours {
+            return Err(RpcError::EndpointNotFound { uri: target.uri() });
+        }
+        if let Some(cached) = target.inbox.get().and_then(crate::sync::Weak::upgrade) {
+            let current = self.inner.dispatcher.inbox(&target.name);
+            if !current.is_some_and(|c| Arc::ptr_eq(&c, &cached)) {
+                // Already stopped (the name may belong to a newer endpoint by now).
+                return Ok(());
+            }
+        }
+        self.inner.dispatcher.stop_endpoint(&target.name);
+        Ok(())
+    }
+
+    /// Shuts the env down; idempotent. Pending asks fail at once with
+    /// [`RpcError::EnvStopped`], queued outgoing messages too; every endpoint runs
+    /// `on_stop`; the listener and connections close; the threads exit. Waits up to five
+    /// seconds for endpoints and threads that are busy, then leaves them behind (logged).
+    ///
+    /// Called from an endpoint of this env, it returns at once and the shutdown runs on
+    /// a thread of its own.
+    pub fn shutdown(&self) {
+        self.inner.shutdown();
+    }
+
+    /// Blocks until a shutdown of this env has completed. Do not call it from an
+    /// endpoint of this env.
+    pub fn await_termination(&self) {
+        let mut terminated = self.inner.terminated.lock();
+        while !*terminated {
+            terminated = self
+                .inner
+                .terminated_cv
+                .wait_timeout(terminated, Duration::from_secs(3600));
+        }
+    }
+}
+
+impl fmt::Debug for RpcEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RpcEnv")
+            .field("name", &self.inner.name)
+            .field("address", &self.inner.address)
+            .field("stopped", &self.is_stopped())
+            .finish()
+    }
+}
+
+/// The env itself, shared by its handles, references and calls.
+pub(crate) struct EnvInner {
+    id: u64,
+    name: String,
+    settings: Settings,
+    address: Option<RpcAddress>,
+    handler: Arc<RpcEnvHandler>,
+    server: Mutex<Option<TransportServer>>,
+    factory: TransportClientFactory,
+    dispatcher: Dispatcher,
+    outboxes: Mutex<HashMap<RpcAddress, Arc<Outbox>>>,
+    timeouts: Timeouts,
+    connect_pool: ConnectPool,
+    stopped: AtomicBool,
+    terminated: Mutex<bool>,
+    terminated_cv: Condvar,
+}
+
+impl EnvInner {
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn address(&self) -> Option<&RpcAddress> {
+        self.address.as_ref()
+    }
+
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub(crate) fn dispatcher(&self) -> &Dispatcher {
+        &self.dispatcher
+    }
+
+    pub(crate) fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+
+    pub(crate) fn handler(&self) -> &RpcEnvHandler {
+        &self.handler
+    }
+
+    pub(crate) fn client_factory(&self) -> &TransportClientFactory {
+        &self.factory
+    }
+
+    pub(crate) fn connect_pool(&self) -> &ConnectPool {
+        &self.connect_pool
+    }
+
+    pub(crate) fn check_running(&self) -> Result<(), RpcError> {
+        if self.stopped.load(Ordering::Acquire) {
+            Err(RpcError::EnvStopped)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The outbox for `address`, made on first use.
+    pub(crate) fn outbox(self: &Arc<Self>, address: &RpcAddress) -> Arc<Outbox> {
+        let mut outboxes = self.outboxes.lock();
+        if let Some(outbox) = outboxes.get(address) {
+            return Arc::clone(outbox);
+        }
+        let outbox = Arc::new(Outbox::new(address.clone(), Arc::downgrade(self)));
+        outboxes.insert(address.clone(), Arc::clone(&outbox));
+        if self.stopped.load(Ordering::Acquire) {
+            outbox.stop();
+        }
+        outbox
+    }
+
+    pub(crate) fn shutdown(self: &Arc<Self>) {
+        if self.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if on_loop_of(self.id) {
+            // An endpoint of this env asked: its thread cannot wait for itself.
+            let env = Arc::clone(self);
+            let spawned = thread::Builder::new()
+                .name("rpc-shutdown".into())
+                .spawn(move || env.run_shutdown());
+            if spawned.is_ok() {
+                return;
+            }
+        }
+        self.run_shutdown();
+    }
+
+    fn run_shutdown(&self) {
+        let started = Instant::now();
+        let deadline = started + SHUTDOWN_GRACE;
+        debug!("rpc env {} shutting down", self.name);
+        let pending = self.timeouts.stop();
+        if !pending.is_empty() {
+            debug!("{} pending asks fail with EnvStopped", pending.len());
+        }
+        for call in pending {
+            call.complete(Err(RpcError::EnvStopped));
+        }
+        let outboxes = std::mem::take(&mut *self.outboxes.lock());
+        for outbox in outboxes.values() {
+            outbox.stop();
+        }
+        // Endpoints stop before connections close, so they see no disconnect events
+        // caused by this env's own shutdown.
+        self.dispatcher.stop(deadline);
+        if let Some(server) = self.server.lock().take() {
+            server.close();
+        }
+        self.factory.close();
+        self.connect_pool.stop(deadline);
+        *self.terminated.lock() = true;
+        self.terminated_cv.notify_all();
+        info!("rpc env {} stopped in {:?}", self.name, started.elapsed());
+    }
+}

@@ -1,0 +1,321 @@
+//! The `RequestMessage` envelope inside `RpcRequest` and `OneWayMessage` bodies, and the
+//! reply envelope inside `RpcResponse` bodies.
+//!
+//! A request body is a small header followed by the message's codec bytes (all integers
+//! big-endian):
+//!
+//! ```text
+//! version   u8      1
+//! sender    u8      0: none (a client-mode env), 1: followed by
+//!           u16 len, host (UTF-8), u16 port
+//! receiver  u16 len, endpoint name (UTF-8)
+//! content   the rest: the message, encoded by the codec
+//! ```
+//!
+//! A reply body is one status byte, then the reply's codec bytes (`0`) or an error the
+//! wire can carry (`1`): `Remote`, `NoReply`, `EndpointStopped`, `EndpointNotFound`,
+//! `EnvStopped`, `Decode` and `Encode` keep their kind across the network; anything else
+//! travels as `Remote` with its text.
+//!
+//! Only the message and the reply go through the codec; the header is read by hand,
+//! without trusting any length in it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::error::RpcError;
+use crate::rpc::address::RpcAddress;
+
+const VERSION: u8 = 1;
+const REPLY_OK: u8 = 0;
+const REPLY_ERR: u8 = 1;
+
+/// The header of a request body, borrowed from it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct RequestHeader<'a> {
+    /// The listen address of the env that sent it; `None` for a client-mode env.
+    pub(crate) sender: Option<RpcAddress>,
+    /// The endpoint it is for.
+    pub(crate) receiver: &'a str,
+    /// Where the content starts in the body.
+    pub(crate) content_start: usize,
+}
+
+/// Writes a request body: the header, then `content` through the codec.
+pub(crate) fn encode_request<M: Serialize + ?Sized>(
+    sender: Option<&RpcAddress>,
+    receiver: &str,
+    content: &M,
+) -> Result<Vec<u8>, RpcError> {
+    let mut out = Vec::with_capacity(64);
+    out.push(VERSION);
+    match sender {
+        Some(address) => {
+            out.push(1);
+            put_str(&mut out, address.host(), "sender host")?;
+            out.extend_from_slice(&address.port().to_be_bytes());
+        }
+        None => out.push(0),
+    }
+    put_str(&mut out, receiver, "endpoint name")?;
+    codec::encode_into(
+        content,
+        &mut out,
+        &format!("message for endpoint {receiver}"),
+    )?;
+    Ok(out)
+}
+
+fn put_str(out: &mut Vec<u8>, text: &str, what: &str) -> Result<(), RpcError> {
+    let len = u16::try_from(text.len()).map_err(|_| RpcError::Encode {
+        what: what.into(),
+        reason: format!("{} bytes is longer than 65535", text.len()),
+    })?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+    Ok(())
+}
+
+/// Reads the header of a request body.
+pub(crate) fn decode_request(body: &[u8]) -> Result<RequestHeader<'_>, RpcError> {
+    let mut reader = Reader { body, at: 0 };
+    let version = reader.u8()?;
+    if version != VERSION {
+        return Err(RpcError::decode(
+            "request envelope",
+            format!("unknown envelope version {version} (this crate speaks {VERSION})"),
+        ));
+    }
+    let sender = match reader.u8()? {
+        0 => None,
+        1 => {
+            let host = reader.str("sender host")?;
+            if host.is_empty() {
+                return Err(RpcError::decode("request envelope", "empty sender host"));
+            }
+            let port = u16::from_be_bytes([reader.u8()?, reader.u8()?]);
+            Some(RpcAddress::new(host, port))
+        }
+        flag => {
+            return Err(RpcError::decode(
+                "request envelope",
+                format!("sender flag {flag} is neither 0 nor 1"),
+            ));
+        }
+    };
+    let receiver = reader.str("endpoint name")?;
+    Ok(RequestHeader {
+        sender,
+        receiver,
+        content_start: reader.at,
+    })
+}
+
+struct Reader<'a> {
+    body: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], RpcError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|end| *end <= self.body.len())
+            .ok_or_else(|| {
+                RpcError::decode(
+                    "request envelope",
+                    format!(
+                        "needs {n} more bytes at offset {} of {}",
+                        self.at,
+                        self.body.len()
+                    ),
+                )
+            })?;
+        let bytes = &self.body[self.at..end];
+        self.at = end;
+        Ok(bytes)
+    }
+
+    fn u8(&mut self) -> Result<u8, RpcError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn str(&mut self, what: &str) -> Result<&'a str, RpcError> {
+        let len = u16::from_be_bytes([self.u8()?, self.u8()?]);
+        let bytes = self.take(usize::from(len))?;
+        std::str::from_utf8(bytes)
+            .map_err(|e| RpcError::decode("request envelope", format!("{what}: {e}")))
+    }
+}
+
+/// The errors that keep their kind across the network.
+#[derive(Debug, Serialize, Deserialize)]
+enum WireError {
+    Remote { message: String },
+    NoReply { endpoint: String },
+    EndpointStopped { name: String },
+    EndpointNotFound { uri: String },
+    EnvStopped,
+    Decode { what: String, reason: String },
+    Encode { what: String, reason: String },
+}
+
+/// A reply body carrying `value`.
+pub(crate) fn encode_reply<T: Serialize + ?Sized>(
+    value: &T,
+    what: &str,
+) -> Result<Vec<u8>, RpcError> {
+    let mut out = Vec::with_capacity(16);
+    out.push(REPLY_OK);
+    codec::encode_into(value, &mut out, what)?;
+    Ok(out)
+}
+
+/// A reply body carrying `error`.
+pub(crate) fn encode_reply_error(error: &RpcError) -> Vec<u8> {
+    let wire = match error.clone() {
+        RpcError::Remote { message } => WireError::Remote { message },
+        RpcError::NoReply { endpoint } => WireError::NoReply { endpoint },
+        RpcError::EndpointStopped { name } => WireError::EndpointStopped { name },
+        RpcError::EndpointNotFound { uri } => WireError::EndpointNotFound { uri },
+        RpcError::EnvStopped => WireError::EnvStopped,
+        RpcError::Decode { what, reason } => WireError::Decode { what, reason },
+        RpcError::Encode { what, reason } => WireError::Encode { what, reason },
+        other => WireError::Remote {
+            message: other.to_string(),
+        },
+    };
+    let mut out = vec![REPLY_ERR];
+    if codec::encode_into(&wire, &mut out, "reply error").is_err() {
+        // Strings and unit variants always encode; keep the status byte meaningful anyway.
+        out.truncate(1);
+        let _ = codec::encode_into(
+            &WireError::Remote {
+                message: "the error could not be encoded".into(),
+            },
+            &mut out,
+            "reply error",
+        );
+    }
+    out
+}
+
+/// The reply's codec bytes, or the error it carries.
+pub(crate) fn decode_reply(body: &[u8]) -> Result<&[u8], RpcError> {
+    match body.split_first() {
+        Some((&REPLY_OK, payload)) => Ok(payload),
+        Some((&REPLY_ERR, payload)) => {
+            Err(match codec::decode::<WireError>(payload, "reply error")? {
+                WireError::Remote { message } => RpcError::Remote { message },
+                WireError::NoReply { endpoint } => RpcError::NoReply { endpoint },
+                WireError::EndpointStopped { name } => RpcError::EndpointStopped { name },
+                WireError::EndpointNotFound { uri } => RpcError::EndpointNotFound { uri },
+                WireError::EnvStopped => RpcError::EnvStopped,
+                WireError::Decode { what, reason } => RpcError::Decode { what, reason },
+                WireError::Encode { what, reason } => RpcError::Encode { what, reason },
+            })
+        }
+        Some((status, _)) => Err(RpcError::decode(
+            "reply",
+            format!("unknown reply status {status}"),
+        )),
+        None => Err(RpcError::decode("reply", "empty reply body")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_message_serialization_round_trips_sender_receiver_and_content() {
+        let sender = RpcAddress::new("10.0.0.1", 7077);
+        let body = encode_request(Some(&sender), "echo", &(7u64, "hi".to_string())).unwrap();
+        let header = decode_request(&body).unwrap();
+        assert_eq!(header.sender, Some(sender));
+        assert_eq!(header.receiver, "echo");
+        let content: (u64, String) =
+            codec::decode(&body[header.content_start..], "content").unwrap();
+        assert_eq!(content, (7, "hi".to_string()));
+    }
+
+    #[test]
+    fn request_message_serialization_without_sender_and_with_unit_content() {
+        let body = encode_request(None, "e", &()).unwrap();
+        let header = decode_request(&body).unwrap();
+        assert_eq!(header.sender, None);
+        assert_eq!(header.receiver, "e");
+        assert_eq!(header.content_start, body.len());
+    }
+
+    #[test]
+    fn ipv6_sender_round_trips() {
+        let sender = RpcAddress::new("::1", 1);
+        let body = encode_request(Some(&sender), "e", &1u8).unwrap();
+        assert_eq!(decode_request(&body).unwrap().sender, Some(sender));
+    }
+
+    #[test]
+    fn every_truncation_of_a_header_is_a_decode_error() {
+        let body = encode_request(Some(&RpcAddress::new("host", 9)), "endpoint", &()).unwrap();
+        for len in 0..body.len() {
+            let err = decode_request(&body[..len]).unwrap_err();
+            assert!(matches!(err, RpcError::Decode { .. }), "{len}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_headers_are_decode_errors() {
+        for body in [
+            &[2u8, 0, 0, 0][..],             // unknown version
+            &[1, 7, 0, 0],                   // bad sender flag
+            &[1, 0, 0xff, 0xff, b'a'],       // name longer than the body
+            &[1, 0, 0, 2, 0xc3, 0x28],       // invalid UTF-8
+            &[1, 1, 0, 0, 0, 1, 0, 1, b'e'], // empty sender host
+        ] {
+            assert!(matches!(decode_request(body), Err(RpcError::Decode { .. })));
+        }
+    }
+
+    #[test]
+    fn replies_round_trip_values_and_errors() {
+        let body = encode_reply(&42u64, "reply").unwrap();
+        assert_eq!(
+            codec::decode::<u64>(decode_reply(&body).unwrap(), "r").unwrap(),
+            42
+        );
+        let errors = [
+            RpcError::Remote {
+                message: "boom".into(),
+            },
+            RpcError::NoReply {
+                endpoint: "e".into(),
+            },
+            RpcError::EndpointStopped { name: "e".into() },
+            RpcError::EndpointNotFound {
+                uri: "rpc://e@h:1".into(),
+            },
+            RpcError::EnvStopped,
+            RpcError::decode("message", "bad"),
+        ];
+        for err in errors {
+            let back = decode_reply(&encode_reply_error(&err)).unwrap_err();
+            assert_eq!(std::mem::discriminant(&back), std::mem::discriminant(&err));
+            assert_eq!(back.to_string(), err.to_string());
+        }
+        let other = RpcError::config("k", "v");
+        let back = decode_reply(&encode_reply_error(&other)).unwrap_err();
+        assert!(matches!(back, RpcError::Remote { message } if message.contains("k")));
+    }
+
+    #[test]
+    fn bad_reply_bodies_are_decode_errors() {
+        assert!(matches!(decode_reply(&[]), Err(RpcError::Decode { .. })));
+        assert!(matches!(decode_reply(&[9]), Err(RpcError::Decode { .. })));
+        assert!(matches!(
+            decode_reply(&[1, 200, 200]),
+            Err(RpcError::Decode { .. })
+        ));
+    }
+}

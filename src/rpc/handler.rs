@@ -1,0 +1,181 @@
+//! [`RpcEnvHandler`]: the transport handler of every connection of an env. It reads the
+//! envelope of each request, hands the message to the dispatcher (the message itself is
+//! decoded later, on the endpoint's thread), and turns connections into the
+//! `on_connected` / `on_disconnected` / `on_network_error` events of every endpoint.
+//!
+//! A connection is announced (`Connected`) once, with the best address known for the
+//! peer: the address this env dialed for an outbound connection; for an inbound one, the
+//! listen address its first message names, or its socket address when it comes from a
+//! client-mode env. `Disconnected` and `NetworkError` follow only for announced
+//! connections, with the same address.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::OnceLock;
+
+use log::{debug, warn};
+
+use crate::error::RpcError;
+use crate::rpc::address::{RpcAddress, endpoint_uri};
+use crate::rpc::call::RpcCallContext;
+use crate::rpc::env::EnvInner;
+use crate::rpc::envelope::{self, RequestHeader};
+use crate::rpc::inbox::{InboxMessage, Payload};
+use crate::sync::{Arc, Mutex, Weak};
+use crate::transport::{Responder, RpcHandler, TransportClient};
+
+/// The handler behind an env's transport.
+pub(crate) struct RpcEnvHandler {
+    env: OnceLock<Weak<EnvInner>>,
+    /// Connection id → the address it was announced with.
+    announced: Mutex<HashMap<u64, RpcAddress>>,
+}
+
+impl RpcEnvHandler {
+    pub(crate) fn new() -> Self {
+        Self {
+            env: OnceLock::new(),
+            announced: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn set_env(&self, env: Weak<EnvInner>) {
+        let _ = self.env.set(env);
+    }
+
+    fn env(&self) -> Option<Arc<EnvInner>> {
+        self.env.get().and_then(Weak::upgrade)
+    }
+
+    /// Posts `Connected(address)` for `client`'s connection unless it was announced.
+    pub(crate) fn announce(&self, client: &TransportClient, address: &RpcAddress) {
+        let Some(env) = self.env() else { return };
+        let mut announced = self.announced.lock();
+        if !client.is_active() || announced.contains_key(&client.id()) {
+            return;
+        }
+        announced.insert(client.id(), address.clone());
+        debug!(
+            "connection {} announced as {address} to the endpoints of {}",
+            client.id(),
+            env.name()
+        );
+        // Posted under the lock, so a Disconnected for the same connection comes after.
+        env.dispatcher()
+            .post_to_all(|| InboxMessage::Connected(address.clone()));
+    }
+
+    fn header<'a>(&self, client: &TransportClient, body: &'a [u8]) -> Option<RequestHeader<'a>> {
+        match envelope::decode_request(body) {
+            Ok(header) => Some(header),
+            Err(err) => {
+                warn!("bad request from {}: {err}", client.remote_address());
+                None
+            }
+        }
+    }
+
+    fn announce_sender(&self, client: &TransportClient, sender: Option<&RpcAddress>) {
+        if self.announced.lock().contains_key(&client.id()) {
+            return;
+        }
+        match sender {
+            Some(address) => self.announce(client, address),
+            None => self.announce(
+                client,
+                &RpcAddress::from_socket_addr(client.remote_address()),
+            ),
+        }
+    }
+}
+
+impl RpcHandler for RpcEnvHandler {
+    fn receive(&self, client: &TransportClient, message: Vec<u8>, responder: Responder) {
+        let Some(env) = self.env() else {
+            responder.reply(envelope::encode_reply_error(&RpcError::EnvStopped));
+            return;
+        };
+        let Some(RequestHeader {
+            sender,
+            receiver,
+            content_start,
+        }) = self.header(client, &message)
+        else {
+            responder.fail("cannot decode the request envelope");
+            return;
+        };
+        self.announce_sender(client, sender.as_ref());
+        let name: Arc<str> = receiver.into();
+        let reply = RpcCallContext::remote(responder, Arc::clone(&name), sender.clone());
+        let msg = InboxMessage::Ask {
+            sender,
+            payload: Payload::Remote {
+                body: message,
+                start: content_start,
+                client: client.clone(),
+            },
+            reply,
+        };
+        // A failure is answered through the context the message carries.
+        let _ = env
+            .dispatcher()
+            .post_named(&name, msg, || endpoint_uri(env.address(), &name));
+    }
+
+    fn receive_one_way(&self, client: &TransportClient, message: Vec<u8>) {
+        let Some(env) = self.env() else { return };
+        let Some(header) = self.header(client, &message) else {
+            return;
+        };
+        self.announce_sender(client, header.sender.as_ref());
+        let name = header.receiver.to_owned();
+        let msg = InboxMessage::OneWay {
+            sender: header.sender,
+            payload: Payload::Remote {
+                start: header.content_start,
+                body: message,
+                client: client.clone(),
+            },
+        };
+        if let Err(err) = env
+            .dispatcher()
+            .post_named(&name, msg, || endpoint_uri(env.address(), &name))
+        {
+            warn!(
+                "one-way message from {} dropped: {err}",
+                client.remote_address()
+            );
+        }
+    }
+
+    fn channel_inactive(&self, client: &TransportClient) {
+        let mut announced = self.announced.lock();
+        let Some(address) = announced.remove(&client.id()) else {
+            return;
+        };
+        if let Some(env) = self.env() {
+            debug!("connection {} to {address} closed", client.id());
+            env.dispatcher()
+                .post_to_all(|| InboxMessage::Disconnected(address.clone()));
+        }
+    }
+
+    fn exception_caught(&self, error: &RpcError, client: &TransportClient) {
+        let announced = self.announced.lock();
+        let Some(address) = announced.get(&client.id()) else {
+            return;
+        };
+        if let Some(env) = self.env() {
+            env.dispatcher()
+                .post_to_all(|| InboxMessage::NetworkError(error.clone(), address.clone()));
+        }
+    }
+}
+
+impl fmt::Debug for RpcEnvHandler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RpcEnvHandler")
+            .field("announced", &self.announced.lock().len())
+            .finish()
+    }
+}

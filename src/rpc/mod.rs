@@ -1,0 +1,37 @@
+//! The RPC layer: envs, endpoints and their references, on top of the transport.
+//!
+//! | file | concept |
+//! |---|---|
+//! | `env.rs` | [`RpcEnv`] and its builder; shutdown |
+//! | `address.rs` | [`RpcAddress`], endpoint URIs |
+//! | `endpoint.rs` | [`RpcEndpoint`], [`EndpointContext`], [`Threading`] |
+//! | `endpoint_ref.rs` | [`RpcEndpointRef`], its serde form |
+//! | `call.rs` | [`Pending`], [`RpcCallContext`], the shared call slot |
+//! | `envelope.rs` | the request and reply envelopes on the wire |
+//! | `dispatcher.rs` | the name → endpoint registry and routing |
+//! | `inbox.rs` | one endpoint's queue and lifecycle |
+//! | `message_loop.rs` | the threads that run endpoint code |
+//! | `outbox.rs` | the queue to one remote env; the connect pool |
+//! | `handler.rs` | the transport handler: envelopes in, connection events |
+//! | `verifier.rs` | the `endpoint-verifier` endpoint |
+//! | `timeout.rs` | ask deadlines and the `rpc-timeout` thread |
+
+mod address;
+mod call;
+mod dispatcher;
+mod endpoint;
+mod endpoint_ref;
+mod env;
+mod envelope;
+mod handler;
+mod inbox;
+mod message_loop;
+mod outbox;
+mod timeout;
+mod verifier;
+
+pub use self::address::RpcAddress;
+pub use self::call::{Pending, RpcCallContext};
+pub use self::endpoint::{EndpointContext, RpcEndpoint, Threading};
+pub use self::endpoint_ref::RpcEndpointRef;
+pub use self::env::{RpcEnv, RpcEnvBuilder};
