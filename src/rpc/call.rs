@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use crate::codec;
 use crate::error::RpcError;
 use crate::rpc::address::RpcAddress;
-use crate::rpc::endpoint_ref::decode_scope;
+use crate::rpc::endpoint_ref::{RefInner, decode_scope};
 use crate::rpc::env::EnvInner;
 use crate::rpc::envelope;
 use crate::rpc::timeout::Deadline;
@@ -80,10 +80,26 @@ enum State {
     Taken,
 }
 
+/// What an ask is, for error messages; formatted only when an error needs it.
+pub(crate) enum What {
+    /// An ask through this reference: "ask of endpoint echo at 127.0.0.1:7077".
+    Ask(Arc<RefInner>),
+    /// Anything else, e.g. "lookup of rpc://echo@127.0.0.1:7077".
+    Text(String),
+}
+
+impl fmt::Display for What {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ask(target) => write!(f, "ask of {}", target.describe()),
+            Self::Text(text) => f.write_str(text),
+        }
+    }
+}
+
 /// What a timeout error says about the call.
 pub(crate) struct CallInfo {
-    /// e.g. `"ask of endpoint echo at 127.0.0.1:7077"`.
-    pub(crate) what: String,
+    pub(crate) what: What,
     pub(crate) after: Duration,
     pub(crate) key: &'static str,
 }
@@ -168,7 +184,7 @@ impl Call {
 
     fn timeout_error(&self) -> RpcError {
         RpcError::Timeout {
-            what: self.info.what.clone(),
+            what: self.info.what.to_string(),
             after: self.info.after,
             key: self.info.key,
         }
@@ -235,16 +251,24 @@ impl Call {
 /// Turns an outcome into the asked type.
 fn into_typed<T: DeserializeOwned + 'static>(
     outcome: Result<Reply, RpcError>,
-    env: &Arc<EnvInner>,
-    what: &str,
+    call: &Call,
 ) -> Result<T, RpcError> {
-    match outcome? {
-        Reply::Local(content) => downcast_or_decode(content, env, what),
+    let env = &call.env;
+    let typed = match outcome? {
+        Reply::Local(content) => downcast_or_decode(content, env, "reply"),
         Reply::Remote { body, client } => {
             let payload = envelope::decode_reply(&body)?;
-            decode_scope(env, Some(&client), || codec::decode::<T>(payload, what))
+            decode_scope(env, Some(&client), || codec::decode::<T>(payload, "reply"))
         }
-    }
+    };
+    // The message names the ask only when there is an error to report.
+    typed.map_err(|err| match err {
+        RpcError::Decode { reason, .. } => RpcError::Decode {
+            what: format!("reply of {}", call.info.what),
+            reason,
+        },
+        other => other,
+    })
 }
 
 /// An ask under way: its reply, its failure or its timeout, when it comes.
@@ -292,10 +316,6 @@ impl<T: DeserializeOwned + 'static> Pending<T> {
         }
     }
 
-    fn what(&self) -> String {
-        format!("reply of {}", self.call().info.what)
-    }
-
     /// Blocks until the ask ends, and returns its reply or failure.
     ///
     /// # Panics
@@ -303,11 +323,10 @@ impl<T: DeserializeOwned + 'static> Pending<T> {
     /// If [`try_wait`](Self::try_wait) already returned the outcome.
     pub fn wait(mut self) -> Result<T, RpcError> {
         let call = self.call.take().expect("held until consumed");
-        let what = format!("reply of {}", call.info.what);
         let outcome = call
             .wait_until(Deadline::Never)
             .unwrap_or_else(|| Err(call.timeout_error()));
-        into_typed(outcome, &call.env, &what)
+        into_typed(outcome, &call)
     }
 
     /// Blocks at most `timeout` (and no longer than the ask's own deadline). When
@@ -319,12 +338,11 @@ impl<T: DeserializeOwned + 'static> Pending<T> {
     /// If [`try_wait`](Self::try_wait) already returned the outcome.
     pub fn wait_timeout(mut self, timeout: Duration) -> Result<T, RpcError> {
         let call = self.call.take().expect("held until consumed");
-        let what = format!("reply of {}", call.info.what);
         match call.wait_until(Deadline::after(Instant::now(), timeout)) {
-            Some(outcome) => into_typed(outcome, &call.env, &what),
+            Some(outcome) => into_typed(outcome, &call),
             None => {
                 let err = RpcError::Timeout {
-                    what: call.info.what.clone(),
+                    what: call.info.what.to_string(),
                     after: timeout,
                     key: "the timeout given to wait_timeout",
                 };
@@ -337,10 +355,9 @@ impl<T: DeserializeOwned + 'static> Pending<T> {
     /// The outcome if the ask has ended, without blocking; `None` while it is under way.
     /// The outcome is handed out once: after `Some`, later calls return `None`.
     pub fn try_wait(&mut self) -> Option<Result<T, RpcError>> {
-        let what = self.what();
         let call = self.call();
         let outcome = call.take()?;
-        Some(into_typed(outcome, &call.env, &what))
+        Some(into_typed(outcome, call))
     }
 
     /// Whether the ask has ended (replied, failed or timed out), without blocking.
@@ -375,7 +392,7 @@ impl<T> fmt::Debug for Pending<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut s = f.debug_struct("Pending");
         if let Some(call) = &self.call {
-            s.field("ask", &call.info.what)
+            s.field("ask", &call.info.what.to_string())
                 .field("done", &call.is_done());
         }
         s.finish()
@@ -462,9 +479,16 @@ impl RpcCallContext {
                 call.complete(Ok(Reply::Local(Box::new(value))));
             }
             Some(ReplyTarget::Remote(responder)) => {
-                let what = format!("reply of endpoint {}", self.endpoint);
-                let body = envelope::encode_reply(&value, &what)
-                    .unwrap_or_else(|err| envelope::encode_reply_error(&err));
+                let body = envelope::encode_reply(&value, "reply").unwrap_or_else(|err| {
+                    let err = match err {
+                        RpcError::Encode { reason, .. } => RpcError::Encode {
+                            what: format!("reply of endpoint {}", self.endpoint),
+                            reason,
+                        },
+                        other => other,
+                    };
+                    envelope::encode_reply_error(&err)
+                });
                 responder.reply(body);
             }
             None => {}

@@ -72,14 +72,13 @@ impl Dispatcher {
             }
         };
         let name: Arc<str> = name.into();
-        let inner = Arc::new(RefInner {
-            env: Arc::clone(env),
-            name: Arc::clone(&name),
-            address: env.address().cloned(),
-            env_id: env.id(),
-            client: None,
-            inbox: std::sync::OnceLock::new(),
-        });
+        let inner = Arc::new(RefInner::new(
+            env,
+            Arc::clone(&name),
+            env.address().cloned(),
+            env.id(),
+            None,
+        ));
         let self_ref = RpcEndpointRef::from_inner(Arc::clone(&inner));
         let ctx = EndpointContext::new(self_ref.clone(), RpcEnv::internal(Arc::clone(env)));
         let typed = Typed::new(endpoint, ctx, Arc::clone(env), Arc::clone(&name));

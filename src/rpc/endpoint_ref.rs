@@ -13,11 +13,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::conf::keys;
 use crate::error::RpcError;
 use crate::rpc::address::{RpcAddress, endpoint_uri};
-use crate::rpc::call::{Call, CallInfo, Pending, RpcCallContext};
+use crate::rpc::call::{Call, CallInfo, Pending, RpcCallContext, What};
 use crate::rpc::env::EnvInner;
 use crate::rpc::envelope;
 use crate::rpc::inbox::{Inbox, InboxMessage, Payload};
-use crate::rpc::outbox::{OutboxMessage, send_rpc_on};
+use crate::rpc::outbox::{Outbox, OutboxMessage, send_rpc_on};
 use crate::sync::{Arc, Weak};
 use crate::transport::TransportClient;
 
@@ -34,6 +34,34 @@ pub(crate) struct RefInner {
     pub(crate) client: Option<TransportClient>,
     /// For a local endpoint: its inbox, to skip the name lookup.
     pub(crate) inbox: OnceLock<Weak<Inbox>>,
+    /// For a remote endpoint: the outbox to its env, to skip the address lookup.
+    pub(crate) outbox: OnceLock<Arc<Outbox>>,
+}
+
+impl RefInner {
+    /// A reference held by `env` to the endpoint `name` of the env at `address`
+    /// (`env_id` 0 when unknown).
+    pub(crate) fn new(
+        env: &Arc<EnvInner>,
+        name: Arc<str>,
+        address: Option<RpcAddress>,
+        env_id: u64,
+        client: Option<TransportClient>,
+    ) -> Self {
+        Self {
+            env: Arc::clone(env),
+            name,
+            address,
+            env_id,
+            client,
+            inbox: OnceLock::new(),
+            outbox: OnceLock::new(),
+        }
+    }
+
+    fn outbox(&self, address: &RpcAddress) -> &Arc<Outbox> {
+        self.outbox.get_or_init(|| self.env.outbox(address))
+    }
 }
 
 enum Route<'a> {
@@ -63,7 +91,7 @@ impl RefInner {
         endpoint_uri(self.address.as_ref(), &self.name)
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match (&self.address, &self.client) {
             (Some(address), _) => format!("endpoint {} at {address}", self.name),
             (None, Some(client)) => format!(
@@ -167,7 +195,7 @@ impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
             }
             Route::Remote(address) => {
                 let body = envelope::encode_request(env.address(), &inner.name, &msg)?;
-                env.outbox(address).send(OutboxMessage::OneWay(body))
+                inner.outbox(address).send(OutboxMessage::OneWay(body))
             }
         }
     }
@@ -208,7 +236,7 @@ impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
         after: Duration,
         key: &'static str,
     ) -> Pending<R> {
-        let what = format!("ask of {}", self.inner.describe());
+        let what = What::Ask(Arc::clone(&self.inner));
         self.ask_info(msg, CallInfo { what, after, key })
     }
 
@@ -253,7 +281,7 @@ impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
                 match envelope::encode_request(env.address(), &inner.name, &msg) {
                     Ok(body) => {
                         // Ask failures reach the call itself.
-                        let _ = env.outbox(address).send(OutboxMessage::Ask {
+                        let _ = inner.outbox(address).send(OutboxMessage::Ask {
                             body,
                             call: Arc::clone(&call),
                         });
@@ -340,14 +368,11 @@ impl<'de, M> Deserialize<'de> for RpcEndpointRef<M> {
             (None, false) => client,
             _ => None,
         };
-        Ok(Self::from_inner(Arc::new(RefInner {
-            env,
-            name: wire.name.into(),
-            address: wire.address,
-            env_id: wire.env_id,
-            client,
+        let inner = RefInner {
             inbox,
-        })))
+            ..RefInner::new(&env, wire.name.into(), wire.address, wire.env_id, client)
+        };
+        Ok(Self::from_inner(Arc::new(inner)))
     }
 }
 

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use crate::conf::{RpcConf, Settings, keys};
 use crate::error::RpcError;
 use crate::rpc::address::{RpcAddress, endpoint_uri, parse_endpoint_uri};
-use crate::rpc::call::CallInfo;
+use crate::rpc::call::{CallInfo, What};
 use crate::rpc::dispatcher::Dispatcher;
 use crate::rpc::endpoint::RpcEndpoint;
 use crate::rpc::endpoint_ref::{RefInner, RpcEndpointRef};
@@ -289,14 +289,13 @@ impl RpcEnv {
         let address = address.as_ref();
         let uri = endpoint_uri(Some(address), name);
         let target = |env_id| {
-            Arc::new(RefInner {
-                env: Arc::clone(inner),
-                name: name.into(),
-                address: Some(address.clone()),
+            Arc::new(RefInner::new(
+                inner,
+                name.into(),
+                Some(address.clone()),
                 env_id,
-                client: None,
-                inbox: std::sync::OnceLock::new(),
-            })
+                None,
+            ))
         };
         if inner.address.as_ref() == Some(address) {
             let Some(inbox) = inner.dispatcher.inbox(name) else {
@@ -306,16 +305,15 @@ impl RpcEnv {
             let _ = local.inbox.set(Arc::downgrade(&inbox));
             return Ok(RpcEndpointRef::from_inner(local));
         }
-        let verifier = RpcEndpointRef::<CheckExistence>::from_inner(Arc::new(RefInner {
-            env: Arc::clone(inner),
-            name: verifier::NAME.into(),
-            address: Some(address.clone()),
-            env_id: 0,
-            client: None,
-            inbox: std::sync::OnceLock::new(),
-        }));
+        let verifier = RpcEndpointRef::<CheckExistence>::from_inner(Arc::new(RefInner::new(
+            inner,
+            verifier::NAME.into(),
+            Some(address.clone()),
+            0,
+            None,
+        )));
         let info = CallInfo {
-            what: format!("lookup of {uri}"),
+            what: What::Text(format!("lookup of {uri}")),
             after: inner.settings.lookup_timeout,
             key: keys::LOOKUP_TIMEOUT,
         };

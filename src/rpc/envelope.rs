@@ -58,11 +58,13 @@ pub(crate) fn encode_request<M: Serialize + ?Sized>(
         None => out.push(0),
     }
     put_str(&mut out, receiver, "endpoint name")?;
-    codec::encode_into(
-        content,
-        &mut out,
-        &format!("message for endpoint {receiver}"),
-    )?;
+    codec::encode_into(content, &mut out, "message").map_err(|err| match err {
+        RpcError::Encode { reason, .. } => RpcError::Encode {
+            what: format!("message for endpoint {receiver}"),
+            reason,
+        },
+        other => other,
+    })?;
     Ok(out)
 }
 

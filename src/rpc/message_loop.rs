@@ -198,17 +198,24 @@ impl<E: RpcEndpoint> Typed<E> {
     }
 
     fn decode(&self, payload: Payload) -> Result<E::Message, RpcError> {
-        let what = format!("message for endpoint {}", self.name);
-        match payload {
-            Payload::Local(content) => downcast_or_decode(content, &self.env, &what),
+        let decoded = match payload {
+            Payload::Local(content) => downcast_or_decode(content, &self.env, "message"),
             Payload::Remote {
                 body,
                 start,
                 client,
             } => decode_scope(&self.env, Some(&client), || {
-                codec::decode::<E::Message>(&body[start..], &what)
+                codec::decode::<E::Message>(&body[start..], "message")
             }),
-        }
+        };
+        // The endpoint is named only when there is an error to report.
+        decoded.map_err(|err| match err {
+            RpcError::Decode { reason, .. } => RpcError::Decode {
+                what: format!("message for endpoint {}", self.name),
+                reason,
+            },
+            other => other,
+        })
     }
 
     /// Runs endpoint code; a panic goes to `on_error`.
