@@ -443,6 +443,9 @@ pub struct RpcCallContext {
 }
 
 thread_local! {
+    /// While an endpoint is dropped after `on_stop`: what the call contexts it kept fail
+    /// with.
+    static DROPPED_BECAUSE: RefCell<Option<RpcError>> = const { RefCell::new(None) };
     /// Call contexts dropped while their endpoint panicked: the message loop answers them
     /// with the panic's message once it has caught the panic.
     static PANICKED: RefCell<Vec<RpcCallContext>> = const { RefCell::new(Vec::new()) };
@@ -522,6 +525,13 @@ impl RpcCallContext {
         self.sender.clone()
     }
 
+    /// Runs `drop_endpoint`; call contexts it drops fail with `why` instead of `NoReply`.
+    pub(crate) fn dropped_because(why: RpcError, drop_endpoint: impl FnOnce()) {
+        let previous = DROPPED_BECAUSE.with(|d| d.borrow_mut().replace(why));
+        drop_endpoint();
+        DROPPED_BECAUSE.with(|d| *d.borrow_mut() = previous);
+    }
+
     /// Answers the contexts that were dropped by a panic on this thread.
     pub(crate) fn answer_panicked(message: &str) {
         let contexts = PANICKED.with(|p| std::mem::take(&mut *p.borrow_mut()));
@@ -557,8 +567,14 @@ impl Drop for RpcCallContext {
             }
             return;
         }
-        let endpoint = self.endpoint.to_string();
-        stash.fail(RpcError::NoReply { endpoint });
+        let why = DROPPED_BECAUSE
+            .try_with(|d| d.borrow().clone())
+            .ok()
+            .flatten();
+        let error = why.unwrap_or_else(|| RpcError::NoReply {
+            endpoint: self.endpoint.to_string(),
+        });
+        stash.fail(error);
     }
 }
 

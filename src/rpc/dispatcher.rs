@@ -180,7 +180,9 @@ impl Dispatcher {
         }
         stopped.push_back(name.to_owned());
         drop(stopped);
-        inbox.stop();
+        inbox.stop(RpcError::EndpointStopped {
+            name: name.to_owned(),
+        });
         true
     }
 
@@ -192,7 +194,7 @@ impl Dispatcher {
             registry.endpoints.drain().map(|(_, inbox)| inbox).collect()
         };
         for inbox in &inboxes {
-            inbox.stop();
+            inbox.stop(RpcError::EnvStopped);
         }
         // Wait for each on_stop; a loop thread calling shutdown cannot wait for itself.
         let on_loop = crate::rpc::message_loop::on_loop_of(self.env_id);

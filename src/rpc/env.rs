@@ -341,9 +341,12 @@ impl RpcEnv {
     }
 
     /// Stops an endpoint of this env: `on_stop` runs after the messages already queued,
-    /// later calls to it fail with [`RpcError::EndpointStopped`], and its name is free
-    /// again. Stopping it again is a no-op. A reference to an endpoint of another env is
-    /// [`RpcError::EndpointNotFound`].
+    /// asks it still holds unanswered fail with [`RpcError::EndpointStopped`], later
+    /// calls to it fail the same way, and its name is free again. References resolve by
+    /// name, as in Spark: once another endpoint is registered under that name, calls
+    /// through old references reach the new one. Stopping it again is a no-op (also
+    /// through an old reference once the name is taken again). A reference to an
+    /// endpoint of another env is [`RpcError::EndpointNotFound`].
     pub fn stop<M>(&self, endpoint: &RpcEndpointRef<M>) -> Result<(), RpcError> {
         let target = endpoint.inner();
         let ours = target.client.is_none()
@@ -351,10 +354,15 @@ impl RpcEnv {
         if !ours {
             return Err(RpcError::EndpointNotFound { uri: target.uri() });
         }
-        if let Some(cached) = target.inbox.get().and_then(crate::sync::Weak::upgrade) {
+        if let Some(cached) = target.inbox.get() {
+            // The reference knows its endpoint: stop that one only. If it is gone or no
+            // longer registered, it stopped already (the name may belong to a newer
+            // endpoint by now).
+            let Some(cached) = cached.upgrade() else {
+                return Ok(());
+            };
             let current = self.inner.dispatcher.inbox(&target.name);
             if !current.is_some_and(|c| Arc::ptr_eq(&c, &cached)) {
-                // Already stopped (the name may belong to a newer endpoint by now).
                 return Ok(());
             }
         }

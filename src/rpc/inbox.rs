@@ -92,6 +92,8 @@ pub(crate) enum Turn {
 struct State {
     queue: VecDeque<InboxMessage>,
     stopped: bool,
+    /// Why it stopped (`EnvStopped` or `EndpointStopped`).
+    why: Option<RpcError>,
     scheduled: bool,
     finished: bool,
 }
@@ -115,6 +117,7 @@ impl Inbox {
             state: Mutex::new(State {
                 queue: VecDeque::from([InboxMessage::OnStart]),
                 stopped: false,
+                why: None,
                 scheduled: true,
                 finished: false,
             }),
@@ -153,13 +156,16 @@ impl Inbox {
         Ok(())
     }
 
-    /// Queues `OnStop` and refuses later posts. `false` if it was stopped already.
-    pub(crate) fn stop(self: &Arc<Self>) -> bool {
+    /// Queues `OnStop` and refuses later posts. `why` is what asks whose call contexts
+    /// the endpoint still holds when it is dropped fail with. `false` if it was stopped
+    /// already.
+    pub(crate) fn stop(self: &Arc<Self>, why: RpcError) -> bool {
         let mut state = self.state.lock();
         if state.stopped {
             return false;
         }
         state.stopped = true;
+        state.why = Some(why);
         state.queue.push_back(InboxMessage::OnStop);
         if state.scheduled {
             return true;
@@ -206,8 +212,10 @@ impl Inbox {
                 }),
             }
             if last {
-                // Dropping the endpoint here ends the references it holds.
-                *handler = None;
+                // Dropping the endpoint here ends the references it holds; the call
+                // contexts it kept fail with the reason it stopped, not NoReply.
+                let why = self.state.lock().why.clone().unwrap_or(RpcError::EnvStopped);
+                RpcCallContext::dropped_because(why, || *handler = None);
                 let mut state = self.state.lock();
                 state.finished = true;
                 state.scheduled = false;

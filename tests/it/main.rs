@@ -14,3 +14,5 @@ mod ordering;
 mod pool;
 mod server;
 mod transport;
+mod rpc_env;
+mod rpc_semantics;
