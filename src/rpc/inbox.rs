@@ -214,7 +214,12 @@ impl Inbox {
             if last {
                 // Dropping the endpoint here ends the references it holds; the call
                 // contexts it kept fail with the reason it stopped, not NoReply.
-                let why = self.state.lock().why.clone().unwrap_or(RpcError::EnvStopped);
+                let why = self
+                    .state
+                    .lock()
+                    .why
+                    .clone()
+                    .unwrap_or(RpcError::EnvStopped);
                 RpcCallContext::dropped_because(why, || *handler = None);
                 let mut state = self.state.lock();
                 state.finished = true;
