@@ -530,6 +530,32 @@ fn shutdown_fails_remote_asks_held_by_its_endpoint_with_env_stopped_or_connectio
 }
 
 #[test]
+fn stopping_an_endpoint_fails_the_asks_it_still_holds_with_endpoint_stopped() {
+    let (server, sink, arrived) = sink_env("stop-held-server");
+    let client = client_env("stop-held-client");
+    let remote = client
+        .setup_endpoint_ref::<u32>(address_of(&server), "sink")
+        .unwrap();
+    let local: Pending<u32> = sink.ask(1);
+    let far: Pending<u32> = remote.ask(2);
+    for _ in 0..2 {
+        recv_within(&arrived, 10);
+    }
+    server.stop(&sink).unwrap();
+    // Not NoReply: the endpoint did not drop them, it was stopped holding them.
+    promptly("held asks failing as their endpoint stops", || {
+        for p in [local, far] {
+            match p.wait() {
+                Err(RpcError::EndpointStopped { name }) => assert_eq!(name, "sink"),
+                other => panic!("expected EndpointStopped, got {other:?}"),
+            }
+        }
+    });
+    client.shutdown();
+    server.shutdown();
+}
+
+#[test]
 fn calls_after_shutdown_fail_with_env_stopped() {
     let server = server_env("after-shutdown-server");
     let local = server.setup_endpoint("double", Doubler).unwrap();
