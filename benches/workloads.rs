@@ -1,18 +1,21 @@
-//! The workload benchmark of `BENCH.md`: W1–W6 against the transport
-//! (`TransportClient` and an echo `RpcHandler`) and against a plain blocking-TCP
-//! baseline, server and client in this one process, on loopback.
+//! The workload benchmark of `BENCH.md`: W1–W7 against the RPC layer (`RpcEnv`, an echo
+//! endpoint, `ask`/`send`), the transport (`TransportClient` and an echo `RpcHandler`) and
+//! a plain blocking-TCP baseline, server and client in this one process, on loopback.
 //!
 //! ```text
 //! cargo bench --bench workloads -- [W1 W2 ...] [--quick] [--threads N] [--system NAME]
+//!                                  [--conns N]
 //! ```
 //!
 //! With no workload named, all run. `--quick` scales every workload down about ten
 //! times (smoke runs). `--threads N` sets `rpc.io.threads` (default 2). `--system NAME`
-//! (repeatable) runs only the systems named (`transport`, `plain-tcp`), e.g. to profile
-//! one; ratios are printed only when `plain-tcp` ran. The `--bench` argument cargo adds
-//! is ignored. Results go to stdout, one line per workload and
-//! system, then one ratio line per system against `plain-tcp`; diagnostics go to stderr.
-//! Any failure is printed and makes the exit status non-zero.
+//! (repeatable) runs only the systems named (`transport`, `rpcenv`, `plain-tcp`), e.g. to
+//! profile one; ratios are printed only when `plain-tcp` ran. `--conns N` sets the idle
+//! connections of W7 (default 10,000; 1,000 with `--quick`). The `--bench` argument cargo
+//! adds is ignored. Results go to stdout, one line per workload and system, then one ratio
+//! line per system against `plain-tcp` (none for W7, whose targets are absolute);
+//! diagnostics go to stderr. Any failure is printed and makes the exit status non-zero; a
+//! W7 that cannot run (too few file descriptors) prints a `skipped` line instead.
 //!
 //! Units: `MB` is 10^6 bytes of payload counted one way (the request bodies, not the
 //! echoes and not the frame headers); `us` is microseconds.
@@ -24,11 +27,11 @@
 // so it uses the standard ones.
 #![allow(clippy::disallowed_types)]
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::ExitCode;
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -39,7 +42,11 @@ use rpcenv::transport::{
     Responder, RpcHandler, TransportClient, TransportClientFactory, TransportConf,
     TransportContext, TransportServer,
 };
-use rpcenv::{RpcConf, RpcError};
+use rpcenv::{
+    EndpointContext, Pending, RpcAddress, RpcCallContext, RpcConf, RpcEndpoint, RpcEndpointRef,
+    RpcEnv, RpcError,
+};
+use serde::{Deserialize, Serialize};
 
 /// The byte every payload is filled with (around the sequence stamps).
 const FILL: u8 = 0xA5;
@@ -61,6 +68,18 @@ const COUNT_TIMEOUT: Duration = Duration::from_secs(60);
 const SERVE_EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// `BufReader` / `BufWriter` capacity of the plain-TCP baseline.
 const PLAIN_BUFFER: usize = 64 << 10;
+/// Idle connections held in W7 (a tenth of it with `--quick`).
+const IDLE_CONNS: usize = 10_000;
+/// Set in the environment of the process that runs one W7 (see `idle_in_child`).
+const W7_CHILD: &str = "RPCENV_BENCH_W7_CHILD";
+/// File descriptors W7 leaves for everything but its idle connections.
+const FD_MARGIN: u64 = 100;
+/// The longest W7 waits for the server to accept its idle connections.
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections W7 opens before it waits for the server to accept them: fewer than
+/// the smallest listen backlog (std's 128), so that no connect waits for a dropped SYN to
+/// be sent again a second later.
+const CONNECT_BATCH: usize = 100;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
@@ -74,10 +93,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let scale = Scale::new(options.quick);
+    let scale = Scale::new(options.quick, options.conns);
     // The baseline comes last; every other system gets a ratio line against it.
     let systems: Vec<Box<dyn System>> = vec![
         Box::new(TransportSystem {
+            io_threads: options.io_threads,
+        }),
+        Box::new(RpcEnvSystem {
             io_threads: options.io_threads,
         }),
         Box::new(PlainTcp),
@@ -95,21 +117,25 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    eprintln!(
-        "workloads: {} ({}), rpc.io.threads={}",
-        options
-            .workloads
-            .iter()
-            .map(|w| w.name())
-            .collect::<Vec<_>>()
-            .join(" "),
-        if options.quick {
-            "quick: about 1/10 of the full size"
-        } else {
-            "full size"
-        },
-        options.io_threads
-    );
+    // A W7 child (see `idle_in_child`) prints its result line and errors only.
+    let child = std::env::var_os(W7_CHILD).is_some();
+    if !child {
+        eprintln!(
+            "workloads: {} ({}), rpc.io.threads={}",
+            options
+                .workloads
+                .iter()
+                .map(|w| w.name())
+                .collect::<Vec<_>>()
+                .join(" "),
+            if options.quick {
+                "quick: about 1/10 of the full size"
+            } else {
+                "full size"
+            },
+            options.io_threads
+        );
+    }
     let selected =
         |name: &str| options.systems.is_empty() || options.systems.iter().any(|s| s == name);
     let mut failures = 0;
@@ -122,7 +148,12 @@ fn main() -> ExitCode {
                 continue;
             }
             let began = Instant::now();
-            match run(workload, system.as_ref(), &scale) {
+            let outcome = if workload == Workload::W7 && !child {
+                idle_in_child(system.name(), &options, &scale)
+            } else {
+                run(workload, system.as_ref(), &scale)
+            };
+            match outcome {
                 Ok(measurement) => {
                     println!(
                         "{} system={} {}",
@@ -130,12 +161,14 @@ fn main() -> ExitCode {
                         system.name(),
                         measurement
                     );
-                    eprintln!(
-                        "  ({} system={} took {:.1} s)",
-                        workload.name(),
-                        system.name(),
-                        began.elapsed().as_secs_f64()
-                    );
+                    if !child {
+                        eprintln!(
+                            "  ({} system={} took {:.1} s)",
+                            workload.name(),
+                            system.name(),
+                            began.elapsed().as_secs_f64()
+                        );
+                    }
                     results.push(Some(measurement));
                 }
                 Err(err) => {
@@ -156,8 +189,11 @@ fn main() -> ExitCode {
             if index == baseline {
                 continue;
             }
-            if let Some(Some(measured)) = results.get(index) {
-                let (key, ratio) = measured.ratio_to(base);
+            if let Some((key, ratio)) = results
+                .get(index)
+                .and_then(Option::as_ref)
+                .and_then(|measured| measured.ratio_to(base))
+            {
                 println!(
                     "{} ratio {}/{} {key}={ratio:.2}",
                     workload.name(),
@@ -167,10 +203,12 @@ fn main() -> ExitCode {
             }
         }
     }
-    eprintln!(
-        "all workloads took {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    if !child {
+        eprintln!(
+            "all workloads took {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
     if failures > 0 {
         eprintln!("error: {failures} workload run(s) failed");
         return ExitCode::FAILURE;
@@ -178,8 +216,8 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-const USAGE: &str = "usage: cargo bench --bench workloads -- [W1 .. W6] [--quick] [--threads N] \
-                     [--system transport|plain-tcp]...";
+const USAGE: &str = "usage: cargo bench --bench workloads -- [W1 .. W7] [--quick] [--threads N] \
+                     [--system transport|rpcenv|plain-tcp]... [--conns N]";
 
 // ---------------------------------------------------------------------------------------
 // Options and sizes
@@ -193,10 +231,19 @@ enum Workload {
     W4,
     W5,
     W6,
+    W7,
 }
 
 impl Workload {
-    const ALL: [Self; 6] = [Self::W1, Self::W2, Self::W3, Self::W4, Self::W5, Self::W6];
+    const ALL: [Self; 7] = [
+        Self::W1,
+        Self::W2,
+        Self::W3,
+        Self::W4,
+        Self::W5,
+        Self::W6,
+        Self::W7,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -206,6 +253,7 @@ impl Workload {
             Self::W4 => "W4",
             Self::W5 => "W5",
             Self::W6 => "W6",
+            Self::W7 => "W7",
         }
     }
 }
@@ -217,6 +265,8 @@ struct Options {
     io_threads: usize,
     /// The systems to run; empty means all.
     systems: Vec<String>,
+    /// `--conns`: W7's idle connections, instead of the default.
+    conns: Option<usize>,
 }
 
 impl Options {
@@ -226,6 +276,7 @@ impl Options {
         let mut quick = false;
         let mut io_threads = 2;
         let mut systems = Vec::new();
+        let mut conns = None;
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--bench" => {}
@@ -245,8 +296,12 @@ impl Options {
                 _ if arg.starts_with("--threads=") => {
                     io_threads = parse_threads(&arg["--threads=".len()..])?;
                 }
-                _ if arg.eq_ignore_ascii_case("W7") => {
-                    eprintln!("W7 (idle connections) is not implemented yet; skipping it");
+                "--conns" => {
+                    let value = args.next().ok_or("--conns needs a value")?;
+                    conns = Some(parse_conns(&value)?);
+                }
+                _ if arg.starts_with("--conns=") => {
+                    conns = Some(parse_conns(&arg["--conns=".len()..])?);
                 }
                 _ => {
                     let workload = Workload::ALL
@@ -267,7 +322,15 @@ impl Options {
             quick,
             io_threads,
             systems,
+            conns,
         }))
+    }
+}
+
+fn parse_conns(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("--conns takes a positive integer, not {value:?}")),
     }
 }
 
@@ -290,10 +353,12 @@ struct Scale {
     w5_measured: usize,
     w6_warmup: Duration,
     w6_measure: Duration,
+    w7_conns: usize,
 }
 
 impl Scale {
-    fn new(quick: bool) -> Self {
+    /// The sizes; `conns` (from `--conns`) overrides W7's idle connections.
+    fn new(quick: bool, conns: Option<usize>) -> Self {
         if quick {
             Self {
                 w1_warmup: 200,
@@ -305,6 +370,7 @@ impl Scale {
                 w5_measured: 2,
                 w6_warmup: Duration::from_millis(100),
                 w6_measure: Duration::from_millis(500),
+                w7_conns: conns.unwrap_or(IDLE_CONNS / 10),
             }
         } else {
             Self {
@@ -317,6 +383,7 @@ impl Scale {
                 w5_measured: 20,
                 w6_warmup: Duration::from_secs(1),
                 w6_measure: Duration::from_secs(5),
+                w7_conns: conns.unwrap_or(IDLE_CONNS),
             }
         }
     }
@@ -383,6 +450,20 @@ trait Server {
     fn connect(&self) -> Result<Box<dyn Connection>>;
     /// Stops the server and joins its threads. Close the connections first.
     fn close(self: Box<Self>) -> Result<()>;
+    /// Where W7's idle connections (plain `TcpStream`s that never send a byte) go;
+    /// `None` when the server cannot take them.
+    fn idle_target(&self) -> Option<IdleTarget> {
+        None
+    }
+}
+
+/// The listening socket W7 opens idle connections to.
+#[derive(Debug, Clone, Copy)]
+struct IdleTarget {
+    addr: SocketAddr,
+    /// File descriptors one idle connection costs this process: the client's socket and
+    /// every descriptor the server holds for it.
+    fds_per_conn: u64,
 }
 
 /// One client connection. Dropping it closes it too; `close` reports errors.
@@ -568,6 +649,14 @@ impl Server for TransportBenchServer {
         drop(self.ctx);
         Ok(())
     }
+
+    fn idle_target(&self) -> Option<IdleTarget> {
+        Some(IdleTarget {
+            addr: SocketAddr::from(([127, 0, 0, 1], self.port)),
+            // The client's socket and the one the server accepted.
+            fds_per_conn: 2,
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -655,6 +744,190 @@ impl Connection for TransportConnection {
     fn close(self: Box<Self>) -> Result<()> {
         self.client.close();
         self.factory.close();
+        Ok(())
+    }
+}
+
+// --- system=rpcenv ----------------------------------------------------------------------
+
+/// The RPC layer: a server `RpcEnv` with an echo endpoint, and per connection a
+/// client-mode `RpcEnv` of its own (its own transport, hence its own connection) holding
+/// a reference to that endpoint from `setup_endpoint_ref`.
+#[derive(Debug)]
+struct RpcEnvSystem {
+    io_threads: usize,
+}
+
+/// The name of the echo endpoint.
+const ECHO_ENDPOINT: &str = "echo";
+
+/// `rpc.message.maxSize` of every env: room for W5's 16 MiB and its envelope.
+const RPC_MAX_MESSAGE: &str = "64m";
+
+/// The messages of the echo endpoint. The payload is a plain serde `Vec<u8>` (bincode
+/// writes its length, then the bytes).
+#[derive(Debug, Serialize, Deserialize)]
+enum BenchMsg {
+    /// Asked: answered with the same bytes. Sent one way: counted.
+    Echo(Vec<u8>),
+    /// Asked: answered with the number of one-way messages received (`u64`).
+    Count,
+}
+
+/// Echoes asks, counts one-way messages, answers [`BenchMsg::Count`] with the count.
+#[derive(Debug, Default)]
+struct EchoEndpoint {
+    one_way: u64,
+}
+
+impl RpcEndpoint for EchoEndpoint {
+    type Message = BenchMsg;
+
+    fn receive(&mut self, _msg: BenchMsg, _ctx: &EndpointContext<BenchMsg>) {
+        self.one_way += 1;
+    }
+
+    fn receive_and_reply(&mut self, msg: BenchMsg, reply: RpcCallContext) {
+        match msg {
+            BenchMsg::Echo(body) => reply.reply(body),
+            BenchMsg::Count => reply.reply(self.one_way),
+        }
+    }
+}
+
+impl RpcEnvSystem {
+    /// The configuration of the server env and of every client env.
+    fn conf(&self) -> RpcConf {
+        RpcConf::new()
+            .set("rpc.io.threads", self.io_threads.to_string())
+            .set("rpc.message.maxSize", RPC_MAX_MESSAGE)
+            // Bounds every `ask_sync` and `Pending::wait` of the bench.
+            .set("rpc.askTimeout", format!("{}s", REPLY_TIMEOUT.as_secs()))
+    }
+}
+
+impl System for RpcEnvSystem {
+    fn name(&self) -> &'static str {
+        "rpcenv"
+    }
+
+    fn start(&self) -> Result<Box<dyn Server>> {
+        let conf = self.conf();
+        let env = RpcEnv::builder("bench-server")
+            .bind_address("127.0.0.1")
+            .port(0)
+            .conf(conf.clone())
+            .build()
+            .context("server env")?;
+        env.setup_endpoint(ECHO_ENDPOINT, EchoEndpoint::default())
+            .context("echo endpoint")?;
+        let address = env
+            .address()
+            .ok_or_else(|| BenchError::new("the server env has no address"))?;
+        Ok(Box::new(RpcEnvServer { env, address, conf }))
+    }
+}
+
+#[derive(Debug)]
+struct RpcEnvServer {
+    env: RpcEnv,
+    address: RpcAddress,
+    conf: RpcConf,
+}
+
+impl Server for RpcEnvServer {
+    fn connect(&self) -> Result<Box<dyn Connection>> {
+        // Every client env is its own connection; the number tells them apart.
+        static NEXT_CLIENT: AtomicU64 = AtomicU64::new(0);
+        let id = NEXT_CLIENT.fetch_add(1, Ordering::Relaxed);
+        let env = RpcEnv::builder(format!("bench-client-{id}"))
+            .conf(self.conf.clone())
+            .client_mode(true)
+            .build()
+            .context("client-mode env")?;
+        // Looks the endpoint up over the connection the asks then use.
+        let echo = env
+            .setup_endpoint_ref::<BenchMsg>(&self.address, ECHO_ENDPOINT)
+            .context(format_args!("setup_endpoint_ref to {}", self.address))?;
+        Ok(Box::new(RpcEnvConnection { env, echo, id }))
+    }
+
+    fn close(self: Box<Self>) -> Result<()> {
+        self.env.shutdown();
+        Ok(())
+    }
+
+    fn idle_target(&self) -> Option<IdleTarget> {
+        Some(IdleTarget {
+            addr: SocketAddr::from(([127, 0, 0, 1], self.address.port())),
+            // The client's socket and the one the server env accepted.
+            fds_per_conn: 2,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct RpcEnvConnection {
+    env: RpcEnv,
+    echo: RpcEndpointRef<BenchMsg>,
+    id: u64,
+}
+
+impl RpcEnvConnection {
+    fn ask_echo(&self, body: Vec<u8>) -> Pending<Vec<u8>> {
+        self.echo.ask(BenchMsg::Echo(body))
+    }
+}
+
+impl Connection for RpcEnvConnection {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn echo_sync(&mut self, body: Vec<u8>) -> Result<Vec<u8>> {
+        self.echo
+            .ask_sync::<Vec<u8>>(BenchMsg::Echo(body))
+            .context("ask_sync")
+    }
+
+    fn pipelined(&mut self, plan: &PipePlan) -> Result<u64> {
+        let mut meter = Meter::new(TimeWindow::starting_now(plan.warmup, plan.measure));
+        // The asks in flight, oldest first: wait for the oldest, then ask again.
+        let mut in_flight = VecDeque::with_capacity(plan.window);
+        let mut seq = 0u64;
+        for _ in 0..plan.window {
+            let mut body = vec![FILL; plan.payload];
+            stamp(&mut body, seq);
+            seq += 1;
+            in_flight.push_back(self.ask_echo(body));
+        }
+        while let Some(oldest) = in_flight.pop_front() {
+            let mut body = oldest.wait().context(format_args!("ask (of {seq} sent)"))?;
+            check_echo(&body, plan.payload, None, false)?;
+            meter.record();
+            if !meter.past_end {
+                stamp(&mut body, seq);
+                seq += 1;
+                in_flight.push_back(self.ask_echo(body));
+            }
+        }
+        Ok(meter.counted)
+    }
+
+    fn one_way_then_count(&mut self, messages: u64, payload: usize) -> Result<u64> {
+        for i in 0..messages {
+            self.echo
+                .send(BenchMsg::Echo(vec![FILL; payload]))
+                .context(format_args!("one-way message {i} of {messages}"))?;
+        }
+        self.echo
+            .ask_timeout::<u64>(BenchMsg::Count, COUNT_TIMEOUT)
+            .wait()
+            .context("count ask")
+    }
+
+    fn close(self: Box<Self>) -> Result<()> {
+        self.env.shutdown();
         Ok(())
     }
 }
@@ -863,6 +1136,15 @@ impl Server for PlainServer {
             Err(BenchError(errors.join("; ")))
         }
     }
+
+    fn idle_target(&self) -> Option<IdleTarget> {
+        Some(IdleTarget {
+            addr: self.addr,
+            // The client's socket; the server's accepted one, the clone it keeps to shut
+            // it and the clone its thread reads from.
+            fds_per_conn: 4,
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -1049,7 +1331,7 @@ fn pipe_reader(
 // The workloads
 // ---------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Measurement {
     Latency {
         p50_us: f64,
@@ -1072,24 +1354,43 @@ enum Measurement {
         req_per_s: f64,
         connections: usize,
     },
+    Idle {
+        conns: usize,
+        rss_per_conn_kib: f64,
+        w1_p50_us: f64,
+        w1_p50_idle_free_us: f64,
+    },
+    /// The workload could not run here (not a failure), and why.
+    Skipped {
+        reason: String,
+    },
+    /// The figures a child process printed for this workload and system.
+    Relayed {
+        figures: String,
+    },
 }
 
 impl Measurement {
-    /// The headline figure of `self` over that of `base`, and its key.
-    fn ratio_to(&self, base: &Self) -> (&'static str, f64) {
+    /// The headline figure of `self` over that of `base`, and its key; `None` for W7
+    /// (its targets are absolute) and for a skipped run.
+    fn ratio_to(&self, base: &Self) -> Option<(&'static str, f64)> {
         match (self, base) {
-            (Self::Latency { p50_us: a, .. }, Self::Latency { p50_us: b, .. }) => ("p50", a / b),
+            (Self::Latency { p50_us: a, .. }, Self::Latency { p50_us: b, .. }) => {
+                Some(("p50", a / b))
+            }
             (Self::Pipelined { req_per_s: a, .. }, Self::Pipelined { req_per_s: b, .. })
             | (Self::FanIn { req_per_s: a, .. }, Self::FanIn { req_per_s: b, .. }) => {
-                ("req_per_s", a / b)
+                Some(("req_per_s", a / b))
             }
             (Self::OneWay { msg_per_s: a, .. }, Self::OneWay { msg_per_s: b, .. }) => {
-                ("msg_per_s", a / b)
+                Some(("msg_per_s", a / b))
             }
             (Self::Large { mb_per_s: a, .. }, Self::Large { mb_per_s: b, .. }) => {
-                ("mb_per_s", a / b)
+                Some(("mb_per_s", a / b))
             }
-            _ => ("mismatched", f64::NAN),
+            (Self::Idle { .. } | Self::Skipped { .. } | Self::Relayed { .. }, _)
+            | (_, Self::Skipped { .. } | Self::Relayed { .. }) => None,
+            _ => Some(("mismatched", f64::NAN)),
         }
     }
 }
@@ -1097,6 +1398,18 @@ impl Measurement {
 impl fmt::Display for Measurement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
+            Self::Idle {
+                conns,
+                rss_per_conn_kib,
+                w1_p50_us,
+                w1_p50_idle_free_us,
+            } => write!(
+                f,
+                "conns={conns} rss_per_conn_kib={rss_per_conn_kib:.1} w1_p50_us={w1_p50_us:.1} \
+                 w1_p50_idle_free_us={w1_p50_idle_free_us:.1}"
+            ),
+            Self::Skipped { ref reason } => write!(f, "skipped reason={reason:?}"),
+            Self::Relayed { ref figures } => f.write_str(figures),
             Self::Latency {
                 p50_us,
                 p99_us,
@@ -1149,6 +1462,7 @@ fn run(workload: Workload, system: &dyn System, scale: &Scale) -> Result<Measure
         Workload::W4 => one_way(server.as_ref(), scale),
         Workload::W5 => large(server.as_ref(), scale),
         Workload::W6 => fan_in(server.as_ref(), scale),
+        Workload::W7 => idle(server.as_ref(), scale),
     };
     let closed = server.close().context("closing the server");
     match (result, closed) {
@@ -1163,6 +1477,13 @@ fn run(workload: Workload, system: &dyn System, scale: &Scale) -> Result<Measure
 /// measured ones.
 fn latency(server: &dyn Server, scale: &Scale) -> Result<Measurement> {
     let mut conn = server.connect()?;
+    let measured = latency_on(conn.as_mut(), scale)?;
+    conn.close()?;
+    Ok(measured)
+}
+
+/// W1's round trips on `conn`, which stays open.
+fn latency_on(conn: &mut dyn Connection, scale: &Scale) -> Result<Measurement> {
     let total = scale.w1_warmup + scale.w1_measured;
     let mut samples = Vec::with_capacity(scale.w1_measured);
     let mut body = vec![FILL; SMALL];
@@ -1180,7 +1501,6 @@ fn latency(server: &dyn Server, scale: &Scale) -> Result<Measurement> {
         }
         body = reply;
     }
-    conn.close()?;
     samples.sort_unstable();
     let n = samples.len();
     if n == 0 {
@@ -1348,4 +1668,164 @@ fn fan_in(server: &dyn Server, scale: &Scale) -> Result<Measurement> {
         req_per_s: total as f64 / scale.w6_measure.as_secs_f64(),
         connections: FAN_IN,
     })
+}
+
+/// W7: `scale.w7_conns` idle connections to one server (plain `TcpStream`s that never
+/// send a byte, so that the server's side is what is measured), W1 on another connection
+/// before and while they are held, and the growth of the process's RSS per idle
+/// connection. Skipped, not failed, when the file-descriptor limit is too low.
+fn idle(server: &dyn Server, scale: &Scale) -> Result<Measurement> {
+    let Some(target) = server.idle_target() else {
+        return Ok(Measurement::Skipped {
+            reason: "this system cannot take raw idle connections".into(),
+        });
+    };
+    let conns = scale.w7_conns;
+    let need = conns as u64 * target.fds_per_conn + FD_MARGIN;
+    if let Some(reason) = raise_fd_limit(need)? {
+        return Ok(Measurement::Skipped { reason });
+    }
+    let p50 = |measured: Measurement| match measured {
+        Measurement::Latency { p50_us, .. } => p50_us,
+        _ => unreachable!("latency_on measures latency"),
+    };
+    let mut conn = server.connect()?;
+    let idle_free =
+        p50(latency_on(conn.as_mut(), scale).context("W1 before the idle connections")?);
+    let fds_before = open_fds()?;
+    let rss_before = rss_kib()?;
+    let mut held = Vec::with_capacity(conns);
+    let deadline = Instant::now() + ACCEPT_TIMEOUT;
+    while held.len() < conns {
+        let i = held.len();
+        held.push(
+            TcpStream::connect(target.addr)
+                .context(format_args!("idle connection {i} of {conns}"))?,
+        );
+        if held.len() % CONNECT_BATCH == 0 || held.len() == conns {
+            // Every connection so far is accepted, and its descriptors held, by the server.
+            let want = fds_before + held.len() * target.fds_per_conn as usize;
+            let mut fds = open_fds()?;
+            while fds < want {
+                if Instant::now() >= deadline {
+                    return Err(BenchError(format!(
+                        "{} of {} idle connections accepted after {ACCEPT_TIMEOUT:?}",
+                        fds.saturating_sub(fds_before) as u64 / target.fds_per_conn,
+                        held.len()
+                    )));
+                }
+                thread::sleep(Duration::from_millis(1));
+                fds = open_fds()?;
+            }
+        }
+    }
+    let loaded =
+        p50(latency_on(conn.as_mut(), scale).context("W1 with the idle connections held")?);
+    let rss_after = rss_kib()?;
+    drop(held);
+    conn.close()?;
+    Ok(Measurement::Idle {
+        conns,
+        rss_per_conn_kib: (rss_after as f64 - rss_before as f64) / conns as f64,
+        w1_p50_us: loaded,
+        w1_p50_idle_free_us: idle_free,
+    })
+}
+
+/// Runs W7 for `system` in a fresh process: this bench again, with only W7 and that
+/// system. In this process, heap memory that earlier workloads (and other systems' W7)
+/// freed but the allocator kept resident would absorb the idle connections' allocations
+/// and hide them from the RSS figure.
+fn idle_in_child(system: &str, options: &Options, scale: &Scale) -> Result<Measurement> {
+    let exe = std::env::current_exe().context("the path of this bench")?;
+    let mut command = Command::new(exe);
+    command
+        .env(W7_CHILD, "1")
+        .args(["W7", "--system", system])
+        .args(["--conns", &scale.w7_conns.to_string()])
+        .args(["--threads", &options.io_threads.to_string()])
+        .stderr(Stdio::inherit());
+    if options.quick {
+        command.arg("--quick");
+    }
+    let output = command
+        .output()
+        .context("cannot run W7 in a child process")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let prefix = format!("W7 system={system} ");
+    match stdout.lines().find_map(|line| line.strip_prefix(&prefix)) {
+        Some(figures) if output.status.success() => Ok(Measurement::Relayed {
+            figures: figures.to_owned(),
+        }),
+        _ => Err(BenchError(format!(
+            "the W7 child process ended with {} and printed {:?}",
+            output.status,
+            stdout.trim()
+        ))),
+    }
+}
+
+/// Makes the soft `RLIMIT_NOFILE` at least `need`; `Some(reason)` when it cannot. There is
+/// no libc here: the limits are read from `/proc/self/limits` and the soft one is raised
+/// (up to the hard one) with `prlimit(1)`.
+fn raise_fd_limit(need: u64) -> Result<Option<String>> {
+    let (soft, hard) = fd_limits()?;
+    if soft >= need {
+        return Ok(None);
+    }
+    if hard >= need {
+        let raised = Command::new("prlimit")
+            .arg(format!("--pid={}", std::process::id()))
+            .arg(format!("--nofile={need}:"))
+            .status();
+        match raised {
+            Ok(status) if status.success() => {}
+            Ok(status) => eprintln!("W7: prlimit --nofile={need}: failed ({status})"),
+            Err(err) => eprintln!("W7: cannot run prlimit: {err}"),
+        }
+        let (soft, _) = fd_limits()?;
+        if soft >= need {
+            eprintln!("W7: raised the soft RLIMIT_NOFILE to {soft}");
+            return Ok(None);
+        }
+    }
+    Ok(Some(format!("ulimit -n is {soft}; need {need}+")))
+}
+
+/// The soft and hard limits on open files (`u64::MAX` for unlimited).
+fn fd_limits() -> Result<(u64, u64)> {
+    let limits = std::fs::read_to_string("/proc/self/limits").context("/proc/self/limits")?;
+    let line = limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max open files"))
+        .ok_or_else(|| BenchError::new("no \"Max open files\" in /proc/self/limits"))?;
+    let mut fields = line.split_whitespace().map(|field| match field {
+        "unlimited" => Ok(u64::MAX),
+        n => n
+            .parse::<u64>()
+            .map_err(|_| BenchError(format!("bad open-files limit {n:?}"))),
+    });
+    let mut next = || {
+        fields
+            .next()
+            .unwrap_or_else(|| Err(BenchError::new("short \"Max open files\" line")))
+    };
+    Ok((next()?, next()?))
+}
+
+/// The number of open file descriptors of this process.
+fn open_fds() -> Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/fd")
+        .context("/proc/self/fd")?
+        .count())
+}
+
+/// The resident set size of this process, in KiB (`VmRSS` of `/proc/self/status`).
+fn rss_kib() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").context("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| BenchError::new("no VmRSS in /proc/self/status"))
 }

@@ -73,6 +73,12 @@ pub(crate) enum Reply {
     },
 }
 
+/// The outcome and whether a thread blocks on it (notifying nobody costs a system call).
+struct Slot {
+    state: State,
+    waiter: bool,
+}
+
 enum State {
     Waiting,
     Done(Result<Reply, RpcError>),
@@ -111,7 +117,7 @@ pub(crate) struct Call {
     deadline: Deadline,
     info: CallInfo,
     env: Arc<EnvInner>,
-    state: Mutex<State>,
+    state: Mutex<Slot>,
     ready: Condvar,
     /// The connection and request id once sent, to forget the request on timeout or abort.
     sent: Mutex<Option<(TransportClient, u64)>>,
@@ -127,7 +133,10 @@ impl Call {
             deadline: Deadline::after(Instant::now(), info.after),
             info,
             env: Arc::clone(env),
-            state: Mutex::new(State::Waiting),
+            state: Mutex::new(Slot {
+                state: State::Waiting,
+                waiter: false,
+            }),
             ready: Condvar::default(),
             sent: Mutex::new(None),
         });
@@ -147,24 +156,27 @@ impl Call {
 
     /// Sets the outcome unless one is set already; returns whether this one was taken.
     pub(crate) fn complete(&self, outcome: Result<Reply, RpcError>) -> bool {
-        let mut state = self.state.lock();
-        if !matches!(*state, State::Waiting) {
-            drop(state);
+        let mut slot = self.state.lock();
+        if !matches!(slot.state, State::Waiting) {
+            drop(slot);
             match outcome {
                 Ok(_) => debug!("late reply to call {} dropped", self.id),
                 Err(err) => debug!("late failure of call {} dropped: {err}", self.id),
             }
             return false;
         }
-        *state = State::Done(outcome);
-        drop(state);
-        self.ready.notify_all();
+        slot.state = State::Done(outcome);
+        let waiter = slot.waiter;
+        drop(slot);
+        if waiter {
+            self.ready.notify_all();
+        }
         self.env.timeouts().cancel(self.deadline, self.id);
         true
     }
 
     pub(crate) fn is_done(&self) -> bool {
-        !matches!(*self.state.lock(), State::Waiting)
+        !matches!(self.state.lock().state, State::Waiting)
     }
 
     /// Records where the request went, so that a timeout or abort can forget it.
@@ -202,12 +214,12 @@ impl Call {
     /// `None`: `until` passed first.
     fn wait_until(&self, until: Deadline) -> Option<Result<Reply, RpcError>> {
         let limit = until.min(self.deadline);
-        let mut state = self.state.lock();
+        let mut slot = self.state.lock();
         loop {
-            match std::mem::replace(&mut *state, State::Taken) {
+            match std::mem::replace(&mut slot.state, State::Taken) {
                 State::Done(outcome) => return Some(outcome),
                 State::Taken => panic!("the outcome of this ask was already taken by try_wait"),
-                State::Waiting => *state = State::Waiting,
+                State::Waiting => slot.state = State::Waiting,
             }
             let now = Instant::now();
             let wait = match limit {
@@ -215,9 +227,10 @@ impl Call {
                 Deadline::At(at) => at - now,
                 Deadline::Never => Duration::from_secs(3600),
             };
-            state = self.ready.wait_timeout(state, wait);
+            slot.waiter = true;
+            slot = self.ready.wait_timeout(slot, wait);
         }
-        drop(state);
+        drop(slot);
         if limit == self.deadline {
             // The call's own deadline: it times out now, whether or not the timeout
             // thread got there first.
@@ -228,11 +241,11 @@ impl Call {
     }
 
     fn take(&self) -> Option<Result<Reply, RpcError>> {
-        let mut state = self.state.lock();
-        match std::mem::replace(&mut *state, State::Taken) {
+        let mut slot = self.state.lock();
+        match std::mem::replace(&mut slot.state, State::Taken) {
             State::Done(outcome) => Some(outcome),
             State::Waiting => {
-                *state = State::Waiting;
+                slot.state = State::Waiting;
                 None
             }
             State::Taken => None,
@@ -244,7 +257,7 @@ impl Call {
         if self.complete(Err(reason)) {
             self.forget_request();
         }
-        *self.state.lock() = State::Taken;
+        self.state.lock().state = State::Taken;
     }
 }
 

@@ -106,7 +106,13 @@ struct Shared {
 struct State {
     queue: DeadlineQueue<Weak<Call>>,
     stopped: bool,
+    /// When the thread will look at the queue again, if it is waiting.
+    wakes_at: Option<Instant>,
 }
+
+/// The longest the thread sleeps without looking at the queue: registering a deadline
+/// later than that never needs to wake it, which keeps asks from waking it one by one.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 impl Timeouts {
     pub(crate) fn start() -> Result<Self, RpcError> {
@@ -114,6 +120,7 @@ impl Timeouts {
             state: Mutex::new(State {
                 queue: DeadlineQueue::default(),
                 stopped: false,
+                wakes_at: None,
             }),
             wake: Condvar::default(),
         });
@@ -135,10 +142,11 @@ impl Timeouts {
         if state.stopped {
             return false;
         }
-        let earlier = match (deadline.instant(), state.queue.next_deadline()) {
-            (Some(new), Some(next)) => new < next,
-            (Some(_), None) => true,
-            (None, _) => false,
+        let earlier = match (deadline.instant(), state.wakes_at) {
+            (Some(new), Some(wakes_at)) => new < wakes_at,
+            // Not waiting (it is firing deadlines and looks at the queue next), or a
+            // deadline that never comes.
+            _ => false,
         };
         state
             .queue
@@ -195,8 +203,10 @@ impl Shared {
             let wait = state
                 .queue
                 .next_deadline()
-                .map_or(Duration::from_secs(3600), |next| next - now);
+                .map_or(MAX_SLEEP, |next| (next - now).min(MAX_SLEEP));
+            state.wakes_at = Some(now + wait);
             state = self.wake.wait_timeout(state, wait);
+            state.wakes_at = None;
         }
         debug!("rpc-timeout thread exits");
     }
