@@ -47,17 +47,6 @@ fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
-/// Appends to a `Vec` with one `extend_from_slice` per write (bincode's `std::io::Write`
-/// adapter costs several times more per byte, and serde writes a `Vec<u8>` byte by byte).
-struct VecWriter<'a>(&'a mut Vec<u8>);
-
-impl bincode::enc::write::Writer for VecWriter<'_> {
-    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
-        self.0.extend_from_slice(bytes);
-        Ok(())
-    }
-}
-
 /// Serializes `value`; `what` names it in errors (e.g. "message for endpoint echo").
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T, what: &str) -> Result<Vec<u8>, RpcError> {
     bincode::serde::encode_to_vec(value, config()).map_err(|err| encode_error(what, err))
@@ -72,7 +61,7 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     what: &str,
 ) -> Result<(), RpcError> {
     let start = out.len();
-    match bincode::serde::encode_into_writer(value, VecWriter(out), config()) {
+    match bincode::serde::encode_into_std_write(value, out, config()) {
         Ok(_) => Ok(()),
         Err(err) => {
             out.truncate(start);
