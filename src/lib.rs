@@ -62,6 +62,11 @@
 //!   the same endpoint (it cannot answer while its handler waits), and avoid long waits on
 //!   the shared pool: a blocked `rpc-dispatcher-N` thread serves no other endpoint. Give
 //!   an endpoint that blocks [`Threading::Dedicated`].
+//! - Replies and messages an endpoint writes while it works through a burst of queued
+//!   messages go out together, in one write per connection, when the burst ends (at most
+//!   64 messages, and no new message starts more than 50 µs after the first). A handler
+//!   that runs long therefore delays the replies of the ones that ran just before it in
+//!   the same burst by its own duration.
 //! - `shutdown` waits up to five seconds for endpoints to run `on_stop` and for threads
 //!   to exit, then leaves busy ones behind and logs them.
 //!

@@ -7,13 +7,14 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use crate::error::RpcError;
 use crate::rpc::address::RpcAddress;
 use crate::rpc::call::{Content, RpcCallContext};
 use crate::rpc::message_loop::MessageLoop;
 use crate::sync::{Arc, Mutex};
-use crate::transport::TransportClient;
+use crate::transport::{self, TransportClient};
 
 /// A message's content on its way to an endpoint.
 pub(crate) enum Payload {
@@ -108,6 +109,8 @@ pub(crate) struct Inbox {
 
 /// How many messages one turn handles before the inbox yields its thread.
 const TURN: usize = 64;
+/// How long a turn goes on taking new messages.
+const TURN_TIME: Duration = Duration::from_micros(50);
 
 impl Inbox {
     /// An inbox with `OnStart` queued; call [`schedule_start`](Self::schedule_start) to run it.
@@ -193,7 +196,16 @@ impl Inbox {
     /// on calls this.
     pub(crate) fn process(self: &Arc<Self>) -> Turn {
         let mut handler = self.handler.lock();
+        // Replies written during the turn go out together at its end (one write per
+        // connection instead of one per reply). A turn ends after TURN messages, or at
+        // the first message that finds TURN_TIME passed, so a reply waits at most for
+        // the handlers that started within TURN_TIME after it.
+        let started = Instant::now();
+        let _batch = transport::defer_writes();
         for _ in 0..TURN {
+            if started.elapsed() > TURN_TIME {
+                break;
+            }
             let msg = {
                 let mut state = self.state.lock();
                 match state.queue.pop_front() {

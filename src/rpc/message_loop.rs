@@ -81,9 +81,10 @@ impl MessageLoop {
         });
         for thread_name in thread_names {
             let rx = rx.clone();
+            let tx = this.tx.clone();
             let thread = thread::Builder::new()
                 .name(thread_name)
-                .spawn(move || run(&rx, env_id, dedicated))
+                .spawn(move || run(&rx, &tx, env_id, dedicated))
                 .map_err(|e| RpcError::io("cannot start a message-loop thread", e));
             match thread {
                 Ok(thread) => this.threads.lock().push(thread),
@@ -150,17 +151,39 @@ pub(crate) fn join_until(threads: Vec<JoinHandle<()>>, deadline: Instant, what: 
     }
 }
 
-fn run(rx: &Receiver<Job>, env_id: u64, dedicated: bool) {
+fn run(rx: &Receiver<Job>, tx: &Sender<Job>, env_id: u64, dedicated: bool) {
     LOOP_ENV.with(|e| e.set(env_id));
-    while let Ok(Job::Run(inbox)) = rx.recv() {
-        let turn = catch_unwind(AssertUnwindSafe(|| inbox.process()));
-        match turn {
-            Ok(Turn::Finished) if dedicated => break,
-            Ok(_) => {}
-            Err(_) => error!(
+    // Whether the thread is done: a dedicated loop's endpoint finished.
+    let turn = |inbox: Arc<Inbox>| match catch_unwind(AssertUnwindSafe(|| inbox.process())) {
+        Ok(Turn::Finished) => dedicated,
+        Ok(_) => false,
+        Err(_) => {
+            error!(
                 "inbox of endpoint {} panicked outside endpoint code",
                 inbox.name()
-            ),
+            );
+            false
+        }
+    };
+    while let Ok(Job::Run(inbox)) = rx.recv() {
+        if turn(inbox) {
+            return;
+        }
+    }
+    // Told to exit: first run what is still scheduled (an inbox whose turn ended while
+    // the stop was requested comes back behind the request, with its on_stop to run).
+    while let Ok(job) = rx.try_recv() {
+        match job {
+            Job::Run(inbox) => {
+                if turn(inbox) {
+                    return;
+                }
+            }
+            Job::Exit => {
+                // Another thread's: leave it for that thread.
+                let _ = tx.send(Job::Exit);
+                return;
+            }
         }
     }
 }

@@ -802,11 +802,15 @@ pub(crate) fn end_batch() -> Vec<Arc<Conn>> {
     })
 }
 
+/// The `loop_id` of a batch that takes the connections of every loop: a thread that is
+/// no event loop (one running endpoint code) defers its writes to its own batch's end.
+pub(crate) const ANY_LOOP: usize = usize::MAX;
+
 /// Defers the flush of `conn` to the end of the current batch, if this thread is its
-/// event loop in the middle of one.
+/// event loop (or a thread batching for any loop) in the middle of one.
 fn defer_flush(conn: &Arc<Conn>) -> bool {
     BATCH.with(|batch| match &mut *batch.borrow_mut() {
-        Some((loop_id, conns)) if *loop_id == conn.loop_id => {
+        Some((loop_id, conns)) if *loop_id == conn.loop_id || *loop_id == ANY_LOOP => {
             conns.push(Arc::clone(conn));
             true
         }

@@ -46,6 +46,25 @@ mod socket;
 mod tests;
 
 pub use self::client::TransportClient;
+
+/// Defers the writes of the current thread (one that is not an event loop) until the
+/// returned guard is dropped, then writes each connection's frames in one go.
+pub(crate) fn defer_writes() -> WriteBatch {
+    connection::begin_batch(connection::ANY_LOOP, Vec::new());
+    WriteBatch(())
+}
+
+/// Flushes the writes deferred by [`defer_writes`] when dropped.
+#[derive(Debug)]
+pub(crate) struct WriteBatch(());
+
+impl Drop for WriteBatch {
+    fn drop(&mut self) {
+        for conn in connection::end_batch() {
+            conn.flush();
+        }
+    }
+}
 pub use self::client_factory::TransportClientFactory;
 pub use self::conf::TransportConf;
 pub use self::context::TransportContext;
