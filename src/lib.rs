@@ -62,6 +62,14 @@
 //!   the same endpoint (it cannot answer while its handler waits), and avoid long waits on
 //!   the shared pool: a blocked `rpc-dispatcher-N` thread serves no other endpoint. Give
 //!   an endpoint that blocks [`Threading::Dedicated`].
+//! - There is no back-pressure yet: a sender that sends faster than the peer's endpoint
+//!   handles makes the connection's write queue (sender side) and the endpoint's inbox
+//!   (receiver side) grow without bound, as in Spark. A stream of one-way messages
+//!   should be paced by an occasional ask (its reply comes after every message sent
+//!   before it).
+//! - Serde writes a `Vec<u8>` element by element; for large byte payloads use a type
+//!   that serializes as bytes (`serialize_bytes`, e.g. with the `serde_bytes` crate),
+//!   which the codec copies in one go.
 //! - Replies and messages an endpoint writes while it works through a burst of queued
 //!   messages go out together, in one write per connection, when the burst ends (at most
 //!   64 messages, and no new message starts more than 50 µs after the first). A handler
