@@ -17,6 +17,7 @@ use crate::rpc::address::RpcAddress;
 use crate::rpc::endpoint_ref::{RefInner, decode_scope};
 use crate::rpc::env::EnvInner;
 use crate::rpc::envelope;
+use crate::rpc::message_loop::on_a_loop;
 use crate::rpc::timeout::Deadline;
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::{Arc, Condvar, Mutex};
@@ -567,9 +568,11 @@ impl Drop for RpcCallContext {
             endpoint: Arc::clone(&self.endpoint),
             sender: None,
         };
-        if std::thread::panicking() {
-            // Left for the message loop, which knows the panic's message. During thread
-            // teardown the thread-local may be gone: then it is answered here.
+        if std::thread::panicking() && on_a_loop() {
+            // Left for the message loop, which catches the panic and knows its message.
+            // During thread teardown the thread-local may be gone: then it is answered
+            // here. On any other thread nobody would pick it up: it falls through to
+            // the failure below.
             let mut slot = Some(stash);
             let _ = PANICKED.try_with(|p| p.borrow_mut().extend(slot.take()));
             if let Some(stash) = slot {
@@ -578,6 +581,13 @@ impl Drop for RpcCallContext {
                     message: format!("endpoint {endpoint} panicked"),
                 });
             }
+            return;
+        }
+        if std::thread::panicking() {
+            let endpoint = Arc::clone(&stash.endpoint);
+            stash.fail(RpcError::Remote {
+                message: format!("endpoint {endpoint} panicked"),
+            });
             return;
         }
         let why = DROPPED_BECAUSE

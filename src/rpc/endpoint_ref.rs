@@ -308,10 +308,12 @@ impl<M> fmt::Debug for RpcEndpointRef<M> {
     }
 }
 
-/// Two references are equal when they name the same endpoint at the same address.
+/// Two references are equal when they name the same endpoint at the same address; for
+/// endpoints of client-mode envs (no address), in the same env.
 impl<M> PartialEq for RpcEndpointRef<M> {
     fn eq(&self, other: &Self) -> bool {
-        self.inner.name == other.inner.name && self.inner.address == other.inner.address
+        let (a, b) = (&*self.inner, &*other.inner);
+        a.name == b.name && a.address == b.address && (a.address.is_some() || a.env_id == b.env_id)
     }
 }
 
@@ -321,6 +323,9 @@ impl<M> Hash for RpcEndpointRef<M> {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.inner.name.hash(state);
         self.inner.address.hash(state);
+        if self.inner.address.is_none() {
+            self.inner.env_id.hash(state);
+        }
     }
 }
 

@@ -35,6 +35,11 @@ thread_local! {
     static LOOP_ENV: Cell<u64> = const { Cell::new(0) };
 }
 
+/// Whether the current thread is a message-loop thread of any env.
+pub(crate) fn on_a_loop() -> bool {
+    LOOP_ENV.with(Cell::get) != 0
+}
+
 /// Whether the current thread is a message-loop thread of the env `env_id`.
 pub(crate) fn on_loop_of(env_id: u64) -> bool {
     LOOP_ENV.with(Cell::get) == env_id

@@ -1853,3 +1853,79 @@ fn one_connected_and_one_disconnected_per_connection_with_the_peers_listen_addre
     );
     server.shutdown();
 }
+
+// ---------------------------------------------------------------------------------------
+// Regressions
+
+/// Moves its call context to a thread of its own, which panics holding it.
+struct PanicsElsewhere {
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl RpcEndpoint for PanicsElsewhere {
+    type Message = u32;
+
+    fn receive_and_reply(&mut self, _msg: u32, reply: RpcCallContext) {
+        let thread = thread::Builder::new()
+            .name("test-panics-elsewhere".into())
+            .spawn(move || {
+                let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let _held = reply;
+                    panic!("boom elsewhere");
+                }));
+                assert!(caught.is_err());
+            })
+            .unwrap();
+        self.threads.push(thread);
+    }
+
+    fn on_stop(&mut self, _ctx: &EndpointContext<u32>) {
+        for thread in self.threads.drain(..) {
+            thread.join().unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_call_context_dropped_by_a_panic_on_another_thread_fails_the_ask_at_once() {
+    let server = server_env("panics-elsewhere");
+    let local = server
+        .setup_endpoint(
+            "p",
+            PanicsElsewhere {
+                threads: Vec::new(),
+            },
+        )
+        .unwrap();
+    let client = client_env("panics-elsewhere-client");
+    let remote = client
+        .setup_endpoint_ref::<u32>(address_of(&server), "p")
+        .unwrap();
+    for endpoint in [&local, &remote] {
+        let result = promptly("an ask whose context a panic dropped", || {
+            endpoint.ask_sync::<u32>(1)
+        });
+        assert!(
+            matches!(&result, Err(RpcError::Remote { message }) if message.contains("panicked")),
+            "{result:?}"
+        );
+    }
+    client.shutdown();
+    server.shutdown();
+}
+
+#[test]
+fn refs_to_client_mode_endpoints_of_different_envs_are_not_equal() {
+    let a = client_env("eq-a");
+    let b = client_env("eq-b");
+    let ra = a.setup_endpoint("worker", Doubler).unwrap();
+    let rb = b.setup_endpoint("worker", Doubler).unwrap();
+    assert_eq!(ra, ra.clone());
+    assert_ne!(ra, rb, "same name, no address, but different envs");
+    // Hash and Eq read only the name, address and env id, which never change.
+    #[allow(clippy::mutable_key_type)]
+    let set: std::collections::HashSet<_> = [ra.clone(), rb.clone(), ra.clone()].into();
+    assert_eq!(set.len(), 2);
+    a.shutdown();
+    b.shutdown();
+}

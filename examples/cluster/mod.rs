@@ -1,0 +1,237 @@
+//! The small cluster the examples run: its protocol, the [`Master`] and [`Worker`]
+//! endpoints, a worker node with its registration and heartbeats, and a flag parser.
+//!
+//! Shared by `master.rs`, `worker.rs` and `demo.rs` through
+//! `#[path = "cluster/mod.rs"] mod cluster;`.
+//!
+//! ```text
+//! driver ──SubmitTask (ask)──▶ Master ──RunTask (ask)──▶ Worker
+//!        ◀──TaskReport────────        ◀──result───────
+//!                              Master ◀──RegisterWorker / Heartbeat (asks)── worker node
+//! ```
+//!
+//! The master loses a worker when the connection to it closes (`on_disconnected`), when
+//! an ask to it fails for a reason other than the task itself (the connection is gone,
+//! the worker stopped), or when its heartbeats stop for the worker timeout. The tasks it
+//! was running go back to the front of the queue and run on another worker.
+
+// Each example uses part of this module.
+#![allow(dead_code, unused_imports)]
+// Examples use std's Arc and Mutex directly.
+#![allow(clippy::disallowed_types)]
+
+pub(crate) mod flags;
+mod master;
+mod worker;
+
+use std::fmt;
+use std::io::BufRead;
+use std::time::Duration;
+
+use rpcenv::RpcEndpointRef;
+use serde::{Deserialize, Serialize};
+
+pub(crate) use self::master::{Master, MasterConf, MasterEvent};
+pub(crate) use self::worker::{Worker, WorkerNode, WorkerOptions};
+
+/// The name the master endpoint is registered under.
+pub(crate) const MASTER: &str = "Master";
+/// The name the worker endpoint is registered under, in each worker's env.
+pub(crate) const WORKER: &str = "Worker";
+
+/// What the master receives.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum MasterMsg {
+    /// Ask from a worker node: add me. Replied `()`, or failed with "duplicate worker id
+    /// ID" when a worker of that id is registered.
+    RegisterWorker {
+        worker: RpcEndpointRef<WorkerMsg>,
+        id: String,
+        cores: u32,
+        memory_mb: u64,
+    },
+    /// From a worker node's heartbeat thread, every heartbeat interval. As an ask it is
+    /// replied a [`HeartbeatReply`]; as a one-way message it only counts.
+    Heartbeat { id: String },
+    /// Ask: the ports the master bound; replied a [`BoundPorts`].
+    BoundPortsRequest,
+    /// Ask from a driver: run this task. Replied a [`TaskReport`] once some worker ran it
+    /// (on another worker if the first one is lost), or failed after
+    /// [`MAX_TASK_FAILURES`] failures of the task itself. Task ids are the driver's.
+    SubmitTask { task_id: u64, input: u64 },
+    /// Ask: the workers and the queue; replied a [`ClusterStatus`].
+    Status,
+    /// The master's own: the outcome of a `RunTask` ask (sent by the thread that waits
+    /// for a worker's answers).
+    TaskResult {
+        worker_id: String,
+        /// Which registration of that id (an id can register again after it was lost).
+        incarnation: u64,
+        task_id: u64,
+        outcome: TaskOutcome,
+    },
+    /// The master's own: the timer's tick, to look for workers whose heartbeats stopped.
+    CheckWorkers,
+}
+
+/// What a worker's endpoint receives.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum WorkerMsg {
+    /// Ask: run [`run_task`] on `input`; replied the `u64` result.
+    RunTask { task_id: u64, input: u64 },
+    /// Ask: replied `()`. One-way: ignored (the master sends it to test a connection).
+    Ping,
+}
+
+/// The outcome of one `RunTask` ask, as the master sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum TaskOutcome {
+    /// The worker ran the task.
+    Done(u64),
+    /// The task failed on the worker (it answered with a failure): counts against the
+    /// task.
+    Failed(String),
+    /// The worker did not answer (connection closed, worker stopped, timeout): the worker
+    /// is lost and the task runs elsewhere, without counting against it.
+    Unreachable(String),
+}
+
+/// The reply to [`MasterMsg::Heartbeat`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum HeartbeatReply {
+    /// Known; carry on.
+    Ack,
+    /// The master does not know this id (it was declared lost, or the master restarted):
+    /// register again.
+    Reregister,
+}
+
+/// The reply to [`MasterMsg::BoundPortsRequest`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) struct BoundPorts {
+    /// The port of the master's rpc env.
+    pub(crate) rpc_port: u16,
+}
+
+/// The reply to [`MasterMsg::SubmitTask`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TaskReport {
+    pub(crate) task_id: u64,
+    pub(crate) result: u64,
+    /// The worker whose result this is.
+    pub(crate) worker: String,
+    /// How many times the task was handed to a worker (2 or more: it was re-run).
+    pub(crate) attempts: u32,
+}
+
+/// The reply to [`MasterMsg::Status`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ClusterStatus {
+    pub(crate) workers: Vec<WorkerStatus>,
+    /// Submitted tasks not handed to any worker yet.
+    pub(crate) queued: usize,
+    /// Tasks handed to a worker, without a result yet.
+    pub(crate) running: usize,
+}
+
+/// One worker in a [`ClusterStatus`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WorkerStatus {
+    pub(crate) id: String,
+    /// Its listen address, or `client-mode`.
+    pub(crate) address: String,
+    pub(crate) cores: u32,
+    pub(crate) running: usize,
+    pub(crate) completed: u64,
+}
+
+/// A task fails for good after this many failures of its own (a lost worker does not
+/// count).
+pub(crate) const MAX_TASK_FAILURES: u32 = 4;
+
+/// The work of a task: deterministic, so a driver can check any worker's answer. It sums
+/// a 64-bit mix of every number below `input` (wrapping).
+pub(crate) fn run_task(input: u64) -> u64 {
+    (0..input).fold(0u64, |sum, i| sum.wrapping_add(mix(i)))
+}
+
+/// SplitMix64's finalizer.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Sets up `env_logger`: `RUST_LOG` when it is set, else `info`.
+pub(crate) fn init_logger() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+}
+
+/// Blocks until a line `quit` (or `exit`) is read from stdin. On end of input (stdin
+/// closed or `/dev/null`) it keeps blocking: the process then runs until it is killed.
+pub(crate) fn wait_for_quit() {
+    for line in std::io::stdin().lock().lines() {
+        match line {
+            Ok(line) if matches!(line.trim(), "quit" | "exit") => return,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    loop {
+        std::thread::park();
+    }
+}
+
+/// `12.3 ms`, `450 µs`, `1.20 s`.
+pub(crate) struct Millis(pub(crate) Duration);
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let micros = self.0.as_secs_f64() * 1e6;
+        if micros < 1000.0 {
+            write!(f, "{micros:.0} µs")
+        } else if micros < 1e6 {
+            write!(f, "{:.1} ms", micros / 1000.0)
+        } else {
+            write!(f, "{:.2} s", micros / 1e6)
+        }
+    }
+}
+
+/// A named thread that calls `tick` every `every` until `tick` returns false or the
+/// ticker is stopped (which joins the thread).
+pub(crate) struct Ticker {
+    stop: crossbeam_channel::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Ticker {
+    pub(crate) fn spawn(
+        name: impl Into<String>,
+        every: Duration,
+        mut tick: impl FnMut() -> bool + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(every)
+                {
+                    if !tick() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self { stop, thread })
+    }
+
+    /// Stops the thread (after the tick it is running, if any) and joins it.
+    pub(crate) fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+}

@@ -1,0 +1,407 @@
+//! The [`Worker`] endpoint, which runs tasks on threads of its own, and a [`WorkerNode`]:
+//! an env with a worker in it, registered with the master and sending heartbeats.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use log::{debug, info, warn};
+use rpcenv::{
+    EndpointContext, RpcAddress, RpcCallContext, RpcConf, RpcEndpoint, RpcEndpointRef, RpcEnv,
+    RpcError,
+};
+
+use super::{HeartbeatReply, MasterMsg, Ticker, WORKER, WorkerMsg, run_task};
+
+/// How long one registration or heartbeat ask may take.
+const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest pause between two registration attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Calls the worker holds that must never be answered: after [`WorkerNode::crash`],
+/// tasks that were running stay silent, as they would if the process had died.
+type Graveyard = Arc<Mutex<Vec<RpcCallContext>>>;
+
+/// The worker endpoint. Its handlers only queue tasks, so it runs on the shared
+/// dispatcher pool; the tasks run on `cores` threads of its own (`worker-ID-task-N`),
+/// which answer the asks when the tasks are done.
+pub(crate) struct Worker {
+    id: String,
+    cores: u32,
+    task_delay: Duration,
+    tasks: Option<Sender<Job>>,
+    executors: Vec<JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
+    crashed: Arc<AtomicBool>,
+    graveyard: Graveyard,
+}
+
+struct Job {
+    task_id: u64,
+    input: u64,
+    reply: RpcCallContext,
+}
+
+impl Worker {
+    /// A worker that runs `cores` tasks at a time, each taking `task_delay` longer than
+    /// its computation (a stand-in for real work).
+    pub(crate) fn new(id: impl Into<String>, cores: u32, task_delay: Duration) -> Self {
+        Self {
+            id: id.into(),
+            cores: cores.max(1),
+            task_delay,
+            tasks: None,
+            executors: Vec::new(),
+            stopping: Arc::default(),
+            crashed: Arc::default(),
+            graveyard: Arc::default(),
+        }
+    }
+
+    fn execute(job: Job, delay: Duration, crashed: &AtomicBool, graveyard: &Graveyard) {
+        let Job {
+            task_id,
+            input,
+            reply,
+        } = job;
+        if !delay.is_zero() {
+            thread::sleep(delay);
+        }
+        let result = panic::catch_unwind(AssertUnwindSafe(|| run_task(input)));
+        if crashed.load(Ordering::Acquire) {
+            graveyard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(reply);
+            return;
+        }
+        match result {
+            Ok(value) => {
+                debug!("task {task_id} done");
+                reply.reply(value);
+            }
+            Err(_) => reply.send_failure(format!("task {task_id} panicked")),
+        }
+    }
+}
+
+impl RpcEndpoint for Worker {
+    type Message = WorkerMsg;
+
+    fn on_start(&mut self, _ctx: &EndpointContext<WorkerMsg>) {
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        for n in 0..self.cores {
+            let rx = rx.clone();
+            let (delay, stopping, crashed, graveyard) = (
+                self.task_delay,
+                Arc::clone(&self.stopping),
+                Arc::clone(&self.crashed),
+                Arc::clone(&self.graveyard),
+            );
+            let spawned = thread::Builder::new()
+                .name(format!("worker-{}-task-{n}", self.id))
+                .spawn(move || {
+                    for job in rx {
+                        if stopping.load(Ordering::Acquire) {
+                            if crashed.load(Ordering::Acquire) {
+                                graveyard
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .push(job.reply);
+                            } else {
+                                job.reply.send_failure("the worker is stopping");
+                            }
+                            continue;
+                        }
+                        Self::execute(job, delay, &crashed, &graveyard);
+                    }
+                });
+            match spawned {
+                Ok(handle) => self.executors.push(handle),
+                Err(err) => warn!("worker {}: cannot start a task thread: {err}", self.id),
+            }
+        }
+        if !self.executors.is_empty() {
+            self.tasks = Some(tx);
+        }
+    }
+
+    fn receive_and_reply(&mut self, msg: WorkerMsg, reply: RpcCallContext) {
+        match msg {
+            WorkerMsg::RunTask { task_id, input } => match &self.tasks {
+                Some(tasks) => {
+                    if let Err(err) = tasks.send(Job {
+                        task_id,
+                        input,
+                        reply,
+                    }) {
+                        err.into_inner()
+                            .reply
+                            .send_failure("the worker's task threads are gone");
+                    }
+                }
+                None => reply.send_failure("the worker has no task threads"),
+            },
+            WorkerMsg::Ping => reply.reply(()),
+        }
+    }
+
+    fn receive(&mut self, msg: WorkerMsg, _ctx: &EndpointContext<WorkerMsg>) {
+        if let WorkerMsg::RunTask { task_id, .. } = msg {
+            warn!("worker {}: RunTask {task_id} must be an ask", self.id);
+        }
+    }
+
+    fn on_stop(&mut self, _ctx: &EndpointContext<WorkerMsg>) {
+        self.stopping.store(true, Ordering::Release);
+        self.tasks = None;
+        // Each finishes the task it is running (at most one task's time).
+        for handle in self.executors.drain(..) {
+            let _ = handle.join();
+        }
+        info!("worker {} stopped", self.id);
+    }
+}
+
+/// How to start a [`WorkerNode`].
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerOptions {
+    pub(crate) id: String,
+    /// `rpc://Master@host:port`.
+    pub(crate) master: String,
+    /// No listener: the master reaches the worker over the connection the worker opens.
+    pub(crate) client_mode: bool,
+    /// Where to listen, unless in client mode.
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) cores: u32,
+    pub(crate) memory_mb: u64,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) task_delay: Duration,
+    /// Give up registering after this long; `None`: keep trying.
+    pub(crate) register_timeout: Option<Duration>,
+    pub(crate) conf: RpcConf,
+}
+
+impl WorkerOptions {
+    pub(crate) fn new(id: impl Into<String>, master: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            master: master.into(),
+            client_mode: false,
+            host: "127.0.0.1".into(),
+            port: 0,
+            cores: 2,
+            memory_mb: 1024,
+            heartbeat_interval: Duration::from_secs(1),
+            task_delay: Duration::ZERO,
+            register_timeout: None,
+            conf: RpcConf::new(),
+        }
+    }
+}
+
+/// A worker's env, its [`Worker`] endpoint, its registration with the master and its
+/// heartbeat thread (`worker-ID-heartbeat`). Dropping it shuts it down.
+pub(crate) struct WorkerNode {
+    id: String,
+    env: RpcEnv,
+    heartbeat: Option<Ticker>,
+    crashed: Arc<AtomicBool>,
+    graveyard: Graveyard,
+}
+
+impl WorkerNode {
+    /// Starts the env and the worker, and registers with the master, retrying with
+    /// backoff until the master is there (or `register_timeout` passes). Fails at once
+    /// when the master refuses the worker (a duplicate id).
+    pub(crate) fn start(opts: WorkerOptions) -> Result<Self, String> {
+        let env = RpcEnv::builder(format!("worker-{}", opts.id))
+            .client_mode(opts.client_mode)
+            .bind_address(opts.host.clone())
+            .port(opts.port)
+            .conf(opts.conf.clone())
+            .build()
+            .map_err(|err| format!("worker {}: cannot start its env: {err}", opts.id))?;
+        let worker = Worker::new(opts.id.clone(), opts.cores, opts.task_delay);
+        let (crashed, graveyard) = (Arc::clone(&worker.crashed), Arc::clone(&worker.graveyard));
+        let me = env
+            .setup_endpoint(WORKER, worker)
+            .map_err(|err| format!("worker {}: {err}", opts.id))?;
+        let registration = Registration {
+            id: opts.id.clone(),
+            cores: opts.cores,
+            memory_mb: opts.memory_mb,
+            me,
+        };
+        let master = register_with_retry(&env, &opts, &registration)?;
+        let heartbeat = Ticker::spawn(
+            format!("worker-{}-heartbeat", opts.id),
+            opts.heartbeat_interval,
+            heartbeat(master, registration, opts.heartbeat_interval),
+        )
+        .map_err(|err| {
+            format!(
+                "worker {}: cannot start its heartbeat thread: {err}",
+                opts.id
+            )
+        })?;
+        Ok(Self {
+            id: opts.id,
+            env,
+            heartbeat: Some(heartbeat),
+            crashed,
+            graveyard,
+        })
+    }
+
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The worker env's listen address; `None` in client mode.
+    pub(crate) fn address(&self) -> Option<RpcAddress> {
+        self.env.address()
+    }
+
+    /// Stops the heartbeats and shuts the env down: tasks running finish and are
+    /// answered, the connections close.
+    pub(crate) fn shutdown(&mut self) {
+        if let Some(heartbeat) = self.heartbeat.take() {
+            heartbeat.stop();
+        }
+        self.env.shutdown();
+        self.env.await_termination();
+    }
+
+    /// Shuts the env down as if the process had died: the tasks it is running are never
+    /// answered (their asks fail when the connections close), no goodbye is sent.
+    pub(crate) fn crash(mut self) {
+        self.crashed.store(true, Ordering::Release);
+        self.shutdown();
+        // The connections are closed: these contexts have no one left to answer.
+        let silent = std::mem::take(&mut *self.graveyard.lock().unwrap_or_else(|p| p.into_inner()));
+        debug!("worker {}: {} tasks died with it", self.id, silent.len());
+        for reply in silent {
+            reply.send_failure("the worker crashed");
+        }
+    }
+}
+
+impl Drop for WorkerNode {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// What a worker tells the master about itself.
+struct Registration {
+    id: String,
+    cores: u32,
+    memory_mb: u64,
+    me: RpcEndpointRef<WorkerMsg>,
+}
+
+impl Registration {
+    fn register(&self, master: &RpcEndpointRef<MasterMsg>) -> Result<(), RpcError> {
+        master.ask_sync_timeout::<()>(
+            MasterMsg::RegisterWorker {
+                worker: self.me.clone(),
+                id: self.id.clone(),
+                cores: self.cores,
+                memory_mb: self.memory_mb,
+            },
+            ASK_TIMEOUT,
+        )
+    }
+}
+
+fn register_with_retry(
+    env: &RpcEnv,
+    opts: &WorkerOptions,
+    registration: &Registration,
+) -> Result<RpcEndpointRef<MasterMsg>, String> {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    for attempt in 1.. {
+        let err = match env.setup_endpoint_ref_by_uri::<MasterMsg>(&opts.master) {
+            Ok(master) => match registration.register(&master) {
+                Ok(()) => {
+                    info!("worker {} registered with {}", opts.id, opts.master);
+                    return Ok(master);
+                }
+                Err(RpcError::Remote { message }) => {
+                    return Err(format!("the master refused worker {}: {message}", opts.id));
+                }
+                Err(err) => err,
+            },
+            Err(err @ RpcError::InvalidAddress { .. }) => return Err(err.to_string()),
+            Err(err) => err,
+        };
+        if let Some(limit) = opts.register_timeout {
+            if started.elapsed() + backoff > limit {
+                return Err(format!(
+                    "worker {} could not register with {} within {} ms ({attempt} attempts): {err}",
+                    opts.id,
+                    opts.master,
+                    limit.as_millis()
+                ));
+            }
+        }
+        warn!(
+            "worker {}: registration attempt {attempt} with {} failed ({err}); next in {} ms",
+            opts.id,
+            opts.master,
+            backoff.as_millis()
+        );
+        thread::sleep(backoff);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    unreachable!("the loop returns")
+}
+
+/// The heartbeat thread's tick: one heartbeat ask; registers again when the master asks.
+fn heartbeat(
+    master: RpcEndpointRef<MasterMsg>,
+    registration: Registration,
+    interval: Duration,
+) -> impl FnMut() -> bool + Send + 'static {
+    let timeout = interval.max(Duration::from_secs(1));
+    let mut failing = false;
+    move || {
+        let id = registration.id.clone();
+        match master.ask_sync_timeout::<HeartbeatReply>(MasterMsg::Heartbeat { id }, timeout) {
+            Ok(HeartbeatReply::Ack) => {
+                if std::mem::take(&mut failing) {
+                    info!(
+                        "worker {}: heartbeats reach the master again",
+                        registration.id
+                    );
+                }
+            }
+            Ok(HeartbeatReply::Reregister) => {
+                failing = false;
+                info!(
+                    "worker {}: the master does not know it; registering again",
+                    registration.id
+                );
+                match registration.register(&master) {
+                    Ok(()) => info!("worker {} registered again", registration.id),
+                    Err(err) => warn!(
+                        "worker {}: registering again failed: {err}",
+                        registration.id
+                    ),
+                }
+            }
+            Err(err) => {
+                if !std::mem::replace(&mut failing, true) {
+                    warn!("worker {}: heartbeat failed: {err}", registration.id);
+                }
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,251 @@
+//! The example nodes as separate processes: a `master` and `worker`s started as child
+//! processes, the master's `MASTER …` lines on stdout read to follow what it sees.
+//!
+//! - two workers (one in client mode) register; a driver process (`demo --connect`)
+//!   runs tasks through them; a third worker with a taken id is refused; killing each
+//!   worker makes the master drop it, through its connection closing (the worker timeout
+//!   is set far beyond the wait);
+//! - a worker that stops answering (SIGSTOP) is lost by its heartbeats, and registers
+//!   again when it runs again;
+//! - a worker started before its master keeps trying until the master is there;
+//! - bad flags end with exit status 2 and a message; `--help` prints the usage.
+
+mod example_bins;
+
+// The examples' flag parser, whose unit tests run here.
+#[allow(dead_code)]
+#[path = "../examples/cluster/flags.rs"]
+mod flags;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use example_bins::Node;
+
+/// The bound of every wait for something that should happen soon.
+const WAIT: Duration = Duration::from_secs(30);
+/// How soon the master must drop a killed worker. Far below the worker timeout the
+/// master runs with, so only the closed connection can explain it.
+const NOTICE: Duration = Duration::from_secs(10);
+
+/// Starts a master on a free port of 127.0.0.1 and returns it with its workers' URI.
+fn master(extra: &[&str]) -> (Node, String) {
+    let mut args = vec!["--port", "0", "--worker-timeout", "60s"];
+    args.extend_from_slice(extra);
+    let mut master = Node::spawn("master", "master", &args);
+    let line = master.expect_line("MASTER listening on", WAIT, |l| {
+        l.starts_with("MASTER listening on ")
+    });
+    let address = line["MASTER listening on ".len()..].trim().to_owned();
+    (master, format!("rpc://Master@{address}"))
+}
+
+#[test]
+fn the_master_drops_killed_workers() {
+    let (mut master, uri) = master(&[]);
+    let mut w1 = Node::spawn(
+        "w1",
+        "worker",
+        &["--master", &uri, "--id", "w1", "--client-mode"],
+    );
+    let mut w2 = Node::spawn(
+        "w2",
+        "worker",
+        &["--master", &uri, "--id", "w2", "--port", "0"],
+    );
+    for id in ["w1", "w2"] {
+        let registered = format!("MASTER worker registered id={id} ");
+        if !master.saw(&registered) {
+            master.expect_line(&registered, WAIT, |l| l.starts_with(&registered));
+        }
+    }
+    w1.expect_line("w1's registration", WAIT, |l| {
+        l.starts_with("WORKER registered id=w1 ")
+    });
+    w2.expect_line("w2's registration", WAIT, |l| {
+        l.starts_with("WORKER registered id=w2 ")
+    });
+
+    // A driver process runs tasks through them (the demo, driving this master).
+    let mut driver = Node::spawn("driver", "demo", &["--connect", &uri, "--tasks", "40"]);
+    let status = driver.wait_exit(WAIT);
+    assert!(
+        status.success() && driver.saw("DEMO OK tasks=40/40 "),
+        "the driver: {status}\n{}",
+        driver.output()
+    );
+    assert!(
+        driver.saw("  per worker   w1 ") && driver.saw(", w2 "),
+        "both workers run tasks\n{}",
+        driver.output()
+    );
+
+    // A worker whose id is taken is refused, and says so.
+    let mut duplicate = Node::spawn(
+        "w2-again",
+        "worker",
+        &["--master", &uri, "--id", "w2", "--client-mode"],
+    );
+    let status = duplicate.wait_exit(WAIT);
+    assert!(
+        !status.success() && duplicate.saw("duplicate worker id w2"),
+        "a second w2 must be refused ({status})\n{}",
+        duplicate.output()
+    );
+    master.expect_line("the refusal", WAIT, |l| {
+        l.starts_with("MASTER worker refused id=w2 ")
+    });
+
+    // Killed (SIGKILL): the client-mode worker's only connection closes.
+    w1.kill();
+    let lost = master.expect_line("w1 lost", NOTICE, |l| {
+        l.starts_with("MASTER worker lost id=w1 ")
+    });
+    assert!(!lost.contains("no heartbeat"), "{lost}");
+    assert!(
+        !master.saw("MASTER worker lost id=w2 "),
+        "w2 is still alive\n{}",
+        master.output()
+    );
+
+    // The worker with a listener: its connections close.
+    w2.kill();
+    let lost = master.expect_line("w2 lost", NOTICE, |l| {
+        l.starts_with("MASTER worker lost id=w2 ")
+    });
+    assert!(!lost.contains("no heartbeat"), "{lost}");
+    master.kill();
+}
+
+#[test]
+fn a_worker_waits_for_its_master() {
+    // A port that was free a moment ago; the master, started later, must get it.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let uri = format!("rpc://Master@127.0.0.1:{port}");
+    let mut worker = Node::spawn(
+        "w1",
+        "worker",
+        &["--master", &uri, "--id", "w1", "--client-mode"],
+    );
+    worker.expect_line("a failed registration attempt", WAIT, |l| {
+        l.contains("registration attempt 1 ")
+    });
+    let mut master = Node::spawn(
+        "master",
+        "master",
+        &["--port", &port.to_string(), "--worker-timeout", "60s"],
+    );
+    let listening = master.expect_line("MASTER listening on", WAIT, |l| {
+        l.starts_with("MASTER listening on ")
+    });
+    assert!(
+        listening.ends_with(&format!(":{port}")),
+        "the port was taken meanwhile: {listening}"
+    );
+    master.expect_line("w1's registration", WAIT, |l| {
+        l.starts_with("MASTER worker registered id=w1 ")
+    });
+    worker.expect_line("w1's registration", WAIT, |l| {
+        l.starts_with("WORKER registered id=w1 ")
+    });
+}
+
+#[test]
+fn bad_flags_exit_2_with_a_message() {
+    for (example, args, message) in [
+        ("master", &["--bogus"][..], "unknown flag --bogus"),
+        (
+            "master",
+            &["--port", "seventy"][..],
+            "bad value 'seventy' for --port",
+        ),
+        (
+            "master",
+            &["--worker-timeout", "5h"][..],
+            "--worker-timeout",
+        ),
+        (
+            "worker",
+            &["--client-mode", "--port", "7078"][..],
+            "--client-mode and --port exclude each other",
+        ),
+        ("worker", &["--cores"][..], "--cores needs a value"),
+        ("demo", &["--kill", "w9"][..], "bad value 'w9' for --kill"),
+    ] {
+        let mut node = Node::spawn(example, example, args);
+        let status = node.wait_exit(WAIT);
+        assert_eq!(
+            status.code(),
+            Some(2),
+            "{example} {args:?}\n{}",
+            node.output()
+        );
+        assert!(
+            node.saw(message) && node.saw("--help"),
+            "{example} {args:?}: expected '{message}' and a pointer to --help\n{}",
+            node.output()
+        );
+    }
+    for example in ["master", "worker", "demo"] {
+        let mut node = Node::spawn(example, example, &["--help"]);
+        let status = node.wait_exit(WAIT);
+        assert!(
+            status.success(),
+            "{example} --help: {status}\n{}",
+            node.output()
+        );
+        assert!(node.saw("Usage:"), "{example} --help\n{}", node.output());
+    }
+}
+
+/// A worker that stops answering (SIGSTOP) keeps its connection open: the master loses
+/// it by its heartbeats, and once it runs again it is told to register again.
+#[cfg(unix)]
+#[test]
+fn a_silent_worker_is_lost_by_its_heartbeats_and_registers_again() {
+    use std::process::Command;
+
+    let mut master = Node::spawn(
+        "master",
+        "master",
+        &["--port", "0", "--worker-timeout", "2s"],
+    );
+    let line = master.expect_line("MASTER listening on", WAIT, |l| {
+        l.starts_with("MASTER listening on ")
+    });
+    let uri = format!(
+        "rpc://Master@{}",
+        line["MASTER listening on ".len()..].trim()
+    );
+    let mut worker = Node::spawn(
+        "w1",
+        "worker",
+        &["--master", &uri, "--id", "w1", "--heartbeat", "200ms"],
+    );
+    master.expect_line("w1's registration", WAIT, |l| {
+        l.starts_with("MASTER worker registered id=w1 ")
+    });
+    let signal = |sig: &str| {
+        let status = Command::new("kill")
+            .args([sig, &worker.pid().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill {sig}: {status}");
+    };
+    signal("-STOP");
+    let lost = master.expect_line("w1 lost", WAIT, |l| {
+        l.starts_with("MASTER worker lost id=w1 ")
+    });
+    signal("-CONT");
+    assert!(lost.contains("no heartbeat"), "{lost}\n{}", master.output());
+    master.expect_line("the unknown heartbeat", WAIT, |l| {
+        l.starts_with("MASTER worker unknown id=w1 ")
+    });
+    master.expect_line("w1's second registration", WAIT, |l| {
+        l.starts_with("MASTER worker registered id=w1 ")
+    });
+    worker.kill();
+}
