@@ -18,11 +18,8 @@
 //!
 //! and logs through `env_logger` on stderr (`RUST_LOG=debug` for more).
 //!
-//! Stopping: type `quit` and Enter for a clean shutdown (the endpoints stop, the
-//! connections close). Ctrl-C and SIGTERM end the process with their default action (the
-//! crate has no signal-handling dependency): the kernel closes its sockets and the peers
-//! see the connections close at once, as for a crash, which is what workers handle
-//! anyway. With stdin closed (`< /dev/null`) it runs until it is killed.
+//! Stopping: Ctrl-C, SIGTERM, or `quit` and Enter on stdin shut its env down cleanly
+//! (the endpoints stop, the connections close, the workers see it at once).
 
 #[path = "cluster/mod.rs"]
 mod cluster;
@@ -38,7 +35,7 @@ fn main() -> ExitCode {
     let args = Cli::new(
         "master",
         "A master node: registers workers, watches their heartbeats and connections, runs \
-         submitted tasks on them. Type `quit` to stop it cleanly.",
+         submitted tasks on them. Ctrl-C, SIGTERM or `quit` on stdin stop it cleanly.",
     )
     .flag(
         "host",

@@ -11,10 +11,10 @@
 //! connection it opened to the master.
 //!
 //! It prints `WORKER registered id=ID master=URI address=ADDRESS` on stdout once
-//! registered. Stopping: type `quit` and Enter for a clean shutdown. Ctrl-C and SIGTERM
-//! end the process with their default action (no signal-handling dependency); the
-//! kernel closes its connections and the master notices at once (or, if the machine
-//! vanished, after `--worker-timeout` without heartbeats).
+//! registered. Stopping: Ctrl-C, SIGTERM, or `quit` and Enter on stdin shut its env
+//! down cleanly (its endpoints stop, its connections close) and the master notices at
+//! once; if the machine vanishes instead, the master notices after `--worker-timeout`
+//! without heartbeats.
 
 #[path = "cluster/mod.rs"]
 mod cluster;
@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     let args = Cli::new(
         "worker",
         "A worker node: registers with the master, sends heartbeats, runs tasks. Type \
-         `quit` to stop it cleanly.",
+         `quit` on stdin, Ctrl-C or SIGTERM stop it cleanly.",
     )
     .flag(
         "master",

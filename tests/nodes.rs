@@ -249,3 +249,40 @@ fn a_silent_worker_is_lost_by_its_heartbeats_and_registers_again() {
     });
     worker.kill();
 }
+
+/// SIGTERM (as Ctrl-C) shuts a worker's env down cleanly: it exits 0, and the master
+/// sees its connection close at once.
+#[cfg(unix)]
+#[test]
+fn sigterm_shuts_a_worker_down_cleanly_and_the_master_notices() {
+    use std::process::Command;
+
+    let mut master = Node::spawn("master", "master", &["--port", "0"]);
+    let line = master.expect_line("MASTER listening on", WAIT, |l| {
+        l.starts_with("MASTER listening on ")
+    });
+    let uri = format!(
+        "rpc://Master@{}",
+        line["MASTER listening on ".len()..].trim()
+    );
+    let mut worker = Node::spawn("w1", "worker", &["--master", &uri, "--id", "w1"]);
+    master.expect_line("w1's registration", WAIT, |l| {
+        l.starts_with("MASTER worker registered id=w1 ")
+    });
+    let status = Command::new("kill")
+        .args(["-TERM", &worker.pid().to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -TERM: {status}");
+    let exit = worker.wait_exit(WAIT);
+    assert!(exit.success(), "worker exit {exit}\n{}", worker.output());
+    assert!(
+        worker.saw("stopping: a signal"),
+        "the worker did not shut down through its handler\n{}",
+        worker.output()
+    );
+    master.expect_line("w1 lost", NOTICE, |l| {
+        l.starts_with("MASTER worker lost id=w1 ")
+    });
+    master.kill();
+}

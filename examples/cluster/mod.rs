@@ -170,18 +170,37 @@ pub(crate) fn init_logger() {
         .init();
 }
 
-/// Blocks until a line `quit` (or `exit`) is read from stdin. On end of input (stdin
-/// closed or `/dev/null`) it keeps blocking: the process then runs until it is killed.
+/// Blocks until Ctrl-C (SIGINT), SIGTERM, SIGHUP, or a line `quit` (or `exit`) on
+/// stdin; the caller then shuts its env down cleanly. On end of input (stdin closed or
+/// `/dev/null`) only the signals end the wait. The stdin reader is a detached thread:
+/// it may stay blocked in `read` until the process exits.
 pub(crate) fn wait_for_quit() {
-    for line in std::io::stdin().lock().lines() {
-        match line {
-            Ok(line) if matches!(line.trim(), "quit" | "exit") => return,
-            Ok(_) => {}
-            Err(_) => break,
-        }
+    let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+    let on_signal = tx.clone();
+    if let Err(err) = ctrlc::set_handler(move || {
+        let _ = on_signal.send("a signal");
+    }) {
+        log::warn!("cannot catch Ctrl-C/SIGTERM ({err}); type quit to stop");
     }
-    loop {
-        std::thread::park();
+    let reader = std::thread::Builder::new()
+        .name("stdin-quit".into())
+        .spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                match line {
+                    Ok(line) if matches!(line.trim(), "quit" | "exit") => {
+                        let _ = tx.send("quit on stdin");
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+    if let Err(err) = reader {
+        log::warn!("cannot read stdin ({err}); stop with Ctrl-C");
+    }
+    if let Ok(why) = rx.recv() {
+        log::info!("stopping: {why}");
     }
 }
 
