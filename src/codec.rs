@@ -47,8 +47,12 @@ fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
-/// Serializes `value`; `what` names it in errors (e.g. "message for endpoint echo").
-pub(crate) fn encode<T: Serialize + ?Sized>(value: &T, what: &str) -> Result<Vec<u8>, RpcError> {
+/// Serializes `value`; `what` names it in errors (e.g. "message for endpoint echo"). It
+/// is rendered only for an error, so callers pass `format_args!` on the hot path.
+pub(crate) fn encode<T: Serialize + ?Sized>(
+    value: &T,
+    what: impl fmt::Display,
+) -> Result<Vec<u8>, RpcError> {
     bincode::serde::encode_to_vec(value, config()).map_err(|err| encode_error(what, err))
 }
 
@@ -58,7 +62,7 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T, what: &str) -> Result<Vec
 pub(crate) fn encode_into<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
-    what: &str,
+    what: impl fmt::Display,
 ) -> Result<(), RpcError> {
     let start = out.len();
     match bincode::serde::encode_into_std_write(value, out, config()) {
@@ -74,7 +78,10 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
 /// value in errors.
 ///
 /// Safe on untrusted bytes: see the module documentation.
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, RpcError> {
+pub(crate) fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+    what: impl fmt::Display,
+) -> Result<T, RpcError> {
     let seed = Bounded {
         inner: PhantomData::<T>,
         limits: Limits {
@@ -83,28 +90,28 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T,
         },
     };
     let (value, read) = bincode::serde::seed_decode_from_slice(seed, bytes, config())
-        .map_err(|err| decode_error(what, err))?;
+        .map_err(|err| decode_error(&what, err))?;
     if read != bytes.len() {
         return Err(RpcError::decode(
-            what,
+            what.to_string(),
             format!("{} trailing bytes", bytes.len() - read),
         ));
     }
     Ok(value)
 }
 
-fn encode_error(what: &str, err: bincode::error::EncodeError) -> RpcError {
+fn encode_error(what: impl fmt::Display, err: bincode::error::EncodeError) -> RpcError {
     let reason = match err {
         bincode::error::EncodeError::OtherString(reason) => reason,
         err => err.to_string(),
     };
     RpcError::Encode {
-        what: what.to_owned(),
+        what: what.to_string(),
         reason,
     }
 }
 
-fn decode_error(what: &str, err: bincode::error::DecodeError) -> RpcError {
+fn decode_error(what: impl fmt::Display, err: bincode::error::DecodeError) -> RpcError {
     let reason = match err {
         bincode::error::DecodeError::UnexpectedEnd { additional } => {
             format!("truncated: at least {additional} more bytes needed")
@@ -112,7 +119,7 @@ fn decode_error(what: &str, err: bincode::error::DecodeError) -> RpcError {
         bincode::error::DecodeError::OtherString(reason) => reason,
         err => err.to_string(),
     };
-    RpcError::decode(what, reason)
+    RpcError::decode(what.to_string(), reason)
 }
 
 /// What a [`Bounded`] adapter enforces at its level of the value.

@@ -28,7 +28,7 @@ use crate::transport::{Responder, TransportClient};
 pub(crate) trait Content: Send {
     fn as_any(&self) -> &dyn Any;
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
-    fn encode(&self, what: &str) -> Result<Vec<u8>, RpcError>;
+    fn encode(&self, what: &dyn fmt::Display) -> Result<Vec<u8>, RpcError>;
 }
 
 impl<T: Serialize + Send + 'static> Content for T {
@@ -40,7 +40,7 @@ impl<T: Serialize + Send + 'static> Content for T {
         self
     }
 
-    fn encode(&self, what: &str) -> Result<Vec<u8>, RpcError> {
+    fn encode(&self, what: &dyn fmt::Display) -> Result<Vec<u8>, RpcError> {
         codec::encode(self, what)
     }
 }
@@ -50,7 +50,7 @@ impl<T: Serialize + Send + 'static> Content for T {
 pub(crate) fn downcast_or_decode<T: DeserializeOwned + 'static>(
     content: Box<dyn Content>,
     env: &Arc<EnvInner>,
-    what: &str,
+    what: impl fmt::Display,
 ) -> Result<T, RpcError> {
     if content.as_any().is::<T>() {
         if let Ok(value) = content.into_any().downcast::<T>() {
@@ -58,7 +58,7 @@ pub(crate) fn downcast_or_decode<T: DeserializeOwned + 'static>(
         }
         unreachable!("the type was checked");
     }
-    let bytes = content.encode(what)?;
+    let bytes = content.encode(&what)?;
     decode_scope(env, None, || codec::decode::<T>(&bytes, what))
 }
 
@@ -268,21 +268,14 @@ fn into_typed<T: DeserializeOwned + 'static>(
     call: &Call,
 ) -> Result<T, RpcError> {
     let env = &call.env;
-    let typed = match outcome? {
-        Reply::Local(content) => downcast_or_decode(content, env, "reply"),
+    let what = format_args!("reply of {}", call.info.what);
+    match outcome? {
+        Reply::Local(content) => downcast_or_decode(content, env, what),
         Reply::Remote { body, client } => {
             let payload = envelope::decode_reply(&body)?;
-            decode_scope(env, Some(&client), || codec::decode::<T>(payload, "reply"))
+            decode_scope(env, Some(&client), || codec::decode::<T>(payload, what))
         }
-    };
-    // The message names the ask only when there is an error to report.
-    typed.map_err(|err| match err {
-        RpcError::Decode { reason, .. } => RpcError::Decode {
-            what: format!("reply of {}", call.info.what),
-            reason,
-        },
-        other => other,
-    })
+    }
 }
 
 /// An ask under way: its reply, its failure or its timeout, when it comes.
@@ -496,16 +489,9 @@ impl RpcCallContext {
                 call.complete(Ok(Reply::Local(Box::new(value))));
             }
             Some(ReplyTarget::Remote(responder)) => {
-                let body = envelope::encode_reply(&value, "reply").unwrap_or_else(|err| {
-                    let err = match err {
-                        RpcError::Encode { reason, .. } => RpcError::Encode {
-                            what: format!("reply of endpoint {}", self.endpoint),
-                            reason,
-                        },
-                        other => other,
-                    };
-                    envelope::encode_reply_error(&err)
-                });
+                let what = format_args!("reply of endpoint {}", self.endpoint);
+                let body = envelope::encode_reply(&value, what)
+                    .unwrap_or_else(|err| envelope::encode_reply_error(&err));
                 responder.reply(body);
             }
             None => {}

@@ -112,47 +112,37 @@ impl Dispatcher {
             .get()
             .and_then(Weak::upgrade)
             .filter(|inbox| !inbox.is_stopped());
-        self.post_to(cached, &target.name, msg, || target.uri())
-    }
-
-    /// Posts `msg` to the endpoint called `name`; `uri` names it in a not-found error.
-    pub(crate) fn post_named(
-        &self,
-        name: &str,
-        msg: InboxMessage,
-        uri: impl FnOnce() -> String,
-    ) -> Result<(), RpcError> {
-        self.post_to(None, name, msg, uri)
-    }
-
-    fn post_to(
-        &self,
-        cached: Option<Arc<Inbox>>,
-        name: &str,
-        msg: InboxMessage,
-        uri: impl FnOnce() -> String,
-    ) -> Result<(), RpcError> {
         let inbox = match cached {
-            Some(inbox) => Some(inbox),
-            None => {
-                let registry = self.registry.read();
-                if registry.stopped {
-                    drop(registry);
-                    return fail(msg, RpcError::EnvStopped);
-                }
-                registry.endpoints.get(name).cloned()
-            }
+            Some(inbox) => inbox,
+            None => match self.resolve(&target.name, || target.uri()) {
+                Ok(inbox) => inbox,
+                Err(error) => return fail(msg, error),
+            },
         };
-        let error = match inbox {
-            Some(inbox) => return inbox.post(msg),
-            None if self.recently_stopped.lock().iter().any(|n| n == name) => {
-                RpcError::EndpointStopped {
-                    name: name.to_owned(),
-                }
-            }
-            None => RpcError::EndpointNotFound { uri: uri() },
-        };
-        fail(msg, error)
+        inbox.post(msg)
+    }
+
+    /// The inbox of the endpoint called `name`, or why there is none: the env stopped,
+    /// the endpoint stopped, or it is unknown (`uri` names it then).
+    pub(crate) fn resolve(
+        &self,
+        name: &str,
+        uri: impl FnOnce() -> String,
+    ) -> Result<Arc<Inbox>, RpcError> {
+        let registry = self.registry.read();
+        if registry.stopped {
+            return Err(RpcError::EnvStopped);
+        }
+        if let Some(inbox) = registry.endpoints.get(name) {
+            return Ok(Arc::clone(inbox));
+        }
+        drop(registry);
+        if self.recently_stopped.lock().iter().any(|n| n == name) {
+            return Err(RpcError::EndpointStopped {
+                name: name.to_owned(),
+            });
+        }
+        Err(RpcError::EndpointNotFound { uri: uri() })
     }
 
     /// Posts an event to every endpoint (dropped once the env is stopping).

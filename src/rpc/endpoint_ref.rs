@@ -75,14 +75,11 @@ impl RefInner {
         if let Some(client) = &self.client {
             return Route::Client(client);
         }
-        if self.env_id == self.env.id() || self.address.as_ref() == self.env.address() {
-            return Route::Local;
-        }
         match &self.address {
+            _ if self.env.is_self(self.env_id, self.address.as_ref()) => Route::Local,
             Some(address) => Route::Remote(address),
-            // A client-mode endpoint of an env that is neither this one nor connected to
-            // it: deserialization binds such refs to a connection, so this is only a ref
-            // whose connection is unknown; treat it as this env's (see the guide).
+            // A client-mode endpoint without a connection: deserialization binds those of
+            // other envs to the connection they came over, so this one is this env's.
             None => Route::Local,
         }
     }
@@ -263,7 +260,6 @@ impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
                 let _ = env.dispatcher().post(
                     inner,
                     InboxMessage::Ask {
-                        sender: env.address().cloned(),
                         payload: Payload::Local(Box::new(msg)),
                         reply,
                     },
@@ -359,8 +355,7 @@ impl<'de, M> Deserialize<'de> for RpcEndpointRef<M> {
                      to the receiving env",
                 )
             })?;
-        let ours = wire.env_id == env.id()
-            || (wire.address.is_some() && wire.address.as_ref() == env.address());
+        let ours = env.is_self(wire.env_id, wire.address.as_ref());
         let inbox = OnceLock::new();
         if ours {
             if let Some(local) = env.dispatcher().inbox(&wire.name) {

@@ -349,8 +349,8 @@ impl RpcEnv {
     /// endpoint of another env is [`RpcError::EndpointNotFound`].
     pub fn stop<M>(&self, endpoint: &RpcEndpointRef<M>) -> Result<(), RpcError> {
         let target = endpoint.inner();
-        let ours = target.client.is_none()
-            && (target.env_id == self.inner.id || target.address == self.inner.address);
+        let ours =
+            target.client.is_none() && self.inner.is_self(target.env_id, target.address.as_ref());
         if !ours {
             return Err(RpcError::EndpointNotFound { uri: target.uri() });
         }
@@ -457,6 +457,11 @@ impl EnvInner {
 
     pub(crate) fn connect_pool(&self) -> &ConnectPool {
         &self.connect_pool
+    }
+
+    /// Whether a reference with this target env id and address points into this env.
+    pub(crate) fn is_self(&self, env_id: u64, address: Option<&RpcAddress>) -> bool {
+        env_id == self.id || (address.is_some() && address == self.address.as_ref())
     }
 
     pub(crate) fn check_running(&self) -> Result<(), RpcError> {

@@ -58,13 +58,11 @@ pub(crate) fn encode_request<M: Serialize + ?Sized>(
         None => out.push(0),
     }
     put_str(&mut out, receiver, "endpoint name")?;
-    codec::encode_into(content, &mut out, "message").map_err(|err| match err {
-        RpcError::Encode { reason, .. } => RpcError::Encode {
-            what: format!("message for endpoint {receiver}"),
-            reason,
-        },
-        other => other,
-    })?;
+    codec::encode_into(
+        content,
+        &mut out,
+        format_args!("message for endpoint {receiver}"),
+    )?;
     Ok(out)
 }
 
@@ -166,7 +164,7 @@ enum WireError {
 /// A reply body carrying `value`.
 pub(crate) fn encode_reply<T: Serialize + ?Sized>(
     value: &T,
-    what: &str,
+    what: impl std::fmt::Display,
 ) -> Result<Vec<u8>, RpcError> {
     let mut out = Vec::with_capacity(16);
     out.push(REPLY_OK);

@@ -47,13 +47,19 @@ impl RpcEnvHandler {
         self.env.get().and_then(Weak::upgrade)
     }
 
-    /// Posts `Connected(address)` for `client`'s connection unless it was announced.
-    pub(crate) fn announce(&self, client: &TransportClient, address: &RpcAddress) {
-        let Some(env) = self.env() else { return };
+    /// Posts `Connected(address)` for `client`'s connection unless it was announced;
+    /// `address` is made only then.
+    pub(crate) fn announce(
+        &self,
+        env: &EnvInner,
+        client: &TransportClient,
+        address: impl FnOnce() -> RpcAddress,
+    ) {
         let mut announced = self.announced.lock();
         if !client.is_active() || announced.contains_key(&client.id()) {
             return;
         }
+        let address = address();
         announced.insert(client.id(), address.clone());
         debug!(
             "connection {} announced as {address} to the endpoints of {}",
@@ -75,17 +81,18 @@ impl RpcEnvHandler {
         }
     }
 
-    fn announce_sender(&self, client: &TransportClient, sender: Option<&RpcAddress>) {
-        if self.announced.lock().contains_key(&client.id()) {
-            return;
-        }
-        match sender {
-            Some(address) => self.announce(client, address),
-            None => self.announce(
-                client,
-                &RpcAddress::from_socket_addr(client.remote_address()),
-            ),
-        }
+    /// Announces an inbound connection with its sender's listen address, or its socket
+    /// address when the sender is a client-mode env.
+    fn announce_sender(
+        &self,
+        env: &EnvInner,
+        client: &TransportClient,
+        sender: Option<&RpcAddress>,
+    ) {
+        self.announce(env, client, || match sender {
+            Some(address) => address.clone(),
+            None => RpcAddress::from_socket_addr(client.remote_address()),
+        });
     }
 }
 
@@ -104,11 +111,19 @@ impl RpcHandler for RpcEnvHandler {
             responder.fail("cannot decode the request envelope");
             return;
         };
-        self.announce_sender(client, sender.as_ref());
-        let name: Arc<str> = receiver.into();
-        let reply = RpcCallContext::remote(responder, Arc::clone(&name), sender.clone());
+        self.announce_sender(&env, client, sender.as_ref());
+        let inbox = match env
+            .dispatcher()
+            .resolve(receiver, || endpoint_uri(env.address(), receiver))
+        {
+            Ok(inbox) => inbox,
+            Err(err) => {
+                responder.reply(envelope::encode_reply_error(&err));
+                return;
+            }
+        };
+        let reply = RpcCallContext::remote(responder, Arc::clone(inbox.name()), sender);
         let msg = InboxMessage::Ask {
-            sender,
             payload: Payload::Remote {
                 body: message,
                 start: content_start,
@@ -117,9 +132,7 @@ impl RpcHandler for RpcEnvHandler {
             reply,
         };
         // A failure is answered through the context the message carries.
-        let _ = env
-            .dispatcher()
-            .post_named(&name, msg, || endpoint_uri(env.address(), &name));
+        let _ = inbox.post(msg);
     }
 
     fn receive_one_way(&self, client: &TransportClient, message: Vec<u8>) {
@@ -127,20 +140,26 @@ impl RpcHandler for RpcEnvHandler {
         let Some(header) = self.header(client, &message) else {
             return;
         };
-        self.announce_sender(client, header.sender.as_ref());
-        let name = header.receiver.to_owned();
-        let msg = InboxMessage::OneWay {
-            sender: header.sender,
-            payload: Payload::Remote {
-                start: header.content_start,
-                body: message,
-                client: client.clone(),
-            },
-        };
-        if let Err(err) = env
+        self.announce_sender(&env, client, header.sender.as_ref());
+        let RequestHeader {
+            sender,
+            receiver,
+            content_start,
+        } = header;
+        let posted = env
             .dispatcher()
-            .post_named(&name, msg, || endpoint_uri(env.address(), &name))
-        {
+            .resolve(receiver, || endpoint_uri(env.address(), receiver))
+            .and_then(|inbox| {
+                inbox.post(InboxMessage::OneWay {
+                    sender,
+                    payload: Payload::Remote {
+                        start: content_start,
+                        body: message,
+                        client: client.clone(),
+                    },
+                })
+            });
+        if let Err(err) = posted {
             warn!(
                 "one-way message from {} dropped: {err}",
                 client.remote_address()

@@ -37,8 +37,8 @@ pub(crate) enum InboxMessage {
         sender: Option<RpcAddress>,
         payload: Payload,
     },
+    /// The sender is the reply context's.
     Ask {
-        sender: Option<RpcAddress>,
         payload: Payload,
         reply: RpcCallContext,
     },

@@ -226,24 +226,17 @@ impl<E: RpcEndpoint> Typed<E> {
     }
 
     fn decode(&self, payload: Payload) -> Result<E::Message, RpcError> {
-        let decoded = match payload {
-            Payload::Local(content) => downcast_or_decode(content, &self.env, "message"),
+        let what = format_args!("message for endpoint {}", self.name);
+        match payload {
+            Payload::Local(content) => downcast_or_decode(content, &self.env, what),
             Payload::Remote {
                 body,
                 start,
                 client,
             } => decode_scope(&self.env, Some(&client), || {
-                codec::decode::<E::Message>(&body[start..], "message")
+                codec::decode::<E::Message>(&body[start..], what)
             }),
-        };
-        // The endpoint is named only when there is an error to report.
-        decoded.map_err(|err| match err {
-            RpcError::Decode { reason, .. } => RpcError::Decode {
-                what: format!("message for endpoint {}", self.name),
-                reason,
-            },
-            other => other,
-        })
+        }
     }
 
     /// Runs endpoint code; a panic goes to `on_error`.
@@ -295,12 +288,8 @@ impl<E: RpcEndpoint> Handler for Typed<E> {
                     }
                 }
             }
-            InboxMessage::Ask {
-                sender,
-                payload,
-                reply,
-            } => {
-                self.ctx.set_sender(sender);
+            InboxMessage::Ask { payload, reply } => {
+                self.ctx.set_sender(reply.sender_address());
                 match self.decode(payload) {
                     Ok(msg) => self.guard(|e, _| e.receive_and_reply(msg, reply)),
                     Err(err) => {

@@ -143,7 +143,7 @@ impl Outbox {
             .create_client(address.host(), address.port())
         {
             Ok(client) => {
-                env.handler().announce(&client, address);
+                env.handler().announce(&env, &client, || address.clone());
                 let mut state = self.state.lock();
                 state.connecting = false;
                 if state.stopped {
