@@ -10,6 +10,10 @@
 #![cfg(target_os = "linux")]
 #![allow(clippy::disallowed_types)] // tests use std's types directly
 
+mod proc_threads;
+
+use proc_threads::rpc_threads;
+
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -38,22 +42,6 @@ impl RpcEndpoint for Solo {
     fn threading(&self) -> Threading {
         Threading::Dedicated
     }
-}
-
-/// The names of this process's threads that start with `rpc-`, sorted.
-fn rpc_threads() -> Vec<String> {
-    let mut names = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
-        let comm = task.expect("task").path().join("comm");
-        if let Ok(name) = std::fs::read_to_string(comm) {
-            let name = name.trim().to_owned();
-            if name.starts_with("rpc-") {
-                names.push(name);
-            }
-        }
-    }
-    names.sort();
-    names
 }
 
 fn count(threads: &[String], name: &str) -> usize {

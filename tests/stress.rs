@@ -1,60 +1,18 @@
 //! The `stress` example as a user runs it: short runs in each mode against an in-process
 //! server, a `--serve` process with a `--connect` client process, and bad flags.
 //!
-//! The binary is `target/<profile>/examples/stress`, next to this test's own directory.
-//! `cargo test` builds it before running tests, but `cargo test --test stress` does not,
-//! so the first test to need it runs `cargo build --example stress` (a no-op when it is
-//! up to date) rather than test a stale binary.
+//! The binary is built, if needed, by `example_bins` (shared with the node tests).
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+mod example_bins;
+
+use example_bins::{Node, example};
+use std::io::Read;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
-use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 /// A run that takes longer than this is killed and fails the test.
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// The stress binary, built (once per test process) if needed.
-fn stress_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test executable's path");
-        // target/<profile>/deps/stress-HASH → target/<profile>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test executable is in target/<profile>/deps");
-        let bin = profile_dir
-            .join("examples")
-            .join(format!("stress{}", std::env::consts::EXE_SUFFIX));
-        let mut build = Command::new(env!("CARGO"));
-        build
-            .args(["build", "--quiet", "--example", "stress"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => {}
-            Some("release") => {
-                build.arg("--release");
-            }
-            Some(profile) => {
-                build.args(["--profile", profile]);
-            }
-        }
-        let status = build
-            .status()
-            .expect("running cargo build --example stress");
-        assert!(status.success(), "cargo build --example stress: {status}");
-        assert!(
-            bin.is_file(),
-            "no stress binary at {} (run `cargo build --example stress`)",
-            bin.display()
-        );
-        bin
-    })
-}
 
 /// Reads all of a child's pipe on a thread of its own.
 fn collect(pipe: impl Read + Send + 'static, name: &str) -> JoinHandle<String> {
@@ -67,18 +25,6 @@ fn collect(pipe: impl Read + Send + 'static, name: &str) -> JoinHandle<String> {
             text
         })
         .expect("spawning a collector thread")
-}
-
-/// A child process that is killed if the test lets go of it (a failed assertion too).
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
 }
 
 /// Waits for `child` up to [`LIMIT`]; kills it and panics past that.
@@ -143,7 +89,7 @@ impl std::fmt::Display for Output {
 /// Runs the stress binary with `args` to the end (within [`LIMIT`]).
 fn run(args: &[&str]) -> Output {
     let what = format!("stress {}", args.join(" "));
-    let mut child = Command::new(stress_bin())
+    let mut child = Command::new(example("stress"))
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -160,9 +106,16 @@ fn run(args: &[&str]) -> Output {
     }
 }
 
+/// A short in-process run: 3 clients of 2,000 messages in `mode`, then `extra` flags.
+fn short_run(mode: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["--clients", "3", "--messages", "2000", "--mode", mode];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
 #[test]
 fn mixed_run_loses_nothing() {
-    let out = run(&["--clients", "3", "--messages", "2000", "--mode", "mixed"]);
+    let out = short_run("mixed", &[]);
     out.assert_passed();
     assert!(out.stdout.contains("6000 sent"), "{out}");
     assert!(out.stdout.contains("ask latency   p50"), "{out}");
@@ -172,34 +125,14 @@ fn mixed_run_loses_nothing() {
 
 #[test]
 fn send_run_loses_nothing() {
-    let out = run(&[
-        "--clients",
-        "3",
-        "--messages",
-        "2000",
-        "--mode",
-        "send",
-        "--quiet",
-    ]);
+    let out = short_run("send", &["--quiet"]);
     out.assert_passed();
     assert!(out.stdout.contains("(6000 one-way, 0 asks)"), "{out}");
 }
 
 #[test]
 fn ask_run_loses_nothing() {
-    let out = run(&[
-        "--clients",
-        "3",
-        "--messages",
-        "2000",
-        "--mode",
-        "ask",
-        "--window",
-        "4",
-        "--payload",
-        "1k",
-        "--quiet",
-    ]);
+    let out = short_run("ask", &["--window", "4", "--payload", "1k", "--quiet"]);
     out.assert_passed();
     assert!(out.stdout.contains("(0 one-way, 6000 asks)"), "{out}");
     assert_eq!(out.result("bad_replies"), 0, "{out}");
@@ -207,50 +140,18 @@ fn ask_run_loses_nothing() {
 
 #[test]
 fn shared_dispatcher_run_loses_nothing() {
-    let out = run(&[
-        "--clients",
-        "3",
-        "--messages",
-        "2000",
-        "--mode",
-        "mixed",
-        "--threading",
-        "shared",
-        "--quiet",
-    ]);
+    let out = short_run("mixed", &["--threading", "shared", "--quiet"]);
     out.assert_passed();
     assert!(out.stdout.contains("on the shared dispatcher"), "{out}");
 }
 
 #[test]
 fn serve_and_connect_in_separate_processes() {
-    let mut server = Guard(
-        Command::new(stress_bin())
-            .args(["--serve", "--port", "0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting stress --serve"),
-    );
-    let stdout = server.0.stdout.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    thread::Builder::new()
-        .name("serve-stdout".into())
-        .spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        })
-        .expect("spawning the reader");
-    let line = rx
-        .recv_timeout(LIMIT)
-        .expect("stress --serve printed no line within the limit");
-    let uri = line
-        .trim()
-        .strip_prefix("STRESS serving on ")
-        .unwrap_or_else(|| panic!("unexpected first line of stress --serve: {line:?}"))
-        .to_owned();
+    let mut server = Node::spawn("serve", "stress", &["--serve", "--port", "0"]);
+    let line = server.expect_line("its address", LIMIT, |l| {
+        l.starts_with("STRESS serving on ")
+    });
+    let uri = line["STRESS serving on ".len()..].trim().to_owned();
     assert!(uri.starts_with("rpc://stress@127.0.0.1:"), "{uri}");
 
     let out = run(&[
@@ -271,8 +172,9 @@ fn serve_and_connect_in_separate_processes() {
     );
     // The server outlives its clients.
     assert!(
-        matches!(server.0.try_wait(), Ok(None)),
-        "stress --serve exited after the run"
+        server.is_running(),
+        "stress --serve exited after the run\n{}",
+        server.output()
     );
     // A second run against the same server is counted on its own.
     run(&[

@@ -6,6 +6,10 @@
 #![cfg(target_os = "linux")]
 #![allow(clippy::disallowed_types)] // tests use std's Arc directly
 
+mod proc_threads;
+
+use proc_threads::rpc_threads;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,22 +25,6 @@ impl RpcHandler for Echo {
     fn receive(&self, _client: &TransportClient, message: Vec<u8>, responder: Responder) {
         responder.reply(message);
     }
-}
-
-/// The names of this process's threads that start with `rpc-`.
-fn rpc_threads() -> Vec<String> {
-    let mut names = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
-        let comm = task.expect("task").path().join("comm");
-        if let Ok(name) = std::fs::read_to_string(comm) {
-            let name = name.trim().to_owned();
-            if name.starts_with("rpc-") {
-                names.push(name);
-            }
-        }
-    }
-    names.sort();
-    names
 }
 
 /// A server, a factory, and a client that has made one round trip.

@@ -19,7 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// The examples the tests run.
-const EXAMPLES: [&str; 3] = ["master", "worker", "demo"];
+const EXAMPLES: [&str; 4] = ["master", "worker", "demo", "stress"];
 
 /// How many of a child's last lines a failure message shows.
 const SHOWN: usize = 60;
@@ -181,6 +181,11 @@ impl Node {
             }
         }
         self.status.expect("set above")
+    }
+
+    /// Whether the process still runs.
+    pub(crate) fn is_running(&mut self) -> bool {
+        self.status.is_none() && matches!(self.child.try_wait(), Ok(None))
     }
 
     /// The process id.

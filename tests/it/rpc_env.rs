@@ -13,12 +13,15 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rpcenv::{
-    EndpointContext, RpcAddress, RpcCallContext, RpcConf, RpcEndpoint, RpcEndpointRef, RpcEnv,
-    RpcError, Threading,
+    EndpointContext, RpcAddress, RpcCallContext, RpcEndpoint, RpcEndpointRef, RpcEnv, RpcError,
+    Threading,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::support::{HOST, PROMPTLY, init_logger, join, recv_within, spawn};
+use crate::support::{
+    HOST, PROMPTLY, address_of, client_env, client_env_with, init_logger, join, recv_within,
+    rpc_conf, server_env, server_env_with, spawn,
+};
 
 /// The bound of every wait for something that should happen soon; only catches hangs.
 const WAIT: Duration = Duration::from_secs(10);
@@ -26,49 +29,6 @@ const WAIT: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-/// The configuration of every env here: the CI box has 2 cores.
-fn conf() -> RpcConf {
-    RpcConf::new()
-        .set("rpc.io.threads", "2")
-        .set("rpc.dispatcher.numThreads", "2")
-}
-
-/// A server env on 127.0.0.1 and a free port, with `conf`.
-fn server_env_with(name: &str, conf: RpcConf) -> RpcEnv {
-    init_logger();
-    RpcEnv::builder(name)
-        .bind_address(HOST)
-        .port(0)
-        .conf(conf)
-        .build()
-        .unwrap_or_else(|err| panic!("server env {name}: {err}"))
-}
-
-/// A server env on 127.0.0.1 and a free port.
-fn server_env(name: &str) -> RpcEnv {
-    server_env_with(name, conf())
-}
-
-/// A client-mode env (no listener), with `conf`.
-fn client_env_with(name: &str, conf: RpcConf) -> RpcEnv {
-    init_logger();
-    RpcEnv::builder(name)
-        .client_mode(true)
-        .conf(conf)
-        .build()
-        .unwrap_or_else(|err| panic!("client env {name}: {err}"))
-}
-
-/// A client-mode env (no listener).
-fn client_env(name: &str) -> RpcEnv {
-    client_env_with(name, conf())
-}
-
-/// The listen address of a server env.
-fn addr(env: &RpcEnv) -> RpcAddress {
-    env.address().expect("a server env has an address")
-}
 
 /// What a [`Recorder`] (or another test endpoint) saw.
 #[derive(Debug)]
@@ -262,7 +222,7 @@ fn rpc_env_suite_send_a_message_remotely() {
     server.setup_endpoint("send-remotely", endpoint).unwrap();
     let client = client_env("client");
     let r = client
-        .setup_endpoint_ref::<String>(&addr(&server), "send-remotely")
+        .setup_endpoint_ref::<String>(&address_of(&server), "send-remotely")
         .unwrap();
     r.send("hello".to_owned()).unwrap();
     expect_event(
@@ -311,12 +271,12 @@ fn rpc_env_suite_send_a_rpc_endpoint_ref() {
         .unwrap();
     let client = client_env("client");
     let remote = client
-        .setup_endpoint_ref::<RefMsg>(&addr(&server), "send-ref")
+        .setup_endpoint_ref::<RefMsg>(&address_of(&server), "send-ref")
         .unwrap();
     for r in [&local, &remote] {
         let received: RpcEndpointRef<RefMsg> = r.ask_sync_timeout(RefMsg::GetSelf, WAIT).unwrap();
         assert_eq!(received.name(), "send-ref");
-        assert_eq!(received.address(), Some(addr(&server)));
+        assert_eq!(received.address(), Some(address_of(&server)));
         let echo: String = received
             .ask_sync_timeout(RefMsg::Echo("Echo".into()), WAIT)
             .unwrap();
@@ -345,7 +305,7 @@ fn rpc_env_suite_ask_a_message_remotely() {
     server.setup_endpoint("ask-remotely", endpoint).unwrap();
     let client = client_env("client");
     let r = client
-        .setup_endpoint_ref::<String>(&addr(&server), "ask-remotely")
+        .setup_endpoint_ref::<String>(&address_of(&server), "ask-remotely")
         .unwrap();
     let reply: String = r.ask_sync_timeout("hello".to_owned(), WAIT).unwrap();
     assert_eq!(reply, "hello");
@@ -373,7 +333,7 @@ fn rpc_env_suite_ask_a_message_timeout() {
     let local = server.setup_endpoint("ask-timeout", Sleepy).unwrap();
     let client = client_env("client");
     let remote = client
-        .setup_endpoint_ref::<u64>(&addr(&server), "ask-timeout")
+        .setup_endpoint_ref::<u64>(&address_of(&server), "ask-timeout")
         .unwrap();
     for r in [&local, &remote] {
         let short = Duration::from_millis(1);
@@ -436,7 +396,7 @@ fn rpc_env_suite_ask_a_message_abort() {
         .unwrap();
     let client = client_env("client");
     let remote = client
-        .setup_endpoint_ref::<String>(&addr(&server), "ask-abort")
+        .setup_endpoint_ref::<String>(&address_of(&server), "ask-abort")
         .unwrap();
     for r in [&local, &remote] {
         let pending = r.ask_timeout::<String>("block".to_owned(), WAIT);
@@ -801,7 +761,7 @@ fn rpc_env_suite_send_with_reply_remotely() {
     server.setup_endpoint("send-with-reply", Ack).unwrap();
     let client = client_env("client");
     let r = client
-        .setup_endpoint_ref::<String>(&addr(&server), "send-with-reply")
+        .setup_endpoint_ref::<String>(&address_of(&server), "send-with-reply")
         .unwrap();
     let reply: String = r.ask("hi".to_owned()).wait_timeout(WAIT).unwrap();
     assert_eq!(reply, "ack");
@@ -833,7 +793,7 @@ fn rpc_env_suite_send_with_reply_remotely_error() {
     server.setup_endpoint("send-with-reply-error", Ack).unwrap();
     let client = client_env("client");
     let r = client
-        .setup_endpoint_ref::<String>(&addr(&server), "send-with-reply-error")
+        .setup_endpoint_ref::<String>(&address_of(&server), "send-with-reply-error")
         .unwrap();
     assert_oops(r.ask::<String>("fail".to_owned()).wait_timeout(WAIT));
     client.shutdown();
@@ -849,7 +809,7 @@ fn rpc_env_suite_network_events_in_server_env_when_another_env_is_in_server_mode
     env1.setup_endpoint("network-events", endpoint1).unwrap();
     let (endpoint2, rx2) = recorder();
     env2.setup_endpoint("network-events", endpoint2).unwrap();
-    let addr2 = addr(&env2);
+    let addr2 = address_of(&env2);
 
     let ref2 = env1
         .setup_endpoint_ref::<String>(&addr2, "network-events")
@@ -884,7 +844,7 @@ fn rpc_env_suite_network_events_in_server_env_when_another_env_is_in_client_mode
     server.setup_endpoint("network-events", endpoint).unwrap();
     let client = client_env("client");
     let r = client
-        .setup_endpoint_ref::<String>(&addr(&server), "network-events")
+        .setup_endpoint_ref::<String>(&address_of(&server), "network-events")
         .unwrap();
     r.send("hello".to_owned()).unwrap();
 
@@ -896,7 +856,7 @@ fn rpc_env_suite_network_events_in_server_env_when_another_env_is_in_client_mode
     // A client-mode env is known by the socket address of its connection.
     assert_eq!(peer.host(), HOST);
     assert_ne!(peer.port(), 0);
-    assert_ne!(peer, addr(&server));
+    assert_ne!(peer, address_of(&server));
     expect_event(
         &rx,
         "hello",
@@ -926,7 +886,7 @@ fn rpc_env_suite_network_events_in_client_env_when_another_env_is_in_server_mode
     server
         .setup_endpoint("network-events", server_endpoint)
         .unwrap();
-    let server_addr = addr(&server);
+    let server_addr = address_of(&server);
 
     let r = client
         .setup_endpoint_ref::<String>(&server_addr, "network-events")
@@ -987,7 +947,7 @@ fn rpc_env_suite_send_with_reply_unserializable_error() {
         .unwrap();
     let client = client_env("client");
     let r = client
-        .setup_endpoint_ref::<String>(&addr(&server), "unserializable-error")
+        .setup_endpoint_ref::<String>(&address_of(&server), "unserializable-error")
         .unwrap();
     let err = r
         .ask_sync_timeout::<String>("hi".to_owned(), WAIT)
@@ -1007,14 +967,14 @@ fn rpc_env_suite_send_with_reply_unserializable_error() {
 #[test]
 fn rpc_env_suite_port_conflict() {
     let first = server_env("first");
-    let taken = addr(&first).port();
+    let taken = address_of(&first).port();
     let second = RpcEnv::builder("second")
         .bind_address(HOST)
         .port(taken)
-        .conf(conf())
+        .conf(rpc_conf())
         .build()
         .expect("a second env next to the taken port");
-    let port = addr(&second).port();
+    let port = address_of(&second).port();
     assert_ne!(port, taken);
     assert_ne!(port, 0);
     second.shutdown();
@@ -1030,13 +990,13 @@ fn rpc_env_suite_authentication_and_encryption_are_refused() {
     init_logger();
     let cases = [
         (
-            conf()
+            rpc_conf()
                 .set("rpc.authenticate", "true")
                 .set("rpc.authenticate.secret", "good"),
             "rpc.authenticate",
         ),
         (
-            conf().set("rpc.io.encryption.enabled", "true"),
+            rpc_conf().set("rpc.io.encryption.enabled", "true"),
             "rpc.io.encryption.enabled",
         ),
     ];
@@ -1087,14 +1047,14 @@ impl RpcEndpoint for Hoarder {
 // through `ask_sync` and through `ask(..).wait()`.
 #[test]
 fn rpc_env_suite_ask_a_message_timeout_on_future_using_rpc_timeout() {
-    let short = conf().set("rpc.askTimeout", "200ms");
+    let short = rpc_conf().set("rpc.askTimeout", "200ms");
     let server = server_env_with("server", short.clone());
     let local = server
         .setup_endpoint("ask-future", Hoarder::default())
         .unwrap();
     let client = client_env_with("client", short);
     let remote = client
-        .setup_endpoint_ref::<String>(&addr(&server), "ask-future")
+        .setup_endpoint_ref::<String>(&address_of(&server), "ask-future")
         .unwrap();
     let after = Duration::from_millis(200);
     for r in [&local, &remote] {
@@ -1114,7 +1074,7 @@ fn rpc_env_suite_spark_14699_shutdown_does_not_fire_on_disconnected() {
     let env = server_env("server");
     let (echo, _echo_rx) = recorder();
     env.setup_endpoint("SPARK-14699", echo).unwrap();
-    let env_addr = addr(&env);
+    let env_addr = address_of(&env);
 
     let another = server_env("remote");
     let (endpoint, rx) = recorder();
@@ -1186,7 +1146,7 @@ impl RpcEndpoint for ThreadName {
 // shared ones.
 #[test]
 fn rpc_env_suite_isolated_endpoints() {
-    let env = server_env_with("local", conf().set("rpc.dispatcher.numThreads", "1"));
+    let env = server_env_with("local", rpc_conf().set("rpc.dispatcher.numThreads", "1"));
     let (started_tx, started_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel();
     let isolated = env
@@ -1236,7 +1196,7 @@ fn rpc_env_suite_isolated_endpoints() {
 #[test]
 fn netty_rpc_env_suite_non_existent_endpoint() {
     let server = server_env("server");
-    let server_addr = addr(&server);
+    let server_addr = address_of(&server);
     let expected = format!("rpc://nonexist-endpoint@127.0.0.1:{}", server_addr.port());
     let client = client_env("client");
     for env in [&client, &server] {
@@ -1261,10 +1221,10 @@ fn netty_rpc_env_suite_advertise_address_different_from_bind_address() {
         .bind_address(HOST)
         .advertise_address("example.com")
         .port(0)
-        .conf(conf())
+        .conf(rpc_conf())
         .build()
         .unwrap();
-    let address = addr(&env);
+    let address = address_of(&env);
     assert_eq!(address.host(), "example.com");
     assert_ne!(address.port(), 0);
     assert!(address.to_string().starts_with("example.com:"), "{address}");
@@ -1304,7 +1264,7 @@ fn netty_rpc_env_suite_panic_is_sent_back_and_dispatcher_survives() {
         .unwrap();
     let env = server_env("env");
     let remote = env
-        .setup_endpoint_ref::<Probe>(&addr(&another), "StackOverflowError")
+        .setup_endpoint_ref::<Probe>(&address_of(&another), "StackOverflowError")
         .unwrap();
     for r in [&remote, &local] {
         for _ in 0..2 {
@@ -1390,7 +1350,7 @@ fn netty_rpc_env_suite_spark_31233_ask_client_mode_ref_timeout() {
         .unwrap();
     let client = client_env("remote");
     let server_ref = client
-        .setup_endpoint_ref::<ServerMsg>(&addr(&server), "ask-remotely-server")
+        .setup_endpoint_ref::<ServerMsg>(&address_of(&server), "ask-remotely-server")
         .unwrap();
     let another = client
         .setup_endpoint("another-receiver", SlowReceiver)

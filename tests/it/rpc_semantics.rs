@@ -11,66 +11,23 @@
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use rpcenv::{
-    EndpointContext, Pending, RpcAddress, RpcCallContext, RpcConf, RpcEndpoint, RpcEndpointRef,
-    RpcEnv, RpcError, Threading,
+    EndpointContext, Pending, RpcAddress, RpcCallContext, RpcEndpoint, RpcEndpointRef, RpcEnv,
+    RpcError, Threading,
 };
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::support::{
-    ClientSide, HOST, LONG, assert_connection_error, init_logger, join, recv_within, spawn,
-    wait_for,
+    ClientSide, HOST, LONG, address_of, assert_connection_error, client_env, init_logger, join,
+    lock, recv_within, rpc_conf, server_env, server_env_with, spawn, wait_for,
 };
 
 /// The bound on anything that must happen "at once" (the ask timeout in play is 60 s).
 const PROMPT: Duration = Duration::from_secs(10);
-
-/// `rpc.askTimeout` and `rpc.lookupTimeout` of every env here: a call that ends before it
-/// did not wait for its timeout.
-fn conf() -> RpcConf {
-    RpcConf::new()
-        .set("rpc.io.threads", "2")
-        .set("rpc.dispatcher.numThreads", "2")
-        .set("rpc.askTimeout", "60s")
-        .set("rpc.lookupTimeout", "60s")
-}
-
-fn server_env_with(name: &str, conf: RpcConf) -> RpcEnv {
-    init_logger();
-    RpcEnv::builder(name)
-        .bind_address(HOST)
-        .port(0)
-        .conf(conf)
-        .build()
-        .expect("a server env on 127.0.0.1:0")
-}
-
-fn server_env(name: &str) -> RpcEnv {
-    server_env_with(name, conf())
-}
-
-fn client_env(name: &str) -> RpcEnv {
-    init_logger();
-    RpcEnv::builder(name)
-        .client_mode(true)
-        .conf(conf())
-        .build()
-        .expect("a client-mode env")
-}
-
-fn address_of(env: &RpcEnv) -> RpcAddress {
-    env.address().expect("a server env has an address")
-}
-
-/// Locks a test mutex, ignoring poisoning (a failed assertion elsewhere must not turn
-/// into a second, confusing panic here).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// Runs `f` and asserts it took less than [`PROMPT`].
 #[track_caller]
@@ -1181,7 +1138,10 @@ impl RpcEndpoint for Length {
 #[test]
 fn next_message_after_the_peer_closed_the_connection_reconnects_to_the_same_peer() {
     // The server refuses frames above 1 KiB by closing the connection they came on.
-    let server = server_env_with("reconnect-server", conf().set("rpc.message.maxSize", "1k"));
+    let server = server_env_with(
+        "reconnect-server",
+        rpc_conf().set("rpc.message.maxSize", "1k"),
+    );
     let port = address_of(&server).port();
     server.setup_endpoint("length", Length).unwrap();
     let client = client_env("reconnect-client");
@@ -1646,7 +1606,7 @@ fn binding_the_wildcard_without_an_advertise_address_is_a_config_error() {
         let result = RpcEnv::builder("wildcard")
             .bind_address(host)
             .port(0)
-            .conf(conf())
+            .conf(rpc_conf())
             .build();
         match result {
             Err(err @ RpcError::Config { .. }) => {
@@ -1928,4 +1888,44 @@ fn refs_to_client_mode_endpoints_of_different_envs_are_not_equal() {
     assert_eq!(set.len(), 2);
     a.shutdown();
     b.shutdown();
+}
+
+#[test]
+fn a_network_error_reaches_every_endpoint_with_the_peers_address_then_the_disconnect() {
+    let server = server_env_with("network-error", rpc_conf().set("rpc.message.maxSize", "1k"));
+    let (tx, events) = mpsc::channel();
+    server.setup_endpoint("watcher", Watcher(tx)).unwrap();
+    // A hand-built ask from a peer that says it listens on 10.9.8.7:4321.
+    let peer = RpcAddress::new("10.9.8.7", 4321);
+    let mut ask = vec![1, 1];
+    ask.extend_from_slice(&(peer.host().len() as u16).to_be_bytes());
+    ask.extend_from_slice(peer.host().as_bytes());
+    ask.extend_from_slice(&peer.port().to_be_bytes());
+    ask.extend_from_slice(&envelope("watcher", &[5])[2..]);
+    let raw = ClientSide::new(&[]);
+    let client = raw.connect(address_of(&server).port());
+    assert_eq!(client.send_rpc_sync(ask, LONG).unwrap(), [0, 5]);
+    assert_eq!(recv_within(&events, 10), Event::Connected(peer.clone()));
+    // A frame above the server's rpc.message.maxSize: it closes the connection.
+    client.send(vec![0u8; 4096]).unwrap();
+    assert_eq!(recv_within(&events, 10), Event::NetworkError(peer.clone()));
+    assert_eq!(recv_within(&events, 10), Event::Disconnected(peer));
+    server.shutdown();
+}
+
+#[test]
+fn the_timeout_thread_fails_an_ask_nobody_waits_for_at_its_deadline() {
+    let (env, sink, arrived) = sink_env("unwaited-timeout");
+    let mut pending: Pending<u32> = sink.ask_timeout(1, Duration::from_millis(50));
+    recv_within(&arrived, 10);
+    // Nobody blocks in wait(): only the rpc-timeout thread can end the ask.
+    wait_for("the ask to time out by itself", 10, || pending.is_done());
+    match pending.try_wait() {
+        Some(Err(RpcError::Timeout { after, key, .. })) => {
+            assert_eq!(after, Duration::from_millis(50));
+            assert_eq!(key, "the timeout given to ask_timeout");
+        }
+        other => panic!("expected a Timeout, got {other:?}"),
+    }
+    env.shutdown();
 }

@@ -13,7 +13,7 @@ use rpcenv::transport::{
     Responder, RpcHandler, TransportClient, TransportClientFactory, TransportConf,
     TransportContext, TransportServer,
 };
-use rpcenv::{RpcConf, RpcError};
+use rpcenv::{RpcAddress, RpcConf, RpcEnv, RpcError};
 
 /// The host every test binds and connects to.
 pub(crate) const HOST: &str = "127.0.0.1";
@@ -39,9 +39,56 @@ pub(crate) fn transport_conf(overrides: &[(&str, &str)]) -> TransportConf {
     TransportConf::from_conf(&conf).expect("the test configuration is valid")
 }
 
+/// The configuration of the RPC tests' envs: 2 I/O and 2 dispatcher threads (the CI box
+/// has 2 cores), and ask and lookup timeouts of [`LONG`], so that a call which ends
+/// sooner did not wait for its timeout.
+pub(crate) fn rpc_conf() -> RpcConf {
+    RpcConf::new()
+        .set("rpc.io.threads", "2")
+        .set("rpc.dispatcher.numThreads", "2")
+        .set("rpc.askTimeout", "60s")
+        .set("rpc.lookupTimeout", "60s")
+}
+
+/// A server env on 127.0.0.1 and a free port, with `conf`.
+pub(crate) fn server_env_with(name: &str, conf: RpcConf) -> RpcEnv {
+    init_logger();
+    RpcEnv::builder(name)
+        .bind_address(HOST)
+        .port(0)
+        .conf(conf)
+        .build()
+        .unwrap_or_else(|err| panic!("server env {name}: {err}"))
+}
+
+/// A server env on 127.0.0.1 and a free port, with [`rpc_conf`].
+pub(crate) fn server_env(name: &str) -> RpcEnv {
+    server_env_with(name, rpc_conf())
+}
+
+/// A client-mode env (no listener), with `conf`.
+pub(crate) fn client_env_with(name: &str, conf: RpcConf) -> RpcEnv {
+    init_logger();
+    RpcEnv::builder(name)
+        .client_mode(true)
+        .conf(conf)
+        .build()
+        .unwrap_or_else(|err| panic!("client env {name}: {err}"))
+}
+
+/// A client-mode env (no listener), with [`rpc_conf`].
+pub(crate) fn client_env(name: &str) -> RpcEnv {
+    client_env_with(name, rpc_conf())
+}
+
+/// The listen address of a server env.
+pub(crate) fn address_of(env: &RpcEnv) -> RpcAddress {
+    env.address().expect("a server env has an address")
+}
+
 /// Locks a test mutex, ignoring poisoning (a failed assertion elsewhere must not turn
 /// into a second, confusing panic here).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
