@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 
 use rpcenv::RpcError;
 use rpcenv::transport::TransportContext;
-use socket2::{Domain, Socket, Type};
 
 use crate::support::{
-    Fixture, HOST, PROMPTLY, TestHandler, assert_connection_error, assert_echo, join, spawn,
-    transport_conf, wait_for,
+    Fixture, HOST, PROMPTLY, TestHandler, assert_connection_error, assert_echo, join, refused_port,
+    spawn, transport_conf, wait_for,
 };
 
 /// Spark `reuseClientsUpToConfigVariable`: 10 × n sequential `create_client` calls give at
@@ -154,18 +153,7 @@ fn close_factory_before_create_client() {
 #[test]
 fn connect_to_port_nobody_listens_on_fails_promptly() {
     crate::support::init_logger();
-    // A socket bound but not listening holds the port, so nothing else can take it, and
-    // a connect to it is refused.
-    let holder = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a socket");
-    holder
-        .bind(
-            &"127.0.0.1:0"
-                .parse::<std::net::SocketAddr>()
-                .unwrap()
-                .into(),
-        )
-        .expect("bind");
-    let port = holder.local_addr().unwrap().as_socket().unwrap().port();
+    let (holder, port) = refused_port();
 
     let ctx = TransportContext::new(transport_conf(&[]), TestHandler::new());
     let factory = ctx.create_client_factory();
@@ -191,16 +179,7 @@ fn disabled_connection_timeout_keeps_idle_clients_and_still_fails_connects() {
     assert_echo(&client, b"x");
     std::thread::sleep(Duration::from_millis(1500));
     assert!(client.is_active());
-    let holder = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a socket");
-    holder
-        .bind(
-            &"127.0.0.1:0"
-                .parse::<std::net::SocketAddr>()
-                .unwrap()
-                .into(),
-        )
-        .expect("bind");
-    let port = holder.local_addr().unwrap().as_socket().unwrap().port();
+    let (_holder, port) = refused_port();
     let err = f.factory.create_client(HOST, port).unwrap_err();
     assert!(matches!(err, RpcError::Connection { .. }), "{err:?}");
     assert!(std::error::Error::source(&err).is_some(), "{err:?}");

@@ -9,7 +9,6 @@
 //! upper bound that only catches a call that waited for its timeout, or hung.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -23,7 +22,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::support::{
     ClientSide, HOST, LONG, address_of, assert_connection_error, client_env, init_logger, join,
-    lock, recv_within, rpc_conf, server_env, server_env_with, spawn, wait_for,
+    lock, recv_within, refused_port, rpc_conf, server_env, server_env_with, spawn, wait_for,
 };
 
 /// The bound on anything that must happen "at once" (the ask timeout in play is 60 s).
@@ -49,12 +48,6 @@ fn assert_connection_or_env_stopped(err: &RpcError, port: u16) {
     if !matches!(err, RpcError::EnvStopped) {
         assert_connection_error(err, port);
     }
-}
-
-/// A free port nobody listens on (bound, then released).
-fn dead_port() -> u16 {
-    let listener = TcpListener::bind((HOST, 0)).expect("a listener on 127.0.0.1:0");
-    listener.local_addr().expect("its address").port()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1055,7 +1048,7 @@ fn messages_from_peers_are_decoded_on_the_endpoints_thread_not_on_an_io_thread()
 
 #[test]
 fn lookup_at_a_port_nobody_listens_on_fails_promptly_with_connection_naming_the_peer() {
-    let port = dead_port();
+    let (_holder, port) = refused_port();
     let client = client_env("dead-port");
     let address = RpcAddress::new(HOST, port);
     let err = promptly("a lookup at a dead port", || {

@@ -81,6 +81,22 @@ pub(crate) fn client_env(name: &str) -> RpcEnv {
     client_env_with(name, rpc_conf())
 }
 
+/// A port a connect to is refused: held by a socket that is bound but not listening, so
+/// nothing else takes it while the returned socket lives.
+pub(crate) fn refused_port() -> (socket2::Socket, u16) {
+    use socket2::{Domain, Socket, Type};
+    let holder = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a socket");
+    let any: SocketAddr = (std::net::Ipv4Addr::LOCALHOST, 0).into();
+    holder.bind(&any.into()).expect("bind 127.0.0.1:0");
+    let port = holder
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("a bound address")
+        .port();
+    (holder, port)
+}
+
 /// The listen address of a server env.
 pub(crate) fn address_of(env: &RpcEnv) -> RpcAddress {
     env.address().expect("a server env has an address")
