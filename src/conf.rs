@@ -33,8 +33,26 @@ pub(crate) mod keys {
     pub(crate) const IO_RECEIVE_BUFFER: &str = "rpc.io.receiveBuffer";
     /// `SO_SNDBUF`.
     pub(crate) const IO_SEND_BUFFER: &str = "rpc.io.sendBuffer";
+    /// Bytes of frames a connection queues to write before senders wait.
+    pub(crate) const IO_MAX_QUEUED_BYTES: &str = "rpc.io.maxQueuedBytes";
+    /// How long a send or ask waits for room in a full queue.
+    pub(crate) const IO_SEND_TIMEOUT: &str = "rpc.io.sendTimeout";
+    /// `TCP_KEEPIDLE`; 0 turns keep-alive off.
+    pub(crate) const IO_KEEP_ALIVE_IDLE: &str = "rpc.io.keepAliveIdle";
+    /// `TCP_KEEPINTVL`.
+    pub(crate) const IO_KEEP_ALIVE_INTERVAL: &str = "rpc.io.keepAliveInterval";
+    /// `TCP_KEEPCNT`.
+    pub(crate) const IO_KEEP_ALIVE_COUNT: &str = "rpc.io.keepAliveCount";
+    /// `TCP_USER_TIMEOUT`.
+    pub(crate) const IO_TCP_USER_TIMEOUT: &str = "rpc.io.tcpUserTimeout";
+    /// Limit on a connection silent since accept, or stalled in the middle of a frame.
+    pub(crate) const IO_FRAME_TIMEOUT: &str = "rpc.io.frameTimeout";
+    /// Inbound connections a server holds at once.
+    pub(crate) const IO_MAX_CONNECTIONS: &str = "rpc.io.maxConnections";
     /// Shared message-loop threads.
     pub(crate) const DISPATCHER_NUM_THREADS: &str = "rpc.dispatcher.numThreads";
+    /// Bytes of messages an endpoint's inbox holds from one sender.
+    pub(crate) const DISPATCHER_INBOX_CAPACITY: &str = "rpc.dispatcher.inboxCapacity";
     /// Ceiling of the connect thread pool.
     pub(crate) const CONNECT_THREADS: &str = "rpc.connect.threads";
     /// Require the shared-secret handshake.
@@ -110,9 +128,66 @@ pub(crate) const KEYS: &[KeyInfo] = &[
         meaning: "socket send buffer, SO_SNDBUF (size, 1 to 2147483647 bytes)",
     },
     KeyInfo {
+        key: keys::IO_MAX_QUEUED_BYTES,
+        default: "4m",
+        meaning: "bytes of frames one connection queues to write, and again per endpoint \
+                  of the peer whose window is used up; senders wait beyond it \
+                  (size, 1k to 2147483647 bytes)",
+    },
+    KeyInfo {
+        key: keys::IO_SEND_TIMEOUT,
+        default: "30s",
+        meaning: "how long a send or ask waits for room in a full queue before \
+                  QueueFull (duration; 0: never wait)",
+    },
+    KeyInfo {
+        key: keys::IO_KEEP_ALIVE_IDLE,
+        default: "5s",
+        meaning: "TCP keep-alive: quiet time before the first probe, TCP_KEEPIDLE \
+                  (whole seconds, 1s to 32767s; 0 turns keep-alive off)",
+    },
+    KeyInfo {
+        key: keys::IO_KEEP_ALIVE_INTERVAL,
+        default: "2s",
+        meaning: "TCP keep-alive: time between probes, TCP_KEEPINTVL \
+                  (whole seconds, 1s to 32767s)",
+    },
+    KeyInfo {
+        key: keys::IO_KEEP_ALIVE_COUNT,
+        default: "3",
+        meaning: "TCP keep-alive: unanswered probes before the connection is dropped, \
+                  TCP_KEEPCNT (integer, 1 to 127)",
+    },
+    KeyInfo {
+        key: keys::IO_TCP_USER_TIMEOUT,
+        default: "10s",
+        meaning: "how long sent data may stay unacknowledged before the connection is \
+                  dropped, TCP_USER_TIMEOUT (duration, 1ms to 4294967295ms; 0: the OS \
+                  default)",
+    },
+    KeyInfo {
+        key: keys::IO_FRAME_TIMEOUT,
+        default: "30s",
+        meaning: "an inbound connection that sends no whole frame this long after it \
+                  connects, or any connection stalled this long in the middle of a frame, \
+                  is closed (duration; 0 disables)",
+    },
+    KeyInfo {
+        key: keys::IO_MAX_CONNECTIONS,
+        default: "3/4 of the open-file limit",
+        meaning: "inbound connections a server env holds at once; more are closed as \
+                  they are accepted (integer, 1 to 1048576)",
+    },
+    KeyInfo {
         key: keys::DISPATCHER_NUM_THREADS,
         default: "max(2, cores)",
         meaning: "shared message-loop threads, rpc-dispatcher-N (integer, 1 to 1024)",
+    },
+    KeyInfo {
+        key: keys::DISPATCHER_INBOX_CAPACITY,
+        default: "4m",
+        meaning: "bytes of messages an endpoint's inbox holds from one sender; the \
+                  sender waits beyond it (size, 64k to 2147483647 bytes)",
     },
     KeyInfo {
         key: keys::CONNECT_THREADS,
@@ -144,6 +219,11 @@ const MAX_THREADS: usize = 1024;
 const I32_MAX: u64 = i32::MAX as u64;
 /// The smallest `rpc.message.maxSize`: room for any frame header and a small body.
 const MIN_MESSAGE_SIZE: u64 = 64;
+/// The smallest `rpc.dispatcher.inboxCapacity`: the window every sender may use before the
+/// receiving env has said how large its own is (see the flow control in `rpc`).
+pub(crate) const MIN_INBOX_CAPACITY: u64 = 64 * 1024;
+/// The most inbound connections `rpc.io.maxConnections` may allow.
+const MAX_CONNECTIONS: u64 = 1 << 20;
 
 /// String-keyed configuration of an `RpcEnv`, in the manner of Spark's `SparkConf`.
 ///
@@ -191,13 +271,24 @@ const MIN_MESSAGE_SIZE: u64 = 64;
 /// | `rpc.io.backLog` | OS default | integer, 1 to 2147483647 | listen backlog |
 /// | `rpc.io.receiveBuffer` | OS default | size, 1 to 2147483647 bytes | socket receive buffer (`SO_RCVBUF`) |
 /// | `rpc.io.sendBuffer` | OS default | size, 1 to 2147483647 bytes | socket send buffer (`SO_SNDBUF`) |
+/// | `rpc.io.maxQueuedBytes` | `4m` | size, 1k to 2147483647 bytes | per connection: bytes of frames queued to write, and the same again for each endpoint of the peer whose window is used up; a send or ask waits for room beyond it |
+/// | `rpc.io.sendTimeout` | `30s` | duration; `0`: never wait | how long a send or ask waits for room in a full queue before it fails with `QueueFull` (an ask no longer than its own deadline) |
+/// | `rpc.io.keepAliveIdle` | `5s` | whole seconds, 1s to 32767s; `0` turns keep-alive off | TCP keep-alive: quiet time before the first probe (`TCP_KEEPIDLE`) |
+/// | `rpc.io.keepAliveInterval` | `2s` | whole seconds, 1s to 32767s | TCP keep-alive: time between probes (`TCP_KEEPINTVL`) |
+/// | `rpc.io.keepAliveCount` | `3` | integer, 1 to 127 | TCP keep-alive: unanswered probes before the connection is dropped (`TCP_KEEPCNT`; Linux uses `rpc.io.tcpUserTimeout` instead when that is set) |
+/// | `rpc.io.tcpUserTimeout` | `10s` | duration, 1ms to 4294967295ms; `0`: the OS default | how long sent data (or keep-alive probes) may stay unacknowledged before the connection is dropped (`TCP_USER_TIMEOUT`, Linux; ignored elsewhere) |
+/// | `rpc.io.frameTimeout` | `30s` | duration; `0` disables | an inbound connection that sends no whole frame this long after it connects, or any connection stalled this long in the middle of a frame, is closed |
+/// | `rpc.io.maxConnections` | 3/4 of the open-file limit | integer, 1 to 1048576 | inbound connections a server env holds at once; more are closed as they are accepted |
 /// | `rpc.dispatcher.numThreads` | max(2, cores) | integer, 1 to 1024 | shared message-loop threads (`rpc-dispatcher-N`) |
+/// | `rpc.dispatcher.inboxCapacity` | `4m` | size, 64k to 2147483647 bytes | bytes of messages an endpoint's inbox holds from one sender (one connection, or this env's own threads together); beyond it the sender waits |
 /// | `rpc.connect.threads` | `64` | integer, 1 to 1024 | ceiling of the cached `rpc-connect-N` pool that makes connections |
 /// | `rpc.authenticate` | `false` | boolean; `true` is rejected | require the shared-secret handshake (not implemented in this version) |
 /// | `rpc.authenticate.secret` | none | string | the shared secret; accepted and ignored while `rpc.authenticate` is `false` |
 /// | `rpc.io.encryption.enabled` | `false` | boolean; `true` is rejected | encrypt frames after the handshake (not implemented in this version) |
 ///
-/// "cores" is [`std::thread::available_parallelism`] (1 if unknown), at most 1024.
+/// "cores" is [`std::thread::available_parallelism`] (1 if unknown), at most 1024. "The
+/// open-file limit" is the process's soft `RLIMIT_NOFILE` when the env is built (read from
+/// `/proc/self/limits`; 4096 connections when it cannot be read).
 ///
 /// # Dangers
 ///
@@ -335,8 +426,47 @@ impl RpcConf {
                     settings.receive_buffer = Some(size(key, value, 1, I32_MAX)?);
                 }
                 keys::IO_SEND_BUFFER => settings.send_buffer = Some(size(key, value, 1, I32_MAX)?),
+                keys::IO_MAX_QUEUED_BYTES => {
+                    settings.max_queued_bytes = size(key, value, 1024, I32_MAX)?;
+                }
+                keys::IO_SEND_TIMEOUT => settings.send_timeout = duration(key, value)?,
+                keys::IO_KEEP_ALIVE_IDLE => {
+                    let idle = whole_seconds(key, value, true)?;
+                    settings.keep_alive_idle = (!idle.is_zero()).then_some(idle);
+                }
+                keys::IO_KEEP_ALIVE_INTERVAL => {
+                    settings.keep_alive_interval = whole_seconds(key, value, false)?;
+                }
+                keys::IO_KEEP_ALIVE_COUNT => {
+                    settings.keep_alive_count = integer(key, value, 1, 127)?
+                }
+                keys::IO_TCP_USER_TIMEOUT => {
+                    let timeout = duration(key, value)?;
+                    if timeout.as_millis() > u128::from(u32::MAX)
+                        || timeout.subsec_nanos() % 1_000_000 != 0
+                    {
+                        return Err(RpcError::config(
+                            key,
+                            format!(
+                                "{value:?} is out of range (expected whole milliseconds, \
+                                     at most 4294967295ms)"
+                            ),
+                        ));
+                    }
+                    settings.tcp_user_timeout = (!timeout.is_zero()).then_some(timeout);
+                }
+                keys::IO_FRAME_TIMEOUT => {
+                    let timeout = duration(key, value)?;
+                    settings.frame_timeout = (!timeout.is_zero()).then_some(timeout);
+                }
+                keys::IO_MAX_CONNECTIONS => {
+                    settings.max_connections = integer(key, value, 1, MAX_CONNECTIONS)?;
+                }
                 keys::DISPATCHER_NUM_THREADS => {
                     settings.dispatcher_threads = thread_count(key, value)?;
+                }
+                keys::DISPATCHER_INBOX_CAPACITY => {
+                    settings.inbox_capacity = size(key, value, MIN_INBOX_CAPACITY, I32_MAX)?;
                 }
                 keys::CONNECT_THREADS => settings.connect_threads = thread_count(key, value)?,
                 keys::AUTHENTICATE => {
@@ -417,8 +547,26 @@ pub(crate) struct Settings {
     pub(crate) receive_buffer: Option<usize>,
     /// `rpc.io.sendBuffer` in bytes; `None` = the OS default. At most `i32::MAX`.
     pub(crate) send_buffer: Option<usize>,
+    /// `rpc.io.maxQueuedBytes`: 1024 ..= `i32::MAX`.
+    pub(crate) max_queued_bytes: usize,
+    /// `rpc.io.sendTimeout`; zero: never wait.
+    pub(crate) send_timeout: Duration,
+    /// `rpc.io.keepAliveIdle` in whole seconds; `None`: keep-alive off.
+    pub(crate) keep_alive_idle: Option<Duration>,
+    /// `rpc.io.keepAliveInterval` in whole seconds, >= 1.
+    pub(crate) keep_alive_interval: Duration,
+    /// `rpc.io.keepAliveCount`: 1 ..= 127.
+    pub(crate) keep_alive_count: u32,
+    /// `rpc.io.tcpUserTimeout` in whole milliseconds; `None`: the OS default.
+    pub(crate) tcp_user_timeout: Option<Duration>,
+    /// `rpc.io.frameTimeout`; `None` when set to zero (disabled).
+    pub(crate) frame_timeout: Option<Duration>,
+    /// `rpc.io.maxConnections`: 1 ..= 1048576.
+    pub(crate) max_connections: usize,
     /// `rpc.dispatcher.numThreads`: shared message-loop threads, 1 ..= 1024.
     pub(crate) dispatcher_threads: usize,
+    /// `rpc.dispatcher.inboxCapacity` in bytes, 64 KiB ..= `i32::MAX`.
+    pub(crate) inbox_capacity: usize,
     /// `rpc.connect.threads`: ceiling of the connect pool, 1 ..= 1024.
     pub(crate) connect_threads: usize,
 }
@@ -437,7 +585,16 @@ impl Default for Settings {
             backlog: None,
             receive_buffer: None,
             send_buffer: None,
+            max_queued_bytes: 4 << 20,
+            send_timeout: Duration::from_secs(30),
+            keep_alive_idle: Some(Duration::from_secs(5)),
+            keep_alive_interval: Duration::from_secs(2),
+            keep_alive_count: 3,
+            tcp_user_timeout: Some(Duration::from_secs(10)),
+            frame_timeout: Some(Duration::from_secs(30)),
+            max_connections: default_max_connections(),
             dispatcher_threads: cores.max(2),
+            inbox_capacity: 4 << 20,
             connect_threads: 64,
         }
     }
@@ -449,6 +606,24 @@ fn available_cores() -> usize {
     std::thread::available_parallelism()
         .map_or(1, NonZeroUsize::get)
         .min(MAX_THREADS)
+}
+
+/// The default of `rpc.io.maxConnections`: three quarters of the soft open-file limit, so
+/// that a flood of connections leaves descriptors for everything else; 4096 when the
+/// limit cannot be read.
+fn default_max_connections() -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("Max open files"))
+                .and_then(|line| line.split_whitespace().nth(3).map(str::to_owned))
+        })
+        .and_then(|soft| soft.parse::<u64>().ok());
+    match soft {
+        Some(limit) => (limit / 4 * 3).clamp(16, MAX_CONNECTIONS) as usize,
+        None => 4096,
+    }
 }
 
 /// Whether the configuration claims `key` (it starts with `rpc.`, in any case and after
@@ -671,6 +846,26 @@ fn size<T: TryFrom<u64>>(key: &str, value: &str, min: u64, max: u64) -> Result<T
     T::try_from(bytes).map_err(|_| out_of_range())
 }
 
+/// A duration of `key` in whole seconds from 1s to 32767s (the range of the TCP
+/// keep-alive options), or zero when `zero_ok`.
+fn whole_seconds(key: &str, value: &str, zero_ok: bool) -> Result<Duration, RpcError> {
+    let parsed = duration(key, value)?;
+    if parsed.is_zero() && zero_ok {
+        return Ok(parsed);
+    }
+    if parsed.subsec_nanos() != 0 || !(1..=32_767).contains(&parsed.as_secs()) {
+        return Err(RpcError::config(
+            key,
+            format!(
+                "{value:?} is out of range (expected whole seconds from 1s to 32767s{}: \
+                 TCP keep-alive counts seconds)",
+                if zero_ok { ", or 0 to turn it off" } else { "" }
+            ),
+        ));
+    }
+    Ok(parsed)
+}
+
 /// A boolean value of `key`: `true` or `false`, any case.
 fn boolean(key: &str, value: &str) -> Result<bool, RpcError> {
     let trimmed = value.trim();
@@ -723,6 +918,15 @@ mod tests {
         assert_eq!(settings.send_buffer, None);
         assert_eq!(settings.dispatcher_threads, cores.max(2));
         assert_eq!(settings.connect_threads, 64);
+        assert_eq!(settings.max_queued_bytes, 4 << 20);
+        assert_eq!(settings.send_timeout, Duration::from_secs(30));
+        assert_eq!(settings.keep_alive_idle, Some(Duration::from_secs(5)));
+        assert_eq!(settings.keep_alive_interval, Duration::from_secs(2));
+        assert_eq!(settings.keep_alive_count, 3);
+        assert_eq!(settings.tcp_user_timeout, Some(Duration::from_secs(10)));
+        assert_eq!(settings.frame_timeout, Some(Duration::from_secs(30)));
+        assert!(settings.max_connections >= 16);
+        assert_eq!(settings.inbox_capacity, 4 << 20);
         assert_eq!(settings, Settings::default());
     }
 
@@ -736,6 +940,14 @@ mod tests {
             .set(keys::IO_NUM_CONNECTIONS_PER_PEER, "1")
             .set(keys::IO_CONNECTION_TIMEOUT, "120s")
             .set(keys::CONNECT_THREADS, "64")
+            .set(keys::IO_MAX_QUEUED_BYTES, "4m")
+            .set(keys::IO_SEND_TIMEOUT, "30s")
+            .set(keys::IO_KEEP_ALIVE_IDLE, "5s")
+            .set(keys::IO_KEEP_ALIVE_INTERVAL, "2s")
+            .set(keys::IO_KEEP_ALIVE_COUNT, "3")
+            .set(keys::IO_TCP_USER_TIMEOUT, "10s")
+            .set(keys::IO_FRAME_TIMEOUT, "30s")
+            .set(keys::DISPATCHER_INBOX_CAPACITY, "4m")
             .set(keys::AUTHENTICATE, "false")
             .set(keys::IO_ENCRYPTION_ENABLED, "false");
         assert_eq!(conf.settings().unwrap(), Settings::default());
@@ -756,6 +968,15 @@ mod tests {
             .set(keys::IO_SEND_BUFFER, "32k")
             .set(keys::DISPATCHER_NUM_THREADS, "5")
             .set(keys::CONNECT_THREADS, "7")
+            .set(keys::IO_MAX_QUEUED_BYTES, "64k")
+            .set(keys::IO_SEND_TIMEOUT, "0")
+            .set(keys::IO_KEEP_ALIVE_IDLE, "1s")
+            .set(keys::IO_KEEP_ALIVE_INTERVAL, "1")
+            .set(keys::IO_KEEP_ALIVE_COUNT, "2")
+            .set(keys::IO_TCP_USER_TIMEOUT, "1500ms")
+            .set(keys::IO_FRAME_TIMEOUT, "2s")
+            .set(keys::IO_MAX_CONNECTIONS, "100")
+            .set(keys::DISPATCHER_INBOX_CAPACITY, "1m")
             .set(keys::AUTHENTICATE, "False")
             .set(keys::AUTHENTICATE_SECRET, SECRET)
             .set(keys::IO_ENCRYPTION_ENABLED, " FALSE ")
@@ -774,7 +995,16 @@ mod tests {
                 backlog: Some(128),
                 receive_buffer: Some(65_536),
                 send_buffer: Some(32_768),
+                max_queued_bytes: 65_536,
+                send_timeout: Duration::ZERO,
+                keep_alive_idle: Some(Duration::from_secs(1)),
+                keep_alive_interval: Duration::from_secs(1),
+                keep_alive_count: 2,
+                tcp_user_timeout: Some(Duration::from_millis(1500)),
+                frame_timeout: Some(Duration::from_secs(2)),
+                max_connections: 100,
                 dispatcher_threads: 5,
+                inbox_capacity: 1 << 20,
                 connect_threads: 7,
             }
         );
@@ -1023,6 +1253,39 @@ mod tests {
             (keys::DISPATCHER_NUM_THREADS, &["1", "1024"], &["0", "1025"]),
             (keys::CONNECT_THREADS, &["1", "1024"], &["0", "1025"]),
             (
+                keys::IO_MAX_QUEUED_BYTES,
+                &["1k", "2147483647"],
+                &["1023", "0", "2g"],
+            ),
+            (keys::IO_SEND_TIMEOUT, &["0", "1ms", "1h"], &["-1s", "soon"]),
+            (
+                keys::IO_KEEP_ALIVE_IDLE,
+                &["0", "1s", "32767s"],
+                &["500ms", "1500ms", "32768s", "x"],
+            ),
+            (
+                keys::IO_KEEP_ALIVE_INTERVAL,
+                &["1s", "32767"],
+                &["0", "999ms", "32768s"],
+            ),
+            (keys::IO_KEEP_ALIVE_COUNT, &["1", "127"], &["0", "128"]),
+            (
+                keys::IO_TCP_USER_TIMEOUT,
+                &["0", "1ms", "4294967295ms"],
+                &["4294967296ms", "1500us"],
+            ),
+            (keys::IO_FRAME_TIMEOUT, &["0", "1ms", "1h"], &["x"]),
+            (
+                keys::IO_MAX_CONNECTIONS,
+                &["1", "1048576"],
+                &["0", "1048577"],
+            ),
+            (
+                keys::DISPATCHER_INBOX_CAPACITY,
+                &["64k", "2147483647"],
+                &["65535", "0", "2g"],
+            ),
+            (
                 keys::AUTHENTICATE,
                 &["false", "FALSE", " false "],
                 &["true", "1", "no", ""],
@@ -1188,12 +1451,14 @@ mod tests {
             // Every key in the table is accepted by `settings` (with a harmless value).
             let value = match info.key {
                 keys::AUTHENTICATE | keys::IO_ENCRYPTION_ENABLED => "false",
-                keys::MESSAGE_MAX_SIZE => "1m",
+                keys::MESSAGE_MAX_SIZE
+                | keys::IO_MAX_QUEUED_BYTES
+                | keys::DISPATCHER_INBOX_CAPACITY => "1m",
                 _ => "1",
             };
             assert!(with(info.key, value).is_ok(), "{}", info.key);
         }
-        assert_eq!(KEYS.len(), 15);
+        assert_eq!(KEYS.len(), 24);
     }
 
     #[test]

@@ -93,6 +93,22 @@ pub enum RpcError {
         /// The configured maximum in bytes.
         max: u64,
     },
+    /// A queue had no room for a message: the write queue of a connection whose peer does
+    /// not read fast enough (`rpc.io.maxQueuedBytes`), or an endpoint's inbox
+    /// (`rpc.dispatcher.inboxCapacity`), for as long as the sender could wait
+    /// (`rpc.io.sendTimeout`, an ask's own deadline, or not at all for `try_send`).
+    QueueFull {
+        /// Which queue, e.g. `"write queue to 127.0.0.1:7077"`, `"inbox of endpoint echo"`.
+        queue: String,
+        /// Bytes queued when the sender gave up.
+        queued: u64,
+        /// The queue's limit in bytes.
+        limit: u64,
+        /// The configuration key that sets the limit.
+        key: &'static str,
+        /// Whether the sender waited for room (rather than failing at once).
+        waited: bool,
+    },
     /// The authentication handshake failed or was missing.
     Auth {
         /// Why it failed.
@@ -220,6 +236,26 @@ impl fmt::Display for RpcError {
                 "frame of {size} bytes exceeds {} ({max} bytes)",
                 keys::MESSAGE_MAX_SIZE
             ),
+            Self::QueueFull {
+                queue,
+                queued,
+                limit,
+                key,
+                waited,
+            } => {
+                write!(
+                    f,
+                    "{queue} is full: {queued} bytes queued, the limit is {limit} bytes ({key})"
+                )?;
+                if *waited {
+                    write!(
+                        f,
+                        "; no room came within {} or the call's deadline",
+                        keys::IO_SEND_TIMEOUT
+                    )?;
+                }
+                Ok(())
+            }
             Self::Auth { reason } => write!(f, "authentication failed: {reason}"),
             Self::Config { key, reason } => write!(f, "invalid configuration {key}: {reason}"),
             Self::Bind {
@@ -326,6 +362,22 @@ mod tests {
             (
                 RpcError::config("rpc.askTimeout", "bad"),
                 &["rpc.askTimeout"],
+            ),
+            (
+                RpcError::QueueFull {
+                    queue: "write queue to 10.0.0.1:7077".into(),
+                    queued: 4_194_400,
+                    limit: 4_194_304,
+                    key: keys::IO_MAX_QUEUED_BYTES,
+                    waited: true,
+                },
+                &[
+                    "10.0.0.1:7077",
+                    "4194400",
+                    "4194304",
+                    "rpc.io.maxQueuedBytes",
+                    "rpc.io.sendTimeout",
+                ],
             ),
             (
                 RpcError::Bind {

@@ -122,11 +122,12 @@ mod error;
 mod frame;
 mod rpc;
 mod sync;
+mod threads;
 pub mod transport;
 
 pub use crate::conf::RpcConf;
 pub use crate::error::RpcError;
 pub use crate::rpc::{
-    EndpointContext, Pending, RpcAddress, RpcCallContext, RpcEndpoint, RpcEndpointRef, RpcEnv,
-    RpcEnvBuilder, Threading,
+    EndpointContext, Pending, Receipt, RpcAddress, RpcCallContext, RpcEndpoint, RpcEndpointRef,
+    RpcEnv, RpcEnvBuilder, Threading,
 };

@@ -14,6 +14,7 @@ use crate::rpc::env::{EnvInner, RpcEnv};
 use crate::rpc::inbox::{Inbox, InboxMessage};
 use crate::rpc::message_loop::{MessageLoop, Typed};
 use crate::sync::{Arc, Mutex, RwLock, Weak};
+use crate::transport::Admission;
 
 /// How many names of stopped endpoints are remembered, so that calls to them fail with
 /// `EndpointStopped` rather than `EndpointNotFound`.
@@ -82,7 +83,12 @@ impl Dispatcher {
         let self_ref = RpcEndpointRef::from_inner(Arc::clone(&inner));
         let ctx = EndpointContext::new(self_ref.clone(), RpcEnv::internal(Arc::clone(env)));
         let typed = Typed::new(endpoint, ctx, Arc::clone(env), Arc::clone(&name));
-        let inbox = Arc::new(Inbox::new(Arc::clone(&name), Box::new(typed), runner));
+        let inbox = Arc::new(Inbox::new(
+            Arc::clone(&name),
+            Box::new(typed),
+            runner,
+            env.settings().inbox_capacity,
+        ));
         let _ = inner.inbox.set(Arc::downgrade(&inbox));
         registry
             .endpoints
@@ -104,9 +110,16 @@ impl Dispatcher {
         self.registry.read().endpoints.contains_key(name)
     }
 
-    /// Posts `msg` to the endpoint `target` names. On failure an ask is failed through
-    /// its context, and the error is returned as well.
-    pub(crate) fn post(&self, target: &RefInner, msg: InboxMessage) -> Result<(), RpcError> {
+    /// Posts `msg` from a thread of this env to the endpoint `target` names, charging
+    /// `charge` bytes of its inbox and waiting for room as `admission` says. On failure an
+    /// ask is failed through its context, and the error is returned as well.
+    pub(crate) fn post(
+        &self,
+        target: &RefInner,
+        msg: InboxMessage,
+        charge: usize,
+        admission: Admission,
+    ) -> Result<(), RpcError> {
         let cached = target
             .inbox
             .get()
@@ -119,7 +132,7 @@ impl Dispatcher {
                 Err(error) => return fail(msg, error),
             },
         };
-        inbox.post(msg)
+        inbox.post_local(msg, charge, admission)
     }
 
     /// The inbox of the endpoint called `name`, or why there is none: the env stopped,

@@ -18,8 +18,9 @@ use crate::rpc::env::EnvInner;
 use crate::rpc::envelope;
 use crate::rpc::inbox::{Inbox, InboxMessage, Payload};
 use crate::rpc::outbox::{Outbox, OutboxMessage, send_rpc_on};
+use crate::rpc::receipt::Receipt;
 use crate::sync::{Arc, Weak};
-use crate::transport::TransportClient;
+use crate::transport::{self, Admission, FRAME_CHARGE, TransportClient};
 
 /// What a reference points at.
 pub(crate) struct RefInner {
@@ -166,33 +167,90 @@ impl<M> RpcEndpointRef<M> {
 }
 
 impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
-    /// Sends a one-way message. Never waits for the network: a message to another env is
-    /// queued on that env's connection (connecting first, off this thread, if needed).
+    /// Sends a one-way message. Never waits for the network, only for room: a message to
+    /// another env goes to that env's connection (connecting first, off this thread, if
+    /// needed), one to this env into the endpoint's inbox.
     ///
-    /// `Ok` means the message was accepted for delivery. It fails at once when this env
-    /// is stopped ([`RpcError::EnvStopped`]), a local endpoint does not exist or is
-    /// stopped, the message does not encode, or the connection is known to be down
-    /// ([`RpcError::Connection`]). A message queued while connecting that cannot be
-    /// delivered because the connect then fails is logged at `warn`.
+    /// When there is no room (the connection's write queue holds `rpc.io.maxQueuedBytes`,
+    /// the endpoint's window on it is used up and `rpc.io.maxQueuedBytes` more wait for it,
+    /// or a local endpoint's inbox holds `rpc.dispatcher.inboxCapacity` from this env), it
+    /// waits up to `rpc.io.sendTimeout` and then fails with [`RpcError::QueueFull`] naming
+    /// the queue, the bytes queued and the limit. An endpoint sending to itself never
+    /// waits (no room could come while it does).
+    ///
+    /// `Ok` means the message was accepted for delivery. It fails at once when this env is
+    /// stopped ([`RpcError::EnvStopped`]), a local endpoint does not exist or is stopped,
+    /// the message does not encode or is larger than `rpc.message.maxSize`
+    /// ([`RpcError::FrameTooLarge`]), or the connection is known to be down
+    /// ([`RpcError::Connection`], also for a while after a connect to that env failed). A
+    /// message accepted and then lost (its connect fails, its connection closes before it
+    /// was written) is counted and logged at `warn`; use
+    /// [`send_with_receipt`](Self::send_with_receipt) to hear of it.
     pub fn send(&self, msg: M) -> Result<(), RpcError> {
+        let admission = self.inner.env.admission(None);
+        self.send_with(msg, admission, None)
+    }
+
+    /// [`send`](Self::send) that never waits: with no room it fails at once with
+    /// [`RpcError::QueueFull`].
+    pub fn try_send(&self, msg: M) -> Result<(), RpcError> {
+        self.send_with(msg, Admission::Try, None)
+    }
+
+    /// [`send`](Self::send), and a [`Receipt`] that tells when the message was written to
+    /// the connection (or put in a local endpoint's inbox), or why it never will be.
+    pub fn send_with_receipt(&self, msg: M) -> Result<Receipt, RpcError> {
+        let (receipt, resolve) = Receipt::new();
+        let admission = self.inner.env.admission(None);
+        self.send_with(msg, admission, Some(resolve))?;
+        Ok(receipt)
+    }
+
+    fn send_with(
+        &self,
+        msg: M,
+        admission: Admission,
+        receipt: Option<transport::Receipt>,
+    ) -> Result<(), RpcError> {
         let inner = &*self.inner;
         let env = &inner.env;
-        env.check_running()?;
+        if let Err(err) = env.check_running() {
+            return settle(receipt, Err(err));
+        }
         match inner.route() {
-            Route::Local => env.dispatcher().post(
-                inner,
-                InboxMessage::OneWay {
-                    sender: env.address().cloned(),
-                    payload: Payload::Local(Box::new(msg)),
-                },
-            ),
+            Route::Local => {
+                let posted = env.dispatcher().post(
+                    inner,
+                    InboxMessage::OneWay {
+                        sender: env.address().cloned(),
+                        payload: Payload::Local(Box::new(msg)),
+                    },
+                    local_charge::<M>(),
+                    admission,
+                );
+                settle(receipt, posted)
+            }
             Route::Client(client) => {
-                let body = envelope::encode_request(env.address(), &inner.name, &msg)?;
-                client.send(body)
+                let body = match envelope::encode_request(env.address(), &inner.name, &msg) {
+                    Ok(body) => body,
+                    Err(err) => return settle(receipt, Err(err)),
+                };
+                let label = Some(Arc::clone(&inner.name));
+                client.send_one_way_with(body, label, admission, receipt)
             }
             Route::Remote(address) => {
-                let body = envelope::encode_request(env.address(), &inner.name, &msg)?;
-                inner.outbox(address).send(OutboxMessage::OneWay(body))
+                let body = match envelope::encode_request(env.address(), &inner.name, &msg)
+                    .and_then(|body| env.check_frame(body, false))
+                {
+                    Ok(body) => body,
+                    Err(err) => return settle(receipt, Err(err)),
+                };
+                let label = Arc::clone(&inner.name);
+                inner.outbox(address).send(
+                    label,
+                    OutboxMessage::OneWay { body, receipt },
+                    admission,
+                )
             }
         }
     }
@@ -249,6 +307,8 @@ impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
         if call.is_done() {
             return Pending::new(call);
         }
+        // Waiting for room ends at the ask's own deadline if that comes first.
+        let admission = env.admission(call.deadline().instant());
         match inner.route() {
             Route::Local => {
                 let reply = RpcCallContext::local(
@@ -263,24 +323,38 @@ impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
                         payload: Payload::Local(Box::new(msg)),
                         reply,
                     },
+                    local_charge::<M>(),
+                    admission,
                 );
             }
             Route::Client(client) => {
                 match envelope::encode_request(env.address(), &inner.name, &msg) {
-                    Ok(body) => send_rpc_on(client, body, Arc::clone(&call)),
+                    Ok(body) => send_rpc_on(
+                        client,
+                        Some(Arc::clone(&inner.name)),
+                        body,
+                        Arc::clone(&call),
+                        admission,
+                    ),
                     Err(err) => {
                         call.complete(Err(err));
                     }
                 }
             }
             Route::Remote(address) => {
-                match envelope::encode_request(env.address(), &inner.name, &msg) {
+                match envelope::encode_request(env.address(), &inner.name, &msg)
+                    .and_then(|body| env.check_frame(body, true))
+                {
                     Ok(body) => {
                         // Ask failures reach the call itself.
-                        let _ = inner.outbox(address).send(OutboxMessage::Ask {
-                            body,
-                            call: Arc::clone(&call),
-                        });
+                        let _ = inner.outbox(address).send(
+                            Arc::clone(&inner.name),
+                            OutboxMessage::Ask {
+                                body,
+                                call: Arc::clone(&call),
+                            },
+                            admission,
+                        );
                     }
                     Err(err) => {
                         call.complete(Err(err));
@@ -290,6 +364,24 @@ impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
         }
         Pending::new(call)
     }
+}
+
+/// What a message to an endpoint of this env costs of the room this env's threads share
+/// in its inbox: the message's own size and the fixed share every message costs (what
+/// the message owns on the heap is not counted).
+fn local_charge<M>() -> usize {
+    size_of::<M>() + FRAME_CHARGE
+}
+
+/// Tells `receipt` (if any) the outcome, and returns it.
+fn settle(
+    receipt: Option<transport::Receipt>,
+    outcome: Result<(), RpcError>,
+) -> Result<(), RpcError> {
+    if let Some(receipt) = receipt {
+        receipt(outcome.clone());
+    }
+    outcome
 }
 
 impl<M> Clone for RpcEndpointRef<M> {

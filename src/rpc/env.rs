@@ -21,13 +21,15 @@ use crate::rpc::endpoint::RpcEndpoint;
 use crate::rpc::endpoint_ref::{RefInner, RpcEndpointRef};
 use crate::rpc::handler::RpcEnvHandler;
 use crate::rpc::message_loop::on_loop_of;
-use crate::rpc::outbox::{CONNECT_IDLE, ConnectPool, Outbox};
+use crate::rpc::outbox::{CONNECT_IDLE, Outbox};
 use crate::rpc::timeout::Timeouts;
 use crate::rpc::verifier::{self, CheckExistence, Verifier};
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::{Arc, Condvar, Mutex};
+use crate::threads::{Pool, Workers};
 use crate::transport::{
-    RpcHandler, TransportClientFactory, TransportConf, TransportContext, TransportServer,
+    Admission, Counters, RpcHandler, TransportClientFactory, TransportConf, TransportContext,
+    TransportServer, frame_len, on_event_loop,
 };
 
 /// How long a shutdown waits for endpoints to run `on_stop` and for threads to exit
@@ -116,9 +118,16 @@ impl RpcEnvBuilder {
             (Some(server), Some(address))
         };
         let factory = transport.create_client_factory();
+        let counters = Arc::clone(transport.counters());
         let dispatcher = Dispatcher::new(id, settings.dispatcher_threads)?;
         let timeouts = Timeouts::start()?;
-        let connect_pool = ConnectPool::new(settings.connect_threads, CONNECT_IDLE);
+        let connect_pool = Pool::new(
+            "rpc-connect-",
+            Workers::Cached {
+                max: settings.connect_threads,
+                idle: CONNECT_IDLE,
+            },
+        )?;
         let inner = Arc::new(EnvInner {
             id,
             name: self.name,
@@ -131,6 +140,7 @@ impl RpcEnvBuilder {
             outboxes: Mutex::new(HashMap::new()),
             timeouts,
             connect_pool,
+            counters,
             stopped: AtomicBool::new(false),
             terminated: Mutex::new(false),
             terminated_cv: Condvar::default(),
@@ -416,7 +426,9 @@ pub(crate) struct EnvInner {
     dispatcher: Dispatcher,
     outboxes: Mutex<HashMap<RpcAddress, Arc<Outbox>>>,
     timeouts: Timeouts,
-    connect_pool: ConnectPool,
+    connect_pool: Arc<Pool>,
+    /// Counts kept with the transport's (messages lost, connections refused).
+    counters: Arc<Counters>,
     stopped: AtomicBool,
     terminated: Mutex<bool>,
     terminated_cv: Condvar,
@@ -455,13 +467,45 @@ impl EnvInner {
         &self.factory
     }
 
-    pub(crate) fn connect_pool(&self) -> &ConnectPool {
+    pub(crate) fn connect_pool(&self) -> &Pool {
         &self.connect_pool
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// Whether a reference with this target env id and address points into this env.
     pub(crate) fn is_self(&self, env_id: u64, address: Option<&RpcAddress>) -> bool {
         env_id == self.id || (address.is_some() && address == self.address.as_ref())
+    }
+
+    /// How a caller's message waits for room: up to `rpc.io.sendTimeout`, or `until` if
+    /// sooner; never on an event loop, nor when the timeout is zero.
+    pub(crate) fn admission(&self, until: Option<Instant>) -> Admission {
+        let timeout = self.settings.send_timeout;
+        if timeout.is_zero() || on_event_loop() {
+            return Admission::Try;
+        }
+        let limit = Instant::now().checked_add(timeout);
+        Admission::Wait(match (limit, until) {
+            (Some(limit), Some(until)) => Some(limit.min(until)),
+            (limit, until) => limit.or(until),
+        })
+    }
+
+    /// `body` if a frame carrying it (a request, or a one-way message) fits
+    /// `rpc.message.maxSize`; checked before a message waits for a connection, so that it
+    /// fails at once rather than after the connect.
+    pub(crate) fn check_frame(&self, body: Vec<u8>, request: bool) -> Result<Vec<u8>, RpcError> {
+        let size = frame_len(body.len(), request);
+        if size > self.settings.max_message_size {
+            return Err(RpcError::FrameTooLarge {
+                size,
+                max: self.settings.max_message_size,
+            });
+        }
+        Ok(body)
     }
 
     pub(crate) fn check_running(&self) -> Result<(), RpcError> {
@@ -478,7 +522,11 @@ impl EnvInner {
         if let Some(outbox) = outboxes.get(address) {
             return Arc::clone(outbox);
         }
-        let outbox = Arc::new(Outbox::new(address.clone(), Arc::downgrade(self)));
+        let outbox = Arc::new(Outbox::new(
+            address.clone(),
+            Arc::downgrade(self),
+            self.settings.max_queued_bytes,
+        ));
         outboxes.insert(address.clone(), Arc::clone(&outbox));
         if self.stopped.load(Ordering::Acquire) {
             outbox.stop();
@@ -525,7 +573,7 @@ impl EnvInner {
             server.close();
         }
         self.factory.close();
-        self.connect_pool.stop(deadline);
+        self.connect_pool.stop(Some(deadline));
         *self.terminated.lock() = true;
         self.terminated_cv.notify_all();
         info!("rpc env {} stopped in {:?}", self.name, started.elapsed());

@@ -17,8 +17,18 @@
 //! `EnvStopped`, `Decode` and `Encode` keep their kind across the network; anything else
 //! travels as `Remote` with its text.
 //!
-//! Only the message and the reply go through the codec; the header is read by hand,
-//! without trusting any length in it.
+//! A control body (first byte `2`) carries the flow control between envs (see `flow`); it
+//! travels in a `OneWayMessage` and never reaches an endpoint:
+//!
+//! ```text
+//! kind      u8      1: hello, 2: grant
+//! hello     u8 version (1), u32 window: the bytes per endpoint the sender of the hello
+//!           lets its peer have in flight before it grants more
+//! grant     u16 len, endpoint name (UTF-8), u32 bytes: more window for that endpoint
+//! ```
+//!
+//! Only the message and the reply go through the codec; the headers are read by hand,
+//! without trusting any length in them.
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +37,10 @@ use crate::error::RpcError;
 use crate::rpc::address::RpcAddress;
 
 const VERSION: u8 = 1;
+const CONTROL: u8 = 2;
+const HELLO: u8 = 1;
+const GRANT: u8 = 2;
+const FLOW_CONTROL_VERSION: u8 = 1;
 const REPLY_OK: u8 = 0;
 const REPLY_ERR: u8 = 1;
 
@@ -78,7 +92,11 @@ fn put_str(out: &mut Vec<u8>, text: &str, what: &str) -> Result<(), RpcError> {
 
 /// Reads the header of a request body.
 pub(crate) fn decode_request(body: &[u8]) -> Result<RequestHeader<'_>, RpcError> {
-    let mut reader = Reader { body, at: 0 };
+    let mut reader = Reader {
+        body,
+        at: 0,
+        what: "request envelope",
+    };
     let version = reader.u8()?;
     if version != VERSION {
         return Err(RpcError::decode(
@@ -111,9 +129,84 @@ pub(crate) fn decode_request(body: &[u8]) -> Result<RequestHeader<'_>, RpcError>
     })
 }
 
+/// A control message between envs.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Control<'a> {
+    /// The peer speaks flow control; its windows are `window` bytes per endpoint.
+    Hello { window: u32 },
+    /// The peer grants `bytes` more window for its endpoint `endpoint`.
+    Grant { endpoint: &'a str, bytes: u32 },
+}
+
+/// Whether a one-way body is a control message rather than a request envelope.
+pub(crate) fn is_control(body: &[u8]) -> bool {
+    body.first() == Some(&CONTROL)
+}
+
+/// A hello announcing windows of `window` bytes per endpoint.
+pub(crate) fn encode_hello(window: usize) -> Vec<u8> {
+    let window = u32::try_from(window).unwrap_or(u32::MAX);
+    let mut out = vec![CONTROL, HELLO, FLOW_CONTROL_VERSION];
+    out.extend_from_slice(&window.to_be_bytes());
+    out
+}
+
+/// A grant of `bytes` more window for `endpoint`.
+pub(crate) fn encode_grant(endpoint: &str, bytes: usize) -> Result<Vec<u8>, RpcError> {
+    let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+    let mut out = vec![CONTROL, GRANT];
+    put_str(&mut out, endpoint, "endpoint name")?;
+    out.extend_from_slice(&bytes.to_be_bytes());
+    Ok(out)
+}
+
+/// Reads a control body.
+pub(crate) fn decode_control(body: &[u8]) -> Result<Control<'_>, RpcError> {
+    let mut reader = Reader {
+        body,
+        at: 0,
+        what: "control message",
+    };
+    if reader.u8()? != CONTROL {
+        return Err(RpcError::decode("control message", "not a control message"));
+    }
+    let control = match reader.u8()? {
+        HELLO => {
+            let version = reader.u8()?;
+            if version != FLOW_CONTROL_VERSION {
+                return Err(RpcError::decode(
+                    "control message",
+                    format!("unknown flow-control version {version}"),
+                ));
+            }
+            Control::Hello {
+                window: reader.u32()?,
+            }
+        }
+        GRANT => Control::Grant {
+            endpoint: reader.str("endpoint name")?,
+            bytes: reader.u32()?,
+        },
+        kind => {
+            return Err(RpcError::decode(
+                "control message",
+                format!("unknown kind {kind}"),
+            ));
+        }
+    };
+    if reader.at != body.len() {
+        return Err(RpcError::decode(
+            "control message",
+            format!("{} bytes after its end", body.len() - reader.at),
+        ));
+    }
+    Ok(control)
+}
+
 struct Reader<'a> {
     body: &'a [u8],
     at: usize,
+    what: &'static str,
 }
 
 impl<'a> Reader<'a> {
@@ -124,7 +217,7 @@ impl<'a> Reader<'a> {
             .filter(|end| *end <= self.body.len())
             .ok_or_else(|| {
                 RpcError::decode(
-                    "request envelope",
+                    self.what,
                     format!(
                         "needs {n} more bytes at offset {} of {}",
                         self.at,
@@ -141,11 +234,15 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
 
+    fn u32(&mut self) -> Result<u32, RpcError> {
+        let bytes = self.take(4)?;
+        Ok(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
     fn str(&mut self, what: &str) -> Result<&'a str, RpcError> {
         let len = u16::from_be_bytes([self.u8()?, self.u8()?]);
         let bytes = self.take(usize::from(len))?;
-        std::str::from_utf8(bytes)
-            .map_err(|e| RpcError::decode("request envelope", format!("{what}: {e}")))
+        std::str::from_utf8(bytes).map_err(|e| RpcError::decode(self.what, format!("{what}: {e}")))
     }
 }
 
@@ -275,6 +372,35 @@ mod tests {
             &[1, 1, 0, 0, 0, 1, 0, 1, b'e'], // empty sender host
         ] {
             assert!(matches!(decode_request(body), Err(RpcError::Decode { .. })));
+        }
+    }
+
+    #[test]
+    fn control_messages_round_trip_and_bad_ones_are_decode_errors() {
+        let hello = encode_hello(4 << 20);
+        assert!(is_control(&hello));
+        assert_eq!(
+            decode_control(&hello).unwrap(),
+            Control::Hello { window: 4 << 20 }
+        );
+        let grant = encode_grant("echo", 12_345).unwrap();
+        assert_eq!(
+            decode_control(&grant).unwrap(),
+            Control::Grant {
+                endpoint: "echo",
+                bytes: 12_345
+            }
+        );
+        assert!(!is_control(&encode_request(None, "e", &()).unwrap()));
+        for len in 0..grant.len() {
+            assert!(decode_control(&grant[..len]).is_err(), "{len}");
+        }
+        for body in [
+            &[2u8, 9][..],             // unknown kind
+            &[2, 1, 7, 0, 0, 0, 1],    // unknown version
+            &[2, 1, 1, 0, 0, 0, 1, 0], // trailing byte
+        ] {
+            assert!(matches!(decode_control(body), Err(RpcError::Decode { .. })));
         }
     }
 

@@ -19,7 +19,8 @@ use crate::error::RpcError;
 use crate::rpc::address::{RpcAddress, endpoint_uri};
 use crate::rpc::call::RpcCallContext;
 use crate::rpc::env::EnvInner;
-use crate::rpc::envelope::{self, RequestHeader};
+use crate::rpc::envelope::{self, Control, RequestHeader};
+use crate::rpc::flow::Inflow;
 use crate::rpc::inbox::{InboxMessage, Payload};
 use crate::sync::{Arc, Mutex, Weak};
 use crate::transport::{Responder, RpcHandler, TransportClient};
@@ -69,6 +70,32 @@ impl RpcEnvHandler {
         // Posted under the lock, so a Disconnected for the same connection comes after.
         env.dispatcher()
             .post_to_all(|| InboxMessage::Connected(address.clone()));
+    }
+
+    /// The flow-control state of `client`'s connection (made on first use).
+    fn inflow(&self, env: &EnvInner, client: &TransportClient) -> Option<Arc<Inflow>> {
+        client.attachment(|| Inflow::new(env.settings().inbox_capacity))
+    }
+
+    /// A control message from the peer (see `flow`).
+    fn control(&self, env: &EnvInner, client: &TransportClient, body: &[u8]) {
+        match envelope::decode_control(body) {
+            Ok(Control::Hello { window }) => {
+                debug!(
+                    "{} speaks flow control, windows of {window} bytes",
+                    client.remote_address()
+                );
+                if let Some(inflow) = self.inflow(env, client) {
+                    inflow.peer_said_hello();
+                }
+                client.set_flow_controlled(window as usize);
+            }
+            Ok(Control::Grant { endpoint, bytes }) => client.grant(endpoint, bytes as usize),
+            Err(err) => warn!(
+                "bad control message from {}: {err}",
+                client.remote_address()
+            ),
+        }
     }
 
     fn header<'a>(&self, client: &TransportClient, body: &'a [u8]) -> Option<RequestHeader<'a>> {
@@ -123,11 +150,17 @@ impl RpcHandler for RpcEnvHandler {
             }
         };
         let reply = RpcCallContext::remote(responder, Arc::clone(inbox.name()), sender);
+        let Some(inflow) = self.inflow(&env, client) else {
+            reply.fail(RpcError::EnvStopped);
+            return;
+        };
+        let charge = inflow.received(client, inbox.name(), message.len());
         let msg = InboxMessage::Ask {
             payload: Payload::Remote {
                 body: message,
                 start: content_start,
                 client: client.clone(),
+                charge,
             },
             reply,
         };
@@ -137,6 +170,10 @@ impl RpcHandler for RpcEnvHandler {
 
     fn receive_one_way(&self, client: &TransportClient, message: Vec<u8>) {
         let Some(env) = self.env() else { return };
+        if envelope::is_control(&message) {
+            self.control(&env, client, &message);
+            return;
+        }
         let Some(header) = self.header(client, &message) else {
             return;
         };
@@ -146,16 +183,20 @@ impl RpcHandler for RpcEnvHandler {
             receiver,
             content_start,
         } = header;
+        let inflow = self.inflow(&env, client);
         let posted = env
             .dispatcher()
             .resolve(receiver, || endpoint_uri(env.address(), receiver))
             .and_then(|inbox| {
+                let inflow = inflow.ok_or(RpcError::EnvStopped)?;
+                let charge = inflow.received(client, inbox.name(), message.len());
                 inbox.post(InboxMessage::OneWay {
                     sender,
                     payload: Payload::Remote {
                         start: content_start,
                         body: message,
                         client: client.clone(),
+                        charge,
                     },
                 })
             });
@@ -164,6 +205,16 @@ impl RpcHandler for RpcEnvHandler {
                 "one-way message from {} dropped: {err}",
                 client.remote_address()
             );
+        }
+    }
+
+    fn channel_active(&self, client: &TransportClient) {
+        // Every rpcenv connection opens with a hello, both ways: the peer then keeps to the
+        // windows, and this side never stops reading it (see `flow`).
+        let Some(env) = self.env() else { return };
+        let window = env.settings().inbox_capacity;
+        if let Err(err) = client.send_control(envelope::encode_hello(window)) {
+            debug!("hello to {} not sent: {err}", client.remote_address());
         }
     }
 

@@ -7,25 +7,30 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::thread::{self, ThreadId};
+use std::time::Instant;
 
+use crate::conf::keys;
 use crate::error::RpcError;
 use crate::rpc::address::RpcAddress;
 use crate::rpc::call::{Content, RpcCallContext};
+use crate::rpc::flow::Charge;
 use crate::rpc::message_loop::MessageLoop;
-use crate::sync::{Arc, Mutex};
-use crate::transport::{self, TransportClient};
+use crate::sync::{Arc, Condvar, Mutex};
+use crate::transport::{Admission, TransportClient};
 
 /// A message's content on its way to an endpoint.
 pub(crate) enum Payload {
     /// From this env: the value itself.
     Local(Box<dyn Content>),
-    /// From a peer: the request body, where the content starts in it, and the connection
-    /// it came over.
+    /// From a peer: the request body, where the content starts in it, the connection it
+    /// came over, and its share of the endpoint's window on that connection (given back
+    /// when the payload is dropped).
     Remote {
         body: Vec<u8>,
         start: usize,
         client: TransportClient,
+        charge: Charge,
     },
 }
 
@@ -91,7 +96,14 @@ pub(crate) enum Turn {
 }
 
 struct State {
-    queue: VecDeque<InboxMessage>,
+    /// Messages, each with what it charged of the room for this env's own senders.
+    queue: VecDeque<(InboxMessage, usize)>,
+    /// Bytes charged by messages from this env's own threads.
+    local_bytes: usize,
+    /// Threads waiting for room.
+    waiters: usize,
+    /// The thread running the endpoint now, if any.
+    running_on: Option<ThreadId>,
     stopped: bool,
     /// Why it stopped (`EnvStopped` or `EndpointStopped`).
     why: Option<RpcError>,
@@ -100,25 +112,40 @@ struct State {
 }
 
 /// One endpoint's queue.
+///
+/// Messages from peers are bounded by the windows of `flow`; messages from this env's own
+/// threads by `capacity` bytes together (`rpc.dispatcher.inboxCapacity`): a sender finding
+/// no room waits (see [`post_local`](Self::post_local)). Lifecycle events are never
+/// refused.
 pub(crate) struct Inbox {
     name: Arc<str>,
     state: Mutex<State>,
+    room: Condvar,
+    capacity: usize,
     handler: Mutex<Option<Box<dyn Handler>>>,
     runner: Arc<MessageLoop>,
 }
 
 /// How many messages one turn handles before the inbox yields its thread.
 const TURN: usize = 64;
-/// How long a turn goes on taking new messages.
-const TURN_TIME: Duration = Duration::from_micros(50);
 
 impl Inbox {
     /// An inbox with `OnStart` queued; call [`schedule_start`](Self::schedule_start) to run it.
-    pub(crate) fn new(name: Arc<str>, handler: Box<dyn Handler>, runner: Arc<MessageLoop>) -> Self {
+    pub(crate) fn new(
+        name: Arc<str>,
+        handler: Box<dyn Handler>,
+        runner: Arc<MessageLoop>,
+        capacity: usize,
+    ) -> Self {
         Self {
             name,
+            room: Condvar::default(),
+            capacity,
             state: Mutex::new(State {
-                queue: VecDeque::from([InboxMessage::OnStart]),
+                queue: VecDeque::from([(InboxMessage::OnStart, 0)]),
+                local_bytes: 0,
+                waiters: 0,
+                running_on: None,
                 stopped: false,
                 why: None,
                 scheduled: true,
@@ -137,19 +164,62 @@ impl Inbox {
         &self.name
     }
 
-    /// Queues `msg`. If the inbox is stopped, an ask is failed with `EndpointStopped`
-    /// through its context, and the error is returned.
+    /// Queues `msg` (from a peer, whose window bounds it, or an event). If the inbox is
+    /// stopped, an ask is failed with `EndpointStopped` through its context, and the error
+    /// is returned.
     pub(crate) fn post(self: &Arc<Self>, msg: InboxMessage) -> Result<(), RpcError> {
+        self.post_local(msg, 0, Admission::Force)
+    }
+
+    /// Queues `msg` from a thread of this env, charging `charge` bytes of the room this
+    /// env's threads share; waits for room (or fails at once) as `admission` says. The
+    /// endpoint's own handler sending to itself never waits: no room can come while it
+    /// does. On an error an ask is failed through its context.
+    pub(crate) fn post_local(
+        self: &Arc<Self>,
+        msg: InboxMessage,
+        charge: usize,
+        admission: Admission,
+    ) -> Result<(), RpcError> {
         let mut state = self.state.lock();
-        if state.stopped {
-            drop(state);
-            let error = RpcError::EndpointStopped {
-                name: self.name.to_string(),
+        loop {
+            if state.stopped {
+                drop(state);
+                let error = RpcError::EndpointStopped {
+                    name: self.name.to_string(),
+                };
+                msg.fail(error.clone());
+                return Err(error);
+            }
+            if charge == 0
+                || state.local_bytes < self.capacity
+                || state.running_on == Some(thread::current().id())
+            {
+                break;
+            }
+            let now = Instant::now();
+            let deadline = match admission {
+                Admission::Force => break,
+                Admission::Wait(Some(deadline)) if now < deadline => deadline,
+                Admission::Wait(_) | Admission::Try => {
+                    let error = RpcError::QueueFull {
+                        queue: format!("inbox of endpoint {}", self.name),
+                        queued: state.local_bytes as u64,
+                        limit: self.capacity as u64,
+                        key: keys::DISPATCHER_INBOX_CAPACITY,
+                        waited: matches!(admission, Admission::Wait(_)),
+                    };
+                    drop(state);
+                    msg.fail(error.clone());
+                    return Err(error);
+                }
             };
-            msg.fail(error.clone());
-            return Err(error);
+            state.waiters += 1;
+            state = self.room.wait_timeout(state, deadline - now);
+            state.waiters -= 1;
         }
-        state.queue.push_back(msg);
+        state.local_bytes += charge;
+        state.queue.push_back((msg, charge));
         if state.scheduled {
             return Ok(());
         }
@@ -169,7 +239,11 @@ impl Inbox {
         }
         state.stopped = true;
         state.why = Some(why);
-        state.queue.push_back(InboxMessage::OnStop);
+        state.queue.push_back((InboxMessage::OnStop, 0));
+        if state.waiters > 0 {
+            // Waiting senders fail with EndpointStopped.
+            self.room.notify_all();
+        }
         if state.scheduled {
             return true;
         }
@@ -196,22 +270,33 @@ impl Inbox {
     /// on calls this.
     pub(crate) fn process(self: &Arc<Self>) -> Turn {
         let mut handler = self.handler.lock();
-        // Replies written during the turn go out together at its end (one write per
-        // connection instead of one per reply). A turn ends after TURN messages, or at
-        // the first message that finds TURN_TIME passed, so a reply waits at most for
-        // the handlers that started within TURN_TIME after it.
-        let started = Instant::now();
-        let _batch = transport::defer_writes();
+        self.state.lock().running_on = Some(thread::current().id());
+        let turn = self.turn(&mut handler);
+        drop(handler);
+        if turn == Turn::More {
+            // Still scheduled: go to the back of the line so other inboxes get a turn.
+            self.runner.schedule(Arc::clone(self));
+        }
+        turn
+    }
+
+    fn turn(self: &Arc<Self>, handler: &mut Option<Box<dyn Handler>>) -> Turn {
         for _ in 0..TURN {
-            if started.elapsed() > TURN_TIME {
-                break;
-            }
             let msg = {
                 let mut state = self.state.lock();
                 match state.queue.pop_front() {
-                    Some(msg) => msg,
+                    Some((msg, charge)) => {
+                        if charge > 0 {
+                            state.local_bytes -= charge;
+                            if state.waiters > 0 {
+                                self.room.notify_all();
+                            }
+                        }
+                        msg
+                    }
                     None => {
                         state.scheduled = false;
+                        state.running_on = None;
                         return Turn::Idle;
                     }
                 }
@@ -236,9 +321,11 @@ impl Inbox {
                 let mut state = self.state.lock();
                 state.finished = true;
                 state.scheduled = false;
+                state.running_on = None;
+                state.local_bytes = 0;
                 let left = std::mem::take(&mut state.queue);
                 drop(state);
-                for msg in left {
+                for (msg, _) in left {
                     msg.fail(RpcError::EndpointStopped {
                         name: self.name.to_string(),
                     });
@@ -246,9 +333,7 @@ impl Inbox {
                 return Turn::Finished;
             }
         }
-        drop(handler);
-        // Still scheduled: go to the back of the line so other inboxes get a turn.
-        self.runner.schedule(Arc::clone(self));
+        self.state.lock().running_on = None;
         Turn::More
     }
 }

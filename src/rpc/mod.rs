@@ -11,7 +11,9 @@
 //! | `dispatcher.rs` | the name → endpoint registry and routing |
 //! | `inbox.rs` | one endpoint's queue and lifecycle |
 //! | `message_loop.rs` | the threads that run endpoint code |
-//! | `outbox.rs` | the queue to one remote env; the connect pool |
+//! | `outbox.rs` | the queue to one remote env while it connects |
+//! | `flow.rs` | flow control between envs: per-endpoint windows |
+//! | `receipt.rs` | [`Receipt`]: the outcome of one one-way message |
 //! | `handler.rs` | the transport handler: envelopes in, connection events |
 //! | `verifier.rs` | the `endpoint-verifier` endpoint |
 //! | `timeout.rs` | ask deadlines and the `rpc-timeout` thread |
@@ -23,10 +25,12 @@ mod endpoint;
 mod endpoint_ref;
 mod env;
 mod envelope;
+mod flow;
 mod handler;
 mod inbox;
 mod message_loop;
 mod outbox;
+mod receipt;
 mod timeout;
 mod verifier;
 
@@ -35,3 +39,4 @@ pub use self::call::{Pending, RpcCallContext};
 pub use self::endpoint::{EndpointContext, RpcEndpoint, Threading};
 pub use self::endpoint_ref::RpcEndpointRef;
 pub use self::env::{RpcEnv, RpcEnvBuilder};
+pub use self::receipt::Receipt;

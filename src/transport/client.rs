@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use crate::error::RpcError;
 use crate::sync::{Arc, Condvar, Mutex};
 use crate::transport::connection::Conn;
+use crate::transport::requests::Callback;
+use crate::transport::write_queue::{Admission, Label, Receipt};
 
 /// One connection, seen from the side that sends on it.
 ///
@@ -16,6 +18,13 @@ use crate::transport::connection::Conn;
 /// requests back to the peer that opened it. Request ids are sequential per connection.
 /// When the connection closes, every outstanding request fails at once with
 /// [`RpcError::Connection`] naming the peer.
+///
+/// Sends never wait for the network, only for room: a connection queues at most
+/// `rpc.io.maxQueuedBytes` of frames to write; a send that finds it full waits up to
+/// `rpc.io.sendTimeout` for the peer to read, then fails with [`RpcError::QueueFull`]
+/// naming the peer, the bytes queued and the limit. On an `rpc-io-N` thread (inside an
+/// [`RpcHandler`](super::RpcHandler) method) a full queue fails at once instead: an event
+/// loop never waits. Answers given through a [`Responder`](super::Responder) never wait.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -54,12 +63,32 @@ impl TransportClient {
     /// once: on an `rpc-io-N` thread when the answer arrives (so it must not block), or on
     /// this thread if the request cannot be sent at all (frame too large, connection
     /// closed). Returns the request id, for [`remove_rpc_request`](Self::remove_rpc_request).
+    ///
+    /// A request sent this way has no deadline of its own: if the peer stays silent for
+    /// `rpc.io.connectionTimeout` while it waits, the connection is closed and the request
+    /// fails with [`RpcError::Connection`].
     pub fn send_rpc(
         &self,
         body: impl Into<Vec<u8>>,
         callback: impl FnOnce(Result<Vec<u8>, RpcError>) + Send + 'static,
     ) -> u64 {
-        self.conn.send_rpc(body.into(), Box::new(callback))
+        let admission = self.conn.admission(None);
+        self.conn
+            .send_rpc(body.into(), Box::new(callback), None, None, admission)
+    }
+
+    /// Sends a request on the rpc layer's behalf: with its own `deadline` (which the
+    /// silent-peer rule leaves alone), a flow-control `label`, and `admission`.
+    pub(crate) fn send_rpc_with(
+        &self,
+        body: Vec<u8>,
+        callback: Callback,
+        deadline: Option<Instant>,
+        label: Option<Label>,
+        admission: Admission,
+    ) -> u64 {
+        self.conn
+            .send_rpc(body, callback, deadline, label, admission)
     }
 
     /// Sends a request and waits up to `timeout` for its answer. A failure the peer sends
@@ -75,8 +104,14 @@ impl TransportClient {
         // event loops need the CPU that spinning would burn.
         let answer = Arc::new(Answer::default());
         let slot = Arc::clone(&answer);
-        let id = self.send_rpc(body, move |result| slot.set(result));
         let deadline = Instant::now().checked_add(timeout);
+        let id = self.conn.send_rpc(
+            body.into(),
+            Box::new(move |result| slot.set(result)),
+            deadline,
+            None,
+            self.conn.admission(deadline),
+        );
         if let Some(result) = answer.wait_until(deadline) {
             return result;
         }
@@ -93,11 +128,69 @@ impl TransportClient {
             .unwrap_or_else(|| Err(self.conn.closed_error()))
     }
 
-    /// Sends a one-way message. `Ok` means it was queued on an open connection; it fails
-    /// at once if the connection is closed or the frame is larger than
-    /// `rpc.message.maxSize`.
+    /// Sends a one-way message. `Ok` means it was queued on an open connection (or
+    /// written); it fails at once if the connection is closed or the frame is larger than
+    /// `rpc.message.maxSize`, and with [`RpcError::QueueFull`] if there is no room within
+    /// `rpc.io.sendTimeout`.
     pub fn send(&self, body: impl Into<Vec<u8>>) -> Result<(), RpcError> {
-        self.conn.send_one_way(body.into())
+        let admission = self.conn.admission(None);
+        self.conn.send_one_way(body.into(), None, admission, None)
+    }
+
+    /// [`send`](Self::send) that never waits: with no room in the write queue it fails at
+    /// once with [`RpcError::QueueFull`].
+    pub fn try_send(&self, body: impl Into<Vec<u8>>) -> Result<(), RpcError> {
+        self.conn
+            .send_one_way(body.into(), None, Admission::Try, None)
+    }
+
+    /// Sends a one-way message on the rpc layer's behalf, with a flow-control `label`,
+    /// `admission`, and a `receipt` told once it is written or lost.
+    pub(crate) fn send_one_way_with(
+        &self,
+        body: Vec<u8>,
+        label: Option<Label>,
+        admission: Admission,
+        receipt: Option<Receipt>,
+    ) -> Result<(), RpcError> {
+        self.conn.send_one_way(body, label, admission, receipt)
+    }
+
+    /// Sends a control frame (never waits, never counted as a lost message).
+    pub(crate) fn send_control(&self, body: Vec<u8>) -> Result<(), RpcError> {
+        self.conn.send_control(body)
+    }
+
+    /// Pauses (`false`) or resumes (`true`) reading from the connection, as Netty's
+    /// `Channel.config().setAutoRead`. While paused, the peer's frames wait in the socket
+    /// and TCP slows the peer down; nothing is lost. Answers to this side's requests wait
+    /// too, so do not pause a connection on whose answers the code that resumes it waits.
+    pub fn set_auto_read(&self, read: bool) {
+        self.conn.set_auto_read(read);
+    }
+
+    /// Adds window for `label` (the peer granted it).
+    pub(crate) fn grant(&self, label: &str, bytes: usize) {
+        self.conn.grant(label, bytes);
+    }
+
+    /// The peer speaks flow control with windows of `window` bytes per label.
+    pub(crate) fn set_flow_controlled(&self, window: usize) {
+        self.conn.set_flow_controlled(window);
+    }
+
+    /// The state an upper layer keeps for this connection, made by `make` on first use.
+    pub(crate) fn attachment<T: std::any::Any + Send + Sync>(
+        &self,
+        make: impl FnOnce() -> T,
+    ) -> Option<Arc<T>> {
+        self.conn.attachment(make)
+    }
+
+    /// Bytes of frames queued to be written on this connection.
+    pub fn queued_bytes(&self) -> usize {
+        let (ready, held) = self.conn.writes().queued();
+        ready + held
     }
 
     /// Forgets an outstanding request (it timed out, or the caller gave up); its answer,
@@ -109,12 +202,13 @@ impl TransportClient {
 
     /// How many requests wait for an answer.
     pub fn outstanding_requests(&self) -> usize {
-        self.conn.request_stats().0
+        self.conn.requests().len()
     }
 
-    /// Whether the connection is open.
+    /// Whether the connection takes new requests and messages: open, and the peer has not
+    /// ended its side.
     pub fn is_active(&self) -> bool {
-        self.conn.is_open()
+        self.conn.is_active()
     }
 
     /// Closes the connection; outstanding requests fail at once with

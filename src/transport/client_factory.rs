@@ -4,14 +4,14 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
 use crate::conf::keys;
 use crate::error::RpcError;
 use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use crate::sync::{Arc, Mutex};
+use crate::sync::{Arc, Condvar, Mutex};
 use crate::transport::TransportClient;
 use crate::transport::context::ContextInner;
 use crate::transport::event_loop::{IoGroup, next_origin};
@@ -21,7 +21,8 @@ use crate::transport::socket::connect;
 /// address, handed out in turn, each reused while active and replaced once closed.
 ///
 /// [`create_client`](Self::create_client) blocks while it connects (up to
-/// `rpc.io.connectionTimeout`); call it off any thread that must stay responsive. The
+/// `rpc.io.connectionTimeout`); call it off any thread that must stay responsive.
+/// [`close`](Self::close) never waits for a connect under way. The
 /// connections live on the context's event loops, next to the server's, and are served
 /// by the context's [`RpcHandler`](super::RpcHandler): a peer can send requests back on
 /// them. [`close`](Self::close) (or drop) closes every client it made.
@@ -34,8 +35,43 @@ pub struct TransportClientFactory {
 }
 
 struct ClientPool {
-    slots: Vec<Mutex<Option<TransportClient>>>,
+    slots: Vec<Mutex<Slot>>,
     next: AtomicUsize,
+}
+
+/// One pooled connection to a peer.
+#[derive(Default)]
+enum Slot {
+    #[default]
+    Empty,
+    /// A connect is under way; callers for the same slot wait for its outcome instead of
+    /// opening connections of their own. The slot's lock is never held while connecting.
+    Connecting(Arc<Connecting>),
+    Ready(TransportClient),
+}
+
+/// The outcome of a connect under way, for the callers waiting on it.
+#[derive(Default)]
+struct Connecting {
+    outcome: Mutex<Option<Result<TransportClient, RpcError>>>,
+    done: Condvar,
+}
+
+impl Connecting {
+    fn finish(&self, outcome: Result<TransportClient, RpcError>) {
+        *self.outcome.lock() = Some(outcome);
+        self.done.notify_all();
+    }
+
+    fn wait(&self) -> Result<TransportClient, RpcError> {
+        let mut outcome = self.outcome.lock();
+        loop {
+            if let Some(outcome) = outcome.as_ref() {
+                return outcome.clone();
+            }
+            outcome = self.done.wait_timeout(outcome, Duration::from_secs(3600));
+        }
+    }
 }
 
 impl TransportClientFactory {
@@ -49,49 +85,63 @@ impl TransportClientFactory {
         }
     }
 
+    fn closed_error(peer: &str) -> RpcError {
+        RpcError::connection(peer, "cannot be made: the client factory is closed")
+    }
+
     /// A client connected to `host:port`: a pooled one if it is still active, otherwise
-    /// a new connection. Fails with [`RpcError::Connection`] naming the peer when the
-    /// connect fails or times out, or after [`close`](Self::close).
+    /// a new connection (callers racing for the same pooled connection share one connect).
+    /// Fails with [`RpcError::Connection`] naming the peer when the connect fails or times
+    /// out, or after [`close`](Self::close).
     pub fn create_client(&self, host: &str, port: u16) -> Result<TransportClient, RpcError> {
         let peer = format!("{host}:{port}");
         if self.closed.load(Ordering::Acquire) {
-            return Err(RpcError::connection(
-                peer,
-                "cannot be made: the client factory is closed",
-            ));
+            return Err(Self::closed_error(&peer));
         }
         let pool = {
             let mut pools = self.pools.lock();
             let slots = self.ctx.conf.num_connections_per_peer();
             Arc::clone(pools.entry((host.to_owned(), port)).or_insert_with(|| {
                 Arc::new(ClientPool {
-                    slots: (0..slots).map(|_| Mutex::new(None)).collect(),
+                    slots: (0..slots).map(|_| Mutex::new(Slot::Empty)).collect(),
                     next: AtomicUsize::new(0),
                 })
             }))
         };
         let index = pool.next.fetch_add(1, Ordering::Relaxed) % pool.slots.len();
-        // The slot stays locked while connecting, so callers racing for the same slot
-        // share one new connection instead of opening several.
-        let mut slot = pool.slots[index].lock();
-        if let Some(client) = slot.as_ref() {
-            if client.is_active() {
-                return Ok(client.clone());
+        let slot = &pool.slots[index];
+        let connecting = {
+            let mut slot = slot.lock();
+            match &*slot {
+                Slot::Ready(client) if client.is_active() => return Ok(client.clone()),
+                Slot::Connecting(connecting) => {
+                    let connecting = Arc::clone(connecting);
+                    drop(slot);
+                    return connecting.wait();
+                }
+                Slot::Ready(_) => {
+                    debug!("pooled connection to {peer} is closed; opening a new one");
+                }
+                Slot::Empty => {}
             }
-            debug!("pooled connection to {peer} is closed; opening a new one");
-        }
-        let client = self.connect(host, port, &peer)?;
-        *slot = Some(client.clone());
-        drop(slot);
+            let connecting = Arc::new(Connecting::default());
+            *slot = Slot::Connecting(Arc::clone(&connecting));
+            connecting
+        };
+        let mut outcome = self.connect(host, port, &peer);
         if self.closed.load(Ordering::Acquire) {
             // close() ran while this connect was under way and may have missed it.
-            client.close();
-            return Err(RpcError::connection(
-                peer,
-                "cannot be made: the client factory is closed",
-            ));
+            if let Ok(client) = &outcome {
+                client.close();
+            }
+            outcome = Err(Self::closed_error(&peer));
         }
-        Ok(client)
+        *slot.lock() = match &outcome {
+            Ok(client) => Slot::Ready(client.clone()),
+            Err(_) => Slot::Empty,
+        };
+        connecting.finish(outcome.clone());
+        outcome
     }
 
     fn connect(&self, host: &str, port: u16, peer: &str) -> Result<TransportClient, RpcError> {
@@ -112,8 +162,12 @@ impl TransportClientFactory {
             match connect(addr, timeout, conf) {
                 Ok(stream) => {
                     let io = self.io()?;
-                    let client =
-                        io.adopt(mio::net::TcpStream::from_std(stream), addr, self.origin)?;
+                    let client = io.adopt(
+                        mio::net::TcpStream::from_std(stream),
+                        addr,
+                        self.origin,
+                        None,
+                    )?;
                     debug!(
                         "connected to {peer} ({addr}) in {:?} as connection {}",
                         started.elapsed(),
@@ -160,7 +214,9 @@ impl TransportClientFactory {
         let pools = std::mem::take(&mut *self.pools.lock());
         for pool in pools.values() {
             for slot in &pool.slots {
-                if let Some(client) = slot.lock().take() {
+                // A connect under way finds the factory closed when it ends, and closes
+                // what it made; nothing here waits for it.
+                if let Slot::Ready(client) = std::mem::take(&mut *slot.lock()) {
                     client.close();
                 }
             }

@@ -29,6 +29,14 @@ pub struct TransportConf {
     receive_buffer: Option<usize>,
     send_buffer: Option<usize>,
     port_max_retries: u32,
+    max_queued_bytes: usize,
+    send_timeout: Duration,
+    keep_alive_idle: Option<Duration>,
+    keep_alive_interval: Duration,
+    keep_alive_count: u32,
+    tcp_user_timeout: Option<Duration>,
+    frame_timeout: Option<Duration>,
+    max_connections: usize,
 }
 
 impl TransportConf {
@@ -47,6 +55,14 @@ impl TransportConf {
             receive_buffer: settings.receive_buffer,
             send_buffer: settings.send_buffer,
             port_max_retries: settings.port_max_retries,
+            max_queued_bytes: settings.max_queued_bytes,
+            send_timeout: settings.send_timeout,
+            keep_alive_idle: settings.keep_alive_idle,
+            keep_alive_interval: settings.keep_alive_interval,
+            keep_alive_count: settings.keep_alive_count,
+            tcp_user_timeout: settings.tcp_user_timeout,
+            frame_timeout: settings.frame_timeout,
+            max_connections: settings.max_connections,
         }
     }
 
@@ -65,8 +81,10 @@ impl TransportConf {
         self.num_connections_per_peer
     }
 
-    /// `rpc.io.connectionTimeout`: the connect timeout, and how long a connection with
-    /// requests outstanding may stay quiet before it is closed. `None` when set to `0`.
+    /// `rpc.io.connectionTimeout`: the connect timeout; how long a peer may stay silent
+    /// while a request without a deadline of its own waits for its answer; how long a
+    /// full write queue may go without the peer reading a byte; and how long a peer that
+    /// closed its side may take to be answered. `None` when set to `0`.
     pub fn connection_timeout(&self) -> Option<Duration> {
         self.connection_timeout
     }
@@ -89,6 +107,50 @@ impl TransportConf {
     /// `rpc.port.maxRetries`: how many more ports to try after a bind collision.
     pub fn port_max_retries(&self) -> u32 {
         self.port_max_retries
+    }
+
+    /// `rpc.io.maxQueuedBytes`: the bytes of frames one connection queues to write before
+    /// senders wait for room.
+    pub fn max_queued_bytes(&self) -> usize {
+        self.max_queued_bytes
+    }
+
+    /// `rpc.io.sendTimeout`: how long a send waits for room in a full write queue; zero
+    /// means it fails at once.
+    pub fn send_timeout(&self) -> Duration {
+        self.send_timeout
+    }
+
+    /// `rpc.io.keepAliveIdle`: `TCP_KEEPIDLE`; `None` when keep-alive is off.
+    pub fn keep_alive_idle(&self) -> Option<Duration> {
+        self.keep_alive_idle
+    }
+
+    /// `rpc.io.keepAliveInterval`: `TCP_KEEPINTVL`.
+    pub fn keep_alive_interval(&self) -> Duration {
+        self.keep_alive_interval
+    }
+
+    /// `rpc.io.keepAliveCount`: `TCP_KEEPCNT`.
+    pub fn keep_alive_count(&self) -> u32 {
+        self.keep_alive_count
+    }
+
+    /// `rpc.io.tcpUserTimeout`: `TCP_USER_TIMEOUT` (Linux); `None` leaves the OS default.
+    pub fn tcp_user_timeout(&self) -> Option<Duration> {
+        self.tcp_user_timeout
+    }
+
+    /// `rpc.io.frameTimeout`: how long an inbound connection may go without sending a
+    /// whole frame after it connects, or any connection may stall in the middle of a
+    /// frame. `None` when set to `0`.
+    pub fn frame_timeout(&self) -> Option<Duration> {
+        self.frame_timeout
+    }
+
+    /// `rpc.io.maxConnections`: the inbound connections a server holds at once.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
     }
 }
 

@@ -5,6 +5,7 @@ use std::fmt;
 
 use crate::error::RpcError;
 use crate::sync::{Arc, Mutex, Weak};
+use crate::transport::connection::Counters;
 use crate::transport::event_loop::IoGroup;
 use crate::transport::{RpcHandler, TransportClientFactory, TransportConf, TransportServer};
 
@@ -36,6 +37,7 @@ pub(crate) struct ContextInner {
     pub(crate) conf: TransportConf,
     handler: Arc<dyn RpcHandler>,
     io: Mutex<Weak<IoGroup>>,
+    pub(crate) counters: Arc<Counters>,
 }
 
 impl ContextInner {
@@ -45,7 +47,11 @@ impl ContextInner {
         if let Some(group) = io.upgrade() {
             return Ok(group);
         }
-        let group = IoGroup::start(&self.conf, Arc::clone(&self.handler))?;
+        let group = IoGroup::start(
+            &self.conf,
+            Arc::clone(&self.handler),
+            Arc::clone(&self.counters),
+        )?;
         *io = Arc::downgrade(&group);
         Ok(group)
     }
@@ -59,6 +65,7 @@ impl TransportContext {
                 conf,
                 handler,
                 io: Mutex::new(Weak::new()),
+                counters: Arc::new(Counters::default()),
             }),
         }
     }
@@ -78,6 +85,12 @@ impl TransportContext {
     /// The configuration.
     pub fn conf(&self) -> &TransportConf {
         &self.inner.conf
+    }
+
+    /// The counts the transport keeps (messages lost with their connections, connections
+    /// refused).
+    pub(crate) fn counters(&self) -> &Arc<Counters> {
+        &self.inner.counters
     }
 }
 

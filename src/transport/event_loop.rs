@@ -1,12 +1,14 @@
-//! The `rpc-io-N` event loops: one `mio::Poll` each, reading, decoding and dispatching
-//! frames and flushing queued writes for the connections they own, server and client
-//! connections alike. Nothing here blocks: handlers are told not to, writes never wait
-//! for a slow peer (they queue), and other threads reach a loop through its command
-//! channel and its `Waker`.
+//! The `rpc-io-N` event loops: one `mio::Poll` each, owning the connections handed to it,
+//! server and client connections alike. A loop reads and decodes their frames, hands them
+//! on, writes what their write queues hold when woken or when a socket turns writable,
+//! and closes connections whose peer went silent or stalled. Nothing here blocks: handlers
+//! are told not to, a sender that finds no room never waits on a loop, and other threads
+//! reach a loop through its command channel and its `Waker`.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -15,11 +17,15 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
 use crate::conf::keys;
 use crate::error::RpcError;
-use crate::frame::FrameDecoder;
 use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{Arc, Mutex};
-use crate::transport::connection::{self, Conn, Notify, ReadOutcome};
-use crate::transport::socket::interrupted;
+use crate::threads::{join_until, spawn};
+use crate::transport::connection::{
+    CloseReason, Conn, Counters, Notify, Wake, guard, mark_event_loop,
+};
+use crate::transport::reader::{ReadOutcome, Reader};
+use crate::transport::socket::{Wire, interrupted};
+use crate::transport::write_queue::Flushed;
 use crate::transport::{RpcHandler, TransportClient, TransportConf};
 
 const WAKER: Token = Token(usize::MAX);
@@ -39,18 +45,24 @@ static NEXT_LOOP_ID: AtomicUsize = AtomicUsize::new(0);
 /// What other threads ask of a loop.
 enum Command {
     /// Take charge of a new connection, already registered with this loop's poller.
-    Register {
-        client: TransportClient,
-        origin: u64,
-    },
+    Register(Box<Registration>),
     /// The connection was closed from another thread.
     Closed(u64),
-    /// Write what a burst of sends queued on this connection.
-    Flush(Arc<Conn>),
+    /// Something to do for a connection (see [`Wake`]).
+    Wake(Arc<Conn>, Wake),
     /// Close every connection that came from this server or client factory.
     CloseOrigin(u64),
     /// Close everything and exit.
     Shutdown,
+}
+
+/// A new connection for a loop.
+struct Registration {
+    client: TransportClient,
+    wire: Arc<dyn Wire>,
+    origin: u64,
+    /// The server's count of inbound connections, for `rpc.io.maxConnections`.
+    inbound: Option<Arc<AtomicUsize>>,
 }
 
 /// How other threads reach one event loop.
@@ -79,31 +91,34 @@ impl Notify for LoopHandle {
         self.send(Command::Closed(conn_id));
     }
 
-    fn flush(&self, conn: Arc<Conn>) {
-        self.send(Command::Flush(conn));
+    fn wake(&self, conn: Arc<Conn>, why: Wake) {
+        self.send(Command::Wake(conn, why));
     }
 }
 
-/// A set of event loops, shared by the server and the client factory of one
+/// A set of event loops, shared by the servers and client factories of one
 /// [`TransportContext`](super::TransportContext). Dropping the last reference shuts the
 /// loops down (closing their connections) and joins their threads.
 pub(crate) struct IoGroup {
     loops: Vec<Arc<LoopHandle>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     next: AtomicUsize,
-    max_frame: u64,
+    conf: TransportConf,
+    counters: Arc<Counters>,
 }
 
 impl IoGroup {
     pub(crate) fn start(
         conf: &TransportConf,
         handler: Arc<dyn RpcHandler>,
+        counters: Arc<Counters>,
     ) -> Result<Arc<Self>, RpcError> {
         let mut group = Self {
             loops: Vec::new(),
             threads: Mutex::new(Vec::new()),
             next: AtomicUsize::new(0),
-            max_frame: conf.max_message_size(),
+            conf: conf.clone(),
+            counters,
         };
         // On an error below, dropping `group` stops the loops started so far.
         for index in 0..conf.io_threads() {
@@ -123,15 +138,11 @@ impl IoGroup {
                 handler: Arc::clone(&handler),
                 conns: HashMap::new(),
                 scratch: vec![0; SCRATCH_SIZE].into_boxed_slice(),
-                max_frame: conf.max_message_size(),
-                idle_timeout: conf.connection_timeout(),
+                conf: conf.clone(),
                 read_again: Vec::new(),
-                batch_spare: Vec::new(),
+                flush_again: Vec::new(),
             };
-            let thread = thread::Builder::new()
-                .name(format!("rpc-io-{index}"))
-                .spawn(move || event_loop.run())
-                .map_err(|e| RpcError::io("cannot start an rpc-io thread", e))?;
+            let thread = spawn(format!("rpc-io-{index}"), move || event_loop.run())?;
             group.loops.push(Arc::new(LoopHandle {
                 id,
                 tx,
@@ -144,11 +155,14 @@ impl IoGroup {
     }
 
     /// Hands a connected stream to one of the loops (round robin) and returns its client.
+    /// `inbound`: the accepting server's connection count, kept for
+    /// `rpc.io.maxConnections` until the connection is gone.
     pub(crate) fn adopt(
         &self,
         mut stream: mio::net::TcpStream,
         peer: SocketAddr,
         origin: u64,
+        inbound: Option<Arc<AtomicUsize>>,
     ) -> Result<TransportClient, RpcError> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.loops.len();
         let handle = &self.loops[index];
@@ -163,20 +177,31 @@ impl IoGroup {
                 Interest::READABLE | Interest::WRITABLE,
             )
             .map_err(|e| RpcError::connection_io(peer, "cannot be registered with a poller", e))?;
+        let wire: Arc<dyn Wire> = Arc::new(stream);
         let notify: Arc<dyn Notify> = Arc::clone(handle) as Arc<dyn Notify>;
         let conn = Conn::new(
             id,
-            handle.id,
             peer,
-            self.max_frame,
-            Box::new(stream),
+            inbound.is_some(),
+            Arc::clone(&wire),
+            &self.conf,
             notify,
+            Arc::clone(&self.counters),
         );
         let client = TransportClient::new(conn);
-        if !handle.send(Command::Register {
+        if let Some(count) = &inbound {
+            count.fetch_add(1, Ordering::AcqRel);
+        }
+        let registration = Registration {
             client: client.clone(),
+            wire,
             origin,
-        }) {
+            inbound: inbound.clone(),
+        };
+        if !handle.send(Command::Register(Box::new(registration))) {
+            if let Some(count) = &inbound {
+                count.fetch_sub(1, Ordering::AcqRel);
+            }
             client.close();
             return Err(RpcError::connection(
                 peer,
@@ -196,6 +221,10 @@ impl IoGroup {
             handle.send(Command::CloseOrigin(origin));
         }
     }
+
+    pub(crate) fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
 }
 
 impl Drop for IoGroup {
@@ -203,17 +232,21 @@ impl Drop for IoGroup {
         for handle in &self.loops {
             handle.send(Command::Shutdown);
         }
-        let current = thread::current().id();
-        for thread in self.threads.get_mut().drain(..) {
-            if thread.thread().id() == current {
-                // The last reference went away on one of the loops itself: it exits on its
-                // own once this returns, and cannot join itself.
-                continue;
-            }
-            if thread.join().is_err() {
-                error!("an rpc-io thread panicked");
-            }
-        }
+        // The last reference may go away on one of the loops itself, which then exits on
+        // its own once this returns.
+        join_until(
+            std::mem::take(self.threads.get_mut()),
+            None,
+            "the event loops",
+        );
+    }
+}
+
+impl fmt::Debug for IoGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IoGroup")
+            .field("loops", &self.loops.len())
+            .finish()
     }
 }
 
@@ -223,14 +256,14 @@ pub(crate) fn next_origin() -> u64 {
     NEXT_ORIGIN.fetch_add(1, Ordering::Relaxed)
 }
 
+/// A connection as its loop holds it.
 struct Entry {
     client: TransportClient,
-    decoder: FrameDecoder,
+    reader: Reader,
     origin: u64,
-    /// The last time the connection read or wrote anything, or sent a new request.
-    last_activity: Instant,
-    /// The connection's request counter when last looked at.
-    seen_sent: u64,
+    inbound: Option<Arc<AtomicUsize>>,
+    /// When the peer ended its side (the connection then only writes what it owes).
+    ended_at: Option<Instant>,
 }
 
 struct EventLoop {
@@ -240,22 +273,23 @@ struct EventLoop {
     handler: Arc<dyn RpcHandler>,
     conns: HashMap<u64, Entry>,
     scratch: Box<[u8]>,
-    max_frame: u64,
-    idle_timeout: Option<Duration>,
+    conf: TransportConf,
     /// Connections whose read budget ran out: read again before sleeping.
     read_again: Vec<u64>,
-    batch_spare: Vec<Arc<Conn>>,
+    /// Connections with more to write after their turn: write again before sleeping.
+    flush_again: Vec<u64>,
 }
 
 impl EventLoop {
     // The loop thread is where the clock is read: once per turn, passed down as `now`.
     fn run(mut self) {
+        mark_event_loop();
         debug!("event loop {} started", self.id);
         let mut events = Events::with_capacity(256);
-        let tick = self.idle_timeout.map(tick_interval);
+        let tick = tick_interval(&self.conf);
         let mut next_tick = tick.map(|tick| Instant::now() + tick);
         loop {
-            let timeout = if self.read_again.is_empty() {
+            let timeout = if self.read_again.is_empty() && self.flush_again.is_empty() {
                 next_tick.map(|at| at.saturating_duration_since(Instant::now()))
             } else {
                 Some(Duration::ZERO)
@@ -271,8 +305,9 @@ impl EventLoop {
                 break;
             }
             let now = Instant::now();
-            connection::begin_batch(self.id, std::mem::take(&mut self.batch_spare));
-            let again = std::mem::take(&mut self.read_again);
+            for id in std::mem::take(&mut self.flush_again) {
+                self.flush(id, now);
+            }
             for event in events.iter() {
                 if event.token() == WAKER {
                     continue;
@@ -285,40 +320,53 @@ impl EventLoop {
                     event.is_writable()
                 );
                 if event.is_writable() {
-                    if let Some(entry) = self.conns.get_mut(&id) {
-                        entry.last_activity = now;
-                        entry.client.conn().flush();
-                    }
+                    self.flush(id, now);
                 }
                 let hang_up = event.is_read_closed() || event.is_error();
                 if event.is_readable() || hang_up {
                     self.read(id, now, hang_up);
                 }
             }
-            for id in again {
+            for id in std::mem::take(&mut self.read_again) {
                 self.read(id, now, false);
             }
-            let shutdown = self.handle_commands(now);
-            let flush = connection::end_batch();
-            for conn in &flush {
-                conn.flush();
-            }
-            self.batch_spare = flush;
-            if shutdown {
+            if self.handle_commands(now) {
                 break;
             }
             if let (Some(at), Some(tick)) = (next_tick, tick) {
                 if now >= at {
-                    self.close_idle(now);
+                    self.check_timers(now);
                     next_tick = Some(now + tick);
                 }
             }
         }
         let ids: Vec<u64> = self.conns.keys().copied().collect();
         for id in ids {
-            self.remove(id, "the transport shut down");
+            self.remove(id, CloseReason::new("the transport shut down"));
         }
         debug!("event loop {} stopped", self.id);
+    }
+
+    /// Writes what connection `id` has queued.
+    fn flush(&mut self, id: u64, now: Instant) {
+        let Some(entry) = self.conns.get(&id) else {
+            return;
+        };
+        let conn = Arc::clone(entry.client.conn());
+        match conn.writes().flush() {
+            Flushed::Done | Flushed::Blocked => {}
+            Flushed::Again => self.flush_again.push(id),
+            Flushed::Failed(err) => {
+                conn.fail_write(err);
+                self.remove(id, CloseReason::new("write failed"));
+                return;
+            }
+        }
+        if conn.after_flush() {
+            // The peer read its answers: its requests are read again.
+            self.read(id, now, true);
+        }
+        self.finish_if_done(id);
     }
 
     /// Reads what connection `id` has; `drain`: to the end, not stopping at a short read.
@@ -326,32 +374,63 @@ impl EventLoop {
         let Some(entry) = self.conns.get_mut(&id) else {
             return;
         };
-        entry.last_activity = now;
+        if entry.ended_at.is_some() {
+            return;
+        }
         let conn = Arc::clone(entry.client.conn());
-        let outcome = conn.read_ready(
+        let outcome = entry.reader.read_ready(
+            &conn,
             &entry.client,
-            &mut entry.decoder,
             &mut self.scratch,
             READ_BUDGET,
             &*self.handler,
             drain,
+            now,
         );
         match outcome {
-            ReadOutcome::Drained => {}
+            ReadOutcome::Drained | ReadOutcome::Paused => {}
             ReadOutcome::Budget => self.read_again.push(id),
-            ReadOutcome::Closed => self.remove(id, "closed"),
+            ReadOutcome::Ended => {
+                entry.ended_at = Some(now);
+                if conn.peer_closed() {
+                    self.remove(id, CloseReason::new("closed by the peer"));
+                } else {
+                    debug!(
+                        "{} closed its side; {} answers still owed",
+                        conn.peer(),
+                        conn.owed()
+                    );
+                }
+            }
+            ReadOutcome::Closed => self.remove(id, CloseReason::new("closed")),
+        }
+    }
+
+    /// Closes a connection whose peer ended its side once it owes nothing more.
+    fn finish_if_done(&mut self, id: u64) {
+        let done = self
+            .conns
+            .get(&id)
+            .is_some_and(|entry| entry.ended_at.is_some() && entry.client.conn().is_finished());
+        if done {
+            self.remove(id, CloseReason::new("closed by the peer"));
         }
     }
 
     /// Forgets a connection, closing it if it is not closed yet, and reports it inactive.
-    fn remove(&mut self, id: u64, reason: &str) {
+    fn remove(&mut self, id: u64, reason: CloseReason) {
         let Some(entry) = self.conns.remove(&id) else {
             return;
         };
         let conn = entry.client.conn();
-        conn.close(reason);
+        conn.close_with(reason);
+        if let Some(count) = &entry.inbound {
+            count.fetch_sub(1, Ordering::AcqRel);
+        }
+        // The reader's socket handle goes with the entry: the descriptor closes now.
+        drop(entry.reader);
         let peer = conn.peer();
-        connection::guard(peer, "channel_inactive", || {
+        guard(peer, "channel_inactive", || {
             self.handler.channel_inactive(&entry.client)
         });
     }
@@ -361,28 +440,11 @@ impl EventLoop {
         let mut shutdown = false;
         while let Ok(command) = self.rx.try_recv() {
             match command {
-                Command::Register { client, origin } => {
-                    let id = client.id();
-                    let peer = client.remote_address();
-                    self.conns.insert(
-                        id,
-                        Entry {
-                            client: client.clone(),
-                            decoder: FrameDecoder::new(self.max_frame),
-                            origin,
-                            last_activity: now,
-                            seen_sent: 0,
-                        },
-                    );
-                    connection::guard(peer, "channel_active", || {
-                        self.handler.channel_active(&client)
-                    });
-                    // Events that came before the loop knew the connection were dropped.
-                    client.conn().flush();
-                    self.read(id, now, true);
-                }
-                Command::Closed(id) => self.remove(id, "closed"),
-                Command::Flush(conn) => conn.flush(),
+                Command::Register(registration) => self.register(*registration, now),
+                Command::Closed(id) => self.remove(id, CloseReason::new("closed")),
+                Command::Wake(conn, Wake::Flush) => self.flush(conn.id(), now),
+                Command::Wake(conn, Wake::Resume) => self.read(conn.id(), now, true),
+                Command::Wake(conn, Wake::Check) => self.finish_if_done(conn.id()),
                 Command::CloseOrigin(origin) => {
                     let ids: Vec<u64> = self
                         .conns
@@ -391,7 +453,10 @@ impl EventLoop {
                         .map(|(id, _)| *id)
                         .collect();
                     for id in ids {
-                        self.remove(id, "its server or client factory was closed");
+                        self.remove(
+                            id,
+                            CloseReason::new("its server or client factory was closed"),
+                        );
                     }
                 }
                 Command::Shutdown => shutdown = true,
@@ -400,36 +465,139 @@ impl EventLoop {
         shutdown
     }
 
-    /// Closes the connections that have had requests outstanding and no traffic for
-    /// `rpc.io.connectionTimeout`.
-    fn close_idle(&mut self, now: Instant) {
-        let Some(timeout) = self.idle_timeout else {
+    fn register(&mut self, registration: Registration, now: Instant) {
+        let Registration {
+            client,
+            wire,
+            origin,
+            inbound,
+        } = registration;
+        let id = client.id();
+        let peer = client.remote_address();
+        if !client.conn().is_open() {
+            // Closed before the loop took it over.
+            if let Some(count) = &inbound {
+                count.fetch_sub(1, Ordering::AcqRel);
+            }
+            guard(peer, "channel_inactive", || {
+                self.handler.channel_inactive(&client)
+            });
             return;
-        };
-        let mut dead = Vec::new();
-        for (id, entry) in &mut self.conns {
-            let (outstanding, sent) = entry.client.conn().request_stats();
-            if sent != entry.seen_sent {
-                entry.seen_sent = sent;
-                entry.last_activity = now;
-            } else if outstanding > 0 && now.duration_since(entry.last_activity) >= timeout {
-                dead.push((*id, outstanding));
+        }
+        let max_frame = client.conn().max_frame();
+        self.conns.insert(
+            id,
+            Entry {
+                client: client.clone(),
+                reader: Reader::new(wire, max_frame, now),
+                origin,
+                inbound,
+                ended_at: None,
+            },
+        );
+        guard(peer, "channel_active", || {
+            self.handler.channel_active(&client)
+        });
+        // Events that came before the loop knew the connection were dropped.
+        self.flush(id, now);
+        self.read(id, now, true);
+    }
+
+    /// Closes the connections whose peer went silent or stalled (see the rules in
+    /// [`TransportConf`]'s keys `rpc.io.connectionTimeout` and `rpc.io.frameTimeout`).
+    fn check_timers(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        for (id, entry) in &self.conns {
+            if let Some(reason) = self.overdue(entry, now) {
+                expired.push((*id, reason));
             }
         }
-        for (id, outstanding) in dead {
+        for (id, reason) in expired {
             let peer = self.conns[&id].client.remote_address();
-            let reason = format!(
-                "quiet for {timeout:?} with {outstanding} requests outstanding ({})",
-                keys::IO_CONNECTION_TIMEOUT
-            );
-            warn!("closing the connection to {peer}: {reason}");
-            self.remove(id, &reason);
+            warn!("closing the connection with {peer}: {reason}");
+            let conn = Arc::clone(self.conns[&id].client.conn());
+            let error = RpcError::connection(peer, format!("closed ({reason})"));
+            guard(peer, "exception_caught", || {
+                self.handler
+                    .exception_caught(&error, &self.conns[&id].client)
+            });
+            conn.close_with(CloseReason::new(reason.clone()));
+            self.remove(id, CloseReason::new(reason));
         }
+    }
+
+    /// Why connection `entry` must close now, if it must.
+    fn overdue(&self, entry: &Entry, now: Instant) -> Option<String> {
+        let conn = entry.client.conn();
+        let reader = &entry.reader;
+        if let Some(timeout) = self.conf.connection_timeout() {
+            if let Some(ended) = entry.ended_at {
+                if now.saturating_duration_since(ended) >= timeout {
+                    return Some(format!(
+                        "the peer closed its side {timeout:?} ago and {} answers are still \
+                         owed ({})",
+                        conn.owed(),
+                        keys::IO_CONNECTION_TIMEOUT
+                    ));
+                }
+                return None;
+            }
+            let open_ended = conn.requests().open_ended();
+            if open_ended > 0 {
+                let since = conn.requests().waiting_since().map_or_else(
+                    || reader.last_read(),
+                    |waiting| waiting.max(reader.last_read()),
+                );
+                if now.saturating_duration_since(since) >= timeout {
+                    return Some(format!(
+                        "the peer was silent for {timeout:?} with {open_ended} requests \
+                         outstanding ({})",
+                        keys::IO_CONNECTION_TIMEOUT
+                    ));
+                }
+            }
+            if let Some(stalled) = conn.writes().stalled_for(now) {
+                if stalled >= timeout {
+                    let (ready, _) = conn.writes().queued();
+                    return Some(format!(
+                        "the peer read nothing for {timeout:?} with {ready} bytes queued \
+                         ({})",
+                        keys::IO_CONNECTION_TIMEOUT
+                    ));
+                }
+            }
+        }
+        if let Some(timeout) = self.conf.frame_timeout() {
+            if conn.is_inbound()
+                && reader.frames() == 0
+                && now.saturating_duration_since(reader.since()) >= timeout
+            {
+                return Some(format!(
+                    "it sent no whole frame within {timeout:?} of connecting ({})",
+                    keys::IO_FRAME_TIMEOUT
+                ));
+            }
+            if reader.in_frame()
+                && !conn.is_paused()
+                && now.saturating_duration_since(reader.last_read()) >= timeout
+            {
+                return Some(format!(
+                    "it stalled for {timeout:?} in the middle of a frame ({})",
+                    keys::IO_FRAME_TIMEOUT
+                ));
+            }
+        }
+        None
     }
 }
 
-/// How often a loop looks for quiet connections: a quarter of the timeout, between 10 ms
-/// and 1 s, so a dead connection is noticed at most that much after the timeout.
-fn tick_interval(timeout: Duration) -> Duration {
-    (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+/// How often a loop looks at its timers: a quarter of the shortest timeout, between 10 ms
+/// and 1 s, so a connection is closed at most that much after its timeout. `None` when
+/// no timeout is set.
+fn tick_interval(conf: &TransportConf) -> Option<Duration> {
+    let shortest = match (conf.connection_timeout(), conf.frame_timeout()) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b)?,
+    };
+    Some((shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)))
 }

@@ -74,7 +74,9 @@ pub struct Responder {
 }
 
 impl Responder {
+    /// The responder to request `request_id` of `conn`, which owes the answer from now on.
     pub(crate) fn new(conn: Arc<Conn>, request_id: u64) -> Self {
+        conn.owe_answer();
         Self {
             target: Some((conn, request_id)),
         }

@@ -40,33 +40,19 @@ mod connection;
 mod context;
 mod event_loop;
 mod handler;
+mod reader;
+mod requests;
 mod server;
 mod socket;
 #[cfg(test)]
 mod tests;
+mod write_queue;
 
 pub use self::client::TransportClient;
-
-/// Defers the writes of the current thread (one that is not an event loop) until the
-/// returned guard is dropped, then writes each connection's frames in one go.
-pub(crate) fn defer_writes() -> WriteBatch {
-    connection::begin_batch(connection::ANY_LOOP, Vec::new());
-    WriteBatch(())
-}
-
-/// Flushes the writes deferred by [`defer_writes`] when dropped.
-#[derive(Debug)]
-pub(crate) struct WriteBatch(());
-
-impl Drop for WriteBatch {
-    fn drop(&mut self) {
-        for conn in connection::end_batch() {
-            conn.flush();
-        }
-    }
-}
 pub use self::client_factory::TransportClientFactory;
 pub use self::conf::TransportConf;
+pub(crate) use self::connection::{Counters, frame_len, on_event_loop};
 pub use self::context::TransportContext;
 pub use self::handler::{Responder, RpcHandler};
 pub use self::server::TransportServer;
+pub(crate) use self::write_queue::{Admission, FRAME_CHARGE, Label, Receipt};

@@ -5,16 +5,18 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::SockRef;
 
+use crate::conf::keys;
 use crate::error::RpcError;
-use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crate::sync::{Arc, Mutex};
+use crate::threads::spawn;
 use crate::transport::TransportConf;
 use crate::transport::event_loop::{IoGroup, next_origin};
 use crate::transport::socket::{bind_listener, configure_stream, interrupted, would_block};
@@ -79,11 +81,10 @@ impl TransportServer {
             io: Arc::clone(&io),
             conf: conf.clone(),
             origin,
+            inbound: Arc::new(AtomicUsize::new(0)),
+            refused: Refused::default(),
         };
-        let boss = thread::Builder::new()
-            .name("rpc-boss".into())
-            .spawn(move || boss.run())
-            .map_err(|e| RpcError::io("cannot start the rpc-boss thread", e))?;
+        let boss = spawn("rpc-boss".into(), move || boss.run())?;
         info!("transport server listening on {address}");
         Ok(Self {
             address,
@@ -145,6 +146,42 @@ struct Boss {
     io: Arc<IoGroup>,
     conf: TransportConf,
     origin: u64,
+    /// Inbound connections held now (for `rpc.io.maxConnections`).
+    inbound: Arc<AtomicUsize>,
+    refused: Refused,
+}
+
+/// Connections refused for `rpc.io.maxConnections`, logged one line per refusal but at
+/// most once a second (then with the count of those not logged).
+#[derive(Default)]
+struct Refused {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Refused {
+    fn log(&mut self, peer: SocketAddr, held: usize, max: usize) {
+        let now = Instant::now();
+        if self
+            .last_logged
+            .is_some_and(|last| now.saturating_duration_since(last) < Duration::from_secs(1))
+        {
+            self.unlogged += 1;
+            return;
+        }
+        let more = std::mem::take(&mut self.unlogged);
+        let also = if more > 0 {
+            format!(" ({more} more refused since the last line)")
+        } else {
+            String::new()
+        };
+        warn!(
+            "refused the connection from {peer}: {held} connections held, the most {} = \
+             {max} allows{also}",
+            keys::IO_MAX_CONNECTIONS
+        );
+        self.last_logged = Some(now);
+    }
 }
 
 impl Boss {
@@ -171,10 +208,26 @@ impl Boss {
         loop {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
+                    let held = self.inbound.load(Ordering::Acquire);
+                    let max = self.conf.max_connections();
+                    if held >= max {
+                        // Closed at once: the peer sees its connection end; the ones held
+                        // keep working.
+                        drop(stream);
+                        self.io
+                            .counters()
+                            .connections_refused
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.refused.log(peer, held, max);
+                        continue;
+                    }
                     if let Err(err) = configure_stream(SockRef::from(&stream), &self.conf) {
                         warn!("cannot set socket options on the connection from {peer}: {err}");
                     }
-                    match self.io.adopt(stream, peer, self.origin) {
+                    match self
+                        .io
+                        .adopt(stream, peer, self.origin, Some(Arc::clone(&self.inbound)))
+                    {
                         Ok(_) => debug!("accepted a connection from {peer}"),
                         Err(err) => warn!("dropped the connection from {peer}: {err}"),
                     }

@@ -9,9 +9,10 @@ use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 
 use crate::transport::TransportConf;
 
-/// A byte stream a connection reads from (its event loop only) and writes to (any
-/// thread, under the connection's write lock). Implemented by `mio::net::TcpStream` and
-/// by in-memory pipes in tests.
+/// A byte stream a connection reads from (its event loop only) and writes to (one writer
+/// at a time, see `write_queue`). Implemented by `mio::net::TcpStream` and by in-memory
+/// pipes in tests. The connection and its event loop share it through an `Arc`: the
+/// descriptor closes when the last of them lets go, at once when the connection closes.
 pub(crate) trait Wire: Send + Sync + 'static {
     /// A non-blocking read: `WouldBlock` when nothing is there, `Ok(0)` at end of stream.
     fn read(&self, buf: &mut [u8]) -> io::Result<usize>;
@@ -19,6 +20,11 @@ pub(crate) trait Wire: Send + Sync + 'static {
     fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
     /// Shuts both directions down, so the peer sees the close at once.
     fn shutdown(&self);
+    /// The pending socket error (`SO_ERROR`), if any: why a connection that looks closed
+    /// by the peer really ended (a keep-alive or user timeout, a reset).
+    fn take_error(&self) -> Option<io::Error> {
+        None
+    }
 }
 
 impl Wire for mio::net::TcpStream {
@@ -34,6 +40,10 @@ impl Wire for mio::net::TcpStream {
         // NotConnected after the peer reset the connection is fine: it is closed already.
         let _ = Self::shutdown(self, Shutdown::Both);
     }
+
+    fn take_error(&self) -> Option<io::Error> {
+        Self::take_error(self).ok().flatten()
+    }
 }
 
 /// `io::Read` over a [`Wire`], for `Read::take(..).read_to_end(..)`.
@@ -45,11 +55,29 @@ impl Read for WireReader<'_> {
     }
 }
 
-/// Options every connected socket gets: `TCP_NODELAY`, keep-alive, and the configured
-/// buffer sizes.
+/// Options every connected socket gets: `TCP_NODELAY`, keep-alive with the configured
+/// idle time, interval and count (`rpc.io.keepAlive*`), `TCP_USER_TIMEOUT`
+/// (`rpc.io.tcpUserTimeout`, Linux), and the configured buffer sizes. Both detect a peer
+/// that vanished (a host that lost power, a cut link) with any peer, Spark included: the
+/// keep-alive while the connection is quiet, the user timeout while sent data waits for
+/// its acknowledgement.
 pub(crate) fn configure_stream(socket: SockRef<'_>, conf: &TransportConf) -> io::Result<()> {
     socket.set_tcp_nodelay(true)?;
-    socket.set_tcp_keepalive(&TcpKeepalive::new())?;
+    match conf.keep_alive_idle() {
+        Some(idle) => {
+            let keepalive = TcpKeepalive::new()
+                .with_time(idle)
+                .with_interval(conf.keep_alive_interval());
+            #[cfg(any(target_os = "linux", target_os = "android", target_os = "macos"))]
+            let keepalive = keepalive.with_retries(conf.keep_alive_count());
+            socket.set_tcp_keepalive(&keepalive)?;
+        }
+        None => socket.set_keepalive(false)?,
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Some(timeout) = conf.tcp_user_timeout() {
+        socket.set_tcp_user_timeout(Some(timeout))?;
+    }
     apply_buffers(&socket, conf)
 }
 
@@ -120,6 +148,10 @@ mod tests {
     use super::*;
     use crate::RpcConf;
 
+    fn conf_of(pairs: &[(&str, &str)]) -> TransportConf {
+        conf(pairs)
+    }
+
     fn conf(pairs: &[(&str, &str)]) -> TransportConf {
         let mut conf = RpcConf::new();
         for (key, value) in pairs {
@@ -133,6 +165,10 @@ mod tests {
         let conf = conf(&[
             ("rpc.io.receiveBuffer", "256k"),
             ("rpc.io.sendBuffer", "128k"),
+            ("rpc.io.keepAliveIdle", "7s"),
+            ("rpc.io.keepAliveInterval", "3s"),
+            ("rpc.io.keepAliveCount", "4"),
+            ("rpc.io.tcpUserTimeout", "1500ms"),
         ]);
         let listener = bind_listener("127.0.0.1:0".parse().unwrap(), &conf).unwrap();
         let listening = SockRef::from(&listener);
@@ -145,6 +181,16 @@ mod tests {
         let socket = SockRef::from(&client);
         assert!(socket.tcp_nodelay().unwrap());
         assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(7));
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(3)
+        );
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 4);
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(1500))
+        );
         assert!(socket.recv_buffer_size().unwrap() >= 256 * 1024);
         assert!(socket.send_buffer_size().unwrap() >= 128 * 1024);
         assert!(socket.nonblocking().unwrap());
@@ -164,6 +210,41 @@ mod tests {
         let accepted = accepted.expect("the connection is accepted within 5 s");
         configure_stream(SockRef::from(&accepted), &conf).unwrap();
         assert!(SockRef::from(&accepted).tcp_nodelay().unwrap());
+        assert_eq!(
+            SockRef::from(&accepted).tcp_keepalive_time().unwrap(),
+            Duration::from_secs(7)
+        );
+
+        // The defaults: keep-alive after 5 s, probes every 2 s, a 10 s user timeout; a
+        // keep-alive idle time of 0 turns keep-alive off.
+        let defaults = connect(
+            addr,
+            Some(Duration::from_secs(5)),
+            &TransportConf::default(),
+        )
+        .unwrap();
+        let socket = SockRef::from(&defaults);
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(5));
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(2)
+        );
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 3);
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(10))
+        );
+        let off = connect(
+            addr,
+            Some(Duration::from_secs(5)),
+            &conf_of(&[
+                ("rpc.io.keepAliveIdle", "0"),
+                ("rpc.io.tcpUserTimeout", "0"),
+            ]),
+        )
+        .unwrap();
+        assert!(!SockRef::from(&off).keepalive().unwrap());
+        assert_eq!(SockRef::from(&off).tcp_user_timeout().unwrap(), None);
     }
 
     #[test]

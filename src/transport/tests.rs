@@ -3,14 +3,17 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use crate::error::RpcError;
-use crate::frame::{FrameDecoder, Message};
-use crate::sync::atomic::{AtomicBool, Ordering};
-use crate::sync::{Arc, Mutex};
-use crate::transport::connection::{self, Conn, Notify, ReadOutcome};
+use crate::frame::Message;
+use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use crate::sync::{Arc, Mutex, Weak};
+use crate::transport::connection::{Conn, Counters, Notify, Wake};
+use crate::transport::reader::{ReadOutcome, Reader};
 use crate::transport::socket::Wire;
-use crate::transport::{Responder, RpcHandler, TransportClient};
+use crate::transport::write_queue::{Admission, Flushed};
+use crate::transport::{Responder, RpcHandler, TransportClient, TransportConf};
 
 const MAX_FRAME: u64 = 1 << 20;
 
@@ -75,8 +78,8 @@ struct NoLoop;
 
 impl Notify for NoLoop {
     fn closed(&self, _conn_id: u64) {}
-    // `pump` flushes both sides every round, as the event loop would.
-    fn flush(&self, _conn: Arc<Conn>) {}
+    // `pump` flushes and reads both sides every round, as the event loop would.
+    fn wake(&self, _conn: Arc<Conn>, _why: Wake) {}
 }
 
 /// Answers `ping:X` with `X`, `fail:X` with a failure, keeps other requests for the test
@@ -116,9 +119,11 @@ struct Side {
     inbound: Arc<Pipe>,
     /// What this side wrote and the peer has not read yet.
     outbound: Arc<Pipe>,
-    decoder: FrameDecoder,
+    reader: Reader,
     handler: TestHandler,
     outcome: ReadOutcome,
+    /// The socket as the connection holds it, to see when it is let go.
+    wire: Weak<dyn Wire>,
 }
 
 impl Side {
@@ -129,27 +134,60 @@ impl Side {
     fn read(&mut self) {
         let mut scratch = [0; 256];
         let conn = Arc::clone(self.client.conn());
-        if self.outcome != ReadOutcome::Closed {
-            self.outcome = conn.read_ready(
+        if !matches!(self.outcome, ReadOutcome::Closed | ReadOutcome::Ended) {
+            self.outcome = self.reader.read_ready(
+                &conn,
                 &self.client,
-                &mut self.decoder,
                 &mut scratch,
                 1 << 20,
                 &self.handler,
                 true,
+                Instant::now(),
             );
+            if self.outcome == ReadOutcome::Ended {
+                conn.peer_closed();
+            }
         }
     }
-}
 
-impl Side {
+    /// What the event loop does when woken or writable.
+    fn flush(&self) {
+        if let Flushed::Failed(err) = self.conn().writes().flush() {
+            self.conn().fail_write(err);
+        }
+        self.conn().after_flush();
+    }
+
+    fn queued(&self) -> usize {
+        self.client.queued_bytes()
+    }
+
     /// Whether this side's peer has bytes from it waiting.
     fn inbound_of_peer_is_empty(&self) -> bool {
         self.outbound.data.lock().is_empty()
     }
+
+    /// Writes bytes as they are, bypassing the frame encoder (tests of bad input).
+    fn write_raw(&self, bytes: Vec<u8>) {
+        self.outbound.data.lock().extend(bytes);
+    }
+}
+
+fn conf(limit: &str) -> TransportConf {
+    TransportConf::from_conf(
+        &crate::RpcConf::new()
+            .set("rpc.message.maxSize", MAX_FRAME.to_string())
+            .set("rpc.io.maxQueuedBytes", limit)
+            .set("rpc.io.sendTimeout", "0"),
+    )
+    .unwrap()
 }
 
 fn pair(capacity: usize) -> (Side, Side) {
+    pair_with(capacity, &conf("4m"))
+}
+
+fn pair_with(capacity: usize, conf: &TransportConf) -> (Side, Side) {
     let pipe = || {
         Arc::new(Pipe {
             data: Mutex::new(VecDeque::new()),
@@ -158,45 +196,49 @@ fn pair(capacity: usize) -> (Side, Side) {
         })
     };
     let (a_to_b, b_to_a) = (pipe(), pipe());
-    let side = |id, loop_id, rx, tx, port| {
+    let side = |id, rx: Arc<Pipe>, tx: Arc<Pipe>, port, inbound| {
         let peer: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let wire = Box::new(MemWire {
+        let wire: Arc<dyn Wire> = Arc::new(MemWire {
             rx: Arc::clone(&rx),
             tx: Arc::clone(&tx),
         });
-        let conn = Conn::new(id, loop_id, peer, MAX_FRAME, wire, Arc::new(NoLoop));
+        let weak = Arc::downgrade(&wire);
+        let conn = Conn::new(
+            id,
+            peer,
+            inbound,
+            Arc::clone(&wire),
+            conf,
+            Arc::new(NoLoop),
+            Arc::new(Counters::default()),
+        );
         Side {
             client: TransportClient::new(conn),
             inbound: rx,
             outbound: tx,
-            decoder: FrameDecoder::new(MAX_FRAME),
+            reader: Reader::new(wire, MAX_FRAME, Instant::now()),
             handler: TestHandler::default(),
             outcome: ReadOutcome::Drained,
+            wire: weak,
         }
     };
     // `a` is the client of server `b` at 127.0.0.1:1000; `b` sees `a` at 127.0.0.1:2000.
-    let a = side(
-        1,
-        usize::MAX - 1,
-        Arc::clone(&b_to_a),
-        Arc::clone(&a_to_b),
-        1000,
-    );
-    let b = side(2, usize::MAX - 2, a_to_b, b_to_a, 2000);
+    let a = side(1, Arc::clone(&b_to_a), Arc::clone(&a_to_b), 1000, false);
+    let b = side(2, a_to_b, b_to_a, 2000, true);
     (a, b)
 }
 
 /// Moves bytes both ways until nothing is left to move (bounded).
 fn pump(a: &mut Side, b: &mut Side) {
     for _ in 0..10_000 {
-        a.conn().flush();
-        b.conn().flush();
+        a.flush();
+        b.flush();
         a.read();
         b.read();
         let idle = |side: &Side| {
-            side.conn().queued_bytes() == 0
-                && side.inbound.data.lock().is_empty()
-                && side.decoder.is_idle()
+            side.conn().writes().is_drained()
+                && (side.inbound.data.lock().is_empty() || side.conn().is_paused())
+                && !side.reader.in_frame()
         };
         if idle(a) && idle(b) {
             return;
@@ -290,7 +332,7 @@ fn outstanding_requests_fail_at_once_when_the_peer_closes() {
     assert!(slot.lock().is_none());
     server.client.close();
     client.read();
-    assert_eq!(client.outcome, ReadOutcome::Closed);
+    assert_eq!(client.outcome, ReadOutcome::Ended);
     let err = taken(&slot).unwrap_err();
     assert!(matches!(err, RpcError::Connection { .. }), "{err:?}");
     assert!(err.to_string().contains("127.0.0.1:1000"), "{err}");
@@ -322,7 +364,7 @@ fn frames_above_max_size_are_refused_before_sending() {
         Err(RpcError::FrameTooLarge { .. })
     ));
     assert!(client.client.is_active());
-    assert_eq!(client.conn().queued_bytes(), 0);
+    assert_eq!(client.queued(), 0);
 }
 
 #[test]
@@ -333,33 +375,23 @@ fn a_full_pipe_queues_writes_until_the_peer_reads() {
     let mut ping = b"ping:".to_vec();
     ping.extend(&body);
     let (_, slot) = request(&client, &ping);
-    assert!(client.conn().queued_bytes() > 0);
+    assert!(client.queued() > 0);
     pump(&mut client, &mut server);
     assert_eq!(taken(&slot).unwrap(), body);
 }
 
 #[test]
-fn replies_in_a_batch_are_flushed_at_its_end() {
+fn a_reply_from_an_idle_connection_is_written_at_once_by_the_replying_thread() {
     let (mut client, mut server) = pair(1 << 16);
-    let slots: Vec<_> = (0..3)
-        .map(|i| request(&client, format!("ping:{i}").as_bytes()))
-        .collect();
-    // Back-to-back sends are a burst: the client's loop would write them.
-    client.conn().flush();
-    connection::begin_batch(server.conn().loop_id(), Vec::new());
-    server.read();
-    // The three replies wait in the queue: nothing written yet.
-    assert!(server.conn().queued_bytes() > 0);
-    let to_flush = connection::end_batch();
-    assert_eq!(to_flush.len(), 1, "one flush for the whole batch");
-    for conn in &to_flush {
-        conn.flush();
-    }
-    assert_eq!(server.conn().queued_bytes(), 0);
+    let (_, slot) = request(&client, b"held");
+    pump(&mut client, &mut server);
+    let (_, responder) = server.handler.held.lock().pop().unwrap();
+    std::thread::sleep(Duration::from_millis(1));
+    responder.reply(b"late".to_vec());
+    // No loop ran: the replying thread wrote it.
+    assert_eq!(server.queued(), 0);
     client.read();
-    for (i, (_, slot)) in slots.iter().enumerate() {
-        assert_eq!(taken(slot).unwrap(), i.to_string().as_bytes());
-    }
+    assert_eq!(taken(&slot).unwrap(), b"late");
 }
 
 #[test]
@@ -370,7 +402,7 @@ fn garbage_closes_the_connection_and_reports_the_error() {
     // A response frame claiming 1 TiB.
     let mut bytes = (1u64 << 40).to_be_bytes().to_vec();
     bytes.push(4);
-    server.conn().write_raw_for_test(bytes);
+    server.write_raw(bytes);
     client.read();
     assert_eq!(client.outcome, ReadOutcome::Closed);
     let errors = client.handler.errors.lock().clone();
@@ -388,7 +420,7 @@ fn answers_to_unknown_requests_are_ignored() {
         body: b"stray".to_vec(),
     }
     .encode_to(&mut bytes);
-    server.conn().write_raw_for_test(bytes);
+    server.write_raw(bytes);
     let (_, slot) = request(&client, b"ping:ok");
     pump(&mut client, &mut server);
     assert_eq!(taken(&slot).unwrap(), b"ok");
@@ -413,9 +445,9 @@ fn a_burst_of_sends_waits_for_one_flush() {
         .map(|i| request(&client, format!("ping:{i}").as_bytes()))
         .collect();
     // The first went out at once; the rest of the burst waits for the loop's flush.
-    assert!(client.conn().queued_bytes() > 0);
-    client.conn().flush();
-    assert_eq!(client.conn().queued_bytes(), 0);
+    assert!(client.queued() > 0);
+    client.flush();
+    assert_eq!(client.queued(), 0);
     pump(&mut client, &mut server);
     for (i, (_, slot)) in slots.iter().enumerate() {
         assert_eq!(taken(slot).unwrap(), i.to_string().as_bytes());
@@ -425,9 +457,9 @@ fn a_burst_of_sends_waits_for_one_flush() {
 #[test]
 fn an_isolated_send_is_written_at_once() {
     let (client, _server) = pair(1 << 16);
-    std::thread::sleep(std::time::Duration::from_millis(1));
+    std::thread::sleep(Duration::from_millis(1));
     request(&client, b"ping:alone");
-    assert_eq!(client.conn().queued_bytes(), 0);
+    assert_eq!(client.queued(), 0);
     assert!(!client.inbound_of_peer_is_empty());
 }
 
@@ -436,11 +468,323 @@ fn a_request_sent_while_others_are_outstanding_is_left_to_the_loop() {
     let (mut client, mut server) = pair(1 << 16);
     let (_, first) = request(&client, b"held-1");
     pump(&mut client, &mut server);
-    std::thread::sleep(std::time::Duration::from_millis(1));
+    std::thread::sleep(Duration::from_millis(1));
     // Not a burst in time, but a pipeline: the answers to come wake the loop anyway.
     let (_, second) = request(&client, b"ping:second");
-    assert!(client.conn().queued_bytes() > 0);
+    assert!(client.queued() > 0);
     pump(&mut client, &mut server);
     assert_eq!(taken(&second).unwrap(), b"second");
     assert!(first.lock().is_none());
+}
+
+/// A receipt that records its outcome.
+type Outcome = Arc<Mutex<Option<Result<(), RpcError>>>>;
+
+fn receipt() -> (crate::transport::Receipt, Outcome) {
+    let slot: Outcome = Arc::default();
+    let out = Arc::clone(&slot);
+    (Box::new(move |outcome| *out.lock() = Some(outcome)), slot)
+}
+
+#[test]
+fn a_full_write_queue_refuses_try_sends_and_waits_are_bounded_but_answers_go_anyway() {
+    // 100 bytes of pipe, 1 KiB of queue.
+    let (mut client, mut server) = pair_with(100, &conf("1k"));
+    let mut accepted = 0;
+    let err = loop {
+        match client.client.try_send(vec![7; 100]) {
+            Ok(()) => accepted += 1,
+            Err(err) => break err,
+        }
+        assert!(accepted < 100, "the queue never filled");
+    };
+    let text = err.to_string();
+    assert!(
+        matches!(err, RpcError::QueueFull { waited: false, .. }),
+        "{err:?}"
+    );
+    for needle in [
+        "write queue to 127.0.0.1:1000",
+        "1024",
+        "rpc.io.maxQueuedBytes",
+    ] {
+        assert!(text.contains(needle), "{text}");
+    }
+    // A send that may wait gives up at its deadline, saying it waited.
+    let conn = Arc::clone(client.conn());
+    let started = Instant::now();
+    let until = Instant::now() + Duration::from_millis(50);
+    let waited = conn.send_one_way(vec![7; 10], None, Admission::Wait(Some(until)), None);
+    assert!(
+        matches!(waited, Err(RpcError::QueueFull { waited: true, .. })),
+        "{waited:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    // Nothing accepted is lost once the peer reads.
+    pump(&mut client, &mut server);
+    assert_eq!(server.handler.one_way.lock().len(), accepted);
+    assert!(client.client.try_send(vec![7; 100]).is_ok());
+}
+
+#[test]
+fn a_sender_waiting_for_room_goes_on_as_soon_as_the_peer_reads() {
+    let (mut client, mut server) = pair_with(100, &conf("1k"));
+    while client.client.try_send(vec![1; 200]).is_ok() {}
+    let conn = Arc::clone(client.conn());
+    let sender = std::thread::Builder::new()
+        .name("rpc-test-sender".into())
+        .spawn(move || {
+            let until = Instant::now() + Duration::from_secs(30);
+            conn.send_one_way(vec![2; 10], None, Admission::Wait(Some(until)), None)
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    pump(&mut client, &mut server);
+    sender
+        .join()
+        .unwrap()
+        .expect("room came when the peer read");
+    pump(&mut client, &mut server);
+    assert_eq!(server.handler.one_way.lock().last().unwrap(), &vec![2; 10]);
+}
+
+#[test]
+fn a_peer_that_does_not_read_its_answers_is_no_longer_read_until_it_does() {
+    let (mut client, mut server) = pair_with(64, &conf("1k"));
+    // 40 requests whose answers (100 bytes each) the client does not read.
+    let conn = Arc::clone(client.conn());
+    let slots: Vec<Slot> = (0..40)
+        .map(|_| {
+            let slot: Slot = Arc::default();
+            let out = Arc::clone(&slot);
+            let body = [b"ping:".as_slice(), &[9; 100]].concat();
+            let callback = Box::new(move |result| *out.lock() = Some(result));
+            conn.send_rpc(body, callback, None, None, Admission::Force);
+            slot
+        })
+        .collect();
+    for _ in 0..200 {
+        client.flush();
+        server.read();
+        server.flush();
+    }
+    assert!(
+        server.conn().is_paused(),
+        "the server stops reading requests"
+    );
+    let (ready, _) = server.conn().writes().queued();
+    assert!(
+        ready < 1024 + 200,
+        "answers queued stay near the limit: {ready}"
+    );
+    assert!(
+        client.queued() > 0,
+        "requests wait in the client: TCP slows it down"
+    );
+    // Once the client reads, everything is answered.
+    pump(&mut client, &mut server);
+    assert!(!server.conn().is_paused());
+    for slot in slots {
+        assert_eq!(taken(&slot).unwrap(), vec![9; 100]);
+    }
+}
+
+#[test]
+fn a_peer_that_speaks_flow_control_is_read_whatever_its_answers() {
+    let (client, mut server) = pair_with(64, &conf("1k"));
+    server.conn().set_flow_controlled(1 << 20);
+    for _ in 0..40 {
+        request(&client, &[b"ping:".as_slice(), &[9; 100]].concat());
+    }
+    for _ in 0..200 {
+        client.flush();
+        server.read();
+        server.flush();
+    }
+    assert!(!server.conn().is_paused());
+}
+
+#[test]
+fn auto_read_off_leaves_frames_unread_and_on_reads_them_in_order() {
+    let (mut client, mut server) = pair(1 << 16);
+    server.client.set_auto_read(false);
+    for i in 0..20u8 {
+        client.client.send(vec![i]).unwrap();
+    }
+    pump(&mut client, &mut server);
+    assert!(server.handler.one_way.lock().is_empty());
+    server.client.set_auto_read(true);
+    pump(&mut client, &mut server);
+    let got: Vec<u8> = server.handler.one_way.lock().iter().map(|m| m[0]).collect();
+    assert_eq!(got, (0..20).collect::<Vec<_>>());
+}
+
+/// Pauses the connection from inside the handler after `after` one-way messages.
+struct PausingHandler {
+    seen: AtomicUsize,
+    after: usize,
+    got: Mutex<Vec<Vec<u8>>>,
+}
+
+impl RpcHandler for PausingHandler {
+    fn receive(&self, _client: &TransportClient, _message: Vec<u8>, responder: Responder) {
+        responder.fail("no");
+    }
+
+    fn receive_one_way(&self, client: &TransportClient, message: Vec<u8>) {
+        self.got.lock().push(message);
+        if self.seen.fetch_add(1, Ordering::SeqCst) + 1 == self.after {
+            client.set_auto_read(false);
+        }
+    }
+}
+
+#[test]
+fn pausing_in_the_middle_of_a_read_keeps_the_bytes_already_read() {
+    let (mut client, server) = pair(1 << 16);
+    for i in 0..50u8 {
+        client.client.send(vec![i; 3]).unwrap();
+    }
+    client.flush();
+    let handler = PausingHandler {
+        seen: AtomicUsize::new(0),
+        after: 10,
+        got: Mutex::default(),
+    };
+    let mut reader = server.reader;
+    let conn = Arc::clone(server.client.conn());
+    let mut scratch = [0; 4096];
+    let outcome = reader.read_ready(
+        &conn,
+        &server.client,
+        &mut scratch,
+        1 << 20,
+        &handler,
+        true,
+        Instant::now(),
+    );
+    assert_eq!(outcome, ReadOutcome::Paused);
+    assert_eq!(handler.got.lock().len(), 10);
+    conn.set_auto_read(true);
+    let outcome = reader.read_ready(
+        &conn,
+        &server.client,
+        &mut scratch,
+        1 << 20,
+        &handler,
+        true,
+        Instant::now(),
+    );
+    assert_eq!(outcome, ReadOutcome::Drained);
+    let got: Vec<u8> = handler.got.lock().iter().map(|m| m[0]).collect();
+    assert_eq!(got, (0..50).collect::<Vec<_>>());
+    let _ = &mut client;
+}
+
+#[test]
+fn after_the_peer_ends_its_side_the_answers_it_is_owed_still_go_out() {
+    let (mut client, mut server) = pair(1 << 16);
+    let (_, slot) = request(&client, b"held");
+    client.flush();
+    // The client shuts its write side: the server reads the request, then the end.
+    client.outbound.closed.store(true, Ordering::Release);
+    server.read();
+    assert_eq!(server.outcome, ReadOutcome::Ended);
+    assert!(server.conn().is_open());
+    assert!(
+        !server.client.is_active(),
+        "no new requests on a closing connection"
+    );
+    assert_eq!(server.conn().owed(), 1);
+    let (_, responder) = server.handler.held.lock().pop().unwrap();
+    responder.reply(b"still answered".to_vec());
+    server.flush();
+    assert!(server.conn().is_finished());
+    client.read();
+    assert_eq!(taken(&slot).unwrap(), b"still answered");
+}
+
+#[test]
+fn requests_to_a_peer_that_ended_its_side_fail_at_once() {
+    let (mut client, mut server) = pair(1 << 16);
+    let (_, slot) = request(&client, b"held");
+    pump(&mut client, &mut server);
+    server.outbound.closed.store(true, Ordering::Release);
+    client.read();
+    assert_eq!(client.outcome, ReadOutcome::Ended);
+    let err = taken(&slot).unwrap_err();
+    assert!(err.to_string().contains("closed by the peer"), "{err}");
+    let (_, later) = request(&client, b"ping:x");
+    assert!(matches!(taken(&later), Err(RpcError::Connection { .. })));
+}
+
+#[test]
+fn closing_lets_go_of_the_socket_while_handles_remain() {
+    let (client, server) = pair(1 << 16);
+    let Side { reader, wire, .. } = server;
+    let handle = client.client.clone();
+    drop(reader);
+    assert!(
+        wire.upgrade().is_some(),
+        "open: the connection holds its socket"
+    );
+    // The server side closes (the loop would drop its reader when it removes the entry).
+    let server_conn = TransportClient::new(Arc::clone(client.conn()));
+    drop(server_conn);
+    client.client.close();
+    drop(client.reader);
+    assert!(
+        client.wire.upgrade().is_none(),
+        "closed: the socket is let go"
+    );
+    assert!(!handle.is_active());
+}
+
+#[test]
+fn labelled_frames_wait_for_window_without_holding_up_other_labels() {
+    let (mut client, mut server) = pair(1 << 16);
+    let conn = Arc::clone(client.conn());
+    let label = |name: &str| Some(crate::transport::Label::from(name));
+    // The window starts at 64 KiB: two 40 KiB messages to `a` use it up.
+    for i in 0..3u8 {
+        conn.send_one_way(vec![i; 40 * 1024], label("a"), Admission::Try, None)
+            .unwrap();
+    }
+    conn.send_one_way(b"to b".to_vec(), label("b"), Admission::Try, None)
+        .unwrap();
+    pump(&mut client, &mut server);
+    let got: Vec<usize> = server.handler.one_way.lock().iter().map(Vec::len).collect();
+    assert_eq!(
+        got,
+        [40 * 1024, 40 * 1024, 4],
+        "the third `a` waits; `b` does not"
+    );
+    let (_, held) = conn.writes().queued();
+    assert_eq!(held, 40 * 1024 + 13);
+    conn.grant("a", 40 * 1024 + crate::transport::FRAME_CHARGE);
+    pump(&mut client, &mut server);
+    assert_eq!(server.handler.one_way.lock().len(), 4);
+}
+
+#[test]
+fn receipts_tell_written_frames_and_frames_lost_with_the_connection() {
+    let (mut client, mut server) = pair_with(100, &conf("4m"));
+    let conn = Arc::clone(client.conn());
+    let (written, written_slot) = receipt();
+    conn.send_one_way(vec![1; 10], None, Admission::Try, Some(written))
+        .unwrap();
+    pump(&mut client, &mut server);
+    assert!(matches!(*written_slot.lock(), Some(Ok(()))));
+    // 10 KiB cannot pass a 100-byte pipe nobody reads: it is lost when the connection
+    // closes, and says so, and is counted.
+    let (lost, lost_slot) = receipt();
+    conn.send_one_way(vec![2; 10_000], None, Admission::Try, Some(lost))
+        .unwrap();
+    client.flush();
+    assert!(lost_slot.lock().is_none());
+    conn.close("closed by the test");
+    let outcome = lost_slot.lock().take().expect("told at the close");
+    let err = outcome.unwrap_err();
+    assert!(err.to_string().contains("closed by the test"), "{err}");
+    assert_eq!(conn.counters().one_way_dropped.load(Ordering::Relaxed), 1);
 }

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use rpcenv::RpcError;
@@ -252,7 +253,9 @@ fn request_written_one_byte_at_a_time_is_answered() {
 }
 
 /// A raw client that asks for 50 × 1 MiB and reads nothing does not stall the other
-/// connections on the same (single) event loop.
+/// connections on the same (single) event loop, and does not make the server queue its
+/// answers without bound: once `rpc.io.maxQueuedBytes` of them wait, the server stops
+/// reading its requests (TCP slows it down), and reads them again once it reads.
 #[test]
 fn slow_consumer_does_not_stall_other_connections_on_the_loop() {
     const REQUESTS: u64 = 50;
@@ -267,9 +270,16 @@ fn slow_consumer_does_not_stall_other_connections_on_the_loop() {
         requests.extend_from_slice(&rpc_request(id, format!("big:{ANSWER}").as_bytes()));
     }
     raw.write_all(&requests).expect("the requests are sent");
-    wait_for("the server to receive every big request", 10, || {
-        f.handler.requests() > REQUESTS as usize
+    wait_for("the server to answer the slow consumer", 10, || {
+        f.handler.requests() > 2
     });
+    thread::sleep(Duration::from_millis(200));
+    // 4 MiB of answers (the default limit) are queued, then it stops reading.
+    let read = f.handler.requests() - 1;
+    assert!(
+        read < 10,
+        "the server went on reading a peer that does not read: {read} requests"
+    );
 
     // The slow consumer's answers pile up; the other connection is served promptly.
     for i in 0..20 {
@@ -365,7 +375,7 @@ fn unsolicited_response_and_failure_are_ignored() {
 /// RpcRequest, and passes its request id and the stream to `behave`.
 fn raw_server(
     behave: impl FnOnce(u64, TcpStream) + Send + 'static,
-) -> (u16, std::thread::JoinHandle<()>) {
+) -> (u16, thread::JoinHandle<()>) {
     let listener = std::net::TcpListener::bind((HOST, 0)).expect("a raw listener");
     let port = listener.local_addr().expect("its address").port();
     let handle = crate::support::spawn("test-raw-server", move || {
@@ -496,13 +506,16 @@ fn request_followed_by_half_close_is_answered_before_the_close() {
     assert_eq!(response, expected, "the answer to the request was not sent");
 }
 
-/// `send_rpc` to a peer that never reads queues instead of blocking the caller, and the
-/// other connections of the same (single) event loop keep working.
+/// `send_rpc` to a peer that never reads queues up to `rpc.io.maxQueuedBytes` and then
+/// refuses (here at once: `rpc.io.sendTimeout` is 0) with `QueueFull` naming the peer, the
+/// bytes queued and the limit, instead of growing or blocking; the other connections of
+/// the same (single) event loop keep working.
 #[test]
-fn send_rpc_to_a_peer_that_never_reads_does_not_block_the_caller_or_the_loop() {
+fn send_rpc_to_a_peer_that_never_reads_is_bounded_and_does_not_block_the_loop() {
     const REQUESTS: usize = 40;
     let f = Fixture::new(&[]);
-    let side = crate::support::ClientSide::new(&[("rpc.io.threads", "1")]);
+    let side =
+        crate::support::ClientSide::new(&[("rpc.io.threads", "1"), ("rpc.io.sendTimeout", "0")]);
     let listener = std::net::TcpListener::bind((HOST, 0)).expect("a raw listener");
     let port = listener.local_addr().expect("its address").port();
     let stuck = side.connect(port);
@@ -518,13 +531,31 @@ fn send_rpc_to_a_peer_that_never_reads_does_not_block_the_caller_or_the_loop() {
         "send_rpc blocked: {:?}",
         started.elapsed()
     );
-    assert_eq!(stuck.outstanding_requests(), REQUESTS);
+    let queued = stuck.outstanding_requests();
+    assert!(queued < REQUESTS, "nothing was refused");
+    assert!(
+        stuck.queued_bytes() <= 6 << 20,
+        "{} bytes queued",
+        stuck.queued_bytes()
+    );
     for i in 0..10 {
         assert_echo(&normal, format!("meanwhile-{i}").as_bytes());
     }
     stuck.close();
+    let mut refused = 0;
     for rx in calls {
-        let err = crate::support::recv_within(&rx, 5).unwrap_err();
-        assert!(matches!(err, RpcError::Connection { .. }), "{err:?}");
+        match crate::support::recv_within(&rx, 5).unwrap_err() {
+            RpcError::QueueFull {
+                queue, limit, key, ..
+            } => {
+                assert!(queue.contains(&port.to_string()), "{queue}");
+                assert_eq!(limit, 4 << 20);
+                assert_eq!(key, "rpc.io.maxQueuedBytes");
+                refused += 1;
+            }
+            RpcError::Connection { .. } => {}
+            other => panic!("{other:?}"),
+        }
     }
+    assert_eq!(refused, REQUESTS - queued);
 }

@@ -1073,7 +1073,7 @@ fn lookup_at_a_port_nobody_listens_on_fails_promptly_with_connection_naming_the_
 }
 
 #[test]
-fn after_a_failed_connect_sends_fail_at_once_and_after_the_500ms_window_connect_again() {
+fn after_failed_connects_sends_fail_at_once_for_a_window_that_doubles_with_each_failure() {
     let server = server_env("fail-fast-server");
     let port = address_of(&server).port();
     server.setup_endpoint("double", Doubler).unwrap();
@@ -1090,28 +1090,39 @@ fn after_a_failed_connect_sends_fail_at_once_and_after_the_500ms_window_connect_
     })
     .unwrap_err();
     assert_connection_or_env_stopped(&err, port);
-    // Let any fail-fast window end: this ask connects, and is refused.
-    thread::sleep(Duration::from_millis(600));
-    let started = Instant::now();
-    let err = promptly("an ask to a dead port", || double.ask_sync::<u64>(3)).unwrap_err();
-    assert_connection_error(&err, port);
-    // A one-way message right after fails at once, with the same error (the window is
-    // FAIL_FAST = 500 ms from the failed connect, which happened after `started`).
-    let sent = double.send(4);
-    if started.elapsed() < Duration::from_millis(400) {
-        match sent {
+    // How long sends fail at once after each failed connect: poll with one-way messages
+    // until one is accepted (which starts the next connect, refused in turn).
+    let mut windows = Vec::new();
+    for _ in 0..3 {
+        let err = promptly("an ask to a dead port", || double.ask_sync::<u64>(3)).unwrap_err();
+        assert_connection_or_env_stopped(&err, port);
+        let failed = Instant::now();
+        // Right after, a message fails at once with the same error.
+        match double.send(4) {
             Err(err) => assert_connection_error(&err, port),
             Ok(()) => panic!("a send within the fail-fast window was accepted"),
         }
+        let deadline = failed + Duration::from_secs(20);
+        while double.send(5).is_err() {
+            assert!(Instant::now() < deadline, "sends kept failing for 20 s");
+            thread::sleep(Duration::from_millis(20));
+        }
+        windows.push(failed.elapsed());
+        // Let the connect the accepted message started fail.
+        thread::sleep(Duration::from_millis(100));
     }
-    // After the window a message is accepted again, for a new connect; asks queued
-    // behind it all fail with its failure, at once.
-    thread::sleep(Duration::from_millis(600));
-    assert!(double.send(5).is_ok(), "a send after the window is queued");
+    assert!(windows[0] >= Duration::from_millis(400), "{windows:?}");
+    for pair in windows.windows(2) {
+        assert!(
+            pair[1] >= pair[0] + pair[0] / 2,
+            "the window doubles with each failure in a row: {windows:?}"
+        );
+    }
+    // Asks queued behind a failing connect all fail with its failure, at once.
     let pending: Vec<Pending<u64>> = (0..5).map(|n| double.ask(n)).collect();
     promptly("asks queued behind a failing connect", || {
         for p in pending {
-            assert_connection_error(&p.wait().unwrap_err(), port);
+            assert_connection_or_env_stopped(&p.wait().unwrap_err(), port);
         }
     });
     client.shutdown();

@@ -423,16 +423,18 @@ fn remove_rpc_request_forgets_the_request_and_drops_its_callback() {
 }
 
 /// Spark `RequestTimeoutIntegrationSuite.timeoutInactiveRequests` and
-/// `timeoutCleanlyClosesClient`: a request the server never answers fails with
-/// `Connection` naming `rpc.io.connectionTimeout`, the client is then inactive, and the
-/// factory hands out a fresh, working one.
+/// `timeoutCleanlyClosesClient`: a request without a deadline of its own that the server
+/// never answers fails with `Connection` naming `rpc.io.connectionTimeout` once the peer
+/// has been silent that long, the client is then inactive, and the factory hands out a
+/// fresh, working one.
 #[test]
 fn timeout_inactive_requests_and_timeout_cleanly_closes_client() {
     let f = Fixture::new(&[("rpc.io.connectionTimeout", "1s")]);
     let client = f.client();
     assert_echo(&client, b"quick");
     let started = Instant::now();
-    let err = client.send_rpc_sync("hold", LONG).unwrap_err();
+    let (_, rx) = call(&client, "hold");
+    let err = recv_within(&rx, 30).unwrap_err();
     let elapsed = started.elapsed();
     assert_connection_error(&err, f.port());
     assert!(
@@ -450,6 +452,66 @@ fn timeout_inactive_requests_and_timeout_cleanly_closes_client() {
     assert_ne!(fresh.id(), client.id(), "a new connection");
     assert!(fresh.is_active());
     assert_echo(&fresh, b"fresh");
+}
+
+/// `rpc.io.connectionTimeout` never cuts a request short of its own, longer deadline: a
+/// peer that answers after 2.5 s is waited for by requests with 10 s deadlines, with the
+/// timeout at 1 s, and so are the other requests on the connection.
+#[test]
+fn connection_timeout_does_not_cap_a_requests_own_longer_deadline() {
+    let f = Fixture::new(&[("rpc.io.connectionTimeout", "1s")]);
+    let client = f.client();
+    assert_echo(&client, b"quick");
+    let started = Instant::now();
+    let (slow, slow_rx) = call_sync_in_thread(&client, b"hold", Duration::from_secs(10));
+    let (other, other_rx) = call_sync_in_thread(&client, b"hold", Duration::from_secs(10));
+    wait_for("both requests held", 5, || f.handler.held() == 2);
+    thread::sleep(Duration::from_millis(2500));
+    f.handler.release_held();
+    for (thread, rx) in [(slow, slow_rx), (other, other_rx)] {
+        let (answer, _) = recv_within(&rx, 15);
+        assert_eq!(answer.expect("answered after 2.5 s"), b"hold");
+        thread.join().unwrap();
+    }
+    assert!(started.elapsed() >= Duration::from_millis(2500));
+    assert!(client.is_active());
+}
+
+/// The silent-peer rule counts the peer's silence only: requests this side keeps sending
+/// (every 300 ms, each with a deadline of its own) do not keep alive a connection on which
+/// a request without a deadline waits for a peer that never answers.
+#[test]
+fn our_own_sends_do_not_reset_the_silent_peer_rule() {
+    let listener = std::net::TcpListener::bind((HOST, 0)).expect("a raw listener");
+    let port = listener.local_addr().expect("its address").port();
+    let side = ClientSide::new(&[("rpc.io.connectionTimeout", "1s")]);
+    let client = side.connect(port);
+    let (_peer, _) = listener.accept().expect("the connection"); // never answers
+    let started = Instant::now();
+    let (_, open_ended) = call(&client, "no deadline");
+    let mut timed_out = 0;
+    while client.is_active() && started.elapsed() < Duration::from_secs(10) {
+        let err = client
+            .send_rpc_sync("with a deadline", Duration::from_millis(300))
+            .unwrap_err();
+        if matches!(err, RpcError::Timeout { .. }) {
+            timed_out += 1;
+        }
+    }
+    let err = recv_within(&open_ended, 5).unwrap_err();
+    assert!(
+        err.to_string().contains("rpc.io.connectionTimeout"),
+        "{err}"
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(5),
+        "closed after {elapsed:?}"
+    );
+    assert!(
+        timed_out >= 2,
+        "the periodic requests kept going: {timed_out}"
+    );
 }
 
 /// A connection with nothing outstanding is not closed by the idle check (Spark keeps

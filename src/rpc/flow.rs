@@ -1,0 +1,219 @@
+//! Flow control between envs: a window per endpoint on each connection, so that a flood
+//! to one endpoint neither grows its inbox without bound nor holds up anything else on
+//! the connection.
+//!
+//! # The protocol (the HTTP/2 way, with endpoints as streams)
+//!
+//! - Each side of a connection opens with a *hello* control message: "I speak flow
+//!   control, and each of my endpoints lets you have `window` bytes in flight"
+//!   (`rpc.dispatcher.inboxCapacity`). Until the hello arrives a sender assumes the
+//!   protocol's initial window of 64 KiB, which every receiver accepts.
+//! - A message (one-way or ask) costs its frame body plus a fixed 64 bytes of the window of
+//!   its endpoint on that connection. The sender holds messages that find no window, in
+//!   order, per endpoint, in its write queue (senders wait beyond `rpc.io.maxQueuedBytes`
+//!   of them); messages to other endpoints and answers go on.
+//! - When an endpoint takes a message out of its inbox, the receiver owes the sender that
+//!   message's cost, and *grants* it back in a control message once half a window is owed.
+//!
+//! A receiver therefore never has to stop reading a peer that speaks flow control: what
+//! arrives always fits, and answers (which need no window: an asker bounds them by its
+//! own asks) always flow. That is what keeps two envs whose handlers ask each other while
+//! both are flooded from stalling each other (the trap of one TCP stream carrying requests
+//! and replies).
+//!
+//! A peer that does not speak it (a raw socket, a foreign client) gets the same windows
+//! enforced the blunt way: once it has a window's worth waiting in an endpoint's inbox,
+//! the connection stops being read until the endpoint catches up, and TCP slows the peer
+//! down. A peer that said hello and still overruns a window is treated the same way.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use log::{debug, warn};
+
+use crate::rpc::envelope;
+use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::{Arc, Mutex};
+use crate::transport::{FRAME_CHARGE, TransportClient};
+
+/// What a message costs of its endpoint's window: its frame body and a fixed share.
+pub(crate) fn charge(body_len: usize) -> usize {
+    body_len + FRAME_CHARGE
+}
+
+/// The receiving side of one connection's flow control (see the module docs); kept with
+/// the connection.
+pub(crate) struct Inflow {
+    /// The window each endpoint grants this connection (`rpc.dispatcher.inboxCapacity`).
+    window: usize,
+    /// The peer said hello: it keeps to the windows.
+    speaks_flow_control: AtomicBool,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    endpoints: HashMap<Arc<str>, Window>,
+    /// Endpoints whose inbox holds a window's worth from this connection or more; the
+    /// connection is not read while there is one.
+    full: usize,
+}
+
+#[derive(Default)]
+struct Window {
+    /// Bytes received and not yet taken out of the inbox.
+    waiting: usize,
+    /// Bytes taken out of the inbox and not yet granted back.
+    owed: usize,
+    /// This endpoint's backlog stopped the connection from being read.
+    paused: bool,
+}
+
+impl Inflow {
+    pub(crate) fn new(window: usize) -> Self {
+        Self {
+            window,
+            speaks_flow_control: AtomicBool::new(false),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// The hello arrived: the peer keeps to the windows.
+    pub(crate) fn peer_said_hello(&self) {
+        self.speaks_flow_control.store(true, Ordering::Release);
+    }
+
+    /// A message of `body_len` bytes for `endpoint` arrived on `client`'s connection;
+    /// returns what it charged, given back when the message leaves the inbox. Called on
+    /// the connection's event loop.
+    pub(crate) fn received(
+        self: &Arc<Self>,
+        client: &TransportClient,
+        endpoint: &Arc<str>,
+        body_len: usize,
+    ) -> Charge {
+        let bytes = charge(body_len);
+        let speaks = self.speaks_flow_control.load(Ordering::Acquire);
+        let mut state = self.state.lock();
+        let window = state.endpoints.entry(Arc::clone(endpoint)).or_default();
+        let before = window.waiting;
+        window.waiting += bytes;
+        // A peer that keeps to the windows may fill one exactly, which is no reason to stop
+        // reading it; only a message sent with no window left is an overrun.
+        let overran = if speaks {
+            before >= self.window
+        } else {
+            window.waiting >= self.window
+        };
+        if overran && !window.paused {
+            window.paused = true;
+            if speaks {
+                warn!(
+                    "{} overran the window of endpoint {endpoint} ({} bytes waiting); \
+                     reading from it pauses until the endpoint catches up",
+                    client.remote_address(),
+                    window.waiting
+                );
+            }
+            state.full += 1;
+            if state.full == 1 {
+                debug!(
+                    "endpoint {endpoint} holds a window's worth from {}; not reading it",
+                    client.remote_address()
+                );
+                client.set_auto_read(false);
+            }
+        }
+        Charge {
+            inflow: Arc::clone(self),
+            client: client.clone(),
+            endpoint: Arc::clone(endpoint),
+            bytes,
+        }
+    }
+
+    /// A message charged `bytes` left the inbox of `endpoint`.
+    fn consumed(&self, client: &TransportClient, endpoint: &Arc<str>, bytes: usize) {
+        let speaks = self.speaks_flow_control.load(Ordering::Acquire);
+        let mut grant = None;
+        let mut resume = false;
+        {
+            let mut state = self.state.lock();
+            let Some(window) = state.endpoints.get_mut(endpoint) else {
+                return;
+            };
+            window.waiting -= bytes;
+            if speaks {
+                window.owed += bytes;
+                if window.owed >= self.window / 2 {
+                    grant = Some(std::mem::take(&mut window.owed));
+                }
+            }
+            let caught_up = window.paused && window.waiting < self.window;
+            if caught_up {
+                window.paused = false;
+            }
+            if window.waiting == 0 && window.owed == 0 {
+                state.endpoints.remove(endpoint);
+            }
+            if caught_up {
+                state.full -= 1;
+                resume = state.full == 0;
+            }
+        }
+        if let Some(bytes) = grant {
+            match envelope::encode_grant(endpoint, bytes) {
+                Ok(body) => {
+                    if let Err(err) = client.send_control(body) {
+                        debug!(
+                            "window grant to {} not sent: {err}",
+                            client.remote_address()
+                        );
+                    }
+                }
+                Err(err) => warn!("cannot encode a window grant: {err}"),
+            }
+        }
+        if resume {
+            debug!("reading from {} again", client.remote_address());
+            client.set_auto_read(true);
+        }
+    }
+}
+
+impl fmt::Debug for Inflow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inflow")
+            .field("window", &self.window)
+            .field(
+                "speaks_flow_control",
+                &self.speaks_flow_control.load(Ordering::Relaxed),
+            )
+            .finish()
+    }
+}
+
+/// A message's share of its endpoint's window, given back (and granted to the sender)
+/// when it is dropped: when the message leaves the inbox to be handled, or is failed.
+pub(crate) struct Charge {
+    inflow: Arc<Inflow>,
+    client: TransportClient,
+    endpoint: Arc<str>,
+    bytes: usize,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.inflow
+            .consumed(&self.client, &self.endpoint, self.bytes);
+    }
+}
+
+impl fmt::Debug for Charge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Charge")
+            .field("endpoint", &self.endpoint)
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}

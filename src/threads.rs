@@ -1,0 +1,408 @@
+//! Named threads and the one pool the crate builds from them.
+//!
+//! Every thread the crate starts goes through [`spawn`] (it has a name that shows in a
+//! stack dump), every group of threads is joined with [`join_until`] (bounded by a
+//! deadline, never joining the calling thread itself), and every caught panic is turned
+//! into text by [`panic_message`]. [`Pool`] runs jobs on worker threads that take them from
+//! one queue: with a fixed number of threads (the `rpc-dispatcher-N` loops, a dedicated
+//! `rpc-endpoint-NAME` thread) or cached, started on demand up to a ceiling and ending
+//! when idle (the `rpc-connect-N` threads). The `rpc-io-N` event loops are threads of
+//! their own, started and joined the same way.
+
+use std::any::Any;
+use std::fmt;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use log::{debug, error, warn};
+
+use crate::error::RpcError;
+use crate::sync::{Arc, Mutex};
+
+/// Starts a thread called `name`.
+pub(crate) fn spawn(
+    name: String,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, RpcError> {
+    thread::Builder::new()
+        .name(name.clone())
+        .spawn(f)
+        .map_err(|err| RpcError::io(format!("cannot start thread {name}"), err))
+}
+
+/// Joins `threads`, waiting no later than `deadline` (`None`: as long as it takes). The
+/// calling thread, if it is one of them, is skipped: it ends on its own once it returns.
+/// Threads still running at the deadline are left behind and logged; a thread that
+/// panicked is logged.
+pub(crate) fn join_until(threads: Vec<JoinHandle<()>>, deadline: Option<Instant>, what: &str) {
+    let current = thread::current().id();
+    let mut pending: Vec<_> = threads
+        .into_iter()
+        .filter(|t| t.thread().id() != current)
+        .collect();
+    loop {
+        let (done, busy): (Vec<_>, Vec<_>) = pending.into_iter().partition(|t| t.is_finished());
+        for thread in done {
+            let name = thread.thread().name().unwrap_or("?").to_owned();
+            if thread.join().is_err() {
+                error!("thread {name} of {what} panicked");
+            }
+        }
+        pending = busy;
+        if pending.is_empty() {
+            return;
+        }
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            for thread in &pending {
+                warn!(
+                    "thread {} of {what} is still busy at shutdown; left running",
+                    thread.thread().name().unwrap_or("?")
+                );
+            }
+            return;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
+}
+
+/// A job for a [`Pool`].
+pub(crate) type Job = Box<dyn FnOnce() + Send>;
+
+enum Task {
+    Run(Job),
+    /// One worker is to exit, after running what is queued.
+    Exit,
+}
+
+/// How many workers a [`Pool`] has.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Workers {
+    /// Exactly this many, started at once, running until the pool stops.
+    Fixed(usize),
+    /// Started when a job finds none idle, up to `max`; an idle one ends after `idle`.
+    Cached { max: usize, idle: Duration },
+}
+
+/// Worker threads that run jobs from one queue, in the order they were queued.
+///
+/// A job that panics is logged and the worker goes on. [`stop`](Self::stop) lets every
+/// worker finish what is queued (including jobs queued meanwhile by running jobs) and
+/// exit.
+pub(crate) struct Pool {
+    /// Thread names are `{prefix}{index}`, or `prefix` alone for a pool of one.
+    prefix: String,
+    workers: Workers,
+    tx: Sender<Task>,
+    rx: Receiver<Task>,
+    state: Arc<Mutex<PoolState>>,
+}
+
+#[derive(Default)]
+struct PoolState {
+    threads: Vec<JoinHandle<()>>,
+    /// Workers alive.
+    alive: usize,
+    /// Workers waiting for a job.
+    idle: usize,
+    /// Jobs queued and not yet taken.
+    queued: usize,
+    next_index: usize,
+    stopped: bool,
+}
+
+impl Pool {
+    /// A pool whose threads are named after `prefix`; fixed pools start their threads now.
+    pub(crate) fn new(prefix: impl Into<String>, workers: Workers) -> Result<Arc<Self>, RpcError> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let pool = Arc::new(Self {
+            prefix: prefix.into(),
+            workers,
+            tx,
+            rx,
+            state: Arc::new(Mutex::new(PoolState::default())),
+        });
+        if let Workers::Fixed(count) = workers {
+            let mut state = pool.state.lock();
+            for _ in 0..count {
+                if let Err(err) = pool.start_worker(&mut state) {
+                    drop(state);
+                    pool.stop(Some(Instant::now() + Duration::from_secs(1)));
+                    return Err(err);
+                }
+            }
+        }
+        Ok(pool)
+    }
+
+    fn start_worker(&self, state: &mut PoolState) -> Result<(), RpcError> {
+        let name = match self.workers {
+            Workers::Fixed(1) => self.prefix.clone(),
+            _ => format!("{}{}", self.prefix, state.next_index),
+        };
+        let rx = self.rx.clone();
+        let tx = self.tx.clone();
+        let shared = Arc::clone(&self.state);
+        let idle = match self.workers {
+            Workers::Fixed(_) => None,
+            Workers::Cached { idle, .. } => Some(idle),
+        };
+        let thread = spawn(name, move || work(&rx, &tx, &shared, idle))?;
+        state.next_index += 1;
+        state.alive += 1;
+        state.threads.retain(|t| !t.is_finished());
+        state.threads.push(thread);
+        Ok(())
+    }
+
+    /// Queues `job`. Fails with `EnvStopped` once the pool is stopped.
+    pub(crate) fn execute(&self, job: Job) -> Result<(), RpcError> {
+        let mut state = self.state.lock();
+        if state.stopped {
+            return Err(RpcError::EnvStopped);
+        }
+        state.queued += 1;
+        if let Workers::Cached { max, .. } = self.workers {
+            if state.queued > state.idle && state.alive < max {
+                if let Err(err) = self.start_worker(&mut state) {
+                    if state.alive == 0 {
+                        state.queued -= 1;
+                        return Err(err);
+                    }
+                    // A worker that is alive takes the job later.
+                    warn!("{err}; the job waits for a busy {} thread", self.prefix);
+                }
+            }
+        }
+        // Sent under the state lock, so an idle worker deciding to exit sees it queued.
+        self.tx
+            .send(Task::Run(job))
+            .map_err(|_| RpcError::EnvStopped)
+    }
+
+    /// How many workers are alive.
+    pub(crate) fn threads(&self) -> usize {
+        self.state.lock().alive
+    }
+
+    /// Whether every worker has exited.
+    pub(crate) fn is_done(&self) -> bool {
+        let state = self.state.lock();
+        state.alive == 0 || state.threads.iter().all(JoinHandle::is_finished)
+    }
+
+    /// Refuses new jobs, lets every worker run what is queued and exit, and joins them
+    /// until `deadline` (`None`: do not wait at all). A worker busy past the deadline is
+    /// left to finish on its own (and logged).
+    pub(crate) fn stop(&self, deadline: Option<Instant>) {
+        let threads = {
+            let mut state = self.state.lock();
+            if !state.stopped {
+                state.stopped = true;
+                for _ in 0..state.alive {
+                    let _ = self.tx.send(Task::Exit);
+                }
+            }
+            std::mem::take(&mut state.threads)
+        };
+        match deadline {
+            Some(deadline) => join_until(threads, Some(deadline), &self.prefix),
+            None => drop(threads),
+        }
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("prefix", &self.prefix)
+            .field("workers", &self.workers)
+            .field("alive", &self.threads())
+            .finish()
+    }
+}
+
+/// A worker's loop: runs jobs until told to exit (then runs what is still queued) or,
+/// in a cached pool, until idle for `idle`.
+fn work(rx: &Receiver<Task>, tx: &Sender<Task>, state: &Mutex<PoolState>, idle: Option<Duration>) {
+    let run = |job: Job| {
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
+            error!(
+                "a job on {} panicked: {}",
+                thread::current().name().unwrap_or("?"),
+                panic_message(payload.as_ref())
+            );
+        }
+    };
+    loop {
+        state.lock().idle += 1;
+        let task = match idle {
+            Some(idle) => rx.recv_timeout(idle),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match task {
+            Ok(Task::Run(job)) => {
+                {
+                    let mut state = state.lock();
+                    state.idle -= 1;
+                    state.queued -= 1;
+                }
+                run(job);
+            }
+            Ok(Task::Exit) => {
+                state.lock().idle -= 1;
+                break;
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let mut state = state.lock();
+                state.idle -= 1;
+                if state.queued > 0 {
+                    continue;
+                }
+                state.alive -= 1;
+                debug!("idle {} exits", thread::current().name().unwrap_or("?"));
+                return;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                state.lock().idle -= 1;
+                break;
+            }
+        }
+    }
+    // Told to exit: first run what is still queued (a job queued again by a job that ran
+    // while the stop was requested comes after the request).
+    while let Ok(task) = rx.try_recv() {
+        match task {
+            Task::Run(job) => {
+                state.lock().queued -= 1;
+                run(job);
+            }
+            Task::Exit => {
+                // Another worker's: leave it for that one.
+                let _ = tx.send(Task::Exit);
+                break;
+            }
+        }
+    }
+    state.lock().alive -= 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::atomic::{AtomicUsize, Ordering};
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what} within 10 s");
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_cached_pool_grows_to_its_ceiling_and_idle_workers_exit() {
+        let pool = Pool::new(
+            "rpc-connect-",
+            Workers::Cached {
+                max: 3,
+                idle: Duration::from_millis(100),
+            },
+        )
+        .unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (release_tx, release_rx) = crossbeam_channel::unbounded::<()>();
+        for _ in 0..5 {
+            let tx = tx.clone();
+            let release_rx = release_rx.clone();
+            pool.execute(Box::new(move || {
+                tx.send(thread::current().name().map(str::to_owned))
+                    .unwrap();
+                let _ = release_rx.recv_timeout(Duration::from_secs(10));
+            }))
+            .unwrap();
+        }
+        // Three run at once (the ceiling); the other two wait for a free worker.
+        for _ in 0..3 {
+            let name = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+            assert!(name.starts_with("rpc-connect-"), "{name}");
+        }
+        assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
+        assert_eq!(pool.threads(), 3);
+        for _ in 0..5 {
+            release_tx.send(()).unwrap();
+        }
+        for _ in 0..2 {
+            rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        wait_for("idle workers exit", || pool.threads() == 0);
+        // A new job after that starts a worker again.
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = Arc::clone(&ran);
+        pool.execute(Box::new(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        }))
+        .unwrap();
+        wait_for("the job runs", || ran.load(Ordering::SeqCst) == 1);
+        pool.stop(Some(Instant::now() + Duration::from_secs(5)));
+        assert!(pool.execute(Box::new(|| {})).is_err());
+    }
+
+    #[test]
+    fn a_fixed_pool_runs_what_is_queued_before_it_stops_and_survives_panics() {
+        let pool = Pool::new("rpc-test-", Workers::Fixed(2)).unwrap();
+        let ran = Arc::new(AtomicUsize::new(0));
+        pool.execute(Box::new(|| panic!("a job panics"))).unwrap();
+        for _ in 0..100 {
+            let ran = Arc::clone(&ran);
+            pool.execute(Box::new(move || {
+                thread::sleep(Duration::from_micros(100));
+                ran.fetch_add(1, Ordering::SeqCst);
+            }))
+            .unwrap();
+        }
+        pool.stop(Some(Instant::now() + Duration::from_secs(10)));
+        assert_eq!(ran.load(Ordering::SeqCst), 100);
+        assert!(pool.is_done());
+    }
+
+    #[test]
+    fn join_until_skips_the_calling_thread_and_gives_up_at_the_deadline() {
+        let (tx, rx) = crossbeam_channel::bounded::<()>(0);
+        let busy = spawn("rpc-test-busy".into(), move || {
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+        })
+        .unwrap();
+        let started = Instant::now();
+        join_until(
+            vec![busy],
+            Some(Instant::now() + Duration::from_millis(50)),
+            "a test",
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        drop(tx);
+        let me = spawn("rpc-test-self".into(), || {}).unwrap();
+        join_until(vec![me], None, "a test");
+    }
+
+    #[test]
+    fn panic_messages() {
+        let literal = std::panic::catch_unwind(|| panic!("literal")).unwrap_err();
+        assert_eq!(panic_message(literal.as_ref()), "literal");
+        let formatted = std::panic::catch_unwind(|| panic!("n={}", 3)).unwrap_err();
+        assert_eq!(panic_message(formatted.as_ref()), "n=3");
+        let other = std::panic::catch_unwind(|| std::panic::panic_any(7u8)).unwrap_err();
+        assert_eq!(panic_message(other.as_ref()), "a panic without a message");
+    }
+}

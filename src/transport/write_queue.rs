@@ -1,0 +1,750 @@
+//! One connection's write side: the frames on their way to the socket, who writes them,
+//! the room senders wait for, and the frames held back until the peer grants a window.
+//!
+//! # Who writes a frame
+//!
+//! The connection's `rpc-io-N` event loop owns the socket's write side. A frame handed
+//! to the queue is written by:
+//!
+//! - **the thread that hands it over**, at once, with one non-blocking `writev`, when the
+//!   connection is idle: nothing is queued or being written, and the frame is neither part
+//!   of a burst (another frame came less than [`BURST`] before it) nor a request sent while
+//!   others wait for their answers. A caller waiting for its answer thus pays no hand-off
+//!   to another thread. What the socket does not take is left to the event loop;
+//! - **the event loop** otherwise: the hand-over wakes it once (later frames find it
+//!   woken and only append), and it writes everything queued when it runs, in `writev`s of
+//!   up to [`MAX_SLICES`] slices, until the socket would block; it resumes on the socket's
+//!   writable event.
+//!
+//! Nothing is ever held back to be batched: batching comes from the loop writing all that
+//! queued up while it was being woken. Only one thread writes at a time; the others
+//! append meanwhile, and the lock is never held across a system call.
+//!
+//! # Room
+//!
+//! Frames ready to write may take [`limit`](WriteQueue::new) bytes (`rpc.io.maxQueuedBytes`).
+//! A frame is accepted while the queue is below the limit (so one frame larger than the
+//! limit still goes); beyond it a sender waits for room, fails at once, or goes anyway,
+//! as its [`Admission`] says. Answers and control frames go anyway: they are bounded by
+//! what the peer asked, and refusing them would lose the answer.
+//!
+//! # Windows
+//!
+//! A frame with a [`Label`] (the rpc layer labels messages with the endpoint they are for)
+//! also needs window: each label starts with the connection's initial window, a frame
+//! takes `len + FRAME_CHARGE` of it, and the peer grants more as its endpoint consumes
+//! what it received. A frame that finds no window (or frames of its label already held)
+//! is held, in order, until [`grant`](WriteQueue::grant) makes room; held frames of one
+//! label never delay frames of another. Each label may hold `limit` bytes; beyond that its
+//! senders wait as above.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io::{self, IoSlice};
+use std::time::{Duration, Instant};
+
+use log::trace;
+
+use crate::conf::keys;
+use crate::error::RpcError;
+use crate::frame::FrameHeader;
+use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
+use crate::transport::socket::{Wire, interrupted, would_block};
+
+/// At most this many slices go into one `writev`.
+const MAX_SLICES: usize = 256;
+
+/// A frame handed over within this time of the previous one on the same connection is
+/// part of a burst, which the event loop writes in one go. Longer than any gap between
+/// back-to-back sends, shorter than a loopback round trip, so a caller waiting for each
+/// answer still writes its own frame at once.
+pub(crate) const BURST: Duration = Duration::from_micros(10);
+
+/// The event loop writes at most this many rounds of newly queued frames for one
+/// connection before it lets the other connections of the loop have their turn.
+const LOOP_ROUNDS: usize = 8;
+
+/// What a labelled frame costs of its label's window beyond its body: a fixed share for
+/// the bookkeeping each message needs on the receiving side.
+pub(crate) const FRAME_CHARGE: usize = 64;
+
+/// The window of a label before the peer has said how large its windows are.
+pub(crate) const INITIAL_WINDOW: usize = 64 * 1024;
+
+/// A flow-control label: frames with the same label share a window.
+pub(crate) type Label = Arc<str>;
+
+/// Called once a frame was handed to the socket in full (`Ok`), or with why it never
+/// will be.
+pub(crate) type Receipt = Box<dyn FnOnce(Result<(), RpcError>) + Send>;
+
+/// What a frame is, for accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A one-way message: counted when it is lost with the connection.
+    OneWay,
+    /// A request: its caller learns of a loss through the request table.
+    Request,
+    /// An answer to the peer's request.
+    Answer,
+    /// A control frame (window grants and the like).
+    Control,
+}
+
+/// How a frame is let in when the queue has no room for it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Admission {
+    /// Wait for room until this instant (`None`: fail at once when there is none).
+    Wait(Option<Instant>),
+    /// Fail at once with [`RpcError::QueueFull`].
+    Try,
+    /// Go anyway (answers, control frames, frames already let in elsewhere).
+    Force,
+}
+
+/// One frame on its way: its header, its body, and what to tell when it is written.
+pub(crate) struct Frame {
+    header: FrameHeader,
+    body: Vec<u8>,
+    written: usize,
+    kind: Kind,
+    label: Option<Label>,
+    receipt: Option<Receipt>,
+}
+
+impl Frame {
+    pub(crate) fn new(header: FrameHeader, body: Vec<u8>, kind: Kind) -> Self {
+        Self {
+            header,
+            body,
+            written: 0,
+            kind,
+            label: None,
+            receipt: None,
+        }
+    }
+
+    pub(crate) fn with_label(mut self, label: Option<Label>) -> Self {
+        self.label = label;
+        self
+    }
+
+    pub(crate) fn with_receipt(mut self, receipt: Option<Receipt>) -> Self {
+        self.receipt = receipt;
+        self
+    }
+
+    pub(crate) fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The parts of header and body not yet written.
+    fn remaining(&self) -> (&[u8], &[u8]) {
+        let header = self.header.as_bytes();
+        if self.written < header.len() {
+            (&header[self.written..], &self.body)
+        } else {
+            (&[], &self.body[self.written - header.len()..])
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.header.as_bytes().len() + self.body.len()
+    }
+
+    fn remaining_len(&self) -> usize {
+        self.len() - self.written
+    }
+
+    /// What the frame costs of its label's window.
+    pub(crate) fn charge(&self) -> usize {
+        self.body.len() + FRAME_CHARGE
+    }
+
+    /// Tells the frame's receipt, if any.
+    fn settle(&mut self, outcome: Result<(), RpcError>) {
+        if let Some(receipt) = self.receipt.take() {
+            receipt(outcome);
+        }
+    }
+}
+
+/// What the connection must do after a frame was queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum After {
+    /// Nothing: the frame was written, or someone who will write it knows.
+    Nothing,
+    /// Wake the event loop to write.
+    WakeLoop,
+}
+
+/// What a turn of the event loop's writing left.
+#[derive(Debug)]
+pub(crate) enum Flushed {
+    /// Everything is written, or another writer has it.
+    Done,
+    /// The socket is full: resume on its writable event.
+    Blocked,
+    /// More came while writing: write again after the other connections had their turn.
+    Again,
+    /// The socket failed; the connection must close.
+    Failed(io::Error),
+}
+
+/// The frames held for one label until the peer grants window.
+#[derive(Default)]
+struct Held {
+    /// Window left (negative after a frame larger than what was left).
+    window: i64,
+    frames: VecDeque<Frame>,
+    bytes: usize,
+}
+
+struct State {
+    /// Frames cleared to go, in order (without those a writer has taken out).
+    ready: VecDeque<Frame>,
+    /// Unwritten bytes of the frames cleared to go, those being written included.
+    ready_bytes: usize,
+    /// Unwritten bytes of answers among them.
+    answer_bytes: usize,
+    held: HashMap<Label, Held>,
+    /// The window a label starts with.
+    initial_window: i64,
+    /// `None` once the connection closed; a writer takes a clone for its system call.
+    wire: Option<Arc<dyn Wire>>,
+    closed: bool,
+    /// A thread is inside `writev` with frames taken out of `ready`.
+    writing: bool,
+    /// The event loop was woken to write and has not started yet.
+    loop_woken: bool,
+    /// The socket would not take more: the event loop resumes on a writable event.
+    blocked: bool,
+    /// The event loop was told to write while another thread was writing: that thread
+    /// wakes it again when done.
+    loop_asked: bool,
+    /// Since when the socket has taken nothing while frames wait.
+    stalled_since: Option<Instant>,
+    /// Threads waiting for room.
+    waiters: usize,
+    /// When the last frame was handed over.
+    last_submit: Option<Instant>,
+}
+
+impl State {
+    /// Whether someone will write what is in `ready` without being woken.
+    fn has_writer(&self) -> bool {
+        self.writing || self.blocked || self.loop_woken
+    }
+}
+
+/// What a write left, for [`WriteQueue::after_write`].
+struct WriteResult {
+    /// Frames the write took; the written ones are at the front, marked complete.
+    batch: VecDeque<Frame>,
+    /// Bytes written.
+    bytes: usize,
+    error: Option<io::Error>,
+}
+
+/// The write side of one connection (see the module docs).
+pub(crate) struct WriteQueue {
+    state: Mutex<State>,
+    room: Condvar,
+    limit: usize,
+    /// Names the peer in `QueueFull` errors.
+    peer: String,
+}
+
+impl WriteQueue {
+    /// A queue writing to `wire` (the connection to `peer`), letting senders in while
+    /// fewer than `limit` bytes wait.
+    pub(crate) fn new(wire: Arc<dyn Wire>, limit: usize, peer: String) -> Self {
+        Self {
+            state: Mutex::new(State {
+                ready: VecDeque::new(),
+                ready_bytes: 0,
+                answer_bytes: 0,
+                held: HashMap::new(),
+                initial_window: INITIAL_WINDOW as i64,
+                wire: Some(wire),
+                closed: false,
+                writing: false,
+                loop_woken: false,
+                blocked: false,
+                loop_asked: false,
+                stalled_since: None,
+                waiters: 0,
+                last_submit: None,
+            }),
+            room: Condvar::default(),
+            limit,
+            peer,
+        }
+    }
+
+    /// Queues `frame` and writes it at once if the connection is idle (see the module
+    /// docs). `pipelined`: a request sent while others wait for their answers. On an error
+    /// the frame's receipt was told and the frame dropped; `closed` makes the error of a
+    /// closed connection. `Err(..)` with a write failure means the connection must close.
+    pub(crate) fn submit(
+        &self,
+        mut frame: Frame,
+        admission: Admission,
+        pipelined: bool,
+        closed: impl Fn() -> RpcError,
+    ) -> Result<After, Submitted> {
+        let state = self.state.lock();
+        let mut state = match self.admit(state, &frame, admission, &closed) {
+            Ok(state) => state,
+            Err(err) => {
+                frame.settle(Err(err.clone()));
+                return Err(Submitted::Refused(err));
+            }
+        };
+        let now = Instant::now();
+        let burst = state
+            .last_submit
+            .is_some_and(|last| now.saturating_duration_since(last) < BURST);
+        state.last_submit = Some(now);
+        if let Some(label) = frame.label.clone() {
+            let initial = state.initial_window;
+            let held = state.held.entry(label).or_insert_with(|| Held {
+                window: initial,
+                ..Held::default()
+            });
+            if !held.frames.is_empty() || held.window <= 0 {
+                held.bytes += frame.len();
+                held.frames.push_back(frame);
+                return Ok(After::Nothing);
+            }
+            held.window -= frame.charge() as i64;
+        }
+        if state.has_writer() {
+            // Whoever writes now (the busy writer, or the loop) takes it with the rest.
+            push_ready(&mut state, frame);
+            return Ok(After::Nothing);
+        }
+        if burst || pipelined || !state.ready.is_empty() {
+            push_ready(&mut state, frame);
+            state.loop_woken = true;
+            return Ok(After::WakeLoop);
+        }
+        // Idle: this thread writes its own frame, once.
+        let Some(wire) = state.wire.clone() else {
+            push_ready(&mut state, frame);
+            return Ok(After::Nothing);
+        };
+        state.ready_bytes += frame.remaining_len();
+        if frame.kind == Kind::Answer {
+            state.answer_bytes += frame.remaining_len();
+        }
+        state.writing = true;
+        drop(state);
+        let result = write_frames(&*wire, VecDeque::from([frame]));
+        drop(wire);
+        match self.after_write(result, false) {
+            (after, None) => Ok(after),
+            (_, Some(err)) => Err(Submitted::WriteFailed(err)),
+        }
+    }
+
+    /// Waits (or fails) until `frame` may be let in; returns the lock.
+    fn admit<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        frame: &Frame,
+        admission: Admission,
+        closed: &impl Fn() -> RpcError,
+    ) -> Result<MutexGuard<'a, State>, RpcError> {
+        loop {
+            if state.closed {
+                return Err(closed());
+            }
+            let queued = match &frame.label {
+                Some(label) => match state.held.get(label) {
+                    Some(held) if !held.frames.is_empty() || held.window <= 0 => held.bytes,
+                    _ => state.ready_bytes,
+                },
+                None => state.ready_bytes,
+            };
+            if queued < self.limit || matches!(admission, Admission::Force) {
+                return Ok(state);
+            }
+            let now = Instant::now();
+            let deadline = match admission {
+                Admission::Wait(Some(deadline)) if now < deadline => deadline,
+                Admission::Wait(_) => return Err(self.full(queued, true)),
+                _ => return Err(self.full(queued, false)),
+            };
+            state.waiters += 1;
+            state = self.room.wait_timeout(state, deadline - now);
+            state.waiters -= 1;
+        }
+    }
+
+    fn full(&self, queued: usize, waited: bool) -> RpcError {
+        RpcError::QueueFull {
+            queue: format!("write queue to {}", self.peer),
+            queued: queued as u64,
+            limit: self.limit as u64,
+            key: keys::IO_MAX_QUEUED_BYTES,
+            waited,
+        }
+    }
+
+    /// Writes what is queued until the socket would block. Called by the event loop when
+    /// woken and on writable events.
+    pub(crate) fn flush(&self) -> Flushed {
+        for round in 0.. {
+            let mut state = self.state.lock();
+            if round == 0 {
+                state.loop_woken = false;
+                state.blocked = false;
+            }
+            if state.writing {
+                // Another thread is inside `writev`: it wakes the loop again when done.
+                state.loop_asked = true;
+                return Flushed::Done;
+            }
+            if state.closed || state.ready.is_empty() {
+                return Flushed::Done;
+            }
+            if round == LOOP_ROUNDS {
+                state.loop_woken = true;
+                return Flushed::Again;
+            }
+            let Some(wire) = state.wire.clone() else {
+                return Flushed::Done;
+            };
+            state.writing = true;
+            let batch = std::mem::take(&mut state.ready);
+            drop(state);
+            let result = write_frames(&*wire, batch);
+            drop(wire);
+            match self.after_write(result, true) {
+                (_, Some(err)) => return Flushed::Failed(err),
+                _ if self.state.lock().blocked => return Flushed::Blocked,
+                _ => {}
+            }
+        }
+        unreachable!("the loop returns by its last round")
+    }
+
+    /// Puts back what a write left, tells the receipts of what it wrote, and says who
+    /// writes next. Clears `writing`. `by_loop`: the event loop wrote (it goes on by
+    /// itself; a sender wakes it for what is left).
+    fn after_write(&self, result: WriteResult, by_loop: bool) -> (After, Option<io::Error>) {
+        let WriteResult {
+            mut batch,
+            bytes,
+            error,
+        } = result;
+        let mut done = Vec::new();
+        let mut state = self.state.lock();
+        state.writing = false;
+        state.ready_bytes = state.ready_bytes.saturating_sub(bytes);
+        while batch.front().is_some_and(|f| f.written == f.len()) {
+            let frame = batch.pop_front().expect("checked");
+            if frame.kind == Kind::Answer {
+                state.answer_bytes = state.answer_bytes.saturating_sub(frame.len());
+            }
+            done.push(frame);
+        }
+        let mut after = After::Nothing;
+        let progressed = bytes > 0;
+        if state.closed {
+            // Closed while this thread wrote: the closer could not take these frames.
+            drop(state);
+            settle_all(done, &Ok(()));
+            let lost = RpcError::connection(&self.peer, "closed while the frame was written");
+            settle_all(batch, &Err(lost));
+            return (After::Nothing, None);
+        }
+        // What is left goes back in front of what came meanwhile.
+        let left = !batch.is_empty();
+        if left {
+            batch.extend(state.ready.drain(..));
+            state.ready = batch;
+        }
+        if error.is_some() {
+            // The caller closes the connection, which tells what is left.
+        } else if left {
+            if progressed || state.stalled_since.is_none() {
+                state.stalled_since = Some(Instant::now());
+            }
+            if state.loop_asked {
+                // The loop saw the socket writable while this thread wrote: try again.
+                state.loop_asked = false;
+                state.loop_woken = true;
+                after = After::WakeLoop;
+            } else {
+                state.blocked = true;
+            }
+        } else {
+            state.stalled_since = None;
+            let asked = std::mem::take(&mut state.loop_asked);
+            if !by_loop && (asked || !state.ready.is_empty()) && !state.loop_woken {
+                state.loop_woken = true;
+                after = After::WakeLoop;
+            }
+        }
+        let wake_waiters = progressed && state.waiters > 0;
+        drop(state);
+        if wake_waiters {
+            self.room.notify_all();
+        }
+        settle_all(done, &Ok(()));
+        (after, error)
+    }
+
+    /// Adds `bytes` to `label`'s window and moves its held frames to the ready queue while
+    /// there is window.
+    pub(crate) fn grant(&self, label: &str, bytes: usize) -> After {
+        let mut state = self.state.lock();
+        if state.closed {
+            return After::Nothing;
+        }
+        let initial = state.initial_window;
+        let held = state.held.entry(Arc::from(label)).or_insert_with(|| Held {
+            window: initial,
+            ..Held::default()
+        });
+        held.window = held.window.saturating_add(bytes as i64);
+        let moved = release(held);
+        self.push_released(state, moved)
+    }
+
+    /// Sets the window every label starts with (the peer said how large its windows are);
+    /// labels already in use get the difference.
+    pub(crate) fn set_initial_window(&self, window: usize) -> After {
+        let mut state = self.state.lock();
+        if state.closed {
+            return After::Nothing;
+        }
+        let delta = window as i64 - state.initial_window;
+        state.initial_window = window as i64;
+        let mut moved = Vec::new();
+        for held in state.held.values_mut() {
+            held.window += delta;
+            moved.extend(release(held));
+        }
+        self.push_released(state, moved)
+    }
+
+    fn push_released(&self, mut state: MutexGuard<'_, State>, moved: Vec<Frame>) -> After {
+        if moved.is_empty() {
+            return After::Nothing;
+        }
+        for frame in moved {
+            push_ready(&mut state, frame);
+        }
+        let waiters = state.waiters > 0;
+        let after = if state.has_writer() {
+            After::Nothing
+        } else {
+            state.loop_woken = true;
+            After::WakeLoop
+        };
+        drop(state);
+        if waiters {
+            // Held bytes went down: senders of that label may go on.
+            self.room.notify_all();
+        }
+        after
+    }
+
+    /// Bytes of answers waiting to be written.
+    pub(crate) fn answer_bytes(&self) -> usize {
+        self.state.lock().answer_bytes
+    }
+
+    /// The most bytes that may wait before senders wait (`rpc.io.maxQueuedBytes`).
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Bytes ready to write (those being written included), and bytes held for windows.
+    pub(crate) fn queued(&self) -> (usize, usize) {
+        let state = self.state.lock();
+        (
+            state.ready_bytes,
+            state.held.values().map(|held| held.bytes).sum(),
+        )
+    }
+
+    /// Whether everything cleared to go was written (held frames aside).
+    pub(crate) fn is_drained(&self) -> bool {
+        self.state.lock().ready_bytes == 0
+    }
+
+    /// How long the socket has taken nothing while frames wait, as of `now`.
+    pub(crate) fn stalled_for(&self, now: Instant) -> Option<Duration> {
+        let state = self.state.lock();
+        if state.ready_bytes == 0 {
+            return None;
+        }
+        state
+            .stalled_since
+            .map(|since| now.saturating_duration_since(since))
+    }
+
+    /// Closes the queue: later frames fail, waiting senders fail, and the socket is let
+    /// go. First writes what the socket takes at once (best effort, never waiting), so an
+    /// answer given just before the close is not lost. Returns the frames left unwritten,
+    /// for the caller to tell and count outside any lock.
+    pub(crate) fn close(&self) -> Vec<Frame> {
+        let mut state = self.state.lock();
+        if state.closed {
+            return Vec::new();
+        }
+        state.closed = true;
+        let wire = state.wire.take();
+        let mut ready = std::mem::take(&mut state.ready);
+        let mut written = Vec::new();
+        if !state.writing {
+            if let Some(wire) = &wire {
+                let result = write_frames(&**wire, ready);
+                ready = result.batch;
+                while ready.front().is_some_and(|f| f.written == f.len()) {
+                    written.push(ready.pop_front().expect("checked"));
+                }
+            }
+        }
+        if let Some(wire) = &wire {
+            // The peer sees the close at once, whoever else still holds the socket.
+            wire.shutdown();
+        }
+        let mut left: Vec<Frame> = ready.into_iter().collect();
+        for held in std::mem::take(&mut state.held).into_values() {
+            left.extend(held.frames);
+        }
+        state.ready_bytes = 0;
+        state.answer_bytes = 0;
+        let waiters = state.waiters > 0;
+        drop(state);
+        drop(wire);
+        if waiters {
+            self.room.notify_all();
+        }
+        settle_all(written, &Ok(()));
+        left
+    }
+}
+
+impl fmt::Debug for WriteQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (ready, held) = self.queued();
+        f.debug_struct("WriteQueue")
+            .field("peer", &self.peer)
+            .field("ready_bytes", &ready)
+            .field("held_bytes", &held)
+            .field("limit", &self.limit)
+            .finish()
+    }
+}
+
+/// Why [`WriteQueue::submit`] did not take a frame.
+#[derive(Debug)]
+pub(crate) enum Submitted {
+    /// Not let in: the queue is closed or full.
+    Refused(RpcError),
+    /// Taken, but writing it failed: the connection must close.
+    WriteFailed(io::Error),
+}
+
+fn push_ready(state: &mut State, frame: Frame) {
+    state.ready_bytes += frame.remaining_len();
+    if frame.kind == Kind::Answer {
+        state.answer_bytes += frame.remaining_len();
+    }
+    state.ready.push_back(frame);
+}
+
+/// Takes the held frames the window now covers, in order.
+fn release(held: &mut Held) -> Vec<Frame> {
+    let mut moved = Vec::new();
+    while held.window > 0 {
+        let Some(frame) = held.frames.pop_front() else {
+            break;
+        };
+        held.bytes -= frame.len();
+        held.window -= frame.charge() as i64;
+        moved.push(frame);
+    }
+    moved
+}
+
+/// Tells every frame's receipt `outcome`.
+pub(crate) fn settle_all(frames: impl IntoIterator<Item = Frame>, outcome: &Result<(), RpcError>) {
+    for mut frame in frames {
+        frame.settle(outcome.clone());
+    }
+}
+
+/// Writes `batch` until it is written or the socket would block. Fully written frames are
+/// at the front of the returned batch with `written == len()`.
+fn write_frames(wire: &dyn Wire, mut batch: VecDeque<Frame>) -> WriteResult {
+    let mut bytes = 0;
+    // Frames written in full by earlier rounds of this call.
+    let mut skip = 0;
+    while skip < batch.len() {
+        let result = {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut count = 0;
+            for frame in batch.iter().skip(skip) {
+                if count + 2 > MAX_SLICES {
+                    break;
+                }
+                let (header, body) = frame.remaining();
+                for part in [header, body] {
+                    if !part.is_empty() {
+                        slices[count] = IoSlice::new(part);
+                        count += 1;
+                    }
+                }
+            }
+            wire.write_vectored(&slices[..count])
+        };
+        match result {
+            Ok(0) => {
+                return WriteResult {
+                    batch,
+                    bytes,
+                    error: Some(io::ErrorKind::WriteZero.into()),
+                };
+            }
+            Ok(mut written) => {
+                trace!("wrote {written} bytes");
+                bytes += written;
+                while written > 0 {
+                    let Some(frame) = batch.get_mut(skip) else {
+                        break;
+                    };
+                    let left = frame.remaining_len();
+                    if written >= left {
+                        written -= left;
+                        frame.written = frame.len();
+                        skip += 1;
+                    } else {
+                        frame.written += written;
+                        written = 0;
+                    }
+                }
+            }
+            Err(err) if would_block(&err) => break,
+            Err(err) if interrupted(&err) => {}
+            Err(err) => {
+                return WriteResult {
+                    batch,
+                    bytes,
+                    error: Some(err),
+                };
+            }
+        }
+    }
+    WriteResult {
+        batch,
+        bytes,
+        error: None,
+    }
+}
