@@ -21,6 +21,8 @@ mod cluster;
 
 use std::process::ExitCode;
 
+use rpcenv::RpcConf;
+
 use cluster::flags::Cli;
 use cluster::{WorkerNode, WorkerOptions};
 
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
         None,
         "give up registering after this long [default: keep trying]",
     )
+    .repeated("conf", "KEY=VALUE", cluster::CONF_HELP)
     .parse();
     if args.switch("client-mode") && args.has("port") {
         args.fail(
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
     if args.has("register-timeout") {
         opts.register_timeout = Some(args.duration("register-timeout"));
     }
+    opts.conf = cluster::rpc_conf(&args, RpcConf::new());
     cluster::init_logger();
 
     let (id, master) = (opts.id.clone(), opts.master.clone());

@@ -174,6 +174,21 @@ fn bad_flags_exit_2_with_a_message() {
         ),
         ("worker", &["--cores"][..], "--cores needs a value"),
         ("demo", &["--kill", "w9"][..], "bad value 'w9' for --kill"),
+        (
+            "master",
+            &["--conf", "rpc.io.threads"][..],
+            "--conf takes KEY=VALUE, not 'rpc.io.threads'",
+        ),
+        (
+            "worker",
+            &["--conf", "rpc.askTimeout=soon"][..],
+            "--conf rpc.askTimeout=soon: invalid configuration rpc.askTimeout",
+        ),
+        (
+            "demo",
+            &["--conf", "rpc.io.threads=2", "--conf", "rpc.askTimout=5s"][..],
+            "--conf rpc.askTimout=5s: invalid configuration rpc.askTimout: unknown key",
+        ),
     ] {
         let mut node = Node::spawn(example, example, args);
         let status = node.wait_exit(WAIT);
