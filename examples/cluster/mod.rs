@@ -32,7 +32,7 @@ use rpcenv::{RpcConf, RpcEndpointRef};
 use serde::{Deserialize, Serialize};
 
 pub(crate) use self::master::{Master, MasterConf, MasterEvent};
-pub(crate) use self::worker::{Worker, WorkerNode, WorkerOptions};
+pub(crate) use self::worker::{Worker, WorkerEvent, WorkerNode, WorkerObserver, WorkerOptions};
 
 /// The name the master endpoint is registered under.
 pub(crate) const MASTER: &str = "Master";
