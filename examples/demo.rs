@@ -101,6 +101,7 @@ fn main() -> ExitCode {
         "drive a running master (rpc://Master@host:port) instead: no cluster is started, \
          no worker killed",
     )
+    .repeated("conf", "KEY=VALUE", cluster::CONF_HELP)
     .parse();
     let tasks: u64 = args.get("tasks");
     let drivers: usize = args.get("drivers");
@@ -118,8 +119,16 @@ fn main() -> ExitCode {
             "bad value '{other}' for --kill: expected w1, w2, w3 or none"
         )),
     };
+    // Every env of the demo (master, workers, driver) gets the same settings.
+    let conf = cluster::rpc_conf(
+        &args,
+        RpcConf::new()
+            .set("rpc.io.threads", "2")
+            .set("rpc.dispatcher.numThreads", "2"),
+    );
     cluster::init_logger();
     let demo = Demo {
+        conf,
         tasks,
         drivers,
         task_delay,
@@ -137,6 +146,8 @@ fn main() -> ExitCode {
 }
 
 struct Demo {
+    /// The settings of every env.
+    conf: RpcConf,
     tasks: u64,
     drivers: usize,
     task_delay: Duration,
@@ -174,9 +185,7 @@ struct Tally {
 impl Demo {
     fn run(&self) -> Result<bool, String> {
         let started = Instant::now();
-        let conf = RpcConf::new()
-            .set("rpc.io.threads", "2")
-            .set("rpc.dispatcher.numThreads", "2");
+        let conf = self.conf.clone();
         let (tx, rx) = crossbeam_channel::unbounded::<Event>();
 
         let mut cluster = match &self.connect {

@@ -67,6 +67,7 @@ fn main() -> ExitCode {
         Some("60s"),
         "a worker that does not answer a task within this is lost",
     )
+    .repeated("conf", "KEY=VALUE", cluster::CONF_HELP)
     .parse();
     let conf = MasterConf {
         worker_timeout: args.duration("worker-timeout"),
@@ -77,12 +78,13 @@ fn main() -> ExitCode {
     }
     let host: String = args.get("host");
     let port: u16 = args.get("port");
+    let rpc_conf = cluster::rpc_conf(&args, RpcConf::new());
     cluster::init_logger();
 
     let mut builder = RpcEnv::builder("master")
         .bind_address(host)
         .port(port)
-        .conf(RpcConf::new());
+        .conf(rpc_conf);
     if let Some(advertise) = args.opt("advertise") {
         builder = builder.advertise_address(advertise);
     }

@@ -10,19 +10,29 @@
 //! address; in `--client-mode` it opens no port and the master reaches it over the
 //! connection it opened to the master.
 //!
-//! It prints `WORKER registered id=ID master=URI address=ADDRESS` on stdout once
-//! registered. Stopping: Ctrl-C, SIGTERM, or `quit` and Enter on stdin shut its env
-//! down cleanly (its endpoints stop, its connections close) and the master notices at
-//! once; if the machine vanishes instead, the master notices after `--worker-timeout`
-//! without heartbeats.
+//! It prints one line per state change on stdout, for people and scripts:
+//!
+//! ```text
+//! WORKER registered id=w1 master=rpc://Master@127.0.0.1:7077 address=127.0.0.1:40123
+//! WORKER heartbeat failed id=w1 error=connection to 127.0.0.1:7077 failed: Connection refused (os error 111)
+//! WORKER heartbeats resumed id=w1 failed=3
+//! WORKER registered again id=w1
+//! ```
+//!
+//! (one `heartbeat failed` line per failed heartbeat). Stopping: Ctrl-C, SIGTERM, or
+//! `quit` and Enter on stdin shut its env down cleanly (its endpoints stop, its
+//! connections close) and the master notices at once; if the machine vanishes instead,
+//! the master notices after `--worker-timeout` without heartbeats.
 
 #[path = "cluster/mod.rs"]
 mod cluster;
 
 use std::process::ExitCode;
 
+use rpcenv::RpcConf;
+
 use cluster::flags::Cli;
-use cluster::{WorkerNode, WorkerOptions};
+use cluster::{WorkerNode, WorkerObserver, WorkerOptions};
 
 fn main() -> ExitCode {
     let args = Cli::new(
@@ -78,6 +88,7 @@ fn main() -> ExitCode {
         None,
         "give up registering after this long [default: keep trying]",
     )
+    .repeated("conf", "KEY=VALUE", cluster::CONF_HELP)
     .parse();
     if args.switch("client-mode") && args.has("port") {
         args.fail(
@@ -108,6 +119,8 @@ fn main() -> ExitCode {
     if args.has("register-timeout") {
         opts.register_timeout = Some(args.duration("register-timeout"));
     }
+    opts.conf = cluster::rpc_conf(&args, RpcConf::new());
+    opts.observer = WorkerObserver::new(|event| println!("WORKER {event}"));
     cluster::init_logger();
 
     let (id, master) = (opts.id.clone(), opts.master.clone());

@@ -7,6 +7,8 @@
 //!   is set far beyond the wait);
 //! - a worker that stops answering (SIGSTOP) is lost by its heartbeats, and registers
 //!   again when it runs again;
+//! - a worker whose master dies prints its failed heartbeats (a connection error), and
+//!   registers again with a new master on the same port;
 //! - a worker started before its master keeps trying until the master is there;
 //! - bad flags end with exit status 2 and a message; `--help` prints the usage.
 
@@ -118,6 +120,53 @@ fn the_master_drops_killed_workers() {
 }
 
 #[test]
+fn a_worker_reports_failed_heartbeats_and_registers_with_a_new_master() {
+    let (mut master, uri) = master(&[]);
+    let port = uri.rsplit(':').next().expect("host:port").to_owned();
+    let mut worker = Node::spawn(
+        "w1",
+        "worker",
+        &["--master", &uri, "--id", "w1", "--client-mode"],
+    );
+    worker.expect_line("w1's registration", WAIT, |l| {
+        l.starts_with("WORKER registered id=w1 ")
+    });
+
+    // The master dies: the worker's heartbeats fail with a connection error.
+    master.kill();
+    let failed = worker.expect_line("a failed heartbeat", WAIT, |l| {
+        l.starts_with("WORKER heartbeat failed id=w1 error=")
+    });
+    assert!(
+        failed.contains(&format!("error=connection to 127.0.0.1:{port} ")),
+        "{failed}"
+    );
+
+    // A new master on the same port does not know w1: it registers again.
+    let mut master = Node::spawn(
+        "master2",
+        "master",
+        &["--port", &port, "--worker-timeout", "60s"],
+    );
+    let listening = master.expect_line("MASTER listening on", WAIT, |l| {
+        l.starts_with("MASTER listening on ")
+    });
+    assert!(
+        listening.ends_with(&format!(":{port}")),
+        "the port was taken meanwhile: {listening}"
+    );
+    worker.expect_line("heartbeats resumed", WAIT, |l| {
+        l.starts_with("WORKER heartbeats resumed id=w1 failed=")
+    });
+    worker.expect_line("w1 registered again", WAIT, |l| {
+        l == "WORKER registered again id=w1"
+    });
+    master.expect_line("w1's registration", WAIT, |l| {
+        l.starts_with("MASTER worker registered id=w1 ")
+    });
+}
+
+#[test]
 fn a_worker_waits_for_its_master() {
     // A port that was free a moment ago; the master, started later, must get it.
     let port = TcpListener::bind("127.0.0.1:0")
@@ -174,6 +223,21 @@ fn bad_flags_exit_2_with_a_message() {
         ),
         ("worker", &["--cores"][..], "--cores needs a value"),
         ("demo", &["--kill", "w9"][..], "bad value 'w9' for --kill"),
+        (
+            "master",
+            &["--conf", "rpc.io.threads"][..],
+            "--conf takes KEY=VALUE, not 'rpc.io.threads'",
+        ),
+        (
+            "worker",
+            &["--conf", "rpc.askTimeout=soon"][..],
+            "--conf rpc.askTimeout=soon: invalid configuration rpc.askTimeout",
+        ),
+        (
+            "demo",
+            &["--conf", "rpc.io.threads=2", "--conf", "rpc.askTimout=5s"][..],
+            "--conf rpc.askTimout=5s: invalid configuration rpc.askTimout: unknown key",
+        ),
     ] {
         let mut node = Node::spawn(example, example, args);
         let status = node.wait_exit(WAIT);

@@ -1,6 +1,6 @@
 //! A small command-line parser for the examples (no dependency): `--name value`,
-//! `--name=value` and switches, `--help`, and a clear message with exit status 2 for
-//! anything else.
+//! `--name=value`, switches and repeatable flags, `--help`, and a clear message with exit
+//! status 2 for anything else.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -15,6 +15,8 @@ struct Flag {
     value: Option<&'static str>,
     default: Option<&'static str>,
     help: &'static str,
+    /// May be given more than once; every value is kept, in order.
+    repeated: bool,
 }
 
 /// A program's flags, built with [`flag`](Self::flag) and [`switch`](Self::switch).
@@ -55,6 +57,25 @@ impl Cli {
             value: Some(value),
             default,
             help,
+            repeated: false,
+        });
+        self
+    }
+
+    /// A flag with a value that may be given any number of times (no default); read
+    /// with [`Args::all`].
+    pub(crate) fn repeated(
+        mut self,
+        name: &'static str,
+        value: &'static str,
+        help: &'static str,
+    ) -> Self {
+        self.flags.push(Flag {
+            name,
+            value: Some(value),
+            default: None,
+            help,
+            repeated: true,
         });
         self
     }
@@ -66,6 +87,7 @@ impl Cli {
             value: None,
             default: None,
             help,
+            repeated: false,
         });
         self
     }
@@ -92,6 +114,9 @@ impl Cli {
             if let Some(default) = flag.default {
                 let _ = write!(text, " [default: {default}]");
             }
+            if flag.repeated {
+                text.push_str(" (repeatable)");
+            }
             text.push('\n');
         }
         let _ = writeln!(text, "  {:width$}  print this help", "--help");
@@ -114,6 +139,7 @@ impl Cli {
     /// Parses `args` (without the program name).
     pub(crate) fn parse_from(&self, args: impl IntoIterator<Item = String>) -> Result<Args, Exit> {
         let mut values = HashMap::new();
+        let mut lists: HashMap<&'static str, Vec<String>> = HashMap::new();
         let mut switches = HashSet::new();
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
@@ -146,7 +172,9 @@ impl Cli {
                             Exit::Usage(format!("--{name} needs a value ({placeholder})"))
                         })?,
                     };
-                    if values.insert(flag.name, value).is_some() {
+                    if flag.repeated {
+                        lists.entry(flag.name).or_default().push(value);
+                    } else if values.insert(flag.name, value).is_some() {
                         return Err(Exit::Usage(format!("--{name} given twice")));
                     }
                 }
@@ -160,6 +188,7 @@ impl Cli {
         Ok(Args {
             program: self.program,
             values,
+            lists,
             switches,
         })
     }
@@ -176,6 +205,8 @@ pub(crate) fn usage_exit(program: &str, message: &str) -> ! {
 pub(crate) struct Args {
     program: &'static str,
     values: HashMap<&'static str, String>,
+    /// The values of repeatable flags, in the order given.
+    lists: HashMap<&'static str, Vec<String>>,
     switches: HashSet<&'static str>,
 }
 
@@ -188,6 +219,11 @@ impl Args {
     /// The raw value of a flag, or its default; `None` if neither.
     pub(crate) fn opt(&self, name: &str) -> Option<&str> {
         self.values.get(name).map(String::as_str)
+    }
+
+    /// Every value of a repeatable flag, in the order given; empty if it was not given.
+    pub(crate) fn all(&self, name: &str) -> &[String] {
+        self.lists.get(name).map_or(&[], Vec::as_slice)
     }
 
     /// Whether the flag was given or has a default.
@@ -250,6 +286,7 @@ mod tests {
             .flag("port", "PORT", Some("7077"), "the port")
             .flag("id", "ID", None, "the id")
             .switch("client-mode", "no listener")
+            .repeated("conf", "KEY=VALUE", "a setting")
     }
 
     fn parse(args: &[&str]) -> Result<Args, Exit> {
@@ -273,6 +310,22 @@ mod tests {
         assert!(matches!(parse(&["--id"]), Err(Exit::Usage(m)) if m.contains("needs a value")));
         assert!(matches!(parse(&["stray"]), Err(Exit::Usage(_))));
         assert!(matches!(parse(&["--help"]), Err(Exit::Help(t)) if t.contains("--port PORT")));
+    }
+
+    #[test]
+    fn repeated_flags_keep_every_value_in_order() {
+        let args = parse(&["--conf", "a=1", "--id", "w1", "--conf=b=2", "--conf", "a=3"]).unwrap();
+        assert_eq!(args.all("conf"), ["a=1", "b=2", "a=3"]);
+        assert!(!args.has("conf"));
+        assert!(parse(&[]).unwrap().all("conf").is_empty());
+        assert!(matches!(parse(&["--conf"]), Err(Exit::Usage(m)) if m.contains("needs a value")));
+        // Other flags still take one value.
+        assert!(
+            matches!(parse(&["--id", "a", "--id", "b"]), Err(Exit::Usage(m)) if m.contains("given twice"))
+        );
+        assert!(
+            matches!(parse(&["--help"]), Err(Exit::Help(t)) if t.contains("--conf KEY=VALUE") && t.contains("(repeatable)"))
+        );
     }
 
     #[test]

@@ -28,11 +28,11 @@ use std::fmt;
 use std::io::BufRead;
 use std::time::Duration;
 
-use rpcenv::RpcEndpointRef;
+use rpcenv::{RpcConf, RpcEndpointRef};
 use serde::{Deserialize, Serialize};
 
 pub(crate) use self::master::{Master, MasterConf, MasterEvent};
-pub(crate) use self::worker::{Worker, WorkerNode, WorkerOptions};
+pub(crate) use self::worker::{Worker, WorkerEvent, WorkerNode, WorkerObserver, WorkerOptions};
 
 /// The name the master endpoint is registered under.
 pub(crate) const MASTER: &str = "Master";
@@ -161,6 +161,27 @@ fn mix(x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// The help of the repeatable `--conf KEY=VALUE` flag of the nodes.
+pub(crate) const CONF_HELP: &str =
+    "an rpcenv setting for the node's env, e.g. --conf rpc.io.connectionTimeout=2s";
+
+/// `base` with every `--conf KEY=VALUE` flag applied, in order (a later one wins). A flag
+/// that is not `KEY=VALUE`, or a key or value the library rejects, ends the program with
+/// a usage error (exit status 2).
+pub(crate) fn rpc_conf(args: &flags::Args, base: RpcConf) -> RpcConf {
+    let mut conf = base;
+    for item in args.all("conf") {
+        let Some((key, value)) = item.split_once('=') else {
+            args.fail(&format!("--conf takes KEY=VALUE, not '{item}'"));
+        };
+        conf.insert(key.trim(), value.trim());
+        if let Err(err) = conf.validate() {
+            args.fail(&format!("--conf {item}: {err}"));
+        }
+    }
+    conf
 }
 
 /// Sets up `env_logger`: `RUST_LOG` when it is set, else `info`.

@@ -1,6 +1,7 @@
 //! The [`Worker`] endpoint, which runs tasks on threads of its own, and a [`WorkerNode`]:
 //! an env with a worker in it, registered with the master and sending heartbeats.
 
+use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -166,6 +167,64 @@ impl RpcEndpoint for Worker {
     }
 }
 
+/// A change a [`WorkerNode`] sees, given to its observer (the `worker` example prints
+/// them as `WORKER <event>` lines, which scripts parse).
+#[derive(Debug, Clone)]
+pub(crate) enum WorkerEvent {
+    /// A heartbeat ask failed: one event per failed heartbeat (at most one per heartbeat
+    /// interval). `error` is the ask's error, e.g. `connection to HOST:PORT …`.
+    HeartbeatFailed { id: String, error: String },
+    /// The master answered a heartbeat again, after `failed` failed ones.
+    HeartbeatsResumed { id: String, failed: u64 },
+    /// The master did not know the worker, which registered again; `error` if that
+    /// failed (the next heartbeat tries again).
+    Reregistered { id: String, error: Option<String> },
+}
+
+impl fmt::Display for WorkerEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `key=value` pairs; a free-text value comes last.
+        match self {
+            Self::HeartbeatFailed { id, error } => {
+                write!(f, "heartbeat failed id={id} error={error}")
+            }
+            Self::HeartbeatsResumed { id, failed } => {
+                write!(f, "heartbeats resumed id={id} failed={failed}")
+            }
+            Self::Reregistered { id, error: None } => write!(f, "registered again id={id}"),
+            Self::Reregistered {
+                id,
+                error: Some(error),
+            } => write!(f, "registering again failed id={id} error={error}"),
+        }
+    }
+}
+
+/// Receives each [`WorkerEvent`], on the worker's heartbeat thread: keep it quick.
+#[derive(Clone)]
+pub(crate) struct WorkerObserver(Arc<dyn Fn(&WorkerEvent) + Send + Sync>);
+
+impl WorkerObserver {
+    pub(crate) fn new(observe: impl Fn(&WorkerEvent) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(observe))
+    }
+
+    /// An observer that ignores every event.
+    pub(crate) fn none() -> Self {
+        Self::new(|_| {})
+    }
+
+    fn tell(&self, event: &WorkerEvent) {
+        (self.0)(event);
+    }
+}
+
+impl fmt::Debug for WorkerObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WorkerObserver")
+    }
+}
+
 /// How to start a [`WorkerNode`].
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerOptions {
@@ -184,6 +243,8 @@ pub(crate) struct WorkerOptions {
     /// Give up registering after this long; `None`: keep trying.
     pub(crate) register_timeout: Option<Duration>,
     pub(crate) conf: RpcConf,
+    /// Told about failed heartbeats and registrations again.
+    pub(crate) observer: WorkerObserver,
 }
 
 impl WorkerOptions {
@@ -200,6 +261,7 @@ impl WorkerOptions {
             task_delay: Duration::ZERO,
             register_timeout: None,
             conf: RpcConf::new(),
+            observer: WorkerObserver::none(),
         }
     }
 }
@@ -241,7 +303,12 @@ impl WorkerNode {
         let heartbeat = Ticker::spawn(
             format!("worker-{}-heartbeat", opts.id),
             opts.heartbeat_interval,
-            heartbeat(master, registration, opts.heartbeat_interval),
+            heartbeat(
+                master,
+                registration,
+                opts.heartbeat_interval,
+                opts.observer.clone(),
+            ),
         )
         .map_err(|err| {
             format!(
@@ -364,42 +431,64 @@ fn register_with_retry(
 }
 
 /// The heartbeat thread's tick: one heartbeat ask; registers again when the master asks.
+/// Failed heartbeats, heartbeats answered again and registrations again go to
+/// `observer`.
 fn heartbeat(
     master: RpcEndpointRef<MasterMsg>,
     registration: Registration,
     interval: Duration,
+    observer: WorkerObserver,
 ) -> impl FnMut() -> bool + Send + 'static {
     let timeout = interval.max(Duration::from_secs(1));
-    let mut failing = false;
+    // Heartbeats failed in a row.
+    let mut failed: u64 = 0;
     move || {
         let id = registration.id.clone();
-        match master.ask_sync_timeout::<HeartbeatReply>(MasterMsg::Heartbeat { id }, timeout) {
-            Ok(HeartbeatReply::Ack) => {
-                if std::mem::take(&mut failing) {
-                    info!(
-                        "worker {}: heartbeats reach the master again",
-                        registration.id
-                    );
-                }
-            }
+        let reply = master.ask_sync_timeout::<HeartbeatReply>(MasterMsg::Heartbeat { id }, timeout);
+        if reply.is_ok() && failed > 0 {
+            info!(
+                "worker {}: heartbeats reach the master again",
+                registration.id
+            );
+            observer.tell(&WorkerEvent::HeartbeatsResumed {
+                id: registration.id.clone(),
+                failed: std::mem::take(&mut failed),
+            });
+        }
+        match reply {
+            Ok(HeartbeatReply::Ack) => {}
             Ok(HeartbeatReply::Reregister) => {
-                failing = false;
                 info!(
                     "worker {}: the master does not know it; registering again",
                     registration.id
                 );
-                match registration.register(&master) {
-                    Ok(()) => info!("worker {} registered again", registration.id),
-                    Err(err) => warn!(
-                        "worker {}: registering again failed: {err}",
-                        registration.id
-                    ),
-                }
+                let error = match registration.register(&master) {
+                    Ok(()) => {
+                        info!("worker {} registered again", registration.id);
+                        None
+                    }
+                    Err(err) => {
+                        warn!(
+                            "worker {}: registering again failed: {err}",
+                            registration.id
+                        );
+                        Some(err.to_string())
+                    }
+                };
+                observer.tell(&WorkerEvent::Reregistered {
+                    id: registration.id.clone(),
+                    error,
+                });
             }
             Err(err) => {
-                if !std::mem::replace(&mut failing, true) {
+                failed += 1;
+                if failed == 1 {
                     warn!("worker {}: heartbeat failed: {err}", registration.id);
                 }
+                observer.tell(&WorkerEvent::HeartbeatFailed {
+                    id: registration.id.clone(),
+                    error: err.to_string(),
+                });
             }
         }
         true
