@@ -439,7 +439,10 @@ fn heartbeat(
     interval: Duration,
     observer: WorkerObserver,
 ) -> impl FnMut() -> bool + Send + 'static {
-    let timeout = interval.max(Duration::from_secs(1));
+    // A heartbeat may take three intervals (at least 3 s): a master that vanished is
+    // noticed by the connection first (keep-alive, rpc.io.tcpUserTimeout), and the
+    // heartbeat then fails with a Connection error that says so, not with a timeout.
+    let timeout = (interval * 3).max(Duration::from_secs(3));
     // Heartbeats failed in a row.
     let mut failed: u64 = 0;
     move || {
