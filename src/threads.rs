@@ -18,6 +18,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{debug, error, warn};
 
 use crate::error::RpcError;
+use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::sync::{Arc, Mutex};
 
 /// Starts a thread called `name`.
@@ -107,6 +108,7 @@ pub(crate) struct Pool {
     tx: Sender<Task>,
     rx: Receiver<Task>,
     state: Arc<Mutex<PoolState>>,
+    stopped: AtomicBool,
 }
 
 #[derive(Default)]
@@ -132,6 +134,7 @@ impl Pool {
             tx,
             rx,
             state: Arc::new(Mutex::new(PoolState::default())),
+            stopped: AtomicBool::new(false),
         });
         if let Workers::Fixed(count) = workers {
             let mut state = pool.state.lock();
@@ -154,11 +157,10 @@ impl Pool {
         let rx = self.rx.clone();
         let tx = self.tx.clone();
         let shared = Arc::clone(&self.state);
-        let idle = match self.workers {
-            Workers::Fixed(_) => None,
-            Workers::Cached { idle, .. } => Some(idle),
+        let thread = match self.workers {
+            Workers::Fixed(_) => spawn(name, move || work_fixed(&rx, &tx, &shared))?,
+            Workers::Cached { idle, .. } => spawn(name, move || work(&rx, &tx, &shared, idle))?,
         };
-        let thread = spawn(name, move || work(&rx, &tx, &shared, idle))?;
         state.next_index += 1;
         state.alive += 1;
         state.threads.retain(|t| !t.is_finished());
@@ -168,6 +170,17 @@ impl Pool {
 
     /// Queues `job`. Fails with `EnvStopped` once the pool is stopped.
     pub(crate) fn execute(&self, job: Job) -> Result<(), RpcError> {
+        if let Workers::Fixed(_) = self.workers {
+            // The hot path of the message loops: no bookkeeping, only the queue (whose
+            // sender stays open until the workers are gone; `stop` queues the exits).
+            if self.stopped.load(Ordering::Acquire) {
+                return Err(RpcError::EnvStopped);
+            }
+            return self
+                .tx
+                .send(Task::Run(job))
+                .map_err(|_| RpcError::EnvStopped);
+        }
         let mut state = self.state.lock();
         if state.stopped {
             return Err(RpcError::EnvStopped);
@@ -208,6 +221,7 @@ impl Pool {
     pub(crate) fn stop(&self, deadline: Option<Instant>) {
         let threads = {
             let mut state = self.state.lock();
+            self.stopped.store(true, Ordering::Release);
             if !state.stopped {
                 state.stopped = true;
                 for _ in 0..state.alive {
@@ -233,24 +247,52 @@ impl fmt::Debug for Pool {
     }
 }
 
-/// A worker's loop: runs jobs until told to exit (then runs what is still queued) or,
-/// in a cached pool, until idle for `idle`.
-fn work(rx: &Receiver<Task>, tx: &Sender<Task>, state: &Mutex<PoolState>, idle: Option<Duration>) {
-    let run = |job: Job| {
-        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
-            error!(
-                "a job on {} panicked: {}",
-                thread::current().name().unwrap_or("?"),
-                panic_message(payload.as_ref())
-            );
+/// Runs a job; a panic is logged and the worker goes on.
+fn run(job: Job) {
+    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
+        error!(
+            "a job on {} panicked: {}",
+            thread::current().name().unwrap_or("?"),
+            panic_message(payload.as_ref())
+        );
+    }
+}
+
+/// A fixed pool's worker: runs jobs until told to exit, then runs what is still queued.
+fn work_fixed(rx: &Receiver<Task>, tx: &Sender<Task>, state: &Mutex<PoolState>) {
+    while let Ok(Task::Run(job)) = rx.recv() {
+        run(job);
+    }
+    drain(rx, tx, state, false);
+}
+
+/// Runs what is still queued after an exit was asked for (a job queued again by a job
+/// that ran while the stop was requested comes after the request), then ends the worker.
+fn drain(rx: &Receiver<Task>, tx: &Sender<Task>, state: &Mutex<PoolState>, counted: bool) {
+    while let Ok(task) = rx.try_recv() {
+        match task {
+            Task::Run(job) => {
+                if counted {
+                    state.lock().queued -= 1;
+                }
+                run(job);
+            }
+            Task::Exit => {
+                // Another worker's: leave it for that one.
+                let _ = tx.send(Task::Exit);
+                break;
+            }
         }
-    };
+    }
+    state.lock().alive -= 1;
+}
+
+/// A cached pool's worker: runs jobs until told to exit (then runs what is still queued),
+/// or until idle for `idle`.
+fn work(rx: &Receiver<Task>, tx: &Sender<Task>, state: &Mutex<PoolState>, idle: Duration) {
     loop {
         state.lock().idle += 1;
-        let task = match idle {
-            Some(idle) => rx.recv_timeout(idle),
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
+        let task = rx.recv_timeout(idle);
         match task {
             Ok(Task::Run(job)) => {
                 {
@@ -280,28 +322,13 @@ fn work(rx: &Receiver<Task>, tx: &Sender<Task>, state: &Mutex<PoolState>, idle: 
             }
         }
     }
-    // Told to exit: first run what is still queued (a job queued again by a job that ran
-    // while the stop was requested comes after the request).
-    while let Ok(task) = rx.try_recv() {
-        match task {
-            Task::Run(job) => {
-                state.lock().queued -= 1;
-                run(job);
-            }
-            Task::Exit => {
-                // Another worker's: leave it for that one.
-                let _ = tx.send(Task::Exit);
-                break;
-            }
-        }
-    }
-    state.lock().alive -= 1;
+    drain(rx, tx, state, true);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync::atomic::{AtomicUsize, Ordering};
+    use crate::sync::atomic::AtomicUsize;
 
     fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);

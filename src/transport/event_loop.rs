@@ -17,7 +17,7 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
 use crate::conf::keys;
 use crate::error::RpcError;
-use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{Arc, Mutex};
 use crate::threads::{join_until, spawn};
 use crate::transport::connection::{
@@ -71,16 +71,22 @@ pub(crate) struct LoopHandle {
     tx: Sender<Command>,
     waker: Waker,
     registry: Registry,
+    /// The loop is (about to be) blocked in `poll`: a command must wake it. While it is
+    /// awake it runs every queued command before it blocks again, so no wake is needed.
+    sleeping: Arc<AtomicBool>,
 }
 
 impl LoopHandle {
-    /// Queues a command and wakes the loop; false if the loop is gone.
+    /// Queues a command and wakes the loop if it sleeps; false if the loop is gone.
     fn send(&self, command: Command) -> bool {
         if self.tx.send(command).is_err() {
             return false;
         }
-        if let Err(err) = self.waker.wake() {
-            error!("cannot wake event loop {}: {err}", self.id);
+        // Pairs with the loop's store before it looks at its queue one last time.
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            if let Err(err) = self.waker.wake() {
+                error!("cannot wake event loop {}: {err}", self.id);
+            }
         }
         true
     }
@@ -131,10 +137,12 @@ impl IoGroup {
                 .map_err(|e| RpcError::io("cannot clone a poll registry", e))?;
             let (tx, rx) = crossbeam_channel::unbounded();
             let id = NEXT_LOOP_ID.fetch_add(1, Ordering::Relaxed);
+            let sleeping = Arc::new(AtomicBool::new(false));
             let event_loop = EventLoop {
                 id,
                 poll,
                 rx,
+                sleeping: Arc::clone(&sleeping),
                 handler: Arc::clone(&handler),
                 conns: HashMap::new(),
                 scratch: vec![0; SCRATCH_SIZE].into_boxed_slice(),
@@ -148,6 +156,7 @@ impl IoGroup {
                 tx,
                 waker,
                 registry,
+                sleeping,
             }));
             group.threads.get_mut().push(thread);
         }
@@ -270,6 +279,7 @@ struct EventLoop {
     id: usize,
     poll: Poll,
     rx: Receiver<Command>,
+    sleeping: Arc<AtomicBool>,
     handler: Arc<dyn RpcHandler>,
     conns: HashMap<u64, Entry>,
     scratch: Box<[u8]>,
@@ -289,12 +299,20 @@ impl EventLoop {
         let tick = tick_interval(&self.conf);
         let mut next_tick = tick.map(|tick| Instant::now() + tick);
         loop {
-            let timeout = if self.read_again.is_empty() && self.flush_again.is_empty() {
+            let mut timeout = if self.read_again.is_empty() && self.flush_again.is_empty() {
                 next_tick.map(|at| at.saturating_duration_since(Instant::now()))
             } else {
                 Some(Duration::ZERO)
             };
-            if let Err(err) = self.poll.poll(&mut events, timeout) {
+            // Senders wake the loop only when it sleeps: say so, then look at the queue
+            // once more, so that a command sent in between is not left waiting.
+            self.sleeping.store(true, Ordering::SeqCst);
+            if !self.rx.is_empty() {
+                timeout = Some(Duration::ZERO);
+            }
+            let polled = self.poll.poll(&mut events, timeout);
+            self.sleeping.store(false, Ordering::SeqCst);
+            if let Err(err) = polled {
                 if interrupted(&err) {
                     continue;
                 }
