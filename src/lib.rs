@@ -119,6 +119,7 @@
 mod codec;
 mod conf;
 mod error;
+mod fnv;
 mod frame;
 mod rpc;
 mod sync;

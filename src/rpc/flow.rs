@@ -26,13 +26,13 @@
 //! the connection stops being read until the endpoint catches up, and TCP slows the peer
 //! down. A peer that said hello and still overruns a window is treated the same way.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use log::{debug, warn};
 
+use crate::fnv::FnvMap;
 use crate::rpc::envelope;
-use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crate::sync::{Arc, Mutex};
 use crate::transport::{FRAME_CHARGE, TransportClient};
 
@@ -48,25 +48,23 @@ pub(crate) struct Inflow {
     window: usize,
     /// The peer said hello: it keeps to the windows.
     speaks_flow_control: AtomicBool,
-    state: Mutex<State>,
+    /// Each endpoint's window, by name.
+    windows: Mutex<FnvMap<Arc<str>, Arc<Window>>>,
+    /// Endpoints whose backlog stopped the connection from being read; changed (and the
+    /// reading paused or resumed) only under this lock.
+    full: Mutex<usize>,
 }
 
-#[derive(Default)]
-struct State {
-    endpoints: HashMap<Arc<str>, Window>,
-    /// Endpoints whose inbox holds a window's worth from this connection or more; the
-    /// connection is not read while there is one.
-    full: usize,
-}
-
-#[derive(Default)]
+/// One endpoint's window on one connection. The counters change on every message without
+/// a lock; pausing and resuming go through `Inflow::full`.
 struct Window {
+    endpoint: Arc<str>,
     /// Bytes received and not yet taken out of the inbox.
-    waiting: usize,
+    waiting: AtomicUsize,
     /// Bytes taken out of the inbox and not yet granted back.
-    owed: usize,
+    owed: AtomicUsize,
     /// This endpoint's backlog stopped the connection from being read.
-    paused: bool,
+    paused: AtomicBool,
 }
 
 impl Inflow {
@@ -74,7 +72,8 @@ impl Inflow {
         Self {
             window,
             speaks_flow_control: AtomicBool::new(false),
-            state: Mutex::new(State::default()),
+            windows: Mutex::new(FnvMap::default()),
+            full: Mutex::new(0),
         }
     }
 
@@ -93,90 +92,110 @@ impl Inflow {
         body_len: usize,
     ) -> Charge {
         let bytes = charge(body_len);
-        let speaks = self.speaks_flow_control.load(Ordering::Acquire);
-        let mut state = self.state.lock();
-        let window = state.endpoints.entry(Arc::clone(endpoint)).or_default();
-        let before = window.waiting;
-        window.waiting += bytes;
+        let window = {
+            let mut windows = self.windows.lock();
+            match windows.get(endpoint) {
+                Some(window) => Arc::clone(window),
+                None => {
+                    let window = Arc::new(Window {
+                        endpoint: Arc::clone(endpoint),
+                        waiting: AtomicUsize::new(0),
+                        owed: AtomicUsize::new(0),
+                        paused: AtomicBool::new(false),
+                    });
+                    windows.insert(Arc::clone(endpoint), Arc::clone(&window));
+                    window
+                }
+            }
+        };
+        let before = window.waiting.fetch_add(bytes, Ordering::AcqRel);
         // A peer that keeps to the windows may fill one exactly, which is no reason to stop
         // reading it; only a message sent with no window left is an overrun.
-        let overran = if speaks {
+        let overran = if self.speaks_flow_control.load(Ordering::Acquire) {
             before >= self.window
         } else {
-            window.waiting >= self.window
+            before + bytes >= self.window
         };
-        if overran && !window.paused {
-            window.paused = true;
-            if speaks {
-                warn!(
-                    "{} overran the window of endpoint {endpoint} ({} bytes waiting); \
-                     reading from it pauses until the endpoint catches up",
-                    client.remote_address(),
-                    window.waiting
-                );
-            }
-            state.full += 1;
-            if state.full == 1 {
-                debug!(
-                    "endpoint {endpoint} holds a window's worth from {}; not reading it",
-                    client.remote_address()
-                );
-                client.set_auto_read(false);
-            }
+        if overran && !window.paused.load(Ordering::Acquire) {
+            self.pause_for(client, &window);
         }
         Charge {
             inflow: Arc::clone(self),
             client: client.clone(),
-            endpoint: Arc::clone(endpoint),
+            window,
             bytes,
         }
     }
 
-    /// A message charged `bytes` left the inbox of `endpoint`.
-    fn consumed(&self, client: &TransportClient, endpoint: &Arc<str>, bytes: usize) {
-        let speaks = self.speaks_flow_control.load(Ordering::Acquire);
-        let mut grant = None;
-        let mut resume = false;
+    /// Stops reading the connection while `window`'s endpoint holds a window's worth.
+    fn pause_for(&self, client: &TransportClient, window: &Window) {
+        let mut full = self.full.lock();
+        // Looked at again under the lock: the endpoint may have caught up meanwhile.
+        if window.paused.load(Ordering::Acquire)
+            || window.waiting.load(Ordering::Acquire) < self.window
         {
-            let mut state = self.state.lock();
-            let Some(window) = state.endpoints.get_mut(endpoint) else {
-                return;
-            };
-            window.waiting -= bytes;
-            if speaks {
-                window.owed += bytes;
-                if window.owed >= self.window / 2 {
-                    grant = Some(std::mem::take(&mut window.owed));
-                }
-            }
-            let caught_up = window.paused && window.waiting < self.window;
-            if caught_up {
-                window.paused = false;
-            }
-            if window.waiting == 0 && window.owed == 0 {
-                state.endpoints.remove(endpoint);
-            }
-            if caught_up {
-                state.full -= 1;
-                resume = state.full == 0;
-            }
+            return;
         }
-        if let Some(bytes) = grant {
-            match envelope::encode_grant(endpoint, bytes) {
-                Ok(body) => {
-                    if let Err(err) = client.send_control(body) {
-                        debug!(
-                            "window grant to {} not sent: {err}",
-                            client.remote_address()
-                        );
-                    }
-                }
-                Err(err) => warn!("cannot encode a window grant: {err}"),
-            }
+        window.paused.store(true, Ordering::Release);
+        if self.speaks_flow_control.load(Ordering::Acquire) {
+            warn!(
+                "{} overran the window of endpoint {}; reading from it pauses until the \
+                 endpoint catches up",
+                client.remote_address(),
+                window.endpoint
+            );
         }
-        if resume {
+        *full += 1;
+        if *full == 1 {
+            debug!(
+                "endpoint {} holds a window's worth from {}; not reading it",
+                window.endpoint,
+                client.remote_address()
+            );
+            client.set_auto_read(false);
+        }
+    }
+
+    /// Reads the connection again once no endpoint holds a window's worth from it.
+    fn resume_for(&self, client: &TransportClient, window: &Window) {
+        let mut full = self.full.lock();
+        if !window.paused.load(Ordering::Acquire)
+            || window.waiting.load(Ordering::Acquire) >= self.window
+        {
+            return;
+        }
+        window.paused.store(false, Ordering::Release);
+        *full -= 1;
+        if *full == 0 {
             debug!("reading from {} again", client.remote_address());
             client.set_auto_read(true);
+        }
+    }
+
+    /// A message charged `bytes` left the inbox of `window`'s endpoint.
+    fn consumed(&self, client: &TransportClient, window: &Window, bytes: usize) {
+        let waiting = window.waiting.fetch_sub(bytes, Ordering::AcqRel) - bytes;
+        if self.speaks_flow_control.load(Ordering::Acquire) {
+            let owed = window.owed.fetch_add(bytes, Ordering::AcqRel) + bytes;
+            if owed >= self.window / 2 {
+                let grant = window.owed.swap(0, Ordering::AcqRel);
+                if grant > 0 {
+                    match envelope::encode_grant(&window.endpoint, grant) {
+                        Ok(body) => {
+                            if let Err(err) = client.send_control(body) {
+                                debug!(
+                                    "window grant to {} not sent: {err}",
+                                    client.remote_address()
+                                );
+                            }
+                        }
+                        Err(err) => warn!("cannot encode a window grant: {err}"),
+                    }
+                }
+            }
+        }
+        if waiting < self.window && window.paused.load(Ordering::Acquire) {
+            self.resume_for(client, window);
         }
     }
 }
@@ -198,21 +217,20 @@ impl fmt::Debug for Inflow {
 pub(crate) struct Charge {
     inflow: Arc<Inflow>,
     client: TransportClient,
-    endpoint: Arc<str>,
+    window: Arc<Window>,
     bytes: usize,
 }
 
 impl Drop for Charge {
     fn drop(&mut self) {
-        self.inflow
-            .consumed(&self.client, &self.endpoint, self.bytes);
+        self.inflow.consumed(&self.client, &self.window, self.bytes);
     }
 }
 
 impl fmt::Debug for Charge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Charge")
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &self.window.endpoint)
             .field("bytes", &self.bytes)
             .finish()
     }

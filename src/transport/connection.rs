@@ -406,7 +406,10 @@ impl Conn {
             Err(text) => self.failure_frame(id, text),
         };
         let frame = Frame::new(header, body, Kind::Answer);
-        if let Err(err) = self.submit(frame, Admission::Force, false) {
+        // Like a request sent while others wait: an answer given while others are owed is
+        // left to the loop, which the answers to come find woken.
+        let more_owed = self.owed.load(Ordering::Acquire) > 1;
+        if let Err(err) = self.submit(frame, Admission::Force, more_owed) {
             debug!("answer to request {id} from {} dropped: {err}", self.peer);
         }
         if !self.flow_controlled.load(Ordering::Acquire)

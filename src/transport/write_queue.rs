@@ -8,9 +8,10 @@
 //!
 //! - **the thread that hands it over**, at once, with one non-blocking `writev`, when the
 //!   connection is idle: nothing is queued or being written, and the frame is neither part
-//!   of a burst (another frame came less than [`BURST`] before it) nor a request sent while
-//!   others wait for their answers. A caller waiting for its answer thus pays no hand-off
-//!   to another thread. What the socket does not take is left to the event loop;
+//!   of a burst (another frame came less than [`BURST`] before it) nor one of a pipeline (a
+//!   request sent while others wait for their answers, an answer given while others are
+//!   owed). A caller waiting for its answer thus pays no hand-off to another thread. What
+//!   the socket does not take is left to the event loop;
 //! - **the event loop** otherwise: the hand-over wakes it once (later frames find it
 //!   woken and only append), and it writes everything queued when it runs, in `writev`s of
 //!   up to [`MAX_SLICES`] slices, until the socket would block; it resumes on the socket's
@@ -38,7 +39,7 @@
 //! label never delay frames of another. Each label may hold `limit` bytes; beyond that its
 //! senders wait as above.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, IoSlice};
 use std::time::{Duration, Instant};
@@ -47,6 +48,7 @@ use log::trace;
 
 use crate::conf::keys;
 use crate::error::RpcError;
+use crate::fnv::FnvMap;
 use crate::frame::FrameHeader;
 use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
 use crate::transport::socket::{Wire, interrupted, would_block};
@@ -207,7 +209,7 @@ struct State {
     ready_bytes: usize,
     /// Unwritten bytes of answers among them.
     answer_bytes: usize,
-    held: HashMap<Label, Held>,
+    held: FnvMap<Label, Held>,
     /// The window a label starts with.
     initial_window: i64,
     /// `None` once the connection closed; a writer takes a clone for its system call.
@@ -264,7 +266,7 @@ impl WriteQueue {
                 ready: VecDeque::new(),
                 ready_bytes: 0,
                 answer_bytes: 0,
-                held: HashMap::new(),
+                held: FnvMap::default(),
                 initial_window: INITIAL_WINDOW as i64,
                 wire: Some(wire),
                 closed: false,
@@ -283,7 +285,8 @@ impl WriteQueue {
     }
 
     /// Queues `frame` and writes it at once if the connection is idle (see the module
-    /// docs). `pipelined`: a request sent while others wait for their answers. On an error
+    /// docs). `pipelined`: a request sent while others wait for their answers, or an
+    /// answer given while others are owed. On an error
     /// the frame's receipt was told and the frame dropped; `closed` makes the error of a
     /// closed connection. `Err(..)` with a write failure means the connection must close.
     pub(crate) fn submit(
@@ -301,11 +304,6 @@ impl WriteQueue {
                 return Err(Submitted::Refused(err));
             }
         };
-        let now = Instant::now();
-        let burst = state
-            .last_submit
-            .is_some_and(|last| now.saturating_duration_since(last) < BURST);
-        state.last_submit = Some(now);
         if let Some(label) = frame.label.clone() {
             let initial = state.initial_window;
             let held = state.held.entry(label).or_insert_with(|| Held {
@@ -324,6 +322,12 @@ impl WriteQueue {
             push_ready(&mut state, frame);
             return Ok(After::Nothing);
         }
+        // The clock is read only here, where it decides who writes.
+        let now = Instant::now();
+        let burst = state
+            .last_submit
+            .is_some_and(|last| now.saturating_duration_since(last) < BURST);
+        state.last_submit = Some(now);
         if burst || pipelined || !state.ready.is_empty() {
             push_ready(&mut state, frame);
             state.loop_woken = true;
