@@ -302,8 +302,19 @@ const MAX_CONNECTIONS: u64 = 1 << 20;
 ///   once whatever the timeout.
 /// - **`rpc.io.connectionTimeout` = `0`** disables the limit: a connect to an unreachable
 ///   host then waits for the operating system's own TCP timeout (often minutes), and a
-///   silent connection with calls outstanding is never closed, so its calls end only at
-///   their own deadlines.
+///   peer that reads nothing while frames wait for it is never closed for it (TCP
+///   keep-alive and `rpc.io.tcpUserTimeout` still close a peer that vanished).
+/// - **Keep-alive and the user timeout** are what notice a host that vanished: turning
+///   them off (`0`) makes such a peer show only at the asks' deadlines, minutes to hours
+///   later. Set too tight on a slow or lossy network, they close healthy connections:
+///   keep `rpc.io.tcpUserTimeout` well above the link's worst retransmission delay.
+/// - **Flow control bounds memory per sender**: an inbox holds up to
+///   `rpc.dispatcher.inboxCapacity` from each connection (and as much again from this
+///   env's threads), so N busy peers may make an endpoint hold N times that. A large
+///   `rpc.io.maxQueuedBytes` or `rpc.dispatcher.inboxCapacity` buys throughput on long,
+///   fast links at the cost of memory; a small one makes senders wait sooner.
+/// - **`rpc.io.sendTimeout` = `0`** makes every `send` and `ask` behave like `try_send`:
+///   no waiting for room, `QueueFull` at once.
 /// - **Thread counts are OS threads**, each with its own stack. An endpoint that blocks
 ///   in its handler holds a `rpc-dispatcher-N` thread; when all of them are blocked, every
 ///   endpoint on the shared pool stalls.

@@ -33,8 +33,9 @@
 //! | [`RpcEnv`], [`RpcEnvBuilder`] | an environment: endpoints by name, a listener (or client mode), connections |
 //! | [`RpcEndpoint`], [`Threading`] | the trait user code implements; where it runs |
 //! | [`EndpointContext`] | given to handlers: own reference, env, sender |
-//! | [`RpcEndpointRef`] | a typed, serializable reference: `send`, `ask`, `ask_sync` |
+//! | [`RpcEndpointRef`] | a typed, serializable reference: `send`, `try_send`, `send_with_receipt`, `ask`, `ask_sync` |
 //! | [`Pending`] | an ask under way: `wait`, `try_wait`, `wait_timeout`, `abort` |
+//! | [`Receipt`] | what became of one one-way message: written, or why not |
 //! | [`RpcCallContext`] | the way to answer one ask: `reply`, `send_failure` |
 //! | [`RpcAddress`] | `host:port` of a server env |
 //! | [`RpcConf`] | string-keyed configuration, checked at `build()` |
@@ -54,29 +55,79 @@
 //!
 //! # What blocks
 //!
-//! - `send`, `ask` and `ask_timeout` never wait for the network: a message to another env
-//!   is written to its connection if it is open, or queued while a `rpc-connect-N`
-//!   thread connects.
-//! - `ask_sync`, `Pending::wait` and `setup_endpoint_ref*` block the caller until the
-//!   answer, a failure, or the deadline. Do not call them from a handler for an ask to
-//!   the same endpoint (it cannot answer while its handler waits), and avoid long waits on
-//!   the shared pool: a blocked `rpc-dispatcher-N` thread serves no other endpoint. Give
-//!   an endpoint that blocks [`Threading::Dedicated`].
-//! - There is no back-pressure yet: a sender that sends faster than the peer's endpoint
-//!   handles makes the connection's write queue (sender side) and the endpoint's inbox
-//!   (receiver side) grow without bound, as in Spark. A stream of one-way messages
-//!   should be paced by an occasional ask (its reply comes after every message sent
-//!   before it).
+//! Nothing waits for the network; a caller waits only for *room*, for an answer, or for
+//! its own deadline, each bounded:
+//!
+//! - `send`, `ask` and `ask_timeout` hand the message over and return. A message to
+//!   another env goes to its connection (or, while a `rpc-connect-N` thread connects,
+//!   into that peer's outbox); a message to this env into the endpoint's inbox.
+//! - **Room.** Every queue has a bound (see [Flow control](#flow-control)). A `send` or
+//!   `ask` that finds its queue full waits on the calling thread for up to
+//!   `rpc.io.sendTimeout` (an ask no longer than its own deadline), then fails with
+//!   [`RpcError::QueueFull`] naming the queue, the bytes queued and the limit's key.
+//!   [`RpcEndpointRef::try_send`] never waits. An endpoint sending to itself never waits
+//!   (its inbox cannot drain while it does). An `rpc-io-N` thread never waits: a
+//!   [`transport`] handler that sends on a full queue fails at once.
+//! - `ask_sync`, `Pending::wait`, [`Receipt::wait`] and `setup_endpoint_ref*` block the
+//!   caller until the answer, a failure, or the deadline. Do not call them from a handler
+//!   for an ask to the same endpoint (it cannot answer while its handler waits), and avoid
+//!   long waits on the shared pool: a blocked `rpc-dispatcher-N` thread serves no other
+//!   endpoint. Give an endpoint that blocks [`Threading::Dedicated`].
+//! - **Who writes a frame.** A connection's `rpc-io-N` event loop owns its socket. A frame
+//!   is written by the thread that hands it over when the connection is idle (nothing
+//!   queued or being written, no burst, no pipeline: one non-blocking `writev`, so a lone
+//!   ask or reply pays no hand-off); otherwise it is queued and the loop, woken once,
+//!   writes everything queued. Nothing is held back: a frame leaves at once or as soon as
+//!   the loop runs, whatever any handler is doing, so a handler that asks another env from
+//!   `receive_and_reply` or `on_start` gets its answer at once. Window grants and answers
+//!   are never refused room.
 //! - Serde writes a `Vec<u8>` element by element; for large byte payloads use a type
 //!   that serializes as bytes (`serialize_bytes`, e.g. with the `serde_bytes` crate),
 //!   which the codec copies in one go.
-//! - Replies and messages an endpoint writes while it works through a burst of queued
-//!   messages go out together, in one write per connection, when the burst ends (at most
-//!   64 messages, and no new message starts more than 50 µs after the first). A handler
-//!   that runs long therefore delays the replies of the ones that ran just before it in
-//!   the same burst by its own duration.
 //! - `shutdown` waits up to five seconds for endpoints to run `on_stop` and for threads
-//!   to exit, then leaves busy ones behind and logs them.
+//!   to exit (a connect under way included), then leaves busy ones behind and logs them.
+//!
+//! # Flow control
+//!
+//! Memory stays bounded when a peer is slow or hostile, and nothing is dropped to get
+//! there; the pressure reaches the producer:
+//!
+//! | queue | bound | at the bound |
+//! |---|---|---|
+//! | a connection's frames ready to write | `rpc.io.maxQueuedBytes` (4 MiB) | senders wait (above); answers and control frames go anyway |
+//! | messages to one endpoint of a peer beyond its window | `rpc.io.maxQueuedBytes` per endpoint | held in order on the sender, which waits beyond the bound; other endpoints and answers go on |
+//! | a peer's outbox while connecting | `rpc.io.maxQueuedBytes` | senders wait for the connect |
+//! | an endpoint's inbox, per connection | `rpc.dispatcher.inboxCapacity` (4 MiB) | the peer's window: it sends no more until the endpoint takes messages out |
+//! | an endpoint's inbox, from this env's threads | `rpc.dispatcher.inboxCapacity` | senders wait (above) |
+//!
+//! Between envs every connection speaks a window protocol (the HTTP/2 way, with endpoints
+//! as streams): each side says hello with the window its endpoints grant, a message costs
+//! its frame body plus 64 bytes of its endpoint's window, and the receiver grants the
+//! window back as the endpoint takes messages out of its inbox. A receiver therefore never
+//! stops reading an rpcenv peer, answers always flow, and two envs whose handlers ask each
+//! other while both are flooded do not stall each other. A peer that does not speak it (a
+//! raw socket, a foreign client) is held to the same windows by TCP itself: once it has a
+//! window's worth waiting in an inbox, or its unread answers reach
+//! `rpc.io.maxQueuedBytes`, its connection is no longer read until that clears; a peer
+//! that reads nothing for `rpc.io.connectionTimeout` while frames wait is closed. A
+//! handler that sends to an endpoint whose handler sends back to it, both at their
+//! bounds, deadlocks as in any system of bounded mailboxes: the sends fail with
+//! `QueueFull` after `rpc.io.sendTimeout` instead of hanging.
+//!
+//! # Liveness
+//!
+//! A peer that vanishes (a host that lost power, a cut link) is noticed by TCP keep-alive
+//! while the connection is quiet (`rpc.io.keepAliveIdle` 5 s, `rpc.io.keepAliveInterval`
+//! 2 s) and by `rpc.io.tcpUserTimeout` (10 s) while sent data waits for its
+//! acknowledgement: within about 11 s by default, within 2 s with `1s`/`1s`/`1500ms`. Both
+//! work with any peer, Spark included. The connection then closes: outstanding asks fail
+//! with [`RpcError::Connection`] naming the peer, and the endpoints get `on_disconnected`
+//! (after `on_network_error` when the socket reports the failure). `rpc.io.connectionTimeout` keeps Spark's meaning (the connect
+//! timeout, and a peer silent that long while a request without a deadline of its own
+//! waits); it counts only the peer's silence, and never cuts an ask short of its own
+//! deadline. An inbound connection that sends no whole frame within
+//! `rpc.io.frameTimeout` of connecting, or any connection stalled that long in the middle
+//! of a frame, is closed; `rpc.io.maxConnections` caps the inbound connections.
 //!
 //! # Guarantees and failures
 //!
@@ -85,22 +136,34 @@
 //! - Every ask ends exactly once: its reply; [`RpcError::Remote`] (the endpoint called
 //!   `send_failure`, or panicked); [`RpcError::NoReply`] at once if the endpoint dropped
 //!   the call context; [`RpcError::Connection`] naming the peer at once if the connect
-//!   fails or the connection closes with the ask outstanding; [`RpcError::EnvStopped`]
-//!   at once when this env shuts down (a peer that shuts down closes the connection:
-//!   `Connection`, or `EnvStopped` if its endpoints were already gone); or
-//!   [`RpcError::Timeout`] at its deadline,
-//!   naming the duration and the key (or argument) that set it.
+//!   fails or the connection closes with the ask outstanding (including when the peer
+//!   vanished, see [Liveness](#liveness)); [`RpcError::QueueFull`] if it found no room in
+//!   time; [`RpcError::EnvStopped`] at once when this env shuts down (a peer that shuts
+//!   down closes the connection: `Connection`, or `EnvStopped` if its endpoints were
+//!   already gone); or [`RpcError::Timeout`] at its deadline, naming the duration and the
+//!   key (or argument) that set it.
 //! - Nothing is retried: an ask is sent once. A message queued while connecting whose
-//!   connect fails is failed back (asks) or logged at `warn` (one-way messages); for
-//!   500 ms after a failed connect, messages to that peer fail at once with the same
-//!   error instead of connecting again, and the next message after that reconnects.
-//! - A panic in endpoint code is caught and given to [`RpcEndpoint::on_error`]; the
-//!   endpoint and the env keep running.
+//!   connect fails is failed back (asks) or counted as lost and logged at `warn` once for
+//!   the lot (one-way messages). After a failed connect, messages to that peer fail at once
+//!   with the same error for 500 ms, twice as long after each further failure in a row (up
+//!   to 8 s); the next message after that connects again.
+//! - A one-way message whose failure is already known fails at once: this env stopped,
+//!   the endpoint is unknown or stopped, the frame is over `rpc.message.maxSize` (checked
+//!   before any connection exists), the peer failed recently. One accepted and then lost
+//!   with its connection (never written before the close) is counted and logged at `warn`
+//!   once per incident; [`RpcEndpointRef::send_with_receipt`] gives a [`Receipt`] that
+//!   tells when it was written, or why it never will be.
+//! - After a peer ends its side of a connection, the answers to what it sent before still
+//!   go out; then the connection closes. A closed connection lets go of its socket at
+//!   once, whatever still holds a reference to it.
+//! - A panic in endpoint code, or in the `Deserialize` of its messages, is caught and given
+//!   to [`RpcEndpoint::on_error`]; the endpoint and the env keep running.
 //! - Local calls (same env) never touch a socket; a message or reply of the type the
 //!   other side expects is moved, not serialized.
 //! - Bytes from the network are untrusted: a frame is checked against
-//!   `rpc.message.maxSize` before anything is allocated for it, and a message or reply
-//!   that does not decode is an [`RpcError::Decode`], never a panic.
+//!   `rpc.message.maxSize` before anything is allocated for it, a message or reply
+//!   that does not decode is an [`RpcError::Decode`], never a panic, and nothing a peer
+//!   merely claims is allocated.
 //! - A reference to an endpoint of a client-mode env is bound, when it is received, to
 //!   the connection it came over; forwarded on to a third env it does not work there.
 //!

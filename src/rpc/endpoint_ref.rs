@@ -255,7 +255,9 @@ impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
         }
     }
 
-    /// Asks with the default deadline, `rpc.askTimeout`. Never waits for the network.
+    /// Asks with the default deadline, `rpc.askTimeout`. Never waits for the network, only
+    /// for room, like [`send`](Self::send), and no longer than the ask's own deadline; an
+    /// ask that finds none ends with [`RpcError::QueueFull`].
     pub fn ask<R: DeserializeOwned + 'static>(&self, msg: M) -> Pending<R> {
         let after = self.inner.env.settings().ask_timeout;
         self.ask_with(msg, after, keys::ASK_TIMEOUT)

@@ -14,15 +14,27 @@
 //! # What blocks, what does not
 //!
 //! - Handler methods run on the event loops: they must not block.
-//! - `send_rpc` and `send` never wait for the network: a frame is written at once if the
-//!   socket takes it, otherwise queued for the event loop.
+//! - `send_rpc`, `send` and `try_send` never wait for the network. A frame is written at
+//!   once by the calling thread when the connection is idle, otherwise queued for the
+//!   connection's event loop, which writes everything queued when it runs (see
+//!   [`TransportClient`]). Nothing is held back to be batched.
+//! - A connection queues at most `rpc.io.maxQueuedBytes` of frames to write. A sender
+//!   that finds the queue full waits for room up to `rpc.io.sendTimeout`, then fails with
+//!   [`RpcError::QueueFull`](crate::RpcError::QueueFull); `try_send`, and any send on an
+//!   event loop, fails at once instead. Answers given through a [`Responder`] never wait.
 //! - `send_rpc_sync` blocks its caller until the answer or the timeout.
 //! - `create_client` blocks while it connects.
 //!
 //! # Back-pressure
 //!
-//! None yet: what a peer does not read waits in memory in its connection's write queue,
-//! as in Netty. A handler that answers a peer which never reads makes that queue grow.
+//! A peer that does not read the answers it asked for stops being read once
+//! `rpc.io.maxQueuedBytes` of them wait (TCP then slows it down), and is read again once
+//! it catches up. [`TransportClient::set_auto_read`] pauses and resumes reading a
+//! connection, as Netty's `autoRead`. The RPC layer above adds per-endpoint windows (see
+//! the crate docs) and marks its connections as flow-controlled, so that it never stops
+//! reading a peer that keeps to them. Two peers of this transport that both answer large
+//! requests while neither reads can stall each other until `rpc.io.connectionTimeout`
+//! closes the connection; the RPC layer's windows avoid that.
 //!
 //! # Failures
 //!
@@ -30,8 +42,14 @@
 //! speak, or garbage closes that one connection (logged at `warn`); its outstanding
 //! requests fail at once with [`RpcError::Connection`](crate::RpcError::Connection). The
 //! length of a frame is checked before anything is allocated for it, and a frame's buffer
-//! grows only as its bytes arrive. A connection with requests outstanding that stays
-//! quiet for `rpc.io.connectionTimeout` is closed the same way.
+//! grows only as its bytes arrive. A peer that ends its side of the stream still gets the
+//! answers it is owed; the requests sent to it fail at once. A peer that stays silent for
+//! `rpc.io.connectionTimeout` while a request without a deadline of its own waits, that
+//! reads nothing that long while frames wait, or (`rpc.io.frameTimeout`) that stalls in
+//! the middle of a frame or sends nothing after connecting, is closed the same way; so is
+//! one that TCP keep-alive or `rpc.io.tcpUserTimeout` finds gone. A server holds at most
+//! `rpc.io.maxConnections` inbound connections and closes further ones as it accepts
+//! them.
 
 mod client;
 mod client_factory;

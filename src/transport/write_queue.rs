@@ -8,7 +8,8 @@
 //!
 //! - **the thread that hands it over**, at once, with one non-blocking `writev`, when the
 //!   connection is idle: nothing is queued or being written, and the frame is neither part
-//!   of a burst (another frame came less than [`BURST`] before it) nor one of a pipeline (a
+//!   of a burst (another frame found the connection idle less than [`BURST`] before it)
+//!   nor one of a pipeline (a
 //!   request sent while others wait for their answers, an answer given while others are
 //!   owed). A caller waiting for its answer thus pays no hand-off to another thread. What
 //!   the socket does not take is left to the event loop;
