@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{debug, info};
@@ -26,7 +25,7 @@ use crate::rpc::timeout::Timeouts;
 use crate::rpc::verifier::{self, CheckExistence, Verifier};
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::{Arc, Condvar, Mutex};
-use crate::threads::{Pool, Workers};
+use crate::threads::{Pool, Workers, spawn};
 use crate::transport::{
     Admission, Counters, RpcHandler, TransportClientFactory, TransportConf, TransportContext,
     TransportServer, frame_len, on_event_loop,
@@ -541,9 +540,7 @@ impl EnvInner {
         if on_loop_of(self.id) {
             // An endpoint of this env asked: its thread cannot wait for itself.
             let env = Arc::clone(self);
-            let spawned = thread::Builder::new()
-                .name("rpc-shutdown".into())
-                .spawn(move || env.run_shutdown());
+            let spawned = spawn("rpc-shutdown".into(), move || env.run_shutdown());
             if spawned.is_ok() {
                 return;
             }

@@ -6,14 +6,15 @@
 //! reads the clock; the queue takes `now` as an argument.
 
 use std::collections::BTreeMap;
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use log::{debug, error};
+use log::debug;
 
 use crate::error::RpcError;
 use crate::rpc::call::Call;
 use crate::sync::{Arc, Condvar, Mutex, Weak};
+use crate::threads::{join_until, spawn};
 
 /// When an entry expires; `Never` sorts after every instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -125,10 +126,7 @@ impl Timeouts {
             wake: Condvar::default(),
         });
         let runner = Arc::clone(&shared);
-        let thread = thread::Builder::new()
-            .name("rpc-timeout".into())
-            .spawn(move || runner.run())
-            .map_err(|e| RpcError::io("cannot start the rpc-timeout thread", e))?;
+        let thread = spawn("rpc-timeout".into(), move || runner.run())?;
         Ok(Self {
             shared,
             thread: Mutex::new(Some(thread)),
@@ -172,9 +170,7 @@ impl Timeouts {
         };
         self.shared.wake.notify_one();
         if let Some(thread) = self.thread.lock().take() {
-            if thread.thread().id() != thread::current().id() && thread.join().is_err() {
-                error!("the rpc-timeout thread panicked");
-            }
+            join_until(vec![thread], None, "the timeouts");
         }
         calls
             .into_iter()

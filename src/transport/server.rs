@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -16,7 +16,7 @@ use crate::conf::keys;
 use crate::error::RpcError;
 use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crate::sync::{Arc, Mutex};
-use crate::threads::spawn;
+use crate::threads::{join_until, spawn};
 use crate::transport::TransportConf;
 use crate::transport::event_loop::{IoGroup, next_origin};
 use crate::transport::socket::{bind_listener, configure_stream, interrupted, would_block};
@@ -116,9 +116,7 @@ impl TransportServer {
         };
         running.stop.store(true, Ordering::Release);
         let _ = running.waker.wake();
-        if running.boss.thread().id() != thread::current().id() && running.boss.join().is_err() {
-            warn!("the rpc-boss thread of {} panicked", self.address);
-        }
+        join_until(vec![running.boss], None, "the transport server");
         running.io.close_origin(running.origin);
         debug!("transport server on {} closed", self.address);
     }
