@@ -197,17 +197,18 @@ impl Inbox {
             {
                 break;
             }
-            let now = Instant::now();
-            let deadline = match admission {
-                Admission::Force => break,
-                Admission::Wait(Some(deadline)) if now < deadline => deadline,
-                Admission::Wait(_) | Admission::Try => {
+            if matches!(admission, Admission::Force) {
+                break;
+            }
+            let wait = match admission.wait_from(Instant::now()) {
+                Ok(wait) => wait,
+                Err(waited) => {
                     let error = RpcError::QueueFull {
                         queue: format!("inbox of endpoint {}", self.name),
                         queued: state.local_bytes as u64,
                         limit: self.capacity as u64,
                         key: keys::DISPATCHER_INBOX_CAPACITY,
-                        waited: matches!(admission, Admission::Wait(_)),
+                        waited,
                     };
                     drop(state);
                     msg.fail(error.clone());
@@ -215,7 +216,7 @@ impl Inbox {
                 }
             };
             state.waiters += 1;
-            state = self.room.wait_timeout(state, deadline - now);
+            state = self.room.wait_timeout(state, wait);
             state.waiters -= 1;
         }
         state.local_bytes += charge;

@@ -204,23 +204,22 @@ impl Outbox {
             if state.queued_bytes < self.limit || matches!(admission, Admission::Force) {
                 break;
             }
-            let now = Instant::now();
-            let deadline = match admission {
-                Admission::Wait(Some(deadline)) if now < deadline => deadline,
-                _ => {
+            let wait = match admission.wait_from(Instant::now()) {
+                Ok(wait) => wait,
+                Err(waited) => {
                     let error = RpcError::QueueFull {
                         queue: format!("queue of messages waiting to connect to {}", self.address),
                         queued: state.queued_bytes as u64,
                         limit: self.limit as u64,
                         key: keys::IO_MAX_QUEUED_BYTES,
-                        waited: matches!(admission, Admission::Wait(_)),
+                        waited,
                     };
                     drop(state);
                     return msg.fail(error);
                 }
             };
             state.waiters += 1;
-            state = self.changed.wait_timeout(state, deadline - now);
+            state = self.changed.wait_timeout(state, wait);
             state.waiters -= 1;
         }
         state.queued_bytes += msg.len();

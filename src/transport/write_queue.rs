@@ -97,12 +97,27 @@ pub(crate) enum Kind {
 /// How a frame is let in when the queue has no room for it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Admission {
-    /// Wait for room until this instant (`None`: fail at once when there is none).
+    /// Wait for room until this instant (`None`: for as long as it takes).
     Wait(Option<Instant>),
     /// Fail at once with [`RpcError::QueueFull`].
     Try,
     /// Go anyway (answers, control frames, frames already let in elsewhere).
     Force,
+}
+
+impl Admission {
+    /// How long to wait for room at `now` before looking again, or (`Err`) that there
+    /// is no more waiting: `Err(true)` when the sender waited until its deadline,
+    /// `Err(false)` when it was not to wait at all.
+    pub(crate) fn wait_from(self, now: Instant) -> Result<Duration, bool> {
+        match self {
+            Self::Wait(None) => Ok(Duration::from_secs(3600)),
+            Self::Wait(Some(deadline)) if now < deadline => Ok(deadline - now),
+            Self::Wait(Some(_)) => Err(true),
+            Self::Try => Err(false),
+            Self::Force => Ok(Duration::ZERO),
+        }
+    }
 }
 
 /// One frame on its way: its header, its body, and what to tell when it is written.
@@ -375,14 +390,12 @@ impl WriteQueue {
             if queued < self.limit || matches!(admission, Admission::Force) {
                 return Ok(state);
             }
-            let now = Instant::now();
-            let deadline = match admission {
-                Admission::Wait(Some(deadline)) if now < deadline => deadline,
-                Admission::Wait(_) => return Err(self.full(queued, true)),
-                _ => return Err(self.full(queued, false)),
+            let wait = match admission.wait_from(Instant::now()) {
+                Ok(wait) => wait,
+                Err(waited) => return Err(self.full(queued, waited)),
             };
             state.waiters += 1;
-            state = self.room.wait_timeout(state, deadline - now);
+            state = self.room.wait_timeout(state, wait);
             state.waiters -= 1;
         }
     }
