@@ -75,6 +75,12 @@ for bound in "$DETECT_BOUND_S" "$CRASH_BOUND_S" "$HEAL_BOUND_S" "$STEP_BOUND_S";
     [[ $bound =~ ^[0-9]+$ ]] || { echo "netns: bounds are whole seconds (got '$bound')" >&2; exit 2; }
 done
 
+if [[ -n $NETNS_TIGHT_CONF ]]; then
+    echo "NETNS settings=tight conf=\"$NETNS_TIGHT_CONF\""
+else
+    echo "NETNS settings=defaults"
+fi
+
 # ---------------------------------------------------------------- helpers
 
 STEP=setup
