@@ -5,6 +5,7 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::fmt;
 use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use log::debug;
@@ -21,6 +22,7 @@ use crate::rpc::message_loop::on_a_loop;
 use crate::rpc::timeout::Deadline;
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::{Arc, Condvar, Mutex};
+use crate::threads::panic_message;
 use crate::transport::{Responder, TransportClient};
 
 /// A value that can travel locally without being serialized, and be serialized when it
@@ -263,19 +265,34 @@ impl Call {
 }
 
 /// Turns an outcome into the asked type.
+///
+/// A `Deserialize` that panics is an [`RpcError::Decode`] saying so, not a panic of the
+/// caller.
 fn into_typed<T: DeserializeOwned + 'static>(
     outcome: Result<Reply, RpcError>,
     call: &Call,
 ) -> Result<T, RpcError> {
     let env = &call.env;
-    let what = format_args!("reply of {}", call.info.what);
-    match outcome? {
-        Reply::Local(content) => downcast_or_decode(content, env, what),
-        Reply::Remote { body, client } => {
-            let payload = envelope::decode_reply(&body)?;
-            decode_scope(env, Some(&client), || codec::decode::<T>(payload, what))
+    let reply = outcome?;
+    let decoded = catch_unwind(AssertUnwindSafe(|| {
+        let what = format_args!("reply of {}", call.info.what);
+        match reply {
+            Reply::Local(content) => downcast_or_decode(content, env, what),
+            Reply::Remote { body, client } => {
+                let payload = envelope::decode_reply(&body)?;
+                decode_scope(env, Some(&client), || codec::decode::<T>(payload, what))
+            }
         }
-    }
+    }));
+    decoded.unwrap_or_else(|payload| {
+        Err(RpcError::decode(
+            format!("reply of {}", call.info.what),
+            format!(
+                "its Deserialize panicked: {}",
+                panic_message(payload.as_ref())
+            ),
+        ))
+    })
 }
 
 /// An ask under way: its reply, its failure or its timeout, when it comes.

@@ -1933,3 +1933,41 @@ fn the_timeout_thread_fails_an_ask_nobody_waits_for_at_its_deadline() {
     }
     env.shutdown();
 }
+
+/// A reply type whose `Deserialize` panics.
+#[derive(Debug)]
+struct Explodes;
+
+impl<'de> Deserialize<'de> for Explodes {
+    fn deserialize<D: serde::Deserializer<'de>>(_deserializer: D) -> Result<Self, D::Error> {
+        panic!("the reply's Deserialize exploded")
+    }
+}
+
+/// A reply whose `Deserialize` panics is a `Decode` error that says so, for a remote and
+/// a local asker alike (the local one decodes because the types differ), not a panic of
+/// the caller.
+#[test]
+fn a_panicking_reply_deserialize_is_a_decode_error_not_a_panic_of_the_caller() {
+    let server = server_env("explode-server");
+    let double = server.setup_endpoint("double", Doubler).unwrap();
+    let client = client_env("explode-client");
+    let remote = client
+        .setup_endpoint_ref::<u64>(address_of(&server), "double")
+        .unwrap();
+    for (side, result) in [
+        ("remote", remote.ask_sync::<Explodes>(1)),
+        ("local", double.ask_sync::<Explodes>(1)),
+    ] {
+        let err = result.unwrap_err();
+        assert!(matches!(err, RpcError::Decode { .. }), "{side}: {err:?}");
+        assert!(err.to_string().contains("exploded"), "{side}: {err}");
+    }
+    assert_eq!(
+        remote.ask_sync::<u64>(2).unwrap(),
+        4,
+        "the connection goes on"
+    );
+    client.shutdown();
+    server.shutdown();
+}
