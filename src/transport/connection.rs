@@ -63,6 +63,9 @@ pub(crate) struct Counters {
     pub(crate) connections_refused: AtomicU64,
 }
 
+/// What an answer is assumed to cost before a peer's answers were seen.
+const INITIAL_ANSWER_ESTIMATE: usize = 64 * 1024;
+
 /// Why reading is paused (bits of `Conn::paused`).
 const PAUSED_BY_USER: u8 = 1;
 /// The peer does not read the answers it asked for (and speaks no flow control).
@@ -151,6 +154,10 @@ pub(crate) struct Conn {
     /// The peer speaks the rpc layer's flow control: it reads what it is sent and keeps
     /// to its windows, so its answers never pause reading.
     flow_controlled: AtomicBool,
+    /// The size of this peer's answers so far (a moving average, in bytes); it starts
+    /// large, so that a peer is read only a few requests ahead before its answers are
+    /// seen.
+    answer_estimate: AtomicUsize,
     /// State an upper layer keeps per connection.
     attachment: OnceLock<Arc<dyn Any + Send + Sync>>,
 }
@@ -182,6 +189,7 @@ impl Conn {
             owed: AtomicUsize::new(0),
             paused: AtomicU8::new(0),
             flow_controlled: AtomicBool::new(false),
+            answer_estimate: AtomicUsize::new(INITIAL_ANSWER_ESTIMATE),
             attachment: OnceLock::new(),
         })
     }
@@ -412,19 +420,52 @@ impl Conn {
         if let Err(err) = self.submit(frame, Admission::Force, more_owed) {
             debug!("answer to request {id} from {} dropped: {err}", self.peer);
         }
-        if !self.flow_controlled.load(Ordering::Acquire)
-            && self.writes.answer_bytes() >= self.writes.limit()
-            && self.paused.fetch_or(PAUSED_BY_ANSWERS, Ordering::AcqRel) & PAUSED_BY_ANSWERS == 0
-        {
-            debug!(
-                "{} does not read its answers ({} bytes queued); reading from it pauses",
-                self.peer,
-                self.writes.answer_bytes()
-            );
-        }
         let owed = self.owed.fetch_sub(1, Ordering::AcqRel) - 1;
+        if !self.flow_controlled.load(Ordering::Acquire) {
+            // What this peer's answers cost so far, to foresee those still owed.
+            let estimate = self.answer_estimate.load(Ordering::Relaxed);
+            let len = header.frame_len() as usize;
+            self.answer_estimate
+                .store((estimate * 7 + len) / 8, Ordering::Relaxed);
+            if self.answer_backlog_full() {
+                self.pause_for_answers();
+            } else {
+                self.resume(PAUSED_BY_ANSWERS);
+            }
+        }
         if owed == 0 && self.closing.load(Ordering::Acquire) {
             self.notify.wake(Arc::clone(self), Wake::Check);
+        }
+    }
+
+    /// Whether a peer that does not speak flow control has as many answers waiting to be
+    /// written, with those still owed (at the size its answers had so far), as the write
+    /// queue may hold: then its requests are no longer read until it reads its answers.
+    /// Counting the owed ones is what stops a peer that sends thousands of requests at
+    /// once before reading any answer, whose answers would otherwise all be queued.
+    fn answer_backlog_full(&self) -> bool {
+        let owed = self.owed.load(Ordering::Acquire);
+        let estimate = self.answer_estimate.load(Ordering::Relaxed);
+        self.writes.answer_bytes() + owed.saturating_mul(estimate) >= self.writes.limit()
+    }
+
+    fn pause_for_answers(&self) {
+        if self.paused.fetch_or(PAUSED_BY_ANSWERS, Ordering::AcqRel) & PAUSED_BY_ANSWERS == 0 {
+            debug!(
+                "{} does not read its answers fast enough ({} bytes queued, {} owed); \
+                 reading from it pauses",
+                self.peer,
+                self.writes.answer_bytes(),
+                self.owed.load(Ordering::Acquire)
+            );
+        }
+    }
+
+    /// Called by the reader after it handed on a request: a peer that does not speak flow
+    /// control is no longer read once the answers it is owed would fill the write queue.
+    pub(crate) fn after_request(&self) {
+        if !self.flow_controlled.load(Ordering::Acquire) && self.answer_backlog_full() {
+            self.pause_for_answers();
         }
     }
 
@@ -488,7 +529,7 @@ impl Conn {
     /// left unread are written.
     pub(crate) fn after_flush(self: &Arc<Self>) -> bool {
         if self.paused.load(Ordering::Acquire) & PAUSED_BY_ANSWERS != 0
-            && self.writes.answer_bytes() < self.writes.limit()
+            && !self.answer_backlog_full()
         {
             let before = self.paused.fetch_and(!PAUSED_BY_ANSWERS, Ordering::AcqRel);
             return before == PAUSED_BY_ANSWERS;

@@ -264,6 +264,7 @@ impl Reader {
                 guard(conn.peer(), "receive", || {
                     handler.receive(client, body, responder)
                 });
+                conn.after_request();
             }
             Message::OneWay { body } => {
                 trace!(
