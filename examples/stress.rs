@@ -2,7 +2,8 @@
 //! its own and a thread of its own, send numbered messages (one-way, asks, or both) to one
 //! `stress` endpoint, which checks that every client's messages arrive complete, intact and
 //! in order. At the end each client asks the endpoint what it received and compares it
-//! with what it sent. A progress bar runs on stderr; the summary goes to stdout.
+//! with what it sent. A progress bar runs on stderr; the summary, with the process's peak
+//! resident set, goes to stdout.
 //!
 //! ```text
 //! cargo run --release --example stress                       # 4 clients x 10000, mixed
@@ -77,7 +78,9 @@ OPTIONS:
                          on the env's shared dispatcher pool (shared) (default dedicated;
                          not with --connect)
     --serve              run only the server endpoint; prints
-                         `STRESS serving on rpc://stress@HOST:PORT`, runs until killed
+                         `STRESS serving on rpc://stress@HOST:PORT`, then a line
+                         `STRESS run ID finished: clients=N received=M peak_rss_mib=X`
+                         after each run whose clients all finished; runs until killed
     --host H             with --serve: the address to bind (default 127.0.0.1)
     --advertise A        with --serve: the host clients use, as printed (default: H;
                          needed when H is 0.0.0.0 or ::)
@@ -89,8 +92,11 @@ OPTIONS:
     -h, --help           this text
 
 The summary ends with a line `RESULT lost=0 order_violations=0 corrupt=0 bad_replies=0
-errors=0` when all went well. Exit code: 0 when nothing was lost and order held, 1
-otherwise, 2 for bad flags. Logs go to stderr; RUST_LOG=info (or debug) shows more.
+errors=0 ask_failures=0 peak_rss_mib=X` when all went well: X is this process's peak
+resident set (VmHWM, Linux; `unknown` elsewhere), which covers the in-process server;
+with --connect, `server_peak_rss_mib=Y` follows, the server's peak when it gave the final
+counts. Exit code: 0 when nothing was lost and order held, 1 otherwise, 2 for bad flags.
+Logs go to stderr; RUST_LOG=info (or debug) shows more.
 ";
 
 // ---------------------------------------------------------------------------------------
@@ -152,8 +158,10 @@ enum StressMsg {
         seq: u64,
         payload: Bytes,
     },
-    /// An ask, after the client's last message: answered with its [`Tally`].
-    Finish { run: u64, client: u32 },
+    /// An ask, after the client's last message: answered with its [`Tally`]. `clients`
+    /// is the run's number of clients: once all of them have finished, a `--serve`
+    /// server prints a line about the run.
+    Finish { run: u64, client: u32, clients: u32 },
 }
 
 /// The answer to an ask of [`StressMsg::Data`].
@@ -176,6 +184,8 @@ struct Tally {
     corrupt: u64,
     /// The first order violation: (expected, got).
     first_violation: Option<(u64, u64)>,
+    /// The server process's peak resident set in KiB when it answered (`None`: unknown).
+    server_peak_rss_kib: Option<u64>,
     /// The next sequence number expected.
     #[serde(skip)]
     next: u64,
@@ -193,10 +203,40 @@ fn fill_byte(client: u32, seq: u64) -> u8 {
 /// Checks and counts every client's messages.
 struct StressServer {
     clients: HashMap<(u64, u32), Tally>,
+    /// Clients of each run that asked for their final count.
+    finished: HashMap<u64, u32>,
+    /// Print a line when all the clients of a run have finished (`--serve`).
+    report_runs: bool,
     threading: Threading,
 }
 
 impl StressServer {
+    /// One more client of `run` has finished; with `--serve`, the last one prints
+    /// `STRESS run … finished: … peak_rss_mib=…` (clients that never connected send
+    /// no `Finish`, so such a run prints nothing).
+    fn finish(&mut self, run: u64, clients: u32) {
+        if !self.report_runs {
+            return;
+        }
+        let done = self.finished.entry(run).or_insert(0);
+        *done += 1;
+        if *done < clients {
+            return;
+        }
+        self.finished.remove(&run);
+        let received: u64 = self
+            .clients
+            .iter()
+            .filter(|((r, _), _)| *r == run)
+            .map(|(_, tally)| tally.received)
+            .sum();
+        println!(
+            "STRESS run {run:016x} finished: clients={clients} received={received} \
+             peak_rss_mib={}",
+            mib(peak_rss_kib())
+        );
+    }
+
     /// Checks message `seq` of a client; returns the payload length.
     fn record(&mut self, run: u64, client: u32, seq: u64, payload: &Bytes, ask: bool) -> u64 {
         let tally = self.clients.entry((run, client)).or_default();
@@ -256,12 +296,17 @@ impl RpcEndpoint for StressServer {
                 let len = self.record(run, client, seq, &payload, true);
                 reply.reply(Echo { seq, len });
             }
-            StressMsg::Finish { run, client } => {
-                let tally = self
+            StressMsg::Finish {
+                run,
+                client,
+                clients,
+            } => {
+                let mut tally = self
                     .clients
                     .get(&(run, client))
                     .cloned()
                     .unwrap_or_default();
+                tally.server_peak_rss_kib = peak_rss_kib();
                 info!(
                     "run {run:016x} client {client}: {} received ({} one-way, {} asks), \
                      {} order violations, {} corrupt",
@@ -272,6 +317,7 @@ impl RpcEndpoint for StressServer {
                     tally.corrupt
                 );
                 reply.reply(tally);
+                self.finish(run, clients);
             }
         }
     }
@@ -291,6 +337,8 @@ struct ServerOpts {
     port: u16,
     threading: Threading,
     conf: RpcConf,
+    /// Print a line when all the clients of a run have finished (`--serve`).
+    report_runs: bool,
 }
 
 /// A server env with the `stress` endpoint.
@@ -305,6 +353,8 @@ fn start_server(opts: &ServerOpts) -> Result<RpcEnv, RpcError> {
     let env = builder.build()?;
     let endpoint = StressServer {
         clients: HashMap::new(),
+        finished: HashMap::new(),
+        report_runs: opts.report_runs,
         threading: opts.threading,
     };
     if let Err(err) = env.setup_endpoint(ENDPOINT, endpoint) {
@@ -416,6 +466,7 @@ fn parse_args(args: &[String]) -> Result<Command, FlagError> {
             port: 0,
             threading: Threading::Dedicated,
             conf: RpcConf::new(),
+            report_runs: false,
         },
         quiet: false,
     };
@@ -531,6 +582,7 @@ fn parse_args(args: &[String]) -> Result<Command, FlagError> {
             host: host.unwrap_or_else(|| "127.0.0.1".into()),
             advertise,
             port: port.unwrap_or(0),
+            report_runs: true,
             ..opts.server
         }));
     }
@@ -724,7 +776,12 @@ fn run_client(setup: &ClientSetup<'_>) -> ClientReport {
         }
     };
     send_all(&target, setup, &mut report);
-    match target.ask_sync_timeout::<Tally>(StressMsg::Finish { run, client: id }, FINISH_TIMEOUT) {
+    let finish = StressMsg::Finish {
+        run,
+        client: id,
+        clients: opts.clients,
+    };
+    match target.ask_sync_timeout::<Tally>(finish, FINISH_TIMEOUT) {
         Ok(tally) => report.tally = Some(tally),
         Err(err) => report.error("asking for the final count", &err),
     }
@@ -965,12 +1022,20 @@ impl Histogram {
     }
 }
 
-/// The peak resident set of this process, from `/proc/self/status` (Linux only).
-fn peak_rss() -> Option<String> {
+/// The peak resident set of this process in KiB (`VmHWM` in `/proc/self/status`; Linux
+/// only).
+fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(format!("{:.1} MiB", kb as f64 / 1024.0))
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// KiB as MiB with one decimal, or `unknown`.
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or_else(
+        || "unknown".to_owned(),
+        |kib| format!("{:.1}", kib as f64 / 1024.0),
+    )
 }
 
 /// The `write`/`writev` system calls this process made, from `/proc/self/io` (Linux
@@ -1066,8 +1131,29 @@ fn summarize(opts: &RunOpts, target: &str, reports: &[ClientReport], elapsed: Du
             latency.total
         );
     }
-    if let Some(rss) = peak_rss() {
-        println!("  peak RSS      {rss} (this process)");
+    let peak = peak_rss_kib();
+    // With --connect the server is another process: its peak comes with the final counts
+    // (the largest, as the clients finish at different times).
+    let server_peak = opts.connect.as_ref().map(|_| {
+        reports
+            .iter()
+            .filter_map(|r| r.tally.as_ref()?.server_peak_rss_kib)
+            .max()
+    });
+    let unit = |kib: Option<u64>| match kib {
+        Some(_) => format!("{} MiB", mib(kib)),
+        None => "unknown".to_owned(),
+    };
+    match server_peak {
+        None => println!(
+            "  peak RSS      {} (this process: the server and the clients)",
+            unit(peak)
+        ),
+        Some(server) => println!(
+            "  peak RSS      {} (this process: the clients), {} (the server, so far)",
+            unit(peak),
+            unit(server)
+        ),
     }
     if let Some(writes) = write_syscalls() {
         println!(
@@ -1101,9 +1187,14 @@ fn summarize(opts: &RunOpts, target: &str, reports: &[ClientReport], elapsed: Du
             );
         }
     }
+    let server_rss = server_peak.map_or_else(String::new, |kib| {
+        format!(" server_peak_rss_mib={}", mib(kib))
+    });
     println!(
         "RESULT lost={lost} order_violations={order_violations} corrupt={corrupt} \
-         bad_replies={bad_replies} errors={errors} ask_failures={ask_failures}"
+         bad_replies={bad_replies} errors={errors} ask_failures={ask_failures} \
+         peak_rss_mib={}{server_rss}",
+        mib(peak)
     );
     let passed = lost == 0
         && order_violations == 0

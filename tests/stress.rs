@@ -65,6 +65,31 @@ impl Output {
             .unwrap_or_else(|| panic!("no {name}=N on the RESULT line:\n{self}"))
     }
 
+    /// `name=X` from the `RESULT` line, as text (`None` if the field is missing).
+    fn result_text(&self, name: &str) -> Option<String> {
+        let line = self.stdout.lines().find(|l| l.starts_with("RESULT "))?;
+        line.split_whitespace()
+            .filter_map(|field| field.split_once('='))
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.to_owned())
+    }
+
+    /// Asserts that the `RESULT` line has `name=X`, X a size in MiB (Linux) or `unknown`.
+    #[track_caller]
+    fn assert_rss_field(&self, name: &str) {
+        let value = self
+            .result_text(name)
+            .unwrap_or_else(|| panic!("no {name}= on the RESULT line:\n{self}"));
+        if cfg!(target_os = "linux") {
+            let mib: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}={value} is not a number:\n{self}"));
+            assert!(mib > 0.0 && mib < 4096.0, "{name}={value}\n{self}");
+        } else {
+            assert_eq!(value, "unknown", "{self}");
+        }
+    }
+
     /// Asserts a run that passed: exit 0, nothing lost, order held.
     #[track_caller]
     fn assert_passed(&self) {
@@ -128,6 +153,10 @@ fn send_run_loses_nothing() {
     let out = short_run("send", &["--quiet"]);
     out.assert_passed();
     assert!(out.stdout.contains("(6000 one-way, 0 asks)"), "{out}");
+    // The peak RSS covers the in-process server; there is no separate server figure.
+    out.assert_rss_field("peak_rss_mib");
+    assert!(out.stdout.contains("  peak RSS      "), "{out}");
+    assert_eq!(out.result_text("server_peak_rss_mib"), None, "{out}");
 }
 
 #[test]
@@ -169,6 +198,17 @@ fn serve_and_connect_in_separate_processes() {
     assert!(
         out.stdout.contains(&format!("target        {uri}\n")),
         "{out}"
+    );
+    // The clients' peak RSS and the server's, which came with the final counts.
+    out.assert_rss_field("peak_rss_mib");
+    out.assert_rss_field("server_peak_rss_mib");
+    // The server says so too, once both clients have finished.
+    let line = server.expect_line("the run's line", LIMIT, |l| {
+        l.starts_with("STRESS run ") && l.contains(" finished: ")
+    });
+    assert!(
+        line.contains("clients=2 received=4000 peak_rss_mib="),
+        "{line}"
     );
     // The server outlives its clients.
     assert!(
