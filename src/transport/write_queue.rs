@@ -457,17 +457,19 @@ impl WriteQueue {
             bytes,
             error,
         } = result;
-        let mut done = Vec::new();
+        // Sorted out before taking the lock, so that senders appending meanwhile do not
+        // wait for it.
+        let written = batch.iter().take_while(|f| f.written == f.len()).count();
+        let done: Vec<Frame> = batch.drain(..written).collect();
+        let answers_done: usize = done
+            .iter()
+            .filter(|f| f.kind == Kind::Answer)
+            .map(Frame::len)
+            .sum();
         let mut state = self.state.lock();
         state.writing = false;
         state.ready_bytes = state.ready_bytes.saturating_sub(bytes);
-        while batch.front().is_some_and(|f| f.written == f.len()) {
-            let frame = batch.pop_front().expect("checked");
-            if frame.kind == Kind::Answer {
-                state.answer_bytes = state.answer_bytes.saturating_sub(frame.len());
-            }
-            done.push(frame);
-        }
+        state.answer_bytes = state.answer_bytes.saturating_sub(answers_done);
         let mut after = After::Nothing;
         let progressed = bytes > 0;
         if state.closed {
@@ -478,11 +480,17 @@ impl WriteQueue {
             settle_all(batch, &Err(lost));
             return (After::Nothing, None);
         }
-        // What is left goes back in front of what came meanwhile.
+        // What is left goes back in front of what came meanwhile (moving the shorter).
         let left = !batch.is_empty();
         if left {
-            batch.extend(state.ready.drain(..));
-            state.ready = batch;
+            if batch.len() <= state.ready.len() {
+                while let Some(frame) = batch.pop_back() {
+                    state.ready.push_front(frame);
+                }
+            } else {
+                batch.extend(state.ready.drain(..));
+                state.ready = batch;
+            }
         }
         if error.is_some() {
             // The caller closes the connection, which tells what is left.
