@@ -1,15 +1,19 @@
 //! The inputs of the connection-layer issue, one or more tests each: a handler's outgoing
-//! messages and answers go out while it runs, liveness keys (`rpc.io.connectionTimeout`,
+//! messages and answers go out while it runs, bounded queues and flow control (a raw peer
+//! that never reads its answers, a one-way flood, two envs flooding each other while their
+//! handlers ask back), `try_send`, receipts, liveness keys (`rpc.io.connectionTimeout`,
 //! `rpc.io.frameTimeout`, `rpc.io.maxConnections`), half-close, and a bounded shutdown
 //! while a connect hangs.
 //!
 //! Every wait is bounded; time appears in assertions only as generous bounds that catch a
 //! call that waited for a timeout it should not have waited for, or hung.
 
+use std::collections::HashMap;
+use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -18,9 +22,11 @@ use rpcenv::{
     EndpointContext, RpcAddress, RpcCallContext, RpcConf, RpcEndpoint, RpcEndpointRef, RpcEnv,
     RpcError, Threading,
 };
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::support::{
-    HOST, PROMPTLY, address_of, assert_connection_error, client_env, client_env_with,
+    HOST, LONG, PROMPTLY, address_of, assert_connection_error, client_env, client_env_with,
     expect_closed_by_peer, join, lock, recv_within, rpc_conf, server_env, server_env_with, spawn,
     wait_for,
 };
@@ -53,6 +59,150 @@ fn join_all(threads: &Mutex<Vec<JoinHandle<()>>>) {
 
 // ---------------------------------------------------------------------------------------
 // Messages and endpoints
+
+/// Bytes that serialize as one byte string (serde writes a `Vec<u8>` element by element,
+/// which is slow for the 100 kB payloads here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Blob(Vec<u8>);
+
+impl Serialize for Blob {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BlobVisitor;
+        impl Visitor<'_> for BlobVisitor {
+            type Value = Blob;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Blob, E> {
+                Ok(Blob(bytes.to_vec()))
+            }
+            fn visit_byte_buf<E: de::Error>(self, bytes: Vec<u8>) -> Result<Blob, E> {
+                Ok(Blob(bytes))
+            }
+        }
+        deserializer.deserialize_byte_buf(BlobVisitor)
+    }
+}
+
+/// A numbered message with a payload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Chunk {
+    seq: u64,
+    data: Blob,
+}
+
+impl Chunk {
+    fn new(seq: u64, size: usize) -> Self {
+        Self {
+            seq,
+            data: Blob(vec![seq as u8; size]),
+        }
+    }
+}
+
+/// The sequence numbers a [`Sink`] handled, in order.
+type Seen = Arc<Mutex<Vec<u64>>>;
+
+/// Records the sequence number of every [`Chunk`] (one-way, or asked: then it answers with
+/// how many it has handled), after sleeping `pause`; the first message waits for `gate`
+/// to be released (a send on it, or its sender dropped).
+struct Sink {
+    seen: Seen,
+    pause: Duration,
+    gate: Option<(Receiver<()>, Sender<()>)>,
+    threading: Threading,
+}
+
+/// Holds the first message a gated [`Sink`] handles until it is released (or dropped).
+struct Gate {
+    release: Sender<()>,
+    holding: Receiver<()>,
+}
+
+impl Gate {
+    /// Waits until the sink's handler holds its first message (it has left the inbox).
+    fn wait_holding(&self) {
+        recv_within(&self.holding, 10);
+    }
+
+    fn release(self) {
+        let _ = self.release.send(());
+    }
+}
+
+impl Sink {
+    fn new(seen: &Seen) -> Self {
+        Self {
+            seen: Arc::clone(seen),
+            pause: Duration::ZERO,
+            gate: None,
+            threading: Threading::Shared,
+        }
+    }
+
+    fn pause(mut self, pause: Duration) -> Self {
+        self.pause = pause;
+        self
+    }
+
+    /// Holds the first message (on a thread of its own) until the returned gate is
+    /// released or dropped.
+    fn gated(mut self) -> (Self, Gate) {
+        let (release, gate) = mpsc::channel();
+        let (holding_tx, holding) = mpsc::channel();
+        self.gate = Some((gate, holding_tx));
+        self.threading = Threading::Dedicated;
+        (self, Gate { release, holding })
+    }
+
+    fn handle(&mut self, seq: u64) -> usize {
+        if let Some((gate, holding)) = self.gate.take() {
+            let _ = holding.send(());
+            let _ = gate.recv_timeout(LONG);
+        }
+        if !self.pause.is_zero() {
+            thread::sleep(self.pause);
+        }
+        let mut seen = lock(&self.seen);
+        seen.push(seq);
+        seen.len()
+    }
+}
+
+impl RpcEndpoint for Sink {
+    type Message = Chunk;
+
+    fn receive(&mut self, msg: Chunk, _ctx: &EndpointContext<Chunk>) {
+        self.handle(msg.seq);
+    }
+
+    fn receive_and_reply(&mut self, msg: Chunk, reply: RpcCallContext) {
+        let handled = self.handle(msg.seq);
+        reply.reply(handled as u64);
+    }
+
+    fn threading(&self) -> Threading {
+        self.threading
+    }
+}
+
+#[track_caller]
+fn assert_in_order(seen: &Seen, count: u64) {
+    let seen = lock(seen);
+    assert_eq!(seen.len() as u64, count, "messages handled");
+    if let Some(at) = (0..count).position(|seq| seen[seq as usize] != seq) {
+        panic!(
+            "messages handled out of order or twice from position {at}: {:?}",
+            &seen[at..seen.len().min(at + 10)]
+        );
+    }
+}
 
 /// Answers every ask with twice the number.
 struct Doubler;
@@ -127,6 +277,15 @@ fn envelope(endpoint: &str, content: &[u8]) -> Vec<u8> {
     body
 }
 
+/// The codec bytes of a `String` shorter than 251 bytes (bincode's varint length, then the
+/// bytes).
+fn short_string(text: &str) -> Vec<u8> {
+    assert!(text.len() < 251, "a one-byte varint length");
+    let mut bytes = vec![text.len() as u8];
+    bytes.extend_from_slice(text.as_bytes());
+    bytes
+}
+
 /// A frame as a raw peer reads it: its type, its request id (0 for a one-way message) and
 /// its body.
 #[derive(Debug)]
@@ -186,6 +345,11 @@ fn raw_connect(port: u16) -> TcpStream {
         .set_write_timeout(Some(Duration::from_secs(10)))
         .expect("a write timeout");
     stream
+}
+
+/// Whether `addr` (a socket address seen from the server) is `peer`.
+fn is_peer(addr: &RpcAddress, peer: SocketAddr) -> bool {
+    addr.port() == peer.port() && addr.host() == peer.ip().to_string()
 }
 
 // =======================================================================================
@@ -416,6 +580,325 @@ fn ask_from_a_plain_thread_is_not_delayed_while_an_endpoint_sleeps_after_a_send(
     });
     f_env.shutdown();
     b_env.shutdown();
+}
+
+// =======================================================================================
+// 2. A raw peer that sends many asks and never reads its answers
+
+/// Answers every ask with [`PAD_ANSWER`] bytes of text; reports connections that close.
+struct Padder {
+    disconnected: Sender<RpcAddress>,
+}
+
+const PAD_ANSWER: usize = 256;
+
+impl RpcEndpoint for Padder {
+    type Message = String;
+
+    fn receive_and_reply(&mut self, _msg: String, reply: RpcCallContext) {
+        reply.reply("x".repeat(PAD_ANSWER));
+    }
+
+    fn on_disconnected(&mut self, remote: &RpcAddress, _ctx: &EndpointContext<String>) {
+        let _ = self.disconnected.send(remote.clone());
+    }
+}
+
+/// A raw connection whose socket buffers are 4 KiB (set before connecting).
+fn raw_connect_small_buffers(port: u16) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.set_send_buffer_size(4096).expect("SO_SNDBUF");
+    let addr: SocketAddr = (Ipv4Addr::LOCALHOST, port).into();
+    socket
+        .connect_timeout(&addr.into(), Duration::from_secs(5))
+        .expect("a raw connection");
+    socket.into()
+}
+
+/// Writes `bytes` on a non-blocking `stream` until all are written, the socket takes
+/// nothing for `stuck_after`, or the write fails; returns how many bytes it took.
+fn write_until_stuck(stream: &mut TcpStream, bytes: &[u8], stuck_after: Duration) -> usize {
+    stream.set_nonblocking(true).expect("non-blocking");
+    let mut written = 0;
+    let mut progress = Instant::now();
+    while written < bytes.len() {
+        match stream.write(&bytes[written..]) {
+            Ok(n) => {
+                written += n;
+                progress = Instant::now();
+            }
+            Err(err) if err.kind() == ErrorKind::WouldBlock => {
+                if progress.elapsed() >= stuck_after {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+            // Closed by the server already (its connection timeout): it stopped reading.
+            Err(_) => break,
+        }
+    }
+    stream.set_nonblocking(false).expect("blocking again");
+    written
+}
+
+/// A raw socket sends 3,000 small asks (hand-built RpcRequest frames carrying request
+/// envelopes) and never reads the answers. The server stops reading it, so the raw
+/// socket's writes block before all asks are written (its answers and the asks it holds
+/// stay bounded); it keeps serving another client meanwhile; and with
+/// `rpc.io.connectionTimeout=2s` it closes the stuck connection.
+#[test]
+fn raw_peer_that_never_reads_its_answers_stops_being_read_and_is_closed_after_the_connection_timeout()
+ {
+    const ASKS: usize = 3000;
+    let server = server_env_with(
+        "unread-answers",
+        conf_with(&[
+            ("rpc.io.connectionTimeout", "2s"),
+            ("rpc.io.maxQueuedBytes", "16k"),
+            ("rpc.io.sendBuffer", "8k"),
+            ("rpc.io.receiveBuffer", "8k"),
+            ("rpc.dispatcher.inboxCapacity", "64k"),
+        ]),
+    );
+    let (disconnected_tx, disconnected) = mpsc::channel();
+    server
+        .setup_endpoint(
+            "pad",
+            Padder {
+                disconnected: disconnected_tx,
+            },
+        )
+        .unwrap();
+    let port = address_of(&server).port();
+
+    let mut raw = raw_connect_small_buffers(port);
+    let raw_addr = raw.local_addr().expect("the raw socket's address");
+    let content = short_string(&"q".repeat(200));
+    let mut bytes = Vec::new();
+    for id in 0..ASKS {
+        bytes.extend_from_slice(&rpc_request(id as u64, &envelope("pad", &content)));
+    }
+    let written = write_until_stuck(&mut raw, &bytes, Duration::from_secs(1));
+    let frame_len = bytes.len() / ASKS;
+    assert!(
+        written < bytes.len(),
+        "the server read all {ASKS} asks ({} bytes) from a peer that reads no answers",
+        bytes.len()
+    );
+    log::info!(
+        "the raw peer wrote {} of {ASKS} asks before the server stopped reading it",
+        written / frame_len
+    );
+
+    // Others are served meanwhile: the stuck peer holds no thread and bounded memory.
+    let client = client_env("unread-answers-client");
+    let pad = client
+        .setup_endpoint_ref::<String>(address_of(&server), "pad")
+        .unwrap();
+    for _ in 0..3 {
+        let answer = promptly("an ask of another client", || {
+            pad.ask_sync::<String>("hi".into())
+        })
+        .unwrap();
+        assert_eq!(answer.len(), PAD_ANSWER);
+    }
+
+    // rpc.io.connectionTimeout closes the stuck connection.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match disconnected.recv_timeout(left) {
+            Ok(addr) if is_peer(&addr, raw_addr) => break,
+            Ok(_) => {}
+            Err(_) => panic!("the server did not close the stuck peer within 15 s"),
+        }
+    }
+    expect_closed_by_peer(&mut raw, 5);
+    assert_eq!(
+        pad.ask_sync::<String>("after".into()).unwrap().len(),
+        PAD_ANSWER
+    );
+    client.shutdown();
+    server.shutdown();
+}
+
+// =======================================================================================
+// 3. A one-way flood to a slow endpoint
+
+/// `rpc.dispatcher.inboxCapacity` and `rpc.io.maxQueuedBytes` of 64k.
+const SMALL_BOUNDS: [(&str, &str); 2] = [
+    ("rpc.dispatcher.inboxCapacity", "64k"),
+    ("rpc.io.maxQueuedBytes", "64k"),
+];
+
+/// 1,500 one-way messages of 100 kB to an endpoint that sleeps 1 ms per message, with
+/// windows and queues of 64k on both sides. `send` waits for room: at no point is the
+/// sender more than a few messages ahead of the endpoint. A `try_send` after every tenth
+/// `send` either goes or fails at once with `QueueFull` naming the peer, the bytes queued
+/// and the key of the limit. Every message accepted is handled exactly once, in order.
+#[test]
+fn one_way_flood_to_a_slow_endpoint_waits_for_room_refuses_try_send_and_loses_nothing() {
+    const MESSAGES: u64 = 1500;
+    const SIZE: usize = 100_000;
+    // What may be on its way at once: the endpoint's window (64k, exceeded by one frame
+    // at most), the frames held for it (64k, exceeded by one frame at most), the message
+    // being handled; with room to spare. Without back-pressure the sender runs ahead by
+    // nearly all of them.
+    const MAX_AHEAD: u64 = 40;
+    let bounds = conf_with(&SMALL_BOUNDS).set("rpc.io.sendTimeout", "30s");
+    let server = server_env_with("flood-server", bounds.clone());
+    let port = address_of(&server).port();
+    let seen = Seen::default();
+    server
+        .setup_endpoint("slow", Sink::new(&seen).pause(Duration::from_millis(1)))
+        .unwrap();
+    let client = client_env_with("flood-client", bounds);
+    let slow = client
+        .setup_endpoint_ref::<Chunk>(address_of(&server), "slow")
+        .unwrap();
+
+    let mut refused = Vec::new();
+    let mut most_ahead = 0;
+    let started = Instant::now();
+    for seq in 0..MESSAGES {
+        let chunk = Chunk::new(seq, SIZE);
+        let tried = seq % 10 == 5
+            && match promptly("try_send", || slow.try_send(chunk.clone())) {
+                Ok(()) => true,
+                Err(err) => {
+                    refused.push(err);
+                    false
+                }
+            };
+        if !tried {
+            slow.send(chunk)
+                .unwrap_or_else(|err| panic!("send {seq}: {err}"));
+        }
+        let handled = lock(&seen).len() as u64;
+        most_ahead = most_ahead.max((seq + 1).saturating_sub(handled));
+    }
+    log::info!(
+        "{MESSAGES} sends in {:?}, at most {most_ahead} ahead, {} try_sends refused",
+        started.elapsed(),
+        refused.len()
+    );
+    assert!(
+        most_ahead <= MAX_AHEAD,
+        "the sender ran {most_ahead} messages ahead of the endpoint: send did not wait for room"
+    );
+    assert!(
+        !refused.is_empty(),
+        "no try_send found the queue full while send had to wait"
+    );
+    for err in &refused {
+        let RpcError::QueueFull {
+            queued,
+            limit,
+            key,
+            waited,
+            ..
+        } = err
+        else {
+            panic!("try_send failed with {err:?}, not QueueFull");
+        };
+        assert_eq!(
+            (*limit, *key, *waited),
+            (65536, "rpc.io.maxQueuedBytes", false)
+        );
+        assert!(*queued >= *limit, "{err}");
+        let text = err.to_string();
+        for needle in [
+            format!("{HOST}:{port}"),
+            format!("{queued} bytes queued"),
+            "65536".to_owned(),
+            "rpc.io.maxQueuedBytes".to_owned(),
+        ] {
+            assert!(text.contains(&needle), "{text:?} should contain {needle:?}");
+        }
+    }
+    wait_for("every message to be handled", 60, || {
+        lock(&seen).len() as u64 >= MESSAGES
+    });
+    assert_in_order(&seen, MESSAGES);
+    client.shutdown();
+    server.shutdown();
+}
+
+/// An endpoint that takes no messages (its handler is held): `send` of 100 kB messages
+/// goes while there is window and room, then waits `rpc.io.sendTimeout` (500 ms) and fails
+/// with `QueueFull` saying it waited; `try_send` fails at once. Once the endpoint goes on,
+/// every message accepted is handled, in order.
+#[test]
+fn send_to_an_endpoint_that_takes_nothing_waits_the_send_timeout_then_fails_with_queue_full() {
+    const SIZE: usize = 100_000;
+    let server = server_env_with("stalled-server", conf_with(&SMALL_BOUNDS));
+    let port = address_of(&server).port();
+    let seen = Seen::default();
+    let (sink, gate) = Sink::new(&seen).gated();
+    server.setup_endpoint("stalled", sink).unwrap();
+    let client = client_env_with(
+        "stalled-client",
+        conf_with(&SMALL_BOUNDS).set("rpc.io.sendTimeout", "500ms"),
+    );
+    let stalled = client
+        .setup_endpoint_ref::<Chunk>(address_of(&server), "stalled")
+        .unwrap();
+
+    let mut accepted = 0;
+    let (err, waited) = loop {
+        assert!(
+            accepted < 100,
+            "100 messages of 100 kB went to a stalled endpoint"
+        );
+        let started = Instant::now();
+        match stalled.send(Chunk::new(accepted, SIZE)) {
+            Ok(()) => accepted += 1,
+            Err(err) => break (err, started.elapsed()),
+        }
+    };
+    assert!(
+        matches!(
+            err,
+            RpcError::QueueFull {
+                waited: true,
+                key: "rpc.io.maxQueuedBytes",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(500),
+        "the send gave up after {waited:?}, before rpc.io.sendTimeout"
+    );
+    assert!(waited < PROMPTLY, "the send waited {waited:?}");
+    let text = err.to_string();
+    for needle in [&format!("{HOST}:{port}")[..], "rpc.io.sendTimeout"] {
+        assert!(text.contains(needle), "{text:?} should contain {needle:?}");
+    }
+    let refused = promptly("try_send to a full queue", || {
+        stalled.try_send(Chunk::new(accepted, SIZE))
+    });
+    assert!(
+        matches!(refused, Err(RpcError::QueueFull { waited: false, .. })),
+        "{refused:?}"
+    );
+
+    gate.release();
+    wait_for("the accepted messages to be handled", 10, || {
+        lock(&seen).len() as u64 >= accepted
+    });
+    // Room again: the next message goes.
+    stalled.send(Chunk::new(accepted, SIZE)).unwrap();
+    wait_for("the last message to be handled", 10, || {
+        lock(&seen).len() as u64 > accepted
+    });
+    assert_in_order(&seen, accepted + 1);
+    client.shutdown();
+    server.shutdown();
 }
 
 // =======================================================================================
@@ -675,4 +1158,437 @@ fn shutdown_is_bounded_while_a_connect_hangs_and_other_connects_are_not_held_up(
     join(lookup);
     live.shutdown();
     drop(listener);
+}
+
+// =======================================================================================
+// Two envs flooding each other while their handlers ask back: no deadlock
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Work {
+    /// A one-way message.
+    Data { producer: u32, seq: u64, data: Blob },
+    /// An ask: answered with what the other env's responder says to `seq`.
+    Job { producer: u32, seq: u64 },
+}
+
+/// What a [`Worker`] saw.
+#[derive(Debug, Default)]
+struct WorkStats {
+    data: u64,
+    jobs: u64,
+    out_of_order: u64,
+    next: HashMap<u32, u64>,
+}
+
+/// Takes [`Work`] from the producers of the other env; answers a `Job` only after asking
+/// the responder of that env.
+struct Worker {
+    responder: RpcEndpointRef<u64>,
+    stats: Arc<Mutex<WorkStats>>,
+}
+
+impl Worker {
+    fn check(&self, producer: u32, seq: u64) {
+        let mut stats = lock(&self.stats);
+        let next = stats.next.entry(producer).or_insert(0);
+        let in_order = *next == seq;
+        *next = seq + 1;
+        if !in_order {
+            stats.out_of_order += 1;
+        }
+    }
+}
+
+impl RpcEndpoint for Worker {
+    type Message = Work;
+
+    fn receive(&mut self, msg: Work, _ctx: &EndpointContext<Work>) {
+        match msg {
+            Work::Data { producer, seq, .. } => {
+                self.check(producer, seq);
+                lock(&self.stats).data += 1;
+            }
+            Work::Job { .. } => panic!("a job came as a one-way message"),
+        }
+    }
+
+    fn receive_and_reply(&mut self, msg: Work, reply: RpcCallContext) {
+        let Work::Job { producer, seq } = msg else {
+            reply.send_failure("data came as an ask");
+            return;
+        };
+        self.check(producer, seq);
+        lock(&self.stats).jobs += 1;
+        match self.responder.ask_sync::<u64>(seq) {
+            Ok(answer) => reply.reply(answer),
+            Err(err) => reply.send_failure(format!("the ask back failed: {err}")),
+        }
+    }
+
+    fn threading(&self) -> Threading {
+        Threading::Dedicated
+    }
+}
+
+/// Answers `n` with `n + 1`.
+struct PlusOne;
+
+impl RpcEndpoint for PlusOne {
+    type Message = u64;
+
+    fn receive_and_reply(&mut self, n: u64, reply: RpcCallContext) {
+        reply.reply(n + 1);
+    }
+}
+
+/// Two server envs A and B with small bounds (`rpc.io.maxQueuedBytes=64k`,
+/// `rpc.dispatcher.inboxCapacity=64k`, `rpc.io.sendTimeout=60s`). Each has a `worker`
+/// flooded by two producer threads of the other env with one-way messages of 4 kB and
+/// asks; the worker answers an ask only after asking the `responder` of the other env.
+/// It finishes promptly with nothing lost: every send is accepted, every ask answered,
+/// and each worker saw every message of each producer once, in order.
+///
+/// The ask back goes to a separate responder endpoint, not to the other worker: an
+/// endpoint handles one message at a time, so two endpoints that each wait, inside a
+/// handler, for an answer from the other while both are busy deadlock in any actor
+/// system, bounded queues or not. What this test checks is that the bounds add no
+/// deadlock of their own: the responder's asks and answers get through the connections
+/// that are full of the flood to the workers.
+#[test]
+fn two_envs_flooding_each_other_while_handlers_ask_back_finish_with_nothing_lost() {
+    const PRODUCERS: u32 = 2;
+    const MESSAGES: u64 = 3000;
+    /// Every tenth message is an ask (the last one of each producer too).
+    const ASK_EVERY: u64 = 10;
+    let bounds = conf_with(&SMALL_BOUNDS).set("rpc.io.sendTimeout", "60s");
+    let a = server_env_with("crossfire-a", bounds.clone());
+    let b = server_env_with("crossfire-b", bounds);
+    for env in [&a, &b] {
+        env.setup_endpoint("responder", PlusOne).unwrap();
+    }
+    let mut targets = Vec::new();
+    let mut all_stats = Vec::new();
+    for (env, other) in [(&a, &b), (&b, &a)] {
+        let responder = env
+            .setup_endpoint_ref::<u64>(address_of(other), "responder")
+            .unwrap();
+        let stats = Arc::new(Mutex::new(WorkStats::default()));
+        env.setup_endpoint(
+            "worker",
+            Worker {
+                responder,
+                stats: Arc::clone(&stats),
+            },
+        )
+        .unwrap();
+        all_stats.push((env.name().to_owned(), stats));
+    }
+    for (env, other) in [(&a, &b), (&b, &a)] {
+        let worker = env
+            .setup_endpoint_ref::<Work>(address_of(other), "worker")
+            .unwrap();
+        targets.push((env.name().to_owned(), worker));
+    }
+
+    let (done_tx, done) = mpsc::channel();
+    let mut producers = Vec::new();
+    for (from, worker) in &targets {
+        for producer in 0..PRODUCERS {
+            let worker = worker.clone();
+            let done = done_tx.clone();
+            let name = format!("{from}-producer-{producer}");
+            producers.push(spawn("test-crossfire-producer", move || {
+                let mut pending = Vec::new();
+                for seq in 0..MESSAGES {
+                    if seq % ASK_EVERY == ASK_EVERY - 1 {
+                        pending.push((seq, worker.ask::<u64>(Work::Job { producer, seq })));
+                    } else {
+                        let data = Blob(vec![producer as u8; 4096]);
+                        if let Err(err) = worker.send(Work::Data {
+                            producer,
+                            seq,
+                            data,
+                        }) {
+                            panic!("{name}: send {seq}: {err}");
+                        }
+                    }
+                }
+                for (seq, answer) in pending {
+                    match answer.wait() {
+                        Ok(answer) => assert_eq!(answer, seq + 1, "{name}"),
+                        Err(err) => panic!("{name}: ask {seq}: {err}"),
+                    }
+                }
+                let _ = done.send(name);
+            }));
+        }
+    }
+    drop(done_tx);
+    let mut finished = 0;
+    while finished < producers.len() {
+        match done.recv_timeout(Duration::from_secs(60)) {
+            Ok(_) => finished += 1,
+            // Every producer ended, one at least by a panic: the join below shows it.
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => panic!(
+                "only {finished} of {} producers finished within 60 s: a deadlock",
+                producers.len()
+            ),
+        }
+    }
+    for producer in producers {
+        join(producer);
+    }
+
+    let asks = MESSAGES / ASK_EVERY;
+    for (name, stats) in &all_stats {
+        let stats = lock(stats);
+        assert_eq!(
+            (stats.data, stats.jobs, stats.out_of_order),
+            (
+                u64::from(PRODUCERS) * (MESSAGES - asks),
+                u64::from(PRODUCERS) * asks,
+                0
+            ),
+            "the worker of {name}: one-way messages, asks, out of order"
+        );
+    }
+    a.shutdown();
+    b.shutdown();
+}
+
+// =======================================================================================
+// try_send, send_with_receipt, and a full inbox of a local endpoint
+
+/// `try_send` of 16 kB messages to a remote endpoint whose handler is held goes while
+/// there is window and room, then fails at once with `QueueFull` (`waited: false`) naming
+/// the peer; it never waits. Once the endpoint goes on, everything accepted is handled in
+/// order, and `try_send` goes again. A `try_send` to a local endpoint whose inbox is full
+/// fails at once the same way, naming the inbox.
+#[test]
+fn try_send_goes_while_there_is_room_and_fails_at_once_with_queue_full_when_there_is_none() {
+    const SIZE: usize = 16 * 1024;
+    let server = server_env_with("try-send-server", conf_with(&SMALL_BOUNDS));
+    let port = address_of(&server).port();
+    let seen = Seen::default();
+    let (sink, gate) = Sink::new(&seen).gated();
+    server.setup_endpoint("held", sink).unwrap();
+    let client = client_env_with("try-send-client", conf_with(&SMALL_BOUNDS));
+    let held = client
+        .setup_endpoint_ref::<Chunk>(address_of(&server), "held")
+        .unwrap();
+
+    let mut accepted = 0;
+    let err = loop {
+        assert!(accepted < 1000, "1000 try_sends to a held endpoint went");
+        match promptly("try_send", || held.try_send(Chunk::new(accepted, SIZE))) {
+            Ok(()) => accepted += 1,
+            Err(err) => break err,
+        }
+    };
+    assert!(accepted > 0, "the first try_send found no room");
+    assert!(
+        matches!(
+            err,
+            RpcError::QueueFull {
+                waited: false,
+                key: "rpc.io.maxQueuedBytes",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&format!("{HOST}:{port}")), "{err}");
+    gate.release();
+    wait_for("the accepted messages to be handled", 10, || {
+        lock(&seen).len() as u64 >= accepted
+    });
+    held.try_send(Chunk::new(accepted, SIZE)).unwrap();
+    wait_for("the last message to be handled", 10, || {
+        lock(&seen).len() as u64 > accepted
+    });
+    assert_in_order(&seen, accepted + 1);
+
+    // A local endpoint: its inbox holds 64k from this env's threads.
+    let local_seen = Seen::default();
+    let (local_sink, local_gate) = Sink::new(&local_seen).gated();
+    let local = server.setup_endpoint("local-held", local_sink).unwrap();
+    let mut local_accepted = 0;
+    let err = loop {
+        assert!(
+            local_accepted < 100_000,
+            "100000 try_sends to a held endpoint went"
+        );
+        match local.try_send(Chunk::new(local_accepted, 0)) {
+            Ok(()) => local_accepted += 1,
+            Err(err) => break err,
+        }
+    };
+    assert!(
+        matches!(
+            err,
+            RpcError::QueueFull {
+                waited: false,
+                key: "rpc.dispatcher.inboxCapacity",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("local-held"), "{err}");
+    local_gate.release();
+    wait_for("the local messages to be handled", 10, || {
+        lock(&local_seen).len() as u64 >= local_accepted
+    });
+    assert_in_order(&local_seen, local_accepted);
+    client.shutdown();
+    server.shutdown();
+}
+
+/// `send_with_receipt` to a remote endpoint resolves `Ok` once the message is written
+/// (`wait`, `is_done`, `try_wait` agree); to a local endpoint it is `Ok` at once, even
+/// while the endpoint is busy (the message is in its inbox); to a stopped local endpoint
+/// the send fails.
+#[test]
+fn send_with_receipt_resolves_ok_once_written_remote_and_local() {
+    let server = server_env("receipt-server");
+    let seen = Seen::default();
+    server.setup_endpoint("sink", Sink::new(&seen)).unwrap();
+    let client = client_env("receipt-client");
+    let remote = client
+        .setup_endpoint_ref::<Chunk>(address_of(&server), "sink")
+        .unwrap();
+    for seq in 0..5 {
+        let receipt = remote.send_with_receipt(Chunk::new(seq, 1000)).unwrap();
+        let outcome = receipt
+            .wait_timeout(PROMPTLY)
+            .expect("the receipt of a message to a live endpoint resolves");
+        assert!(outcome.is_ok(), "{outcome:?}");
+        assert!(receipt.is_done());
+        assert!(matches!(receipt.try_wait(), Some(Ok(()))));
+        promptly("Receipt::wait once resolved", || receipt.wait()).unwrap();
+    }
+    wait_for("the remote messages to be handled", 10, || {
+        lock(&seen).len() == 5
+    });
+
+    let local_seen = Seen::default();
+    let (local_sink, gate) = Sink::new(&local_seen).gated();
+    let local = server.setup_endpoint("local", local_sink).unwrap();
+    for seq in 0..3 {
+        let receipt = local.send_with_receipt(Chunk::new(seq, 10)).unwrap();
+        assert!(
+            matches!(receipt.try_wait(), Some(Ok(()))),
+            "the receipt of a message in a local inbox: {receipt:?}"
+        );
+    }
+    gate.release();
+    wait_for("the local messages to be handled", 10, || {
+        lock(&local_seen).len() == 3
+    });
+    assert_in_order(&local_seen, 3);
+    server.stop(&local).unwrap();
+    let err = local.send_with_receipt(Chunk::new(3, 10)).unwrap_err();
+    assert!(matches!(err, RpcError::EndpointStopped { .. }), "{err:?}");
+    client.shutdown();
+    server.shutdown();
+}
+
+/// Local senders to an endpoint whose inbox is full (`rpc.dispatcher.inboxCapacity=64k`,
+/// the handler held) wait for room up to `rpc.io.sendTimeout` (300 ms here) and then fail
+/// with `QueueFull` naming the endpoint, the bytes queued and the key; with a longer
+/// timeout, a waiting sender gets in as soon as the endpoint takes messages again.
+#[test]
+fn local_sender_to_a_full_inbox_waits_for_room_then_fails_with_queue_full_naming_the_inbox() {
+    let env = client_env_with(
+        "full-inbox",
+        conf_with(&[
+            ("rpc.dispatcher.inboxCapacity", "64k"),
+            ("rpc.io.sendTimeout", "300ms"),
+        ]),
+    );
+    let seen = Seen::default();
+    let (sink, gate) = Sink::new(&seen).gated();
+    let held = env.setup_endpoint("gate", sink).unwrap();
+    let mut accepted = 0;
+    let (err, waited) = loop {
+        assert!(accepted < 100_000, "100000 sends to a held endpoint went");
+        let started = Instant::now();
+        match held.send(Chunk::new(accepted, 0)) {
+            Ok(()) => accepted += 1,
+            Err(err) => break (err, started.elapsed()),
+        }
+    };
+    let RpcError::QueueFull {
+        queued,
+        limit,
+        key,
+        waited: true,
+        ..
+    } = &err
+    else {
+        panic!("expected QueueFull after waiting, got {err:?}");
+    };
+    assert_eq!((*limit, *key), (65536, "rpc.dispatcher.inboxCapacity"));
+    assert!(
+        waited >= Duration::from_millis(300),
+        "gave up after {waited:?}"
+    );
+    assert!(waited < PROMPTLY, "waited {waited:?}");
+    let text = err.to_string();
+    for needle in [
+        "inbox of endpoint gate".to_owned(),
+        format!("{queued} bytes queued"),
+        "65536".to_owned(),
+        "rpc.dispatcher.inboxCapacity".to_owned(),
+        "rpc.io.sendTimeout".to_owned(),
+    ] {
+        assert!(text.contains(&needle), "{text:?} should contain {needle:?}");
+    }
+    gate.release();
+    wait_for("the accepted messages to be handled", 10, || {
+        lock(&seen).len() as u64 >= accepted
+    });
+    assert_in_order(&seen, accepted);
+    env.shutdown();
+
+    // A longer rpc.io.sendTimeout: the sender waits and gets in once there is room.
+    let env = client_env_with(
+        "full-inbox-waits",
+        conf_with(&[
+            ("rpc.dispatcher.inboxCapacity", "64k"),
+            ("rpc.io.sendTimeout", "30s"),
+        ]),
+    );
+    let seen = Seen::default();
+    let (sink, gate) = Sink::new(&seen).gated();
+    let held = env.setup_endpoint("gate", sink).unwrap();
+    held.send(Chunk::new(0, 0)).unwrap();
+    gate.wait_holding();
+    let mut accepted = 1;
+    while held.try_send(Chunk::new(accepted, 0)).is_ok() {
+        accepted += 1;
+        assert!(
+            accepted < 100_000,
+            "100000 try_sends to a held endpoint went"
+        );
+    }
+    let (sent_tx, sent) = mpsc::channel();
+    let waiting = {
+        let held = held.clone();
+        spawn("test-waiting-sender", move || {
+            let _ = sent_tx.send(held.send(Chunk::new(accepted, 0)));
+        })
+    };
+    if let Ok(outcome) = sent.recv_timeout(Duration::from_millis(300)) {
+        panic!("a send to a full inbox returned without waiting: {outcome:?}");
+    }
+    gate.release();
+    recv_within(&sent, 10).expect("the waiting send gets in once there is room");
+    join(waiting);
+    wait_for("every message to be handled", 10, || {
+        lock(&seen).len() as u64 > accepted
+    });
+    assert_in_order(&seen, accepted + 1);
+    env.shutdown();
 }
