@@ -1,26 +1,28 @@
 //! The inputs of the connection-layer issue, one or more tests each: a handler's outgoing
-//! messages and answers go out while it runs, bounded queues and flow control (a raw peer
-//! that never reads its answers, a one-way flood, two envs flooding each other while their
-//! handlers ask back), `try_send`, receipts, liveness keys (`rpc.io.connectionTimeout`,
-//! `rpc.io.frameTimeout`, `rpc.io.maxConnections`), half-close, and a bounded shutdown
-//! while a connect hangs.
+//! messages go out while it runs, bounded queues and flow control (a raw peer that never
+//! reads its answers, a one-way flood, two envs flooding each other while their handlers
+//! ask back), `try_send`, receipts, liveness keys (`rpc.io.connectionTimeout`,
+//! `rpc.io.frameTimeout`, `rpc.io.maxConnections`), connections of client-mode envs that
+//! leave, a `Deserialize` that panics, failures after a connection is lost, half-close,
+//! and a bounded shutdown while a connect hangs.
 //!
 //! Every wait is bounded; time appears in assertions only as generous bounds that catch a
 //! call that waited for a timeout it should not have waited for, or hung.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::fs;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use rpcenv::{
-    EndpointContext, RpcAddress, RpcCallContext, RpcConf, RpcEndpoint, RpcEndpointRef, RpcEnv,
-    RpcError, Threading,
+    EndpointContext, Receipt, RpcAddress, RpcCallContext, RpcConf, RpcEndpoint, RpcEndpointRef,
+    RpcEnv, RpcError, Threading,
 };
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
@@ -1051,6 +1053,475 @@ fn max_connections_closes_the_extra_connection_at_once_and_the_first_ones_keep_w
         env.shutdown();
     }
     server.shutdown();
+}
+
+// =======================================================================================
+// 7. Connections of client-mode envs that hand out references and leave
+
+#[derive(Serialize, Deserialize)]
+enum RegistryMsg {
+    /// Keep this reference (to an endpoint of a client-mode env); answered with how many
+    /// are kept.
+    Register(RpcEndpointRef<u64>),
+    /// Send to every kept reference; answered with how many sends failed with
+    /// `Connection`, and how many had another outcome.
+    SendToAll,
+}
+
+/// Keeps the references it is handed; counts disconnections.
+struct Registry {
+    refs: Vec<RpcEndpointRef<u64>>,
+    disconnected: Arc<AtomicUsize>,
+}
+
+impl RpcEndpoint for Registry {
+    type Message = RegistryMsg;
+
+    fn receive_and_reply(&mut self, msg: RegistryMsg, reply: RpcCallContext) {
+        match msg {
+            RegistryMsg::Register(r) => {
+                self.refs.push(r);
+                reply.reply(self.refs.len() as u64);
+            }
+            RegistryMsg::SendToAll => {
+                let connection = self
+                    .refs
+                    .iter()
+                    .filter(|r| matches!(r.send(1), Err(RpcError::Connection { .. })))
+                    .count() as u64;
+                reply.reply((connection, self.refs.len() as u64 - connection));
+            }
+        }
+    }
+
+    fn on_disconnected(&mut self, _remote: &RpcAddress, _ctx: &EndpointContext<RegistryMsg>) {
+        self.disconnected.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// The inodes of the ESTABLISHED IPv4 TCP sockets whose local port is `port`.
+fn established_sockets(port: u16) -> HashSet<u64> {
+    let table = fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let established = *fields.get(3)? == "01";
+            (local_port == port && established).then_some(())?;
+            fields.get(9)?.parse().ok()
+        })
+        .collect()
+}
+
+/// The inodes of the sockets this process holds open.
+fn open_sockets() -> HashSet<u64> {
+    fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|entry| fs::read_link(entry.ok()?.path()).ok())
+        .filter_map(|target| {
+            target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// 20 client-mode envs each hand the server a reference to one of their endpoints (in an
+/// ask) and shut down. The server closes its side of each connection (no descriptor of
+/// the process points to those sockets any more) although it still holds the references,
+/// every endpoint hears `on_disconnected`, and sends through the references fail at once
+/// with `Connection`.
+#[test]
+fn server_closes_the_connections_of_client_mode_envs_that_left_although_it_holds_their_refs() {
+    const CLIENTS: usize = 20;
+    let server = server_env("client-refs-server");
+    let port = address_of(&server).port();
+    let disconnected = Arc::new(AtomicUsize::new(0));
+    let registry = server
+        .setup_endpoint(
+            "registry",
+            Registry {
+                refs: Vec::new(),
+                disconnected: Arc::clone(&disconnected),
+            },
+        )
+        .unwrap();
+    let clients: Vec<RpcEnv> = (0..CLIENTS)
+        .map(|i| {
+            let env = client_env_with(
+                &format!("client-refs-{i}"),
+                conf_with(&[("rpc.io.threads", "1"), ("rpc.dispatcher.numThreads", "1")]),
+            );
+            let pinger = env.setup_endpoint("pinger", Counter::default()).unwrap();
+            let remote = env
+                .setup_endpoint_ref::<RegistryMsg>(address_of(&server), "registry")
+                .unwrap();
+            let kept = remote
+                .ask_sync::<u64>(RegistryMsg::Register(pinger))
+                .unwrap();
+            assert_eq!(kept, i as u64 + 1);
+            env
+        })
+        .collect();
+
+    let server_side = established_sockets(port);
+    assert_eq!(
+        server_side.len(),
+        CLIENTS,
+        "one server-side socket per client env in /proc/net/tcp: {server_side:?}"
+    );
+    assert!(
+        server_side.is_subset(&open_sockets()),
+        "the process holds the server-side sockets"
+    );
+
+    for env in &clients {
+        env.shutdown();
+    }
+    wait_for(
+        "the server to close the sockets of the client envs that left",
+        10,
+        || open_sockets().is_disjoint(&server_side),
+    );
+    wait_for("on_disconnected for every client env", 10, || {
+        disconnected.load(Ordering::SeqCst) == CLIENTS
+    });
+    let (connection, other) = registry
+        .ask_sync::<(u64, u64)>(RegistryMsg::SendToAll)
+        .unwrap();
+    assert_eq!(
+        (connection, other),
+        (CLIENTS as u64, 0),
+        "sends through references to client-mode envs that left"
+    );
+    server.shutdown();
+}
+
+// =======================================================================================
+// 8. A message whose Deserialize panics
+
+/// A number whose `Deserialize` panics on 13.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Touchy(u32);
+
+impl Serialize for Touchy {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Touchy {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let n = u32::deserialize(deserializer)?;
+        assert_ne!(n, 13, "Touchy cannot stand 13");
+        Ok(Self(n))
+    }
+}
+
+/// Reports one-way messages and errors; answers asks with twice the number.
+struct TouchyEndpoint {
+    received: Sender<u32>,
+    errors: Sender<RpcError>,
+}
+
+impl RpcEndpoint for TouchyEndpoint {
+    type Message = Touchy;
+
+    fn receive(&mut self, msg: Touchy, _ctx: &EndpointContext<Touchy>) {
+        let _ = self.received.send(msg.0);
+    }
+
+    fn receive_and_reply(&mut self, msg: Touchy, reply: RpcCallContext) {
+        reply.reply(2 * msg.0);
+    }
+
+    fn on_error(&mut self, error: RpcError, _ctx: &EndpointContext<Touchy>) {
+        let _ = self.errors.send(error);
+    }
+}
+
+#[track_caller]
+fn assert_decode_panic(err: &RpcError) {
+    assert!(matches!(err, RpcError::Decode { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("panicked"), "{text:?} should say it panicked");
+    assert!(
+        text.contains("Touchy cannot stand 13"),
+        "{text:?} should carry the panic's message"
+    );
+}
+
+/// A remote one-way message and a remote ask whose `Deserialize` panics: `on_error` gets a
+/// `Decode` error saying it panicked (for each), the ask fails at once with an error (not
+/// a timeout), and later messages and asks are handled: the endpoint is not wedged.
+#[test]
+fn message_whose_deserialize_panics_goes_to_on_error_and_the_endpoint_keeps_serving() {
+    let server = server_env("touchy-server");
+    let (received_tx, received) = mpsc::channel();
+    let (errors_tx, errors) = mpsc::channel();
+    server
+        .setup_endpoint(
+            "touchy",
+            TouchyEndpoint {
+                received: received_tx,
+                errors: errors_tx,
+            },
+        )
+        .unwrap();
+    let client = client_env("touchy-client");
+    let touchy = client
+        .setup_endpoint_ref::<Touchy>(address_of(&server), "touchy")
+        .unwrap();
+
+    touchy.send(Touchy(13)).unwrap();
+    assert_decode_panic(&recv_within(&errors, 10));
+
+    let err = promptly("an ask whose message panics in Deserialize", || {
+        touchy.ask_sync::<u32>(Touchy(13))
+    })
+    .unwrap_err();
+    assert!(!matches!(err, RpcError::Timeout { .. }), "{err:?}");
+    assert_decode_panic(&err);
+    assert_decode_panic(&recv_within(&errors, 10));
+
+    assert_eq!(touchy.ask_sync::<u32>(Touchy(4)).unwrap(), 8);
+    touchy.send(Touchy(5)).unwrap();
+    assert_eq!(recv_within(&received, 10), 5);
+    assert!(errors.try_recv().is_err(), "no other error");
+    client.shutdown();
+    server.shutdown();
+}
+
+// =======================================================================================
+// 9. Failures after a connection is lost: receipts, sizes, failing fast
+
+/// 500 `send_with_receipt`s of 100 kB to an endpoint whose env shuts down after it handled
+/// 50 of them (the connection closes mid-stream): every send returns promptly and every
+/// receipt resolves, the first ones `Ok`, the rest `Connection` naming the peer (a send
+/// itself may fail with that at once); none hangs.
+#[test]
+fn receipts_of_a_stream_to_a_peer_that_goes_away_all_resolve_ok_or_connection() {
+    const MESSAGES: u64 = 500;
+    const HANDLED_BEFORE_SHUTDOWN: usize = 50;
+    const SIZE: usize = 100_000;
+    let server = server_env_with(
+        "receipts-server",
+        conf_with(&[("rpc.dispatcher.inboxCapacity", "64k")]),
+    );
+    let port = address_of(&server).port();
+    let seen = Seen::default();
+    server
+        .setup_endpoint("sink", Sink::new(&seen).pause(Duration::from_millis(1)))
+        .unwrap();
+    let client = client_env("receipts-client");
+    let sink = client
+        .setup_endpoint_ref::<Chunk>(address_of(&server), "sink")
+        .unwrap();
+
+    type Outcome = (u64, Result<Receipt, RpcError>, Duration);
+    let sender = spawn("test-receipts-sender", move || -> Vec<Outcome> {
+        (0..MESSAGES)
+            .map(|seq| {
+                let started = Instant::now();
+                let outcome = sink.send_with_receipt(Chunk::new(seq, SIZE));
+                (seq, outcome, started.elapsed())
+            })
+            .collect()
+    });
+    wait_for("the sink to handle its first messages", 30, || {
+        lock(&seen).len() >= HANDLED_BEFORE_SHUTDOWN
+    });
+    server.shutdown();
+    let outcomes = join(sender);
+
+    let (mut ok, mut failed) = (0, 0);
+    for (seq, outcome, took) in outcomes {
+        assert!(took < PROMPTLY, "send {seq} took {took:?}");
+        let result = match outcome {
+            Ok(receipt) => receipt
+                .wait_timeout(PROMPTLY)
+                .unwrap_or_else(|| panic!("the receipt of message {seq} did not resolve")),
+            Err(err) => Err(err),
+        };
+        match result {
+            Ok(()) => ok += 1,
+            Err(err) => {
+                assert_connection_error(&err, port);
+                failed += 1;
+            }
+        }
+    }
+    log::info!("{ok} receipts Ok, {failed} failed");
+    assert!(ok >= HANDLED_BEFORE_SHUTDOWN, "only {ok} Ok");
+    assert!(failed > 0, "no message was lost with the connection");
+    client.shutdown();
+}
+
+/// Sends, on request, a message over `rpc.message.maxSize` and then a small one to the
+/// reference it is asked with, and hands over what the sends returned.
+struct Relay {
+    outcomes: Sender<RelayOutcome>,
+}
+
+/// What the big send returned and how long it took, and what the small send returned.
+type RelayOutcome = (Result<(), RpcError>, Duration, Result<Receipt, RpcError>);
+
+impl RpcEndpoint for Relay {
+    type Message = RpcEndpointRef<Blob>;
+
+    fn receive_and_reply(&mut self, target: RpcEndpointRef<Blob>, reply: RpcCallContext) {
+        let started = Instant::now();
+        let big = target.send(Blob(vec![7; 100 * 1024]));
+        let took = started.elapsed();
+        let small = target.send_with_receipt(Blob(vec![7; 10]));
+        let _ = self.outcomes.send((big, took, small));
+        reply.reply(());
+    }
+}
+
+/// Sinks bytes.
+struct ByteSink;
+
+impl RpcEndpoint for ByteSink {
+    type Message = Blob;
+
+    fn receive(&mut self, _msg: Blob, _ctx: &EndpointContext<Blob>) {}
+}
+
+/// A one-way message over `rpc.message.maxSize` (64k here) to an env this env has no
+/// connection to (it learned the reference from a message; that env is gone, so no
+/// connection can ever be made) fails at once with `FrameTooLarge`, instead of being
+/// queued for a connect; a small one is accepted and its receipt fails with `Connection`.
+#[test]
+fn one_way_message_over_max_size_fails_with_frame_too_large_before_any_connection() {
+    let target_env = server_env("too-large-target");
+    target_env.setup_endpoint("bytes", ByteSink).unwrap();
+    let target_port = address_of(&target_env).port();
+    let relay_env = server_env_with(
+        "too-large-relay",
+        conf_with(&[("rpc.message.maxSize", "64k")]),
+    );
+    let (outcomes_tx, outcomes) = mpsc::channel();
+    relay_env
+        .setup_endpoint(
+            "relay",
+            Relay {
+                outcomes: outcomes_tx,
+            },
+        )
+        .unwrap();
+    let client = client_env("too-large-client");
+    let target = client
+        .setup_endpoint_ref::<Blob>(address_of(&target_env), "bytes")
+        .unwrap();
+    let relay = client
+        .setup_endpoint_ref::<RpcEndpointRef<Blob>>(address_of(&relay_env), "relay")
+        .unwrap();
+    target_env.shutdown();
+
+    relay.ask_sync::<()>(target).unwrap();
+    let (big, took, small) = recv_within(&outcomes, 10);
+    match big {
+        Err(RpcError::FrameTooLarge { size, max }) => {
+            assert_eq!(max, 64 * 1024);
+            assert!(size > max, "{size}");
+        }
+        other => panic!("expected FrameTooLarge, got {other:?}"),
+    }
+    assert!(took < PROMPTLY, "the refused send took {took:?}");
+    let small = match small {
+        Ok(receipt) => receipt
+            .wait_timeout(PROMPTLY)
+            .expect("the receipt of a message to a gone env resolves"),
+        Err(err) => Err(err),
+    };
+    assert_connection_error(&small.unwrap_err(), target_port);
+    client.shutdown();
+    relay_env.shutdown();
+}
+
+/// Reports the connections that close.
+struct Watcher {
+    disconnected: Sender<RpcAddress>,
+}
+
+impl RpcEndpoint for Watcher {
+    type Message = u64;
+
+    fn on_disconnected(&mut self, remote: &RpcAddress, _ctx: &EndpointContext<u64>) {
+        let _ = self.disconnected.send(remote.clone());
+    }
+}
+
+/// A sender sends every 600 ms (ten times) to a server env that shut down. Connects fail
+/// and the time during which sends fail at once doubles after each failure in a row, so
+/// most sends fail at once with `Connection` naming the peer; every send that was
+/// accepted has a receipt that fails with `Connection`: nothing is lost without a word.
+#[test]
+fn sends_to_an_env_that_shut_down_mostly_fail_at_once_and_accepted_ones_have_failing_receipts() {
+    const SENDS: u32 = 10;
+    const EVERY: Duration = Duration::from_millis(600);
+    let server = server_env("gone-server");
+    let address = address_of(&server);
+    let port = address.port();
+    server
+        .setup_endpoint("counter", Counter::default())
+        .unwrap();
+    let client = client_env("gone-client");
+    let (disconnected_tx, disconnected) = mpsc::channel();
+    client
+        .setup_endpoint(
+            "watcher",
+            Watcher {
+                disconnected: disconnected_tx,
+            },
+        )
+        .unwrap();
+    let counter = client
+        .setup_endpoint_ref::<u64>(&address, "counter")
+        .unwrap();
+    assert_eq!(counter.ask_sync::<u64>(0).unwrap(), 0);
+    server.shutdown();
+    // The client saw the connection close: no send below can go to it.
+    assert_eq!(recv_within(&disconnected, 10), address);
+
+    let started = Instant::now();
+    let mut receipts = Vec::new();
+    let mut failed_at_once = 0;
+    for i in 0..SENDS {
+        let slot = started + EVERY * i;
+        thread::sleep(slot.saturating_duration_since(Instant::now()));
+        match promptly("a send to an env that is gone", || {
+            counter.send_with_receipt(u64::from(i))
+        }) {
+            Ok(receipt) => receipts.push((i, receipt)),
+            Err(err) => {
+                assert_connection_error(&err, port);
+                failed_at_once += 1;
+            }
+        }
+    }
+    log::info!(
+        "{failed_at_once} of {SENDS} sends failed at once, {} accepted",
+        receipts.len()
+    );
+    for (i, receipt) in receipts.iter() {
+        match receipt.wait_timeout(PROMPTLY) {
+            Some(Err(err)) => assert_connection_error(&err, port),
+            other => panic!("the receipt of accepted send {i}: {other:?}"),
+        }
+    }
+    assert!(
+        failed_at_once > receipts.len(),
+        "{failed_at_once} sends failed at once, {} were accepted (and lost)",
+        receipts.len()
+    );
+    client.shutdown();
 }
 
 // =======================================================================================
