@@ -10,6 +10,7 @@
 mod support;
 
 mod bad_input;
+mod connections;
 mod ordering;
 mod pool;
 mod rpc_env;
