@@ -72,18 +72,19 @@ const PAUSED_BY_USER: u8 = 1;
 const PAUSED_BY_ANSWERS: u8 = 2;
 
 thread_local! {
-    /// Set on the `rpc-io-N` threads: a sender there never waits for room.
-    static ON_EVENT_LOOP: Cell<bool> = const { Cell::new(false) };
+    /// On the `rpc-io-N` threads, which event loop runs there: a sender there never waits
+    /// for room, and frames its own connections get are written at the end of its turn.
+    static EVENT_LOOP: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
-/// Marks the calling thread as an event loop.
-pub(crate) fn mark_event_loop() {
-    ON_EVENT_LOOP.with(|on| on.set(true));
+/// Marks the calling thread as the event loop `loop_id`.
+pub(crate) fn mark_event_loop(loop_id: usize) {
+    EVENT_LOOP.with(|on| on.set(Some(loop_id)));
 }
 
 /// Whether the calling thread is an event loop, which must never wait.
 pub(crate) fn on_event_loop() -> bool {
-    ON_EVENT_LOOP.with(Cell::get)
+    EVENT_LOOP.with(Cell::get).is_some()
 }
 
 /// The length of the frame that carries a body of `body_len` bytes: a request (or answer)
@@ -133,6 +134,8 @@ impl CloseReason {
 pub(crate) struct Conn {
     /// Unique in the process; also the connection's `mio::Token`.
     id: u64,
+    /// The event loop that owns the connection.
+    loop_id: usize,
     peer: SocketAddr,
     max_frame: u64,
     /// Accepted by a server (rather than made by a client factory).
@@ -163,8 +166,10 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: u64,
+        loop_id: usize,
         peer: SocketAddr,
         inbound: bool,
         wire: Arc<dyn Wire>,
@@ -174,6 +179,7 @@ impl Conn {
     ) -> Arc<Self> {
         Arc::new(Self {
             id,
+            loop_id,
             peer,
             max_frame: conf.max_message_size(),
             inbound,
@@ -370,6 +376,9 @@ impl Conn {
         admission: Admission,
         pipelined: bool,
     ) -> Result<(), RpcError> {
+        // On the connection's own event loop (a handler answering as it reads), the loop
+        // writes what its turn queued at the turn's end: no write per frame.
+        let pipelined = pipelined || EVENT_LOOP.with(Cell::get) == Some(self.loop_id);
         match self
             .writes
             .submit(frame, admission, pipelined, || self.closed_error())
@@ -603,7 +612,7 @@ impl Conn {
             callbacks.len(),
             reason.text
         );
-        let lost = left.iter().filter(|f| f.kind() == Kind::OneWay).count();
+        let lost = left.one_way;
         if lost > 0 {
             self.counters
                 .one_way_dropped
@@ -613,10 +622,9 @@ impl Conn {
                 self.peer, reason.text
             );
         }
-        settle_all(
-            left,
-            &Err(reason.error(self.peer, "closed before the frame was written")),
-        );
+        left.settle(&Err(
+            reason.error(self.peer, "closed before the frame was written")
+        ));
         let err = reason.error(self.peer, "closed with the request outstanding");
         for callback in callbacks {
             run_callback(callback, Err(err.clone()), self.peer);

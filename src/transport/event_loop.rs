@@ -190,6 +190,7 @@ impl IoGroup {
         let notify: Arc<dyn Notify> = Arc::clone(handle) as Arc<dyn Notify>;
         let conn = Conn::new(
             id,
+            handle.id,
             peer,
             inbound.is_some(),
             Arc::clone(&wire),
@@ -293,7 +294,7 @@ struct EventLoop {
 impl EventLoop {
     // The loop thread is where the clock is read: once per turn, passed down as `now`.
     fn run(mut self) {
-        mark_event_loop();
+        mark_event_loop(self.id);
         debug!("event loop {} started", self.id);
         let mut events = Events::with_capacity(256);
         let tick = tick_interval(&self.conf);

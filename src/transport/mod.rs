@@ -60,6 +60,7 @@ mod event_loop;
 mod handler;
 mod reader;
 mod requests;
+mod segment;
 mod server;
 mod socket;
 #[cfg(test)]

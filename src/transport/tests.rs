@@ -205,6 +205,7 @@ fn pair_with(capacity: usize, conf: &TransportConf) -> (Side, Side) {
         let weak = Arc::downgrade(&wire);
         let conn = Conn::new(
             id,
+            usize::MAX - id as usize,
             peer,
             inbound,
             Arc::clone(&wire),

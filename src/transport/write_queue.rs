@@ -14,9 +14,11 @@
 //!   owed). A caller waiting for its answer thus pays no hand-off to another thread. What
 //!   the socket does not take is left to the event loop;
 //! - **the event loop** otherwise: the hand-over wakes it once (later frames find it
-//!   woken and only append), and it writes everything queued when it runs, in `writev`s of
-//!   up to [`MAX_SLICES`] slices, until the socket would block; it resumes on the socket's
-//!   writable event.
+//!   woken and only append), and it writes everything queued when it runs, in few large
+//!   `writev`s (small frames are copied into shared buffers, see `segment`), until the
+//!   socket would block; it resumes on the socket's writable event. Frames handed over on
+//!   the loop's own thread (a transport handler answering as it reads) are written at the
+//!   end of the loop's turn.
 //!
 //! Nothing is ever held back to be batched: batching comes from the loop writing all that
 //! queued up while it was being woken. Only one thread writes at a time; the others
@@ -42,20 +44,17 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io::{self, IoSlice};
+use std::io;
 use std::time::{Duration, Instant};
-
-use log::trace;
 
 use crate::conf::keys;
 use crate::error::RpcError;
 use crate::fnv::FnvMap;
-use crate::frame::FrameHeader;
 use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
-use crate::transport::socket::{Wire, interrupted, would_block};
+use crate::transport::segment::{Finished, Segments, Unwritten};
+use crate::transport::socket::Wire;
 
-/// At most this many slices go into one `writev`.
-const MAX_SLICES: usize = 256;
+pub(crate) use crate::transport::segment::{FRAME_CHARGE, Frame, Kind, Label, Receipt};
 
 /// A frame handed over within this time of the previous one on the same connection is
 /// part of a burst, which the event loop writes in one go. Longer than any gap between
@@ -67,32 +66,8 @@ pub(crate) const BURST: Duration = Duration::from_micros(10);
 /// connection before it lets the other connections of the loop have their turn.
 const LOOP_ROUNDS: usize = 8;
 
-/// What a labelled frame costs of its label's window beyond its body: a fixed share for
-/// the bookkeeping each message needs on the receiving side.
-pub(crate) const FRAME_CHARGE: usize = 64;
-
 /// The window of a label before the peer has said how large its windows are.
 pub(crate) const INITIAL_WINDOW: usize = 64 * 1024;
-
-/// A flow-control label: frames with the same label share a window.
-pub(crate) type Label = Arc<str>;
-
-/// Called once a frame was handed to the socket in full (`Ok`), or with why it never
-/// will be.
-pub(crate) type Receipt = Box<dyn FnOnce(Result<(), RpcError>) + Send>;
-
-/// What a frame is, for accounting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    /// A one-way message: counted when it is lost with the connection.
-    OneWay,
-    /// A request: its caller learns of a loss through the request table.
-    Request,
-    /// An answer to the peer's request.
-    Answer,
-    /// A control frame (window grants and the like).
-    Control,
-}
 
 /// How a frame is let in when the queue has no room for it.
 #[derive(Debug, Clone, Copy)]
@@ -120,73 +95,6 @@ impl Admission {
     }
 }
 
-/// One frame on its way: its header, its body, and what to tell when it is written.
-pub(crate) struct Frame {
-    header: FrameHeader,
-    body: Vec<u8>,
-    written: usize,
-    kind: Kind,
-    label: Option<Label>,
-    receipt: Option<Receipt>,
-}
-
-impl Frame {
-    pub(crate) fn new(header: FrameHeader, body: Vec<u8>, kind: Kind) -> Self {
-        Self {
-            header,
-            body,
-            written: 0,
-            kind,
-            label: None,
-            receipt: None,
-        }
-    }
-
-    pub(crate) fn with_label(mut self, label: Option<Label>) -> Self {
-        self.label = label;
-        self
-    }
-
-    pub(crate) fn with_receipt(mut self, receipt: Option<Receipt>) -> Self {
-        self.receipt = receipt;
-        self
-    }
-
-    pub(crate) fn kind(&self) -> Kind {
-        self.kind
-    }
-
-    /// The parts of header and body not yet written.
-    fn remaining(&self) -> (&[u8], &[u8]) {
-        let header = self.header.as_bytes();
-        if self.written < header.len() {
-            (&header[self.written..], &self.body)
-        } else {
-            (&[], &self.body[self.written - header.len()..])
-        }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.header.as_bytes().len() + self.body.len()
-    }
-
-    fn remaining_len(&self) -> usize {
-        self.len() - self.written
-    }
-
-    /// What the frame costs of its label's window.
-    pub(crate) fn charge(&self) -> usize {
-        self.body.len() + FRAME_CHARGE
-    }
-
-    /// Tells the frame's receipt, if any.
-    fn settle(&mut self, outcome: Result<(), RpcError>) {
-        if let Some(receipt) = self.receipt.take() {
-            receipt(outcome);
-        }
-    }
-}
-
 /// What the connection must do after a frame was queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum After {
@@ -209,6 +117,15 @@ pub(crate) enum Flushed {
     Failed(io::Error),
 }
 
+/// Why [`WriteQueue::submit`] did not take a frame.
+#[derive(Debug)]
+pub(crate) enum Submitted {
+    /// Not let in: the queue is closed or full.
+    Refused(RpcError),
+    /// Taken, but writing it failed: the connection must close.
+    WriteFailed(io::Error),
+}
+
 /// The frames held for one label until the peer grants window.
 #[derive(Default)]
 struct Held {
@@ -219,9 +136,9 @@ struct Held {
 }
 
 struct State {
-    /// Frames cleared to go, in order (without those a writer has taken out).
-    ready: VecDeque<Frame>,
-    /// Unwritten bytes of the frames cleared to go, those being written included.
+    /// What is cleared to go, in order (without what a writer has taken out).
+    ready: Segments,
+    /// Unwritten bytes cleared to go, those being written included.
     ready_bytes: usize,
     /// Unwritten bytes of answers among them.
     answer_bytes: usize,
@@ -231,7 +148,7 @@ struct State {
     /// `None` once the connection closed; a writer takes a clone for its system call.
     wire: Option<Arc<dyn Wire>>,
     closed: bool,
-    /// A thread is inside `writev` with frames taken out of `ready`.
+    /// A thread is inside `writev` with segments taken out of `ready`.
     writing: bool,
     /// The event loop was woken to write and has not started yet.
     loop_woken: bool,
@@ -244,7 +161,7 @@ struct State {
     stalled_since: Option<Instant>,
     /// Threads waiting for room.
     waiters: usize,
-    /// When the last frame was handed over.
+    /// When a frame last found the connection idle (the start of a possible burst).
     last_submit: Option<Instant>,
 }
 
@@ -253,15 +170,14 @@ impl State {
     fn has_writer(&self) -> bool {
         self.writing || self.blocked || self.loop_woken
     }
-}
 
-/// What a write left, for [`WriteQueue::after_write`].
-struct WriteResult {
-    /// Frames the write took; the written ones are at the front, marked complete.
-    batch: VecDeque<Frame>,
-    /// Bytes written.
-    bytes: usize,
-    error: Option<io::Error>,
+    fn push_ready(&mut self, frame: Frame) {
+        self.ready_bytes += frame.len();
+        if frame.kind() == Kind::Answer {
+            self.answer_bytes += frame.len();
+        }
+        self.ready.push(frame);
+    }
 }
 
 /// The write side of one connection (see the module docs).
@@ -279,7 +195,7 @@ impl WriteQueue {
     pub(crate) fn new(wire: Arc<dyn Wire>, limit: usize, peer: String) -> Self {
         Self {
             state: Mutex::new(State {
-                ready: VecDeque::new(),
+                ready: Segments::default(),
                 ready_bytes: 0,
                 answer_bytes: 0,
                 held: FnvMap::default(),
@@ -301,10 +217,10 @@ impl WriteQueue {
     }
 
     /// Queues `frame` and writes it at once if the connection is idle (see the module
-    /// docs). `pipelined`: a request sent while others wait for their answers, or an
-    /// answer given while others are owed. On an error
-    /// the frame's receipt was told and the frame dropped; `closed` makes the error of a
-    /// closed connection. `Err(..)` with a write failure means the connection must close.
+    /// docs). `pipelined`: a request sent while others wait for their answers, an answer
+    /// given while others are owed, or a frame handed over on the connection's own event
+    /// loop. On an error the frame's receipt was told and the frame dropped; `closed`
+    /// makes the error of a closed connection.
     pub(crate) fn submit(
         &self,
         mut frame: Frame,
@@ -335,7 +251,7 @@ impl WriteQueue {
         }
         if state.has_writer() {
             // Whoever writes now (the busy writer, or the loop) takes it with the rest.
-            push_ready(&mut state, frame);
+            state.push_ready(frame);
             return Ok(After::Nothing);
         }
         // The clock is read only here, where it decides who writes.
@@ -345,24 +261,26 @@ impl WriteQueue {
             .is_some_and(|last| now.saturating_duration_since(last) < BURST);
         state.last_submit = Some(now);
         if burst || pipelined || !state.ready.is_empty() {
-            push_ready(&mut state, frame);
+            state.push_ready(frame);
             state.loop_woken = true;
             return Ok(After::WakeLoop);
         }
-        // Idle: this thread writes its own frame, once.
+        // Idle: this thread writes its own frame, once, from its own buffer.
         let Some(wire) = state.wire.clone() else {
-            push_ready(&mut state, frame);
+            state.push_ready(frame);
             return Ok(After::Nothing);
         };
-        state.ready_bytes += frame.remaining_len();
-        if frame.kind == Kind::Answer {
-            state.answer_bytes += frame.remaining_len();
+        state.ready_bytes += frame.len();
+        if frame.kind() == Kind::Answer {
+            state.answer_bytes += frame.len();
         }
         state.writing = true;
         drop(state);
-        let result = write_frames(&*wire, VecDeque::from([frame]));
+        let mut batch = Segments::default();
+        batch.push_whole(frame);
+        let (finished, bytes, error) = batch.write_to(&*wire);
         drop(wire);
-        match self.after_write(result, false) {
+        match self.after_write(batch, finished, bytes, error, false) {
             (after, None) => Ok(after),
             (_, Some(err)) => Err(Submitted::WriteFailed(err)),
         }
@@ -380,33 +298,42 @@ impl WriteQueue {
             if state.closed {
                 return Err(closed());
             }
-            let queued = match &frame.label {
-                Some(label) => match state.held.get(label) {
-                    Some(held) if !held.frames.is_empty() || held.window <= 0 => held.bytes,
-                    _ => state.ready_bytes,
-                },
-                None => state.ready_bytes,
-            };
+            // A frame that will wait for its label's window needs room among those held
+            // for that label; any other, room among the frames cleared to go.
+            let held = frame.label.as_ref().and_then(|label| {
+                state
+                    .held
+                    .get(label)
+                    .filter(|held| !held.frames.is_empty() || held.window <= 0)
+                    .map(|held| (label, held.bytes))
+            });
+            let queued = held.map_or(state.ready_bytes, |(_, bytes)| bytes);
             if queued < self.limit || matches!(admission, Admission::Force) {
                 return Ok(state);
             }
             let wait = match admission.wait_from(Instant::now()) {
                 Ok(wait) => wait,
-                Err(waited) => return Err(self.full(queued, waited)),
+                Err(waited) => {
+                    let queue = match held {
+                        Some((label, _)) => format!(
+                            "queue of messages to endpoint {label} at {} waiting for its \
+                             window",
+                            self.peer
+                        ),
+                        None => format!("write queue to {}", self.peer),
+                    };
+                    return Err(RpcError::QueueFull {
+                        queue,
+                        queued: queued as u64,
+                        limit: self.limit as u64,
+                        key: keys::IO_MAX_QUEUED_BYTES,
+                        waited,
+                    });
+                }
             };
             state.waiters += 1;
             state = self.room.wait_timeout(state, wait);
             state.waiters -= 1;
-        }
-    }
-
-    fn full(&self, queued: usize, waited: bool) -> RpcError {
-        RpcError::QueueFull {
-            queue: format!("write queue to {}", self.peer),
-            queued: queued as u64,
-            limit: self.limit as u64,
-            key: keys::IO_MAX_QUEUED_BYTES,
-            waited,
         }
     }
 
@@ -435,11 +362,11 @@ impl WriteQueue {
                 return Flushed::Done;
             };
             state.writing = true;
-            let batch = std::mem::take(&mut state.ready);
+            let mut batch = state.ready.take();
             drop(state);
-            let result = write_frames(&*wire, batch);
+            let (finished, bytes, error) = batch.write_to(&*wire);
             drop(wire);
-            match self.after_write(result, true) {
+            match self.after_write(batch, finished, bytes, error, true) {
                 (_, Some(err)) => return Flushed::Failed(err),
                 _ if self.state.lock().blocked => return Flushed::Blocked,
                 _ => {}
@@ -451,46 +378,37 @@ impl WriteQueue {
     /// Puts back what a write left, tells the receipts of what it wrote, and says who
     /// writes next. Clears `writing`. `by_loop`: the event loop wrote (it goes on by
     /// itself; a sender wakes it for what is left).
-    fn after_write(&self, result: WriteResult, by_loop: bool) -> (After, Option<io::Error>) {
-        let WriteResult {
-            mut batch,
-            bytes,
-            error,
-        } = result;
-        // Sorted out before taking the lock, so that senders appending meanwhile do not
-        // wait for it.
-        let written = batch.iter().take_while(|f| f.written == f.len()).count();
-        let done: Vec<Frame> = batch.drain(..written).collect();
-        let answers_done: usize = done
-            .iter()
-            .filter(|f| f.kind == Kind::Answer)
-            .map(Frame::len)
-            .sum();
+    fn after_write(
+        &self,
+        batch: Segments,
+        finished: Finished,
+        bytes: usize,
+        error: Option<io::Error>,
+        by_loop: bool,
+    ) -> (After, Option<io::Error>) {
         let mut state = self.state.lock();
         state.writing = false;
         state.ready_bytes = state.ready_bytes.saturating_sub(bytes);
-        state.answer_bytes = state.answer_bytes.saturating_sub(answers_done);
-        let mut after = After::Nothing;
+        state.answer_bytes = state.answer_bytes.saturating_sub(finished.answer_bytes);
         let progressed = bytes > 0;
         if state.closed {
             // Closed while this thread wrote: the closer could not take these frames.
             drop(state);
-            settle_all(done, &Ok(()));
+            finished.settle();
+            let mut unwritten = Unwritten::default();
+            let mut batch = batch;
+            for segment in batch.drain() {
+                segment.abandon(&mut unwritten);
+            }
             let lost = RpcError::connection(&self.peer, "closed while the frame was written");
-            settle_all(batch, &Err(lost));
+            unwritten.settle(&Err(lost));
             return (After::Nothing, None);
         }
-        // What is left goes back in front of what came meanwhile (moving the shorter).
+        let mut after = After::Nothing;
+        // What is left goes back in front of what came meanwhile.
         let left = !batch.is_empty();
         if left {
-            if batch.len() <= state.ready.len() {
-                while let Some(frame) = batch.pop_back() {
-                    state.ready.push_front(frame);
-                }
-            } else {
-                batch.extend(state.ready.drain(..));
-                state.ready = batch;
-            }
+            state.ready.put_back(batch);
         }
         if error.is_some() {
             // The caller closes the connection, which tells what is left.
@@ -519,7 +437,7 @@ impl WriteQueue {
         if wake_waiters {
             self.room.notify_all();
         }
-        settle_all(done, &Ok(()));
+        finished.settle();
         (after, error)
     }
 
@@ -562,7 +480,7 @@ impl WriteQueue {
             return After::Nothing;
         }
         for frame in moved {
-            push_ready(&mut state, frame);
+            state.push_ready(frame);
         }
         let waiters = state.waiters > 0;
         let after = if state.has_writer() {
@@ -615,34 +533,40 @@ impl WriteQueue {
     }
 
     /// Closes the queue: later frames fail, waiting senders fail, and the socket is let
-    /// go. First writes what the socket takes at once (best effort, never waiting), so an
-    /// answer given just before the close is not lost. Returns the frames left unwritten,
-    /// for the caller to tell and count outside any lock.
-    pub(crate) fn close(&self) -> Vec<Frame> {
+    /// go (shut down, so the peer sees the close at once). First writes what the socket
+    /// takes at once (best effort, never waiting), so an answer given just before the
+    /// close is not lost. Returns what was never written, for the caller to tell and count
+    /// outside any lock.
+    pub(crate) fn close(&self) -> Unwritten {
         let mut state = self.state.lock();
+        let mut unwritten = Unwritten::default();
         if state.closed {
-            return Vec::new();
+            return unwritten;
         }
         state.closed = true;
         let wire = state.wire.take();
-        let mut ready = std::mem::take(&mut state.ready);
-        let mut written = Vec::new();
+        let mut ready = state.ready.take();
+        let mut finished = None;
         if !state.writing {
             if let Some(wire) = &wire {
-                let result = write_frames(&**wire, ready);
-                ready = result.batch;
-                while ready.front().is_some_and(|f| f.written == f.len()) {
-                    written.push(ready.pop_front().expect("checked"));
-                }
+                finished = Some(ready.write_to(&**wire).0);
             }
         }
         if let Some(wire) = &wire {
             // The peer sees the close at once, whoever else still holds the socket.
             wire.shutdown();
         }
-        let mut left: Vec<Frame> = ready.into_iter().collect();
+        for segment in ready.drain() {
+            segment.abandon(&mut unwritten);
+        }
         for held in std::mem::take(&mut state.held).into_values() {
-            left.extend(held.frames);
+            for frame in held.frames {
+                let mut segments = Segments::default();
+                segments.push_whole(frame);
+                for segment in segments.drain() {
+                    segment.abandon(&mut unwritten);
+                }
+            }
         }
         state.ready_bytes = 0;
         state.answer_bytes = 0;
@@ -652,8 +576,10 @@ impl WriteQueue {
         if waiters {
             self.room.notify_all();
         }
-        settle_all(written, &Ok(()));
-        left
+        if let Some(finished) = finished {
+            finished.settle();
+        }
+        unwritten
     }
 }
 
@@ -667,23 +593,6 @@ impl fmt::Debug for WriteQueue {
             .field("limit", &self.limit)
             .finish()
     }
-}
-
-/// Why [`WriteQueue::submit`] did not take a frame.
-#[derive(Debug)]
-pub(crate) enum Submitted {
-    /// Not let in: the queue is closed or full.
-    Refused(RpcError),
-    /// Taken, but writing it failed: the connection must close.
-    WriteFailed(io::Error),
-}
-
-fn push_ready(state: &mut State, frame: Frame) {
-    state.ready_bytes += frame.remaining_len();
-    if frame.kind == Kind::Answer {
-        state.answer_bytes += frame.remaining_len();
-    }
-    state.ready.push_back(frame);
 }
 
 /// Takes the held frames the window now covers, in order.
@@ -704,73 +613,5 @@ fn release(held: &mut Held) -> Vec<Frame> {
 pub(crate) fn settle_all(frames: impl IntoIterator<Item = Frame>, outcome: &Result<(), RpcError>) {
     for mut frame in frames {
         frame.settle(outcome.clone());
-    }
-}
-
-/// Writes `batch` until it is written or the socket would block. Fully written frames are
-/// at the front of the returned batch with `written == len()`.
-fn write_frames(wire: &dyn Wire, mut batch: VecDeque<Frame>) -> WriteResult {
-    let mut bytes = 0;
-    // Frames written in full by earlier rounds of this call.
-    let mut skip = 0;
-    while skip < batch.len() {
-        let result = {
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let mut count = 0;
-            for frame in batch.iter().skip(skip) {
-                if count + 2 > MAX_SLICES {
-                    break;
-                }
-                let (header, body) = frame.remaining();
-                for part in [header, body] {
-                    if !part.is_empty() {
-                        slices[count] = IoSlice::new(part);
-                        count += 1;
-                    }
-                }
-            }
-            wire.write_vectored(&slices[..count])
-        };
-        match result {
-            Ok(0) => {
-                return WriteResult {
-                    batch,
-                    bytes,
-                    error: Some(io::ErrorKind::WriteZero.into()),
-                };
-            }
-            Ok(mut written) => {
-                trace!("wrote {written} bytes");
-                bytes += written;
-                while written > 0 {
-                    let Some(frame) = batch.get_mut(skip) else {
-                        break;
-                    };
-                    let left = frame.remaining_len();
-                    if written >= left {
-                        written -= left;
-                        frame.written = frame.len();
-                        skip += 1;
-                    } else {
-                        frame.written += written;
-                        written = 0;
-                    }
-                }
-            }
-            Err(err) if would_block(&err) => break,
-            Err(err) if interrupted(&err) => {}
-            Err(err) => {
-                return WriteResult {
-                    batch,
-                    bytes,
-                    error: Some(err),
-                };
-            }
-        }
-    }
-    WriteResult {
-        batch,
-        bytes,
-        error: None,
     }
 }

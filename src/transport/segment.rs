@@ -1,0 +1,356 @@
+//! What a write queue holds: frames written from their own body, and small frames copied
+//! one after another into a shared buffer.
+//!
+//! A small frame (body up to [`FLATTEN_MAX`] bytes) handed to a busy connection is copied
+//! into the buffer at the queue's tail, as hyper's `WriteBuf` flattens, and its body is
+//! freed at once by the thread that made it. The event loop then writes a few large
+//! slices instead of two per frame, and never frees memory another thread allocated for
+//! each small frame (which costs the allocator far more than the copy). A large body is
+//! never copied: it is written from its own buffer, after its header.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+
+use log::trace;
+
+use crate::error::RpcError;
+use crate::frame::FrameHeader;
+use crate::transport::socket::{Wire, interrupted, would_block};
+
+/// At most this many slices go into one `writev`.
+const MAX_SLICES: usize = 256;
+
+/// Bodies up to this size are copied into the shared buffer at the queue's tail.
+pub(crate) const FLATTEN_MAX: usize = 1024;
+
+/// A shared buffer grows up to this size; the next small frame starts another.
+const CHUNK: usize = 64 * 1024;
+
+/// A shared buffer starts with this capacity (and doubles as it fills).
+const CHUNK_START: usize = 4 * 1024;
+
+/// What a labelled frame costs of its label's window beyond its body: a fixed share for
+/// the bookkeeping each message needs on the receiving side.
+pub(crate) const FRAME_CHARGE: usize = 64;
+
+/// A flow-control label: frames with the same label share a window.
+pub(crate) type Label = crate::sync::Arc<str>;
+
+/// Called once a frame was handed to the socket in full (`Ok`), or with why it never
+/// will be.
+pub(crate) type Receipt = Box<dyn FnOnce(Result<(), RpcError>) + Send>;
+
+/// What a frame is, for accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A one-way message: counted when it is lost with the connection.
+    OneWay,
+    /// A request: its caller learns of a loss through the request table.
+    Request,
+    /// An answer to the peer's request.
+    Answer,
+    /// A control frame (window grants and the like).
+    Control,
+}
+
+/// One frame on its way: its header, its body, and what to tell when it is written.
+pub(crate) struct Frame {
+    header: FrameHeader,
+    body: Vec<u8>,
+    kind: Kind,
+    pub(crate) label: Option<Label>,
+    receipt: Option<Receipt>,
+}
+
+impl Frame {
+    pub(crate) fn new(header: FrameHeader, body: Vec<u8>, kind: Kind) -> Self {
+        Self {
+            header,
+            body,
+            kind,
+            label: None,
+            receipt: None,
+        }
+    }
+
+    pub(crate) fn with_label(mut self, label: Option<Label>) -> Self {
+        self.label = label;
+        self
+    }
+
+    pub(crate) fn with_receipt(mut self, receipt: Option<Receipt>) -> Self {
+        self.receipt = receipt;
+        self
+    }
+
+    pub(crate) fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The frame's length: header and body.
+    pub(crate) fn len(&self) -> usize {
+        self.header.as_bytes().len() + self.body.len()
+    }
+
+    /// What the frame costs of its label's window.
+    pub(crate) fn charge(&self) -> usize {
+        self.body.len() + FRAME_CHARGE
+    }
+
+    /// Tells the frame's receipt, if any.
+    pub(crate) fn settle(&mut self, outcome: Result<(), RpcError>) {
+        if let Some(receipt) = self.receipt.take() {
+            receipt(outcome);
+        }
+    }
+}
+
+/// One frame copied into a shared buffer: where it ends there, and what to tell.
+pub(crate) struct Mark {
+    end: usize,
+    len: usize,
+    kind: Kind,
+    receipt: Option<Receipt>,
+}
+
+/// A piece of the queue.
+pub(crate) enum Segment {
+    /// A frame written from its own body.
+    Whole { frame: Frame, written: usize },
+    /// Small frames copied one after another.
+    Flat {
+        bytes: Vec<u8>,
+        written: usize,
+        /// The frames in `bytes` not yet written in full, in order.
+        marks: VecDeque<Mark>,
+    },
+}
+
+/// What finished while bytes were written: receipts to tell (outside any lock) and the
+/// bytes of answers that left.
+#[derive(Default)]
+pub(crate) struct Finished {
+    pub(crate) receipts: Vec<Receipt>,
+    pub(crate) answer_bytes: usize,
+    /// Whole segments written, dropped outside the lock with the receipts.
+    segments: Vec<Segment>,
+}
+
+impl Finished {
+    /// Tells the receipts `Ok` and frees what was written.
+    pub(crate) fn settle(self) {
+        for receipt in self.receipts {
+            receipt(Ok(()));
+        }
+        drop(self.segments);
+    }
+}
+
+/// What was never written when a connection closed.
+#[derive(Default)]
+pub(crate) struct Unwritten {
+    pub(crate) receipts: Vec<Receipt>,
+    /// One-way messages among them.
+    pub(crate) one_way: usize,
+}
+
+impl Unwritten {
+    /// Tells the receipts `outcome`.
+    pub(crate) fn settle(self, outcome: &Result<(), RpcError>) {
+        for receipt in self.receipts {
+            receipt(outcome.clone());
+        }
+    }
+}
+
+impl Segment {
+    /// The bytes not yet written, as (up to) two slices.
+    fn remaining(&self) -> (&[u8], &[u8]) {
+        match self {
+            Self::Whole { frame, written } => {
+                let header = frame.header.as_bytes();
+                if *written < header.len() {
+                    (&header[*written..], &frame.body)
+                } else {
+                    (&[], &frame.body[*written - header.len()..])
+                }
+            }
+            Self::Flat { bytes, written, .. } => (&bytes[*written..], &[]),
+        }
+    }
+
+    /// Bytes not yet written.
+    pub(crate) fn remaining_len(&self) -> usize {
+        match self {
+            Self::Whole { frame, written } => frame.len() - written,
+            Self::Flat { bytes, written, .. } => bytes.len() - written,
+        }
+    }
+
+    /// Records `n` more bytes written (at most what remains), collecting the frames it
+    /// finished.
+    fn advance(&mut self, n: usize, finished: &mut Finished) {
+        match self {
+            Self::Whole { frame, written } => {
+                *written += n;
+                if *written == frame.len() {
+                    if frame.kind == Kind::Answer {
+                        finished.answer_bytes += frame.len();
+                    }
+                    finished.receipts.extend(frame.receipt.take());
+                }
+            }
+            Self::Flat { written, marks, .. } => {
+                *written += n;
+                while marks.front().is_some_and(|mark| mark.end <= *written) {
+                    let mark = marks.pop_front().expect("checked");
+                    if mark.kind == Kind::Answer {
+                        finished.answer_bytes += mark.len;
+                    }
+                    finished.receipts.extend(mark.receipt);
+                }
+            }
+        }
+    }
+
+    /// What of this segment was never written.
+    pub(crate) fn abandon(self, unwritten: &mut Unwritten) {
+        match self {
+            Self::Whole { mut frame, .. } => {
+                if frame.kind == Kind::OneWay {
+                    unwritten.one_way += 1;
+                }
+                unwritten.receipts.extend(frame.receipt.take());
+            }
+            Self::Flat { marks, .. } => {
+                for mark in marks {
+                    if mark.kind == Kind::OneWay {
+                        unwritten.one_way += 1;
+                    }
+                    unwritten.receipts.extend(mark.receipt);
+                }
+            }
+        }
+    }
+}
+
+/// Frames cleared to go, in order.
+#[derive(Default)]
+pub(crate) struct Segments {
+    queue: VecDeque<Segment>,
+}
+
+impl Segments {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Appends `frame`: copied into the shared buffer at the tail if it is small, else as a
+    /// segment of its own (its body is never copied).
+    pub(crate) fn push(&mut self, frame: Frame) {
+        let len = frame.len();
+        if frame.body.len() > FLATTEN_MAX {
+            self.queue.push_back(Segment::Whole { frame, written: 0 });
+            return;
+        }
+        let fits = matches!(
+            self.queue.back(),
+            Some(Segment::Flat { bytes, .. }) if bytes.len() + len <= CHUNK
+        );
+        if !fits {
+            self.queue.push_back(Segment::Flat {
+                bytes: Vec::with_capacity(CHUNK_START.max(len)),
+                written: 0,
+                marks: VecDeque::new(),
+            });
+        }
+        let Some(Segment::Flat { bytes, marks, .. }) = self.queue.back_mut() else {
+            unreachable!("the tail is a shared buffer");
+        };
+        bytes.extend_from_slice(frame.header.as_bytes());
+        bytes.extend_from_slice(&frame.body);
+        marks.push_back(Mark {
+            end: bytes.len(),
+            len,
+            kind: frame.kind,
+            receipt: frame.receipt,
+        });
+    }
+
+    /// Appends a frame as a segment of its own (the thread that writes it at once).
+    pub(crate) fn push_whole(&mut self, frame: Frame) {
+        self.queue.push_back(Segment::Whole { frame, written: 0 });
+    }
+
+    /// Takes everything.
+    pub(crate) fn take(&mut self) -> Self {
+        std::mem::take(self)
+    }
+
+    /// Puts `front` (what a write left) back before what came meanwhile, moving the
+    /// shorter of the two.
+    pub(crate) fn put_back(&mut self, mut front: Self) {
+        if front.queue.len() <= self.queue.len() {
+            while let Some(segment) = front.queue.pop_back() {
+                self.queue.push_front(segment);
+            }
+        } else {
+            front.queue.extend(self.queue.drain(..));
+            *self = front;
+        }
+    }
+
+    /// Everything, for the close.
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = Segment> + '_ {
+        self.queue.drain(..)
+    }
+
+    /// Writes until everything is written or the socket would block. The segments written
+    /// in full leave `self` and go to the returned [`Finished`], with what they finished.
+    pub(crate) fn write_to(&mut self, wire: &dyn Wire) -> (Finished, usize, Option<io::Error>) {
+        let mut finished = Finished::default();
+        let mut bytes = 0;
+        while !self.queue.is_empty() {
+            let result = {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let mut count = 0;
+                for segment in &self.queue {
+                    if count + 2 > MAX_SLICES {
+                        break;
+                    }
+                    let (first, second) = segment.remaining();
+                    for part in [first, second] {
+                        if !part.is_empty() {
+                            slices[count] = IoSlice::new(part);
+                            count += 1;
+                        }
+                    }
+                }
+                wire.write_vectored(&slices[..count])
+            };
+            match result {
+                Ok(0) => return (finished, bytes, Some(io::ErrorKind::WriteZero.into())),
+                Ok(mut written) => {
+                    trace!("wrote {written} bytes");
+                    bytes += written;
+                    while written > 0 {
+                        let Some(front) = self.queue.front_mut() else {
+                            break;
+                        };
+                        let step = written.min(front.remaining_len());
+                        front.advance(step, &mut finished);
+                        written -= step;
+                        if front.remaining_len() == 0 {
+                            let done = self.queue.pop_front().expect("checked");
+                            finished.segments.push(done);
+                        }
+                    }
+                }
+                Err(err) if would_block(&err) => break,
+                Err(err) if interrupted(&err) => {}
+                Err(err) => return (finished, bytes, Some(err)),
+            }
+        }
+        (finished, bytes, None)
+    }
+}
