@@ -378,11 +378,12 @@ impl Conn {
     ) -> Result<(), RpcError> {
         // On the connection's own event loop (a handler answering as it reads), the loop
         // writes what its turn queued at the turn's end: no write per frame.
-        let pipelined = pipelined || EVENT_LOOP.with(Cell::get) == Some(self.loop_id);
+        let on_owner = EVENT_LOOP.with(Cell::get) == Some(self.loop_id);
         match self
             .writes
-            .submit(frame, admission, pipelined, || self.closed_error())
-        {
+            .submit(frame, admission, pipelined, on_owner, || {
+                self.closed_error()
+            }) {
             Ok(After::Nothing) => Ok(()),
             Ok(After::WakeLoop) => {
                 self.notify.wake(Arc::clone(self), Wake::Flush);

@@ -18,7 +18,8 @@
 //!   `writev`s (small frames are copied into shared buffers, see `segment`), until the
 //!   socket would block; it resumes on the socket's writable event. Frames handed over on
 //!   the loop's own thread (a transport handler answering as it reads) are written at the
-//!   end of the loop's turn.
+//!   end of the loop's turn. If [`BATCH`] bytes pile up before a woken loop comes, the
+//!   sender that finds them writes them (once), so a batch never waits for a slow wake-up.
 //!
 //! Nothing is ever held back to be batched: batching comes from the loop writing all that
 //! queued up while it was being woken. Only one thread writes at a time; the others
@@ -65,6 +66,10 @@ pub(crate) const BURST: Duration = Duration::from_micros(10);
 /// The event loop writes at most this many rounds of newly queued frames for one
 /// connection before it lets the other connections of the loop have their turn.
 const LOOP_ROUNDS: usize = 8;
+
+/// When this much waits for a loop that was woken and has not come yet, the next sender
+/// writes it (so a batch never waits for a slow wake-up).
+const BATCH: usize = 64 * 1024;
 
 /// The window of a label before the peer has said how large its windows are.
 pub(crate) const INITIAL_WINDOW: usize = 64 * 1024;
@@ -217,15 +222,16 @@ impl WriteQueue {
     }
 
     /// Queues `frame` and writes it at once if the connection is idle (see the module
-    /// docs). `pipelined`: a request sent while others wait for their answers, an answer
-    /// given while others are owed, or a frame handed over on the connection's own event
-    /// loop. On an error the frame's receipt was told and the frame dropped; `closed`
+    /// docs). `pipelined`: a request sent while others wait for their answers, or an answer
+    /// given while others are owed; `on_owner`: handed over on the connection's own event
+    /// loop, which writes it at the end of its turn. On an error the frame's receipt was told and the frame dropped; `closed`
     /// makes the error of a closed connection.
     pub(crate) fn submit(
         &self,
         mut frame: Frame,
         admission: Admission,
         pipelined: bool,
+        on_owner: bool,
         closed: impl Fn() -> RpcError,
     ) -> Result<After, Submitted> {
         let state = self.state.lock();
@@ -252,6 +258,26 @@ impl WriteQueue {
         if state.has_writer() {
             // Whoever writes now (the busy writer, or the loop) takes it with the rest.
             state.push_ready(frame);
+            if state.loop_woken
+                && !state.writing
+                && !state.blocked
+                && !on_owner
+                && state.ready_bytes >= BATCH
+            {
+                // The loop was woken and has not come yet while a batch piled up: this
+                // thread writes it now rather than let it wait for the loop.
+                if let Some(wire) = state.wire.clone() {
+                    state.writing = true;
+                    let mut batch = state.ready.take();
+                    drop(state);
+                    let (finished, bytes, error) = batch.write_to(&*wire);
+                    drop(wire);
+                    return match self.after_write(batch, finished, bytes, error, false) {
+                        (after, None) => Ok(after),
+                        (_, Some(err)) => Err(Submitted::WriteFailed(err)),
+                    };
+                }
+            }
             return Ok(After::Nothing);
         }
         // The clock is read only here, where it decides who writes.
@@ -260,7 +286,7 @@ impl WriteQueue {
             .last_submit
             .is_some_and(|last| now.saturating_duration_since(last) < BURST);
         state.last_submit = Some(now);
-        if burst || pipelined || !state.ready.is_empty() {
+        if burst || pipelined || on_owner || !state.ready.is_empty() {
             state.push_ready(frame);
             state.loop_woken = true;
             return Ok(After::WakeLoop);
