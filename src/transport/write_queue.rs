@@ -452,8 +452,9 @@ impl WriteQueue {
             }
         } else {
             state.stalled_since = None;
-            let asked = std::mem::take(&mut state.loop_asked);
-            if !by_loop && (asked || !state.ready.is_empty()) && !state.loop_woken {
+            // A writable event the loop saw meanwhile needs no answer: nothing is left.
+            state.loop_asked = false;
+            if !by_loop && !state.ready.is_empty() && !state.loop_woken {
                 state.loop_woken = true;
                 after = After::WakeLoop;
             }
