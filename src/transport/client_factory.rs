@@ -159,15 +159,11 @@ impl TransportClientFactory {
             format!("{host} resolves to no address"),
         );
         for addr in addrs {
-            match connect(addr, timeout, conf) {
+            let cancelled = || self.closed.load(Ordering::Acquire);
+            match connect(addr, timeout, conf, &cancelled) {
                 Ok(stream) => {
                     let io = self.io()?;
-                    let client = io.adopt(
-                        mio::net::TcpStream::from_std(stream),
-                        addr,
-                        self.origin,
-                        None,
-                    )?;
+                    let client = io.adopt(stream, addr, self.origin, None)?;
                     debug!(
                         "connected to {peer} ({addr}) in {:?} as connection {}",
                         started.elapsed(),

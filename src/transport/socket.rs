@@ -2,8 +2,8 @@
 //! abstraction the connection logic is written against.
 
 use std::io::{self, IoSlice, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 
@@ -115,22 +115,88 @@ fn os_max_backlog() -> i32 {
         .unwrap_or(1024)
 }
 
-/// A blocking connect with a timeout (none when `timeout` is `None`), returning a
-/// configured, non-blocking stream.
+/// How often a connect under way looks whether it is still wanted.
+const CONNECT_CHECK: Duration = Duration::from_millis(50);
+
+/// `EINPROGRESS`: a non-blocking connect is under way.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const EINPROGRESS: i32 = 115;
+/// `EINPROGRESS`: a non-blocking connect is under way.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const EINPROGRESS: i32 = 36;
+
+/// Connects to `addr` within `timeout` (none when `None`), blocking the calling thread,
+/// and returns a configured, non-blocking stream. The connect is non-blocking underneath
+/// and gives up as soon as `cancelled` says so (checked every 50 ms), so that a peer that
+/// drops the handshake never holds up a shutdown.
 pub(crate) fn connect(
     addr: SocketAddr,
     timeout: Option<Duration>,
     conf: &TransportConf,
-) -> io::Result<TcpStream> {
+    cancelled: &dyn Fn() -> bool,
+) -> io::Result<mio::net::TcpStream> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     apply_buffers(&socket, conf)?;
-    match timeout {
-        Some(timeout) => socket.connect_timeout(&addr.into(), timeout)?,
-        None => socket.connect(&addr.into())?,
-    }
-    configure_stream(SockRef::from(&socket), conf)?;
     socket.set_nonblocking(true)?;
-    Ok(socket.into())
+    let in_progress = match socket.connect(&addr.into()) {
+        Ok(()) => false,
+        Err(err) if err.raw_os_error() == Some(EINPROGRESS) || would_block(&err) => true,
+        Err(err) => return Err(err),
+    };
+    let mut stream = mio::net::TcpStream::from_std(socket.into());
+    if in_progress {
+        wait_connected(&mut stream, timeout, cancelled)?;
+    }
+    configure_stream(SockRef::from(&stream), conf)?;
+    Ok(stream)
+}
+
+/// Waits for a non-blocking connect to end: connected, refused, timed out, or cancelled.
+fn wait_connected(
+    stream: &mut mio::net::TcpStream,
+    timeout: Option<Duration>,
+    cancelled: &dyn Fn() -> bool,
+) -> io::Result<()> {
+    let deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
+    let mut poll = mio::Poll::new()?;
+    poll.registry()
+        .register(stream, mio::Token(0), mio::Interest::WRITABLE)?;
+    let mut events = mio::Events::with_capacity(1);
+    let outcome = loop {
+        if cancelled() {
+            break Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "the connect was given up: the client factory is closed",
+            ));
+        }
+        let wait = match deadline {
+            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => left.min(CONNECT_CHECK),
+                _ => break Err(io::ErrorKind::TimedOut.into()),
+            },
+            None => CONNECT_CHECK,
+        };
+        match poll.poll(&mut events, Some(wait)) {
+            Ok(()) => {}
+            Err(err) if interrupted(&err) => continue,
+            Err(err) => break Err(err),
+        }
+        if events.is_empty() {
+            continue;
+        }
+        if let Some(err) = stream.take_error()? {
+            break Err(err);
+        }
+        match stream.peer_addr() {
+            Ok(_) => break Ok(()),
+            // Woken before the handshake ended: wait on.
+            Err(err) if err.kind() == io::ErrorKind::NotConnected => {}
+            Err(err) => break Err(err),
+        }
+    };
+    // The loop that takes the stream over registers it with its own poller.
+    let _ = poll.registry().deregister(stream);
+    outcome
 }
 
 /// True for the errors that mean "nothing to do right now".
@@ -177,7 +243,7 @@ mod tests {
         assert!(listening.recv_buffer_size().unwrap() >= 256 * 1024);
 
         let addr = listener.local_addr().unwrap();
-        let client = connect(addr, Some(Duration::from_secs(5)), &conf).unwrap();
+        let client = connect(addr, Some(Duration::from_secs(5)), &conf, &|| false).unwrap();
         let socket = SockRef::from(&client);
         assert!(socket.tcp_nodelay().unwrap());
         assert!(socket.keepalive().unwrap());
@@ -221,6 +287,7 @@ mod tests {
             addr,
             Some(Duration::from_secs(5)),
             &TransportConf::default(),
+            &|| false,
         )
         .unwrap();
         let socket = SockRef::from(&defaults);
@@ -241,10 +308,54 @@ mod tests {
                 ("rpc.io.keepAliveIdle", "0"),
                 ("rpc.io.tcpUserTimeout", "0"),
             ]),
+            &|| false,
         )
         .unwrap();
         assert!(!SockRef::from(&off).keepalive().unwrap());
         assert_eq!(SockRef::from(&off).tcp_user_timeout().unwrap(), None);
+    }
+
+    /// A listener with a full accept queue drops further handshakes: a connect to it
+    /// hangs, and is given up as soon as it is no longer wanted.
+    #[test]
+    fn a_hanging_connect_is_given_up_once_cancelled() {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        socket
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        socket.listen(0).unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        // Fill the accept queue (never accepted).
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            if let Ok(stream) =
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+            {
+                held.push(stream);
+            }
+        }
+        let hangs = connect(
+            addr,
+            Some(Duration::from_millis(300)),
+            &TransportConf::default(),
+            &|| false,
+        );
+        assert_eq!(
+            hangs.unwrap_err().kind(),
+            io::ErrorKind::TimedOut,
+            "the connect hangs"
+        );
+        let started = Instant::now();
+        let cancel_at = started + Duration::from_millis(100);
+        let err = connect(
+            addr,
+            Some(Duration::from_secs(60)),
+            &TransportConf::default(),
+            &|| Instant::now() >= cancel_at,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted, "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]
@@ -256,6 +367,7 @@ mod tests {
             addr,
             Some(Duration::from_secs(5)),
             &TransportConf::default(),
+            &|| false,
         );
         assert_eq!(err.unwrap_err().kind(), io::ErrorKind::ConnectionRefused);
     }
