@@ -186,8 +186,10 @@ pub(crate) const KEYS: &[KeyInfo] = &[
     KeyInfo {
         key: keys::DISPATCHER_INBOX_CAPACITY,
         default: "4m",
-        meaning: "bytes of messages an endpoint's inbox holds from one sender; the \
-                  sender waits beyond it (size, 64k to 2147483647 bytes)",
+        meaning: "bytes of messages an endpoint's inbox holds from one sender (a message \
+                  counts 64 bytes plus its encoded size from a peer, its in-memory size \
+                  from this env); the sender waits beyond it (size, 64k to 2147483647 \
+                  bytes)",
     },
     KeyInfo {
         key: keys::CONNECT_THREADS,
@@ -280,7 +282,7 @@ const MAX_CONNECTIONS: u64 = 1 << 20;
 /// | `rpc.io.frameTimeout` | `30s` | duration; `0` disables | an inbound connection that sends no whole frame this long after it connects, or any connection stalled this long in the middle of a frame, is closed |
 /// | `rpc.io.maxConnections` | 3/4 of the open-file limit | integer, 1 to 1048576 | inbound connections a server env holds at once; more are closed as they are accepted |
 /// | `rpc.dispatcher.numThreads` | max(2, cores) | integer, 1 to 1024 | shared message-loop threads (`rpc-dispatcher-N`) |
-/// | `rpc.dispatcher.inboxCapacity` | `4m` | size, 64k to 2147483647 bytes | bytes of messages an endpoint's inbox holds from one sender (one connection, or this env's own threads together); beyond it the sender waits |
+/// | `rpc.dispatcher.inboxCapacity` | `4m` | size, 64k to 2147483647 bytes | bytes of messages an endpoint's inbox holds from one sender (one connection, or this env's own threads together); beyond it the sender waits. A message counts 64 bytes plus its encoded size when it comes from a peer, its in-memory size (`size_of`, not what it owns on the heap) when it comes from this env |
 /// | `rpc.connect.threads` | `64` | integer, 1 to 1024 | ceiling of the cached `rpc-connect-N` pool that makes connections |
 /// | `rpc.authenticate` | `false` | boolean; `true` is rejected | require the shared-secret handshake (not implemented in this version) |
 /// | `rpc.authenticate.secret` | none | string | the shared secret; accepted and ignored while `rpc.authenticate` is `false` |
