@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use rpcenv::RpcError;
 
-use crate::support::{Fixture, HOST, LONG, PROMPTLY, assert_echo, expect_closed_by_peer, wait_for};
+use crate::support::{
+    Fixture, HOST, LONG, PROMPTLY, assert_echo, expect_closed_by_peer, raw_connect, wait_for,
+};
 
 fn hex(text: &str) -> Vec<u8> {
     (0..text.len())
@@ -36,17 +38,6 @@ fn frame(length: i64, message_type: u8, rest: &[u8]) -> Vec<u8> {
     bytes.push(message_type);
     bytes.extend_from_slice(rest);
     bytes
-}
-
-fn raw_connect(port: u16) -> TcpStream {
-    let stream = TcpStream::connect((HOST, port)).expect("a raw connection");
-    stream
-        .set_write_timeout(Some(Duration::from_secs(5)))
-        .expect("a write timeout");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("a read timeout");
-    stream
 }
 
 /// Sends `bytes` on a raw connection to a fresh echo server (then hangs up if `hang_up`)

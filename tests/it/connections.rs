@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::support::{
     HOST, LONG, PROMPTLY, address_of, assert_connection_error, client_env, client_env_with,
-    expect_closed_by_peer, join, lock, recv_within, rpc_conf, server_env, server_env_with, spawn,
-    wait_for,
+    expect_closed_by_peer, join, lock, raw_connect, recv_within, rpc_conf, server_env,
+    server_env_with, spawn, wait_for,
 };
 
 /// [`rpc_conf`] with `overrides`.
@@ -335,18 +335,6 @@ fn read_answer(stream: &mut TcpStream, id: u64) -> RawFrame {
             _ => panic!("unexpected frame while waiting for the answer to {id}: {frame:?}"),
         }
     }
-}
-
-/// A raw connection with read and write timeouts of 10 s.
-fn raw_connect(port: u16) -> TcpStream {
-    let stream = TcpStream::connect((HOST, port)).expect("a raw connection");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("a read timeout");
-    stream
-        .set_write_timeout(Some(Duration::from_secs(10)))
-        .expect("a write timeout");
-    stream
 }
 
 /// Whether `addr` (a socket address seen from the server) is `peer`.

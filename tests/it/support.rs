@@ -471,3 +471,16 @@ pub(crate) fn expect_closed_by_peer(stream: &mut TcpStream, secs: u64) {
         }
     }
 }
+
+/// A raw TCP connection to 127.0.0.1:`port`, with read and write timeouts of 10 s (so a
+/// test that waits for bytes that never come fails instead of hanging).
+pub(crate) fn raw_connect(port: u16) -> TcpStream {
+    let stream = TcpStream::connect((HOST, port)).expect("a raw connection");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a read timeout");
+    stream
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .expect("a write timeout");
+    stream
+}
