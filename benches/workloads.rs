@@ -614,7 +614,10 @@ impl System for TransportSystem {
     }
 
     fn start(&self) -> Result<Box<dyn Server>> {
-        let conf = RpcConf::new().set("rpc.io.threads", self.io_threads.to_string());
+        let conf = RpcConf::new()
+            .set("rpc.io.threads", self.io_threads.to_string())
+            // W7's idle connections never send a byte (see `RpcEnvSystem::conf`).
+            .set("rpc.io.frameTimeout", "0");
         let conf = TransportConf::from_conf(&conf).context("transport configuration")?;
         let ctx = TransportContext::new(conf, Arc::new(EchoHandler::default()));
         let server = ctx
@@ -803,6 +806,9 @@ impl RpcEnvSystem {
             .set("rpc.message.maxSize", RPC_MAX_MESSAGE)
             // Bounds every `ask_sync` and `Pending::wait` of the bench.
             .set("rpc.askTimeout", format!("{}s", REPLY_TIMEOUT.as_secs()))
+            // W7's idle connections never send a byte: they stay open however long W7
+            // takes (by default a connection silent since it connected is closed).
+            .set("rpc.io.frameTimeout", "0")
     }
 }
 
