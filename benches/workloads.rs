@@ -617,7 +617,8 @@ impl System for TransportSystem {
         let conf = RpcConf::new()
             .set("rpc.io.threads", self.io_threads.to_string())
             // W7's idle connections never send a byte (see `RpcEnvSystem::conf`).
-            .set("rpc.io.frameTimeout", "0");
+            .set("rpc.io.frameTimeout", "0")
+            .set("rpc.io.maxConnections", "1048576");
         let conf = TransportConf::from_conf(&conf).context("transport configuration")?;
         let ctx = TransportContext::new(conf, Arc::new(EchoHandler::default()));
         let server = ctx
@@ -807,8 +808,11 @@ impl RpcEnvSystem {
             // Bounds every `ask_sync` and `Pending::wait` of the bench.
             .set("rpc.askTimeout", format!("{}s", REPLY_TIMEOUT.as_secs()))
             // W7's idle connections never send a byte: they stay open however long W7
-            // takes (by default a connection silent since it connected is closed).
+            // takes (by default a connection silent since it connected is closed), and
+            // however many there are (W7 raises the open-file limit only after the env,
+            // whose default cap follows that limit, is built).
             .set("rpc.io.frameTimeout", "0")
+            .set("rpc.io.maxConnections", "1048576")
     }
 }
 
