@@ -80,6 +80,7 @@ fn main() -> ExitCode {
     let port: u16 = args.get("port");
     let rpc_conf = cluster::rpc_conf(&args, RpcConf::new());
     cluster::init_logger();
+    let quit = cluster::Quit::install();
 
     let mut builder = RpcEnv::builder("master")
         .bind_address(host)
@@ -106,7 +107,7 @@ fn main() -> ExitCode {
         "workers join with: cargo run --example worker -- --master rpc://{MASTER}@{address}"
     );
 
-    cluster::wait_for_quit();
+    quit.wait();
     env.shutdown();
     println!("MASTER stopped");
     ExitCode::SUCCESS

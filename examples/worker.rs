@@ -122,6 +122,7 @@ fn main() -> ExitCode {
     opts.conf = cluster::rpc_conf(&args, RpcConf::new());
     opts.observer = WorkerObserver::new(|event| println!("WORKER {event}"));
     cluster::init_logger();
+    let quit = cluster::Quit::install();
 
     let (id, master) = (opts.id.clone(), opts.master.clone());
     let mut node = match WorkerNode::start(opts) {
@@ -136,7 +137,7 @@ fn main() -> ExitCode {
         .map_or_else(|| "client-mode".to_owned(), |a| a.to_string());
     println!("WORKER registered id={id} master={master} address={address}");
 
-    cluster::wait_for_quit();
+    quit.wait();
     node.shutdown();
     println!("WORKER stopped id={id}");
     ExitCode::SUCCESS

@@ -191,37 +191,51 @@ pub(crate) fn init_logger() {
         .init();
 }
 
-/// Blocks until Ctrl-C (SIGINT), SIGTERM, SIGHUP, or a line `quit` (or `exit`) on
-/// stdin; the caller then shuts its env down cleanly. On end of input (stdin closed or
-/// `/dev/null`) only the signals end the wait. The stdin reader is a detached thread:
-/// it may stay blocked in `read` until the process exits.
-pub(crate) fn wait_for_quit() {
-    let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
-    let on_signal = tx.clone();
-    if let Err(err) = ctrlc::set_handler(move || {
-        let _ = on_signal.send("a signal");
-    }) {
-        log::warn!("cannot catch Ctrl-C/SIGTERM ({err}); type quit to stop");
-    }
-    let reader = std::thread::Builder::new()
-        .name("stdin-quit".into())
-        .spawn(move || {
-            for line in std::io::stdin().lock().lines() {
-                match line {
-                    Ok(line) if matches!(line.trim(), "quit" | "exit") => {
-                        let _ = tx.send("quit on stdin");
-                        return;
+/// The ways a node is told to stop: Ctrl-C (SIGINT), SIGTERM, SIGHUP, or a line `quit`
+/// (or `exit`) on stdin; the node then shuts its env down cleanly. Installed first thing
+/// in `main`, so that a signal that comes while the node starts is kept for
+/// [`wait`](Self::wait) instead of killing the process. On end of input (stdin closed or
+/// `/dev/null`) only the signals end the wait; the stdin reader is a detached thread that
+/// may stay blocked in `read` until the process exits.
+pub(crate) struct Quit {
+    rx: std::sync::mpsc::Receiver<&'static str>,
+}
+
+impl Quit {
+    /// Catches Ctrl-C and SIGTERM, and starts reading stdin.
+    pub(crate) fn install() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+        let on_signal = tx.clone();
+        if let Err(err) = ctrlc::set_handler(move || {
+            let _ = on_signal.send("a signal");
+        }) {
+            log::warn!("cannot catch Ctrl-C/SIGTERM ({err}); type quit to stop");
+        }
+        let reader = std::thread::Builder::new()
+            .name("stdin-quit".into())
+            .spawn(move || {
+                for line in std::io::stdin().lock().lines() {
+                    match line {
+                        Ok(line) if matches!(line.trim(), "quit" | "exit") => {
+                            let _ = tx.send("quit on stdin");
+                            return;
+                        }
+                        Ok(_) => {}
+                        Err(_) => return,
                     }
-                    Ok(_) => {}
-                    Err(_) => return,
                 }
-            }
-        });
-    if let Err(err) = reader {
-        log::warn!("cannot read stdin ({err}); stop with Ctrl-C");
+            });
+        if let Err(err) = reader {
+            log::warn!("cannot read stdin ({err}); stop with Ctrl-C");
+        }
+        Self { rx }
     }
-    if let Ok(why) = rx.recv() {
-        log::info!("stopping: {why}");
+
+    /// Blocks until the node is told to stop (at once if it was told while starting).
+    pub(crate) fn wait(self) {
+        if let Ok(why) = self.rx.recv() {
+            log::info!("stopping: {why}");
+        }
     }
 }
 
