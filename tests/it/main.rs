@@ -13,6 +13,7 @@ mod bad_input;
 mod connections;
 mod ordering;
 mod pool;
+mod redteam;
 mod rpc_env;
 mod rpc_semantics;
 mod server;
