@@ -127,6 +127,26 @@ impl Inflow {
         }
     }
 
+    /// A message of `body_len` bytes for `endpoint` arrived and was refused before it
+    /// reached an inbox (no such endpoint, or it stopped): its cost goes back to the sender
+    /// at once, so that the endpoint's window does not shrink for good.
+    pub(crate) fn refund(&self, client: &TransportClient, endpoint: &str, body_len: usize) {
+        if !self.speaks_flow_control.load(Ordering::Acquire) {
+            return;
+        }
+        match envelope::encode_grant(endpoint, charge(body_len)) {
+            Ok(body) => {
+                if let Err(err) = client.send_control(body) {
+                    debug!(
+                        "window grant to {} not sent: {err}",
+                        client.remote_address()
+                    );
+                }
+            }
+            Err(err) => debug!("cannot encode a window grant: {err}"),
+        }
+    }
+
     /// Stops reading the connection while `window`'s endpoint holds a window's worth.
     fn pause_for(&self, client: &TransportClient, window: &Window) {
         let mut full = self.full.lock();

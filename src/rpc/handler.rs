@@ -145,6 +145,9 @@ impl RpcHandler for RpcEnvHandler {
         {
             Ok(inbox) => inbox,
             Err(err) => {
+                if let Some(inflow) = self.inflow(&env, client) {
+                    inflow.refund(client, receiver, message.len());
+                }
                 responder.reply(envelope::encode_reply_error(&err));
                 return;
             }
@@ -184,22 +187,27 @@ impl RpcHandler for RpcEnvHandler {
             content_start,
         } = header;
         let inflow = self.inflow(&env, client);
-        let posted = env
+        let resolved = env
             .dispatcher()
-            .resolve(receiver, || endpoint_uri(env.address(), receiver))
-            .and_then(|inbox| {
-                let inflow = inflow.ok_or(RpcError::EnvStopped)?;
-                let charge = inflow.received(client, inbox.name(), message.len());
-                inbox.post(InboxMessage::OneWay {
-                    sender,
-                    payload: Payload::Remote {
-                        start: content_start,
-                        body: message,
-                        client: client.clone(),
-                        charge,
-                    },
-                })
-            });
+            .resolve(receiver, || endpoint_uri(env.address(), receiver));
+        if resolved.is_err() {
+            if let Some(inflow) = &inflow {
+                inflow.refund(client, receiver, message.len());
+            }
+        }
+        let posted = resolved.and_then(|inbox| {
+            let inflow = inflow.ok_or(RpcError::EnvStopped)?;
+            let charge = inflow.received(client, inbox.name(), message.len());
+            inbox.post(InboxMessage::OneWay {
+                sender,
+                payload: Payload::Remote {
+                    start: content_start,
+                    body: message,
+                    client: client.clone(),
+                    charge,
+                },
+            })
+        });
         if let Err(err) = posted {
             warn!(
                 "one-way message from {} dropped: {err}",
