@@ -552,6 +552,8 @@ impl EnvInner {
         let started = Instant::now();
         let deadline = started + SHUTDOWN_GRACE;
         debug!("rpc env {} shutting down", self.name);
+        // Senders waiting for room on a connection give up now, not when it closes.
+        self.counters.stopping.store(true, Ordering::Release);
         let pending = self.timeouts.stop();
         if !pending.is_empty() {
             debug!("{} pending asks fail with EnvStopped", pending.len());

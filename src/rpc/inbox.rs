@@ -184,10 +184,14 @@ impl Inbox {
         let mut state = self.state.lock();
         loop {
             if state.stopped {
+                // Why it stopped: the env (`EnvStopped`) or this endpoint.
+                let error = state
+                    .why
+                    .clone()
+                    .unwrap_or_else(|| RpcError::EndpointStopped {
+                        name: self.name.to_string(),
+                    });
                 drop(state);
-                let error = RpcError::EndpointStopped {
-                    name: self.name.to_string(),
-                };
                 msg.fail(error.clone());
                 return Err(error);
             }

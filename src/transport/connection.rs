@@ -54,13 +54,16 @@ pub(crate) trait Notify: Send + Sync {
     fn wake(&self, conn: Arc<Conn>, why: Wake);
 }
 
-/// Counts the transport keeps for the whole context (for the env's statistics).
+/// Counts the transport keeps for the whole context (for the env's statistics), and
+/// whether the env above it is shutting down.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     /// One-way messages accepted for sending and lost with their connection.
     pub(crate) one_way_dropped: AtomicU64,
     /// Inbound connections closed at accept because of `rpc.io.maxConnections`.
     pub(crate) connections_refused: AtomicU64,
+    /// The env is shutting down: senders waiting for room give up with `EnvStopped`.
+    pub(crate) stopping: AtomicBool,
 }
 
 /// What an answer is assumed to cost before a peer's answers were seen.
@@ -379,11 +382,14 @@ impl Conn {
         // On the connection's own event loop (a handler answering as it reads), the loop
         // writes what its turn queued at the turn's end: no write per frame.
         let on_owner = EVENT_LOOP.with(Cell::get) == Some(self.loop_id);
-        match self
-            .writes
-            .submit(frame, admission, pipelined, on_owner, || {
-                self.closed_error()
-            }) {
+        match self.writes.submit(
+            frame,
+            admission,
+            pipelined,
+            on_owner,
+            &self.counters.stopping,
+            || self.closed_error(),
+        ) {
             Ok(After::Nothing) => Ok(()),
             Ok(After::WakeLoop) => {
                 self.notify.wake(Arc::clone(self), Wake::Flush);

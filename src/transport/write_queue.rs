@@ -51,6 +51,7 @@ use std::time::{Duration, Instant};
 use crate::conf::keys;
 use crate::error::RpcError;
 use crate::fnv::FnvMap;
+use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
 use crate::transport::segment::{Finished, Segments, Unwritten};
 use crate::transport::socket::Wire;
@@ -70,6 +71,9 @@ const LOOP_ROUNDS: usize = 8;
 /// When this much waits for a loop that was woken and has not come yet, the next sender
 /// writes it (so a batch never waits for a slow wake-up).
 const BATCH: usize = 64 * 1024;
+
+/// How often a sender waiting for room looks whether its env is shutting down.
+const STOP_CHECK: Duration = Duration::from_millis(50);
 
 /// The window of a label before the peer has said how large its windows are.
 pub(crate) const INITIAL_WINDOW: usize = 64 * 1024;
@@ -232,10 +236,11 @@ impl WriteQueue {
         admission: Admission,
         pipelined: bool,
         on_owner: bool,
+        stopping: &AtomicBool,
         closed: impl Fn() -> RpcError,
     ) -> Result<After, Submitted> {
         let state = self.state.lock();
-        let mut state = match self.admit(state, &frame, admission, &closed) {
+        let mut state = match self.admit(state, &frame, admission, stopping, &closed) {
             Ok(state) => state,
             Err(err) => {
                 frame.settle(Err(err.clone()));
@@ -312,15 +317,20 @@ impl WriteQueue {
         }
     }
 
-    /// Waits (or fails) until `frame` may be let in; returns the lock.
+    /// Waits (or fails) until `frame` may be let in; returns the lock. A wait gives up
+    /// with `EnvStopped` within [`STOP_CHECK`] of `stopping` being set.
     fn admit<'a>(
         &'a self,
         mut state: MutexGuard<'a, State>,
         frame: &Frame,
         admission: Admission,
+        stopping: &AtomicBool,
         closed: &impl Fn() -> RpcError,
     ) -> Result<MutexGuard<'a, State>, RpcError> {
         loop {
+            if stopping.load(Ordering::Acquire) && !matches!(admission, Admission::Force) {
+                return Err(RpcError::EnvStopped);
+            }
             if state.closed {
                 return Err(closed());
             }
@@ -358,7 +368,7 @@ impl WriteQueue {
                 }
             };
             state.waiters += 1;
-            state = self.room.wait_timeout(state, wait);
+            state = self.room.wait_timeout(state, wait.min(STOP_CHECK));
             state.waiters -= 1;
         }
     }

@@ -412,7 +412,6 @@ impl RpcEndpoint for Gated {
 /// waiting sends must fail at once, with `EnvStopped` (the docs: "EnvStopped at once
 /// on shutdown"; senders "must fail promptly with EnvStopped").
 #[test]
-#[ignore = "BUG (minor): waiting sends fail with Connection \"closed by this side\", not EnvStopped"]
 fn senders_waiting_for_a_window_fail_promptly_with_env_stopped_when_their_env_shuts_down() {
     waiting_senders_at_shutdown(false);
 }
@@ -421,7 +420,6 @@ fn senders_waiting_for_a_window_fail_promptly_with_env_stopped_when_their_env_sh
 /// starts): the shutdown waits for it (up to 5 s, documented), and the waiting senders
 /// wait with it, although their failure is known at once.
 #[test]
-#[ignore = "BUG: senders waiting for room wait for A's busy endpoints before they fail at shutdown"]
 fn senders_waiting_for_room_are_not_held_up_by_a_busy_endpoint_at_shutdown() {
     waiting_senders_at_shutdown(true);
 }
