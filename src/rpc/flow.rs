@@ -92,9 +92,11 @@ impl Inflow {
         body_len: usize,
     ) -> Charge {
         let bytes = charge(body_len);
-        let window = {
+        // Counted under the table's lock, which a window is forgotten under only once
+        // nothing of it is in flight.
+        let (window, before) = {
             let mut windows = self.windows.lock();
-            match windows.get(endpoint) {
+            let window = match windows.get(endpoint) {
                 Some(window) => Arc::clone(window),
                 None => {
                     let window = Arc::new(Window {
@@ -106,9 +108,10 @@ impl Inflow {
                     windows.insert(Arc::clone(endpoint), Arc::clone(&window));
                     window
                 }
-            }
+            };
+            let before = window.waiting.fetch_add(bytes, Ordering::AcqRel);
+            (window, before)
         };
-        let before = window.waiting.fetch_add(bytes, Ordering::AcqRel);
         // A peer that keeps to the windows may fill one exactly, which is no reason to stop
         // reading it; only a message sent with no window left is an overrun.
         let overran = if self.speaks_flow_control.load(Ordering::Acquire) {
@@ -216,6 +219,17 @@ impl Inflow {
         }
         if waiting < self.window && window.paused.load(Ordering::Acquire) {
             self.resume_for(client, window);
+        }
+        if waiting == 0 && window.owed.load(Ordering::Acquire) == 0 {
+            // Nothing of this endpoint is in flight: forget it, so that the table holds
+            // only the endpoints in use (a message that raced this in starts a new one).
+            let mut windows = self.windows.lock();
+            if window.waiting.load(Ordering::Acquire) == 0
+                && window.owed.load(Ordering::Acquire) == 0
+                && !window.paused.load(Ordering::Acquire)
+            {
+                windows.remove(&window.endpoint);
+            }
         }
     }
 }

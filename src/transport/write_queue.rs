@@ -479,19 +479,23 @@ impl WriteQueue {
     }
 
     /// Adds `bytes` to `label`'s window and moves its held frames to the ready queue while
-    /// there is window.
+    /// there is window. A label this side never used is ignored, and a label whose
+    /// window is whole again with nothing held is forgotten (it starts afresh when used
+    /// again), so that grants cannot make the table grow.
     pub(crate) fn grant(&self, label: &str, bytes: usize) -> After {
         let mut state = self.state.lock();
         if state.closed {
             return After::Nothing;
         }
         let initial = state.initial_window;
-        let held = state.held.entry(Arc::from(label)).or_insert_with(|| Held {
-            window: initial,
-            ..Held::default()
-        });
+        let Some(held) = state.held.get_mut(label) else {
+            return After::Nothing;
+        };
         held.window = held.window.saturating_add(bytes as i64);
         let moved = release(held);
+        if held.frames.is_empty() && held.window >= initial {
+            state.held.remove(label);
+        }
         self.push_released(state, moved)
     }
 
