@@ -278,7 +278,7 @@ const MAX_CONNECTIONS: u64 = 1 << 20;
 /// | `rpc.io.keepAliveIdle` | `5s` | whole seconds, 1s to 32767s; `0` turns keep-alive off | TCP keep-alive: quiet time before the first probe (`TCP_KEEPIDLE`) |
 /// | `rpc.io.keepAliveInterval` | `2s` | whole seconds, 1s to 32767s | TCP keep-alive: time between probes (`TCP_KEEPINTVL`) |
 /// | `rpc.io.keepAliveCount` | `3` | integer, 1 to 127 | TCP keep-alive: unanswered probes before the connection is dropped (`TCP_KEEPCNT`; Linux uses `rpc.io.tcpUserTimeout` instead when that is set) |
-/// | `rpc.io.tcpUserTimeout` | `10s` | duration, 1ms to 4294967295ms; `0`: the OS default | how long sent data (or keep-alive probes) may stay unacknowledged before the connection is dropped (`TCP_USER_TIMEOUT`, Linux; ignored elsewhere) |
+/// | `rpc.io.tcpUserTimeout` | `10s` | duration, 1ms to 4294967295ms; `0`: the OS default | how long sent data (or keep-alive probes) may stay unacknowledged before the connection is dropped (`TCP_USER_TIMEOUT`, Linux; ignored elsewhere). Linux also applies it to a peer whose receive window stays full: a peer that reads nothing this long while data waits for it is dropped as gone |
 /// | `rpc.io.frameTimeout` | `30s` | duration; `0` disables | an inbound connection that sends no whole frame this long after it connects, or any connection stalled this long in the middle of a frame, is closed |
 /// | `rpc.io.maxConnections` | 3/4 of the open-file limit | integer, 1 to 1048576 | inbound connections a server env holds at once; more are closed as they are accepted |
 /// | `rpc.dispatcher.numThreads` | max(2, cores) | integer, 1 to 1024 | shared message-loop threads (`rpc-dispatcher-N`) |
@@ -309,7 +309,10 @@ const MAX_CONNECTIONS: u64 = 1 << 20;
 /// - **Keep-alive and the user timeout** are what notice a host that vanished: turning
 ///   them off (`0`) makes such a peer show only at the asks' deadlines, minutes to hours
 ///   later. Set too tight on a slow or lossy network, they close healthy connections:
-///   keep `rpc.io.tcpUserTimeout` well above the link's worst retransmission delay.
+///   keep `rpc.io.tcpUserTimeout` well above the link's worst retransmission delay, and
+///   above the longest a live peer may go without reading (Linux drops a peer whose full
+///   receive window lasts that long: a Spark peer in a long GC pause, a transport
+///   connection paused with `set_auto_read(false)`).
 /// - **Flow control bounds memory per sender**: an inbox holds up to
 ///   `rpc.dispatcher.inboxCapacity` from each connection (and as much again from this
 ///   env's threads), so N busy peers may make an endpoint hold N times that. A large

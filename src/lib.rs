@@ -120,7 +120,8 @@
 //! while the connection is quiet (`rpc.io.keepAliveIdle` 5 s, `rpc.io.keepAliveInterval`
 //! 2 s) and by `rpc.io.tcpUserTimeout` (10 s) while sent data waits for its
 //! acknowledgement: within about 11 s by default, within 2 s with `1s`/`1s`/`1500ms`. Both
-//! work with any peer, Spark included. The connection then closes: outstanding asks fail
+//! work with any peer, Spark included; Linux applies the user timeout to a peer that
+//! reads nothing while data waits for it too. The connection then closes: outstanding asks fail
 //! with [`RpcError::Connection`] naming the peer, and the endpoints get `on_disconnected`
 //! (after `on_network_error` when the socket reports the failure). `rpc.io.connectionTimeout` keeps Spark's meaning (the connect
 //! timeout, and a peer silent that long while a request without a deadline of its own

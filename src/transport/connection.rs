@@ -106,20 +106,47 @@ pub(crate) fn frame_len(body_len: usize, request: bool) -> u64 {
 pub(crate) struct CloseReason {
     pub(crate) text: String,
     pub(crate) source: Option<Arc<io::Error>>,
+    /// The connection failed (a socket error, a bad frame, a peer gone silent), rather
+    /// than being closed by either side: the handler hears of it (`exception_caught`),
+    /// with this error when there is one (else a `Connection` error telling `text`).
+    failure: Option<Option<RpcError>>,
 }
 
 impl CloseReason {
+    /// A close by either side.
     pub(crate) fn new(text: impl Into<String>) -> Self {
         Self {
             text: text.into(),
             source: None,
+            failure: None,
         }
     }
 
+    /// A failure: a peer gone silent or stalled, a frame cut short.
+    pub(crate) fn failure(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            source: None,
+            failure: Some(None),
+        }
+    }
+
+    /// A failure the peer caused, reported as `error` (a bad frame: `Decode`,
+    /// `FrameTooLarge`).
+    pub(crate) fn fault(error: RpcError) -> Self {
+        Self {
+            text: error.to_string(),
+            source: None,
+            failure: Some(Some(error)),
+        }
+    }
+
+    /// A failure of the socket.
     pub(crate) fn io(text: impl Into<String>, err: io::Error) -> Self {
         Self {
             text: text.into(),
             source: Some(Arc::new(err)),
+            failure: Some(None),
         }
     }
 
@@ -248,6 +275,16 @@ impl Conn {
     ) -> Option<Arc<T>> {
         let any = self.attachment.get_or_init(|| Arc::new(make()));
         Arc::clone(any).downcast::<T>().ok()
+    }
+
+    /// If the connection closed because it failed: the error to report.
+    pub(crate) fn failure(&self) -> Option<RpcError> {
+        let reason = self.close_reason.get()?;
+        match &reason.failure {
+            Some(Some(error)) => Some(error.clone()),
+            Some(None) => Some(reason.error(self.peer, "closed")),
+            None => None,
+        }
     }
 
     /// The error for a call made on this connection after it closed.

@@ -377,7 +377,7 @@ impl EventLoop {
             Flushed::Again => self.flush_again.push(id),
             Flushed::Failed(err) => {
                 conn.fail_write(err);
-                self.remove(id, CloseReason::new("write failed"));
+                self.remove(id, CloseReason::failure("write failed"));
                 return;
             }
         }
@@ -436,13 +436,19 @@ impl EventLoop {
         }
     }
 
-    /// Forgets a connection, closing it if it is not closed yet, and reports it inactive.
+    /// Forgets a connection, closing it if it is not closed yet, and reports it to the
+    /// handler: failed (`exception_caught`, when it failed), then inactive.
     fn remove(&mut self, id: u64, reason: CloseReason) {
         let Some(entry) = self.conns.remove(&id) else {
             return;
         };
         let conn = entry.client.conn();
         conn.close_with(reason);
+        if let Some(error) = conn.failure() {
+            guard(conn.peer(), "exception_caught", || {
+                self.handler.exception_caught(&error, &entry.client)
+            });
+        }
         if let Some(count) = &entry.inbound {
             count.fetch_sub(1, Ordering::AcqRel);
         }
@@ -534,14 +540,7 @@ impl EventLoop {
         for (id, reason) in expired {
             let peer = self.conns[&id].client.remote_address();
             warn!("closing the connection with {peer}: {reason}");
-            let conn = Arc::clone(self.conns[&id].client.conn());
-            let error = RpcError::connection(peer, format!("closed ({reason})"));
-            guard(peer, "exception_caught", || {
-                self.handler
-                    .exception_caught(&error, &self.conns[&id].client)
-            });
-            conn.close_with(CloseReason::new(reason.clone()));
-            self.remove(id, CloseReason::new(reason));
+            self.remove(id, CloseReason::failure(reason));
         }
     }
 

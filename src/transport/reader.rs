@@ -132,15 +132,15 @@ impl Reader {
                     }
                 }
                 match result {
-                    Ok(_) if got < missing => return self.end_of_stream(conn, client, handler),
+                    Ok(_) if got < missing => return self.end_of_stream(conn),
                     Ok(_) => {}
                     Err(err) if would_block(&err) => return ReadOutcome::Drained,
-                    Err(err) => return self.failed(conn, client, handler, err),
+                    Err(err) => return self.failed(conn, err),
                 }
                 continue;
             }
             match self.wire.read(scratch) {
-                Ok(0) => return self.end_of_stream(conn, client, handler),
+                Ok(0) => return self.end_of_stream(conn),
                 Ok(n) => {
                     total += n;
                     self.last_read = now;
@@ -155,7 +155,7 @@ impl Reader {
                 }
                 Err(err) if would_block(&err) => return ReadOutcome::Drained,
                 Err(err) if interrupted(&err) => {}
-                Err(err) => return self.failed(conn, client, handler, err),
+                Err(err) => return self.failed(conn, err),
             }
         }
     }
@@ -187,10 +187,7 @@ impl Reader {
                 Err(err) => {
                     let err = RpcError::from(err);
                     warn!("closing the connection with {}: {err}", conn.peer());
-                    guard(conn.peer(), "exception_caught", || {
-                        handler.exception_caught(&err, client)
-                    });
-                    conn.close_with(CloseReason::new(err.to_string()));
+                    conn.close_with(CloseReason::fault(err));
                     return Some(ReadOutcome::Closed);
                 }
             }
@@ -201,21 +198,16 @@ impl Reader {
     /// The peer ended its side. A pending socket error (a keep-alive or user timeout, a
     /// reset) makes it a failure; a frame cut short closes the connection; otherwise the
     /// connection is closing and only writes what it owes.
-    fn end_of_stream(
-        &mut self,
-        conn: &Arc<Conn>,
-        client: &TransportClient,
-        handler: &dyn RpcHandler,
-    ) -> ReadOutcome {
+    fn end_of_stream(&mut self, conn: &Arc<Conn>) -> ReadOutcome {
         if let Some(err) = self.wire.take_error() {
-            return self.failed(conn, client, handler, err);
+            return self.failed(conn, err);
         }
         if self.in_frame() {
             warn!(
                 "connection from {} closed in the middle of a frame",
                 conn.peer()
             );
-            conn.close_with(CloseReason::new(
+            conn.close_with(CloseReason::failure(
                 "closed by the peer in the middle of a frame",
             ));
             return ReadOutcome::Closed;
@@ -224,24 +216,9 @@ impl Reader {
         ReadOutcome::Ended
     }
 
-    fn failed(
-        &mut self,
-        conn: &Arc<Conn>,
-        client: &TransportClient,
-        handler: &dyn RpcHandler,
-        err: std::io::Error,
-    ) -> ReadOutcome {
+    fn failed(&mut self, conn: &Arc<Conn>, err: std::io::Error) -> ReadOutcome {
         debug!("read from {} failed: {err}", conn.peer());
-        let reason = CloseReason::io(format!("read failed: {err}"), err);
-        let error = RpcError::Connection {
-            peer: conn.peer().to_string(),
-            reason: format!("closed ({})", reason.text),
-            source: reason.source.clone(),
-        };
-        guard(conn.peer(), "exception_caught", || {
-            handler.exception_caught(&error, client)
-        });
-        conn.close_with(reason);
+        conn.close_with(CloseReason::io(format!("read failed: {err}"), err));
         ReadOutcome::Closed
     }
 
