@@ -170,6 +170,7 @@ pub(crate) const KEYS: &[KeyInfo] = &[
         default: "30s",
         meaning: "an inbound connection that sends no whole frame this long after it \
                   connects, or any connection stalled this long in the middle of a frame, \
+                  or whose frame has taken longer than this and came slower than 64 KiB/s, \
                   is closed (duration; 0 disables)",
     },
     KeyInfo {
@@ -279,7 +280,7 @@ const MAX_CONNECTIONS: u64 = 1 << 20;
 /// | `rpc.io.keepAliveInterval` | `2s` | whole seconds, 1s to 32767s | TCP keep-alive: time between probes (`TCP_KEEPINTVL`) |
 /// | `rpc.io.keepAliveCount` | `3` | integer, 1 to 127 | TCP keep-alive: unanswered probes before the connection is dropped (`TCP_KEEPCNT`; Linux uses `rpc.io.tcpUserTimeout` instead when that is set) |
 /// | `rpc.io.tcpUserTimeout` | `10s` | duration, 1ms to 4294967295ms; `0`: the OS default | how long sent data (or keep-alive probes) may stay unacknowledged before the connection is dropped (`TCP_USER_TIMEOUT`, Linux; ignored elsewhere). Linux also applies it to a peer whose receive window stays full: a peer that reads nothing this long while data waits for it is dropped as gone |
-/// | `rpc.io.frameTimeout` | `30s` | duration; `0` disables | an inbound connection that sends no whole frame this long after it connects, or any connection stalled this long in the middle of a frame, is closed |
+/// | `rpc.io.frameTimeout` | `30s` | duration; `0` disables | an inbound connection that sends no whole frame this long after it connects, or any connection stalled this long in the middle of a frame, or whose frame has taken longer than this and came slower than 64 KiB/s, is closed |
 /// | `rpc.io.maxConnections` | 3/4 of the open-file limit | integer, 1 to 1048576 | inbound connections a server env holds at once; more are closed as they are accepted |
 /// | `rpc.dispatcher.numThreads` | max(2, cores) | integer, 1 to 1024 | shared message-loop threads (`rpc-dispatcher-N`) |
 /// | `rpc.dispatcher.inboxCapacity` | `4m` | size, 64k to 2147483647 bytes | bytes of messages an endpoint's inbox holds from one sender (one connection, or this env's own threads together); beyond it the sender waits. A message counts 64 bytes plus its encoded size when it comes from a peer, its in-memory size (`size_of`, not what it owns on the heap) when it comes from this env |

@@ -128,7 +128,10 @@
 //! waits); it counts only the peer's silence, and never cuts an ask short of its own
 //! deadline. An inbound connection that sends no whole frame within
 //! `rpc.io.frameTimeout` of connecting, or any connection stalled that long in the middle
-//! of a frame, is closed; `rpc.io.maxConnections` caps the inbound connections.
+//! of a frame, or trickling a frame slower than 64 KiB/s once it has taken that long, is
+//! closed; `rpc.io.maxConnections` caps the inbound connections. (A peer that sends whole
+//! frames now and then can hold a connection as long as it likes: authentication, not a
+//! timeout, is what keeps strangers from holding every slot.)
 //!
 //! # Guarantees and failures
 //!

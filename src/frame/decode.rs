@@ -225,6 +225,16 @@ impl FrameDecoder {
         self.take_complete_body()
     }
 
+    /// How many bytes of the frame under way have arrived (its header counted as whole
+    /// once its body is under way); 0 between frames.
+    pub(crate) fn received(&self) -> u64 {
+        match &self.state {
+            State::Header(header) => header.filled as u64,
+            State::Body(partial) => (MAX_HEADER_LEN + partial.body.len()) as u64,
+            State::Failed(_) => 0,
+        }
+    }
+
     /// True when no partial frame is buffered (a hang-up now is clean, otherwise truncated).
     pub(crate) fn is_idle(&self) -> bool {
         matches!(&self.state, State::Header(header) if header.filled == 0)

@@ -23,7 +23,7 @@ use crate::threads::{join_until, spawn};
 use crate::transport::connection::{
     CloseReason, Conn, Counters, Notify, Wake, guard, mark_event_loop,
 };
-use crate::transport::reader::{ReadOutcome, Reader};
+use crate::transport::reader::{MIN_FRAME_RATE, ReadOutcome, Reader};
 use crate::transport::socket::{Wire, interrupted};
 use crate::transport::write_queue::Flushed;
 use crate::transport::{RpcHandler, TransportClient, TransportConf};
@@ -595,14 +595,20 @@ impl EventLoop {
                     keys::IO_FRAME_TIMEOUT
                 ));
             }
-            if reader.in_frame()
-                && !conn.is_paused()
-                && now.saturating_duration_since(reader.last_read()) >= timeout
-            {
-                return Some(format!(
-                    "it stalled for {timeout:?} in the middle of a frame ({})",
-                    keys::IO_FRAME_TIMEOUT
-                ));
+            if reader.in_frame() && !conn.is_paused() {
+                if now.saturating_duration_since(reader.last_read()) >= timeout {
+                    return Some(format!(
+                        "it stalled for {timeout:?} in the middle of a frame ({})",
+                        keys::IO_FRAME_TIMEOUT
+                    ));
+                }
+                if reader.frame_too_slow(timeout, now) {
+                    return Some(format!(
+                        "it sent a frame slower than {} KiB/s for longer than {timeout:?} ({})",
+                        MIN_FRAME_RATE / 1024,
+                        keys::IO_FRAME_TIMEOUT
+                    ));
+                }
             }
         }
         None

@@ -8,7 +8,7 @@
 //! which the connection only writes the answers it owes.
 
 use std::io::Read;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, trace, warn};
 
@@ -22,6 +22,9 @@ use crate::transport::{Responder, RpcHandler, TransportClient};
 /// A body this large or larger that is still missing is read from the socket straight
 /// into the frame's own buffer instead of through the loop's scratch buffer.
 const DIRECT_READ_THRESHOLD: usize = 32 * 1024;
+
+/// The slowest a frame may arrive, in bytes per second, beyond `rpc.io.frameTimeout`.
+pub(crate) const MIN_FRAME_RATE: u64 = 64 * 1024;
 
 /// What became of a read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +51,10 @@ pub(crate) struct Reader {
     since: Instant,
     /// When the last byte arrived (or the connection was taken over).
     last_read: Instant,
+    /// When the frame under way began to arrive (or reading resumed in its middle).
+    frame_started: Option<Instant>,
+    /// The last read stopped because reading was paused.
+    was_paused: bool,
     /// Whole frames received.
     frames: u64,
 }
@@ -60,6 +67,8 @@ impl Reader {
             stash: Vec::new(),
             since: now,
             last_read: now,
+            frame_started: None,
+            was_paused: false,
             frames: 0,
         }
     }
@@ -84,11 +93,52 @@ impl Reader {
         !self.decoder.is_idle() || !self.stash.is_empty()
     }
 
+    /// Whether the frame under way arrives too slowly at `now`: after `timeout` from its
+    /// first byte, it must have come at [`MIN_FRAME_RATE`] since (a large frame on a slow
+    /// but steady link is given its time; a peer that trickles a byte now and then, however
+    /// large a frame it claims, is not).
+    pub(crate) fn frame_too_slow(&self, timeout: Duration, now: Instant) -> bool {
+        let Some(started) = self.frame_started else {
+            return false;
+        };
+        let Some(late) = now.saturating_duration_since(started).checked_sub(timeout) else {
+            return false;
+        };
+        let expected = late.as_secs_f64() * MIN_FRAME_RATE as f64;
+        (self.decoder.received() as f64) < expected
+    }
+
     /// Reads until the socket would block (or, unless `drain`, a read comes back short),
     /// `budget` bytes were read, or reading pauses, handing every whole frame on. On an
     /// error or a bad frame it closes the connection.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn read_ready(
+        &mut self,
+        conn: &Arc<Conn>,
+        client: &TransportClient,
+        scratch: &mut [u8],
+        budget: usize,
+        handler: &dyn RpcHandler,
+        drain: bool,
+        now: Instant,
+    ) -> ReadOutcome {
+        let frames_before = self.frames;
+        if std::mem::take(&mut self.was_paused) && self.frame_started.is_some() {
+            // The frame's time ran on while this side did not read: it starts again.
+            self.frame_started = Some(now);
+        }
+        let outcome = self.read(conn, client, scratch, budget, handler, drain, now);
+        if !self.in_frame() {
+            self.frame_started = None;
+        } else if self.frame_started.is_none() || self.frames != frames_before {
+            self.frame_started = Some(now);
+        }
+        self.was_paused = outcome == ReadOutcome::Paused;
+        outcome
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn read(
         &mut self,
         conn: &Arc<Conn>,
         client: &TransportClient,
