@@ -1340,11 +1340,21 @@ fn one_way_messages_to_a_stopped_endpoint_do_not_use_up_its_window() {
         .unwrap();
     b.stop(&late_b).unwrap();
     thread::sleep(Duration::from_millis(200));
+    // Each is written (its receipt says so) before the endpoint comes back: a message
+    // held for window goes out once the window the refused ones took is given back.
     let mut outcomes = Vec::new();
     for _ in 0..20 {
-        outcomes.push(late.send(Blob(vec![7; 4096])).map_err(|e| e.to_string()));
+        let outcome = late
+            .send_with_receipt(Blob(vec![7; 4096]))
+            .and_then(|receipt| {
+                receipt
+                    .wait_timeout(Duration::from_secs(5))
+                    .expect("written within 5 s")
+            });
+        outcomes.push(outcome.map_err(|e| e.to_string()));
     }
     eprintln!("sends to the stopped endpoint: {outcomes:?}");
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
     // An ask on the same connection: once it is answered, B has read (and dropped) the
     // messages written before it.
     other
