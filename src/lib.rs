@@ -107,9 +107,12 @@
 //! stops reading an rpcenv peer, answers always flow, and two envs whose handlers ask each
 //! other while both are flooded do not stall each other. A peer that does not speak it (a
 //! raw socket, a foreign client) is held to the same windows by TCP itself: once it has a
-//! window's worth waiting in an inbox, or its unread answers reach
-//! `rpc.io.maxQueuedBytes`, its connection is no longer read until that clears; a peer
-//! that reads nothing for `rpc.io.connectionTimeout` while frames wait is closed. A
+//! window's worth waiting in an inbox, is owed 64 answers, or its unread answers (with
+//! those owed, at the size its answers had so far) reach `rpc.io.maxQueuedBytes`, its
+//! connection is no longer read until that clears. A peer that said hello but leaves its
+//! answers unread (so that they fill the queue and the socket takes nothing for 250 ms)
+//! is no longer read either, and any peer that reads nothing for
+//! `rpc.io.connectionTimeout` while frames wait is closed. A
 //! handler that sends to an endpoint whose handler sends back to it, both at their
 //! bounds, deadlocks as in any system of bounded mailboxes: the sends fail with
 //! `QueueFull` after `rpc.io.sendTimeout` instead of hanging.

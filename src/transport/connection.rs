@@ -19,7 +19,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, error, trace, warn};
 
@@ -68,6 +68,14 @@ pub(crate) struct Counters {
 
 /// What an answer is assumed to cost before a peer's answers were seen.
 const INITIAL_ANSWER_ESTIMATE: usize = 64 * 1024;
+
+/// The most requests a peer that does not speak flow control is read ahead of its
+/// answers.
+pub(crate) const MAX_OWED: usize = 64;
+
+/// How long the unread answers of a peer that speaks flow control may fill the write
+/// queue, with the socket taking nothing, before its requests are no longer read.
+const STALL_GRACE: Duration = Duration::from_millis(250);
 
 /// Why reading is paused (bits of `Conn::paused`).
 const PAUSED_BY_USER: u8 = 1;
@@ -170,7 +178,7 @@ pub(crate) struct Conn {
     max_frame: u64,
     /// Accepted by a server (rather than made by a client factory).
     inbound: bool,
-    send_timeout: std::time::Duration,
+    send_timeout: Duration,
     notify: Arc<dyn Notify>,
     counters: Arc<Counters>,
     open: AtomicBool,
@@ -480,26 +488,49 @@ impl Conn {
             let len = header.frame_len() as usize;
             self.answer_estimate
                 .store((estimate * 7 + len) / 8, Ordering::Relaxed);
-            if self.answer_backlog_full() {
-                self.pause_for_answers();
-            } else {
-                self.resume(PAUSED_BY_ANSWERS);
-            }
+        }
+        if self.answer_backlog_full() {
+            self.pause_for_answers();
+        } else {
+            self.resume(PAUSED_BY_ANSWERS);
         }
         if owed == 0 && self.closing.load(Ordering::Acquire) {
             self.notify.wake(Arc::clone(self), Wake::Check);
         }
     }
 
-    /// Whether a peer that does not speak flow control has as many answers waiting to be
-    /// written, with those still owed (at the size its answers had so far), as the write
-    /// queue may hold: then its requests are no longer read until it reads its answers.
-    /// Counting the owed ones is what stops a peer that sends thousands of requests at
-    /// once before reading any answer, whose answers would otherwise all be queued.
-    fn answer_backlog_full(&self) -> bool {
+    /// Whether the peer's requests must no longer be read until it reads its answers.
+    ///
+    /// A peer that does not speak flow control is read at most [`MAX_OWED`] requests
+    /// ahead of its answers, and not while the answers waiting to be written, with those
+    /// still owed (at the size its answers had so far), fill the write queue: a peer that
+    /// sends thousands of requests at once before reading any answer gets at most
+    /// `rpc.io.maxQueuedBytes` plus [`MAX_OWED`] answers queued. A peer that speaks flow
+    /// control reads what it is sent (an env of this crate never stops reading it), so it
+    /// is held only once its unread answers fill the queue and the socket has taken nothing
+    /// for [`STALL_GRACE`]: a hostile one that said hello and reads nothing.
+    pub(crate) fn answer_backlog_full(&self) -> bool {
+        let answers = self.writes.answer_bytes();
+        let limit = self.writes.limit();
+        if self.flow_controlled.load(Ordering::Acquire) {
+            return answers >= limit
+                && self
+                    .writes
+                    .stalled_for(Instant::now())
+                    .is_some_and(|stalled| stalled >= STALL_GRACE);
+        }
         let owed = self.owed.load(Ordering::Acquire);
         let estimate = self.answer_estimate.load(Ordering::Relaxed);
-        self.writes.answer_bytes() + owed.saturating_mul(estimate) >= self.writes.limit()
+        owed >= MAX_OWED || answers + owed.saturating_mul(estimate) >= limit
+    }
+
+    /// Called on the event loop's ticks: holds a peer whose answers stay unread.
+    pub(crate) fn check_answer_backlog(&self) {
+        if self.paused.load(Ordering::Acquire) & PAUSED_BY_ANSWERS == 0
+            && self.answer_backlog_full()
+        {
+            self.pause_for_answers();
+        }
     }
 
     fn pause_for_answers(&self) {
@@ -514,10 +545,11 @@ impl Conn {
         }
     }
 
-    /// Called by the reader after it handed on a request: a peer that does not speak flow
-    /// control is no longer read once the answers it is owed would fill the write queue.
+    /// Called by the reader after it handed on a request: a peer is no longer read once
+    /// the answers it is owed would fill the write queue (see
+    /// [`answer_backlog_full`](Self::answer_backlog_full)).
     pub(crate) fn after_request(&self) {
-        if !self.flow_controlled.load(Ordering::Acquire) && self.answer_backlog_full() {
+        if self.answer_backlog_full() {
             self.pause_for_answers();
         }
     }
@@ -547,14 +579,16 @@ impl Conn {
         }
     }
 
-    /// The peer speaks flow control with windows of `window` bytes per label: its answers
-    /// never pause reading, and labels start with that window.
+    /// The peer speaks flow control with windows of `window` bytes per label: it is
+    /// trusted to read its answers, and labels start with that window.
     pub(crate) fn set_flow_controlled(self: &Arc<Self>, window: usize) {
         self.flow_controlled.store(true, Ordering::Release);
         if self.writes.set_initial_window(window) == After::WakeLoop {
             self.notify.wake(Arc::clone(self), Wake::Flush);
         }
-        self.resume(PAUSED_BY_ANSWERS);
+        if !self.answer_backlog_full() {
+            self.resume(PAUSED_BY_ANSWERS);
+        }
     }
 
     /// Pauses (`false`) or resumes (`true`) reading, as Netty's `autoRead`.

@@ -533,6 +533,7 @@ impl EventLoop {
     fn check_timers(&mut self, now: Instant) {
         let mut expired = Vec::new();
         for (id, entry) in &self.conns {
+            entry.client.conn().check_answer_backlog();
             if let Some(reason) = self.overdue(entry, now) {
                 expired.push((*id, reason));
             }

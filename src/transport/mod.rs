@@ -27,9 +27,9 @@
 //!
 //! # Back-pressure
 //!
-//! A peer that does not read the answers it asked for stops being read once
-//! `rpc.io.maxQueuedBytes` of them wait (TCP then slows it down), and is read again once
-//! it catches up. [`TransportClient::set_auto_read`] pauses and resumes reading a
+//! A peer that does not read the answers it asked for stops being read (TCP then slows it
+//! down) once it is owed 64 answers or its unread answers, with those owed at the size its
+//! answers had so far, fill `rpc.io.maxQueuedBytes`; it is read again once it catches up. [`TransportClient::set_auto_read`] pauses and resumes reading a
 //! connection, as Netty's `autoRead`. The RPC layer above adds per-endpoint windows (see
 //! the crate docs) and marks its connections as flow-controlled, so that it never stops
 //! reading a peer that keeps to them. Two peers of this transport that both answer large
