@@ -32,9 +32,10 @@
 //! answers had so far, fill `rpc.io.maxQueuedBytes`; it is read again once it catches up. [`TransportClient::set_auto_read`] pauses and resumes reading a
 //! connection, as Netty's `autoRead`. The RPC layer above adds per-endpoint windows (see
 //! the crate docs) and marks its connections as flow-controlled, so that it never stops
-//! reading a peer that keeps to them. Two peers of this transport that both answer large
-//! requests while neither reads can stall each other until `rpc.io.connectionTimeout`
-//! closes the connection; the RPC layer's windows avoid that.
+//! reading a peer that keeps to them. Two peers of this transport that pipeline requests
+//! to each other whose answers in flight outgrow `rpc.io.maxQueuedBytes` each stop reading
+//! the other, and stall until `rpc.io.connectionTimeout` closes the connection: give them
+//! a queue that holds those answers, or use the RPC layer, whose windows avoid it.
 //!
 //! # Failures
 //!

@@ -11,9 +11,9 @@ mod support;
 
 mod bad_input;
 mod connections;
+mod hostile;
 mod ordering;
 mod pool;
-mod redteam;
 mod rpc_env;
 mod rpc_semantics;
 mod server;
