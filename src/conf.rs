@@ -131,8 +131,9 @@ pub(crate) const KEYS: &[KeyInfo] = &[
         key: keys::IO_MAX_QUEUED_BYTES,
         default: "4m",
         meaning: "bytes of frames one connection queues to write, and again per endpoint \
-                  of the peer whose window is used up; senders wait beyond it \
-                  (size, 1k to 2147483647 bytes)",
+                  of the peer whose window is used up (a message held there counts 256 \
+                  bytes plus its body); senders wait beyond it (size, 1k to 2147483647 \
+                  bytes)",
     },
     KeyInfo {
         key: keys::IO_SEND_TIMEOUT,
@@ -188,7 +189,7 @@ pub(crate) const KEYS: &[KeyInfo] = &[
         key: keys::DISPATCHER_INBOX_CAPACITY,
         default: "4m",
         meaning: "bytes of messages an endpoint's inbox holds from one sender (a message \
-                  counts 64 bytes plus its encoded size from a peer, its in-memory size \
+                  counts 256 bytes plus its encoded size from a peer, its in-memory size \
                   from this env); the sender waits beyond it (size, 64k to 2147483647 \
                   bytes)",
     },
@@ -274,7 +275,7 @@ const MAX_CONNECTIONS: u64 = 1 << 20;
 /// | `rpc.io.backLog` | OS default | integer, 1 to 2147483647 | listen backlog |
 /// | `rpc.io.receiveBuffer` | OS default | size, 1 to 2147483647 bytes | socket receive buffer (`SO_RCVBUF`) |
 /// | `rpc.io.sendBuffer` | OS default | size, 1 to 2147483647 bytes | socket send buffer (`SO_SNDBUF`) |
-/// | `rpc.io.maxQueuedBytes` | `4m` | size, 1k to 2147483647 bytes | per connection: bytes of frames queued to write, and the same again for each endpoint of the peer whose window is used up; a send or ask waits for room beyond it |
+/// | `rpc.io.maxQueuedBytes` | `4m` | size, 1k to 2147483647 bytes | per connection: bytes of frames queued to write, and the same again for each endpoint of the peer whose window is used up (a message held there counts 256 bytes plus its body); a send or ask waits for room beyond it |
 /// | `rpc.io.sendTimeout` | `30s` | duration; `0`: never wait | how long a send or ask waits for room in a full queue before it fails with `QueueFull` (an ask no longer than its own deadline) |
 /// | `rpc.io.keepAliveIdle` | `5s` | whole seconds, 1s to 32767s; `0` turns keep-alive off | TCP keep-alive: quiet time before the first probe (`TCP_KEEPIDLE`) |
 /// | `rpc.io.keepAliveInterval` | `2s` | whole seconds, 1s to 32767s | TCP keep-alive: time between probes (`TCP_KEEPINTVL`) |
@@ -283,7 +284,7 @@ const MAX_CONNECTIONS: u64 = 1 << 20;
 /// | `rpc.io.frameTimeout` | `30s` | duration; `0` disables | an inbound connection that sends no whole frame this long after it connects, or any connection stalled this long in the middle of a frame, or whose frame has taken longer than this and came slower than 64 KiB/s, is closed |
 /// | `rpc.io.maxConnections` | 3/4 of the open-file limit | integer, 1 to 1048576 | inbound connections a server env holds at once; more are closed as they are accepted |
 /// | `rpc.dispatcher.numThreads` | max(2, cores) | integer, 1 to 1024 | shared message-loop threads (`rpc-dispatcher-N`) |
-/// | `rpc.dispatcher.inboxCapacity` | `4m` | size, 64k to 2147483647 bytes | bytes of messages an endpoint's inbox holds from one sender (one connection, or this env's own threads together); beyond it the sender waits. A message counts 64 bytes plus its encoded size when it comes from a peer, its in-memory size (`size_of`, not what it owns on the heap) when it comes from this env |
+/// | `rpc.dispatcher.inboxCapacity` | `4m` | size, 64k to 2147483647 bytes | bytes of messages an endpoint's inbox holds from one sender (one connection, or this env's own threads together); beyond it the sender waits. A message counts 256 bytes plus its encoded size when it comes from a peer, its in-memory size (`size_of`, not what it owns on the heap) when it comes from this env |
 /// | `rpc.connect.threads` | `64` | integer, 1 to 1024 | ceiling of the cached `rpc-connect-N` pool that makes connections |
 /// | `rpc.authenticate` | `false` | boolean; `true` is rejected | require the shared-secret handshake (not implemented in this version) |
 /// | `rpc.authenticate.secret` | none | string | the shared secret; accepted and ignored while `rpc.authenticate` is `false` |

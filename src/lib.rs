@@ -102,7 +102,7 @@
 //!
 //! Between envs every connection speaks a window protocol (the HTTP/2 way, with endpoints
 //! as streams): each side says hello with the window its endpoints grant, a message costs
-//! its frame body plus 64 bytes of its endpoint's window, and the receiver grants the
+//! its frame body plus 256 bytes (for the structures that hold it) of its endpoint's window, and the receiver grants the
 //! window back as the endpoint takes messages out of its inbox. A receiver therefore never
 //! stops reading an rpcenv peer, answers always flow, and two envs whose handlers ask each
 //! other while both are flooded do not stall each other. A peer that does not speak it (a

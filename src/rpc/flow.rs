@@ -8,7 +8,7 @@
 //!   control, and each of my endpoints lets you have `window` bytes in flight"
 //!   (`rpc.dispatcher.inboxCapacity`). Until the hello arrives a sender assumes the
 //!   protocol's initial window of 64 KiB, which every receiver accepts.
-//! - A message (one-way or ask) costs its frame body plus a fixed 64 bytes of the window of
+//! - A message (one-way or ask) costs its frame body plus a fixed 256 bytes of the window of
 //!   its endpoint on that connection. The sender holds messages that find no window, in
 //!   order, per endpoint, in its write queue (senders wait beyond `rpc.io.maxQueuedBytes`
 //!   of them); messages to other endpoints and answers go on.

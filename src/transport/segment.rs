@@ -29,9 +29,13 @@ const CHUNK: usize = 64 * 1024;
 /// A shared buffer starts with this capacity (and doubles as it fills).
 const CHUNK_START: usize = 4 * 1024;
 
-/// What a labelled frame costs of its label's window beyond its body: a fixed share for
-/// the bookkeeping each message needs on the receiving side.
-pub(crate) const FRAME_CHARGE: usize = 64;
+/// What a labelled frame costs beyond its body, of its label's window and of the sender's
+/// queue while it is held: a fixed share for the structures that hold each message. A held
+/// frame's record is 80 bytes and a receiver's inbox entry 152, each in a queue that grows
+/// by doubling, plus the allocator's header of the body: 256 bytes keeps a window of small
+/// messages close to the memory they take (with 64, a flood of 64-byte messages took
+/// twice its bound).
+pub(crate) const FRAME_CHARGE: usize = 256;
 
 /// A flow-control label: frames with the same label share a window.
 pub(crate) type Label = crate::sync::Arc<str>;
@@ -92,9 +96,14 @@ impl Frame {
         self.header.as_bytes().len() + self.body.len()
     }
 
-    /// What the frame costs of its label's window.
+    /// What the frame costs of its label's window, and of the queue while it is held.
     pub(crate) fn charge(&self) -> usize {
         self.body.len() + FRAME_CHARGE
+    }
+
+    /// Gives back the body's spare capacity (left by encoding), for a frame that waits.
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.body.shrink_to_fit();
     }
 
     /// Tells the frame's receipt, if any.

@@ -141,6 +141,8 @@ struct Held {
     /// Window left (negative after a frame larger than what was left).
     window: i64,
     frames: VecDeque<Frame>,
+    /// What the held frames cost: the sum of their charges (body and fixed share), which
+    /// `rpc.io.maxQueuedBytes` bounds.
     bytes: usize,
 }
 
@@ -254,7 +256,9 @@ impl WriteQueue {
                 ..Held::default()
             });
             if !held.frames.is_empty() || held.window <= 0 {
-                held.bytes += frame.len();
+                // A held frame may wait long: it keeps only what its body needs.
+                frame.shrink_to_fit();
+                held.bytes += frame.charge();
                 held.frames.push_back(frame);
                 return Ok(After::Nothing);
             }
@@ -643,7 +647,7 @@ fn release(held: &mut Held) -> Vec<Frame> {
         let Some(frame) = held.frames.pop_front() else {
             break;
         };
-        held.bytes -= frame.len();
+        held.bytes -= frame.charge();
         held.window -= frame.charge() as i64;
         moved.push(frame);
     }
