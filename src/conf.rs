@@ -9,7 +9,13 @@ use std::fmt;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
+use base64::Engine as _;
+use zeroize::Zeroizing;
+
 use crate::error::RpcError;
+use crate::transport::{
+    AuthBootstrap, Cipher, DEFAULT_AUTH_TIMEOUT, EngineVersion, SPARK_RPC_APP_ID,
+};
 
 /// The names of the configuration keys, for code that reports them (e.g. `RpcError::Timeout`).
 pub(crate) mod keys {
@@ -59,8 +65,20 @@ pub(crate) mod keys {
     pub(crate) const AUTHENTICATE: &str = "rpc.authenticate";
     /// The shared secret. Its value is never logged or `Debug`-printed.
     pub(crate) const AUTHENTICATE_SECRET: &str = "rpc.authenticate.secret";
+    /// A file whose bytes, Base64-encoded, are the shared secret.
+    pub(crate) const AUTHENTICATE_SECRET_FILE: &str = "rpc.authenticate.secret.file";
+    /// An environment variable that holds the shared secret.
+    pub(crate) const AUTHENTICATE_SECRET_ENV: &str = "rpc.authenticate.secret.env";
+    /// The app id both sides of the handshake name.
+    pub(crate) const AUTHENTICATE_APP_ID: &str = "rpc.authenticate.appId";
+    /// How long a handshake may take (client: waiting for the answer; server: from accept).
+    pub(crate) const AUTH_TIMEOUT: &str = "rpc.authenticate.timeout";
     /// Encrypt frames after the handshake.
     pub(crate) const IO_ENCRYPTION_ENABLED: &str = "rpc.io.encryption.enabled";
+    /// The channel cipher.
+    pub(crate) const IO_ENCRYPTION_CIPHER: &str = "rpc.io.encryption.cipher";
+    /// How the channel key is derived from the handshake (1 or 2).
+    pub(crate) const IO_ENCRYPTION_ENGINE_VERSION: &str = "rpc.io.encryption.authEngineVersion";
 }
 
 /// One row of the key table: a known key, its default and what it means.
@@ -201,19 +219,57 @@ pub(crate) const KEYS: &[KeyInfo] = &[
     KeyInfo {
         key: keys::AUTHENTICATE,
         default: "false",
-        meaning: "require the shared-secret handshake (boolean; true is rejected: \
-                  not implemented yet)",
+        meaning: "require Spark's AuthEngine shared-secret handshake on every connection, \
+                  both ways (boolean)",
     },
     KeyInfo {
         key: keys::AUTHENTICATE_SECRET,
         default: "none",
-        meaning: "the shared secret (string; ignored while rpc.authenticate is false)",
+        meaning: "the shared secret (string; its UTF-8 bytes are the key material); give \
+                  exactly one of this, .file and .env when rpc.authenticate is true",
+    },
+    KeyInfo {
+        key: keys::AUTHENTICATE_SECRET_FILE,
+        default: "none",
+        meaning: "a file whose bytes, Base64-encoded, are the secret (as Spark's \
+                  spark.authenticate.secret.file) (path)",
+    },
+    KeyInfo {
+        key: keys::AUTHENTICATE_SECRET_ENV,
+        default: "none",
+        meaning: "the name of an environment variable that holds the secret (as Spark's \
+                  _SPARK_AUTH_SECRET) (string)",
+    },
+    KeyInfo {
+        key: keys::AUTHENTICATE_APP_ID,
+        default: "sparkSaslUser",
+        meaning: "the app id both sides name in the handshake (Spark's RpcEnv uses \
+                  sparkSaslUser) (string)",
+    },
+    KeyInfo {
+        key: keys::AUTH_TIMEOUT,
+        default: "30s",
+        meaning: "how long a handshake may take: a client waits this long for the answer, \
+                  a server closes a connection not authenticated this long after accept \
+                  (duration, > 0)",
     },
     KeyInfo {
         key: keys::IO_ENCRYPTION_ENABLED,
         default: "false",
-        meaning: "encrypt frames after the handshake (boolean; true is rejected: \
-                  not implemented yet)",
+        meaning: "encrypt every connection after the handshake (boolean; needs \
+                  rpc.authenticate)",
+    },
+    KeyInfo {
+        key: keys::IO_ENCRYPTION_CIPHER,
+        default: "AES/GCM/NoPadding",
+        meaning: "the channel cipher: AES/GCM/NoPadding (authenticated) or \
+                  AES/CTR/NoPadding (Spark's default; no integrity)",
+    },
+    KeyInfo {
+        key: keys::IO_ENCRYPTION_ENGINE_VERSION,
+        default: "2",
+        meaning: "how the channel key is derived: 2 (HKDF, AES-128) or 1 (the raw X25519 \
+                  output, AES-256; Spark's default)",
     },
 ];
 
@@ -286,9 +342,15 @@ const MAX_CONNECTIONS: u64 = 1 << 20;
 /// | `rpc.dispatcher.numThreads` | max(2, cores) | integer, 1 to 1024 | shared message-loop threads (`rpc-dispatcher-N`) |
 /// | `rpc.dispatcher.inboxCapacity` | `4m` | size, 64k to 2147483647 bytes | bytes of messages an endpoint's inbox holds from one sender (one connection, or this env's own threads together); beyond it the sender waits. A message counts 256 bytes plus its encoded size when it comes from a peer, its in-memory size (`size_of`, not what it owns on the heap) when it comes from this env |
 /// | `rpc.connect.threads` | `64` | integer, 1 to 1024 | ceiling of the cached `rpc-connect-N` pool that makes connections |
-/// | `rpc.authenticate` | `false` | boolean; `true` is rejected | require the shared-secret handshake (not implemented in this version) |
-/// | `rpc.authenticate.secret` | none | string | the shared secret; accepted and ignored while `rpc.authenticate` is `false` |
-/// | `rpc.io.encryption.enabled` | `false` | boolean; `true` is rejected | encrypt frames after the handshake (not implemented in this version) |
+/// | `rpc.authenticate` | `false` | boolean | require Spark's `AuthEngine` shared-secret handshake on every connection, both ways (see [`AuthBootstrap`](crate::transport::AuthBootstrap)); needs a secret |
+/// | `rpc.authenticate.secret` | none | string | the shared secret; its UTF-8 bytes are the key material (as Spark's `spark.authenticate.secret`). Give exactly one of this, `.file` and `.env` when `rpc.authenticate` is `true` |
+/// | `rpc.authenticate.secret.file` | none | path | a file whose bytes, Base64-encoded, are the secret (as Spark's `spark.authenticate.secret.file`, so one file configures both); read at `build()` |
+/// | `rpc.authenticate.secret.env` | none | string | the name of an environment variable that holds the secret, used as it is (Spark's executors get theirs in `_SPARK_AUTH_SECRET`); read at `build()` |
+/// | `rpc.authenticate.appId` | `sparkSaslUser` | string, not empty | the app id both sides name in the handshake; Spark's RpcEnv uses `sparkSaslUser` |
+/// | `rpc.authenticate.timeout` | `30s` | duration, > 0 | how long a handshake may take: a client waits this long for the server's answer, and a server closes a connection that has not authenticated this long after it was accepted (Spark's `spark.network.auth.rpcTimeout`) |
+/// | `rpc.io.encryption.enabled` | `false` | boolean; needs `rpc.authenticate` | encrypt every connection after the handshake (Spark's `spark.network.crypto.enabled`) |
+/// | `rpc.io.encryption.cipher` | `AES/GCM/NoPadding` | `AES/GCM/NoPadding` or `AES/CTR/NoPadding` | the channel cipher: AES-GCM envelopes (authenticated) or an AES-CTR stream (Spark's default; no integrity). Not negotiated: both sides must agree |
+/// | `rpc.io.encryption.authEngineVersion` | `2` | `1` or `2` | how the channel key is derived: 2 (HKDF, AES-128) or 1 (the raw X25519 output, AES-256; Spark's default). Not negotiated: both sides must agree |
 ///
 /// "cores" is [`std::thread::available_parallelism`] (1 if unknown), at most 1024. "The
 /// open-file limit" is the process's soft `RLIMIT_NOFILE` when the env is built (read from
@@ -417,6 +479,7 @@ impl RpcConf {
     /// Parses and checks every `rpc.*` entry into the typed view used by the env.
     pub(crate) fn settings(&self) -> Result<Settings, RpcError> {
         let mut settings = Settings::default();
+        let mut security = SecurityKeys::default();
         for (key, value) in &self.entries {
             if !is_rpc_key(key) {
                 continue;
@@ -487,29 +550,43 @@ impl RpcConf {
                     settings.inbox_capacity = size(key, value, MIN_INBOX_CAPACITY, I32_MAX)?;
                 }
                 keys::CONNECT_THREADS => settings.connect_threads = thread_count(key, value)?,
-                keys::AUTHENTICATE => {
-                    if boolean(key, value)? {
-                        return Err(RpcError::config(
-                            key,
-                            "authentication is not implemented in this version of rpcenv; \
-                             leave it false",
-                        ));
-                    }
+                keys::AUTHENTICATE => security.authenticate = boolean(key, value)?,
+                keys::AUTHENTICATE_SECRET
+                | keys::AUTHENTICATE_SECRET_FILE
+                | keys::AUTHENTICATE_SECRET_ENV => {
+                    security.secrets.push((keys_name(key), value));
                 }
-                // Accepted and ignored: authentication is off (it cannot be turned on above).
-                keys::AUTHENTICATE_SECRET => {}
-                keys::IO_ENCRYPTION_ENABLED => {
-                    if boolean(key, value)? {
-                        return Err(RpcError::config(
-                            key,
-                            "encryption is not implemented in this version of rpcenv; \
-                             leave it false",
-                        ));
+                keys::AUTHENTICATE_APP_ID => {
+                    if value.is_empty() {
+                        return Err(RpcError::config(key, "the app id is empty"));
                     }
+                    security.app_id = value.to_owned();
+                }
+                keys::AUTH_TIMEOUT => security.timeout = positive_duration(key, value)?,
+                keys::IO_ENCRYPTION_ENABLED => security.encrypt = boolean(key, value)?,
+                keys::IO_ENCRYPTION_CIPHER => {
+                    security.cipher = Cipher::parse(value.trim()).ok_or_else(|| {
+                        RpcError::config(
+                            key,
+                            format!(
+                                "{value:?} is not a cipher (expected AES/GCM/NoPadding or \
+                                 AES/CTR/NoPadding)"
+                            ),
+                        )
+                    })?;
+                }
+                keys::IO_ENCRYPTION_ENGINE_VERSION => {
+                    security.version = EngineVersion::parse(value.trim()).ok_or_else(|| {
+                        RpcError::config(
+                            key,
+                            format!("{value:?} is not an engine version (expected 1 or 2)"),
+                        )
+                    })?;
                 }
                 _ => return Err(unknown_key(key)),
             }
         }
+        settings.auth = security.bootstrap()?;
         Ok(settings)
     }
 }
@@ -587,6 +664,105 @@ pub(crate) struct Settings {
     pub(crate) inbox_capacity: usize,
     /// `rpc.connect.threads`: ceiling of the connect pool, 1 ..= 1024.
     pub(crate) connect_threads: usize,
+    /// The handshake every connection runs (`rpc.authenticate` and the keys with it);
+    /// `None` when authentication is off.
+    pub(crate) auth: Option<AuthBootstrap>,
+}
+
+/// The security keys as they are read, checked together once all are known.
+struct SecurityKeys<'a> {
+    authenticate: bool,
+    /// Each secret key given, with its value.
+    secrets: Vec<(&'static str, &'a str)>,
+    app_id: String,
+    timeout: Duration,
+    encrypt: bool,
+    cipher: Cipher,
+    version: EngineVersion,
+}
+
+impl Default for SecurityKeys<'_> {
+    fn default() -> Self {
+        Self {
+            authenticate: false,
+            secrets: Vec::new(),
+            app_id: SPARK_RPC_APP_ID.to_owned(),
+            timeout: DEFAULT_AUTH_TIMEOUT,
+            encrypt: false,
+            cipher: Cipher::AesGcm,
+            version: EngineVersion::V2,
+        }
+    }
+}
+
+impl SecurityKeys<'_> {
+    /// The bootstrap the keys ask for, or why they do not fit together.
+    fn bootstrap(self) -> Result<Option<AuthBootstrap>, RpcError> {
+        if !self.authenticate {
+            if self.encrypt {
+                return Err(RpcError::config(
+                    keys::IO_ENCRYPTION_ENABLED,
+                    "encryption needs authentication: set rpc.authenticate=true and a secret \
+                     (the channel key comes from the handshake)",
+                ));
+            }
+            return Ok(None);
+        }
+        let (key, value) = match self.secrets.as_slice() {
+            [one] => *one,
+            [] => {
+                return Err(RpcError::config(
+                    keys::AUTHENTICATE_SECRET,
+                    "rpc.authenticate is true but no secret is given: set \
+                     rpc.authenticate.secret, rpc.authenticate.secret.file or \
+                     rpc.authenticate.secret.env",
+                ));
+            }
+            [(first, _), (second, _), ..] => {
+                return Err(RpcError::config(
+                    *second,
+                    format!("give the secret once: {first} is set too"),
+                ));
+            }
+        };
+        let secret = Zeroizing::new(match key {
+            keys::AUTHENTICATE_SECRET => value.to_owned(),
+            keys::AUTHENTICATE_SECRET_FILE => {
+                let bytes = std::fs::read(value).map_err(|err| {
+                    RpcError::config(key, format!("cannot read the secret file {value:?}: {err}"))
+                })?;
+                base64::engine::general_purpose::STANDARD.encode(bytes)
+            }
+            _ => std::env::var(value).map_err(|err| {
+                RpcError::config(
+                    key,
+                    format!(
+                        "cannot take the secret from the environment variable {value:?}: {err}"
+                    ),
+                )
+            })?,
+        });
+        if secret.is_empty() {
+            return Err(RpcError::config(key, "the secret is empty"));
+        }
+        let bootstrap = AuthBootstrap::new(&self.app_id, &secret)
+            .with_encryption(self.encrypt.then_some(self.cipher))
+            .with_engine_version(self.version)
+            .with_timeout(self.timeout);
+        Ok(Some(bootstrap))
+    }
+}
+
+/// `key` as the constant of its name (the keys are matched against the constants).
+fn keys_name(key: &str) -> &'static str {
+    [
+        keys::AUTHENTICATE_SECRET,
+        keys::AUTHENTICATE_SECRET_FILE,
+        keys::AUTHENTICATE_SECRET_ENV,
+    ]
+    .into_iter()
+    .find(|name| *name == key)
+    .unwrap_or(keys::AUTHENTICATE_SECRET)
 }
 
 impl Default for Settings {
@@ -614,6 +790,7 @@ impl Default for Settings {
             dispatcher_threads: cores.max(2),
             inbox_capacity: 4 << 20,
             connect_threads: 64,
+            auth: None,
         }
     }
 }
@@ -1024,6 +1201,7 @@ mod tests {
                 dispatcher_threads: 5,
                 inbox_capacity: 1 << 20,
                 connect_threads: 7,
+                auth: None,
             }
         );
     }
@@ -1306,13 +1484,28 @@ mod tests {
             (
                 keys::AUTHENTICATE,
                 &["false", "FALSE", " false "],
-                &["true", "1", "no", ""],
+                &["1", "no", ""],
             ),
             (
                 keys::IO_ENCRYPTION_ENABLED,
                 &["false", "False"],
-                &["true", "TRUE", "0"],
+                &["0", "yes"],
             ),
+            (
+                keys::IO_ENCRYPTION_CIPHER,
+                &[
+                    "AES/GCM/NoPadding",
+                    "AES/CTR/NoPadding",
+                    "aes/ctr/nopadding",
+                ],
+                &["AES/CBC/PKCS5Padding", "GCM", ""],
+            ),
+            (
+                keys::IO_ENCRYPTION_ENGINE_VERSION,
+                &["1", "2", " 2 "],
+                &["0", "3", "v2"],
+            ),
+            (keys::AUTH_TIMEOUT, &["1ms", "30s"], &["0", "x"]),
             (keys::AUTHENTICATE_SECRET, &["", "anything"], &[]),
         ];
         for &(key, good, bad) in cases {
@@ -1370,27 +1563,79 @@ mod tests {
     }
 
     #[test]
-    fn authentication_and_encryption_are_rejected_until_implemented() {
+    fn security_keys_make_the_bootstrap_of_the_handshake() {
+        let settings = RpcConf::new()
+            .set(keys::AUTHENTICATE, "true")
+            .set(keys::AUTHENTICATE_SECRET, SECRET)
+            .settings()
+            .unwrap();
+        let auth = settings.auth.expect("authentication is on");
+        assert_eq!(auth.app_id(), SPARK_RPC_APP_ID);
+        assert_eq!(auth.encryption(), None, "encryption is off by default");
+        assert_eq!(auth.engine_version(), EngineVersion::V2);
+        assert_eq!(auth.timeout(), DEFAULT_AUTH_TIMEOUT);
+        assert!(!format!("{auth:?}").contains(SECRET));
+
+        let auth = RpcConf::new()
+            .set(keys::AUTHENTICATE, "true")
+            .set(keys::AUTHENTICATE_SECRET, SECRET)
+            .set(keys::AUTHENTICATE_APP_ID, "my-app")
+            .set(keys::AUTH_TIMEOUT, "5s")
+            .set(keys::IO_ENCRYPTION_ENABLED, "true")
+            .set(keys::IO_ENCRYPTION_CIPHER, "AES/CTR/NoPadding")
+            .set(keys::IO_ENCRYPTION_ENGINE_VERSION, "1")
+            .settings()
+            .unwrap()
+            .auth
+            .expect("authentication is on");
+        assert_eq!(auth.app_id(), "my-app");
+        assert_eq!(auth.encryption(), Some(Cipher::AesCtr));
+        assert_eq!(auth.engine_version(), EngineVersion::V1);
+        assert_eq!(auth.timeout(), Duration::from_secs(5));
+
+        let gcm = RpcConf::new()
+            .set(keys::AUTHENTICATE, "true")
+            .set(keys::AUTHENTICATE_SECRET, SECRET)
+            .set(keys::IO_ENCRYPTION_ENABLED, "true")
+            .settings()
+            .unwrap()
+            .auth
+            .expect("authentication is on");
+        assert_eq!(gcm.encryption(), Some(Cipher::AesGcm), "GCM by default");
+    }
+
+    #[test]
+    fn security_keys_that_do_not_fit_together_are_config_errors() {
+        let (key, reason) = config_error(with(keys::AUTHENTICATE, "true"));
+        assert_eq!(key, keys::AUTHENTICATE_SECRET);
+        assert!(reason.contains("no secret"), "{reason}");
+
+        let (key, reason) = config_error(with(keys::IO_ENCRYPTION_ENABLED, "true"));
+        assert_eq!(key, keys::IO_ENCRYPTION_ENABLED);
+        assert!(reason.contains("rpc.authenticate=true"), "{reason}");
+
         let (key, reason) = config_error(
             RpcConf::new()
                 .set(keys::AUTHENTICATE, "true")
                 .set(keys::AUTHENTICATE_SECRET, SECRET)
+                .set(keys::AUTHENTICATE_SECRET_ENV, "PATH")
                 .settings(),
         );
-        assert_eq!(key, keys::AUTHENTICATE);
-        assert_eq!(
-            reason,
-            "authentication is not implemented in this version of rpcenv; leave it false"
-        );
+        assert!(key.starts_with(keys::AUTHENTICATE_SECRET), "{key}");
+        assert!(reason.contains("once"), "{reason}");
         assert!(!reason.contains(SECRET));
 
-        let (key, reason) = config_error(with(keys::IO_ENCRYPTION_ENABLED, "True"));
-        assert_eq!(key, keys::IO_ENCRYPTION_ENABLED);
-        assert_eq!(
-            reason,
-            "encryption is not implemented in this version of rpcenv; leave it false"
+        let (key, reason) = config_error(
+            RpcConf::new()
+                .set(keys::AUTHENTICATE, "true")
+                .set(keys::AUTHENTICATE_SECRET, "")
+                .settings(),
         );
+        assert_eq!(key, keys::AUTHENTICATE_SECRET);
+        assert!(reason.contains("empty"), "{reason}");
 
+        let (key, _) = config_error(with(keys::AUTHENTICATE_APP_ID, ""));
+        assert_eq!(key, keys::AUTHENTICATE_APP_ID);
         assert!(
             RpcConf::new()
                 .set(keys::AUTHENTICATE, "true")
@@ -1469,6 +1714,8 @@ mod tests {
             // Every key in the table is accepted by `settings` (with a harmless value).
             let value = match info.key {
                 keys::AUTHENTICATE | keys::IO_ENCRYPTION_ENABLED => "false",
+                keys::IO_ENCRYPTION_CIPHER => "AES/GCM/NoPadding",
+                keys::AUTHENTICATE_APP_ID | keys::AUTHENTICATE_SECRET_ENV => "x",
                 keys::MESSAGE_MAX_SIZE
                 | keys::IO_MAX_QUEUED_BYTES
                 | keys::DISPATCHER_INBOX_CAPACITY => "1m",
@@ -1476,7 +1723,7 @@ mod tests {
             };
             assert!(with(info.key, value).is_ok(), "{}", info.key);
         }
-        assert_eq!(KEYS.len(), 24);
+        assert_eq!(KEYS.len(), 30);
     }
 
     #[test]

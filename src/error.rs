@@ -109,9 +109,13 @@ pub enum RpcError {
         /// Whether the sender waited for room (rather than failing at once).
         waited: bool,
     },
-    /// The authentication handshake failed or was missing.
+    /// The authentication handshake with a peer failed, or a frame of an encrypted
+    /// connection could not be decrypted (a wrong key, a tampered or truncated stream, or
+    /// two sides whose cipher or engine version differ).
     Auth {
-        /// Why it failed.
+        /// The peer, `host:port`.
+        peer: String,
+        /// Why it failed; never the secret or key material.
         reason: String,
     },
     /// A configuration key or value is wrong.
@@ -256,7 +260,7 @@ impl fmt::Display for RpcError {
                 }
                 Ok(())
             }
-            Self::Auth { reason } => write!(f, "authentication failed: {reason}"),
+            Self::Auth { peer, reason } => write!(f, "authentication with {peer} failed: {reason}"),
             Self::Config { key, reason } => write!(f, "invalid configuration {key}: {reason}"),
             Self::Bind {
                 host,

@@ -186,7 +186,6 @@
 #![deny(unsafe_code)]
 #![doc(test(attr(deny(warnings))))]
 
-#[allow(dead_code, unused_imports)] // until the transport uses it
 mod auth;
 mod codec;
 mod conf;

@@ -47,8 +47,8 @@ const MIN_LAST_SEGMENT_LEN: u64 = 1 + TAG_LEN as u64;
 /// What the decryptor's errors add while no envelope has come through yet.
 const FIRST_ENVELOPE_HINT: &str = ". This is the first encrypted message from the peer: \
     two sides configured with different secrets, ciphers (rpc.io.encryption.cipher; Spark: \
-    spark.network.crypto.cipher) or auth engine versions (Spark: \
-    spark.network.crypto.authEngineVersion) fail exactly this way, since the cipher and the \
+    spark.network.crypto.cipher) or auth engine versions \
+    (rpc.io.encryption.authEngineVersion; Spark: spark.network.crypto.authEngineVersion) fail exactly this way, since the cipher and the \
     version are not negotiated on the wire";
 
 /// The header length for a session key: the length byte, the salt, the nonce prefix.
@@ -428,8 +428,9 @@ impl GcmDecryptor {
             format!(
                 "the peer's AES-GCM envelope header is for a {theirs}-byte session key \
                  (auth engine version {}), this side derives a {ours}-byte key (version \
-                 {}): set the same spark.network.crypto.authEngineVersion on both sides; \
-                 it is not negotiated on the wire",
+                 {}): set the same rpc.io.encryption.authEngineVersion (Spark: \
+                 spark.network.crypto.authEngineVersion) on both sides; it is not \
+                 negotiated on the wire",
                 version(theirs),
                 version(ours)
             )

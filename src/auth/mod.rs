@@ -52,13 +52,12 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 pub(crate) use channel::{Decryptor, Encryptor};
 pub(crate) use engine::{ClientHandshake, respond};
-pub(crate) use keys::SessionKeys;
 pub(crate) use random::{OsRandom, Random};
 
 /// The channel cipher, Spark's `spark.network.crypto.cipher`. Spark's default is
 /// [`Cipher::AesCtr`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Cipher {
+pub enum Cipher {
     /// `AES/GCM/NoPadding`: Spark's `GcmTransportCipher`, authenticated envelopes.
     AesGcm,
     /// `AES/CTR/NoPadding`: Spark's `CtrTransportCipher`, one keystream per direction,
@@ -93,7 +92,7 @@ impl fmt::Display for Cipher {
 /// How the channel key is derived, Spark's `spark.network.crypto.authEngineVersion`.
 /// The handshake bytes are the same for both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum EngineVersion {
+pub enum EngineVersion {
     /// Spark's default: the raw 32-byte X25519 shared secret is the key (AES-256).
     V1,
     /// The key is HKDF-SHA256(shared secret, transcript, "derivedKey"), 16 bytes (AES-128).
@@ -134,6 +133,15 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Compared in constant time (for configurations that are compared as a whole).
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        subtle::ConstantTimeEq::ct_eq(self.as_bytes(), other.as_bytes()).into()
+    }
+}
+
+impl Eq for Secret {}
+
 /// What one side needs for the handshake: Spark's appId (`"sparkSaslUser"` for RPC
 /// traffic, `SecurityManager.getSaslUser`), the shared secret, and the engine version.
 #[derive(Clone, Debug)]
@@ -162,6 +170,7 @@ impl AuthError {
     }
 
     /// The explanation, as `Display` prints it.
+    #[cfg(test)]
     pub(crate) fn reason(&self) -> &str {
         &self.reason
     }

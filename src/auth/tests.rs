@@ -5,7 +5,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 
 use super::engine::key_encryption_key;
-use super::keys::hkdf_sha256;
+use super::keys::{SessionKeys, hkdf_sha256};
 use super::message::AuthMessage;
 use super::vectors::{SCENARIOS, Scenario, ServerSide};
 use super::*;

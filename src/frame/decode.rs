@@ -143,6 +143,12 @@ impl FrameDecoder {
         }
     }
 
+    /// Changes the largest accepted frame length, for the frames whose header is still to
+    /// come (a peer that authenticated may send larger frames than one that has not).
+    pub(crate) fn set_max_frame(&mut self, max_frame_size: u64) {
+        self.max_frame_size = max_frame_size;
+    }
+
     /// Consumes a prefix of `input`: returns how many bytes were consumed and the message
     /// if one was completed. `Ok((n, None))` with n == input.len() means "need more bytes".
     ///

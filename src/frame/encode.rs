@@ -75,6 +75,11 @@ impl FrameHeader {
         &self.bytes[..usize::from(self.len)]
     }
 
+    /// The header bytes, for a channel cipher that encrypts them in place.
+    pub(crate) fn as_bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes[..usize::from(self.len)]
+    }
+
     /// Total frame length (header + body) this header announces.
     pub(crate) fn frame_len(&self) -> u64 {
         let mut length = [0; LENGTH_FIELD_LEN];

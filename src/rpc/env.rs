@@ -111,12 +111,20 @@ impl RpcEnvBuilder {
         let (server, address) = if self.client_mode {
             (None, None)
         } else {
-            let server = transport.create_server(&self.bind_address, self.port)?;
+            let server = match &settings.auth {
+                Some(auth) => {
+                    transport.create_server_with_bootstrap(&self.bind_address, self.port, auth)?
+                }
+                None => transport.create_server(&self.bind_address, self.port)?,
+            };
             let host = self.advertise_address.unwrap_or(self.bind_address);
             let address = RpcAddress::new(host, server.port());
             (Some(server), Some(address))
         };
-        let factory = transport.create_client_factory();
+        let factory = match &settings.auth {
+            Some(auth) => transport.create_client_factory_with_bootstrap(auth),
+            None => transport.create_client_factory(),
+        };
         let counters = Arc::clone(transport.counters());
         let dispatcher = Dispatcher::new(id, settings.dispatcher_threads)?;
         let timeouts = Timeouts::start()?;

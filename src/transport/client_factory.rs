@@ -13,6 +13,7 @@ use crate::error::RpcError;
 use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crate::sync::{Arc, Condvar, Mutex};
 use crate::transport::TransportClient;
+use crate::transport::auth::{AuthBootstrap, Security, client_handshake};
 use crate::transport::context::ContextInner;
 use crate::transport::event_loop::{IoGroup, next_origin};
 use crate::transport::socket::connect;
@@ -28,6 +29,8 @@ use crate::transport::socket::connect;
 /// them. [`close`](Self::close) (or drop) closes every client it made.
 pub struct TransportClientFactory {
     ctx: Arc<ContextInner>,
+    /// The handshake every new connection runs, on the connecting thread.
+    auth: Option<AuthBootstrap>,
     pools: Mutex<HashMap<(String, u16), Arc<ClientPool>>>,
     io: Mutex<Option<Arc<IoGroup>>>,
     closed: AtomicBool,
@@ -75,9 +78,10 @@ impl Connecting {
 }
 
 impl TransportClientFactory {
-    pub(crate) fn new(ctx: Arc<ContextInner>) -> Self {
+    pub(crate) fn new(ctx: Arc<ContextInner>, auth: Option<AuthBootstrap>) -> Self {
         Self {
             ctx,
+            auth,
             pools: Mutex::new(HashMap::new()),
             io: Mutex::new(None),
             closed: AtomicBool::new(false),
@@ -161,9 +165,14 @@ impl TransportClientFactory {
         for addr in addrs {
             let cancelled = || self.closed.load(Ordering::Acquire);
             match connect(addr, timeout, conf, &cancelled) {
-                Ok(stream) => {
+                Ok(mut stream) => {
+                    let security = match &self.auth {
+                        Some(auth) => client_handshake(&mut stream, peer, auth, &cancelled)
+                            .inspect_err(|err| warn!("{err}"))?,
+                        None => Security::Plain,
+                    };
                     let io = self.io()?;
-                    let client = io.adopt(stream, addr, self.origin, None)?;
+                    let client = io.adopt(stream, addr, self.origin, None, security)?;
                     debug!(
                         "connected to {peer} ({addr}) in {:?} as connection {}",
                         started.elapsed(),

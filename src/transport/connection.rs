@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, error, trace, warn};
 
+use crate::auth::Encryptor;
 use crate::error::RpcError;
 use crate::frame::FrameHeader;
 use crate::sync::Arc;
@@ -447,6 +448,30 @@ impl Conn {
                 Ok(())
             }
         }
+    }
+
+    /// Answers the peer's handshake request `id` (the server side of an
+    /// [`AuthBootstrap`](super::AuthBootstrap)): a response, or a failure before the
+    /// connection closes. Queued before the channel cipher starts, so it goes out in
+    /// plaintext; not one of the answers the connection owes.
+    pub(crate) fn answer_handshake(self: &Arc<Self>, id: u64, result: Result<Vec<u8>, String>) {
+        let (header, body) = match result {
+            Ok(body) => (FrameHeader::rpc_response(id, body.len()), body),
+            Err(text) => self.failure_frame(id, text),
+        };
+        if let Err(err) = self.submit(
+            Frame::new(header, body, Kind::Control),
+            Admission::Force,
+            false,
+        ) {
+            debug!("answer to the handshake of {} not sent: {err}", self.peer);
+        }
+    }
+
+    /// Seals everything queued from now on with `encryptor`, the outgoing half of the
+    /// channel cipher; what is queued already goes out as it is.
+    pub(crate) fn start_encryption(&self, encryptor: Encryptor) {
+        self.writes.start_encryption(encryptor);
     }
 
     /// Counts an answer owed for a request the peer sent (a responder was made).

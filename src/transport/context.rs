@@ -7,7 +7,9 @@ use crate::error::RpcError;
 use crate::sync::{Arc, Mutex, Weak};
 use crate::transport::connection::Counters;
 use crate::transport::event_loop::IoGroup;
-use crate::transport::{RpcHandler, TransportClientFactory, TransportConf, TransportServer};
+use crate::transport::{
+    AuthBootstrap, RpcHandler, TransportClientFactory, TransportConf, TransportServer,
+};
 
 /// Creates servers and client factories that share one [`RpcHandler`] and one set of
 /// `rpc-io-N` event loops (`rpc.io.threads` of them, started on first use and stopped
@@ -74,12 +76,36 @@ impl TransportContext {
     /// next ports, up to `rpc.port.maxRetries` of them). Fails with [`RpcError::Bind`].
     pub fn create_server(&self, host: &str, port: u16) -> Result<TransportServer, RpcError> {
         let io = self.inner.io_group()?;
-        TransportServer::bind(host, port, &self.inner.conf, io)
+        TransportServer::bind(host, port, &self.inner.conf, io, None)
+    }
+
+    /// As [`create_server`](Self::create_server), for a server whose connections must
+    /// authenticate with `bootstrap` before anything reaches the handler (Spark's
+    /// `createServer(host, port, [AuthServerBootstrap])`).
+    pub fn create_server_with_bootstrap(
+        &self,
+        host: &str,
+        port: u16,
+        bootstrap: &AuthBootstrap,
+    ) -> Result<TransportServer, RpcError> {
+        let io = self.inner.io_group()?;
+        TransportServer::bind(host, port, &self.inner.conf, io, Some(bootstrap.clone()))
     }
 
     /// A client factory whose connections are served by this context's handler.
     pub fn create_client_factory(&self) -> TransportClientFactory {
-        TransportClientFactory::new(Arc::clone(&self.inner))
+        TransportClientFactory::new(Arc::clone(&self.inner), None)
+    }
+
+    /// As [`create_client_factory`](Self::create_client_factory), for a factory that
+    /// authenticates each new connection with `bootstrap` before handing it out (Spark's
+    /// `createClientFactory([AuthClientBootstrap])`); a failed handshake fails
+    /// `create_client` with [`RpcError::Auth`].
+    pub fn create_client_factory_with_bootstrap(
+        &self,
+        bootstrap: &AuthBootstrap,
+    ) -> TransportClientFactory {
+        TransportClientFactory::new(Arc::clone(&self.inner), Some(bootstrap.clone()))
     }
 
     /// The configuration.

@@ -15,11 +15,13 @@ use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error, trace, warn};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
+use crate::auth::Decryptor;
 use crate::conf::keys;
 use crate::error::RpcError;
 use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{Arc, Mutex};
 use crate::threads::{join_until, spawn};
+use crate::transport::auth::{AuthBootstrap, Security};
 use crate::transport::connection::{
     CloseReason, Conn, Counters, Notify, Wake, guard, mark_event_loop,
 };
@@ -63,6 +65,11 @@ struct Registration {
     origin: u64,
     /// The server's count of inbound connections, for `rpc.io.maxConnections`.
     inbound: Option<Arc<AtomicUsize>>,
+    /// The incoming half of the channel cipher of a connection the connecting side
+    /// authenticated.
+    decryptor: Option<Box<Decryptor>>,
+    /// The handshake a server's connection waits for.
+    auth: Option<AuthBootstrap>,
 }
 
 /// How other threads reach one event loop.
@@ -172,6 +179,7 @@ impl IoGroup {
         peer: SocketAddr,
         origin: u64,
         inbound: Option<Arc<AtomicUsize>>,
+        security: Security,
     ) -> Result<TransportClient, RpcError> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.loops.len();
         let handle = &self.loops[index];
@@ -198,6 +206,14 @@ impl IoGroup {
             notify,
             Arc::clone(&self.counters),
         );
+        let (decryptor, auth) = match security {
+            Security::Plain => (None, None),
+            Security::Encrypted(encryptor, decryptor) => {
+                conn.start_encryption(*encryptor);
+                (Some(decryptor), None)
+            }
+            Security::AwaitAuth(bootstrap) => (None, Some(bootstrap)),
+        };
         let client = TransportClient::new(conn);
         if let Some(count) = &inbound {
             count.fetch_add(1, Ordering::AcqRel);
@@ -207,6 +223,8 @@ impl IoGroup {
             wire,
             origin,
             inbound: inbound.clone(),
+            decryptor,
+            auth,
         };
         if !handle.send(Command::Register(Box::new(registration))) {
             if let Some(count) = &inbound {
@@ -422,6 +440,14 @@ impl EventLoop {
                 }
             }
             ReadOutcome::Closed => self.remove(id, CloseReason::new("closed")),
+            ReadOutcome::Refused => {
+                // Nothing more is read; the failure answer goes out, then the connection
+                // closes (at the latest when the handshake's time is up).
+                entry.ended_at = Some(now);
+                if conn.peer_closed() {
+                    self.remove(id, CloseReason::new("refused: it failed to authenticate"));
+                }
+            }
         }
     }
 
@@ -444,16 +470,22 @@ impl EventLoop {
         };
         let conn = entry.client.conn();
         conn.close_with(reason);
+        if let Some(count) = &entry.inbound {
+            count.fetch_sub(1, Ordering::AcqRel);
+        }
+        // The handler hears of a connection only once it was active (authenticated, when
+        // the peer had to).
+        let active = entry.reader.is_active();
+        // The reader's socket handle goes with the entry: the descriptor closes now.
+        drop(entry.reader);
+        if !active {
+            return;
+        }
         if let Some(error) = conn.failure() {
             guard(conn.peer(), "exception_caught", || {
                 self.handler.exception_caught(&error, &entry.client)
             });
         }
-        if let Some(count) = &entry.inbound {
-            count.fetch_sub(1, Ordering::AcqRel);
-        }
-        // The reader's socket handle goes with the entry: the descriptor closes now.
-        drop(entry.reader);
         let peer = conn.peer();
         guard(peer, "channel_inactive", || {
             self.handler.channel_inactive(&entry.client)
@@ -496,6 +528,8 @@ impl EventLoop {
             wire,
             origin,
             inbound,
+            decryptor,
+            auth,
         } = registration;
         let id = client.id();
         let peer = client.remote_address();
@@ -504,25 +538,27 @@ impl EventLoop {
             if let Some(count) = &inbound {
                 count.fetch_sub(1, Ordering::AcqRel);
             }
-            guard(peer, "channel_inactive", || {
-                self.handler.channel_inactive(&client)
-            });
+            if auth.is_none() {
+                guard(peer, "channel_inactive", || {
+                    self.handler.channel_inactive(&client)
+                });
+            }
             return;
         }
         let max_frame = client.conn().max_frame();
+        let mut reader = Reader::new(wire, max_frame, now, decryptor, auth);
+        // A peer that must authenticate first is active once it did.
+        reader.activate(&client, &*self.handler);
         self.conns.insert(
             id,
             Entry {
-                client: client.clone(),
-                reader: Reader::new(wire, max_frame, now),
+                client,
+                reader,
                 origin,
                 inbound,
                 ended_at: None,
             },
         );
-        guard(peer, "channel_active", || {
-            self.handler.channel_active(&client)
-        });
         // Events that came before the loop knew the connection were dropped.
         self.flush(id, now);
         self.read(id, now, true);
@@ -549,6 +585,14 @@ impl EventLoop {
     fn overdue(&self, entry: &Entry, now: Instant) -> Option<String> {
         let conn = entry.client.conn();
         let reader = &entry.reader;
+        if let Some(timeout) = reader.awaiting_auth() {
+            if now.saturating_duration_since(reader.since()) >= timeout {
+                return Some(format!(
+                    "it did not authenticate within {timeout:?} of connecting ({})",
+                    keys::AUTH_TIMEOUT
+                ));
+            }
+        }
         if let Some(timeout) = self.conf.connection_timeout() {
             if let Some(ended) = entry.ended_at {
                 if now.saturating_duration_since(ended) >= timeout {
@@ -617,12 +661,12 @@ impl EventLoop {
 }
 
 /// How often a loop looks at its timers: a quarter of the shortest timeout, between 10 ms
-/// and 1 s, so a connection is closed at most that much after its timeout. `None` when
-/// no timeout is set.
+/// and 1 s, so a connection is closed at most that much after its timeout; every second
+/// when no timeout is set (a handshake's timeout comes with each connection).
 fn tick_interval(conf: &TransportConf) -> Option<Duration> {
     let shortest = match (conf.connection_timeout(), conf.frame_timeout()) {
         (Some(a), Some(b)) => a.min(b),
-        (a, b) => a.or(b)?,
+        (a, b) => a.or(b).unwrap_or(Duration::from_secs(4)),
     };
     Some((shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)))
 }

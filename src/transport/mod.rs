@@ -51,7 +51,22 @@
 //! one that TCP keep-alive or `rpc.io.tcpUserTimeout` finds gone. A server holds at most
 //! `rpc.io.maxConnections` inbound connections and closes further ones as it accepts
 //! them.
+//!
+//! # Authentication and encryption
+//!
+//! A server made with [`TransportContext::create_server_with_bootstrap`] and a factory made
+//! with [`TransportContext::create_client_factory_with_bootstrap`] run Spark's
+//! `AuthEngine` handshake on every connection before anything else, and then encrypt the
+//! connection with AES-GCM or AES-CTR (see [`AuthBootstrap`]). The connecting thread runs
+//! the client side; the server's event loop runs the server side on the first frame, and
+//! the handler hears nothing of a connection (not even `channel_active`) until its peer
+//! authenticated. On an encrypted connection, the thread that writes seals what it writes
+//! (outside the write queue's lock) and the event loop decrypts what it reads, before the
+//! frame decoder. A failed handshake is [`RpcError::Auth`](crate::RpcError::Auth) naming
+//! the peer, on the client, and a `warn` line on the server; neither names the secret
+//! or key material.
 
+mod auth;
 mod client;
 mod client_factory;
 mod conf;
@@ -68,6 +83,7 @@ mod socket;
 mod tests;
 mod write_queue;
 
+pub use self::auth::{AuthBootstrap, DEFAULT_AUTH_TIMEOUT, SPARK_RPC_APP_ID};
 pub use self::client::TransportClient;
 pub use self::client_factory::TransportClientFactory;
 pub use self::conf::TransportConf;
@@ -76,3 +92,4 @@ pub use self::context::TransportContext;
 pub use self::handler::{Responder, RpcHandler};
 pub use self::server::TransportServer;
 pub(crate) use self::write_queue::{Admission, FRAME_CHARGE, Label, Receipt};
+pub use crate::auth::{Cipher, EngineVersion};

@@ -6,15 +6,23 @@
 //! does not read its answers): bytes already read wait, undecoded, until it resumes, and
 //! the peer is slowed by TCP itself. It also stops at the peer's end of stream, after
 //! which the connection only writes the answers it owes.
+//!
+//! On a connection a server accepted with an [`AuthBootstrap`], the reader runs the
+//! server side of the handshake on the first frame, and gives nothing to the handler
+//! (not even `channel_active`) before it succeeds. On an encrypted connection every byte
+//! read goes through the channel cipher's [`Decryptor`] first; the bytes that follow the
+//! handshake in the same read are already ciphertext.
 
 use std::io::Read;
 use std::time::{Duration, Instant};
 
 use log::{debug, trace, warn};
 
+use crate::auth::{self, Decryptor, OsRandom};
 use crate::error::RpcError;
 use crate::frame::{FrameDecoder, Message};
 use crate::sync::Arc;
+use crate::transport::auth::{AuthBootstrap, MAX_HANDSHAKE_FRAME, auth_error};
 use crate::transport::connection::{CloseReason, Conn, guard};
 use crate::transport::socket::{Wire, WireReader, interrupted, would_block};
 use crate::transport::{Responder, RpcHandler, TransportClient};
@@ -39,7 +47,36 @@ pub(crate) enum ReadOutcome {
     Ended,
     /// The connection is closed (an error, a bad frame, or an end of stream mid-frame).
     Closed,
+    /// The peer failed to authenticate: it was answered with a failure, and the
+    /// connection closes once that is written.
+    Refused,
 }
+
+/// What decoding a run of bytes came to.
+enum Decoded {
+    /// All of it was used.
+    Done,
+    /// Reading must stop (see [`ReadOutcome`]).
+    Stop(ReadOutcome),
+    /// The handshake started the channel cipher after this many bytes: the rest is
+    /// ciphertext.
+    Encrypted(usize),
+}
+
+/// What the server side of the handshake came to.
+enum Handshake {
+    /// Authenticated; the connection goes on in plaintext.
+    Plain,
+    /// Authenticated; what follows is ciphertext.
+    Encrypted,
+    /// Refused with a failure answer.
+    Refused,
+    /// Closed at once.
+    Closed,
+}
+
+/// Plaintext buffers larger than this are not kept between reads.
+const PLAIN_KEEP: usize = 256 * 1024;
 
 /// The read side of one connection (see the module docs).
 pub(crate) struct Reader {
@@ -57,20 +94,71 @@ pub(crate) struct Reader {
     was_paused: bool,
     /// Whole frames received.
     frames: u64,
+    /// The peer must authenticate first (a server's connection with a bootstrap).
+    auth: Option<AuthBootstrap>,
+    /// The largest frame once the peer authenticated.
+    max_frame: u64,
+    /// The incoming half of the channel cipher, once the connection is encrypted.
+    decryptor: Option<Box<Decryptor>>,
+    /// The plaintext of the last bytes read, on an encrypted connection.
+    plain: Vec<u8>,
+    /// The handler was told that the connection is active.
+    active: bool,
 }
 
 impl Reader {
-    pub(crate) fn new(wire: Arc<dyn Wire>, max_frame: u64, now: Instant) -> Self {
+    /// A reader of `wire`: with `decryptor`, of an encrypted connection; with `auth`, of a
+    /// connection whose peer must authenticate first.
+    pub(crate) fn new(
+        wire: Arc<dyn Wire>,
+        max_frame: u64,
+        now: Instant,
+        decryptor: Option<Box<Decryptor>>,
+        auth: Option<AuthBootstrap>,
+    ) -> Self {
+        let first_max = if auth.is_some() {
+            max_frame.min(MAX_HANDSHAKE_FRAME)
+        } else {
+            max_frame
+        };
         Self {
             wire,
-            decoder: FrameDecoder::new(max_frame),
+            decoder: FrameDecoder::new(first_max),
             stash: Vec::new(),
             since: now,
             last_read: now,
             frame_started: None,
             was_paused: false,
             frames: 0,
+            auth,
+            max_frame,
+            decryptor,
+            plain: Vec::new(),
+            active: false,
         }
+    }
+
+    /// Whether the peer has yet to authenticate; `Some` gives how long it may take.
+    pub(crate) fn awaiting_auth(&self) -> Option<Duration> {
+        self.auth.as_ref().map(AuthBootstrap::timeout)
+    }
+
+    /// Tells the handler that the connection is active, unless the peer must
+    /// authenticate first (then the handshake does, once it succeeds).
+    pub(crate) fn activate(&mut self, client: &TransportClient, handler: &dyn RpcHandler) {
+        if self.auth.is_some() || self.active {
+            return;
+        }
+        self.active = true;
+        guard(client.remote_address(), "channel_active", || {
+            handler.channel_active(client)
+        });
+    }
+
+    /// Whether the handler was told that the connection is active (and so must hear when
+    /// it ends).
+    pub(crate) fn is_active(&self) -> bool {
+        self.active
     }
 
     /// When the last byte arrived (or the connection was taken over).
@@ -88,9 +176,14 @@ impl Reader {
         self.frames
     }
 
-    /// Whether a frame is partly received.
+    /// Whether a frame (or an encrypted envelope) is partly received.
     pub(crate) fn in_frame(&self) -> bool {
-        !self.decoder.is_idle() || !self.stash.is_empty()
+        !self.decoder.is_idle()
+            || !self.stash.is_empty()
+            || self
+                .decryptor
+                .as_ref()
+                .is_some_and(|decryptor| decryptor.is_mid_envelope())
     }
 
     /// Whether the frame under way arrives too slowly at `now`: after `timeout` from its
@@ -153,7 +246,7 @@ impl Reader {
         }
         if !self.stash.is_empty() {
             let stash = std::mem::take(&mut self.stash);
-            if let Some(outcome) = self.decode(conn, client, handler, &stash) {
+            if let Some(outcome) = self.ingest(conn, client, handler, &stash, true) {
                 return outcome;
             }
         }
@@ -168,7 +261,12 @@ impl Reader {
             if total >= budget {
                 return ReadOutcome::Budget;
             }
-            if let Some((buffer, missing)) = self.decoder.pending_body(DIRECT_READ_THRESHOLD) {
+            let direct = if self.decryptor.is_none() && self.auth.is_none() {
+                self.decoder.pending_body(DIRECT_READ_THRESHOLD)
+            } else {
+                None
+            };
+            if let Some((buffer, missing)) = direct {
                 let before = buffer.len();
                 let result = WireReader(&*self.wire)
                     .take(missing as u64)
@@ -194,7 +292,9 @@ impl Reader {
                 Ok(n) => {
                     total += n;
                     self.last_read = now;
-                    if let Some(outcome) = self.decode(conn, client, handler, &scratch[..n]) {
+                    let plain = self.decryptor.is_none();
+                    if let Some(outcome) = self.ingest(conn, client, handler, &scratch[..n], plain)
+                    {
                         return outcome;
                     }
                     // A read shorter than the buffer emptied the socket; new bytes raise a
@@ -210,39 +310,153 @@ impl Reader {
         }
     }
 
-    /// Decodes `input`, handing on each whole frame. `Some` when reading must stop: the
-    /// connection paused (the rest of `input` is kept) or a bad frame closed it.
-    fn decode(
+    /// Hands on what `input` holds: plaintext (`plain`) or bytes of the channel cipher.
+    /// `Some` when reading must stop (see [`Self::decode`]).
+    fn ingest(
         &mut self,
         conn: &Arc<Conn>,
         client: &TransportClient,
         handler: &dyn RpcHandler,
         mut input: &[u8],
+        plain: bool,
     ) -> Option<ReadOutcome> {
-        while !input.is_empty() {
-            match self.decoder.decode(input) {
+        if plain {
+            match self.decode(conn, client, handler, input) {
+                Decoded::Done => return None,
+                Decoded::Stop(outcome) => return Some(outcome),
+                Decoded::Encrypted(used) => input = &input[used..],
+            }
+            if input.is_empty() {
+                return None;
+            }
+        }
+        let decryptor = self.decryptor.as_mut()?;
+        let mut text = std::mem::take(&mut self.plain);
+        text.clear();
+        let outcome = match decryptor.decrypt(input, &mut text) {
+            Ok(()) => match self.decode(conn, client, handler, &text) {
+                Decoded::Done => None,
+                Decoded::Stop(outcome) => Some(outcome),
+                Decoded::Encrypted(_) => unreachable!("the channel cipher starts once"),
+            },
+            Err(err) => {
+                let err = auth_error(conn.peer(), err);
+                warn!("closing the connection: {err}");
+                conn.close_with(CloseReason::fault(err));
+                Some(ReadOutcome::Closed)
+            }
+        };
+        if text.capacity() <= PLAIN_KEEP {
+            self.plain = text;
+        }
+        outcome
+    }
+
+    /// Decodes `input`, handing on each whole frame. Stops when the connection paused
+    /// (the rest of `input` is kept), a bad frame closed it, or the handshake refused the
+    /// peer or started the channel cipher.
+    fn decode(
+        &mut self,
+        conn: &Arc<Conn>,
+        client: &TransportClient,
+        handler: &dyn RpcHandler,
+        input: &[u8],
+    ) -> Decoded {
+        let mut offset = 0;
+        while offset < input.len() {
+            match self.decoder.decode(&input[offset..]) {
                 Ok((used, message)) => {
-                    input = &input[used..];
-                    if let Some(message) = message {
-                        self.dispatch(conn, client, handler, message);
-                        if !conn.is_open() {
-                            return Some(ReadOutcome::Closed);
+                    offset += used;
+                    let Some(message) = message else {
+                        continue;
+                    };
+                    if self.auth.is_some() {
+                        match self.authenticate(conn, client, handler, message) {
+                            Handshake::Refused => return Decoded::Stop(ReadOutcome::Refused),
+                            Handshake::Closed => return Decoded::Stop(ReadOutcome::Closed),
+                            Handshake::Encrypted => return Decoded::Encrypted(offset),
+                            Handshake::Plain => continue,
                         }
-                        if conn.is_paused() {
-                            self.stash.extend_from_slice(input);
-                            return Some(ReadOutcome::Paused);
-                        }
+                    }
+                    self.dispatch(conn, client, handler, message);
+                    if !conn.is_open() {
+                        return Decoded::Stop(ReadOutcome::Closed);
+                    }
+                    if conn.is_paused() {
+                        self.stash.extend_from_slice(&input[offset..]);
+                        return Decoded::Stop(ReadOutcome::Paused);
                     }
                 }
                 Err(err) => {
                     let err = RpcError::from(err);
                     warn!("closing the connection with {}: {err}", conn.peer());
                     conn.close_with(CloseReason::fault(err));
-                    return Some(ReadOutcome::Closed);
+                    return Decoded::Stop(ReadOutcome::Closed);
                 }
             }
         }
-        None
+        Decoded::Done
+    }
+
+    /// The server side of the handshake, on the peer's first frame: answers it in
+    /// plaintext, starts the channel cipher, and tells the handler the connection is
+    /// active; or refuses the peer.
+    fn authenticate(
+        &mut self,
+        conn: &Arc<Conn>,
+        client: &TransportClient,
+        handler: &dyn RpcHandler,
+        message: Message,
+    ) -> Handshake {
+        let Some(bootstrap) = self.auth.clone() else {
+            return Handshake::Plain;
+        };
+        let peer = conn.peer();
+        let request_id = match message {
+            Message::RpcRequest { request_id, body } if auth::is_auth_message(&body) => {
+                match auth::respond(bootstrap.settings(), &body, &mut OsRandom) {
+                    Ok((answer, keys)) => {
+                        conn.answer_handshake(request_id, Ok(answer));
+                        self.auth = None;
+                        self.decoder.set_max_frame(self.max_frame);
+                        debug!("{peer} authenticated");
+                        let encrypted = match bootstrap.encryption() {
+                            Some(cipher) => {
+                                let (encryptor, decryptor) =
+                                    keys.channel(cipher, Box::new(OsRandom));
+                                conn.start_encryption(encryptor);
+                                self.decryptor = Some(Box::new(decryptor));
+                                true
+                            }
+                            None => false,
+                        };
+                        self.activate(client, handler);
+                        return if encrypted {
+                            Handshake::Encrypted
+                        } else {
+                            Handshake::Plain
+                        };
+                    }
+                    Err(err) => {
+                        warn!("{peer} failed to authenticate: {err}");
+                        request_id
+                    }
+                }
+            }
+            Message::RpcRequest { request_id, .. } => {
+                warn!("{peer} sent a request before authenticating; closing the connection");
+                request_id
+            }
+            _ => {
+                let err = auth_error(peer, "sent a frame other than the handshake first");
+                warn!("closing the connection: {err}");
+                conn.close_with(CloseReason::fault(err));
+                return Handshake::Closed;
+            }
+        };
+        // Spark's `AuthRpcHandler` answers this text too.
+        conn.answer_handshake(request_id, Err("Authentication failed.".to_owned()));
+        Handshake::Refused
     }
 
     /// The peer ended its side. A pending socket error (a keep-alive or user timeout, a

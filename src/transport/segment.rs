@@ -7,12 +7,18 @@
 //! slices instead of two per frame, and never frees memory another thread allocated for
 //! each small frame (which costs the allocator far more than the copy). A large body is
 //! never copied: it is written from its own buffer, after its header.
+//!
+//! On an encrypted connection the thread that writes *seals* each segment before its
+//! first byte goes out ([`Segments::seal`]): AES-CTR encrypts it in place, AES-GCM turns it
+//! into one envelope. A sealed segment is never appended to and never sealed again, so a
+//! write that stops half way resumes with the same ciphertext.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 
 use log::trace;
 
+use crate::auth::{AuthError, Encryptor};
 use crate::error::RpcError;
 use crate::frame::FrameHeader;
 use crate::transport::socket::{Wire, interrupted, would_block};
@@ -124,14 +130,21 @@ pub(crate) struct Mark {
 
 /// A piece of the queue.
 pub(crate) enum Segment {
-    /// A frame written from its own body.
-    Whole { frame: Frame, written: usize },
+    /// A frame written from its own body (encrypted in place once `sealed`).
+    Whole {
+        frame: Frame,
+        written: usize,
+        sealed: bool,
+    },
     /// Small frames copied one after another.
     Flat {
         bytes: Vec<u8>,
         written: usize,
-        /// The frames in `bytes` not yet written in full, in order.
+        /// The frames in `bytes` not yet written in full, in order (once sealed, where
+        /// each one's bytes end on the wire).
         marks: VecDeque<Mark>,
+        /// Once sealed: `bytes` are what goes on the wire for this many plaintext bytes.
+        sealed: Option<usize>,
     },
 }
 
@@ -141,6 +154,8 @@ pub(crate) enum Segment {
 pub(crate) struct Finished {
     pub(crate) receipts: Vec<Receipt>,
     pub(crate) answer_bytes: usize,
+    /// Plaintext bytes whose wire bytes were all written.
+    pub(crate) plain_bytes: usize,
     /// Whole segments written, dropped outside the lock with the receipts.
     segments: Vec<Segment>,
 }
@@ -176,7 +191,7 @@ impl Segment {
     /// The bytes not yet written, as (up to) two slices.
     fn remaining(&self) -> (&[u8], &[u8]) {
         match self {
-            Self::Whole { frame, written } => {
+            Self::Whole { frame, written, .. } => {
                 let header = frame.header.as_bytes();
                 if *written < header.len() {
                     (&header[*written..], &frame.body)
@@ -191,17 +206,19 @@ impl Segment {
     /// Bytes not yet written.
     pub(crate) fn remaining_len(&self) -> usize {
         match self {
-            Self::Whole { frame, written } => frame.len() - written,
+            Self::Whole { frame, written, .. } => frame.len() - written,
             Self::Flat { bytes, written, .. } => bytes.len() - written,
         }
     }
 
     /// Records `n` more bytes written (at most what remains), collecting the frames it
-    /// finished.
+    /// finished and the plaintext bytes it retired (those of an envelope all at once, when
+    /// its last byte is written).
     fn advance(&mut self, n: usize, finished: &mut Finished) {
         match self {
-            Self::Whole { frame, written } => {
+            Self::Whole { frame, written, .. } => {
                 *written += n;
+                finished.plain_bytes += n;
                 if *written == frame.len() {
                     if frame.kind == Kind::Answer {
                         finished.answer_bytes += frame.len();
@@ -209,8 +226,23 @@ impl Segment {
                     finished.receipts.extend(frame.receipt.take());
                 }
             }
-            Self::Flat { written, marks, .. } => {
+            Self::Flat {
+                bytes,
+                written,
+                marks,
+                sealed,
+            } => {
                 *written += n;
+                finished.plain_bytes += match *sealed {
+                    Some(plain) if plain != bytes.len() => {
+                        if *written == bytes.len() {
+                            plain
+                        } else {
+                            0
+                        }
+                    }
+                    _ => n,
+                };
                 while marks.front().is_some_and(|mark| mark.end <= *written) {
                     let mark = marks.pop_front().expect("checked");
                     if mark.kind == Kind::Answer {
@@ -218,6 +250,66 @@ impl Segment {
                     }
                     finished.receipts.extend(mark.receipt);
                 }
+            }
+        }
+    }
+
+    /// Makes this segment's wire bytes with `cipher`, unless that was done.
+    fn seal(&mut self, cipher: &mut Encryptor) -> Result<(), AuthError> {
+        match self {
+            Self::Whole { sealed: true, .. }
+            | Self::Flat {
+                sealed: Some(_), ..
+            } => Ok(()),
+            Self::Whole {
+                frame,
+                written,
+                sealed,
+            } => {
+                debug_assert_eq!(*written, 0, "a segment is sealed before it is written");
+                if cipher.encrypt_in_place(frame.header.as_bytes_mut()) {
+                    cipher.encrypt_in_place(&mut frame.body);
+                    *sealed = true;
+                    return Ok(());
+                }
+                let len = frame.len();
+                let mut wire = Vec::with_capacity(cipher.max_output(len));
+                cipher.encrypt(&[frame.header.as_bytes(), &frame.body], &mut wire)?;
+                let mark = Mark {
+                    end: wire.len(),
+                    len,
+                    kind: frame.kind,
+                    receipt: frame.receipt.take(),
+                };
+                *self = Self::Flat {
+                    bytes: wire,
+                    written: 0,
+                    marks: VecDeque::from([mark]),
+                    sealed: Some(len),
+                };
+                Ok(())
+            }
+            Self::Flat {
+                bytes,
+                written,
+                marks,
+                sealed,
+            } => {
+                debug_assert_eq!(*written, 0, "a segment is sealed before it is written");
+                let len = bytes.len();
+                if cipher.encrypt_in_place(bytes) {
+                    *sealed = Some(len);
+                    return Ok(());
+                }
+                let mut wire = Vec::with_capacity(cipher.max_output(len));
+                cipher.encrypt(&[bytes], &mut wire)?;
+                // The frames are whole on the wire when the envelope is.
+                for mark in marks.iter_mut() {
+                    mark.end = wire.len();
+                }
+                *bytes = wire;
+                *sealed = Some(len);
+                Ok(())
             }
         }
     }
@@ -259,18 +351,19 @@ impl Segments {
     pub(crate) fn push(&mut self, frame: Frame) {
         let len = frame.len();
         if frame.body.len() > FLATTEN_MAX {
-            self.queue.push_back(Segment::Whole { frame, written: 0 });
+            self.push_whole(frame);
             return;
         }
         let fits = matches!(
             self.queue.back(),
-            Some(Segment::Flat { bytes, .. }) if bytes.len() + len <= CHUNK
+            Some(Segment::Flat { bytes, sealed: None, .. }) if bytes.len() + len <= CHUNK
         );
         if !fits {
             self.queue.push_back(Segment::Flat {
                 bytes: Vec::with_capacity(CHUNK_START.max(len)),
                 written: 0,
                 marks: VecDeque::new(),
+                sealed: None,
             });
         }
         let Some(Segment::Flat { bytes, marks, .. }) = self.queue.back_mut() else {
@@ -288,7 +381,33 @@ impl Segments {
 
     /// Appends a frame as a segment of its own (the thread that writes it at once).
     pub(crate) fn push_whole(&mut self, frame: Frame) {
-        self.queue.push_back(Segment::Whole { frame, written: 0 });
+        self.queue.push_back(Segment::Whole {
+            frame,
+            written: 0,
+            sealed: false,
+        });
+    }
+
+    /// Seals, in order, every segment not sealed yet with `cipher` (see the module docs).
+    /// Called by the one thread that writes, outside the queue's lock.
+    pub(crate) fn seal(&mut self, cipher: &mut Encryptor) -> Result<(), AuthError> {
+        for segment in &mut self.queue {
+            segment.seal(cipher)?;
+        }
+        Ok(())
+    }
+
+    /// Marks every segment sealed as it is: what was queued before a channel cipher
+    /// started goes out in plaintext (a server's answer to the handshake).
+    pub(crate) fn seal_as_is(&mut self) {
+        for segment in &mut self.queue {
+            match segment {
+                Segment::Whole { sealed, .. } => *sealed = true,
+                Segment::Flat { bytes, sealed, .. } => {
+                    sealed.get_or_insert(bytes.len());
+                }
+            }
+        }
     }
 
     /// Takes everything.

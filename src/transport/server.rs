@@ -18,6 +18,7 @@ use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crate::sync::{Arc, Mutex};
 use crate::threads::{join_until, spawn};
 use crate::transport::TransportConf;
+use crate::transport::auth::{AuthBootstrap, Security};
 use crate::transport::event_loop::{IoGroup, next_origin};
 use crate::transport::socket::{bind_listener, configure_stream, interrupted, would_block};
 
@@ -47,12 +48,14 @@ struct Running {
 
 impl TransportServer {
     /// Binds `host:port` (port 0: any free port; on a collision, the next ports up to
-    /// `rpc.port.maxRetries`) and starts accepting.
+    /// `rpc.port.maxRetries`) and starts accepting; with `auth`, every connection must
+    /// authenticate first.
     pub(crate) fn bind(
         host: &str,
         port: u16,
         conf: &TransportConf,
         io: Arc<IoGroup>,
+        auth: Option<AuthBootstrap>,
     ) -> Result<Self, RpcError> {
         let base = resolve(host, port)?;
         let (listener, address) =
@@ -81,6 +84,7 @@ impl TransportServer {
             io: Arc::clone(&io),
             conf: conf.clone(),
             origin,
+            auth,
             inbound: Arc::new(AtomicUsize::new(0)),
             refused: Refused::default(),
         };
@@ -144,6 +148,8 @@ struct Boss {
     io: Arc<IoGroup>,
     conf: TransportConf,
     origin: u64,
+    /// The handshake every connection must pass first.
+    auth: Option<AuthBootstrap>,
     /// Inbound connections held now (for `rpc.io.maxConnections`).
     inbound: Arc<AtomicUsize>,
     refused: Refused,
@@ -222,10 +228,17 @@ impl Boss {
                     if let Err(err) = configure_stream(SockRef::from(&stream), &self.conf) {
                         warn!("cannot set socket options on the connection from {peer}: {err}");
                     }
-                    match self
-                        .io
-                        .adopt(stream, peer, self.origin, Some(Arc::clone(&self.inbound)))
-                    {
+                    let security = match &self.auth {
+                        Some(auth) => Security::AwaitAuth(auth.clone()),
+                        None => Security::Plain,
+                    };
+                    match self.io.adopt(
+                        stream,
+                        peer,
+                        self.origin,
+                        Some(Arc::clone(&self.inbound)),
+                        security,
+                    ) {
                         Ok(_) => debug!("accepted a connection from {peer}"),
                         Err(err) => warn!("dropped the connection from {peer}: {err}"),
                     }

@@ -212,7 +212,7 @@ fn pair_with(capacity: usize, conf: &TransportConf) -> (Side, Side) {
             client: TransportClient::new(conn),
             inbound: rx,
             outbound: tx,
-            reader: Reader::new(wire, MAX_FRAME, Instant::now()),
+            reader: Reader::new(wire, MAX_FRAME, Instant::now(), None, None),
             handler: TestHandler::default(),
             outcome: ReadOutcome::Drained,
             wire: weak,

@@ -48,6 +48,7 @@ use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
 
+use crate::auth::Encryptor;
 use crate::conf::keys;
 use crate::error::RpcError;
 use crate::fnv::FnvMap;
@@ -158,6 +159,9 @@ struct State {
     initial_window: i64,
     /// `None` once the connection closed; a writer takes a clone for its system call.
     wire: Option<Arc<dyn Wire>>,
+    /// The channel cipher of an encrypted connection. The thread that writes takes it
+    /// with the segments it writes, and seals them outside the lock; `None` meanwhile.
+    cipher: Option<Box<Encryptor>>,
     closed: bool,
     /// A thread is inside `writev` with segments taken out of `ready`.
     writing: bool,
@@ -212,6 +216,7 @@ impl WriteQueue {
                 held: FnvMap::default(),
                 initial_window: INITIAL_WINDOW as i64,
                 wire: Some(wire),
+                cipher: None,
                 closed: false,
                 writing: false,
                 loop_woken: false,
@@ -278,10 +283,11 @@ impl WriteQueue {
                 if let Some(wire) = state.wire.clone() {
                     state.writing = true;
                     let mut batch = state.ready.take();
+                    let mut cipher = state.cipher.take();
                     drop(state);
-                    let (finished, bytes, error) = batch.write_to(&*wire);
+                    let (finished, bytes, error) = write_batch(&mut batch, &mut cipher, &*wire);
                     drop(wire);
-                    return match self.after_write(batch, finished, bytes, error, false) {
+                    return match self.after_write(batch, cipher, finished, bytes, error, false) {
                         (after, None) => Ok(after),
                         (_, Some(err)) => Err(Submitted::WriteFailed(err)),
                     };
@@ -310,12 +316,13 @@ impl WriteQueue {
             state.answer_bytes += frame.len();
         }
         state.writing = true;
+        let mut cipher = state.cipher.take();
         drop(state);
         let mut batch = Segments::default();
         batch.push_whole(frame);
-        let (finished, bytes, error) = batch.write_to(&*wire);
+        let (finished, bytes, error) = write_batch(&mut batch, &mut cipher, &*wire);
         drop(wire);
-        match self.after_write(batch, finished, bytes, error, false) {
+        match self.after_write(batch, cipher, finished, bytes, error, false) {
             (after, None) => Ok(after),
             (_, Some(err)) => Err(Submitted::WriteFailed(err)),
         }
@@ -403,10 +410,11 @@ impl WriteQueue {
             };
             state.writing = true;
             let mut batch = state.ready.take();
+            let mut cipher = state.cipher.take();
             drop(state);
-            let (finished, bytes, error) = batch.write_to(&*wire);
+            let (finished, bytes, error) = write_batch(&mut batch, &mut cipher, &*wire);
             drop(wire);
-            match self.after_write(batch, finished, bytes, error, true) {
+            match self.after_write(batch, cipher, finished, bytes, error, true) {
                 (_, Some(err)) => return Flushed::Failed(err),
                 _ if self.state.lock().blocked => return Flushed::Blocked,
                 _ => {}
@@ -421,6 +429,7 @@ impl WriteQueue {
     fn after_write(
         &self,
         batch: Segments,
+        cipher: Option<Box<Encryptor>>,
         finished: Finished,
         bytes: usize,
         error: Option<io::Error>,
@@ -428,7 +437,14 @@ impl WriteQueue {
     ) -> (After, Option<io::Error>) {
         let mut state = self.state.lock();
         state.writing = false;
-        state.ready_bytes = state.ready_bytes.saturating_sub(bytes);
+        let mut batch = batch;
+        if cipher.is_some() {
+            state.cipher = cipher;
+        } else if state.cipher.is_some() {
+            // The channel cipher started while this thread wrote what was queued before.
+            batch.seal_as_is();
+        }
+        state.ready_bytes = state.ready_bytes.saturating_sub(finished.plain_bytes);
         state.answer_bytes = state.answer_bytes.saturating_sub(finished.answer_bytes);
         let progressed = bytes > 0;
         if state.closed {
@@ -436,7 +452,6 @@ impl WriteQueue {
             drop(state);
             finished.settle();
             let mut unwritten = Unwritten::default();
-            let mut batch = batch;
             for segment in batch.drain() {
                 segment.abandon(&mut unwritten);
             }
@@ -480,6 +495,14 @@ impl WriteQueue {
         }
         finished.settle();
         (after, error)
+    }
+
+    /// Seals everything queued from now on with `encryptor` (see [`Segments::seal`]); what
+    /// is queued already, and what a thread is writing now, goes out as it is.
+    pub(crate) fn start_encryption(&self, encryptor: Encryptor) {
+        let mut state = self.state.lock();
+        state.ready.seal_as_is();
+        state.cipher = Some(Box::new(encryptor));
     }
 
     /// Adds `bytes` to `label`'s window and moves its held frames to the ready queue while
@@ -638,6 +661,22 @@ impl fmt::Debug for WriteQueue {
             .field("limit", &self.limit)
             .finish()
     }
+}
+
+/// Seals `batch` with the connection's channel cipher, if it has one, and writes it (see
+/// [`Segments::write_to`]). A cipher that fails is a write error: the connection closes.
+fn write_batch(
+    batch: &mut Segments,
+    cipher: &mut Option<Box<Encryptor>>,
+    wire: &dyn Wire,
+) -> (Finished, usize, Option<io::Error>) {
+    if let Some(cipher) = cipher {
+        if let Err(err) = batch.seal(cipher) {
+            let err = io::Error::other(format!("cannot encrypt: {err}"));
+            return (Finished::default(), 0, Some(err));
+        }
+    }
+    batch.write_to(wire)
 }
 
 /// Takes the held frames the window now covers, in order.
