@@ -101,6 +101,7 @@ fn main() -> ExitCode {
         "drive a running master (rpc://Master@host:port) instead: no cluster is started, \
          no worker killed",
     )
+    .flag("secret-file", "PATH", None, cluster::SECRET_HELP)
     .repeated("conf", "KEY=VALUE", cluster::CONF_HELP)
     .parse();
     let tasks: u64 = args.get("tasks");

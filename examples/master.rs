@@ -67,6 +67,7 @@ fn main() -> ExitCode {
         Some("60s"),
         "a worker that does not answer a task within this is lost",
     )
+    .flag("secret-file", "PATH", None, cluster::SECRET_HELP)
     .repeated("conf", "KEY=VALUE", cluster::CONF_HELP)
     .parse();
     let conf = MasterConf {

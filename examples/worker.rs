@@ -88,6 +88,7 @@ fn main() -> ExitCode {
         None,
         "give up registering after this long [default: keep trying]",
     )
+    .flag("secret-file", "PATH", None, cluster::SECRET_HELP)
     .repeated("conf", "KEY=VALUE", cluster::CONF_HELP)
     .parse();
     if args.switch("client-mode") && args.has("port") {

@@ -40,7 +40,7 @@
 //! | [`RpcAddress`] | `host:port` of a server env |
 //! | [`RpcConf`] | string-keyed configuration, checked at `build()` |
 //! | [`RpcError`] | every failure |
-//! | [`transport`] | the layer below: Spark frames over mio event loops |
+//! | [`transport`] | the layer below: Spark frames over mio event loops; [`transport::AuthBootstrap`] authenticates and encrypts its connections |
 //!
 //! # Threads: who runs what
 //!
@@ -174,11 +174,30 @@
 //! - A reference to an endpoint of a client-mode env is bound, when it is received, to
 //!   the connection it came over; forwarded on to a third env it does not work there.
 //!
+//! # Security
+//!
+//! Without `rpc.authenticate` anyone who can reach a server env's port can call its
+//! endpoints, and bytes cross the network in clear. With it, every connection first runs
+//! Spark 4.x's `AuthEngine` handshake over a shared secret (`rpc.authenticate.secret`,
+//! `.secret.file` or `.secret.env`): the connecting thread (`rpc-connect-N`) runs the
+//! client side before anyone else uses the connection; the server's event loop answers
+//! the first frame, and its endpoints hear nothing of a peer (no message, no
+//! `on_connected`) before that peer authenticated. With `rpc.io.encryption.enabled`
+//! every byte after the handshake is encrypted (`rpc.io.encryption.cipher`: AES-GCM,
+//! authenticated, by default; AES-CTR as Spark's default), by the thread that writes and
+//! the event loop that reads. A wrong secret or app id, a tampered handshake or GCM
+//! envelope, or two sides whose cipher or engine version differ (neither is negotiated on
+//! the wire) fail with [`RpcError::Auth`] naming the peer, promptly; a peer that has not
+//! authenticated within `rpc.authenticate.timeout` is closed. The secret and key material
+//! appear in no error, log line or `Debug` output, and keys are wiped when dropped. See
+//! [`transport::AuthBootstrap`] for the settings Spark needs to match.
+//!
 //! # Layers
 //!
 //! | layer | what it knows |
 //! |---|---|
 //! | frame (private) | Spark frames ⇄ bytes; an incremental decoder; no I/O |
+//! | auth (private) | Spark's `AuthEngine` handshake and the AES-CTR / AES-GCM channel ciphers; bytes in, bytes out, no I/O |
 //! | [`transport`] | sockets, event loops, requests and their answers; no endpoints |
 //! | rpc (private, re-exported above) | envs, endpoints, envelopes, timeouts; no sockets |
 //! | codec (private) | the one place that calls bincode (serde) |

@@ -10,6 +10,9 @@
 //! - a worker whose master dies prints its failed heartbeats (a connection error), and
 //!   registers again with a new master on the same port;
 //! - a worker started before its master keeps trying until the master is there;
+//! - with `--secret-file`, workers with the master's secret register and run tasks over
+//!   encrypted connections; a worker with another secret fails with an authentication
+//!   error and is never registered;
 //! - bad flags end with exit status 2 and a message; `--help` prints the usage.
 
 mod example_bins;
@@ -349,4 +352,100 @@ fn sigterm_shuts_a_worker_down_cleanly_and_the_master_notices() {
         l.starts_with("MASTER worker lost id=w1 ")
     });
     master.kill();
+}
+
+#[test]
+fn nodes_with_a_secret_file_authenticate_and_a_wrong_secret_is_refused() {
+    let dir = std::env::temp_dir().join(format!("rpcenv-nodes-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let good = dir.join("good");
+    let bad = dir.join("bad");
+    std::fs::write(&good, b"the cluster's secret").expect("a secret file");
+    std::fs::write(&bad, b"someone else's secret").expect("a secret file");
+    let good = good.to_str().expect("utf-8").to_owned();
+    let bad = bad.to_str().expect("utf-8").to_owned();
+
+    let (mut master, uri) = master(&["--secret-file", &good]);
+    let mut w1 = Node::spawn(
+        "w1",
+        "worker",
+        &[
+            "--master",
+            &uri,
+            "--id",
+            "w1",
+            "--port",
+            "0",
+            "--secret-file",
+            &good,
+        ],
+    );
+    let mut w2 = Node::spawn(
+        "w2",
+        "worker",
+        &[
+            "--master",
+            &uri,
+            "--id",
+            "w2",
+            "--client-mode",
+            "--secret-file",
+            &good,
+        ],
+    );
+    for id in ["w1", "w2"] {
+        let registered = format!("MASTER worker registered id={id} ");
+        if !master.saw(&registered) {
+            master.expect_line(&registered, WAIT, |l| l.starts_with(&registered));
+        }
+    }
+    let mut driver = Node::spawn(
+        "driver",
+        "demo",
+        &["--connect", &uri, "--tasks", "20", "--secret-file", &good],
+    );
+    let status = driver.wait_exit(WAIT);
+    assert!(
+        status.success() && driver.saw("DEMO OK tasks=20/20 "),
+        "the driver: {status}\n{}",
+        driver.output()
+    );
+
+    let mut intruder = Node::spawn(
+        "w3",
+        "worker",
+        &[
+            "--master",
+            &uri,
+            "--id",
+            "w3",
+            "--client-mode",
+            "--secret-file",
+            &bad,
+        ],
+    );
+    intruder.expect_line("an authentication failure", WAIT, |l| {
+        l.contains("registration attempt 1 ") && l.contains("authentication with")
+    });
+    // And one without any secret.
+    let mut plain = Node::spawn(
+        "w4",
+        "worker",
+        &["--master", &uri, "--id", "w4", "--client-mode"],
+    );
+    plain.expect_line("a failed registration", WAIT, |l| {
+        l.contains("registration attempt 1 ")
+    });
+    assert!(
+        !master.saw("MASTER worker registered id=w3 ")
+            && !master.saw("MASTER worker registered id=w4 "),
+        "a worker without the secret registered\n{}",
+        master.output()
+    );
+    intruder.kill();
+    plain.kill();
+    w1.kill();
+    w2.kill();
+    master.kill();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -167,19 +167,46 @@ fn mix(x: u64) -> u64 {
 pub(crate) const CONF_HELP: &str =
     "an rpcenv setting for the node's env, e.g. --conf rpc.io.connectionTimeout=2s";
 
-/// `base` with every `--conf KEY=VALUE` flag applied, in order (a later one wins). A flag
-/// that is not `KEY=VALUE`, or a key or value the library rejects, ends the program with
-/// a usage error (exit status 2).
+/// The help of `--secret-file`.
+pub(crate) const SECRET_HELP: &str = "authenticate every connection with the secret in this \
+     file (Base64 of its bytes, as Spark's spark.authenticate.secret.file) and encrypt it \
+     with AES-GCM; every node of the cluster needs the same file";
+
+/// `base` with `--secret-file` and then every `--conf KEY=VALUE` flag applied, in order (a
+/// later one wins, so `--conf rpc.io.encryption.enabled=false` keeps the authentication
+/// and drops the encryption). A flag that is not `KEY=VALUE`, or a key, value or secret
+/// file the library rejects, ends the program with a usage error (exit status 2).
 pub(crate) fn rpc_conf(args: &flags::Args, base: RpcConf) -> RpcConf {
     let mut conf = base;
-    for item in args.all("conf") {
+    let secret_file = args.opt("secret-file");
+    if let Some(path) = secret_file {
+        conf = conf
+            .set("rpc.authenticate", "true")
+            .set("rpc.authenticate.secret.file", path)
+            .set("rpc.io.encryption.enabled", "true");
+    }
+    let items = args.all("conf");
+    for item in items {
         let Some((key, value)) = item.split_once('=') else {
             args.fail(&format!("--conf takes KEY=VALUE, not '{item}'"));
         };
         conf.insert(key.trim(), value.trim());
-        if let Err(err) = conf.validate() {
-            args.fail(&format!("--conf {item}: {err}"));
-        }
+    }
+    // Checked once all are in: some keys only make sense together (a secret with
+    // rpc.authenticate). The error names its key; the flag that set it is named too.
+    if let Err(err) = conf.validate() {
+        let key = match &err {
+            rpcenv::RpcError::Config { key, .. } => key.as_str(),
+            _ => "",
+        };
+        let flag = items
+            .iter()
+            .rev()
+            .find(|item| item.split_once('=').is_some_and(|(k, _)| k.trim() == key))
+            .map(|item| format!("--conf {item}"))
+            .or_else(|| secret_file.map(|path| format!("--secret-file {path}")))
+            .unwrap_or_else(|| "--conf".to_owned());
+        args.fail(&format!("{flag}: {err}"));
     }
     conf
 }
