@@ -423,3 +423,151 @@ impl Drop for Exchange<'_> {
         let _ = self.poll.registry().deregister(self.stream);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The server side of the handshake against a client driven by hand over a plain
+    //! socket: what a peer that has the secret, or replays what it saw, can do.
+
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sync::Arc;
+    use crate::sync::atomic::{AtomicUsize, Ordering};
+    use crate::transport::{
+        Responder, RpcHandler, TransportClient, TransportConf, TransportContext,
+    };
+
+    const SECRET: &str = "rpcenv-test-secret";
+
+    #[derive(Default)]
+    struct Echo {
+        requests: AtomicUsize,
+    }
+
+    impl RpcHandler for Echo {
+        fn receive(&self, _: &TransportClient, message: Vec<u8>, responder: Responder) {
+            self.requests.fetch_add(1, Ordering::SeqCst);
+            responder.reply(message);
+        }
+    }
+
+    fn frame(header: FrameHeader, body: &[u8]) -> Vec<u8> {
+        let mut bytes = header.as_bytes().to_vec();
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    /// Reads one frame from a blocking socket (10 s at most).
+    fn read_frame(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+        let mut length = [0; 8];
+        stream.read_exact(&mut length)?;
+        let len = u64::from_be_bytes(length) as usize;
+        let mut frame = vec![0; len];
+        frame[..8].copy_from_slice(&length);
+        stream.read_exact(&mut frame[8..])?;
+        Ok(frame)
+    }
+
+    /// A client that runs the handshake by hand over a plain socket and returns the
+    /// socket with its channel cipher.
+    fn authenticated(port: u16, auth: &AuthBootstrap) -> (TcpStream, Encryptor, Decryptor) {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("a connection");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("a read timeout");
+        let (handshake, challenge) =
+            ClientHandshake::start(auth.settings(), &mut OsRandom).expect("a challenge");
+        stream
+            .write_all(&frame(
+                FrameHeader::rpc_request(7, challenge.len()),
+                &challenge,
+            ))
+            .expect("the challenge");
+        let answer = read_frame(&mut stream).expect("the answer");
+        let Ok((
+            _,
+            Some(Message::RpcResponse {
+                request_id: 7,
+                body,
+            }),
+        )) = FrameDecoder::new(MAX_HANDSHAKE_FRAME).decode(&answer)
+        else {
+            panic!("the answer is not a response to the challenge");
+        };
+        let keys = handshake
+            .finish(auth.settings(), &body)
+            .expect("the server's answer");
+        let cipher = auth.encryption().expect("an encrypted channel");
+        let (encryptor, decryptor) = keys.channel(cipher, Box::new(OsRandom));
+        (stream, encryptor, decryptor)
+    }
+
+    fn server(
+        auth: &AuthBootstrap,
+    ) -> (TransportContext, super::super::TransportServer, Arc<Echo>) {
+        let handler = Arc::new(Echo::default());
+        let ctx = TransportContext::new(TransportConf::default(), handler.clone());
+        let server = ctx
+            .create_server_with_bootstrap("127.0.0.1", 0, auth)
+            .expect("a server");
+        (ctx, server, handler)
+    }
+
+    /// The client above is right: an encrypted request gets its encrypted answer.
+    #[test]
+    fn a_client_by_hand_is_answered_over_the_channel() {
+        for cipher in [Cipher::AesGcm, Cipher::AesCtr] {
+            let auth = AuthBootstrap::new("app", SECRET).with_encryption(Some(cipher));
+            let (_ctx, server, handler) = server(&auth);
+            let (mut stream, mut encryptor, mut decryptor) = authenticated(server.port(), &auth);
+            let request = frame(FrameHeader::rpc_request(8, 5), b"hello");
+            let mut wire = Vec::new();
+            encryptor.encrypt(&[&request], &mut wire).expect("sealed");
+            stream.write_all(&wire).expect("the request");
+            let mut plain = Vec::new();
+            let mut buf = [0; 4096];
+            while plain.len() < 26 {
+                let n = stream.read(&mut buf).expect("the answer");
+                assert_ne!(n, 0, "{cipher:?}: closed before answering");
+                decryptor
+                    .decrypt(&buf[..n], &mut plain)
+                    .expect("it decrypts");
+            }
+            assert_eq!(plain, frame(FrameHeader::rpc_response(8, 5), b"hello"));
+            assert_eq!(handler.requests.load(Ordering::SeqCst), 1);
+        }
+    }
+
+    /// Spark's `AuthIntegrationSuite.testAuthReplay`: a peer that completed (or replayed)
+    /// the handshake but does not have the channel keys, and so sends frames as they are,
+    /// gets nothing through: the server closes the connection at the first frame.
+    #[test]
+    fn auth_integration_suite_auth_replay_a_peer_without_the_keys_gets_nothing_through() {
+        for cipher in [Cipher::AesGcm, Cipher::AesCtr] {
+            let auth = AuthBootstrap::new("app", SECRET).with_encryption(Some(cipher));
+            let (_ctx, server, handler) = server(&auth);
+            let (mut stream, _, _) = authenticated(server.port(), &auth);
+            let request = frame(FrameHeader::rpc_request(8, 5), b"hello");
+            stream.write_all(&request).expect("a plaintext request");
+            let mut buf = [0; 4096];
+            let closed = loop {
+                match stream.read(&mut buf) {
+                    Ok(0) => break true,
+                    Ok(_) => {}
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break false,
+                    Err(err) if err.kind() == io::ErrorKind::TimedOut => break false,
+                    Err(_) => break true,
+                }
+            };
+            assert!(closed, "{cipher:?}: the server kept the connection open");
+            assert_eq!(
+                handler.requests.load(Ordering::SeqCst),
+                0,
+                "{cipher:?}: a request got through"
+            );
+        }
+    }
+}
