@@ -24,6 +24,13 @@
 //! Neither the cipher nor the engine version is negotiated on the wire (Spark's protocol
 //! has no field for them): two sides configured differently complete the handshake, and
 //! then fail on the first encrypted frame, with an error saying so.
+//!
+//! What the channel protects against: AES-CTR (Spark's default) only hides the bytes; a
+//! changed byte reaches the frame decoder. AES-GCM also detects a changed, cut,
+//! reordered or spliced segment, and the connection closes with
+//! [`RpcError::Auth`]. Its envelopes are not numbered (Spark's `GcmTransportCipher`
+//! does not number them either), so a whole envelope replayed by someone on the path is
+//! accepted again; closing that would change the wire format Spark speaks.
 
 use std::fmt;
 use std::io::{self, Read, Write};
