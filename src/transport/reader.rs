@@ -371,6 +371,8 @@ impl Reader {
                         continue;
                     };
                     if self.auth.is_some() {
+                        // The handshake is a whole frame too (for `rpc.io.frameTimeout`).
+                        self.frames += 1;
                         match self.authenticate(conn, client, handler, message) {
                             Handshake::Refused => return Decoded::Stop(ReadOutcome::Refused),
                             Handshake::Closed => return Decoded::Stop(ReadOutcome::Closed),

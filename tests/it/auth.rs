@@ -40,9 +40,17 @@ struct Secured {
 
 impl Secured {
     fn new(server_auth: Option<&AuthBootstrap>, client_auth: Option<&AuthBootstrap>) -> Self {
+        Self::with_conf(server_auth, client_auth, &[])
+    }
+
+    fn with_conf(
+        server_auth: Option<&AuthBootstrap>,
+        client_auth: Option<&AuthBootstrap>,
+        server_conf: &[(&str, &str)],
+    ) -> Self {
         init_logger();
         let handler = TestHandler::new();
-        let server_ctx = TransportContext::new(transport_conf(&[]), handler.clone());
+        let server_ctx = TransportContext::new(transport_conf(server_conf), handler.clone());
         let server = match server_auth {
             Some(auth) => server_ctx.create_server_with_bootstrap(HOST, 0, auth),
             None => server_ctx.create_server(HOST, 0),
@@ -187,6 +195,23 @@ fn authentication_without_encryption_works() {
     let side = Secured::both(&auth);
     let client = side.connect().expect("authenticated");
     assert_echo(&client, b"hello");
+}
+
+/// The handshake is the connection's first whole frame: an authenticated connection that
+/// is quiet afterwards is not taken for one that never sent a frame
+/// (`rpc.io.frameTimeout`).
+#[test]
+fn an_authenticated_quiet_connection_outlives_the_frame_timeout() {
+    let auth = AuthBootstrap::new("app", SECRET);
+    let side = Secured::with_conf(
+        Some(&auth),
+        Some(&auth),
+        &[("rpc.io.frameTimeout", "300ms")],
+    );
+    let client = side.connect().expect("authenticated");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(client.is_active(), "the quiet connection was closed");
+    assert_echo(&client, b"still here");
 }
 
 /// The server side sends requests back over the client's encrypted connection.
