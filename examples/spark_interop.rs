@@ -5,9 +5,18 @@
 //! server and an rpcenv client at a real Spark `TransportServer`:
 //!
 //! ```text
-//! cargo run --example spark_interop -- server <port-file>
-//! cargo run --example spark_interop -- client <port>
+//! cargo run --example spark_interop -- server [auth options] <port-file>
+//! cargo run --example spark_interop -- client [auth options] <port>
 //! ```
+//!
+//! Without auth options the connections are plaintext (Spark with `spark.authenticate=false`).
+//! With `--auth-secret S --cipher C --engine-version V` every connection runs Spark's
+//! `AuthEngine` handshake ([`AuthBootstrap`], app id [`SPARK_RPC_APP_ID`]) and is then
+//! encrypted with `C` (`AES/CTR/NoPadding` or `AES/GCM/NoPadding`), the channel key derived
+//! as `spark.network.crypto.authEngineVersion` `V` says; the Spark side must be configured
+//! alike (`interop/spark/README.md`). The client then also runs the check `wrong_secret`
+//! first: a client factory with another secret must be refused promptly with
+//! [`RpcError::Auth`], before the real client connects.
 //!
 //! Echo protocol (both servers):
 //!
@@ -36,7 +45,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rpcenv::RpcError;
-use rpcenv::transport::{Responder, RpcHandler, TransportClient, TransportConf, TransportContext};
+use rpcenv::transport::{
+    AuthBootstrap, Cipher, EngineVersion, Responder, RpcHandler, SPARK_RPC_APP_ID, TransportClient,
+    TransportClientFactory, TransportConf, TransportContext,
+};
 
 const HOST: &str = "127.0.0.1";
 /// Upper bound for every single wait of the client (per check).
@@ -44,9 +56,15 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
 /// The server gives up (exit 1) if nobody asks it to shut down within this time.
 const SERVER_LIFETIME: Duration = Duration::from_secs(10 * 60);
 
+/// How long a handshake may take (the Spark side uses the same `spark.network.auth.rpcTimeout`).
+const AUTH_TIMEOUT: Duration = Duration::from_secs(20);
+/// A refused handshake must fail within this time, well under 10 s (a timeout would take
+/// `AUTH_TIMEOUT`).
+const WRONG_SECRET_BOUND: Duration = Duration::from_secs(5);
+
 const USAGE: &str = "\
-usage: spark_interop server <port-file>
-       spark_interop client <port>
+usage: spark_interop server [AUTH] <port-file>
+       spark_interop client [AUTH] <port>
        spark_interop --help
 
   server <port-file>  serve the echo protocol on 127.0.0.1 (port chosen by the OS), write the
@@ -55,35 +73,107 @@ usage: spark_interop server <port-file>
   client <port>       run the interop checks against an echo server on 127.0.0.1:<port>, then
                       send it `__shutdown__`; exit 0 iff every check passed
 
+  AUTH (all three or none; none: plaintext):
+    --auth-secret S     authenticate every connection with Spark's AuthEngine, app id
+                        \"sparkSaslUser\", shared secret S (spark.authenticate.secret)
+    --cipher C          then encrypt with C: AES/CTR/NoPadding or AES/GCM/NoPadding
+                        (spark.network.crypto.cipher)
+    --engine-version V  derive the channel key as version V does: 1 or 2
+                        (spark.network.crypto.authEngineVersion)
+  With AUTH the client first checks that a client with another secret is refused
+  (check `wrong_secret`).
+
 Environment: RUST_LOG (env_logger) selects the log level, e.g. RUST_LOG=debug.";
+
+/// The AuthEngine settings, alike on both sides (no `Auth`: plaintext).
+#[derive(Clone)]
+struct Auth {
+    secret: String,
+    cipher: Cipher,
+    version: EngineVersion,
+}
+
+impl Auth {
+    fn bootstrap(&self) -> AuthBootstrap {
+        AuthBootstrap::new(SPARK_RPC_APP_ID, &self.secret)
+            .with_encryption(Some(self.cipher))
+            .with_engine_version(self.version)
+            .with_timeout(AUTH_TIMEOUT)
+    }
+}
 
 enum Mode {
     Help,
-    Server(PathBuf),
-    Client(u16),
+    Server(PathBuf, Option<Auth>),
+    Client(u16, Option<Auth>),
+}
+
+fn parse_cipher(s: &str) -> Result<Cipher, String> {
+    match s {
+        "AES/CTR/NoPadding" => Ok(Cipher::AesCtr),
+        "AES/GCM/NoPadding" => Ok(Cipher::AesGcm),
+        _ => Err(format!(
+            "invalid cipher {s:?} (expected AES/CTR/NoPadding or AES/GCM/NoPadding)"
+        )),
+    }
+}
+
+fn parse_version(s: &str) -> Result<EngineVersion, String> {
+    match s {
+        "1" => Ok(EngineVersion::V1),
+        "2" => Ok(EngineVersion::V2),
+        _ => Err(format!("invalid engine version {s:?} (expected 1 or 2)")),
+    }
 }
 
 fn parse_args(args: &[String]) -> Result<Mode, String> {
-    match args {
-        [flag] if flag == "--help" || flag == "-h" || flag == "help" => Ok(Mode::Help),
-        [mode, file] if mode == "server" => {
-            if file.is_empty() {
-                Err("server: the port file must not be empty".to_owned())
-            } else {
-                Ok(Mode::Server(PathBuf::from(file)))
+    let (mode, rest) = match args {
+        [flag] if flag == "--help" || flag == "-h" || flag == "help" => return Ok(Mode::Help),
+        [] => return Err("missing mode (server or client)".to_owned()),
+        [mode, rest @ ..] if mode == "server" || mode == "client" => (mode.as_str(), rest),
+        [other, ..] => return Err(format!("unknown mode {other:?}")),
+    };
+    let (mut secret, mut cipher, mut version) = (None, None, None);
+    let mut positional = Vec::new();
+    let mut it = rest.iter();
+    while let Some(arg) = it.next() {
+        let slot = match arg.as_str() {
+            "--auth-secret" => &mut secret,
+            "--cipher" => &mut cipher,
+            "--engine-version" => &mut version,
+            flag if flag.starts_with("--") => return Err(format!("unknown option {flag:?}")),
+            _ => {
+                positional.push(arg);
+                continue;
             }
+        };
+        let value = it.next().ok_or_else(|| format!("{arg} needs a value"))?;
+        *slot = Some(value.as_str());
+    }
+    let auth = match (secret, cipher, version) {
+        (None, None, None) => None,
+        (Some(""), _, _) => return Err("--auth-secret must not be empty".to_owned()),
+        (Some(secret), Some(cipher), Some(version)) => Some(Auth {
+            secret: secret.to_owned(),
+            cipher: parse_cipher(cipher)?,
+            version: parse_version(version)?,
+        }),
+        _ => return Err("--auth-secret, --cipher and --engine-version go together".to_owned()),
+    };
+    let [arg] = positional.as_slice() else {
+        return Err(format!("{mode}: expected exactly one argument"));
+    };
+    if mode == "server" {
+        if arg.is_empty() {
+            Err("server: the port file must not be empty".to_owned())
+        } else {
+            Ok(Mode::Server(PathBuf::from(arg), auth))
         }
-        [mode, port] if mode == "client" => match port.parse::<u16>() {
-            Ok(p) if p != 0 => Ok(Mode::Client(p)),
-            _ => Err(format!(
-                "client: invalid port {port:?} (expected 1..=65535)"
-            )),
-        },
-        [] => Err("missing mode (server or client)".to_owned()),
-        [mode, ..] if mode == "server" || mode == "client" => {
-            Err(format!("{mode}: expected exactly one argument"))
+    } else {
+        match arg.parse::<u16>() {
+            Ok(p) if p != 0 => Ok(Mode::Client(p, auth)),
+            _ => Err(format!("client: invalid port {arg:?} (expected 1..=65535)")),
         }
-        [other, ..] => Err(format!("unknown mode {other:?}")),
     }
 }
 
@@ -95,8 +185,8 @@ fn main() -> ExitCode {
             println!("{USAGE}");
             ExitCode::SUCCESS
         }
-        Ok(Mode::Server(port_file)) => run_server(&port_file),
-        Ok(Mode::Client(port)) => run_client(port),
+        Ok(Mode::Server(port_file, auth)) => run_server(&port_file, auth.as_ref()),
+        Ok(Mode::Client(port, auth)) => run_client(port, auth.as_ref()),
         Err(msg) => {
             eprintln!("spark_interop: {msg}\n\n{USAGE}");
             ExitCode::from(2)
@@ -142,14 +232,18 @@ fn write_port_file(path: &Path, port: u16) -> std::io::Result<()> {
     fs::rename(&tmp, path)
 }
 
-fn run_server(port_file: &Path) -> ExitCode {
+fn run_server(port_file: &Path, auth: Option<&Auth>) -> ExitCode {
     let (shutdown_tx, shutdown_rx) = mpsc::channel();
     let handler = Arc::new(EchoHandler {
         one_ways: AtomicU64::new(0),
         shutdown: shutdown_tx,
     });
     let context = TransportContext::new(TransportConf::default(), handler.clone());
-    let server = match context.create_server(HOST, 0) {
+    let server = match auth {
+        None => context.create_server(HOST, 0),
+        Some(auth) => context.create_server_with_bootstrap(HOST, 0, &auth.bootstrap()),
+    };
+    let server = match server {
         Ok(server) => server,
         Err(e) => {
             eprintln!("spark_interop server: cannot listen on {HOST}: {e}");
@@ -164,7 +258,13 @@ fn run_server(port_file: &Path) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    eprintln!("spark_interop server: listening on {HOST}:{port}");
+    match auth {
+        None => eprintln!("spark_interop server: listening on {HOST}:{port} (plaintext)"),
+        Some(auth) => eprintln!(
+            "spark_interop server: listening on {HOST}:{port} (AuthEngine, {}, engine {:?})",
+            auth.cipher, auth.version
+        ),
+    }
 
     let asked = shutdown_rx.recv_timeout(SERVER_LIFETIME).is_ok();
     if asked {
@@ -193,16 +293,38 @@ fn run_server(port_file: &Path) -> ExitCode {
 /// A check returns `Err(why)` when it failed.
 type Check = Box<dyn Fn(&TransportClient) -> Result<(), String>>;
 
-fn run_client(port: u16) -> ExitCode {
+fn client_factory(auth: Option<&Auth>) -> TransportClientFactory {
     let (shutdown_tx, _shutdown_rx) = mpsc::channel();
     let handler = Arc::new(EchoHandler {
         one_ways: AtomicU64::new(0),
         shutdown: shutdown_tx,
     });
     let context = TransportContext::new(TransportConf::default(), handler);
-    let factory = context.create_client_factory();
+    match auth {
+        None => context.create_client_factory(),
+        Some(auth) => context.create_client_factory_with_bootstrap(&auth.bootstrap()),
+    }
+}
+
+fn run_client(port: u16, auth: Option<&Auth>) -> ExitCode {
     let mut passed = 0usize;
     let mut failed = 0usize;
+    if let Some(auth) = auth {
+        // Before the real client: a client with another secret must be refused.
+        match check_wrong_secret(port, auth) {
+            Ok(()) => {
+                println!("PASS wrong_secret");
+                passed += 1;
+            }
+            Err(why) => {
+                println!("FAIL wrong_secret: {}", one_line(&why));
+                failed += 1;
+            }
+        }
+        let _ = std::io::stdout().flush();
+    }
+
+    let factory = client_factory(auth);
 
     match factory.create_client(HOST, port) {
         Err(e) => {
@@ -261,6 +383,50 @@ fn run_client(port: u16) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// A client factory whose secret differs from the server's: `create_client` must fail
+/// promptly with [`RpcError::Auth`] (the server refused the handshake, no timeout), and the
+/// client must not get a connection.
+fn check_wrong_secret(port: u16, auth: &Auth) -> Result<(), String> {
+    let wrong = Auth {
+        secret: format!("not-{}", auth.secret),
+        ..auth.clone()
+    };
+    let factory = client_factory(Some(&wrong));
+    let start = Instant::now();
+    let result = factory.create_client(HOST, port);
+    let took = start.elapsed();
+    factory.close();
+    match result {
+        Ok(client) => {
+            client.close();
+            Err("create_client succeeded with a wrong secret".to_owned())
+        }
+        Err(RpcError::Auth { reason, .. }) if reason.contains("no answer to the handshake") => {
+            Err(format!("refused by a timeout after {took:?}: {reason}"))
+        }
+        Err(RpcError::Auth { .. }) if took > WRONG_SECRET_BOUND => {
+            Err(format!("refused only after {took:?}"))
+        }
+        // The reason quotes the server's failure text: "Authentication failed." from Spark
+        // and rpcenv alike. Anything else (e.g. a connection closed without an answer) is
+        // not a refusal of the handshake.
+        Err(RpcError::Auth { reason, .. }) if !reason.contains("Authentication failed") => Err(
+            format!("RpcError::Auth, but not the server's \"Authentication failed\": {reason}"),
+        ),
+        Err(e @ RpcError::Auth { .. }) => {
+            println!(
+                "    (wrong secret refused after {} ms: {})",
+                took.as_millis(),
+                one_line(&e.to_string())
+            );
+            Ok(())
+        }
+        Err(other) => Err(format!(
+            "expected RpcError::Auth, got {other:?} after {took:?}"
+        )),
     }
 }
 

@@ -1,10 +1,22 @@
 // Spark side of the rpcenv <-> Spark interop check (see README.md in this directory).
 //
 // Built only against Apache Spark's own network-common classes (spark-network-common 4.3.0,
-// module "rpc", no auth, no TLS), so that the Rust transport is checked against the real thing.
+// module "rpc", no TLS), so that the Rust transport is checked against the real thing.
 //
-//   java -cp "build:<jars>/*" SparkPeer server <port-file>
-//   java -cp "build:<jars>/*" SparkPeer client <port>
+//   java -cp "build:<jars>/*" SparkPeer server [auth options] <port-file>
+//   java -cp "build:<jars>/*" SparkPeer client [auth options] <port>
+//
+// Auth options (all or none; without them the connection is plaintext, as Spark with
+// spark.authenticate=false):
+//   --auth-secret <s>          the shared secret (spark.authenticate.secret)
+//   --cipher <c>               spark.network.crypto.cipher: AES/CTR/NoPadding | AES/GCM/NoPadding
+//   --engine-version <1|2>     spark.network.crypto.authEngineVersion
+// With them, Spark's AuthEngine runs on every connection (what spark.authenticate=true with
+// spark.network.crypto.enabled=true, saslFallback=false does inside Spark): the server has an
+// AuthServerBootstrap, the client an AuthClientBootstrap, app id "sparkSaslUser" (the one
+// NettyRpcEnv uses). The client then also runs the check "wrong_secret" first: a second
+// client factory with another secret must be refused promptly, with an authentication error,
+// before the real client connects.
 //
 // Echo protocol (implemented identically by examples/spark_interop.rs):
 //   RPC "FAIL:<rest>"  -> failure whose text contains <rest>
@@ -21,7 +33,6 @@ import java.nio.file.Paths;
 import java.nio.file.StandardCopyOption;
 import java.util.ArrayList;
 import java.util.Arrays;
-import java.util.Collections;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
@@ -29,17 +40,23 @@ import java.util.Random;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.atomic.AtomicReferenceArray;
 
 import org.apache.spark.network.TransportContext;
 import org.apache.spark.network.client.RpcResponseCallback;
 import org.apache.spark.network.client.TransportClient;
+import org.apache.spark.network.client.TransportClientBootstrap;
 import org.apache.spark.network.client.TransportClientFactory;
+import org.apache.spark.network.crypto.AuthClientBootstrap;
+import org.apache.spark.network.crypto.AuthServerBootstrap;
+import org.apache.spark.network.sasl.SecretKeyHolder;
 import org.apache.spark.network.server.OneForOneStreamManager;
 import org.apache.spark.network.server.RpcHandler;
 import org.apache.spark.network.server.StreamManager;
 import org.apache.spark.network.server.TransportServer;
+import org.apache.spark.network.server.TransportServerBootstrap;
 import org.apache.spark.network.util.MapConfigProvider;
 import org.apache.spark.network.util.TransportConf;
 
@@ -52,35 +69,155 @@ public final class SparkPeer {
 
   private SparkPeer() {}
 
-  public static void main(String[] args) throws Exception {
-    if (args.length == 2 && args[0].equals("server")) {
-      System.exit(runServer(Paths.get(args[1])));
-    } else if (args.length == 2 && args[0].equals("client")) {
-      int port;
-      try {
-        port = Integer.parseInt(args[1]);
-        if (port <= 0 || port > 65535) {
-          throw new NumberFormatException("out of range");
-        }
-      } catch (NumberFormatException e) {
-        System.err.println("SparkPeer: invalid port '" + args[1] + "'");
-        System.exit(2);
-        return;
-      }
-      System.exit(runClient(port));
-    } else {
-      System.err.println("usage: SparkPeer server <port-file> | SparkPeer client <port>");
-      System.exit(2);
+  /** The auth settings of both sides, or null for plaintext. */
+  private static final class Auth {
+    final String secret;
+    final String cipher;
+    final int engineVersion;
+
+    Auth(String secret, String cipher, int engineVersion) {
+      this.secret = secret;
+      this.cipher = cipher;
+      this.engineVersion = engineVersion;
+    }
+
+    Auth withSecret(String other) {
+      return new Auth(other, cipher, engineVersion);
+    }
+
+    @Override
+    public String toString() {
+      return cipher + ", authEngineVersion " + engineVersion;
     }
   }
 
-  private static TransportConf conf() {
+  private static final String USAGE =
+      "usage: SparkPeer server [--auth-secret S --cipher C --engine-version V] <port-file>\n"
+      + "       SparkPeer client [--auth-secret S --cipher C --engine-version V] <port>\n"
+      + "  C: AES/CTR/NoPadding | AES/GCM/NoPadding, V: 1 | 2";
+
+  private static int usage(String why) {
+    System.err.println("SparkPeer: " + why + "\n" + USAGE);
+    return 2;
+  }
+
+  public static void main(String[] args) throws Exception {
+    System.exit(run(args));
+  }
+
+  private static int run(String[] args) throws Exception {
+    if (args.length == 0 || !(args[0].equals("server") || args[0].equals("client"))) {
+      return usage(args.length == 0 ? "missing mode" : "unknown mode '" + args[0] + "'");
+    }
+    String mode = args[0];
+    String secret = null;
+    String cipher = null;
+    String version = null;
+    List<String> positional = new ArrayList<>();
+    for (int i = 1; i < args.length; i++) {
+      String a = args[i];
+      if (a.equals("--auth-secret") || a.equals("--cipher") || a.equals("--engine-version")) {
+        if (i + 1 >= args.length) {
+          return usage(a + " needs a value");
+        }
+        String v = args[++i];
+        if (a.equals("--auth-secret")) {
+          secret = v;
+        } else if (a.equals("--cipher")) {
+          cipher = v;
+        } else {
+          version = v;
+        }
+      } else if (a.startsWith("--")) {
+        return usage("unknown option '" + a + "'");
+      } else {
+        positional.add(a);
+      }
+    }
+    if (positional.size() != 1) {
+      return usage(mode + ": expected exactly one "
+          + (mode.equals("server") ? "port file" : "port"));
+    }
+    Auth auth = null;
+    if (secret != null || cipher != null || version != null) {
+      if (secret == null || cipher == null || version == null) {
+        return usage("--auth-secret, --cipher and --engine-version go together");
+      }
+      if (secret.isEmpty()) {
+        return usage("--auth-secret must not be empty");
+      }
+      if (!cipher.equals("AES/CTR/NoPadding") && !cipher.equals("AES/GCM/NoPadding")) {
+        return usage("invalid cipher '" + cipher + "'");
+      }
+      if (!version.equals("1") && !version.equals("2")) {
+        return usage("invalid engine version '" + version + "'");
+      }
+      auth = new Auth(secret, cipher, Integer.parseInt(version));
+    }
+
+    if (mode.equals("server")) {
+      return runServer(Paths.get(positional.get(0)), auth);
+    }
+    int port;
+    try {
+      port = Integer.parseInt(positional.get(0));
+      if (port <= 0 || port > 65535) {
+        throw new NumberFormatException("out of range");
+      }
+    } catch (NumberFormatException e) {
+      return usage("invalid port '" + positional.get(0) + "'");
+    }
+    return runClient(port, auth);
+  }
+
+  /** The app id Spark's NettyRpcEnv authenticates as (SecurityManager.getSaslUser()). */
+  private static final String APP_ID = "sparkSaslUser";
+  /** The client's wait for the server's answer to its challenge (spark.network.auth.rpcTimeout). */
+  private static final String AUTH_TIMEOUT = "20s";
+
+  private static TransportConf conf(Auth auth) {
     Map<String, String> m = new HashMap<>();
     // NIO keeps the JVM away from Netty's native epoll library; the wire format is identical.
     m.put("spark.rpc.io.mode", "NIO");
     m.put("spark.rpc.io.connectionTimeout", "60s");
     m.put("spark.rpc.io.connectionCreationTimeout", "30s");
+    if (auth != null) {
+      // What SparkConf holds with spark.authenticate=true and AuthEngine encryption on.
+      // TransportConf reads the spark.network.crypto.* keys whatever the module; Spark's
+      // SparkContext/NettyRpcEnv installs the bootstraps when spark.authenticate=true, and
+      // here runServer/runClient do (it is not read by TransportConf).
+      m.put("spark.authenticate", "true");
+      m.put("spark.network.crypto.enabled", "true");
+      m.put("spark.network.crypto.cipher", auth.cipher);
+      m.put("spark.network.crypto.authEngineVersion", Integer.toString(auth.engineVersion));
+      m.put("spark.network.crypto.saslFallback", "false");
+      m.put("spark.network.auth.rpcTimeout", AUTH_TIMEOUT);
+    }
     return new TransportConf("rpc", new MapConfigProvider(m));
+  }
+
+  /** One fixed secret for every app id, as SecurityManager answers. */
+  private static SecretKeyHolder keyHolder(String secret) {
+    return new SecretKeyHolder() {
+      @Override
+      public String getSaslUser(String appId) {
+        return APP_ID;
+      }
+
+      @Override
+      public String getSecretKey(String appId) {
+        return secret;
+      }
+    };
+  }
+
+  private static TransportClientFactory clientFactory(TransportContext context, Auth auth) {
+    if (auth == null) {
+      return context.createClientFactory();
+    }
+    List<TransportClientBootstrap> bootstraps = new ArrayList<>();
+    bootstraps.add(new AuthClientBootstrap(context.getConf(), APP_ID, keyHolder(auth.secret)));
+    return context.createClientFactory(bootstraps);
   }
 
   // ---------------------------------------------------------------- server
@@ -125,17 +262,22 @@ public final class SparkPeer {
     }
   }
 
-  private static int runServer(Path portFile) throws Exception {
+  private static int runServer(Path portFile, Auth auth) throws Exception {
     EchoHandler handler = new EchoHandler();
-    TransportContext context = new TransportContext(conf(), handler);
-    TransportServer server = context.createServer(HOST, 0, Collections.emptyList());
+    TransportContext context = new TransportContext(conf(auth), handler);
+    List<TransportServerBootstrap> bootstraps = new ArrayList<>();
+    if (auth != null) {
+      bootstraps.add(new AuthServerBootstrap(context.getConf(), keyHolder(auth.secret)));
+    }
+    TransportServer server = context.createServer(HOST, 0, bootstraps);
     int port = server.getPort();
 
     Path abs = portFile.toAbsolutePath();
     Path tmp = abs.resolveSibling(abs.getFileName() + ".tmp");
     Files.write(tmp, ascii(port + "\n"));
     Files.move(tmp, abs, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
-    System.err.println("SparkPeer server: listening on " + HOST + ":" + port);
+    System.err.println("SparkPeer server: listening on " + HOST + ":" + port
+        + (auth == null ? " (plaintext)" : " (AuthEngine, " + auth + ")"));
 
     boolean asked = handler.shutdown.await(SERVER_LIFETIME_MS, TimeUnit.MILLISECONDS);
     if (asked) {
@@ -158,11 +300,29 @@ public final class SparkPeer {
     String run(TransportClient client) throws Exception;
   }
 
-  private static int runClient(int port) {
-    TransportContext context = new TransportContext(conf(), new EchoHandler());
-    TransportClientFactory factory = context.createClientFactory();
+  private static int runClient(int port, Auth auth) {
     int passed = 0;
     int failed = 0;
+    if (auth != null) {
+      // Before the real client: a client with another secret must be refused.
+      String why;
+      try {
+        why = checkWrongSecret(port, auth);
+      } catch (Throwable t) {
+        why = oneLine(t);
+      }
+      if (why == null) {
+        System.out.println("PASS wrong_secret");
+        passed++;
+      } else {
+        System.out.println("FAIL wrong_secret: " + why);
+        failed++;
+      }
+      System.out.flush();
+    }
+
+    TransportContext context = new TransportContext(conf(auth), new EchoHandler());
+    TransportClientFactory factory = clientFactory(context, auth);
     TransportClient client = null;
     try {
       client = factory.createClient(HOST, port);
@@ -223,6 +383,55 @@ public final class SparkPeer {
     System.out.println("interop client: " + passed + " passed, " + failed + " failed");
     System.out.flush();
     return failed == 0 && passed > 0 ? 0 : 1;
+  }
+
+  /** A refusal must come within this time, well under 10 s (a timeout takes AUTH_TIMEOUT). */
+  private static final long WRONG_SECRET_BOUND_MS = 5_000;
+
+  /**
+   * A client factory whose secret differs from the server's: createClient must throw an
+   * authentication error promptly (the server's RpcFailure, not a timeout), and the client
+   * must not get a connection.
+   */
+  private static String checkWrongSecret(int port, Auth auth) {
+    TransportContext context = new TransportContext(conf(auth), new EchoHandler());
+    TransportClientFactory factory = clientFactory(context, auth.withSecret("not-" + auth.secret));
+    try {
+      long start = System.nanoTime();
+      TransportClient client;
+      try {
+        client = factory.createClient(HOST, port);
+      } catch (Throwable t) {
+        long ms = (System.nanoTime() - start) / 1_000_000;
+        for (Throwable c = t; c != null; c = c.getCause() == c ? null : c.getCause()) {
+          if (c instanceof TimeoutException) {
+            return "refused by a timeout after " + ms + " ms: " + oneLine(t);
+          }
+        }
+        if (ms > WRONG_SECRET_BOUND_MS) {
+          return "refused only after " + ms + " ms: " + oneLine(t);
+        }
+        // Spark's AuthClientBootstrap wraps the server's RpcFailure in RuntimeExceptions; its
+        // text is the server's: "Authentication failed." from Spark and rpcenv alike. Anything
+        // else (e.g. a connection closed without an answer) is not a refusal of the handshake.
+        boolean refused = false;
+        for (Throwable c = t; c != null; c = c.getCause() == c ? null : c.getCause()) {
+          refused |= String.valueOf(c.getMessage()).contains("Authentication failed");
+        }
+        if (!refused) {
+          return "createClient failed, but not with the server's \"Authentication failed\": "
+              + oneLine(t);
+        }
+        String first = t.toString().split("\n", 2)[0].trim();
+        System.out.println("    (wrong secret refused after " + ms + " ms: " + first + ")");
+        return null;
+      }
+      client.close();
+      return "createClient succeeded with a wrong secret";
+    } finally {
+      factory.close();
+      context.close();
+    }
   }
 
   private static String checkEcho(TransportClient client, int size) {

@@ -1,7 +1,21 @@
 #!/usr/bin/env bash
 # Spark interop check for rpcenv: a real Spark 4.3.0 TransportClient against the rpcenv server
-# (examples/spark_interop.rs), and the rpcenv client against a real Spark TransportServer.
-# See README.md next to this script. Run it from anywhere.
+# (examples/spark_interop.rs), and the rpcenv client against a real Spark TransportServer
+# (SparkPeer.java), over 127.0.0.1. See README.md next to this script. Run it from anywhere.
+#
+# Ten directions, one server process and one client process each, one after the other:
+#   - plaintext (Spark with spark.authenticate=false), both ways;
+#   - Spark's AuthEngine (spark.authenticate=true, spark.network.crypto.enabled=true,
+#     saslFallback=false, app id sparkSaslUser, a fixed secret) for every combination of
+#     cipher {AES/CTR/NoPadding, AES/GCM/NoPadding} x authEngineVersion {1, 2} x
+#     {Spark client -> rpcenv server, rpcenv client -> Spark server}.
+# Every client runs the echo checks (echo_0B .. echo_16MiB, fail_boom, oneway_1000_count,
+# concurrent_200) and ends with __shutdown__; run.sh adds server_exit (the server exited 0 by
+# itself). With AuthEngine the client first runs wrong_secret: a client with another secret
+# must be refused with an authentication error within 5 s (not by a timeout), and the same
+# server must then serve the real client. Prints PASS/FAIL per check, a summary per direction
+# and "spark interop: N passed, M failed"; exits 0 only if nothing failed or was missing.
+# Nothing is ever skipped: a missing jar, JDK or build fails the check.
 #
 # Environment:
 #   RPCENV_CACHE          cache root (default ~/.cache/rpcenv); jars go to <root>/spark-4.3.0/jars
@@ -23,6 +37,12 @@ CLASSES="$BUILD/classes"
 DIRECTION_TIMEOUT=300   # seconds, per process of each direction
 PORT_WAIT=30            # seconds to wait for a server's port file
 CHECKS=(echo_0B echo_1B echo_100B echo_64KiB echo_16MiB fail_boom oneway_1000_count concurrent_200)
+AUTH_CHECKS=(wrong_secret "${CHECKS[@]}")   # what a client with auth options reports
+CIPHERS=(AES/CTR/NoPadding AES/GCM/NoPadding)
+ENGINE_VERSIONS=(1 2)
+# The shared secret of the AuthEngine directions (spark.authenticate.secret); the wrong_secret
+# check uses "not-" followed by it.
+AUTH_SECRET="rpcenv-interop-secret"
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'spark interop: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -163,11 +183,15 @@ JAVA_OPTS=(
 
 TOTAL_PASS=0
 TOTAL_FAIL=0
+SUMMARY=()
 
-# run_direction <title> <server command...> -- <client command...>
-# The server command gets the port file appended, the client command the port.
+# run_direction <title> <checks> <server command...> -- <client command...>
+# <checks>: the names the client must report, separated by spaces. The server command gets
+# the port file appended, the client command the port.
 run_direction() {
   local title="$1"; shift
+  local checks=()
+  read -r -a checks <<<"$1"; shift
   local server_cmd=() client_cmd=()
   while [ "$1" != "--" ]; do server_cmd+=("$1"); shift; done
   shift
@@ -202,7 +226,7 @@ run_direction() {
     kill "$spid" 2>/dev/null || true
     wait "$spid" 2>/dev/null || true
     forget_pid "$spid"
-    fail=$((fail + 1 + ${#CHECKS[@]}))   # the client's checks are missing too
+    fail=$((fail + 1 + ${#checks[@]}))   # the client's checks are missing too
   else
     echo "server listening on 127.0.0.1:$port"
     timeout -k 10 "$DIRECTION_TIMEOUT" "${client_cmd[@]}" "$port" >"$cout" 2>"$cerr" &
@@ -213,7 +237,7 @@ run_direction() {
     cat "$cout"
     pass=$(grep -c '^PASS ' "$cout" || true)
     fail=$(grep -c '^FAIL ' "$cout" || true)
-    for name in "${CHECKS[@]}"; do
+    for name in "${checks[@]}"; do
       if ! grep -Eq "^(PASS|FAIL) $name(:|\$)" "$cout"; then
         echo "FAIL $name: missing from the client's output"
         fail=$((fail + 1))
@@ -259,6 +283,7 @@ run_direction() {
     fi
   fi
   echo "--- $title: $pass passed, $fail failed"
+  SUMMARY+=("$(printf '%-86s %3d passed, %d failed' "$title:" "$pass" "$fail")")
   TOTAL_PASS=$((TOTAL_PASS + pass))
   TOTAL_FAIL=$((TOTAL_FAIL + fail))
 }
@@ -284,12 +309,28 @@ main() {
 
   local java_peer=(java "${JAVA_OPTS[@]}" -cp "$CLASSES:$JARS/*" SparkPeer)
 
-  run_direction "direction 1: Spark client -> rpcenv server" \
+  local n=0 cipher version auth
+  run_direction "direction $((++n)): Spark client -> rpcenv server, plaintext" "${CHECKS[*]}" \
     "$rust_peer" server -- "${java_peer[@]}" client
-  run_direction "direction 2: rpcenv client -> Spark server" \
+  run_direction "direction $((++n)): rpcenv client -> Spark server, plaintext" "${CHECKS[*]}" \
     "${java_peer[@]}" server -- "$rust_peer" client
+  for cipher in "${CIPHERS[@]}"; do
+    for version in "${ENGINE_VERSIONS[@]}"; do
+      auth=(--auth-secret "$AUTH_SECRET" --cipher "$cipher" --engine-version "$version")
+      run_direction \
+        "direction $((++n)): Spark client -> rpcenv server, $cipher, authEngineVersion $version" \
+        "${AUTH_CHECKS[*]}" \
+        "$rust_peer" server "${auth[@]}" -- "${java_peer[@]}" client "${auth[@]}"
+      run_direction \
+        "direction $((++n)): rpcenv client -> Spark server, $cipher, authEngineVersion $version" \
+        "${AUTH_CHECKS[*]}" \
+        "${java_peer[@]}" server "${auth[@]}" -- "$rust_peer" client "${auth[@]}"
+    done
+  done
 
   echo
+  echo "=== summary"
+  printf '%s\n' "${SUMMARY[@]}"
   echo "(took $((SECONDS - start)) s)"
   echo "spark interop: $TOTAL_PASS passed, $TOTAL_FAIL failed"
   [ "$TOTAL_FAIL" -eq 0 ] && [ "$TOTAL_PASS" -gt 0 ]
