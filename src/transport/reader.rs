@@ -102,6 +102,10 @@ pub(crate) struct Reader {
     decryptor: Option<Box<Decryptor>>,
     /// The plaintext of the last bytes read, on an encrypted connection.
     plain: Vec<u8>,
+    /// Whole frames received when the handshake ended (on a server's connection, or an
+    /// encrypted one): a first frame after it that does not decode most likely means the
+    /// two sides' encryption settings differ (AES-CTR has no integrity check to say so).
+    frames_at_handshake: Option<u64>,
     /// The handler was told that the connection is active.
     active: bool,
 }
@@ -130,6 +134,7 @@ impl Reader {
             frame_started: None,
             was_paused: false,
             frames: 0,
+            frames_at_handshake: decryptor.as_ref().map(|_| 0),
             auth,
             max_frame,
             decryptor,
@@ -390,7 +395,23 @@ impl Reader {
                     }
                 }
                 Err(err) => {
-                    let err = RpcError::from(err);
+                    let err = if self.frames_at_handshake == Some(self.frames) {
+                        auth_error(
+                            conn.peer(),
+                            format!(
+                                "the first frame after the handshake does not decode ({}): \
+                                 the two sides most likely differ in \
+                                 rpc.io.encryption.enabled, rpc.io.encryption.cipher or \
+                                 rpc.io.encryption.authEngineVersion (Spark: \
+                                 spark.network.crypto.cipher, \
+                                 spark.network.crypto.authEngineVersion), which are not \
+                                 negotiated on the wire",
+                                RpcError::from(err)
+                            ),
+                        )
+                    } else {
+                        RpcError::from(err)
+                    };
                     warn!("closing the connection with {}: {err}", conn.peer());
                     conn.close_with(CloseReason::fault(err));
                     return Decoded::Stop(ReadOutcome::Closed);
@@ -421,6 +442,7 @@ impl Reader {
                         conn.answer_handshake(request_id, Ok(answer));
                         self.auth = None;
                         self.decoder.set_max_frame(self.max_frame);
+                        self.frames_at_handshake = Some(self.frames);
                         debug!("{peer} authenticated");
                         let encrypted = match bootstrap.encryption() {
                             Some(cipher) => {

@@ -369,6 +369,15 @@ fn mismatched_cipher_or_version_fails_the_first_frame_promptly() {
             base.clone().with_encryption(None),
             base.clone().with_encryption(Some(Cipher::AesGcm)),
         ),
+        // AES-CTR has no integrity check: the hint comes from the frame decoder.
+        (
+            base.clone()
+                .with_encryption(Some(Cipher::AesCtr))
+                .with_engine_version(EngineVersion::V1),
+            base.clone()
+                .with_encryption(Some(Cipher::AesCtr))
+                .with_engine_version(EngineVersion::V2),
+        ),
     ];
     for (server_auth, client_auth) in pairs {
         let side = Secured::new(Some(&server_auth), Some(&client_auth));
@@ -387,6 +396,15 @@ fn mismatched_cipher_or_version_fails_the_first_frame_promptly() {
             "{err:?}"
         );
         assert_eq!(side.handler.requests(), 0);
+        // The server says what to check.
+        wait_for("the server's error", 5, || {
+            !side.handler.exceptions().is_empty()
+        });
+        let (_, error) = side.handler.exceptions().remove(0);
+        assert!(
+            matches!(error, RpcError::Auth { .. }) && error.to_string().contains("negotiated"),
+            "{server_auth:?} vs {client_auth:?}: {error}"
+        );
     }
 }
 
