@@ -1,27 +1,34 @@
 //! The workload benchmark of `BENCH.md`: W1–W7 against the RPC layer (`RpcEnv`, an echo
-//! endpoint, `ask`/`send`), the transport (`TransportClient` and an echo `RpcHandler`) and
-//! a plain blocking-TCP baseline, server and client in this one process, on loopback.
+//! endpoint, `ask`/`send`), the transport (`TransportClient` and an echo `RpcHandler`),
+//! both also encrypted (Spark's `AuthEngine` handshake, then AES-GCM or AES-CTR), and a
+//! plain blocking-TCP baseline, server and client in this one process, on loopback.
 //!
 //! ```text
 //! cargo bench --bench workloads -- [W1 W2 ...] [--quick] [--threads N] [--system NAME]
-//!                                  [--conns N]
+//!                                  [--conns N] [--payload vec|bytes]
 //! ```
 //!
 //! With no workload named, all run. `--quick` scales every workload down about ten
 //! times (smoke runs). `--threads N` sets `rpc.io.threads` (default 2). `--system NAME`
-//! (repeatable) runs only the systems named (`transport`, `rpcenv`, `plain-tcp`), e.g. to
-//! profile one; ratios are printed only when `plain-tcp` ran. `--conns N` sets the idle
-//! connections of W7 (default 10,000; 1,000 with `--quick`). The `--bench` argument cargo
-//! adds is ignored. Results go to stdout, one line per workload and system, then one ratio
-//! line per system against `plain-tcp` (none for W7, whose targets are absolute);
-//! diagnostics go to stderr. Any failure is printed and makes the exit status non-zero; a
-//! W7 that cannot run (too few file descriptors) prints a `skipped` line instead.
+//! (repeatable) runs only the systems named, in that order, every workload asked for
+//! (e.g. to profile one). Without it every system runs its default workloads: all of
+//! them for `transport`, `rpcenv` and `plain-tcp`; W1, W2, W3 and W5 for the encrypted
+//! `transport-gcm`, `rpcenv-gcm` and `rpcenv-ctr`; none for `rpcenv-gcm-v1` and
+//! `rpcenv-ctr-v2` (only when named). `--conns N` sets the idle connections of W7 (default
+//! 10,000; 1,000 with `--quick`). `--payload bytes` makes the rpcenv systems carry the
+//! payload as serde bytes (as `serde_bytes::ByteBuf`) instead of a `Vec<u8>`. The
+//! `--bench` argument cargo adds is ignored. Results go to stdout, one line per workload
+//! and system, then one ratio line per system against `plain-tcp` (when it ran), then one
+//! per encrypted system against the same system in plaintext (when it ran); none for W7,
+//! whose targets are absolute. Diagnostics go to stderr. Any failure is printed and makes
+//! the exit status non-zero; a W7 that cannot run (too few file descriptors, or an
+//! encrypted system) prints a `skipped` line instead.
 //!
 //! Units: `MB` is 10^6 bytes of payload counted one way (the request bodies, not the
 //! echoes and not the frame headers); `us` is microseconds.
 //!
 //! Adding a system means implementing [`System`], [`Server`] and [`Connection`] and
-//! adding it to the list in `main`.
+//! adding it to the list in [`systems`].
 
 // The bench is outside the library: the crate's own `Arc`/`Mutex` wrappers are private,
 // so it uses the standard ones.
@@ -39,13 +46,14 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use rpcenv::transport::{
-    Responder, RpcHandler, TransportClient, TransportClientFactory, TransportConf,
-    TransportContext, TransportServer,
+    AuthBootstrap, Cipher, EngineVersion, Responder, RpcHandler, TransportClient,
+    TransportClientFactory, TransportConf, TransportContext, TransportServer,
 };
 use rpcenv::{
     EndpointContext, Pending, RpcAddress, RpcCallContext, RpcConf, RpcEndpoint, RpcEndpointRef,
     RpcEnv, RpcError,
 };
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// The byte every payload is filled with (around the sequence stamps).
@@ -94,17 +102,7 @@ fn main() -> ExitCode {
         }
     };
     let scale = Scale::new(options.quick, options.conns);
-    // The baseline comes last; every other system gets a ratio line against it.
-    let systems: Vec<Box<dyn System>> = vec![
-        Box::new(TransportSystem {
-            io_threads: options.io_threads,
-        }),
-        Box::new(RpcEnvSystem {
-            io_threads: options.io_threads,
-        }),
-        Box::new(PlainTcp),
-    ];
-    let baseline = systems.len() - 1;
+    let systems = systems(&options);
     let known: Vec<&str> = systems.iter().map(|s| s.name()).collect();
     if let Some(unknown) = options
         .systems
@@ -117,11 +115,25 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    // The systems in the order they run: the list's order, or that of `--system`.
+    let order: Vec<usize> = if options.systems.is_empty() {
+        (0..systems.len()).collect()
+    } else {
+        let mut order = Vec::new();
+        for name in &options.systems {
+            let index = known.iter().position(|known| known == name);
+            if let Some(index) = index.filter(|index| !order.contains(index)) {
+                order.push(index);
+            }
+        }
+        order
+    };
+    let index_of = |name: &str| known.iter().position(|known| *known == name);
     // A W7 child (see `idle_in_child`) prints its result line and errors only.
     let child = std::env::var_os(W7_CHILD).is_some();
     if !child {
         eprintln!(
-            "workloads: {} ({}), rpc.io.threads={}",
+            "workloads: {} ({}), rpc.io.threads={}, rpcenv payload: {}",
             options
                 .workloads
                 .iter()
@@ -133,25 +145,29 @@ fn main() -> ExitCode {
             } else {
                 "full size"
             },
-            options.io_threads
+            options.io_threads,
+            options.payload.describe()
         );
     }
-    let selected =
-        |name: &str| options.systems.is_empty() || options.systems.iter().any(|s| s == name);
+    // With no `--system`, each system runs the workloads it runs by default; a system
+    // named runs every workload asked for.
+    let runs = |system: &dyn System, workload: Workload| {
+        !options.systems.is_empty() || system.default_run().includes(workload)
+    };
     let mut failures = 0;
     let started = Instant::now();
     for &workload in &options.workloads {
-        let mut results: Vec<Option<Measurement>> = Vec::new();
-        for system in &systems {
-            if !selected(system.name()) {
-                results.push(None);
+        let mut results: Vec<Option<Measurement>> = systems.iter().map(|_| None).collect();
+        for &index in &order {
+            let system = systems[index].as_ref();
+            if !runs(system, workload) {
                 continue;
             }
             let began = Instant::now();
             let outcome = if workload == Workload::W7 && !child {
                 idle_in_child(system.name(), &options, &scale)
             } else {
-                run(workload, system.as_ref(), &scale)
+                run(workload, system, &scale)
             };
             match outcome {
                 Ok(measurement) => {
@@ -169,7 +185,7 @@ fn main() -> ExitCode {
                             began.elapsed().as_secs_f64()
                         );
                     }
-                    results.push(Some(measurement));
+                    results[index] = Some(measurement);
                 }
                 Err(err) => {
                     eprintln!(
@@ -178,28 +194,32 @@ fn main() -> ExitCode {
                         system.name()
                     );
                     failures += 1;
-                    results.push(None);
                 }
             }
         }
-        let Some(Some(base)) = results.get(baseline) else {
-            continue;
-        };
-        for (index, system) in systems.iter().enumerate() {
-            if index == baseline {
-                continue;
-            }
-            if let Some((key, ratio)) = results
-                .get(index)
-                .and_then(Option::as_ref)
-                .and_then(|measured| measured.ratio_to(base))
-            {
+        // Every system against the baseline, then every encrypted system against the
+        // same system in plaintext.
+        let ratio = |index: usize, base: usize| {
+            let (Some(measured), Some(base_measured)) = (&results[index], &results[base]) else {
+                return;
+            };
+            if let Some((key, ratio)) = measured.ratio_to(base_measured) {
                 println!(
                     "{} ratio {}/{} {key}={ratio:.2}",
                     workload.name(),
-                    system.name(),
-                    systems[baseline].name()
+                    systems[index].name(),
+                    systems[base].name()
                 );
+            }
+        };
+        if let Some(baseline) = index_of(PlainTcp::NAME) {
+            for &index in order.iter().filter(|&&index| index != baseline) {
+                ratio(index, baseline);
+            }
+        }
+        for &index in &order {
+            if let Some(plaintext) = systems[index].plaintext().and_then(index_of) {
+                ratio(index, plaintext);
             }
         }
     }
@@ -216,8 +236,51 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Every system, in the order they run by default. The baseline comes last; every other
+/// system gets a ratio line against it, and every encrypted one a ratio line against
+/// the same system in plaintext.
+fn systems(options: &Options) -> Vec<Box<dyn System>> {
+    let io_threads = options.io_threads;
+    let payload = options.payload;
+    let transport = |name, encryption, default_run| -> Box<dyn System> {
+        Box::new(TransportSystem {
+            name,
+            io_threads,
+            encryption,
+            default_run,
+        })
+    };
+    let rpcenv = |name, encryption, default_run| -> Box<dyn System> {
+        Box::new(RpcEnvSystem {
+            name,
+            io_threads,
+            payload,
+            encryption,
+            default_run,
+        })
+    };
+    // rpcenv's default (AES-128-GCM, keys from HKDF), and Spark's (AES-256-CTR, the raw
+    // X25519 output as the key); the other two pairings only when named.
+    let gcm_v2 = Encryption::new(Cipher::AesGcm, EngineVersion::V2);
+    let ctr_v1 = Encryption::new(Cipher::AesCtr, EngineVersion::V1);
+    let gcm_v1 = Encryption::new(Cipher::AesGcm, EngineVersion::V1);
+    let ctr_v2 = Encryption::new(Cipher::AesCtr, EngineVersion::V2);
+    vec![
+        transport("transport", None, DefaultRun::All),
+        transport("transport-gcm", Some(gcm_v2), DefaultRun::Encrypted),
+        rpcenv("rpcenv", None, DefaultRun::All),
+        rpcenv("rpcenv-gcm", Some(gcm_v2), DefaultRun::Encrypted),
+        rpcenv("rpcenv-ctr", Some(ctr_v1), DefaultRun::Encrypted),
+        rpcenv("rpcenv-gcm-v1", Some(gcm_v1), DefaultRun::Named),
+        rpcenv("rpcenv-ctr-v2", Some(ctr_v2), DefaultRun::Named),
+        Box::new(PlainTcp),
+    ]
+}
+
 const USAGE: &str = "usage: cargo bench --bench workloads -- [W1 .. W7] [--quick] [--threads N] \
-                     [--system transport|rpcenv|plain-tcp]... [--conns N]";
+                     [--system NAME]... [--conns N] [--payload vec|bytes]
+systems: transport transport-gcm rpcenv rpcenv-gcm rpcenv-ctr rpcenv-gcm-v1 rpcenv-ctr-v2 \
+                     plain-tcp";
 
 // ---------------------------------------------------------------------------------------
 // Options and sizes
@@ -258,15 +321,77 @@ impl Workload {
     }
 }
 
+/// Which workloads a system runs when no `--system` is named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DefaultRun {
+    /// Every workload.
+    All,
+    /// [`ENCRYPTED_WORKLOADS`]: what encryption changes, in about a minute per system.
+    Encrypted,
+    /// None: the system runs only when named.
+    Named,
+}
+
+/// What the encrypted systems run by default: latency, small and medium pipelined
+/// requests, large messages. (W4 and W6 run when a system is named; W7's raw idle
+/// connections never authenticate, so an encrypted system skips it.)
+const ENCRYPTED_WORKLOADS: [Workload; 4] = [Workload::W1, Workload::W2, Workload::W3, Workload::W5];
+
+impl DefaultRun {
+    fn includes(self, workload: Workload) -> bool {
+        match self {
+            Self::All => true,
+            Self::Encrypted => ENCRYPTED_WORKLOADS.contains(&workload),
+            Self::Named => false,
+        }
+    }
+}
+
+/// How the rpcenv systems carry the payload in `BenchMsg` (`--payload`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PayloadKind {
+    /// A plain serde `Vec<u8>` (the default): a sequence, element by element.
+    Seq,
+    /// [`Bytes`]: serde's bytes, as `serde_bytes::ByteBuf` (the length, then one copy).
+    Bytes,
+}
+
+impl PayloadKind {
+    fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "vec" => Ok(Self::Seq),
+            "bytes" => Ok(Self::Bytes),
+            _ => Err(format!("--payload takes vec or bytes, not {value:?}")),
+        }
+    }
+
+    /// The option's value.
+    fn option(self) -> &'static str {
+        match self {
+            Self::Seq => "vec",
+            Self::Bytes => "bytes",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Seq => "Vec<u8> (serde sequence)",
+            Self::Bytes => "serde bytes (as serde_bytes::ByteBuf)",
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Options {
     workloads: Vec<Workload>,
     quick: bool,
     io_threads: usize,
-    /// The systems to run; empty means all.
+    /// The systems to run, in this order; empty means each system's default run.
     systems: Vec<String>,
     /// `--conns`: W7's idle connections, instead of the default.
     conns: Option<usize>,
+    /// `--payload`: how the rpcenv systems carry the payload.
+    payload: PayloadKind,
 }
 
 impl Options {
@@ -277,6 +402,7 @@ impl Options {
         let mut io_threads = 2;
         let mut systems = Vec::new();
         let mut conns = None;
+        let mut payload = PayloadKind::Seq;
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--bench" => {}
@@ -303,6 +429,12 @@ impl Options {
                 _ if arg.starts_with("--conns=") => {
                     conns = Some(parse_conns(&arg["--conns=".len()..])?);
                 }
+                "--payload" => {
+                    payload = PayloadKind::parse(&args.next().ok_or("--payload needs a value")?)?;
+                }
+                _ if arg.starts_with("--payload=") => {
+                    payload = PayloadKind::parse(&arg["--payload=".len()..])?;
+                }
                 _ => {
                     let workload = Workload::ALL
                         .into_iter()
@@ -323,6 +455,7 @@ impl Options {
             io_threads,
             systems,
             conns,
+            payload,
         }))
     }
 }
@@ -441,6 +574,59 @@ trait System {
     fn name(&self) -> &'static str;
     /// Starts a fresh echo server (each workload gets its own, so W4's count starts at 0).
     fn start(&self) -> Result<Box<dyn Server>>;
+    /// The workloads it runs when no `--system` is named.
+    fn default_run(&self) -> DefaultRun {
+        DefaultRun::All
+    }
+    /// For an encrypted system, the same system in plaintext (its ratio line's base).
+    fn plaintext(&self) -> Option<&'static str> {
+        None
+    }
+}
+
+/// The shared secret of every encrypted system.
+const BENCH_SECRET: &str = "rpcenv-bench shared secret";
+
+/// The app id of the transport's handshake.
+const BENCH_APP_ID: &str = "rpcenv-bench";
+
+/// How an encrypted system protects its connections: Spark's `AuthEngine` handshake with
+/// [`BENCH_SECRET`] on every connection, then this channel cipher, keyed as this engine
+/// version derives the key.
+#[derive(Debug, Clone, Copy)]
+struct Encryption {
+    cipher: Cipher,
+    version: EngineVersion,
+}
+
+impl Encryption {
+    fn new(cipher: Cipher, version: EngineVersion) -> Self {
+        Self { cipher, version }
+    }
+
+    /// The value of `rpc.io.encryption.authEngineVersion`.
+    fn version_conf(self) -> &'static str {
+        match self.version {
+            EngineVersion::V1 => "1",
+            EngineVersion::V2 => "2",
+        }
+    }
+
+    /// Adds the keys that turn it on to an rpcenv configuration.
+    fn configure(self, conf: RpcConf) -> RpcConf {
+        conf.set("rpc.authenticate", "true")
+            .set("rpc.authenticate.secret", BENCH_SECRET)
+            .set("rpc.io.encryption.enabled", "true")
+            .set("rpc.io.encryption.cipher", self.cipher.to_string())
+            .set("rpc.io.encryption.authEngineVersion", self.version_conf())
+    }
+
+    /// The transport's bootstrap for it.
+    fn bootstrap(self) -> AuthBootstrap {
+        AuthBootstrap::new(BENCH_APP_ID, BENCH_SECRET)
+            .with_encryption(Some(self.cipher))
+            .with_engine_version(self.version)
+    }
 }
 
 /// A running echo server: echoes requests, counts one-way messages, and answers a count
@@ -578,10 +764,14 @@ fn check_echo(reply: &[u8], len: usize, seq: Option<u64>, full: bool) -> Result<
 // --- system=transport -------------------------------------------------------------------
 
 /// `TransportClient` against an echo [`RpcHandler`], one `TransportContext` (and one set
-/// of `rpc-io-N` loops) for the server and its clients.
+/// of `rpc-io-N` loops) for the server and its clients; with `encryption`, the server and
+/// every factory have its [`AuthBootstrap`].
 #[derive(Debug)]
 struct TransportSystem {
+    name: &'static str,
     io_threads: usize,
+    encryption: Option<Encryption>,
+    default_run: DefaultRun,
 }
 
 /// The body of the count request of W4 (its length differs from every echo payload).
@@ -610,7 +800,15 @@ impl RpcHandler for EchoHandler {
 
 impl System for TransportSystem {
     fn name(&self) -> &'static str {
-        "transport"
+        self.name
+    }
+
+    fn default_run(&self) -> DefaultRun {
+        self.default_run
+    }
+
+    fn plaintext(&self) -> Option<&'static str> {
+        self.encryption.map(|_| "transport")
     }
 
     fn start(&self) -> Result<Box<dyn Server>> {
@@ -621,11 +819,19 @@ impl System for TransportSystem {
             .set("rpc.io.maxConnections", "1048576");
         let conf = TransportConf::from_conf(&conf).context("transport configuration")?;
         let ctx = TransportContext::new(conf, Arc::new(EchoHandler::default()));
-        let server = ctx
-            .create_server("127.0.0.1", 0)
-            .context("transport server")?;
+        let auth = self.encryption.map(Encryption::bootstrap);
+        let server = match &auth {
+            None => ctx.create_server("127.0.0.1", 0),
+            Some(auth) => ctx.create_server_with_bootstrap("127.0.0.1", 0, auth),
+        }
+        .context("transport server")?;
         let port = server.port();
-        Ok(Box::new(TransportBenchServer { ctx, server, port }))
+        Ok(Box::new(TransportBenchServer {
+            ctx,
+            server,
+            port,
+            auth,
+        }))
     }
 }
 
@@ -634,12 +840,17 @@ struct TransportBenchServer {
     ctx: TransportContext,
     server: TransportServer,
     port: u16,
+    /// The bootstrap of the server and of every client factory, when encrypted.
+    auth: Option<AuthBootstrap>,
 }
 
 impl Server for TransportBenchServer {
     fn connect(&self) -> Result<Box<dyn Connection>> {
         // A factory per connection: a factory pools one client per peer by default.
-        let factory = self.ctx.create_client_factory();
+        let factory = match &self.auth {
+            None => self.ctx.create_client_factory(),
+            Some(auth) => self.ctx.create_client_factory_with_bootstrap(auth),
+        };
         let client = factory
             .create_client("127.0.0.1", self.port)
             .context(format_args!("transport connect to 127.0.0.1:{}", self.port))?;
@@ -655,6 +866,10 @@ impl Server for TransportBenchServer {
     }
 
     fn idle_target(&self) -> Option<IdleTarget> {
+        if self.auth.is_some() {
+            // Raw idle connections never authenticate: the server closes them.
+            return None;
+        }
         Some(IdleTarget {
             addr: SocketAddr::from(([127, 0, 0, 1], self.port)),
             // The client's socket and the one the server accepted.
@@ -756,10 +971,15 @@ impl Connection for TransportConnection {
 
 /// The RPC layer: a server `RpcEnv` with an echo endpoint, and per connection a
 /// client-mode `RpcEnv` of its own (its own transport, hence its own connection) holding
-/// a reference to that endpoint from `setup_endpoint_ref`.
+/// a reference to that endpoint from `setup_endpoint_ref`; with `encryption`, every env
+/// is configured with its keys.
 #[derive(Debug)]
 struct RpcEnvSystem {
+    name: &'static str,
     io_threads: usize,
+    payload: PayloadKind,
+    encryption: Option<Encryption>,
+    default_run: DefaultRun,
 }
 
 /// The name of the echo endpoint.
@@ -769,13 +989,91 @@ const ECHO_ENDPOINT: &str = "echo";
 const RPC_MAX_MESSAGE: &str = "64m";
 
 /// The messages of the echo endpoint. The payload is a plain serde `Vec<u8>` (bincode
-/// writes its length, then the bytes).
+/// writes its length, then the bytes), or with `--payload bytes` [`Bytes`].
 #[derive(Debug, Serialize, Deserialize)]
 enum BenchMsg {
     /// Asked: answered with the same bytes. Sent one way: counted.
     Echo(Vec<u8>),
+    /// As `Echo`, the payload as serde bytes.
+    EchoBytes(Bytes),
     /// Asked: answered with the number of one-way messages received (`u64`).
     Count,
+}
+
+/// A payload serde sees as bytes, as `serde_bytes::ByteBuf` (not a dependency here):
+/// `serialize_bytes` (bincode writes the length, then the bytes in one copy) and
+/// `deserialize_byte_buf`.
+#[derive(Debug)]
+struct Bytes(Vec<u8>);
+
+impl Serialize for Bytes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Takes bytes however the format hands them over.
+        struct BytesVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for BytesVisitor {
+            type Value = Bytes;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a byte array")
+            }
+
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes(bytes.to_vec()))
+            }
+
+            fn visit_byte_buf<E: serde::de::Error>(self, bytes: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes(bytes))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Bytes, A::Error> {
+                let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(byte) = seq.next_element::<u8>()? {
+                    bytes.push(byte);
+                }
+                Ok(Bytes(bytes))
+            }
+        }
+
+        deserializer.deserialize_byte_buf(BytesVisitor)
+    }
+}
+
+/// What an echo carries: the payload type asked with and answered in.
+trait Payload: Serialize + DeserializeOwned + Send + 'static {
+    /// The echo request carrying `body`.
+    fn echo(body: Vec<u8>) -> BenchMsg;
+    /// The bytes.
+    fn into_body(self) -> Vec<u8>;
+}
+
+impl Payload for Vec<u8> {
+    fn echo(body: Vec<u8>) -> BenchMsg {
+        BenchMsg::Echo(body)
+    }
+
+    fn into_body(self) -> Vec<u8> {
+        self
+    }
+}
+
+impl Payload for Bytes {
+    fn echo(body: Vec<u8>) -> BenchMsg {
+        BenchMsg::EchoBytes(Self(body))
+    }
+
+    fn into_body(self) -> Vec<u8> {
+        self.0
+    }
 }
 
 /// Echoes asks, counts one-way messages, answers [`BenchMsg::Count`] with the count.
@@ -794,6 +1092,7 @@ impl RpcEndpoint for EchoEndpoint {
     fn receive_and_reply(&mut self, msg: BenchMsg, reply: RpcCallContext) {
         match msg {
             BenchMsg::Echo(body) => reply.reply(body),
+            BenchMsg::EchoBytes(body) => reply.reply(body),
             BenchMsg::Count => reply.reply(self.one_way),
         }
     }
@@ -802,7 +1101,7 @@ impl RpcEndpoint for EchoEndpoint {
 impl RpcEnvSystem {
     /// The configuration of the server env and of every client env.
     fn conf(&self) -> RpcConf {
-        RpcConf::new()
+        let conf = RpcConf::new()
             .set("rpc.io.threads", self.io_threads.to_string())
             .set("rpc.message.maxSize", RPC_MAX_MESSAGE)
             // Bounds every `ask_sync` and `Pending::wait` of the bench.
@@ -812,13 +1111,25 @@ impl RpcEnvSystem {
             // however many there are (W7 raises the open-file limit only after the env,
             // whose default cap follows that limit, is built).
             .set("rpc.io.frameTimeout", "0")
-            .set("rpc.io.maxConnections", "1048576")
+            .set("rpc.io.maxConnections", "1048576");
+        match self.encryption {
+            Some(encryption) => encryption.configure(conf),
+            None => conf,
+        }
     }
 }
 
 impl System for RpcEnvSystem {
     fn name(&self) -> &'static str {
-        "rpcenv"
+        self.name
+    }
+
+    fn default_run(&self) -> DefaultRun {
+        self.default_run
+    }
+
+    fn plaintext(&self) -> Option<&'static str> {
+        self.encryption.map(|_| "rpcenv")
     }
 
     fn start(&self) -> Result<Box<dyn Server>> {
@@ -834,7 +1145,13 @@ impl System for RpcEnvSystem {
         let address = env
             .address()
             .ok_or_else(|| BenchError::new("the server env has no address"))?;
-        Ok(Box::new(RpcEnvServer { env, address, conf }))
+        Ok(Box::new(RpcEnvServer {
+            env,
+            address,
+            conf,
+            payload: self.payload,
+            encrypted: self.encryption.is_some(),
+        }))
     }
 }
 
@@ -843,6 +1160,8 @@ struct RpcEnvServer {
     env: RpcEnv,
     address: RpcAddress,
     conf: RpcConf,
+    payload: PayloadKind,
+    encrypted: bool,
 }
 
 impl Server for RpcEnvServer {
@@ -859,7 +1178,12 @@ impl Server for RpcEnvServer {
         let echo = env
             .setup_endpoint_ref::<BenchMsg>(&self.address, ECHO_ENDPOINT)
             .context(format_args!("setup_endpoint_ref to {}", self.address))?;
-        Ok(Box::new(RpcEnvConnection { env, echo, id }))
+        Ok(Box::new(RpcEnvConnection {
+            env,
+            echo,
+            id,
+            payload: self.payload,
+        }))
     }
 
     fn close(self: Box<Self>) -> Result<()> {
@@ -868,6 +1192,10 @@ impl Server for RpcEnvServer {
     }
 
     fn idle_target(&self) -> Option<IdleTarget> {
+        if self.encrypted {
+            // Raw idle connections never authenticate: the server closes them.
+            return None;
+        }
         Some(IdleTarget {
             addr: SocketAddr::from(([127, 0, 0, 1], self.address.port())),
             // The client's socket and the one the server env accepted.
@@ -881,11 +1209,54 @@ struct RpcEnvConnection {
     env: RpcEnv,
     echo: RpcEndpointRef<BenchMsg>,
     id: u64,
+    payload: PayloadKind,
 }
 
 impl RpcEnvConnection {
-    fn ask_echo(&self, body: Vec<u8>) -> Pending<Vec<u8>> {
-        self.echo.ask(BenchMsg::Echo(body))
+    fn echo_sync_as<P: Payload>(&self, body: Vec<u8>) -> Result<Vec<u8>> {
+        self.echo
+            .ask_sync::<P>(P::echo(body))
+            .map(P::into_body)
+            .context("ask_sync")
+    }
+
+    fn pipelined_as<P: Payload>(&self, plan: &PipePlan) -> Result<u64> {
+        let mut meter = Meter::new(TimeWindow::starting_now(plan.warmup, plan.measure));
+        // The asks in flight, oldest first: wait for the oldest, then ask again.
+        let mut in_flight: VecDeque<Pending<P>> = VecDeque::with_capacity(plan.window);
+        let mut seq = 0u64;
+        for _ in 0..plan.window {
+            let mut body = vec![FILL; plan.payload];
+            stamp(&mut body, seq);
+            seq += 1;
+            in_flight.push_back(self.echo.ask(P::echo(body)));
+        }
+        while let Some(oldest) = in_flight.pop_front() {
+            let mut body = oldest
+                .wait()
+                .map(P::into_body)
+                .context(format_args!("ask (of {seq} sent)"))?;
+            check_echo(&body, plan.payload, None, false)?;
+            meter.record();
+            if !meter.past_end {
+                stamp(&mut body, seq);
+                seq += 1;
+                in_flight.push_back(self.echo.ask(P::echo(body)));
+            }
+        }
+        Ok(meter.counted)
+    }
+
+    fn one_way_then_count_as<P: Payload>(&self, messages: u64, payload: usize) -> Result<u64> {
+        for i in 0..messages {
+            self.echo
+                .send(P::echo(vec![FILL; payload]))
+                .context(format_args!("one-way message {i} of {messages}"))?;
+        }
+        self.echo
+            .ask_timeout::<u64>(BenchMsg::Count, COUNT_TIMEOUT)
+            .wait()
+            .context("count ask")
     }
 }
 
@@ -895,45 +1266,24 @@ impl Connection for RpcEnvConnection {
     }
 
     fn echo_sync(&mut self, body: Vec<u8>) -> Result<Vec<u8>> {
-        self.echo
-            .ask_sync::<Vec<u8>>(BenchMsg::Echo(body))
-            .context("ask_sync")
+        match self.payload {
+            PayloadKind::Seq => self.echo_sync_as::<Vec<u8>>(body),
+            PayloadKind::Bytes => self.echo_sync_as::<Bytes>(body),
+        }
     }
 
     fn pipelined(&mut self, plan: &PipePlan) -> Result<u64> {
-        let mut meter = Meter::new(TimeWindow::starting_now(plan.warmup, plan.measure));
-        // The asks in flight, oldest first: wait for the oldest, then ask again.
-        let mut in_flight = VecDeque::with_capacity(plan.window);
-        let mut seq = 0u64;
-        for _ in 0..plan.window {
-            let mut body = vec![FILL; plan.payload];
-            stamp(&mut body, seq);
-            seq += 1;
-            in_flight.push_back(self.ask_echo(body));
+        match self.payload {
+            PayloadKind::Seq => self.pipelined_as::<Vec<u8>>(plan),
+            PayloadKind::Bytes => self.pipelined_as::<Bytes>(plan),
         }
-        while let Some(oldest) = in_flight.pop_front() {
-            let mut body = oldest.wait().context(format_args!("ask (of {seq} sent)"))?;
-            check_echo(&body, plan.payload, None, false)?;
-            meter.record();
-            if !meter.past_end {
-                stamp(&mut body, seq);
-                seq += 1;
-                in_flight.push_back(self.ask_echo(body));
-            }
-        }
-        Ok(meter.counted)
     }
 
     fn one_way_then_count(&mut self, messages: u64, payload: usize) -> Result<u64> {
-        for i in 0..messages {
-            self.echo
-                .send(BenchMsg::Echo(vec![FILL; payload]))
-                .context(format_args!("one-way message {i} of {messages}"))?;
+        match self.payload {
+            PayloadKind::Seq => self.one_way_then_count_as::<Vec<u8>>(messages, payload),
+            PayloadKind::Bytes => self.one_way_then_count_as::<Bytes>(messages, payload),
         }
-        self.echo
-            .ask_timeout::<u64>(BenchMsg::Count, COUNT_TIMEOUT)
-            .wait()
-            .context("count ask")
     }
 
     fn close(self: Box<Self>) -> Result<()> {
@@ -986,9 +1336,13 @@ fn read_frame(input: &mut impl Read, body: &mut Vec<u8>) -> io::Result<u64> {
     Ok(id)
 }
 
+impl PlainTcp {
+    const NAME: &'static str = "plain-tcp";
+}
+
 impl System for PlainTcp {
     fn name(&self) -> &'static str {
-        "plain-tcp"
+        Self::NAME
     }
 
     fn start(&self) -> Result<Box<dyn Server>> {
@@ -1687,7 +2041,7 @@ fn fan_in(server: &dyn Server, scale: &Scale) -> Result<Measurement> {
 fn idle(server: &dyn Server, scale: &Scale) -> Result<Measurement> {
     let Some(target) = server.idle_target() else {
         return Ok(Measurement::Skipped {
-            reason: "this system cannot take raw idle connections".into(),
+            reason: "this system takes no raw idle connections (they never authenticate)".into(),
         });
     };
     let conns = scale.w7_conns;
@@ -1754,6 +2108,7 @@ fn idle_in_child(system: &str, options: &Options, scale: &Scale) -> Result<Measu
         .args(["W7", "--system", system])
         .args(["--conns", &scale.w7_conns.to_string()])
         .args(["--threads", &options.io_threads.to_string()])
+        .args(["--payload", options.payload.option()])
         .stderr(Stdio::inherit());
     if options.quick {
         command.arg("--quick");
