@@ -391,10 +391,13 @@ const MAX_CONNECTIONS: u64 = 1 << 20;
 ///   OS's automatic sizing (Linux TCP autotuning) for that socket, and the OS may round or
 ///   clamp the value. Leave them unset unless a measurement says otherwise. The OS also
 ///   clamps `rpc.io.backLog` (Linux: `net.core.somaxconn`).
-/// - **Security**: this version implements neither the handshake nor encryption, so
-///   `rpc.authenticate = true` and `rpc.io.encryption.enabled = true` are rejected rather
-///   than silently not enforced. Traffic is plain, unauthenticated TCP: bind to a trusted
-///   network only. The secret is never logged, and `Debug` prints the value of any key
+/// - **Security**: without `rpc.authenticate = true` traffic is plain, unauthenticated
+///   TCP: bind to a trusted network only. With it, give both sides the same secret, and
+///   turn on `rpc.io.encryption.enabled` for privacy; AES-CTR (Spark's default cipher)
+///   has no integrity check, AES-GCM (the default here) has. The cipher and engine
+///   version are not negotiated: both sides (Spark included) must set the same. A
+///   secret file is read at `build()`, as Spark takes it (the Base64 of its bytes). The
+///   secret is never logged, and `Debug` prints the value of any key
 ///   whose name contains `secret` as `<redacted>`; [`get`](Self::get) and
 ///   [`iter`](Self::iter) do return it.
 #[derive(Clone, Default)]
