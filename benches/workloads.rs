@@ -1089,7 +1089,12 @@ impl RpcEndpoint for EchoEndpoint {
         self.one_way += 1;
     }
 
-    fn receive_and_reply(&mut self, msg: BenchMsg, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: BenchMsg,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         match msg {
             BenchMsg::Echo(body) => reply.reply(body),
             BenchMsg::EchoBytes(body) => reply.reply(body),

@@ -362,7 +362,12 @@ struct Answers {
 impl RpcEndpoint for Answers {
     type Message = u32;
 
-    fn receive_and_reply(&mut self, n: u32, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        n: u32,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         self.handled.fetch_add(1, Ordering::AcqRel);
         reply.reply(Bytes(vec![0x5a; n as usize]));
     }

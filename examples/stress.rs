@@ -285,7 +285,12 @@ impl RpcEndpoint for StressServer {
         }
     }
 
-    fn receive_and_reply(&mut self, msg: StressMsg, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: StressMsg,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         match msg {
             StressMsg::Data {
                 run,

@@ -6,12 +6,17 @@
 //! on the wire are framed as in Spark's `network-common` transport.
 //!
 //! ```
-//! use rpcenv::{RpcCallContext, RpcEndpoint, RpcEnv};
+//! use rpcenv::{EndpointContext, RpcCallContext, RpcEndpoint, RpcEnv};
 //!
 //! struct Echo;
 //! impl RpcEndpoint for Echo {
 //!     type Message = String;
-//!     fn receive_and_reply(&mut self, msg: String, reply: RpcCallContext) {
+//!     fn receive_and_reply(
+//!         &mut self,
+//!         msg: String,
+//!         reply: RpcCallContext,
+//!         _ctx: &EndpointContext<Self::Message>,
+//!     ) {
 //!         reply.reply(format!("echo: {msg}"))
 //!     }
 //! }

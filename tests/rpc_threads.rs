@@ -17,14 +17,19 @@ use proc_threads::rpc_threads;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rpcenv::{RpcCallContext, RpcConf, RpcEndpoint, RpcEnv, Threading};
+use rpcenv::{EndpointContext, RpcCallContext, RpcConf, RpcEndpoint, RpcEnv, Threading};
 
 struct Echo;
 
 impl RpcEndpoint for Echo {
     type Message = u64;
 
-    fn receive_and_reply(&mut self, n: u64, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        n: u64,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         reply.reply(n);
     }
 }
@@ -35,7 +40,12 @@ struct Solo;
 impl RpcEndpoint for Solo {
     type Message = u64;
 
-    fn receive_and_reply(&mut self, n: u64, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        n: u64,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         reply.reply(n + 1);
     }
 

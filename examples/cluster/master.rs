@@ -512,7 +512,12 @@ impl RpcEndpoint for Master {
         );
     }
 
-    fn receive_and_reply(&mut self, msg: MasterMsg, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: MasterMsg,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         match msg {
             MasterMsg::RegisterWorker {
                 worker,

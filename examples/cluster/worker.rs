@@ -130,7 +130,12 @@ impl RpcEndpoint for Worker {
         }
     }
 
-    fn receive_and_reply(&mut self, msg: WorkerMsg, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: WorkerMsg,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         match msg {
             WorkerMsg::RunTask { task_id, input } => match &self.tasks {
                 Some(tasks) => {

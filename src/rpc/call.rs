@@ -305,11 +305,13 @@ fn into_typed<T: DeserializeOwned + 'static>(
 /// context. Dropping a `Pending` abandons the ask: the reply is discarded when it comes.
 ///
 /// ```
-/// # use rpcenv::{RpcEnv, RpcEndpoint, RpcCallContext};
+/// # use rpcenv::{EndpointContext, RpcEnv, RpcEndpoint, RpcCallContext};
 /// # struct Double;
 /// # impl RpcEndpoint for Double {
 /// #     type Message = u64;
-/// #     fn receive_and_reply(&mut self, n: u64, reply: RpcCallContext) { reply.reply(2 * n) }
+/// #     fn receive_and_reply(&mut self, n: u64, reply: RpcCallContext, _: &EndpointContext<u64>) {
+/// #         reply.reply(2 * n)
+/// #     }
 /// # }
 /// let env = RpcEnv::builder("doc").client_mode(true).build()?;
 /// let double = env.setup_endpoint("double", Double)?;
@@ -437,11 +439,16 @@ enum ReplyTarget {
 /// [`RpcError::Remote`] carrying the panic's message.
 ///
 /// ```
-/// use rpcenv::{RpcCallContext, RpcEndpoint};
+/// use rpcenv::{EndpointContext, RpcCallContext, RpcEndpoint};
 /// struct Div;
 /// impl RpcEndpoint for Div {
 ///     type Message = (i64, i64);
-///     fn receive_and_reply(&mut self, (a, b): (i64, i64), reply: RpcCallContext) {
+///     fn receive_and_reply(
+///         &mut self,
+///         (a, b): (i64, i64),
+///         reply: RpcCallContext,
+///         _ctx: &EndpointContext<Self::Message>,
+///     ) {
 ///         if b == 0 {
 ///             reply.send_failure("division by zero")
 ///         } else {
@@ -536,8 +543,15 @@ impl RpcCallContext {
         }
     }
 
+    /// The name of the endpoint that was asked.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
     /// The listen address of the env that asked; `None` when it is a client-mode env
-    /// (or this env itself in client mode).
+    /// (or this env itself in client mode). The same as
+    /// [`EndpointContext::sender_address`](crate::EndpointContext::sender_address) in
+    /// the handler the ask reached.
     pub fn sender_address(&self) -> Option<RpcAddress> {
         self.sender.clone()
     }

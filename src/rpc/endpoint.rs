@@ -62,7 +62,7 @@ pub enum Threading {
 ///             self.total += n
 ///         }
 ///     }
-///     fn receive_and_reply(&mut self, msg: Msg, reply: RpcCallContext) {
+///     fn receive_and_reply(&mut self, msg: Msg, reply: RpcCallContext, _ctx: &EndpointContext<Msg>) {
 ///         match msg {
 ///             Msg::Get => reply.reply(self.total),
 ///             Msg::Add(_) => reply.send_failure("Add is a one-way message"),
@@ -92,11 +92,21 @@ pub trait RpcEndpoint: Send + 'static {
         );
     }
 
-    /// An ask: answer it through `reply`. The default fails it with
-    /// [`RpcError::Remote`] saying the endpoint does not answer asks.
-    fn receive_and_reply(&mut self, msg: Self::Message, reply: RpcCallContext) {
-        let _ = msg;
-        reply.send_failure("this endpoint does not answer asks");
+    /// An ask: answer it through `reply` (now, or later from any thread); `ctx` gives
+    /// this endpoint's own reference, its env and the asker's address. The default fails
+    /// it with [`RpcError::Remote`] saying the endpoint does not answer asks.
+    fn receive_and_reply(
+        &mut self,
+        msg: Self::Message,
+        reply: RpcCallContext,
+        ctx: &EndpointContext<Self::Message>,
+    ) {
+        let _ = (msg, ctx);
+        let text = format!(
+            "endpoint {} does not answer asks (it does not implement receive_and_reply)",
+            reply.endpoint()
+        );
+        reply.send_failure(text);
     }
 
     /// Runs before any message.

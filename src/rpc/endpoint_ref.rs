@@ -114,11 +114,16 @@ impl RefInner {
 /// the type the other side expects is moved, not serialized.
 ///
 /// ```
-/// use rpcenv::{RpcCallContext, RpcEndpoint, RpcEnv};
+/// use rpcenv::{EndpointContext, RpcCallContext, RpcEndpoint, RpcEnv};
 /// struct Echo;
 /// impl RpcEndpoint for Echo {
 ///     type Message = String;
-///     fn receive_and_reply(&mut self, msg: String, reply: RpcCallContext) {
+///     fn receive_and_reply(
+///         &mut self,
+///         msg: String,
+///         reply: RpcCallContext,
+///         _ctx: &EndpointContext<Self::Message>,
+///     ) {
 ///         reply.reply(msg)
 ///     }
 /// }

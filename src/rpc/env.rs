@@ -196,11 +196,16 @@ fn random_id() -> u64 {
 /// [`EndpointContext::env`](crate::EndpointContext::env) does not keep it running.
 ///
 /// ```
-/// use rpcenv::{RpcCallContext, RpcEndpoint, RpcEnv};
+/// use rpcenv::{EndpointContext, RpcCallContext, RpcEndpoint, RpcEnv};
 /// struct Echo;
 /// impl RpcEndpoint for Echo {
 ///     type Message = String;
-///     fn receive_and_reply(&mut self, msg: String, reply: RpcCallContext) {
+///     fn receive_and_reply(
+///         &mut self,
+///         msg: String,
+///         reply: RpcCallContext,
+///         _ctx: &EndpointContext<Self::Message>,
+///     ) {
 ///         reply.reply(msg)
 ///     }
 /// }

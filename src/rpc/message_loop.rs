@@ -217,7 +217,7 @@ impl<E: RpcEndpoint> Handler for Typed<E> {
             InboxMessage::Ask { payload, reply } => {
                 self.ctx.set_sender(reply.sender_address());
                 match self.decode(payload) {
-                    Ok(msg) => self.guard(|e, _| e.receive_and_reply(msg, reply)),
+                    Ok(msg) => self.guard(|e, ctx| e.receive_and_reply(msg, reply, ctx)),
                     Err((err, panicked)) => {
                         warn!("ask for endpoint {} failed: {err}", self.name);
                         reply.fail(err.clone());

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::rpc::call::RpcCallContext;
-use crate::rpc::endpoint::RpcEndpoint;
+use crate::rpc::endpoint::{EndpointContext, RpcEndpoint};
 use crate::rpc::env::EnvInner;
 use crate::sync::Weak;
 
@@ -24,7 +24,12 @@ pub(crate) struct Verifier {
 impl RpcEndpoint for Verifier {
     type Message = CheckExistence;
 
-    fn receive_and_reply(&mut self, CheckExistence(name): CheckExistence, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        CheckExistence(name): CheckExistence,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         let exists = self
             .env
             .upgrade()

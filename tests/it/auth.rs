@@ -512,7 +512,12 @@ impl RpcEndpoint for Echo {
         self.count += 1;
     }
 
-    fn receive_and_reply(&mut self, msg: Msg, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: Msg,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         match msg {
             Msg::Echo(text) => reply.reply(text),
             Msg::Count => reply.reply(self.count),

@@ -184,7 +184,12 @@ impl RpcEndpoint for Sink {
         self.handle(msg.seq);
     }
 
-    fn receive_and_reply(&mut self, msg: Chunk, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: Chunk,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         let handled = self.handle(msg.seq);
         reply.reply(handled as u64);
     }
@@ -212,7 +217,12 @@ struct Doubler;
 impl RpcEndpoint for Doubler {
     type Message = u64;
 
-    fn receive_and_reply(&mut self, n: u64, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        n: u64,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         reply.reply(2 * n);
     }
 }
@@ -227,7 +237,12 @@ struct Late {
 impl RpcEndpoint for Late {
     type Message = u64;
 
-    fn receive_and_reply(&mut self, n: u64, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        n: u64,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         let delay = self.delay;
         let thread = spawn("test-late-answer", move || {
             thread::sleep(delay);
@@ -250,7 +265,12 @@ impl RpcEndpoint for Counter {
         self.count += 1;
     }
 
-    fn receive_and_reply(&mut self, _n: u64, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        _n: u64,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         reply.reply(self.count);
     }
 }
@@ -369,7 +389,12 @@ impl RpcEndpoint for AskOnward {
         let _ = self.started.send((answer, started.elapsed()));
     }
 
-    fn receive_and_reply(&mut self, n: u64, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        n: u64,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         match self.b.ask_sync_timeout::<u64>(n, INNER_DEADLINE) {
             Ok(answer) => reply.reply(answer),
             Err(err) => reply.send_failure(err),
@@ -445,7 +470,12 @@ struct Sleeper {
 impl RpcEndpoint for Sleeper {
     type Message = u64;
 
-    fn receive_and_reply(&mut self, n: u64, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        n: u64,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         reply.reply(n);
         let _ = self.started.send(());
         thread::sleep(self.nap);
@@ -585,7 +615,12 @@ const PAD_ANSWER: usize = 256;
 impl RpcEndpoint for Padder {
     type Message = String;
 
-    fn receive_and_reply(&mut self, _msg: String, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        _msg: String,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         reply.reply("x".repeat(PAD_ANSWER));
     }
 
@@ -1065,7 +1100,12 @@ struct Registry {
 impl RpcEndpoint for Registry {
     type Message = RegistryMsg;
 
-    fn receive_and_reply(&mut self, msg: RegistryMsg, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: RegistryMsg,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         match msg {
             RegistryMsg::Register(r) => {
                 self.refs.push(r);
@@ -1224,7 +1264,12 @@ impl RpcEndpoint for TouchyEndpoint {
         let _ = self.received.send(msg.0);
     }
 
-    fn receive_and_reply(&mut self, msg: Touchy, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: Touchy,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         reply.reply(2 * msg.0);
     }
 
@@ -1362,7 +1407,12 @@ type RelayOutcome = (Result<(), RpcError>, Duration, Result<Receipt, RpcError>);
 impl RpcEndpoint for Relay {
     type Message = RpcEndpointRef<Blob>;
 
-    fn receive_and_reply(&mut self, target: RpcEndpointRef<Blob>, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        target: RpcEndpointRef<Blob>,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         let started = Instant::now();
         let big = target.send(Blob(vec![7; 100 * 1024]));
         let took = started.elapsed();
@@ -1671,7 +1721,12 @@ impl RpcEndpoint for Worker {
         }
     }
 
-    fn receive_and_reply(&mut self, msg: Work, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: Work,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         let Work::Job { producer, seq } = msg else {
             reply.send_failure("data came as an ask");
             return;
@@ -1695,7 +1750,12 @@ struct PlusOne;
 impl RpcEndpoint for PlusOne {
     type Message = u64;
 
-    fn receive_and_reply(&mut self, n: u64, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        n: u64,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         reply.reply(n + 1);
     }
 }

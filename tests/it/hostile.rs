@@ -64,7 +64,12 @@ impl RpcEndpoint for Count {
     fn receive(&mut self, _msg: Blob, _ctx: &EndpointContext<Blob>) {
         self.0.fetch_add(1, Ordering::SeqCst);
     }
-    fn receive_and_reply(&mut self, _msg: Blob, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        _msg: Blob,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
         reply.reply(n as u64);
     }
@@ -505,7 +510,12 @@ impl RpcEndpoint for Sizes {
     fn receive(&mut self, msg: Blob, _ctx: &EndpointContext<Blob>) {
         self.0.lock().unwrap().push(msg.0.len());
     }
-    fn receive_and_reply(&mut self, msg: Blob, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: Blob,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         self.0.lock().unwrap().push(msg.0.len());
         reply.reply(msg);
     }
@@ -684,7 +694,12 @@ struct Amplifier(bool);
 
 impl RpcEndpoint for Amplifier {
     type Message = Blob;
-    fn receive_and_reply(&mut self, _msg: Blob, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        _msg: Blob,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         if !self.0 {
             self.0 = true;
             thread::sleep(Duration::from_secs(2));
@@ -984,7 +999,12 @@ struct Slow(u64);
 
 impl RpcEndpoint for Slow {
     type Message = Blob;
-    fn receive_and_reply(&mut self, _msg: Blob, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        _msg: Blob,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         thread::sleep(Duration::from_millis(20));
         self.0 += 1;
         reply.reply(self.0);

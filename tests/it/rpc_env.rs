@@ -68,7 +68,12 @@ impl RpcEndpoint for Recorder {
         self.record(Event::Received(msg));
     }
 
-    fn receive_and_reply(&mut self, msg: String, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: String,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         reply.reply(msg);
     }
 
@@ -146,7 +151,12 @@ struct Ack;
 impl RpcEndpoint for Ack {
     type Message = String;
 
-    fn receive_and_reply(&mut self, msg: String, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: String,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         match msg.as_str() {
             "hi" => reply.reply("ack".to_owned()),
             "fail" => reply.send_failure("Oops"),
@@ -252,7 +262,12 @@ impl RpcEndpoint for SelfSender {
         self.me = Some(ctx.self_ref());
     }
 
-    fn receive_and_reply(&mut self, msg: RefMsg, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: RefMsg,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         match msg {
             RefMsg::GetSelf => reply.reply(self.me.clone().expect("set in on_start")),
             RefMsg::Echo(text) => reply.reply(text),
@@ -318,7 +333,12 @@ struct Sleepy;
 impl RpcEndpoint for Sleepy {
     type Message = u64;
 
-    fn receive_and_reply(&mut self, millis: u64, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        millis: u64,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         thread::sleep(Duration::from_millis(millis));
         reply.reply(millis);
     }
@@ -355,7 +375,12 @@ struct Gate {
 impl RpcEndpoint for Gate {
     type Message = String;
 
-    fn receive_and_reply(&mut self, msg: String, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: String,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         if msg == "block" {
             let _ = self.started.send(());
             self.release
@@ -462,7 +487,12 @@ impl RpcEndpoint for PanicIn {
         }
     }
 
-    fn receive_and_reply(&mut self, msg: String, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: String,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         reply.reply(format!("still here: {msg}"));
     }
 
@@ -575,7 +605,12 @@ impl RpcEndpoint for SelfUser {
         }
     }
 
-    fn receive_and_reply(&mut self, msg: SelfMsg, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: SelfMsg,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         reply.reply(format!("{msg:?}"));
     }
 
@@ -682,7 +717,12 @@ impl RpcEndpoint for Counter {
         }
     }
 
-    fn receive_and_reply(&mut self, msg: Count, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: Count,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         match msg {
             Count::Get => reply.reply(self.count),
             Count::Add => reply.send_failure("Add is one-way"),
@@ -929,7 +969,12 @@ struct UnserializableReplier;
 impl RpcEndpoint for UnserializableReplier {
     type Message = String;
 
-    fn receive_and_reply(&mut self, _msg: String, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        _msg: String,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         reply.reply(Unserializable);
     }
 }
@@ -989,7 +1034,12 @@ struct Hoarder {
 impl RpcEndpoint for Hoarder {
     type Message = String;
 
-    fn receive_and_reply(&mut self, msg: String, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: String,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         if msg == "never" {
             self.held.push(reply);
         } else {
@@ -1078,7 +1128,12 @@ struct ThreadName {
 impl RpcEndpoint for ThreadName {
     type Message = String;
 
-    fn receive_and_reply(&mut self, msg: String, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: String,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         if msg == "block" {
             if let Some(started) = &self.started {
                 let _ = started.send(());
@@ -1201,7 +1256,12 @@ struct Overflow;
 impl RpcEndpoint for Overflow {
     type Message = Probe;
 
-    fn receive_and_reply(&mut self, msg: Probe, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: Probe,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         match msg {
             Probe::Hello(text) => panic!("simulated stack overflow on {text}"),
             Probe::Num(n) => reply.reply(n),
@@ -1261,7 +1321,12 @@ struct RegistryServer {
 impl RpcEndpoint for RegistryServer {
     type Message = ServerMsg;
 
-    fn receive_and_reply(&mut self, msg: ServerMsg, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: ServerMsg,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         match msg {
             ServerMsg::Register(r) => {
                 let _ = self.refs.send(r);
@@ -1282,7 +1347,12 @@ struct SlowReceiver;
 impl RpcEndpoint for SlowReceiver {
     type Message = String;
 
-    fn receive_and_reply(&mut self, _msg: String, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        _msg: String,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         thread::sleep(Duration::from_millis(600));
         reply.reply("okay".to_owned());
     }

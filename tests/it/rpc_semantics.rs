@@ -59,7 +59,12 @@ struct Doubler;
 impl RpcEndpoint for Doubler {
     type Message = u64;
 
-    fn receive_and_reply(&mut self, n: u64, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        n: u64,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         reply.reply(2 * n);
     }
 }
@@ -70,7 +75,12 @@ struct Dropper;
 impl RpcEndpoint for Dropper {
     type Message = u32;
 
-    fn receive_and_reply(&mut self, _n: u32, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        _n: u32,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         drop(reply);
     }
 }
@@ -84,7 +94,12 @@ struct LateReplier {
 impl RpcEndpoint for LateReplier {
     type Message = u32;
 
-    fn receive_and_reply(&mut self, n: u32, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        n: u32,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         let thread = spawn("test-late-reply", move || {
             thread::sleep(Duration::from_millis(50));
             if n % 2 == 0 {
@@ -115,7 +130,12 @@ struct Holder {
 impl RpcEndpoint for Holder {
     type Message = HoldMsg;
 
-    fn receive_and_reply(&mut self, msg: HoldMsg, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: HoldMsg,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         match msg {
             HoldMsg::Hold(n) => lock(&self.held).push((n, reply)),
             HoldMsg::Now(n) => reply.reply(n),
@@ -407,7 +427,12 @@ struct Sink {
 impl RpcEndpoint for Sink {
     type Message = u32;
 
-    fn receive_and_reply(&mut self, _n: u32, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        _n: u32,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         self.held.push(reply);
         let _ = self.arrived.send(());
     }
@@ -589,7 +614,12 @@ struct StopWatch(Sender<String>);
 impl RpcEndpoint for StopWatch {
     type Message = u64;
 
-    fn receive_and_reply(&mut self, n: u64, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        n: u64,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         reply.reply(n);
     }
 
@@ -744,7 +774,12 @@ impl RpcEndpoint for Worker {
         let _ = self.seen.send((format!("{msg:?}"), ctx.sender_address()));
     }
 
-    fn receive_and_reply(&mut self, msg: WorkerMsg, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: WorkerMsg,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         let _ = self.seen.send((format!("{msg:?}"), reply.sender_address()));
         match msg {
             WorkerMsg::Ping(n) => reply.reply(n + 1),
@@ -766,7 +801,12 @@ struct Registry {
 impl RpcEndpoint for Registry {
     type Message = RegistryMsg;
 
-    fn receive_and_reply(&mut self, msg: RegistryMsg, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: RegistryMsg,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         let RegistryMsg::Register(worker) = msg;
         *lock(&self.slot) = Some(worker);
         reply.reply(true);
@@ -869,7 +909,12 @@ impl RpcEndpoint for SeqChecker {
         }
     }
 
-    fn receive_and_reply(&mut self, msg: SeqMsg, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: SeqMsg,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         match msg {
             SeqMsg::Report { from } => reply.reply((
                 self.next.get(&from).copied().unwrap_or(0),
@@ -933,7 +978,12 @@ struct Forwarder {
 impl RpcEndpoint for Forwarder {
     type Message = RpcEndpointRef<SeqMsg>;
 
-    fn receive_and_reply(&mut self, target: RpcEndpointRef<SeqMsg>, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        target: RpcEndpointRef<SeqMsg>,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         *lock(&self.slot) = Some(target);
         reply.reply(());
     }
@@ -1004,7 +1054,12 @@ impl RpcEndpoint for TracedEcho {
 
     fn receive(&mut self, _msg: Traced, _ctx: &EndpointContext<Traced>) {}
 
-    fn receive_and_reply(&mut self, Traced(n): Traced, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        Traced(n): Traced,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         reply.reply(n);
     }
 
@@ -1134,7 +1189,12 @@ struct Length;
 impl RpcEndpoint for Length {
     type Message = Vec<u8>;
 
-    fn receive_and_reply(&mut self, bytes: Vec<u8>, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        bytes: Vec<u8>,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         reply.reply(bytes.len() as u64);
     }
 }
@@ -1266,7 +1326,12 @@ impl RpcEndpoint for Strict {
         let _ = self.received.send(msg);
     }
 
-    fn receive_and_reply(&mut self, msg: StrictMsg, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: StrictMsg,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         match msg {
             StrictMsg::Add(a, b) => reply.reply(a + b),
             StrictMsg::Ping => reply.reply(7u32),
@@ -1437,7 +1502,12 @@ struct Shaper;
 impl RpcEndpoint for Shaper {
     type Message = u8;
 
-    fn receive_and_reply(&mut self, _msg: u8, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        _msg: u8,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         reply.reply(Shape {
             name: "triangle".into(),
             sides: vec![3, 4, 5],
@@ -1478,7 +1548,12 @@ struct Named(&'static str, Sender<&'static str>);
 impl RpcEndpoint for Named {
     type Message = u8;
 
-    fn receive_and_reply(&mut self, _msg: u8, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        _msg: u8,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         reply.reply(self.0.to_owned());
     }
 
@@ -1635,7 +1710,12 @@ impl RpcEndpoint for Recorder {
         let _ = self.0.send((msg, ctx.sender_address()));
     }
 
-    fn receive_and_reply(&mut self, msg: String, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        msg: String,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         let sender = reply.sender_address();
         reply.reply((msg.len() as u64, sender));
     }
@@ -1676,7 +1756,12 @@ impl RpcEndpoint for OpaqueEcho {
         let _ = self.0.send(n);
     }
 
-    fn receive_and_reply(&mut self, Opaque(n): Opaque, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        Opaque(n): Opaque,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         reply.reply(Opaque(n + 1));
     }
 }
@@ -1762,7 +1847,12 @@ struct Watcher(Sender<Event>);
 impl RpcEndpoint for Watcher {
     type Message = u32;
 
-    fn receive_and_reply(&mut self, n: u32, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        n: u32,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         reply.reply(n);
     }
 
@@ -1829,7 +1919,12 @@ struct PanicsElsewhere {
 impl RpcEndpoint for PanicsElsewhere {
     type Message = u32;
 
-    fn receive_and_reply(&mut self, _msg: u32, reply: RpcCallContext) {
+    fn receive_and_reply(
+        &mut self,
+        _msg: u32,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
         let thread = thread::Builder::new()
             .name("test-panics-elsewhere".into())
             .spawn(move || {
