@@ -140,7 +140,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(err) => {
-            println!("DEMO FAILED: {err}");
+            println!("DEMO FAILED: {err:#}");
             ExitCode::FAILURE
         }
     }
@@ -209,18 +209,18 @@ impl Demo {
             .client_mode(true)
             .conf(conf)
             .build()
-            .map_err(|err| format!("driver env: {err}"))?;
+            .map_err(|err| format!("driver env: {err:#}"))?;
         let master_uri = &cluster.master_uri;
         let master = driver_env
             .setup_endpoint_ref_by_uri::<MasterMsg>(master_uri)
-            .map_err(|err| format!("driver: looking up {master_uri}: {err}"))?;
+            .map_err(|err| format!("driver: looking up {master_uri}: {err:#}"))?;
         let mut pings = Vec::with_capacity(PINGS);
         let mut port = 0;
         for _ in 0..PINGS {
             let asked = Instant::now();
             let ports: BoundPorts = master
                 .ask_sync_timeout(MasterMsg::BoundPortsRequest, Duration::from_secs(10))
-                .map_err(|err| format!("driver: BoundPortsRequest: {err}"))?;
+                .map_err(|err| format!("driver: BoundPortsRequest: {err:#}"))?;
             pings.push(asked.elapsed());
             port = ports.rpc_port;
             if cluster.master_port.is_some_and(|bound| bound != port) {
@@ -266,7 +266,7 @@ impl Demo {
                         }
                     }
                 })
-                .map_err(|err| format!("cannot start a driver thread: {err}"))?;
+                .map_err(|err| format!("cannot start a driver thread: {err:#}"))?;
             threads.push(spawned);
         }
         drop(tx);
@@ -348,7 +348,7 @@ impl Demo {
             .port(0)
             .conf(conf.clone())
             .build()
-            .map_err(|err| format!("master env: {err}"))?;
+            .map_err(|err| format!("master env: {err:#}"))?;
         let observer = events.clone();
         let master = Master::new(
             MasterConf {
@@ -361,7 +361,7 @@ impl Demo {
         );
         master_env
             .setup_endpoint(MASTER, master)
-            .map_err(|err| format!("master endpoint: {err}"))?;
+            .map_err(|err| format!("master endpoint: {err:#}"))?;
         let master_address = master_env.address().expect("a server env has an address");
         let master_uri = format!("rpc://{MASTER}@{master_address}");
         println!(
@@ -404,7 +404,7 @@ impl Demo {
         if !tally.failed.is_empty() {
             problems.push(format!("{} tasks failed", tally.failed.len()));
             for (task_id, err) in tally.failed.iter().take(5) {
-                println!("  task {task_id} failed: {err}");
+                println!("  task {task_id} failed: {err:#}");
             }
         }
         if !tally.wrong.is_empty() {

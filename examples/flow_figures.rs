@@ -303,7 +303,7 @@ fn parse_args(args: &[String]) -> Result<Option<Opts>, String> {
                 };
                 conf.insert(key.trim(), val.trim());
                 conf.validate()
-                    .map_err(|err| format!("--conf {v}: {err}"))?;
+                    .map_err(|err| format!("--conf {v}: {err:#}"))?;
             }
             _ => return Err(format!("unknown argument '{arg}'")),
         }
@@ -438,7 +438,7 @@ fn input2(opts: &Opts, bounds: Bounds) -> Result<Figure, String> {
         .port(0)
         .conf(opts.conf.clone())
         .build()
-        .map_err(|err| format!("input2: cannot start the server env: {err}"))?;
+        .map_err(|err| format!("input2: cannot start the server env: {err:#}"))?;
     let handled = Arc::new(AtomicU64::new(0));
     server
         .setup_endpoint(
@@ -447,7 +447,7 @@ fn input2(opts: &Opts, bounds: Bounds) -> Result<Figure, String> {
                 handled: Arc::clone(&handled),
             },
         )
-        .map_err(|err| format!("input2: cannot set up the endpoint: {err}"))?;
+        .map_err(|err| format!("input2: cannot set up the endpoint: {err:#}"))?;
     let address = server.address().expect("a server env has an address");
 
     let body = request_envelope("answers", answer);
@@ -457,14 +457,16 @@ fn input2(opts: &Opts, bounds: Bounds) -> Result<Figure, String> {
         rpc_request(&mut frames, id, &body);
     }
     let stream = TcpStream::connect((address.host(), address.port()))
-        .map_err(|err| format!("input2: cannot connect to {address}: {err}"))?;
+        .map_err(|err| format!("input2: cannot connect to {address}: {err:#}"))?;
     stream
         .set_write_timeout(Some(WATCH))
-        .map_err(|err| format!("input2: {err}"))?;
+        .map_err(|err| format!("input2: {err:#}"))?;
     // On a thread of its own, whose writes time out: a write into a socket the server no
     // longer reads blocks once the socket buffers are full.
     let writer = {
-        let mut stream = stream.try_clone().map_err(|err| format!("input2: {err}"))?;
+        let mut stream = stream
+            .try_clone()
+            .map_err(|err| format!("input2: {err:#}"))?;
         let pace = opts.pace;
         thread::Builder::new()
             .name("raw-asker".into())
@@ -480,7 +482,7 @@ fn input2(opts: &Opts, bounds: Bounds) -> Result<Figure, String> {
                 }
                 Ok(frames.len())
             })
-            .map_err(|err| format!("input2: {err}"))?
+            .map_err(|err| format!("input2: {err:#}"))?
     };
 
     let written = writer.join().map_err(|_| "input2: the writer panicked")?;
@@ -501,7 +503,7 @@ fn input2(opts: &Opts, bounds: Bounds) -> Result<Figure, String> {
     };
     match written {
         Ok(bytes) => println!("  written       {ASKS} asks, {bytes} bytes"),
-        Err(err) => println!("  written       not all: {err} (the server stopped reading)"),
+        Err(err) => println!("  written       not all: {err:#} (the server stopped reading)"),
     }
     println!(
         "  asks read     {read} of {ASKS} ({read_at_half} {:.1} s after the writes, {read} \
@@ -558,7 +560,7 @@ fn input3(opts: &Opts, bounds: Bounds) -> Result<Figure, String> {
         .port(0)
         .conf(conf.clone())
         .build()
-        .map_err(|err| format!("input3: cannot start the server env: {err}"))?;
+        .map_err(|err| format!("input3: cannot start the server env: {err:#}"))?;
     let handled = Arc::new(AtomicU64::new(0));
     server
         .setup_endpoint(
@@ -567,7 +569,7 @@ fn input3(opts: &Opts, bounds: Bounds) -> Result<Figure, String> {
                 handled: Arc::clone(&handled),
             },
         )
-        .map_err(|err| format!("input3: cannot set up the endpoint: {err}"))?;
+        .map_err(|err| format!("input3: cannot set up the endpoint: {err:#}"))?;
     let uri = format!(
         "rpc://slow@{}",
         server.address().expect("a server env has an address")
@@ -576,7 +578,7 @@ fn input3(opts: &Opts, bounds: Bounds) -> Result<Figure, String> {
         .client_mode(true)
         .conf(conf.clone())
         .build()
-        .map_err(|err| format!("input3: cannot start the client env: {err}"))?;
+        .map_err(|err| format!("input3: cannot start the client env: {err:#}"))?;
 
     let started = Instant::now();
     // `send` waits while the queues are full: the sender has a thread of its own.
@@ -587,14 +589,14 @@ fn input3(opts: &Opts, bounds: Bounds) -> Result<Figure, String> {
             .spawn(move || -> Result<Duration, String> {
                 let slow = client
                     .setup_endpoint_ref_by_uri::<Bytes>(&uri)
-                    .map_err(|err| format!("looking up {uri}: {err}"))?;
+                    .map_err(|err| format!("looking up {uri}: {err:#}"))?;
                 for i in 0..MESSAGES {
                     slow.send(Bytes(vec![i as u8; MESSAGE_BYTES]))
-                        .map_err(|err| format!("message {i}: {err}"))?;
+                        .map_err(|err| format!("message {i}: {err:#}"))?;
                 }
                 Ok(started.elapsed())
             })
-            .map_err(|err| format!("input3: {err}"))?
+            .map_err(|err| format!("input3: {err:#}"))?
     };
 
     // Until all are handled, or nothing moves any more once the sender has given up.
@@ -623,7 +625,7 @@ fn input3(opts: &Opts, bounds: Bounds) -> Result<Figure, String> {
             "  sent          {MESSAGES} messages in {:.2} s",
             sent.as_secs_f64()
         ),
-        Err(err) => println!("  sent          not all: {err}"),
+        Err(err) => println!("  sent          not all: {err:#}"),
     }
     println!(
         "  handled       {done} of {MESSAGES} in {:.2} s (at least {:.1} s of handling)",
@@ -672,7 +674,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(err) => {
-            eprintln!("flow_figures: {err}");
+            eprintln!("flow_figures: {err:#}");
             eprintln!("Try 'flow_figures --help' for the flags.");
             return ExitCode::from(2);
         }
@@ -682,7 +684,7 @@ fn main() -> ExitCode {
     let bounds = match Bounds::of(conf) {
         Ok(bounds) => bounds,
         Err(err) => {
-            eprintln!("flow_figures: {err}");
+            eprintln!("flow_figures: {err:#}");
             return ExitCode::from(2);
         }
     };
@@ -706,7 +708,7 @@ fn main() -> ExitCode {
         match run(&opts, bounds) {
             Ok(figure) => ok &= figure.ok(),
             Err(err) => {
-                eprintln!("flow_figures: {err}");
+                eprintln!("flow_figures: {err:#}");
                 ok = false;
             }
         }

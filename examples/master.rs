@@ -93,13 +93,13 @@ fn main() -> ExitCode {
     let env = match builder.build() {
         Ok(env) => env,
         Err(err) => {
-            eprintln!("master: cannot start: {err}");
+            eprintln!("master: cannot start: {err:#}");
             return ExitCode::FAILURE;
         }
     };
     let master = Master::new(conf, Box::new(|event| println!("MASTER {event}")));
     if let Err(err) = env.setup_endpoint(MASTER, master) {
-        eprintln!("master: cannot register the Master endpoint: {err}");
+        eprintln!("master: cannot register the Master endpoint: {err:#}");
         return ExitCode::FAILURE;
     }
     let address = env.address().expect("a server env has an address");

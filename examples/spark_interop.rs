@@ -220,7 +220,7 @@ impl RpcHandler for EchoHandler {
     }
 
     fn exception_caught(&self, error: &RpcError, client: &TransportClient) {
-        eprintln!("spark_interop server: exception on {client:?}: {error}");
+        eprintln!("spark_interop server: exception on {client:?}: {error:#}");
     }
 }
 

@@ -550,7 +550,7 @@ fn parse_args(args: &[String]) -> Result<Command, FlagError> {
                 };
                 opts.server.conf.insert(key.trim(), val.trim());
                 if let Err(err) = opts.server.conf.validate() {
-                    return Err(bad(format!("--conf {v}: {err}")));
+                    return Err(bad(format!("--conf {v}: {err:#}")));
                 }
             }
             "--threading" => {
@@ -657,7 +657,7 @@ impl ClientReport {
     fn error(&mut self, what: &str, err: &RpcError) {
         self.errors += 1;
         if self.error_messages.len() < MAX_ERRORS_KEPT {
-            self.error_messages.push(format!("{what}: {err}"));
+            self.error_messages.push(format!("{what}: {err:#}"));
         }
     }
 
@@ -1220,7 +1220,7 @@ fn main() -> ExitCode {
     let command = match parse_args(&args) {
         Ok(command) => command,
         Err(err) => {
-            eprintln!("stress: {err}");
+            eprintln!("stress: {err:#}");
             eprintln!("Try 'stress --help' for the flags.");
             return ExitCode::from(2);
         }
@@ -1241,7 +1241,7 @@ fn serve(opts: &ServerOpts) -> ExitCode {
     let env = match start_server(opts) {
         Ok(env) => env,
         Err(err) => {
-            eprintln!("stress: cannot start the server: {err}");
+            eprintln!("stress: cannot start the server: {err:#}");
             return ExitCode::FAILURE;
         }
     };
@@ -1258,7 +1258,7 @@ fn run(opts: &RunOpts) -> ExitCode {
         None => match start_server(&opts.server) {
             Ok(env) => Some(env),
             Err(err) => {
-                eprintln!("stress: cannot start the in-process server: {err}");
+                eprintln!("stress: cannot start the in-process server: {err:#}");
                 return ExitCode::FAILURE;
             }
         },
@@ -1302,7 +1302,7 @@ fn run(opts: &RunOpts) -> ExitCode {
                 Ok(handle) => clients.push(handle),
                 Err(err) => {
                     // Without all the clients the barrier would never open.
-                    eprintln!("stress: cannot start client thread {id}: {err}");
+                    eprintln!("stress: cannot start client thread {id}: {err:#}");
                     std::process::exit(1);
                 }
             }
@@ -1316,7 +1316,7 @@ fn run(opts: &RunOpts) -> ExitCode {
             thread::Builder::new()
                 .name("stress-progress".into())
                 .spawn_scoped(scope, move || report_progress(progress, total, &stop_rx))
-                .map_err(|err| warn!("no progress bar: {err}"))
+                .map_err(|err| warn!("no progress bar: {err:#}"))
                 .ok()
         };
         let reports: Vec<ClientReport> = clients

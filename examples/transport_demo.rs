@@ -68,7 +68,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("transport_demo failed: {err}");
+            eprintln!("transport_demo failed: {err:#}");
             ExitCode::FAILURE
         }
     }

@@ -129,7 +129,7 @@ fn main() -> ExitCode {
     let mut node = match WorkerNode::start(opts) {
         Ok(node) => node,
         Err(err) => {
-            eprintln!("worker: {err}");
+            eprintln!("worker: {err:#}");
             return ExitCode::FAILURE;
         }
     };

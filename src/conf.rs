@@ -732,7 +732,10 @@ impl SecurityKeys<'_> {
             keys::AUTHENTICATE_SECRET => value.to_owned(),
             keys::AUTHENTICATE_SECRET_FILE => {
                 let bytes = std::fs::read(value).map_err(|err| {
-                    RpcError::config(key, format!("cannot read the secret file {value:?}: {err}"))
+                    RpcError::config(
+                        key,
+                        format!("cannot read the secret file {value:?}: {err:#}"),
+                    )
                 })?;
                 base64::engine::general_purpose::STANDARD.encode(bytes)
             }
@@ -740,7 +743,7 @@ impl SecurityKeys<'_> {
                 RpcError::config(
                     key,
                     format!(
-                        "cannot take the secret from the environment variable {value:?}: {err}"
+                        "cannot take the secret from the environment variable {value:?}: {err:#}"
                     ),
                 )
             })?,

@@ -10,10 +10,15 @@ use crate::sync::Arc;
 
 /// Everything that can go wrong in rpcenv.
 ///
-/// Each variant carries the facts a caller needs (the key, the peer, the sizes); its
-/// `Display` describes this level only, and a wrapped OS error is reachable through
-/// [`Error::source`]. Faults of a peer (`Decode`, `FrameTooLarge`, `Auth`) are kept apart
-/// from mistakes of the caller (`Config`).
+/// Each variant carries the facts a caller needs (the key, the peer, the sizes, the
+/// types). Its `Display` is one lower-case sentence that says what happened, to what,
+/// and where it helps what to change. It describes this level only: the OS error behind
+/// a `Connection`, `Bind` or `Io` error is its [`Error::source`] (also
+/// [`io_error`](Self::io_error)), never repeated in its text, so an error-chain printer
+/// (`anyhow`'s `{:#}`, a loop over `source()`) shows each text once. The alternate form,
+/// `format!("{err:#}")`, appends the OS error: one line with everything, as the crate's
+/// own log lines print errors. Faults of a peer (`Decode`, `FrameTooLarge`, `Auth`) are
+/// kept apart from mistakes of the caller (`Config`).
 ///
 /// ```
 /// use rpcenv::RpcError;
@@ -47,6 +52,20 @@ pub enum RpcError {
     EndpointStopped {
         /// The endpoint's name.
         name: String,
+    },
+    /// A reference is typed with another message type than its endpoint takes: found at
+    /// lookup ([`RpcEnv::setup_endpoint_ref`](crate::RpcEnv::setup_endpoint_ref)), or
+    /// when a message of another type reaches the endpoint (e.g. a reference that came
+    /// inside a message, to a name that another endpoint has taken since). Types are
+    /// compared by name without module paths (see the crate docs, "Checked types").
+    MessageType {
+        /// The endpoint: its URI at lookup, else its name.
+        endpoint: String,
+        /// The type of the messages the endpoint takes, e.g. `"KvMsg"`.
+        takes: Box<str>,
+        /// The type the reference sends, e.g. `"CounterMsg"`; `None` when the receiver
+        /// of a one-way message reports it (the sender's type is not on the wire).
+        sent: Option<Box<str>>,
     },
     /// An endpoint of that name is already registered in this env.
     EndpointExists {
@@ -196,6 +215,26 @@ impl RpcError {
         }
     }
 
+    /// The error an `RpcFailure` answer tells: a refusal of a request above the peer's
+    /// `rpc.message.maxSize` (the text of a [`FrameTooLarge`](Self::FrameTooLarge)) is
+    /// that again, with its sizes; anything else is [`Remote`](Self::Remote).
+    pub(crate) fn from_failure(text: String) -> Self {
+        let parsed = text
+            .strip_prefix("frame of ")
+            .and_then(|rest| rest.split_once(" bytes exceeds "))
+            .and_then(|(size, rest)| {
+                let max = rest
+                    .strip_prefix(keys::MESSAGE_MAX_SIZE)?
+                    .strip_prefix(" (")?
+                    .strip_suffix(" bytes)")?;
+                Some((size.parse().ok()?, max.parse().ok()?))
+            });
+        match parsed {
+            Some((size, max)) => Self::FrameTooLarge { size, max },
+            None => Self::Remote { message: text },
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
         Self::Io {
             context: context.into(),
@@ -210,12 +249,39 @@ impl fmt::Display for RpcError {
             Self::Timeout { what, after, key } => {
                 write!(f, "{what} timed out after {after:?} (set by {key})")
             }
-            Self::EndpointNotFound { uri } => write!(f, "cannot find endpoint: {uri}"),
-            Self::EnvStopped => f.write_str("rpc env already stopped"),
-            Self::EndpointStopped { name } => write!(f, "endpoint {name} is stopped"),
-            Self::EndpointExists { name } => {
-                write!(f, "there is already an endpoint called {name}")
+            Self::EndpointNotFound { uri } => write!(
+                f,
+                "cannot find endpoint: {uri} (no endpoint of that name is registered there)"
+            ),
+            Self::EnvStopped => {
+                f.write_str("rpc env already stopped: it was shut down and makes no more calls")
             }
+            Self::EndpointStopped { name } => {
+                write!(f, "endpoint {name} is stopped and takes no more messages")
+            }
+            Self::MessageType {
+                endpoint,
+                takes,
+                sent: Some(sent),
+            } => write!(
+                f,
+                "endpoint {endpoint} takes messages of type {takes}, not {sent}: \
+                 reach it through an RpcEndpointRef<{takes}>"
+            ),
+            Self::MessageType {
+                endpoint,
+                takes,
+                sent: None,
+            } => write!(
+                f,
+                "endpoint {endpoint} takes messages of type {takes} and was sent one of \
+                 another type: its sender holds a reference typed with another message type"
+            ),
+            Self::EndpointExists { name } => write!(
+                f,
+                "there is already an endpoint called {name} in this env: stop it first, or \
+                 choose another name"
+            ),
             Self::Remote { message } => write!(f, "remote failure: {message}"),
             Self::NoReply { endpoint } => {
                 write!(f, "endpoint {endpoint} dropped the call without replying")
@@ -226,11 +292,10 @@ impl fmt::Display for RpcError {
                 source,
             } => {
                 write!(f, "connection to {peer} {reason}")?;
-                // The OS error is part of the one-line story here: callers print errors
-                // with `{}`, and "failed to connect" alone does not say why.
+                // The OS error is the source; the alternate form tells it too.
                 match source {
-                    Some(err) => write!(f, ": {err}"),
-                    None => Ok(()),
+                    Some(err) if f.alternate() => write!(f, ": {err}"),
+                    _ => Ok(()),
                 }
             }
             Self::Decode { what, reason } => write!(f, "cannot decode {what}: {reason}"),
@@ -274,8 +339,8 @@ impl fmt::Display for RpcError {
                     keys::PORT_MAX_RETRIES
                 )?;
                 match source {
-                    Some(err) => write!(f, ": {err}"),
-                    None => Ok(()),
+                    Some(err) if f.alternate() => write!(f, ": {err}"),
+                    _ => Ok(()),
                 }
             }
             Self::InvalidAddress { input, reason } => {
@@ -284,23 +349,34 @@ impl fmt::Display for RpcError {
             Self::EndpointPanicked { endpoint, message } => {
                 write!(f, "endpoint {endpoint} panicked: {message}")
             }
-            Self::Io { context, source } => write!(f, "{context}: {source}"),
+            Self::Io { context, source } if f.alternate() => write!(f, "{context}: {source}"),
+            Self::Io { context, .. } => f.write_str(context),
         }
     }
 }
 
-impl Error for RpcError {
-    fn source(&self) -> Option<&(dyn Error + 'static)> {
+impl RpcError {
+    /// The OS error behind a `Connection`, `Bind` or `Io` error, if there is one: also
+    /// its [`Error::source`].
+    pub fn io_error(&self) -> Option<&io::Error> {
         match self {
             Self::Connection {
                 source: Some(err), ..
             }
             | Self::Bind {
                 source: Some(err), ..
-            } => Some(&**err),
-            Self::Io { source, .. } => Some(&**source),
+            } => Some(err),
+            Self::Io { source, .. } => Some(source),
             _ => None,
         }
+    }
+}
+
+/// The source of a `Connection`, `Bind` or `Io` error is the OS error behind it, which
+/// its `Display` does not repeat (the alternate form `{:#}` appends it).
+impl Error for RpcError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.io_error().map(|err| err as &(dyn Error + 'static))
     }
 }
 
@@ -401,13 +477,250 @@ mod tests {
         }
     }
 
+    /// The variant's name; a match without a wildcard, so that a new variant fails to
+    /// compile here until the table below renders it.
+    fn variant(err: &RpcError) -> &'static str {
+        match err {
+            RpcError::Timeout { .. } => "Timeout",
+            RpcError::EndpointNotFound { .. } => "EndpointNotFound",
+            RpcError::EnvStopped => "EnvStopped",
+            RpcError::EndpointStopped { .. } => "EndpointStopped",
+            RpcError::MessageType { .. } => "MessageType",
+            RpcError::EndpointExists { .. } => "EndpointExists",
+            RpcError::Remote { .. } => "Remote",
+            RpcError::NoReply { .. } => "NoReply",
+            RpcError::Connection { .. } => "Connection",
+            RpcError::Decode { .. } => "Decode",
+            RpcError::Encode { .. } => "Encode",
+            RpcError::FrameTooLarge { .. } => "FrameTooLarge",
+            RpcError::QueueFull { .. } => "QueueFull",
+            RpcError::Auth { .. } => "Auth",
+            RpcError::Config { .. } => "Config",
+            RpcError::Bind { .. } => "Bind",
+            RpcError::InvalidAddress { .. } => "InvalidAddress",
+            RpcError::EndpointPanicked { .. } => "EndpointPanicked",
+            RpcError::Io { .. } => "Io",
+        }
+    }
+
+    /// Every variant as a user gets it, and the sentence it renders.
     #[test]
-    fn io_errors_are_reachable_through_source() {
+    fn every_variant_renders_as_a_sentence() {
+        let refused = || io::Error::new(io::ErrorKind::ConnectionRefused, "Connection refused");
+        let table: Vec<(RpcError, &str)> = vec![
+            (
+                RpcError::Timeout {
+                    what: "ask of endpoint kv at 127.0.0.1:7077".into(),
+                    after: Duration::from_millis(200),
+                    key: keys::ASK_TIMEOUT,
+                },
+                "ask of endpoint kv at 127.0.0.1:7077 timed out after 200ms (set by \
+                 rpc.askTimeout)",
+            ),
+            (
+                RpcError::EndpointNotFound {
+                    uri: "rpc://kv@127.0.0.1:7077".into(),
+                },
+                "cannot find endpoint: rpc://kv@127.0.0.1:7077 (no endpoint of that name is \
+                 registered there)",
+            ),
+            (
+                RpcError::EnvStopped,
+                "rpc env already stopped: it was shut down and makes no more calls",
+            ),
+            (
+                RpcError::EndpointStopped { name: "kv".into() },
+                "endpoint kv is stopped and takes no more messages",
+            ),
+            (
+                RpcError::MessageType {
+                    endpoint: "rpc://kv@127.0.0.1:7077".into(),
+                    takes: "KvMsg".into(),
+                    sent: Some("CounterMsg".into()),
+                },
+                "endpoint rpc://kv@127.0.0.1:7077 takes messages of type KvMsg, not \
+                 CounterMsg: reach it through an RpcEndpointRef<KvMsg>",
+            ),
+            (
+                RpcError::MessageType {
+                    endpoint: "kv".into(),
+                    takes: "KvMsg".into(),
+                    sent: None,
+                },
+                "endpoint kv takes messages of type KvMsg and was sent one of another type: \
+                 its sender holds a reference typed with another message type",
+            ),
+            (
+                RpcError::EndpointExists { name: "kv".into() },
+                "there is already an endpoint called kv in this env: stop it first, or \
+                 choose another name",
+            ),
+            (
+                RpcError::Remote {
+                    message: "no such key".into(),
+                },
+                "remote failure: no such key",
+            ),
+            (
+                RpcError::NoReply {
+                    endpoint: "kv".into(),
+                },
+                "endpoint kv dropped the call without replying",
+            ),
+            (
+                RpcError::connection("127.0.0.1:7077", "closed with the request outstanding"),
+                "connection to 127.0.0.1:7077 closed with the request outstanding",
+            ),
+            (
+                RpcError::connection_io("127.0.0.1:7077", "cannot be made", refused()),
+                "connection to 127.0.0.1:7077 cannot be made",
+            ),
+            (
+                RpcError::decode(
+                    "the reply of endpoint kv at 127.0.0.1:7077 as bool",
+                    "the endpoint replied with Option<String>, the ask expected bool",
+                ),
+                "cannot decode the reply of endpoint kv at 127.0.0.1:7077 as bool: the \
+                 endpoint replied with Option<String>, the ask expected bool",
+            ),
+            (
+                RpcError::Encode {
+                    what: "the reply of endpoint kv (a Unserializable)".into(),
+                    reason: "not serializable".into(),
+                },
+                "cannot encode the reply of endpoint kv (a Unserializable): not serializable",
+            ),
+            (
+                RpcError::FrameTooLarge {
+                    size: 102_466,
+                    max: 65_536,
+                },
+                "frame of 102466 bytes exceeds rpc.message.maxSize (65536 bytes)",
+            ),
+            (
+                RpcError::QueueFull {
+                    queue: "inbox of endpoint kv".into(),
+                    queued: 4_194_400,
+                    limit: 4_194_304,
+                    key: keys::DISPATCHER_INBOX_CAPACITY,
+                    waited: false,
+                },
+                "inbox of endpoint kv is full: 4194400 bytes queued, the limit is 4194304 \
+                 bytes (rpc.dispatcher.inboxCapacity)",
+            ),
+            (
+                RpcError::QueueFull {
+                    queue: "write queue to 127.0.0.1:7077".into(),
+                    queued: 4_194_400,
+                    limit: 4_194_304,
+                    key: keys::IO_MAX_QUEUED_BYTES,
+                    waited: true,
+                },
+                "write queue to 127.0.0.1:7077 is full: 4194400 bytes queued, the limit is \
+                 4194304 bytes (rpc.io.maxQueuedBytes); no room came within \
+                 rpc.io.sendTimeout or the call's deadline",
+            ),
+            (
+                RpcError::Auth {
+                    peer: "127.0.0.1:7077".into(),
+                    reason: "the peer's proof of the secret is wrong".into(),
+                },
+                "authentication with 127.0.0.1:7077 failed: the peer's proof of the secret is \
+                 wrong",
+            ),
+            (
+                RpcError::config(keys::ASK_TIMEOUT, "\"soon\" is not a duration"),
+                "invalid configuration rpc.askTimeout: \"soon\" is not a duration",
+            ),
+            (
+                RpcError::Bind {
+                    host: "127.0.0.1".into(),
+                    start_port: 7077,
+                    retries: 16,
+                    source: Some(Arc::new(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        "Address in use",
+                    ))),
+                },
+                "cannot bind 127.0.0.1: tried port 7077 and 16 more (rpc.port.maxRetries)",
+            ),
+            (
+                RpcError::InvalidAddress {
+                    input: "kv@nowhere".into(),
+                    reason: "no port".into(),
+                },
+                "invalid address \"kv@nowhere\": no port",
+            ),
+            (
+                RpcError::EndpointPanicked {
+                    endpoint: "kv".into(),
+                    message: "index out of bounds".into(),
+                },
+                "endpoint kv panicked: index out of bounds",
+            ),
+            (
+                RpcError::io(
+                    "cannot start thread rpc-timeout",
+                    io::Error::new(io::ErrorKind::OutOfMemory, "out of memory"),
+                ),
+                "cannot start thread rpc-timeout",
+            ),
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        for (err, expected) in &table {
+            seen.insert(variant(err));
+            assert_eq!(err.to_string(), *expected, "{}", variant(err));
+            // One line, lower case (but for a type or a name it starts with).
+            assert!(!expected.contains('\n'));
+            // No text twice: the text does not repeat its source's; the alternate form
+            // appends it once.
+            let alternate = format!("{err:#}");
+            match err.source() {
+                Some(source) => {
+                    let os = source.to_string();
+                    assert!(!expected.contains(&os), "{expected}");
+                    assert_eq!(alternate, format!("{expected}: {os}"));
+                }
+                None => assert_eq!(alternate, *expected),
+            }
+        }
+        assert_eq!(seen.len(), 19, "every variant is in the table: {seen:?}");
+    }
+
+    #[test]
+    fn frame_too_large_survives_the_wire_as_its_text() {
+        let err = RpcError::FrameTooLarge {
+            size: 102_466,
+            max: 65_536,
+        };
+        assert!(matches!(
+            RpcError::from_failure(err.to_string()),
+            RpcError::FrameTooLarge {
+                size: 102_466,
+                max: 65_536
+            }
+        ));
+        for other in [
+            "frame of many bytes exceeds rpc.message.maxSize (1 bytes)",
+            "frame of 1 bytes exceeds rpc.message.maxSize (2 bytes) and more",
+            "boom",
+        ] {
+            assert!(matches!(
+                RpcError::from_failure(other.into()),
+                RpcError::Remote { message } if message == other
+            ));
+        }
+    }
+
+    #[test]
+    fn io_errors_are_reachable_through_source_and_io_error() {
         let err = RpcError::connection_io(
             "127.0.0.1:1",
             "failed to connect",
             io::Error::from(io::ErrorKind::ConnectionRefused),
         );
+        let os = err.io_error().expect("the OS error");
+        assert_eq!(os.kind(), io::ErrorKind::ConnectionRefused);
         let source = err.source().expect("source");
         assert!(source.downcast_ref::<io::Error>().is_some());
         assert!(

@@ -194,7 +194,7 @@ impl Pool {
                         return Err(err);
                     }
                     // A worker that is alive takes the job later.
-                    warn!("{err}; the job waits for a busy {} thread", self.prefix);
+                    warn!("{err:#}; the job waits for a busy {} thread", self.prefix);
                 }
             }
         }

@@ -240,7 +240,7 @@ impl Args {
             self.fail(&format!("--{name} is required"));
         };
         text.parse()
-            .unwrap_or_else(|err| self.fail(&format!("bad value '{text}' for --{name}: {err}")))
+            .unwrap_or_else(|err| self.fail(&format!("bad value '{text}' for --{name}: {err:#}")))
     }
 
     /// A duration flag: `500ms`, `10s`, `2m`, or a number of seconds.
@@ -249,7 +249,7 @@ impl Args {
             self.fail(&format!("--{name} is required"));
         };
         parse_duration(text)
-            .unwrap_or_else(|err| self.fail(&format!("bad value '{text}' for --{name}: {err}")))
+            .unwrap_or_else(|err| self.fail(&format!("bad value '{text}' for --{name}: {err:#}")))
     }
 
     /// Exits with status 2 and `message`.

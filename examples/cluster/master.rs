@@ -115,7 +115,7 @@ impl fmt::Display for MasterEvent {
                 error,
             } => write!(
                 f,
-                "task failed id={task_id} worker={worker} failures={failures}/{MAX_TASK_FAILURES} error={error}"
+                "task failed id={task_id} worker={worker} failures={failures}/{MAX_TASK_FAILURES} error={error:#}"
             ),
         }
     }
@@ -216,7 +216,7 @@ impl Master {
         let collector = match Collector::spawn(&id, incarnation, master) {
             Ok(collector) => collector,
             Err(err) => {
-                reply.send_failure(format!("cannot start a thread for worker {id}: {err}"));
+                reply.send_failure(format!("cannot start a thread for worker {id}: {err:#}"));
                 return;
             }
         };
@@ -344,7 +344,7 @@ impl Master {
         };
         if let TaskOutcome::Unreachable(error) = outcome {
             // The worker's running tasks, this one included, go back to the queue.
-            self.lose(worker_id, format!("RunTask {task_id} failed: {error}"));
+            self.lose(worker_id, format!("RunTask {task_id} failed: {error:#}"));
             return;
         }
         worker.running.remove(&task_id);
@@ -375,7 +375,7 @@ impl Master {
                 task.failures += 1;
                 let failures = task.failures;
                 warn!(
-                    "task {task_id} failed on worker {worker_id} ({failures}/{MAX_TASK_FAILURES}): {error}"
+                    "task {task_id} failed on worker {worker_id} ({failures}/{MAX_TASK_FAILURES}): {error:#}"
                 );
                 self.emit(MasterEvent::TaskFailed {
                     task_id,
@@ -387,7 +387,7 @@ impl Master {
                     if let Some(mut task) = self.tasks.remove(&task_id) {
                         if let Some(reply) = task.reply.take() {
                             reply.send_failure(format!(
-                                "task {task_id} failed {failures} times; the last error: {error}"
+                                "task {task_id} failed {failures} times; the last error: {error:#}"
                             ));
                         }
                     }
@@ -504,7 +504,7 @@ impl RpcEndpoint for Master {
             me.send(MasterMsg::CheckWorkers).is_ok()
         }) {
             Ok(timer) => self.timer = Some(timer),
-            Err(err) => warn!("no master-timer thread, so no heartbeat checks: {err}"),
+            Err(err) => warn!("no master-timer thread, so no heartbeat checks: {err:#}"),
         }
         info!(
             "master started (worker timeout {} ms)",
@@ -587,7 +587,7 @@ impl RpcEndpoint for Master {
         for (id, err) in closed {
             self.lose(
                 &id,
-                format!("its connection closed (a disconnect from {remote}; {err})"),
+                format!("its connection closed (a disconnect from {remote}; {err:#})"),
             );
         }
     }

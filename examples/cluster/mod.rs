@@ -206,7 +206,7 @@ pub(crate) fn rpc_conf(args: &flags::Args, base: RpcConf) -> RpcConf {
             .map(|item| format!("--conf {item}"))
             .or_else(|| secret_file.map(|path| format!("--secret-file {path}")))
             .unwrap_or_else(|| "--conf".to_owned());
-        args.fail(&format!("{flag}: {err}"));
+        args.fail(&format!("{flag}: {err:#}"));
     }
     conf
 }
@@ -236,7 +236,7 @@ impl Quit {
         if let Err(err) = ctrlc::set_handler(move || {
             let _ = on_signal.send("a signal");
         }) {
-            log::warn!("cannot catch Ctrl-C/SIGTERM ({err}); type quit to stop");
+            log::warn!("cannot catch Ctrl-C/SIGTERM ({err:#}); type quit to stop");
         }
         let reader = std::thread::Builder::new()
             .name("stdin-quit".into())
@@ -253,7 +253,7 @@ impl Quit {
                 }
             });
         if let Err(err) = reader {
-            log::warn!("cannot read stdin ({err}); stop with Ctrl-C");
+            log::warn!("cannot read stdin ({err:#}); stop with Ctrl-C");
         }
         Self { rx }
     }

@@ -122,7 +122,7 @@ impl RpcEndpoint for Worker {
                 });
             match spawned {
                 Ok(handle) => self.executors.push(handle),
-                Err(err) => warn!("worker {}: cannot start a task thread: {err}", self.id),
+                Err(err) => warn!("worker {}: cannot start a task thread: {err:#}", self.id),
             }
         }
         if !self.executors.is_empty() {
@@ -191,7 +191,7 @@ impl fmt::Display for WorkerEvent {
         // `key=value` pairs; a free-text value comes last.
         match self {
             Self::HeartbeatFailed { id, error } => {
-                write!(f, "heartbeat failed id={id} error={error}")
+                write!(f, "heartbeat failed id={id} error={error:#}")
             }
             Self::HeartbeatsResumed { id, failed } => {
                 write!(f, "heartbeats resumed id={id} failed={failed}")
@@ -200,7 +200,7 @@ impl fmt::Display for WorkerEvent {
             Self::Reregistered {
                 id,
                 error: Some(error),
-            } => write!(f, "registering again failed id={id} error={error}"),
+            } => write!(f, "registering again failed id={id} error={error:#}"),
         }
     }
 }
@@ -292,12 +292,12 @@ impl WorkerNode {
             .port(opts.port)
             .conf(opts.conf.clone())
             .build()
-            .map_err(|err| format!("worker {}: cannot start its env: {err}", opts.id))?;
+            .map_err(|err| format!("worker {}: cannot start its env: {err:#}", opts.id))?;
         let worker = Worker::new(opts.id.clone(), opts.cores, opts.task_delay);
         let (crashed, graveyard) = (Arc::clone(&worker.crashed), Arc::clone(&worker.graveyard));
         let me = env
             .setup_endpoint(WORKER, worker)
-            .map_err(|err| format!("worker {}: {err}", opts.id))?;
+            .map_err(|err| format!("worker {}: {err:#}", opts.id))?;
         let registration = Registration {
             id: opts.id.clone(),
             cores: opts.cores,
@@ -317,7 +317,7 @@ impl WorkerNode {
         )
         .map_err(|err| {
             format!(
-                "worker {}: cannot start its heartbeat thread: {err}",
+                "worker {}: cannot start its heartbeat thread: {err:#}",
                 opts.id
             )
         })?;
@@ -416,7 +416,7 @@ fn register_with_retry(
         if let Some(limit) = opts.register_timeout {
             if started.elapsed() + backoff > limit {
                 return Err(format!(
-                    "worker {} could not register with {} within {} ms ({attempt} attempts): {err}",
+                    "worker {} could not register with {} within {} ms ({attempt} attempts): {err:#}",
                     opts.id,
                     opts.master,
                     limit.as_millis()
@@ -424,7 +424,7 @@ fn register_with_retry(
             }
         }
         warn!(
-            "worker {}: registration attempt {attempt} with {} failed ({err}); next in {} ms",
+            "worker {}: registration attempt {attempt} with {} failed ({err:#}); next in {} ms",
             opts.id,
             opts.master,
             backoff.as_millis()
@@ -477,7 +477,7 @@ fn heartbeat(
                     }
                     Err(err) => {
                         warn!(
-                            "worker {}: registering again failed: {err}",
+                            "worker {}: registering again failed: {err:#}",
                             registration.id
                         );
                         Some(err.to_string())
@@ -491,7 +491,7 @@ fn heartbeat(
             Err(err) => {
                 failed += 1;
                 if failed == 1 {
-                    warn!("worker {}: heartbeat failed: {err}", registration.id);
+                    warn!("worker {}: heartbeat failed: {err:#}", registration.id);
                 }
                 observer.tell(&WorkerEvent::HeartbeatFailed {
                     id: registration.id.clone(),

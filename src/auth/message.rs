@@ -180,7 +180,7 @@ mod tests {
         assert!(err.reason().contains("SASL"), "{err}");
         assert!(
             err.reason().contains("spark.network.crypto.enabled=true"),
-            "{err}"
+            "{err:#}"
         );
         body[0] = 0x03;
         let err = AuthMessage::decode(&body).unwrap_err();

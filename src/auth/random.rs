@@ -22,7 +22,7 @@ impl Random for OsRandom {
     fn fill(&mut self, buf: &mut [u8]) -> Result<(), AuthError> {
         getrandom::fill(buf).map_err(|err| {
             AuthError::new(format!(
-                "the operating system's random number generator failed: {err}"
+                "the operating system's random number generator failed: {err:#}"
             ))
         })
     }

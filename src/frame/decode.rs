@@ -2,7 +2,8 @@
 //!
 //! The decoder believes nothing a peer claims before checking it: the frame length is
 //! checked against the maximum as soon as its 8 bytes are in, before anything is
-//! allocated, and a body buffer only grows with the bytes that actually arrive (see
+//! allocated (a frame above it is refused once its type byte is in, or, for a request,
+//! once its request id is in too, so that the request can be answered), and a body buffer only grows with the bytes that actually arrive (see
 //! [`FrameDecoder::pending_body`] for the exact rule).
 
 use std::fmt;
@@ -17,12 +18,26 @@ use super::header::{
 /// the body; beyond it, capacity is at most twice the bytes received.
 const BODY_ALLOCATION_FLOOR: usize = 64 * 1024;
 
+/// How much of the header of a request above the maximum is read: the length, the type
+/// and the request id.
+const TOO_LARGE_REQUEST_LEN: usize = MIN_FRAME_LEN + 8;
+
 /// What is wrong with a frame. Every variant is a fault of the peer; the connection that
 /// sent it is closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum FrameError {
     /// The claimed frame length is above the maximum frame size.
     TooLarge {
+        /// The claimed frame length in bytes.
+        size: u64,
+        /// The maximum frame size in bytes.
+        max: u64,
+    },
+    /// An RpcRequest above the maximum frame size: the request can be answered (with a
+    /// failure) before the connection closes.
+    RequestTooLarge {
+        /// The request's id.
+        request_id: u64,
         /// The claimed frame length in bytes.
         size: u64,
         /// The maximum frame size in bytes.
@@ -48,6 +63,14 @@ impl fmt::Display for FrameError {
                     "frame of {size} bytes exceeds the maximum of {max} bytes"
                 )
             }
+            Self::RequestTooLarge {
+                request_id,
+                size,
+                max,
+            } => write!(
+                f,
+                "request {request_id}: frame of {size} bytes exceeds the maximum of {max} bytes"
+            ),
             Self::BadLength(len) => write!(f, "invalid frame length {len}"),
             Self::UnsupportedType(byte) => match MessageType::try_from(*byte) {
                 Ok(message_type) => write!(f, "unsupported message type {byte} ({message_type})"),
@@ -64,7 +87,9 @@ impl std::error::Error for FrameError {}
 impl From<FrameError> for RpcError {
     fn from(err: FrameError) -> Self {
         match err {
-            FrameError::TooLarge { size, max } => Self::FrameTooLarge { size, max },
+            FrameError::TooLarge { size, max } | FrameError::RequestTooLarge { size, max, .. } => {
+                Self::FrameTooLarge { size, max }
+            }
             other => Self::decode("frame", other.to_string()),
         }
     }
@@ -80,6 +105,9 @@ pub(crate) struct FrameDecoder {
     max_frame_size: u64,
     /// Where in the current frame the decoder is.
     state: State,
+    /// How many bytes of its input the call that failed took (the header bytes of a
+    /// refused request that were in it).
+    consumed_by_error: usize,
 }
 
 /// Where in a frame the decoder is.
@@ -101,6 +129,9 @@ struct PartialHeader {
     /// How many header bytes the next check needs: the length field, then the type byte,
     /// then the rest of that type's header.
     target: usize,
+    /// The length field is above the maximum: only the type byte and a request's id are
+    /// read, to answer the request, then the frame is refused.
+    too_large: bool,
 }
 
 /// What the header of a frame said, once all of it was in and checked.
@@ -140,6 +171,7 @@ impl FrameDecoder {
         Self {
             max_frame_size,
             state: State::Header(PartialHeader::default()),
+            consumed_by_error: 0,
         }
     }
 
@@ -170,7 +202,8 @@ impl FrameDecoder {
         let (consumed, parsed) = match result {
             Ok((consumed, Some(parsed))) => (consumed, parsed),
             Ok((consumed, None)) => return Ok((consumed, None)),
-            Err(err) => {
+            Err((consumed, err)) => {
+                self.consumed_by_error = consumed;
                 self.state = State::Failed(err.clone());
                 return Err(err);
             }
@@ -241,6 +274,12 @@ impl FrameDecoder {
         }
     }
 
+    /// How many bytes of its input the `decode` call that returned the error took: all of
+    /// a refused request's header that was in it (its body starts right after).
+    pub(crate) fn consumed_by_error(&self) -> usize {
+        self.consumed_by_error
+    }
+
     /// True when no partial frame is buffered (a hang-up now is clean, otherwise truncated).
     pub(crate) fn is_idle(&self) -> bool {
         matches!(&self.state, State::Header(header) if header.filled == 0)
@@ -292,6 +331,7 @@ impl Default for PartialHeader {
             bytes: [0; MAX_HEADER_LEN],
             filled: 0,
             target: LENGTH_FIELD_LEN,
+            too_large: false,
         }
     }
 }
@@ -315,7 +355,7 @@ impl PartialHeader {
         &mut self,
         input: &[u8],
         max_frame_size: u64,
-    ) -> Result<(usize, Option<ParsedHeader>), FrameError> {
+    ) -> Result<(usize, Option<ParsedHeader>), (usize, FrameError)> {
         let mut consumed = 0;
         loop {
             let n = (self.target - self.filled).min(input.len() - consumed);
@@ -326,28 +366,51 @@ impl PartialHeader {
             if self.filled < self.target {
                 return Ok((consumed, None));
             }
-            match self.filled {
-                LENGTH_FIELD_LEN => self.target = self.check_length(max_frame_size)?,
-                MIN_FRAME_LEN => self.target = self.check_type()?,
-                _ => return self.parse().map(|parsed| (consumed, Some(parsed))),
-            }
+            let checked = match self.filled {
+                LENGTH_FIELD_LEN => self.check_length(max_frame_size),
+                MIN_FRAME_LEN if self.too_large => self.check_too_large_type(max_frame_size),
+                TOO_LARGE_REQUEST_LEN if self.too_large => Err(FrameError::RequestTooLarge {
+                    request_id: u64::from_be_bytes(self.array::<8>(MIN_FRAME_LEN)),
+                    size: self.frame_len() as u64,
+                    max: max_frame_size,
+                }),
+                MIN_FRAME_LEN => self.check_type(),
+                _ => {
+                    return self
+                        .parse()
+                        .map(|parsed| (consumed, Some(parsed)))
+                        .map_err(|err| (consumed, err));
+                }
+            };
+            self.target = checked.map_err(|err| (consumed, err))?;
         }
     }
 
     /// The length field is in: it must cover the length and type, and stay within the
     /// maximum. Nothing has been allocated for the frame yet. Next comes the type byte.
-    fn check_length(&self, max_frame_size: u64) -> Result<usize, FrameError> {
+    fn check_length(&mut self, max_frame_size: u64) -> Result<usize, FrameError> {
         let frame_len = self.frame_len();
         if frame_len < MIN_FRAME_LEN as i64 {
             return Err(FrameError::BadLength(frame_len));
         }
         if frame_len as u64 > max_frame_size {
-            return Err(FrameError::TooLarge {
-                size: frame_len as u64,
-                max: max_frame_size,
-            });
+            // Refused once the type byte (and a request's id) is in; nothing is allocated.
+            self.too_large = true;
         }
         Ok(MIN_FRAME_LEN)
+    }
+
+    /// The type byte of a frame above the maximum is in: a request's id is read next
+    /// (to answer it); any other frame is refused now.
+    fn check_too_large_type(&self, max_frame_size: u64) -> Result<usize, FrameError> {
+        let size = self.frame_len() as u64;
+        if self.bytes[LENGTH_FIELD_LEN] == MessageType::RpcRequest as u8 {
+            return Ok(TOO_LARGE_REQUEST_LEN);
+        }
+        Err(FrameError::TooLarge {
+            size,
+            max: max_frame_size,
+        })
     }
 
     /// The type byte is in: it must be a type rpcenv speaks, and the frame must be long

@@ -391,12 +391,14 @@ fn pending_body_reads_yield_the_same_messages() {
 // ---- 3. bad input ----
 
 #[test]
-fn one_tib_claim_is_refused_after_exactly_the_length_field() {
+fn one_tib_claim_is_refused_at_its_type_byte_and_a_request_after_its_id() {
     let claim = length_field(1 << 40);
     let mut decoder = FrameDecoder::new(MAX);
     assert_eq!(decoder.decode(&claim[..7]), Ok((7, None)));
     assert!(!decoder.is_idle());
-    let err = decoder.decode(&claim[7..]).expect_err("1 TiB frame");
+    // The length is over the maximum: only the type byte is read next.
+    assert_eq!(decoder.decode(&claim[7..]), Ok((1, None)));
+    let err = decoder.decode(&[9]).expect_err("1 TiB frame");
     assert_eq!(
         err,
         FrameError::TooLarge {
@@ -409,9 +411,31 @@ fn one_tib_claim_is_refused_after_exactly_the_length_field() {
     assert_eq!(decoder.decode(&[3; 100]), Err(err.clone()));
     assert_eq!(decoder.buffered_capacity(), 0);
 
-    // All at once with a plausible header behind it: same error, nothing allocated.
+    // A request: its id is read too (so that it can be answered), nothing else.
     let mut bytes = claim.to_vec();
-    bytes.extend_from_slice(&FrameHeader::rpc_request(1, 0).as_bytes()[8..]);
+    bytes.extend_from_slice(&FrameHeader::rpc_request(77, 0).as_bytes()[8..]);
+    let request_err = FrameError::RequestTooLarge {
+        request_id: 77,
+        size: 1 << 40,
+        max: MAX,
+    };
+    assert_eq!(decode_error(&bytes), request_err);
+    // Length, type and id are 17 bytes: any split before that waits for the rest.
+    for split in 0..17 {
+        let mut decoder = FrameDecoder::new(MAX);
+        let first = decoder.decode(&bytes[..split]);
+        assert_eq!(first, Ok((split, None)), "split {split}");
+        let second = decoder.decode(&bytes[split..]);
+        assert_eq!(second, Err(request_err.clone()), "split {split}");
+        assert_eq!(decoder.buffered_capacity(), 0);
+    }
+    assert!(matches!(
+        RpcError::from(request_err),
+        RpcError::FrameTooLarge { size, max } if size == 1 << 40 && max == MAX
+    ));
+    // An unknown type byte after a length over the maximum: still TooLarge.
+    let mut bytes = claim.to_vec();
+    bytes.push(200);
     assert_eq!(decode_error(&bytes), err);
 }
 

@@ -8,29 +8,36 @@ use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use log::debug;
+use log::{debug, warn};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec;
 use crate::error::RpcError;
 use crate::rpc::address::RpcAddress;
+use crate::rpc::endpoint::describe_sender;
 use crate::rpc::endpoint_ref::{RefInner, decode_scope};
 use crate::rpc::env::EnvInner;
-use crate::rpc::envelope;
+use crate::rpc::envelope::{self, ReplyError};
 use crate::rpc::message_loop::on_a_loop;
 use crate::rpc::timeout::Deadline;
+use crate::rpc::types::{self, TypeLabel};
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::{Arc, Condvar, Mutex};
 use crate::threads::panic_message;
 use crate::transport::{Responder, TransportClient};
 
 /// A value that can travel locally without being serialized, and be serialized when it
-/// must (a local reply or message whose type is not the one the other side expects).
+/// must (a local reply or message of the same name but another type than the one the
+/// other side expects, e.g. a copy of an enum in another module).
 pub(crate) trait Content: Send {
     fn as_any(&self) -> &dyn Any;
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
     fn encode(&self, what: &dyn fmt::Display) -> Result<Vec<u8>, RpcError>;
+    /// The value's type, as `std::any::type_name` spells it.
+    fn type_name(&self) -> &'static str;
+    /// The fingerprint of the value's type (see `types`).
+    fn fingerprint(&self) -> u64;
 }
 
 impl<T: Serialize + Send + 'static> Content for T {
@@ -45,23 +52,35 @@ impl<T: Serialize + Send + 'static> Content for T {
     fn encode(&self, what: &dyn fmt::Display) -> Result<Vec<u8>, RpcError> {
         codec::encode(self, what)
     }
+
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<T>()
+    }
+
+    fn fingerprint(&self) -> u64 {
+        types::fingerprint::<T>()
+    }
 }
 
-/// Turns local content into a `T`: moved when it is one, otherwise serialized and
-/// deserialized (which gives [`RpcError::Decode`] when the types do not match).
+/// Turns local content into a `T`: moved when it is one; serialized and deserialized when
+/// it is a type of the same name (see `types`); otherwise `Err(Ok(name))` with the wire
+/// name of its type. `Err(Err(_))`: it did not encode or decode.
 pub(crate) fn downcast_or_decode<T: DeserializeOwned + 'static>(
     content: Box<dyn Content>,
     env: &Arc<EnvInner>,
     what: impl fmt::Display,
-) -> Result<T, RpcError> {
+) -> Result<T, Result<String, RpcError>> {
     if content.as_any().is::<T>() {
         if let Ok(value) = content.into_any().downcast::<T>() {
             return Ok(*value);
         }
         unreachable!("the type was checked");
     }
-    let bytes = content.encode(&what)?;
-    decode_scope(env, None, || codec::decode::<T>(&bytes, what))
+    if content.fingerprint() != types::fingerprint::<T>() {
+        return Err(Ok(TypeLabel(content.type_name()).to_string()));
+    }
+    let bytes = content.encode(&what).map_err(Err)?;
+    decode_scope(env, None, || codec::decode::<T>(&bytes, what)).map_err(Err)
 }
 
 /// The answer an ask received, before it is turned into the asked type.
@@ -97,6 +116,24 @@ pub(crate) enum What {
     Text(String),
 }
 
+impl What {
+    /// Who answers: "endpoint echo at 127.0.0.1:7077".
+    fn target(&self) -> String {
+        match self {
+            Self::Ask(target) => target.describe(),
+            Self::Text(text) => text.clone(),
+        }
+    }
+
+    /// The endpoint's URI, when the call is an ask through a reference.
+    fn uri(&self) -> Option<String> {
+        match self {
+            Self::Ask(target) => Some(target.uri()),
+            Self::Text(_) => None,
+        }
+    }
+}
+
 impl fmt::Display for What {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -106,11 +143,32 @@ impl fmt::Display for What {
     }
 }
 
-/// What a timeout error says about the call.
+/// What the errors of a call say about it.
 pub(crate) struct CallInfo {
     pub(crate) what: What,
     pub(crate) after: Duration,
     pub(crate) key: &'static str,
+    /// The type of the message sent (`std::any::type_name`), for a `MessageType` error.
+    message: &'static str,
+}
+
+impl CallInfo {
+    pub(crate) fn new(what: What, after: Duration, key: &'static str) -> Self {
+        Self {
+            what,
+            after,
+            key,
+            message: "",
+        }
+    }
+
+    /// This call sends an `M`.
+    pub(crate) fn sending<M>(self) -> Self {
+        Self {
+            message: std::any::type_name::<M>(),
+            ..self
+        }
+    }
 }
 
 /// The slot an ask's outcome lands in: filled once (first outcome wins), by the endpoint's
@@ -164,7 +222,7 @@ impl Call {
             drop(slot);
             match outcome {
                 Ok(_) => debug!("late reply to call {} dropped", self.id),
-                Err(err) => debug!("late failure of call {} dropped: {err}", self.id),
+                Err(err) => debug!("late failure of call {} dropped: {err:#}", self.id),
             }
             return false;
         }
@@ -255,6 +313,22 @@ impl Call {
         }
     }
 
+    /// `err`, with the type this call sent filled in where it names none.
+    fn name_sent_type(&self, err: RpcError) -> RpcError {
+        match err {
+            RpcError::MessageType {
+                endpoint,
+                takes,
+                sent: None,
+            } if !self.info.message.is_empty() => RpcError::MessageType {
+                endpoint: self.info.what.uri().unwrap_or(endpoint),
+                takes,
+                sent: Some(TypeLabel(self.info.message).to_string().into()),
+            },
+            other => other,
+        }
+    }
+
     /// Gives up on the call: a later reply is dropped.
     fn abandon(&self, reason: RpcError) {
         if self.complete(Err(reason)) {
@@ -266,33 +340,69 @@ impl Call {
 
 /// Turns an outcome into the asked type.
 ///
-/// A `Deserialize` that panics is an [`RpcError::Decode`] saying so, not a panic of the
-/// caller.
+/// A reply of another type than `T` (by name, see `types`) is an [`RpcError::Decode`]
+/// naming both types; so is a reply that does not decode as a `T`. A `Deserialize` that
+/// panics is an [`RpcError::Decode`] saying so, not a panic of the caller.
 fn into_typed<T: DeserializeOwned + 'static>(
     outcome: Result<Reply, RpcError>,
     call: &Call,
 ) -> Result<T, RpcError> {
     let env = &call.env;
-    let reply = outcome?;
+    let reply = match outcome {
+        Ok(reply) => reply,
+        Err(err) => return Err(call.name_sent_type(err)),
+    };
+    let what = || {
+        format!(
+            "the reply of {} as {}",
+            call.info.what.target(),
+            TypeLabel::of::<T>()
+        )
+    };
+    let other_type = |replied: String| {
+        RpcError::decode(
+            what(),
+            format!(
+                "the endpoint replied with {replied}, the ask expected {}",
+                TypeLabel::of::<T>()
+            ),
+        )
+    };
     let decoded = catch_unwind(AssertUnwindSafe(|| {
-        let what = format_args!("reply of {}", call.info.what);
+        let lazy_what = LazyWhat(&what);
         match reply {
-            Reply::Local(content) => downcast_or_decode(content, env, what),
-            Reply::Remote { body, client } => {
-                let payload = envelope::decode_reply(&body)?;
-                decode_scope(env, Some(&client), || codec::decode::<T>(payload, what))
-            }
+            Reply::Local(content) => match downcast_or_decode(content, env, lazy_what) {
+                Ok(value) => Ok(value),
+                Err(Ok(replied)) => Err(other_type(replied)),
+                Err(Err(err)) => Err(err),
+            },
+            Reply::Remote { body, client } => match envelope::decode_reply(&body) {
+                Ok(payload) => decode_scope(env, Some(&client), || {
+                    codec::decode::<T>(payload, lazy_what)
+                }),
+                Err(ReplyError::OtherType(replied)) => Err(other_type(replied)),
+                Err(ReplyError::Failed(err)) => Err(call.name_sent_type(err)),
+            },
         }
     }));
     decoded.unwrap_or_else(|payload| {
         Err(RpcError::decode(
-            format!("reply of {}", call.info.what),
+            what(),
             format!(
                 "its Deserialize panicked: {}",
                 panic_message(payload.as_ref())
             ),
         ))
     })
+}
+
+/// Displays what a closure makes: an error's `what`, made only if there is an error.
+struct LazyWhat<'a>(&'a dyn Fn() -> String);
+
+impl fmt::Display for LazyWhat<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&(self.0)())
+    }
 }
 
 /// An ask under way: its reply, its failure or its timeout, when it comes.
@@ -471,6 +581,9 @@ pub struct RpcCallContext {
     target: Option<ReplyTarget>,
     endpoint: Arc<str>,
     sender: Option<RpcAddress>,
+    /// The fingerprint of the reply type a remote asker expects; 0: no check (a local
+    /// asker checks the value itself).
+    reply_type: u64,
 }
 
 thread_local! {
@@ -488,32 +601,56 @@ impl RpcCallContext {
             target: Some(ReplyTarget::Local(call)),
             endpoint,
             sender,
+            reply_type: 0,
         }
     }
 
+    /// The context of an ask from a peer that expects a reply of the type whose
+    /// fingerprint is `reply_type` (0: no claim).
     pub(crate) fn remote(
         responder: Responder,
         endpoint: Arc<str>,
         sender: Option<RpcAddress>,
+        reply_type: u64,
     ) -> Self {
         Self {
             target: Some(ReplyTarget::Remote(responder)),
             endpoint,
             sender,
+            reply_type,
         }
     }
 
-    /// Answers the ask with `value`. The asker receives it as its reply type: a local
-    /// asker of the same type gets the value itself, without serialization; any other
-    /// gets it through the codec, and a type that does not decode as the asked one gives
-    /// it [`RpcError::Decode`].
+    /// Answers the ask with `value`.
+    ///
+    /// The asker chose its reply type (`ask_sync::<R>`); `T` must be that type, by name
+    /// (module paths aside; see the crate docs, "Checked types"). A local asker of
+    /// exactly `T` gets the value itself, without serialization. A `T` of another name
+    /// is never decoded as `R`: the asker gets [`RpcError::Decode`] naming both types
+    /// (checked here for a remote asker, which sent the fingerprint of `R`, so that
+    /// nothing of the value is sent; the mismatch is logged at `warn`).
     pub fn reply<T: Serialize + Send + 'static>(mut self, value: T) {
         match self.target.take() {
             Some(ReplyTarget::Local(call)) => {
                 call.complete(Ok(Reply::Local(Box::new(value))));
             }
             Some(ReplyTarget::Remote(responder)) => {
-                let what = format_args!("reply of endpoint {}", self.endpoint);
+                if self.reply_type != 0 && self.reply_type != types::fingerprint::<T>() {
+                    let replied = TypeLabel::of::<T>().to_string();
+                    warn!(
+                        "endpoint {} replied with {replied} to an ask from {} that expects \
+                         another type; the asker gets an error naming both",
+                        self.endpoint,
+                        describe_sender(self.sender.as_ref())
+                    );
+                    responder.reply(envelope::encode_reply_type_error(replied));
+                    return;
+                }
+                let what = format_args!(
+                    "the reply of endpoint {} (a {})",
+                    self.endpoint,
+                    TypeLabel::of::<T>()
+                );
                 let body = envelope::encode_reply(&value, what)
                     .unwrap_or_else(|err| envelope::encode_reply_error(&err));
                 responder.reply(body);
@@ -584,6 +721,7 @@ impl Drop for RpcCallContext {
             target: Some(target),
             endpoint: Arc::clone(&self.endpoint),
             sender: None,
+            reply_type: 0,
         };
         if std::thread::panicking() && on_a_loop() {
             // Left for the message loop, which catches the panic and knows its message.

@@ -13,6 +13,8 @@ use crate::rpc::endpoint_ref::{RefInner, RpcEndpointRef};
 use crate::rpc::env::{EnvInner, RpcEnv};
 use crate::rpc::inbox::{Inbox, InboxMessage};
 use crate::rpc::message_loop::{MessageLoop, Typed};
+use crate::rpc::types::{self, TypeLabel};
+use crate::rpc::verifier::Verdict;
 use crate::sync::{Arc, Mutex, RwLock, Weak};
 use crate::transport::Admission;
 
@@ -83,8 +85,13 @@ impl Dispatcher {
         let self_ref = RpcEndpointRef::from_inner(Arc::clone(&inner));
         let ctx = EndpointContext::new(self_ref.clone(), RpcEnv::internal(Arc::clone(env)));
         let typed = Typed::new(endpoint, ctx, Arc::clone(env), Arc::clone(&name));
+        let message_type = (
+            types::fingerprint::<E::Message>(),
+            std::any::type_name::<E::Message>(),
+        );
         let inbox = Arc::new(Inbox::new(
             Arc::clone(&name),
+            message_type,
             Box::new(typed),
             runner,
             env.settings().inbox_capacity,
@@ -105,9 +112,18 @@ impl Dispatcher {
         self.registry.read().endpoints.get(name).cloned()
     }
 
-    /// Whether an endpoint called `name` is registered (the verifier's question).
-    pub(crate) fn verify(&self, name: &str) -> bool {
-        self.registry.read().endpoints.contains_key(name)
+    /// Whether an endpoint called `name` is registered and takes messages of the type
+    /// whose fingerprint is `message_type` (the verifier's question).
+    pub(crate) fn verify(&self, name: &str, message_type: u64) -> Verdict {
+        match self.registry.read().endpoints.get(name) {
+            None => Verdict::Missing,
+            Some(inbox) => match inbox.message_type() {
+                (fingerprint, _) if fingerprint == message_type => Verdict::Exists,
+                (_, takes) => Verdict::OtherType {
+                    takes: TypeLabel(takes).to_string(),
+                },
+            },
+        }
     }
 
     /// Posts `msg` from a thread of this env to the endpoint `target` names, charging
@@ -223,7 +239,7 @@ impl Dispatcher {
 
 /// Fails `msg` (an ask through its context) and returns the error.
 fn fail(msg: InboxMessage, error: RpcError) -> Result<(), RpcError> {
-    debug!("{msg:?} not delivered: {error}");
+    debug!("{msg:?} not delivered: {error:#}");
     msg.fail(error.clone());
     Err(error)
 }

@@ -35,7 +35,16 @@ pub enum Threading {
 /// [`on_error`](Self::on_error); the endpoint keeps running.
 ///
 /// Messages sent with [`RpcEndpointRef::send`] reach [`receive`](Self::receive); asks reach
-/// [`receive_and_reply`](Self::receive_and_reply) with the context to answer them.
+/// [`receive_and_reply`](Self::receive_and_reply) with the [`RpcCallContext`] to answer
+/// them. Every handler has one signature style: what happened first, then the
+/// [`EndpointContext`] last, which gives the endpoint's own reference, its env and the
+/// sender of the message being handled. (Spark's `RpcEndpoint` keeps `self` and
+/// `rpcEnv` as fields and passes an `RpcCallContext` to `receiveAndReply`; here both
+/// come with every call.)
+///
+/// An ask's reply type is the asker's choice (`ask_sync::<R>`); reply with exactly that
+/// type (by name, see the crate docs, "Checked types"), or the asker gets an error naming
+/// both types.
 ///
 /// Handlers should not block for long on the shared pool: while every
 /// `rpc-dispatcher-N` thread is blocked, every shared endpoint waits. Use
@@ -124,7 +133,7 @@ pub trait RpcEndpoint: Send + 'static {
     /// could not be decoded ([`RpcError::Decode`]). The default logs it. A panic in
     /// `on_error` itself is logged and ignored.
     fn on_error(&mut self, error: RpcError, ctx: &EndpointContext<Self::Message>) {
-        error!("endpoint {}: {error}", ctx.self_ref().name());
+        error!("endpoint {}: {error:#}", ctx.self_ref().name());
     }
 
     /// A remote env connected to this one, or this one to it. `remote` is its listen

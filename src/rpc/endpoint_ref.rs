@@ -19,6 +19,7 @@ use crate::rpc::envelope;
 use crate::rpc::inbox::{Inbox, InboxMessage, Payload};
 use crate::rpc::outbox::{Outbox, OutboxMessage, send_rpc_on};
 use crate::rpc::receipt::Receipt;
+use crate::rpc::types;
 use crate::sync::{Arc, Weak};
 use crate::transport::{self, Admission, FRAME_CHARGE, TransportClient};
 
@@ -236,7 +237,7 @@ impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
                 settle(receipt, posted)
             }
             Route::Client(client) => {
-                let body = match envelope::encode_request(env.address(), &inner.name, &msg) {
+                let body = match envelope::encode_request(env.address(), &inner.name, 0, &msg) {
                     Ok(body) => body,
                     Err(err) => return settle(receipt, Err(err)),
                 };
@@ -244,7 +245,7 @@ impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
                 client.send_one_way_with(body, label, admission, receipt)
             }
             Route::Remote(address) => {
-                let body = match envelope::encode_request(env.address(), &inner.name, &msg)
+                let body = match envelope::encode_request(env.address(), &inner.name, 0, &msg)
                     .and_then(|body| env.check_frame(body, false))
                 {
                     Ok(body) => body,
@@ -262,7 +263,14 @@ impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
 
     /// Asks with the default deadline, `rpc.askTimeout`. Never waits for the network, only
     /// for room, like [`send`](Self::send), and no longer than the ask's own deadline; an
-    /// ask that finds none ends with [`RpcError::QueueFull`].
+    /// ask that finds none ends with [`RpcError::QueueFull`]. Spark's `ask`.
+    ///
+    /// `R` is the reply type this ask expects: the endpoint must reply with an `R` (by
+    /// name, see the crate docs, "Checked types"); a reply of another type ends the ask
+    /// with [`RpcError::Decode`] naming both types, never with a value decoded as the
+    /// wrong type. Write it out (`ask::<u64>(..)`, or `let n: u64 = ..wait()?`): with
+    /// nothing to infer it from, the compiler stops at ``the trait bound `!:
+    /// DeserializeOwned` is not satisfied``.
     pub fn ask<R: DeserializeOwned + 'static>(&self, msg: M) -> Pending<R> {
         let after = self.inner.env.settings().ask_timeout;
         self.ask_with(msg, after, keys::ASK_TIMEOUT)
@@ -299,7 +307,7 @@ impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
         key: &'static str,
     ) -> Pending<R> {
         let what = What::Ask(Arc::clone(&self.inner));
-        self.ask_info(msg, CallInfo { what, after, key })
+        self.ask_info(msg, CallInfo::new(what, after, key))
     }
 
     /// Asks; `info` says what a timeout error reports.
@@ -310,7 +318,7 @@ impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
     ) -> Pending<R> {
         let inner = &*self.inner;
         let env = &inner.env;
-        let call = Call::start(env, info);
+        let call = Call::start(env, info.sending::<M>());
         if call.is_done() {
             return Pending::new(call);
         }
@@ -335,7 +343,8 @@ impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
                 );
             }
             Route::Client(client) => {
-                match envelope::encode_request(env.address(), &inner.name, &msg) {
+                let reply_type = types::fingerprint::<R>();
+                match envelope::encode_request(env.address(), &inner.name, reply_type, &msg) {
                     Ok(body) => send_rpc_on(
                         client,
                         Some(Arc::clone(&inner.name)),
@@ -349,7 +358,8 @@ impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
                 }
             }
             Route::Remote(address) => {
-                match envelope::encode_request(env.address(), &inner.name, &msg)
+                let reply_type = types::fingerprint::<R>();
+                match envelope::encode_request(env.address(), &inner.name, reply_type, &msg)
                     .and_then(|body| env.check_frame(body, true))
                 {
                     Ok(body) => {

@@ -22,7 +22,8 @@ use crate::rpc::handler::RpcEnvHandler;
 use crate::rpc::message_loop::on_loop_of;
 use crate::rpc::outbox::{CONNECT_IDLE, Outbox};
 use crate::rpc::timeout::Timeouts;
-use crate::rpc::verifier::{self, CheckExistence, Verifier};
+use crate::rpc::types::{self, TypeLabel};
+use crate::rpc::verifier::{self, CheckExistence, Verdict, Verifier};
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::{Arc, Condvar, Mutex};
 use crate::threads::{Pool, Workers, spawn};
@@ -293,9 +294,13 @@ impl RpcEnv {
     }
 
     /// A reference to the endpoint `name` of the env at `address`, after asking that env
-    /// whether the endpoint exists (within `rpc.lookupTimeout`).
+    /// whether the endpoint exists and takes messages of type `M` (within
+    /// `rpc.lookupTimeout`); an address of this env is looked up here, without a message.
+    /// Spark's `setupEndpointRef`.
     ///
-    /// Fails with [`RpcError::EndpointNotFound`] naming the URI when it does not, with
+    /// Fails with [`RpcError::EndpointNotFound`] naming the URI when it does not exist,
+    /// with [`RpcError::MessageType`] naming the URI and both types when it takes another
+    /// message type (compared by name, see the crate docs, "Checked types"), with
     /// [`RpcError::Connection`] when the env cannot be reached, and with
     /// [`RpcError::Timeout`] naming `rpc.lookupTimeout` when it does not answer.
     pub fn setup_endpoint_ref<M>(
@@ -319,10 +324,19 @@ impl RpcEnv {
                 None,
             ))
         };
+        let other_type = |uri: String, takes: String| RpcError::MessageType {
+            endpoint: uri,
+            takes: takes.into(),
+            sent: Some(TypeLabel::of::<M>().to_string().into()),
+        };
         if inner.address.as_ref() == Some(address) {
             let Some(inbox) = inner.dispatcher.inbox(name) else {
                 return Err(RpcError::EndpointNotFound { uri });
             };
+            let (fingerprint, takes) = inbox.message_type();
+            if fingerprint != types::fingerprint::<M>() {
+                return Err(other_type(uri, TypeLabel(takes).to_string()));
+            }
             let local = target(inner.id);
             let _ = local.inbox.set(Arc::downgrade(&inbox));
             return Ok(RpcEndpointRef::from_inner(local));
@@ -334,17 +348,19 @@ impl RpcEnv {
             0,
             None,
         )));
-        let info = CallInfo {
-            what: What::Text(format!("lookup of {uri}")),
-            after: inner.settings.lookup_timeout,
-            key: keys::LOOKUP_TIMEOUT,
+        let info = CallInfo::new(
+            What::Text(format!("lookup of {uri}")),
+            inner.settings.lookup_timeout,
+            keys::LOOKUP_TIMEOUT,
+        );
+        let question = CheckExistence {
+            name: name.to_owned(),
+            message_type: std::any::type_name::<M>().to_owned(),
         };
-        match verifier
-            .ask_info::<bool>(CheckExistence(name.to_owned()), info)
-            .wait()
-        {
-            Ok(true) => Ok(RpcEndpointRef::from_inner(target(0))),
-            Ok(false) | Err(RpcError::EndpointNotFound { .. }) => {
+        match verifier.ask_info::<Verdict>(question, info).wait() {
+            Ok(Verdict::Exists) => Ok(RpcEndpointRef::from_inner(target(0))),
+            Ok(Verdict::OtherType { takes }) => Err(other_type(uri, takes)),
+            Ok(Verdict::Missing) | Err(RpcError::EndpointNotFound { .. }) => {
                 Err(RpcError::EndpointNotFound { uri })
             }
             Err(err) => Err(err),

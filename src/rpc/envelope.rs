@@ -5,17 +5,25 @@
 //! big-endian):
 //!
 //! ```text
-//! version   u8      1
+//! version   u8      3 (1: the envelope before type fingerprints)
 //! sender    u8      0: none (a client-mode env), 1: followed by
 //!           u16 len, host (UTF-8), u16 port
 //! receiver  u16 len, endpoint name (UTF-8)
+//! message   u64     fingerprint of the message's type (see `types`); 0: no claim
+//! reply     u64     fingerprint of the reply type the asker expects; 0: none (a one-way
+//!                   message, or no claim)
 //! content   the rest: the message, encoded by the codec
 //! ```
 //!
+//! The receiver refuses a message whose type fingerprint is not its endpoint's, and an
+//! endpoint's reply whose type fingerprint is not the one the ask expects is answered
+//! with an error instead (`ReplyType`), so that neither is decoded as a type it is not.
+//!
 //! A reply body is one status byte, then the reply's codec bytes (`0`) or an error the
 //! wire can carry (`1`): `Remote`, `NoReply`, `EndpointStopped`, `EndpointNotFound`,
-//! `EnvStopped`, `Decode` and `Encode` keep their kind across the network; anything else
-//! travels as `Remote` with its text.
+//! `EnvStopped`, `Decode`, `Encode`, `MessageType` and `ReplyType` (the endpoint replied
+//! with another type than the ask expects: its type's name) keep their kind across the
+//! network; anything else travels as `Remote` with its text.
 //!
 //! A control body (first byte `2`) carries the flow control between envs (see `flow`); it
 //! travels in a `OneWayMessage` and never reaches an endpoint:
@@ -35,8 +43,10 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::error::RpcError;
 use crate::rpc::address::RpcAddress;
+use crate::rpc::types::{self, TypeLabel};
 
-const VERSION: u8 = 1;
+/// 1 was the envelope without type fingerprints; 2 is taken by control bodies.
+const VERSION: u8 = 3;
 const CONTROL: u8 = 2;
 const HELLO: u8 = 1;
 const GRANT: u8 = 2;
@@ -51,14 +61,20 @@ pub(crate) struct RequestHeader<'a> {
     pub(crate) sender: Option<RpcAddress>,
     /// The endpoint it is for.
     pub(crate) receiver: &'a str,
+    /// The fingerprint of the message's type; 0: no claim.
+    pub(crate) message_type: u64,
+    /// The fingerprint of the reply type the asker expects; 0: none.
+    pub(crate) reply_type: u64,
     /// Where the content starts in the body.
     pub(crate) content_start: usize,
 }
 
-/// Writes a request body: the header, then `content` through the codec.
+/// Writes a request body: the header, then `content` through the codec. `reply_type` is
+/// the fingerprint of the reply type an ask expects (0 for a one-way message).
 pub(crate) fn encode_request<M: Serialize + ?Sized>(
     sender: Option<&RpcAddress>,
     receiver: &str,
+    reply_type: u64,
     content: &M,
 ) -> Result<Vec<u8>, RpcError> {
     let mut out = Vec::with_capacity(64);
@@ -72,10 +88,15 @@ pub(crate) fn encode_request<M: Serialize + ?Sized>(
         None => out.push(0),
     }
     put_str(&mut out, receiver, "endpoint name")?;
+    out.extend_from_slice(&types::fingerprint::<M>().to_be_bytes());
+    out.extend_from_slice(&reply_type.to_be_bytes());
     codec::encode_into(
         content,
         &mut out,
-        format_args!("message for endpoint {receiver}"),
+        format_args!(
+            "message for endpoint {receiver} (a {})",
+            TypeLabel::of::<M>()
+        ),
     )?;
     Ok(out)
 }
@@ -101,7 +122,10 @@ pub(crate) fn decode_request(body: &[u8]) -> Result<RequestHeader<'_>, RpcError>
     if version != VERSION {
         return Err(RpcError::decode(
             "request envelope",
-            format!("unknown envelope version {version} (this crate speaks {VERSION})"),
+            format!(
+                "envelope version {version}, this env speaks {VERSION}: \
+                 both sides must run the same version of rpcenv"
+            ),
         ));
     }
     let sender = match reader.u8()? {
@@ -122,9 +146,13 @@ pub(crate) fn decode_request(body: &[u8]) -> Result<RequestHeader<'_>, RpcError>
         }
     };
     let receiver = reader.str("endpoint name")?;
+    let message_type = reader.u64()?;
+    let reply_type = reader.u64()?;
     Ok(RequestHeader {
         sender,
         receiver,
+        message_type,
+        reply_type,
         content_start: reader.at,
     })
 }
@@ -234,6 +262,12 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
 
+    fn u64(&mut self) -> Result<u64, RpcError> {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(bytes))
+    }
+
     fn u32(&mut self) -> Result<u32, RpcError> {
         let bytes = self.take(4)?;
         Ok(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
@@ -256,6 +290,34 @@ enum WireError {
     EnvStopped,
     Decode { what: String, reason: String },
     Encode { what: String, reason: String },
+    // Appended: bincode writes a variant's index, so new variants go last.
+    ReplyType { replied: String },
+    MessageType { endpoint: String, takes: String },
+}
+
+/// Why a reply carries no value.
+#[derive(Debug)]
+pub(crate) enum ReplyError {
+    /// The ask failed.
+    Failed(RpcError),
+    /// The endpoint replied with a value of another type: this one (its wire name).
+    OtherType(String),
+}
+
+impl From<RpcError> for ReplyError {
+    fn from(err: RpcError) -> Self {
+        Self::Failed(err)
+    }
+}
+
+/// A reply body saying that the endpoint replied with a `replied` (a wire name) where the
+/// ask expected another type.
+pub(crate) fn encode_reply_type_error(replied: String) -> Vec<u8> {
+    let mut out = vec![REPLY_ERR];
+    if codec::encode_into(&WireError::ReplyType { replied }, &mut out, "reply error").is_err() {
+        out.truncate(1);
+    }
+    out
 }
 
 /// A reply body carrying `value`.
@@ -279,6 +341,12 @@ pub(crate) fn encode_reply_error(error: &RpcError) -> Vec<u8> {
         RpcError::EnvStopped => WireError::EnvStopped,
         RpcError::Decode { what, reason } => WireError::Decode { what, reason },
         RpcError::Encode { what, reason } => WireError::Encode { what, reason },
+        RpcError::MessageType {
+            endpoint, takes, ..
+        } => WireError::MessageType {
+            endpoint,
+            takes: takes.into(),
+        },
         other => WireError::Remote {
             message: other.to_string(),
         },
@@ -299,11 +367,17 @@ pub(crate) fn encode_reply_error(error: &RpcError) -> Vec<u8> {
 }
 
 /// The reply's codec bytes, or the error it carries.
-pub(crate) fn decode_reply(body: &[u8]) -> Result<&[u8], RpcError> {
+pub(crate) fn decode_reply(body: &[u8]) -> Result<&[u8], ReplyError> {
     match body.split_first() {
         Some((&REPLY_OK, payload)) => Ok(payload),
         Some((&REPLY_ERR, payload)) => {
             Err(match codec::decode::<WireError>(payload, "reply error")? {
+                WireError::ReplyType { replied } => return Err(ReplyError::OtherType(replied)),
+                WireError::MessageType { endpoint, takes } => RpcError::MessageType {
+                    endpoint,
+                    takes: takes.into(),
+                    sent: None,
+                },
                 WireError::Remote { message } => RpcError::Remote { message },
                 WireError::NoReply { endpoint } => RpcError::NoReply { endpoint },
                 WireError::EndpointStopped { name } => RpcError::EndpointStopped { name },
@@ -311,13 +385,13 @@ pub(crate) fn decode_reply(body: &[u8]) -> Result<&[u8], RpcError> {
                 WireError::EnvStopped => RpcError::EnvStopped,
                 WireError::Decode { what, reason } => RpcError::Decode { what, reason },
                 WireError::Encode { what, reason } => RpcError::Encode { what, reason },
-            })
+            }
+            .into())
         }
-        Some((status, _)) => Err(RpcError::decode(
-            "reply",
-            format!("unknown reply status {status}"),
-        )),
-        None => Err(RpcError::decode("reply", "empty reply body")),
+        Some((status, _)) => {
+            Err(RpcError::decode("reply", format!("unknown reply status {status}")).into())
+        }
+        None => Err(RpcError::decode("reply", "empty reply body").into()),
     }
 }
 
@@ -328,10 +402,12 @@ mod tests {
     #[test]
     fn request_message_serialization_round_trips_sender_receiver_and_content() {
         let sender = RpcAddress::new("10.0.0.1", 7077);
-        let body = encode_request(Some(&sender), "echo", &(7u64, "hi".to_string())).unwrap();
+        let body = encode_request(Some(&sender), "echo", 5, &(7u64, "hi".to_string())).unwrap();
         let header = decode_request(&body).unwrap();
         assert_eq!(header.sender, Some(sender));
         assert_eq!(header.receiver, "echo");
+        assert_eq!(header.message_type, types::fingerprint::<(u64, String)>());
+        assert_eq!(header.reply_type, 5);
         let content: (u64, String) =
             codec::decode(&body[header.content_start..], "content").unwrap();
         assert_eq!(content, (7, "hi".to_string()));
@@ -339,7 +415,7 @@ mod tests {
 
     #[test]
     fn request_message_serialization_without_sender_and_with_unit_content() {
-        let body = encode_request(None, "e", &()).unwrap();
+        let body = encode_request(None, "e", 0, &()).unwrap();
         let header = decode_request(&body).unwrap();
         assert_eq!(header.sender, None);
         assert_eq!(header.receiver, "e");
@@ -349,13 +425,13 @@ mod tests {
     #[test]
     fn ipv6_sender_round_trips() {
         let sender = RpcAddress::new("::1", 1);
-        let body = encode_request(Some(&sender), "e", &1u8).unwrap();
+        let body = encode_request(Some(&sender), "e", 0, &1u8).unwrap();
         assert_eq!(decode_request(&body).unwrap().sender, Some(sender));
     }
 
     #[test]
     fn every_truncation_of_a_header_is_a_decode_error() {
-        let body = encode_request(Some(&RpcAddress::new("host", 9)), "endpoint", &()).unwrap();
+        let body = encode_request(Some(&RpcAddress::new("host", 9)), "endpoint", 7, &()).unwrap();
         for len in 0..body.len() {
             let err = decode_request(&body[..len]).unwrap_err();
             assert!(matches!(err, RpcError::Decode { .. }), "{len}: {err}");
@@ -365,11 +441,12 @@ mod tests {
     #[test]
     fn bad_headers_are_decode_errors() {
         for body in [
-            &[2u8, 0, 0, 0][..],             // unknown version
-            &[1, 7, 0, 0],                   // bad sender flag
-            &[1, 0, 0xff, 0xff, b'a'],       // name longer than the body
-            &[1, 0, 0, 2, 0xc3, 0x28],       // invalid UTF-8
-            &[1, 1, 0, 0, 0, 1, 0, 1, b'e'], // empty sender host
+            &[1u8, 0, 0, 0][..],             // an older version
+            &[3, 7, 0, 0],                   // bad sender flag
+            &[3, 0, 0xff, 0xff, b'a'],       // name longer than the body
+            &[3, 0, 0, 2, 0xc3, 0x28],       // invalid UTF-8
+            &[3, 1, 0, 0, 0, 1, 0, 1, b'e'], // empty sender host
+            &[3, 0, 0, 1, b'e', 0, 0, 0],    // type fingerprints cut short
         ] {
             assert!(matches!(decode_request(body), Err(RpcError::Decode { .. })));
         }
@@ -391,7 +468,7 @@ mod tests {
                 bytes: 12_345
             }
         );
-        assert!(!is_control(&encode_request(None, "e", &()).unwrap()));
+        assert!(!is_control(&encode_request(None, "e", 0, &()).unwrap()));
         for len in 0..grant.len() {
             assert!(decode_control(&grant[..len]).is_err(), "{len}");
         }
@@ -424,24 +501,37 @@ mod tests {
             },
             RpcError::EnvStopped,
             RpcError::decode("message", "bad"),
+            RpcError::MessageType {
+                endpoint: "kv".into(),
+                takes: "KvMsg".into(),
+                sent: None,
+            },
         ];
         for err in errors {
-            let back = decode_reply(&encode_reply_error(&err)).unwrap_err();
+            let Err(ReplyError::Failed(back)) = decode_reply(&encode_reply_error(&err)) else {
+                panic!("{err} did not come back as a failure");
+            };
             assert_eq!(std::mem::discriminant(&back), std::mem::discriminant(&err));
             assert_eq!(back.to_string(), err.to_string());
         }
         let other = RpcError::config("k", "v");
-        let back = decode_reply(&encode_reply_error(&other)).unwrap_err();
-        assert!(matches!(back, RpcError::Remote { message } if message.contains("k")));
+        let body = encode_reply_error(&other);
+        let back = decode_reply(&body);
+        assert!(
+            matches!(back, Err(ReplyError::Failed(RpcError::Remote { message })) if message.contains("k"))
+        );
+        let body = encode_reply_type_error("Option<String>".into());
+        let back = decode_reply(&body);
+        assert!(matches!(back, Err(ReplyError::OtherType(t)) if t == "Option<String>"));
     }
 
     #[test]
     fn bad_reply_bodies_are_decode_errors() {
-        assert!(matches!(decode_reply(&[]), Err(RpcError::Decode { .. })));
-        assert!(matches!(decode_reply(&[9]), Err(RpcError::Decode { .. })));
-        assert!(matches!(
-            decode_reply(&[1, 200, 200]),
-            Err(RpcError::Decode { .. })
-        ));
+        for body in [&[][..], &[9], &[1, 200, 200]] {
+            assert!(matches!(
+                decode_reply(body),
+                Err(ReplyError::Failed(RpcError::Decode { .. }))
+            ));
+        }
     }
 }

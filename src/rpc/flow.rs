@@ -141,12 +141,12 @@ impl Inflow {
             Ok(body) => {
                 if let Err(err) = client.send_control(body) {
                     debug!(
-                        "window grant to {} not sent: {err}",
+                        "window grant to {} not sent: {err:#}",
                         client.remote_address()
                     );
                 }
             }
-            Err(err) => debug!("cannot encode a window grant: {err}"),
+            Err(err) => debug!("cannot encode a window grant: {err:#}"),
         }
     }
 
@@ -207,12 +207,12 @@ impl Inflow {
                         Ok(body) => {
                             if let Err(err) = client.send_control(body) {
                                 debug!(
-                                    "window grant to {} not sent: {err}",
+                                    "window grant to {} not sent: {err:#}",
                                     client.remote_address()
                                 );
                             }
                         }
-                        Err(err) => warn!("cannot encode a window grant: {err}"),
+                        Err(err) => warn!("cannot encode a window grant: {err:#}"),
                     }
                 }
             }

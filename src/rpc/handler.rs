@@ -92,7 +92,7 @@ impl RpcEnvHandler {
             }
             Ok(Control::Grant { endpoint, bytes }) => client.grant(endpoint, bytes as usize),
             Err(err) => warn!(
-                "bad control message from {}: {err}",
+                "bad control message from {}: {err:#}",
                 client.remote_address()
             ),
         }
@@ -102,7 +102,7 @@ impl RpcEnvHandler {
         match envelope::decode_request(body) {
             Ok(header) => Some(header),
             Err(err) => {
-                warn!("bad request from {}: {err}", client.remote_address());
+                warn!("bad request from {}: {err:#}", client.remote_address());
                 None
             }
         }
@@ -132,6 +132,8 @@ impl RpcHandler for RpcEnvHandler {
         let Some(RequestHeader {
             sender,
             receiver,
+            message_type,
+            reply_type,
             content_start,
         }) = self.header(client, &message)
         else {
@@ -152,7 +154,7 @@ impl RpcHandler for RpcEnvHandler {
                 return;
             }
         };
-        let reply = RpcCallContext::remote(responder, Arc::clone(inbox.name()), sender);
+        let reply = RpcCallContext::remote(responder, Arc::clone(inbox.name()), sender, reply_type);
         let Some(inflow) = self.inflow(&env, client) else {
             reply.fail(RpcError::EnvStopped);
             return;
@@ -162,6 +164,7 @@ impl RpcHandler for RpcEnvHandler {
             payload: Payload::Remote {
                 body: message,
                 start: content_start,
+                message_type,
                 client: client.clone(),
                 charge,
             },
@@ -184,6 +187,8 @@ impl RpcHandler for RpcEnvHandler {
         let RequestHeader {
             sender,
             receiver,
+            message_type,
+            reply_type: _,
             content_start,
         } = header;
         let inflow = self.inflow(&env, client);
@@ -202,6 +207,7 @@ impl RpcHandler for RpcEnvHandler {
                 sender,
                 payload: Payload::Remote {
                     start: content_start,
+                    message_type,
                     body: message,
                     client: client.clone(),
                     charge,
@@ -210,7 +216,7 @@ impl RpcHandler for RpcEnvHandler {
         });
         if let Err(err) = posted {
             warn!(
-                "one-way message from {} dropped: {err}",
+                "one-way message from {} dropped: {err:#}",
                 client.remote_address()
             );
         }
@@ -222,7 +228,7 @@ impl RpcHandler for RpcEnvHandler {
         let Some(env) = self.env() else { return };
         let window = env.settings().inbox_capacity;
         if let Err(err) = client.send_control(envelope::encode_hello(window)) {
-            debug!("hello to {} not sent: {err}", client.remote_address());
+            debug!("hello to {} not sent: {err:#}", client.remote_address());
         }
     }
 

@@ -29,6 +29,8 @@ pub(crate) enum Payload {
     Remote {
         body: Vec<u8>,
         start: usize,
+        /// The fingerprint of the message's type the sender claims (0: none).
+        message_type: u64,
         client: TransportClient,
         charge: Charge,
     },
@@ -119,6 +121,8 @@ struct State {
 /// refused.
 pub(crate) struct Inbox {
     name: Arc<str>,
+    /// The type of the endpoint's messages: its fingerprint and `type_name`.
+    message_type: (u64, &'static str),
     state: Mutex<State>,
     room: Condvar,
     capacity: usize,
@@ -133,12 +137,14 @@ impl Inbox {
     /// An inbox with `OnStart` queued; call [`schedule_start`](Self::schedule_start) to run it.
     pub(crate) fn new(
         name: Arc<str>,
+        message_type: (u64, &'static str),
         handler: Box<dyn Handler>,
         runner: Arc<MessageLoop>,
         capacity: usize,
     ) -> Self {
         Self {
             name,
+            message_type,
             room: Condvar::default(),
             capacity,
             state: Mutex::new(State {
@@ -162,6 +168,11 @@ impl Inbox {
 
     pub(crate) fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    /// The type of the endpoint's messages: its fingerprint and `type_name`.
+    pub(crate) fn message_type(&self) -> (u64, &'static str) {
+        self.message_type
     }
 
     /// Queues `msg` (from a peer, whose window bounds it, or an event). If the inbox is

@@ -20,6 +20,7 @@ use crate::rpc::endpoint::{EndpointContext, RpcEndpoint};
 use crate::rpc::endpoint_ref::decode_scope;
 use crate::rpc::env::EnvInner;
 use crate::rpc::inbox::{Handler, Inbox, InboxMessage, Payload, Turn};
+use crate::rpc::types::{self, TypeLabel};
 use crate::sync::Arc;
 use crate::threads::{Pool, Workers, panic_message};
 
@@ -114,6 +115,8 @@ pub(crate) struct Typed<E: RpcEndpoint> {
     ctx: EndpointContext<E::Message>,
     env: Arc<EnvInner>,
     name: Arc<str>,
+    /// The fingerprint of `E::Message`.
+    message_type: u64,
 }
 
 impl<E: RpcEndpoint> Typed<E> {
@@ -128,23 +131,42 @@ impl<E: RpcEndpoint> Typed<E> {
             ctx,
             env,
             name,
+            message_type: types::fingerprint::<E::Message>(),
         }
     }
 
     /// Decodes a message. `Err((error, true))`: the message's `Deserialize` panicked (a
-    /// bug the endpoint hears of through `on_error`).
+    /// bug the endpoint hears of through `on_error`). A message of another type than
+    /// the endpoint's (by name, see `types`) is a [`RpcError::MessageType`].
     fn decode(&self, payload: Payload) -> Result<E::Message, (RpcError, bool)> {
-        let what = format_args!("message for endpoint {}", self.name);
+        let what = format_args!(
+            "message for endpoint {} as {}",
+            self.name,
+            TypeLabel::of::<E::Message>()
+        );
+        let other_type = |sent: Option<Box<str>>| RpcError::MessageType {
+            endpoint: self.name.to_string(),
+            takes: TypeLabel::of::<E::Message>().to_string().into(),
+            sent,
+        };
         let decoded = catch_unwind(AssertUnwindSafe(|| match payload {
-            Payload::Local(content) => downcast_or_decode(content, &self.env, what),
+            Payload::Local(content) => match downcast_or_decode(content, &self.env, what) {
+                Ok(msg) => Ok(msg),
+                Err(Ok(sent)) => Err(other_type(Some(sent.into()))),
+                Err(Err(err)) => Err(err),
+            },
             Payload::Remote {
                 body,
                 start,
+                message_type,
                 client,
                 charge,
             } => {
                 // The message has left the inbox: its window goes back to the sender.
                 drop(charge);
+                if message_type != 0 && message_type != self.message_type {
+                    return Err(other_type(None));
+                }
                 decode_scope(&self.env, Some(&client), || {
                     codec::decode::<E::Message>(&body[start..], what)
                 })
@@ -154,7 +176,11 @@ impl<E: RpcEndpoint> Typed<E> {
             Ok(result) => result.map_err(|err| (err, false)),
             Err(payload) => Err((
                 RpcError::decode(
-                    format!("message for endpoint {}", self.name),
+                    format!(
+                        "message for endpoint {} as {}",
+                        self.name,
+                        TypeLabel::of::<E::Message>()
+                    ),
                     format!(
                         "its Deserialize panicked: {}",
                         panic_message(payload.as_ref())
@@ -209,7 +235,10 @@ impl<E: RpcEndpoint> Handler for Typed<E> {
                 match self.decode(payload) {
                     Ok(msg) => self.guard(|e, ctx| e.receive(msg, ctx)),
                     Err((err, _)) => {
-                        warn!("one-way message for endpoint {} dropped: {err}", self.name);
+                        warn!(
+                            "one-way message for endpoint {} dropped: {err:#}",
+                            self.name
+                        );
                         self.guard(|e, ctx| e.on_error(err, ctx));
                     }
                 }
@@ -219,7 +248,7 @@ impl<E: RpcEndpoint> Handler for Typed<E> {
                 match self.decode(payload) {
                     Ok(msg) => self.guard(|e, ctx| e.receive_and_reply(msg, reply, ctx)),
                     Err((err, panicked)) => {
-                        warn!("ask for endpoint {} failed: {err}", self.name);
+                        warn!("ask for endpoint {} failed: {err:#}", self.name);
                         reply.fail(err.clone());
                         if panicked {
                             self.guard(|e, ctx| e.on_error(err, ctx));

@@ -17,6 +17,7 @@
 //! | `handler.rs` | the transport handler: envelopes in, connection events |
 //! | `verifier.rs` | the `endpoint-verifier` endpoint |
 //! | `timeout.rs` | ask deadlines and the `rpc-timeout` thread |
+//! | `types.rs` | wire names and fingerprints of message and reply types |
 
 mod address;
 mod call;
@@ -32,6 +33,7 @@ mod message_loop;
 mod outbox;
 mod receipt;
 mod timeout;
+mod types;
 mod verifier;
 
 pub use self::address::RpcAddress;

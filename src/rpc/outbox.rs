@@ -320,7 +320,7 @@ impl Outbox {
                     .fetch_add(lost, Ordering::Relaxed);
             }
             warn!(
-                "{lost} one-way message(s) to {} not sent: {error}",
+                "{lost} one-way message(s) to {} not sent: {error:#}",
                 self.address
             );
         }

@@ -368,7 +368,7 @@ impl<'a> Exchange<'a> {
     fn failed(&self, err: io::Error) -> RpcError {
         auth_error(
             self.peer,
-            format!("the connection failed during the handshake: {err}"),
+            format!("the connection failed during the handshake: {err:#}"),
         )
     }
 

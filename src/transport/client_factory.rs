@@ -168,7 +168,7 @@ impl TransportClientFactory {
                 Ok(mut stream) => {
                     let security = match &self.auth {
                         Some(auth) => client_handshake(&mut stream, peer, auth, &cancelled)
-                            .inspect_err(|err| warn!("{err}"))?,
+                            .inspect_err(|err| warn!("{err:#}"))?,
                         None => Security::Plain,
                     };
                     let io = self.io()?;
@@ -181,7 +181,7 @@ impl TransportClientFactory {
                     return Ok(client);
                 }
                 Err(err) => {
-                    debug!("cannot connect to {addr}: {err}");
+                    debug!("cannot connect to {addr}: {err:#}");
                     last_error = err;
                 }
             }

@@ -159,7 +159,17 @@ impl CloseReason {
         }
     }
 
+    /// The reason with its OS error, for logs.
+    fn describe(&self) -> String {
+        match &self.source {
+            Some(err) => format!("{}: {err:#}", self.text),
+            None => self.text.clone(),
+        }
+    }
+
     /// The [`RpcError::Connection`] for `peer` that tells this reason, `what` happened.
+    /// Its text does not repeat the OS error: that is the error's `source`, which its
+    /// `Display` appends once.
     fn error(&self, peer: SocketAddr, what: &str) -> RpcError {
         RpcError::Connection {
             peer: peer.to_string(),
@@ -464,7 +474,21 @@ impl Conn {
             Admission::Force,
             false,
         ) {
-            debug!("answer to the handshake of {} not sent: {err}", self.peer);
+            debug!("answer to the handshake of {} not sent: {err:#}", self.peer);
+        }
+    }
+
+    /// Answers request `id`, whose frame this side refused (above `rpc.message.maxSize`),
+    /// with a failure telling `error`, just before the connection closes: the caller
+    /// learns why at once. Not one of the answers the connection owes.
+    pub(crate) fn refuse_request(self: &Arc<Self>, id: u64, error: &RpcError) {
+        let (header, body) = self.failure_frame(id, error.to_string());
+        if let Err(err) = self.submit(
+            Frame::new(header, body, Kind::Control),
+            Admission::Force,
+            false,
+        ) {
+            debug!("refusal of request {id} to {} not sent: {err:#}", self.peer);
         }
     }
 
@@ -490,10 +514,10 @@ impl Conn {
                     Ok(()) => (header, body),
                     Err(err) => {
                         warn!(
-                            "response to request {id} from {} not sent: {err}",
+                            "response to request {id} from {} not sent: {err:#}",
                             self.peer
                         );
-                        self.failure_frame(id, format!("the response could not be sent: {err}"))
+                        self.failure_frame(id, format!("the response could not be sent: {err:#}"))
                     }
                 }
             }
@@ -504,7 +528,7 @@ impl Conn {
         // left to the loop, which the answers to come find woken.
         let more_owed = self.owed.load(Ordering::Acquire) > 1;
         if let Err(err) = self.submit(frame, Admission::Force, more_owed) {
-            debug!("answer to request {id} from {} dropped: {err}", self.peer);
+            debug!("answer to request {id} from {} dropped: {err:#}", self.peer);
         }
         let owed = self.owed.fetch_sub(1, Ordering::AcqRel) - 1;
         if !self.flow_controlled.load(Ordering::Acquire) {
@@ -686,8 +710,8 @@ impl Conn {
     }
 
     pub(crate) fn fail_write(&self, err: io::Error) -> RpcError {
-        debug!("write to {} failed: {err}", self.peer);
-        self.close_with(CloseReason::io(format!("write failed: {err}"), err));
+        debug!("write to {} failed: {err:#}", self.peer);
+        self.close_with(CloseReason::io("write failed", err));
         self.closed_error()
     }
 
@@ -713,7 +737,7 @@ impl Conn {
             self.id,
             self.peer,
             callbacks.len(),
-            reason.text
+            reason.describe()
         );
         let lost = left.one_way;
         if lost > 0 {
@@ -722,7 +746,8 @@ impl Conn {
                 .fetch_add(lost as u64, Ordering::Relaxed);
             warn!(
                 "{lost} one-way message(s) to {} not sent: the connection closed ({})",
-                self.peer, reason.text
+                self.peer,
+                reason.describe()
             );
         }
         left.settle(&Err(
@@ -733,6 +758,20 @@ impl Conn {
             run_callback(callback, Err(err.clone()), self.peer);
         }
         true
+    }
+
+    /// The peer refused request `id` as larger than its `rpc.message.maxSize` (`error`),
+    /// and closes the connection after that answer: it is closed here first, so that the
+    /// caller's next call takes a new connection, then the request gets `error`.
+    pub(crate) fn complete_refused(&self, id: u64, error: RpcError) {
+        let callback = self.requests.take(id);
+        self.close_with(CloseReason::new(
+            "closed after the peer refused a request above its rpc.message.maxSize",
+        ));
+        match callback {
+            Some(callback) => run_callback(callback, Err(error), self.peer),
+            None => debug!("refusal of request {id} from {}: {error:#}", self.peer),
+        }
     }
 
     /// Hands the answer to request `id` to its callback.

@@ -92,7 +92,7 @@ impl LoopHandle {
         // Pairs with the loop's store before it looks at its queue one last time.
         if self.sleeping.swap(false, Ordering::SeqCst) {
             if let Err(err) = self.waker.wake() {
-                error!("cannot wake event loop {}: {err}", self.id);
+                error!("cannot wake event loop {}: {err:#}", self.id);
             }
         }
         true
@@ -292,6 +292,8 @@ struct Entry {
     inbound: Option<Arc<AtomicUsize>>,
     /// When the peer ended its side (the connection then only writes what it owes).
     ended_at: Option<Instant>,
+    /// Why the reader refused the peer's request, to report when the connection closes.
+    refusal: Option<RpcError>,
 }
 
 struct EventLoop {
@@ -336,7 +338,7 @@ impl EventLoop {
                     continue;
                 }
                 error!(
-                    "event loop {} cannot poll: {err}; closing its connections",
+                    "event loop {} cannot poll: {err:#}; closing its connections",
                     self.id
                 );
                 break;
@@ -444,8 +446,10 @@ impl EventLoop {
                 // Nothing more is read; the failure answer goes out, then the connection
                 // closes (at the latest when the handshake's time is up).
                 entry.ended_at = Some(now);
+                entry.refusal = entry.reader.take_refusal();
                 if conn.peer_closed() {
-                    self.remove(id, CloseReason::new("refused: it failed to authenticate"));
+                    let reason = self.refusal_reason(id);
+                    self.remove(id, reason);
                 }
             }
         }
@@ -458,7 +462,23 @@ impl EventLoop {
             .get(&id)
             .is_some_and(|entry| entry.ended_at.is_some() && entry.client.conn().is_finished());
         if done {
-            self.remove(id, CloseReason::new("closed by the peer"));
+            let reason = self.refusal_reason(id);
+            self.remove(id, reason);
+        }
+    }
+
+    /// Why a connection whose reading ended closes: the refusal of its peer's request
+    /// (reported as that failure), a failed handshake, or the peer's end of stream.
+    fn refusal_reason(&mut self, id: u64) -> CloseReason {
+        let Some(entry) = self.conns.get_mut(&id) else {
+            return CloseReason::new("closed by the peer");
+        };
+        match entry.refusal.take() {
+            Some(err) => CloseReason::fault(err),
+            None if entry.reader.awaiting_auth().is_some() => {
+                CloseReason::new("refused: it failed to authenticate")
+            }
+            None => CloseReason::new("closed by the peer"),
         }
     }
 
@@ -557,6 +577,7 @@ impl EventLoop {
                 origin,
                 inbound,
                 ended_at: None,
+                refusal: None,
             },
         );
         // Events that came before the loop knew the connection were dropped.

@@ -20,7 +20,7 @@ use log::{debug, trace, warn};
 
 use crate::auth::{self, Decryptor, OsRandom};
 use crate::error::RpcError;
-use crate::frame::{FrameDecoder, Message};
+use crate::frame::{FrameDecoder, FrameError, Message};
 use crate::sync::Arc;
 use crate::transport::auth::{AuthBootstrap, MAX_HANDSHAKE_FRAME, auth_error};
 use crate::transport::connection::{CloseReason, Conn, guard};
@@ -47,8 +47,9 @@ pub(crate) enum ReadOutcome {
     Ended,
     /// The connection is closed (an error, a bad frame, or an end of stream mid-frame).
     Closed,
-    /// The peer failed to authenticate: it was answered with a failure, and the
-    /// connection closes once that is written.
+    /// The peer failed to authenticate, or sent a request above the maximum frame size:
+    /// it was answered with a failure, and the connection closes once that is written
+    /// (with [`Reader::take_refusal`] as the failure to report, if any).
     Refused,
 }
 
@@ -108,7 +109,21 @@ pub(crate) struct Reader {
     frames_at_handshake: Option<u64>,
     /// The handler was told that the connection is active.
     active: bool,
+    /// Why a request was refused (a frame above the maximum), to report once the
+    /// refusal is written and the connection closes.
+    refusal: Option<RpcError>,
+    /// Bytes of a refused request still to read and drop (so that its sender, still
+    /// writing it, reads the refusal rather than a reset), and how many were dropped.
+    discard: u64,
+    discarded: u64,
 }
+
+/// The header bytes of a refused request that the decoder reads: length, type, id.
+const REFUSED_HEADER_LEN: u64 = 8 + 1 + 8;
+
+/// The largest rest of a refused request that is read and dropped before the connection
+/// closes; the rest of a larger claim is not waited for.
+const MAX_DISCARD: u64 = 1 << 30;
 
 impl Reader {
     /// A reader of `wire`: with `decryptor`, of an encrypted connection; with `auth`, of a
@@ -140,7 +155,16 @@ impl Reader {
             decryptor,
             plain: Vec::new(),
             active: false,
+            refusal: None,
+            discard: 0,
+            discarded: 0,
         }
+    }
+
+    /// The failure that made this reader refuse the peer's request (see
+    /// [`ReadOutcome::Refused`]), if that is why it stopped.
+    pub(crate) fn take_refusal(&mut self) -> Option<RpcError> {
+        self.refusal.take()
     }
 
     /// Whether the peer has yet to authenticate; `Some` gives how long it may take.
@@ -183,7 +207,8 @@ impl Reader {
 
     /// Whether a frame (or an encrypted envelope) is partly received.
     pub(crate) fn in_frame(&self) -> bool {
-        !self.decoder.is_idle()
+        self.discard > 0
+            || !self.decoder.is_idle()
             || !self.stash.is_empty()
             || self
                 .decryptor
@@ -203,7 +228,12 @@ impl Reader {
             return false;
         };
         let expected = late.as_secs_f64() * MIN_FRAME_RATE as f64;
-        (self.decoder.received() as f64) < expected
+        let received = if self.discard > 0 {
+            self.discarded
+        } else {
+            self.decoder.received()
+        };
+        (received as f64) < expected
     }
 
     /// Reads until the socket would block (or, unless `drain`, a read comes back short),
@@ -346,7 +376,7 @@ impl Reader {
             },
             Err(err) => {
                 let err = auth_error(conn.peer(), err);
-                warn!("closing the connection: {err}");
+                warn!("closing the connection: {err:#}");
                 conn.close_with(CloseReason::fault(err));
                 Some(ReadOutcome::Closed)
             }
@@ -369,6 +399,19 @@ impl Reader {
     ) -> Decoded {
         let mut offset = 0;
         while offset < input.len() {
+            if self.discard > 0 {
+                // The rest of a refused request: dropped as it comes.
+                let n = usize::try_from(self.discard)
+                    .unwrap_or(usize::MAX)
+                    .min(input.len() - offset);
+                offset += n;
+                self.discard -= n as u64;
+                self.discarded += n as u64;
+                if self.discard == 0 {
+                    return Decoded::Stop(ReadOutcome::Refused);
+                }
+                continue;
+            }
             match self.decoder.decode(&input[offset..]) {
                 Ok((used, message)) => {
                     offset += used;
@@ -395,6 +438,33 @@ impl Reader {
                     }
                 }
                 Err(err) => {
+                    if let (
+                        FrameError::RequestTooLarge {
+                            request_id, size, ..
+                        },
+                        None,
+                    ) = (&err, &self.auth)
+                    {
+                        // The caller hears why at once, with both sizes and the key. The
+                        // rest of the frame is read and dropped (up to MAX_DISCARD), so
+                        // that a sender still writing it reads the answer rather than a
+                        // reset; then the connection closes once the answer is written.
+                        let (request_id, left) = (*request_id, size - REFUSED_HEADER_LEN);
+                        let err = RpcError::from(err);
+                        warn!(
+                            "refusing request {request_id} from {}, then closing the \
+                             connection: {err:#}",
+                            conn.peer()
+                        );
+                        conn.refuse_request(request_id, &err);
+                        self.refusal = Some(err);
+                        if left == 0 || left > MAX_DISCARD {
+                            return Decoded::Stop(ReadOutcome::Refused);
+                        }
+                        offset += self.decoder.consumed_by_error();
+                        self.discard = left;
+                        continue;
+                    }
                     let err = if self.frames_at_handshake == Some(self.frames) {
                         auth_error(
                             conn.peer(),
@@ -412,7 +482,7 @@ impl Reader {
                     } else {
                         RpcError::from(err)
                     };
-                    warn!("closing the connection with {}: {err}", conn.peer());
+                    warn!("closing the connection with {}: {err:#}", conn.peer());
                     conn.close_with(CloseReason::fault(err));
                     return Decoded::Stop(ReadOutcome::Closed);
                 }
@@ -462,7 +532,7 @@ impl Reader {
                         };
                     }
                     Err(err) => {
-                        warn!("{peer} failed to authenticate: {err}");
+                        warn!("{peer} failed to authenticate: {err:#}");
                         request_id
                     }
                 }
@@ -473,7 +543,7 @@ impl Reader {
             }
             _ => {
                 let err = auth_error(peer, "sent a frame other than the handshake first");
-                warn!("closing the connection: {err}");
+                warn!("closing the connection: {err:#}");
                 conn.close_with(CloseReason::fault(err));
                 return Handshake::Closed;
             }
@@ -505,8 +575,8 @@ impl Reader {
     }
 
     fn failed(&mut self, conn: &Arc<Conn>, err: std::io::Error) -> ReadOutcome {
-        debug!("read from {} failed: {err}", conn.peer());
-        conn.close_with(CloseReason::io(format!("read failed: {err}"), err));
+        debug!("read from {} failed: {err:#}", conn.peer());
+        conn.close_with(CloseReason::io("read failed", err));
         ReadOutcome::Closed
     }
 
@@ -542,9 +612,10 @@ impl Reader {
                 });
             }
             Message::RpcResponse { request_id, body } => conn.complete(request_id, Ok(body)),
-            Message::RpcFailure { request_id, error } => {
-                conn.complete(request_id, Err(RpcError::Remote { message: error }))
-            }
+            Message::RpcFailure { request_id, error } => match RpcError::from_failure(error) {
+                err @ RpcError::FrameTooLarge { .. } => conn.complete_refused(request_id, err),
+                err => conn.complete(request_id, Err(err)),
+            },
         }
     }
 }

@@ -197,7 +197,7 @@ impl Boss {
                 if interrupted(&err) {
                     continue;
                 }
-                warn!("rpc-boss cannot poll: {err}; no longer accepting");
+                warn!("rpc-boss cannot poll: {err:#}; no longer accepting");
                 return;
             }
             // After a backoff the listener is tried again even without a new event: the
@@ -226,7 +226,7 @@ impl Boss {
                         continue;
                     }
                     if let Err(err) = configure_stream(SockRef::from(&stream), &self.conf) {
-                        warn!("cannot set socket options on the connection from {peer}: {err}");
+                        warn!("cannot set socket options on the connection from {peer}: {err:#}");
                     }
                     let security = match &self.auth {
                         Some(auth) => Security::AwaitAuth(auth.clone()),
@@ -240,17 +240,17 @@ impl Boss {
                         security,
                     ) {
                         Ok(_) => debug!("accepted a connection from {peer}"),
-                        Err(err) => warn!("dropped the connection from {peer}: {err}"),
+                        Err(err) => warn!("dropped the connection from {peer}: {err:#}"),
                     }
                 }
                 Err(err) if would_block(&err) => return None,
                 Err(err) if interrupted(&err) => {}
                 Err(err) if is_transient_accept_error(&err) => {
                     // ECONNABORTED and the like: that one connection is gone, go on.
-                    debug!("accept failed: {err}");
+                    debug!("accept failed: {err:#}");
                 }
                 Err(err) => {
-                    warn!("accept failed: {err}; retrying in {ACCEPT_BACKOFF:?}");
+                    warn!("accept failed: {err:#}; retrying in {ACCEPT_BACKOFF:?}");
                     return Some(ACCEPT_BACKOFF);
                 }
             }
@@ -301,7 +301,7 @@ pub(crate) fn start_service_on_port<T>(
             Ok(service) => return Ok(service),
             Err(err) if err.kind() == io::ErrorKind::AddrInUse && attempt < max_retries => {
                 let next = port_for_attempt(start_port, attempt + 1);
-                warn!("cannot bind {host}:{port} ({err}); trying port {next}");
+                warn!("cannot bind {host}:{port} ({err:#}); trying port {next}");
                 attempt += 1;
             }
             Err(err) => {

@@ -788,3 +788,67 @@ fn receipts_tell_written_frames_and_frames_lost_with_the_connection() {
     assert!(err.to_string().contains("closed by the test"), "{err}");
     assert_eq!(conn.counters().one_way_dropped.load(Ordering::Relaxed), 1);
 }
+
+/// A connection whose write failed says so, with its OS error as the source and never
+/// twice in one text (as in "(write failed: Broken pipe (os error 32)): Broken pipe (os
+/// error 32)").
+#[test]
+fn a_failed_write_names_its_os_error_once() {
+    let (client, _server) = pair(1 << 16);
+    let (_, slot) = request(&client, b"outstanding");
+    let broken = io::Error::new(io::ErrorKind::BrokenPipe, "Broken pipe (os error 32)");
+    let err = client.conn().fail_write(broken);
+    for err in [err, taken(&slot).unwrap_err()] {
+        let text = err.to_string();
+        assert!(!text.contains("Broken pipe"), "{text}");
+        assert!(text.contains("write failed"), "{text}");
+        let os = err.io_error().expect("the OS error");
+        assert_eq!(os.kind(), io::ErrorKind::BrokenPipe);
+        let source = std::error::Error::source(&err).expect("the OS error as source");
+        assert!(source.to_string().contains("Broken pipe"));
+        let alternate = format!("{err:#}");
+        assert_eq!(alternate.matches("Broken pipe").count(), 1, "{alternate}");
+    }
+}
+
+/// A request above the receiver's maximum is answered with a failure naming both sizes
+/// and the key before the connection closes; the caller reads it as `FrameTooLarge`.
+#[test]
+fn a_request_above_the_maximum_is_answered_with_the_sizes_before_the_close() {
+    let (client, mut server) = pair(1 << 16);
+    // A raw request frame claiming 2 MiB, above the server's maximum.
+    let mut bytes = (2u64 << 20).to_be_bytes().to_vec();
+    bytes.push(3);
+    bytes.extend_from_slice(&4242u64.to_be_bytes());
+    client.write_raw(bytes);
+    server.read();
+    // The rest of the frame is read and dropped, then the connection is done.
+    assert_eq!(server.outcome, ReadOutcome::Drained);
+    client.write_raw(vec![0; (2 << 20) - 17]);
+    for _ in 0..1000 {
+        server.read();
+        if server.outcome != ReadOutcome::Drained && server.outcome != ReadOutcome::Budget {
+            break;
+        }
+    }
+    assert_eq!(server.outcome, ReadOutcome::Refused);
+    let written: Vec<u8> = client.inbound.data.lock().iter().copied().collect();
+    let mut decoder = crate::frame::FrameDecoder::new(1 << 20);
+    let mut input = &written[..];
+    let mut refusal = None;
+    while !input.is_empty() {
+        let (used, message) = decoder.decode(input).expect("the server's frames decode");
+        input = &input[used..];
+        if let Some(Message::RpcFailure { request_id, error }) = message {
+            refusal = Some((request_id, RpcError::from_failure(error)));
+        }
+    }
+    let Some((4242, err)) = refusal else {
+        panic!("no refusal of request 4242 in {written:?}");
+    };
+    assert!(
+        matches!(err, RpcError::FrameTooLarge { size, max } if size == 2 << 20 && max == MAX_FRAME),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("rpc.message.maxSize"), "{err}");
+}

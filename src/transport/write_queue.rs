@@ -672,7 +672,7 @@ fn write_batch(
 ) -> (Finished, usize, Option<io::Error>) {
     if let Some(cipher) = cipher {
         if let Err(err) = batch.seal(cipher) {
-            let err = io::Error::other(format!("cannot encrypt: {err}"));
+            let err = io::Error::other(format!("cannot encrypt: {err:#}"));
             return (Finished::default(), 0, Some(err));
         }
     }

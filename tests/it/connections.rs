@@ -292,9 +292,11 @@ fn rpc_request(id: u64, body: &[u8]) -> Vec<u8> {
 /// A request envelope with no sender (as from a client-mode env) for `endpoint`, then
 /// `content`, the message's codec bytes (the layout of `src/rpc/envelope.rs`).
 fn envelope(endpoint: &str, content: &[u8]) -> Vec<u8> {
-    let mut body = vec![1, 0];
+    let mut body = vec![3, 0];
     body.extend_from_slice(&(endpoint.len() as u16).to_be_bytes());
     body.extend_from_slice(endpoint.as_bytes());
+    // No claim about the message's type or the reply's (fingerprints 0).
+    body.extend_from_slice(&[0; 16]);
     body.extend_from_slice(content);
     body
 }

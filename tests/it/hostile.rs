@@ -115,9 +115,11 @@ fn one_way(body: &[u8]) -> Vec<u8> {
 
 /// A request envelope without sender for `endpoint`, then `content`.
 fn envelope(endpoint: &str, content: &[u8]) -> Vec<u8> {
-    let mut body = vec![1, 0];
+    let mut body = vec![3, 0];
     body.extend_from_slice(&(endpoint.len() as u16).to_be_bytes());
     body.extend_from_slice(endpoint.as_bytes());
+    // No claim about the message's type or the reply's (fingerprints 0).
+    body.extend_from_slice(&[0; 16]);
     body.extend_from_slice(content);
     body
 }

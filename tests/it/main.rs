@@ -19,3 +19,4 @@ mod rpc_env;
 mod rpc_semantics;
 mod server;
 mod transport;
+mod typed;

@@ -953,6 +953,7 @@ fn rpc_env_suite_network_events_in_client_env_when_another_env_is_in_server_mode
 }
 
 /// A reply value whose serialization always fails.
+#[derive(Debug)]
 struct Unserializable;
 
 impl Serialize for Unserializable {
@@ -960,6 +961,13 @@ impl Serialize for Unserializable {
         Err(serde::ser::Error::custom(
             "Unserializable is not serializable",
         ))
+    }
+}
+
+/// Asked for by its type (a reply of another type fails before it is encoded).
+impl<'de> Deserialize<'de> for Unserializable {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        <()>::deserialize(deserializer).map(|()| Self)
     }
 }
 
@@ -994,13 +1002,13 @@ fn rpc_env_suite_send_with_reply_unserializable_error() {
         .setup_endpoint_ref::<String>(&address_of(&server), "unserializable-error")
         .unwrap();
     let err = r
-        .ask_sync_timeout::<String>("hi".to_owned(), WAIT)
+        .ask_sync_timeout::<Unserializable>("hi".to_owned(), WAIT)
         .unwrap_err();
     assert!(matches!(err, RpcError::Encode { .. }), "{err:?}");
     assert!(err.to_string().contains("not serializable"), "{err}");
     // The connection and the endpoint survive.
     let err = r
-        .ask_sync_timeout::<String>("again".to_owned(), WAIT)
+        .ask_sync_timeout::<Unserializable>("again".to_owned(), WAIT)
         .unwrap_err();
     assert!(matches!(err, RpcError::Encode { .. }), "{err:?}");
     client.shutdown();

@@ -694,8 +694,9 @@ fn handler_reply_too_large_gives_the_caller_a_remote_failure() {
 }
 
 /// A request above the *server's* `rpc.message.maxSize` (the client allows it) makes the
-/// server close that connection; the caller fails at once with `Connection`, and the
-/// server's `exception_caught` sees `FrameTooLarge`.
+/// server answer it with both sizes and close that connection; the caller fails at once
+/// with `FrameTooLarge` and the sizes, and the server's `exception_caught` sees
+/// `FrameTooLarge`.
 #[test]
 fn request_above_the_servers_max_size_fails_the_call_at_once() {
     let f = Fixture::new(&[("rpc.message.maxSize", "64k")]);
@@ -706,7 +707,10 @@ fn request_above_the_servers_max_size_fails_the_call_at_once() {
         .send_rpc_sync(vec![1u8; 100 * 1024], LONG)
         .unwrap_err();
     assert!(started.elapsed() < PROMPTLY, "took {:?}", started.elapsed());
-    assert_connection_error(&err, f.port());
+    assert!(
+        matches!(err, RpcError::FrameTooLarge { size, max: 65536 } if size > 100 * 1024),
+        "{err:?}"
+    );
     wait_for("the server's exception_caught", 5, || {
         !f.handler.exceptions().is_empty()
     });
