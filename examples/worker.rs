@@ -14,7 +14,7 @@
 //!
 //! ```text
 //! WORKER registered id=w1 master=rpc://Master@127.0.0.1:7077 address=127.0.0.1:40123
-//! WORKER heartbeat failed id=w1 error=connection to 127.0.0.1:7077 failed: Connection refused (os error 111)
+//! WORKER heartbeat failed id=w1 error=connection to 127.0.0.1:7077 failed: no env listens there, or it cannot be reached: Connection refused (os error 111)
 //! WORKER heartbeats resumed id=w1 failed=3
 //! WORKER registered again id=w1
 //! ```

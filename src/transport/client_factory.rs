@@ -193,7 +193,7 @@ impl TransportClientFactory {
                     keys::IO_CONNECTION_TIMEOUT
                 )
             }
-            _ => "failed".to_owned(),
+            _ => "failed: no env listens there, or it cannot be reached".to_owned(),
         };
         warn!("connection to {peer} {reason}: {last_error}");
         Err(RpcError::connection_io(peer, reason, last_error))
