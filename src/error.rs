@@ -151,6 +151,12 @@ pub enum RpcError {
         /// The panic's message, when it was a string.
         message: String,
     },
+    /// The file server refused to add or serve something (see
+    /// [`FileServer`](crate::FileServer)).
+    FileServer {
+        /// What is wrong, e.g. "File a.txt was already registered with a different path".
+        reason: String,
+    },
     /// An operating-system call failed outside any connection (creating a poller,
     /// spawning a thread).
     Io {
@@ -284,6 +290,7 @@ impl fmt::Display for RpcError {
             Self::EndpointPanicked { endpoint, message } => {
                 write!(f, "endpoint {endpoint} panicked: {message}")
             }
+            Self::FileServer { reason } => write!(f, "file server: {reason}"),
             Self::Io { context, source } => write!(f, "{context}: {source}"),
         }
     }

@@ -18,4 +18,5 @@ mod pool;
 mod rpc_env;
 mod rpc_semantics;
 mod server;
+mod streams;
 mod transport;
