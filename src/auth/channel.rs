@@ -8,7 +8,7 @@ use std::fmt;
 
 use super::AuthError;
 use super::ctr::CtrStream;
-use super::gcm::{GcmDecryptor, GcmEncryptor};
+use super::gcm::{EnvelopeSealer, GcmDecryptor, GcmEncryptor};
 
 /// The total length of `parts`, or `None` if it overflows `usize`.
 pub(super) fn total_len(parts: &[&[u8]]) -> Option<usize> {
@@ -45,6 +45,20 @@ impl Encryptor {
         match self {
             Self::Ctr(stream) => stream.apply(bytes).is_ok(),
             Self::Gcm(_) => false,
+        }
+    }
+
+    /// GCM only: starts one envelope for `len` plaintext bytes (at least one), appending
+    /// its length field and header to `out`, and returns the sealer of its segments (see
+    /// [`EnvelopeSealer`]). `None`, doing nothing, for CTR.
+    pub(crate) fn begin_envelope(
+        &mut self,
+        len: usize,
+        out: &mut Vec<u8>,
+    ) -> Option<Result<EnvelopeSealer, AuthError>> {
+        match self {
+            Self::Ctr(_) => None,
+            Self::Gcm(encryptor) => Some(encryptor.begin(len, out)),
         }
     }
 

@@ -37,7 +37,7 @@ const TAG_LEN: usize = 16;
 /// Bytes on the wire of every segment but the last.
 const SEGMENT_LEN: usize = 32768;
 /// Plaintext bytes in every segment but the last.
-const SEGMENT_PLAINTEXT_LEN: usize = SEGMENT_LEN - TAG_LEN;
+pub(crate) const SEGMENT_PLAINTEXT_LEN: usize = SEGMENT_LEN - TAG_LEN;
 /// The longest header: a 32-byte key.
 const MAX_HEADER_LEN: usize = 1 + 32 + PREFIX_LEN;
 /// The fewest bytes a last segment can have: one byte of plaintext and a tag. An envelope
@@ -168,53 +168,55 @@ impl GcmEncryptor {
         if plaintext_len == 0 {
             return Ok(());
         }
-        let too_large = || {
-            AuthError::new(format!(
-                "a message of {plaintext_len} bytes is too large for one AES-GCM envelope"
-            ))
-        };
-        let total = envelope_len(plaintext_len, &self.key).ok_or_else(too_large)?;
-        out.reserve(usize::try_from(total).map_err(|_| too_large())?);
+        let total = self.wire_len(plaintext_len)?;
+        out.reserve(usize::try_from(total).unwrap_or(usize::MAX));
+        let mut sealer = self.begin(plaintext_len, out)?;
+        sealer.seal(parts, out)
+    }
 
+    /// The wire length of the envelope for `plaintext_len` (non-zero) bytes.
+    fn wire_len(&self, plaintext_len: usize) -> Result<u64, AuthError> {
+        envelope_len(plaintext_len, &self.key)
+            .filter(|total| usize::try_from(*total).is_ok())
+            .ok_or_else(|| {
+                AuthError::new(format!(
+                    "a message of {plaintext_len} bytes is too large for one AES-GCM envelope"
+                ))
+            })
+    }
+
+    /// Starts one envelope for `plaintext_len` bytes (at least one): appends its length
+    /// field and header (with a fresh salt and nonce prefix) to `out`, and returns the
+    /// [`EnvelopeSealer`] that seals its segments, a few at a time if the caller likes.
+    /// On error nothing is appended.
+    pub(crate) fn begin(
+        &mut self,
+        plaintext_len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<EnvelopeSealer, AuthError> {
+        if plaintext_len == 0 {
+            return Err(AuthError::new(
+                "an AES-GCM envelope needs at least one byte",
+            ));
+        }
+        let total = self.wire_len(plaintext_len)?;
         let header_len = header_len(&self.key);
-        out.extend_from_slice(&total.to_be_bytes());
-        out.push(u8::try_from(header_len).unwrap_or(u8::MAX));
-        let random_start = out.len();
-        out.resize(random_start + header_len - 1, 0);
+        let mut head = [0; LENGTH_LEN + MAX_HEADER_LEN];
+        head[..LENGTH_LEN].copy_from_slice(&total.to_be_bytes());
+        head[LENGTH_LEN] = u8::try_from(header_len).unwrap_or(u8::MAX);
+        let head = &mut head[..LENGTH_LEN + header_len];
         // Tink draws the salt, then the prefix; one call gives the same bytes in order.
-        self.rng.fill(&mut out[random_start..])?;
-        let (salt, prefix) = out[random_start..].split_at(header_len - 1 - PREFIX_LEN);
+        self.rng.fill(&mut head[LENGTH_LEN + 1..])?;
+        let (salt, prefix) = head[LENGTH_LEN + 1..].split_at(header_len - 1 - PREFIX_LEN);
         let prefix: [u8; PREFIX_LEN] = prefix.try_into().unwrap_or_default();
         let cipher = SegmentCipher::new(&self.key, salt, total)?;
-
-        let mut parts = parts.iter().copied();
-        let mut pending: &[u8] = &[];
-        let mut left = plaintext_len;
-        let mut index: u32 = 0;
-        while left > 0 {
-            let len = left.min(SEGMENT_PLAINTEXT_LEN);
-            left -= len;
-            let segment_start = out.len();
-            let mut need = len;
-            while need > 0 {
-                if pending.is_empty() {
-                    match parts.next() {
-                        Some(part) => pending = part,
-                        None => break,
-                    }
-                    continue;
-                }
-                let (now, later) = pending.split_at(need.min(pending.len()));
-                out.extend_from_slice(now);
-                pending = later;
-                need -= now.len();
-            }
-            let nonce = segment_nonce(&prefix, index, left == 0);
-            let tag = cipher.seal(&nonce, &mut out[segment_start..])?;
-            out.extend_from_slice(&tag);
-            index = index.wrapping_add(1);
-        }
-        Ok(())
+        out.extend_from_slice(head);
+        Ok(EnvelopeSealer {
+            cipher,
+            prefix,
+            index: 0,
+            left: plaintext_len,
+        })
     }
 
     /// The most [`encrypt`](Self::encrypt) appends for `len` bytes of plaintext.
@@ -232,6 +234,88 @@ impl fmt::Debug for GcmEncryptor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GcmEncryptor")
             .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The segments of one envelope that [`GcmEncryptor::begin`] started: sealed in order,
+/// in as many calls as the caller likes, each call whole segments of
+/// [`SEGMENT_PLAINTEXT_LEN`] plaintext bytes (or what is left, for the last). A writer
+/// seals a large frame this way as the socket drains, holding a few segments of
+/// ciphertext instead of the whole envelope.
+pub(crate) struct EnvelopeSealer {
+    /// The envelope's AES-GCM key.
+    cipher: SegmentCipher,
+    /// The envelope's nonce prefix.
+    prefix: [u8; PREFIX_LEN],
+    /// The next segment's index.
+    index: u32,
+    /// Plaintext bytes not sealed yet.
+    left: usize,
+}
+
+impl EnvelopeSealer {
+    /// Plaintext bytes not sealed yet; 0 once the last segment is.
+    pub(crate) fn left(&self) -> usize {
+        self.left
+    }
+
+    /// Seals the concatenation of `parts` as the next segments, appending ciphertext and
+    /// tags to `out`. The plaintext must be a whole number of segments
+    /// ([`SEGMENT_PLAINTEXT_LEN`] bytes each) or exactly what is left. On error nothing is
+    /// appended.
+    pub(crate) fn seal(&mut self, parts: &[&[u8]], out: &mut Vec<u8>) -> Result<(), AuthError> {
+        let len = super::channel::total_len(parts)
+            .ok_or_else(|| AuthError::new("a message is too large to encrypt"))?;
+        if len > self.left || (len < self.left && len % SEGMENT_PLAINTEXT_LEN != 0) {
+            return Err(AuthError::new(format!(
+                "{len} bytes do not make whole AES-GCM segments of the {} left of an envelope",
+                self.left
+            )));
+        }
+        let start = out.len();
+        out.reserve(len + len.div_ceil(SEGMENT_PLAINTEXT_LEN) * TAG_LEN);
+        let mut parts = parts.iter().copied();
+        let mut pending: &[u8] = &[];
+        let mut todo = len;
+        while todo > 0 {
+            let segment_len = todo.min(SEGMENT_PLAINTEXT_LEN);
+            todo -= segment_len;
+            self.left -= segment_len;
+            let segment_start = out.len();
+            let mut need = segment_len;
+            while need > 0 {
+                if pending.is_empty() {
+                    match parts.next() {
+                        Some(part) => pending = part,
+                        None => break,
+                    }
+                    continue;
+                }
+                let (now, later) = pending.split_at(need.min(pending.len()));
+                out.extend_from_slice(now);
+                pending = later;
+                need -= now.len();
+            }
+            let nonce = segment_nonce(&self.prefix, self.index, self.left == 0);
+            match self.cipher.seal(&nonce, &mut out[segment_start..]) {
+                Ok(tag) => out.extend_from_slice(&tag),
+                Err(err) => {
+                    out.truncate(start);
+                    return Err(err);
+                }
+            }
+            self.index = self.index.wrapping_add(1);
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for EnvelopeSealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnvelopeSealer")
+            .field("index", &self.index)
+            .field("left", &self.left)
             .finish_non_exhaustive()
     }
 }

@@ -41,7 +41,7 @@ mod message;
 mod random;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(test)]
 mod vectors;
 
@@ -52,7 +52,8 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 pub(crate) use channel::{Decryptor, Encryptor};
 pub(crate) use engine::{ClientHandshake, respond};
-pub(crate) use random::{OsRandom, Random};
+pub(crate) use gcm::{EnvelopeSealer, SEGMENT_PLAINTEXT_LEN};
+pub(crate) use random::{ChannelRandom, OsRandom, Random};
 
 /// The channel cipher, Spark's `spark.network.crypto.cipher`. Spark's default is
 /// [`Cipher::AesCtr`].

@@ -555,6 +555,74 @@ fn gcm_parts_are_one_envelope_like_their_concatenation() {
     assert_eq!(decrypt_pieces(&mut dec, &[&a[1..]]).unwrap(), whole);
 }
 
+/// A matching pair for tests elsewhere in the crate: what one side encrypts with `cipher`
+/// (engine version 2, OS randomness) and the other side's decryptor for it.
+pub(crate) fn channel_pair(cipher: Cipher) -> (Encryptor, Decryptor) {
+    let (client, server) = pair(EngineVersion::V2);
+    let (encryptor, _) = client.channel(cipher, Box::new(OsRandom));
+    let (_, decryptor) = server.channel(cipher, Box::new(OsRandom));
+    (encryptor, decryptor)
+}
+
+#[test]
+fn gcm_envelope_sealed_a_few_segments_at_a_time_is_the_one_call_envelope() {
+    let (client, server) = pair(EngineVersion::V1);
+    let whole = TestRng(5).bytes(7 * SEGMENT_PLAINTEXT + 11);
+    let (mut one_call, _) = client.channel(Cipher::AesGcm, Box::new(TestRng(42)));
+    let mut expected = Vec::new();
+    one_call.encrypt(&[&whole], &mut expected).unwrap();
+    for chunk_segments in [1, 2, 3, 7, 8] {
+        let (mut enc, _) = client.channel(Cipher::AesGcm, Box::new(TestRng(42)));
+        let mut wire = Vec::new();
+        let mut sealer = enc.begin_envelope(whole.len(), &mut wire).unwrap().unwrap();
+        let mut at = 0;
+        while sealer.left() > 0 {
+            let len = (chunk_segments * SEGMENT_PLAINTEXT).min(sealer.left());
+            // Across two parts, as a frame's header and body come.
+            let cut = at + len.min(21);
+            sealer
+                .seal(&[&whole[at..cut], &whole[cut..at + len]], &mut wire)
+                .unwrap();
+            at += len;
+        }
+        assert_eq!(wire, expected, "{chunk_segments} segments per call");
+    }
+    let (_, mut dec) = server.channel(Cipher::AesGcm, Box::new(Broken));
+    assert_eq!(decrypt_pieces(&mut dec, &[&expected]).unwrap(), whole);
+}
+
+#[test]
+fn envelope_sealer_refuses_partial_segments_and_too_much() {
+    let (client, _) = pair(EngineVersion::V2);
+    let (mut enc, _) = client.channel(Cipher::AesGcm, Box::new(TestRng(3)));
+    let mut wire = Vec::new();
+    assert!(enc.begin_envelope(0, &mut wire).unwrap().is_err());
+    assert!(wire.is_empty(), "nothing appended for an empty envelope");
+    let mut sealer = enc
+        .begin_envelope(2 * SEGMENT_PLAINTEXT, &mut wire)
+        .unwrap()
+        .unwrap();
+    let header = wire.len();
+    let err = sealer.seal(&[&[0; 100]], &mut wire).unwrap_err();
+    assert!(err.to_string().contains("whole AES-GCM segments"), "{err}");
+    assert!(
+        sealer
+            .seal(&[&vec![0; 3 * SEGMENT_PLAINTEXT]], &mut wire)
+            .is_err()
+    );
+    assert_eq!(wire.len(), header, "nothing appended on error");
+    assert_eq!(sealer.left(), 2 * SEGMENT_PLAINTEXT);
+    sealer
+        .seal(&[&vec![0; 2 * SEGMENT_PLAINTEXT]], &mut wire)
+        .unwrap();
+    assert_eq!(sealer.left(), 0);
+    let (ctr, _) = &mut client.channel(Cipher::AesCtr, Box::new(Broken));
+    assert!(
+        ctr.begin_envelope(10, &mut wire).is_none(),
+        "CTR has no envelopes"
+    );
+}
+
 #[test]
 fn gcm_coalesced_envelopes_decrypt_in_one_call() {
     let (client, server) = pair(EngineVersion::V2);
@@ -1315,7 +1383,7 @@ fn throughput() {
     for version in [EngineVersion::V1, EngineVersion::V2] {
         let (client, server) = pair(version);
         for cipher in [Cipher::AesCtr, Cipher::AesGcm] {
-            let (mut enc, _) = client.channel(cipher, Box::new(OsRandom));
+            let (mut enc, _) = client.channel(cipher, Box::<ChannelRandom>::default());
             let (_, mut dec) = server.channel(cipher, Box::new(OsRandom));
             let rounds = 8;
             let mut wire = Vec::with_capacity(enc.max_output(plain.len()));

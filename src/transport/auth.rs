@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 use log::debug;
 
 use crate::auth::{
-    AuthError, AuthSettings, Cipher, ClientHandshake, Decryptor, Encryptor, EngineVersion,
-    OsRandom, Random, Secret,
+    AuthError, AuthSettings, ChannelRandom, Cipher, ClientHandshake, Decryptor, Encryptor,
+    EngineVersion, OsRandom, Random, Secret,
 };
 use crate::conf::keys;
 use crate::error::RpcError;
@@ -282,7 +282,7 @@ pub(crate) fn client_handshake(
     debug!("authenticated with {peer}");
     Ok(match bootstrap.encryption {
         Some(cipher) => {
-            let (encryptor, decryptor) = keys.channel(cipher, Box::new(OsRandom));
+            let (encryptor, decryptor) = keys.channel(cipher, Box::<ChannelRandom>::default());
             Security::Encrypted(Box::new(encryptor), Box::new(decryptor))
         }
         None => Security::Plain,
@@ -508,7 +508,7 @@ mod tests {
             .finish(auth.settings(), &body)
             .expect("the server's answer");
         let cipher = auth.encryption().expect("an encrypted channel");
-        let (encryptor, decryptor) = keys.channel(cipher, Box::new(OsRandom));
+        let (encryptor, decryptor) = keys.channel(cipher, Box::<ChannelRandom>::default());
         (stream, encryptor, decryptor)
     }
 

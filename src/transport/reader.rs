@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, trace, warn};
 
-use crate::auth::{self, Decryptor, OsRandom};
+use crate::auth::{self, ChannelRandom, Decryptor, OsRandom};
 use crate::error::RpcError;
 use crate::frame::{FrameDecoder, Item, Message};
 use crate::sync::Arc;
@@ -511,7 +511,7 @@ impl Reader {
                         let encrypted = match bootstrap.encryption() {
                             Some(cipher) => {
                                 let (encryptor, decryptor) =
-                                    keys.channel(cipher, Box::new(OsRandom));
+                                    keys.channel(cipher, Box::<ChannelRandom>::default());
                                 conn.start_encryption(encryptor);
                                 self.decryptor = Some(Box::new(decryptor));
                                 true

@@ -11,7 +11,11 @@
 //! On an encrypted connection the thread that writes *seals* each segment before its
 //! first byte goes out ([`Segments::seal`]): AES-CTR encrypts it in place, AES-GCM turns it
 //! into one envelope. A sealed segment is never appended to and never sealed again, so a
-//! write that stops half way resumes with the same ciphertext.
+//! write that stops half way resumes with the same ciphertext. A GCM envelope for a frame
+//! over [`LAZY_SEAL_MIN`] bytes is sealed [`SEAL_CHUNK`] bytes at a time, each chunk when
+//! the socket has taken the one before ([`Segment::Envelope`]): the writer holds 256 KiB
+//! of ciphertext instead of a copy of the whole frame, and the peer decrypts the first
+//! segments while the last are being sealed.
 //!
 //! A stream's body (a [`StreamBody`] after its `StreamResponse`) is a segment of its own.
 //! A file goes out with `sendfile` (see [`Wire::send_file`]) on a plaintext connection; on
@@ -27,7 +31,7 @@ use std::io::{self, IoSlice};
 
 use log::trace;
 
-use crate::auth::{AuthError, Encryptor};
+use crate::auth::{AuthError, Encryptor, EnvelopeSealer, SEGMENT_PLAINTEXT_LEN};
 use crate::error::RpcError;
 use crate::frame::FrameHeader;
 use crate::transport::socket::{Wire, interrupted, would_block};
@@ -47,6 +51,13 @@ pub(crate) const FLATTEN_MAX: usize = 1024;
 
 /// A shared buffer grows up to this size; the next small frame starts another.
 const CHUNK: usize = 64 * 1024;
+
+/// On a GCM connection, frames longer than this (4 envelope segments) are sealed a chunk
+/// at a time as the socket drains; shorter ones in one go.
+const LAZY_SEAL_MIN: usize = 4 * SEGMENT_PLAINTEXT_LEN;
+
+/// Plaintext sealed per chunk of a lazily sealed envelope: 8 segments, 256 KiB on the wire.
+const SEAL_CHUNK: usize = 8 * SEGMENT_PLAINTEXT_LEN;
 
 /// A shared buffer starts with this capacity (and doubles as it fills).
 const CHUNK_START: usize = 4 * 1024;
@@ -133,6 +144,18 @@ impl Frame {
         self.header.as_bytes().len() + self.body.len() + tail
     }
 
+    /// The bytes `start..end` of the frame as it goes on the wire (header, then body), as
+    /// up to two slices.
+    fn range(&self, start: usize, end: usize) -> [&[u8]; 2] {
+        let header = self.header.as_bytes();
+        let cut = |at: usize| at.min(header.len());
+        let body = |at: usize| at.saturating_sub(header.len()).min(self.body.len());
+        [
+            &header[cut(start)..cut(end)],
+            &self.body[body(start)..body(end)],
+        ]
+    }
+
     /// What the frame costs of its label's window, and of the queue while it is held.
     pub(crate) fn charge(&self) -> usize {
         self.body.len() + FRAME_CHARGE
@@ -202,6 +225,20 @@ pub(crate) enum Segment {
         /// Once sealed: `bytes` are what goes on the wire for this many plaintext bytes.
         sealed: Option<usize>,
     },
+    /// A large frame in one GCM envelope, sealed a chunk at a time (see the module docs).
+    Envelope {
+        frame: Frame,
+        sealer: Box<EnvelopeSealer>,
+        /// The current chunk's wire bytes (the first chunk starts with the envelope's
+        /// length field and header).
+        wire: Vec<u8>,
+        /// Bytes of `wire` written.
+        written: usize,
+        /// Plaintext bytes of the frame sealed so far, the current chunk's included.
+        sealed: usize,
+        /// Plaintext bytes in the current chunk.
+        chunk: usize,
+    },
     /// A file region (see the module docs).
     File(FileSegment),
 }
@@ -257,7 +294,12 @@ impl Segment {
                     (&[], &frame.body[*written - header.len()..])
                 }
             }
-            Self::Flat { bytes, written, .. } => (&bytes[*written..], &[]),
+            Self::Flat { bytes, written, .. }
+            | Self::Envelope {
+                wire: bytes,
+                written,
+                ..
+            } => (&bytes[*written..], &[]),
             Self::File(file) => match &file.piece {
                 Some(piece) => (&piece.bytes[piece.written..], &[]),
                 None => (&[], &[]),
@@ -265,12 +307,16 @@ impl Segment {
         }
     }
 
-    /// Bytes not yet written (of a file: of its sealed piece, if it has one, else of the
-    /// region).
+    /// Bytes not yet written of what is sealed (of an envelope, of its current chunk).
     pub(crate) fn remaining_len(&self) -> usize {
         match self {
             Self::Whole { frame, written, .. } => frame.len() - written,
-            Self::Flat { bytes, written, .. } => bytes.len() - written,
+            Self::Flat { bytes, written, .. }
+            | Self::Envelope {
+                wire: bytes,
+                written,
+                ..
+            } => bytes.len() - written,
             Self::File(file) => match &file.piece {
                 Some(piece) => piece.bytes.len() - piece.written,
                 None => file.remaining as usize,
@@ -278,11 +324,21 @@ impl Segment {
         }
     }
 
-    /// Whether the segment is written in full.
+    /// Whether [`remaining`](Self::remaining) is all this segment has left to write, so
+    /// that the next segment's bytes may follow it in the same write.
+    fn remaining_is_all(&self) -> bool {
+        match self {
+            Self::Envelope { sealer, .. } => sealer.left() == 0,
+            Self::File(file) => file.remaining == 0,
+            _ => true,
+        }
+    }
+
+    /// Everything is written.
     fn is_done(&self) -> bool {
         match self {
             Self::File(file) => file.remaining == 0 && file.piece.is_none(),
-            other => other.remaining_len() == 0,
+            _ => self.remaining_len() == 0 && self.remaining_is_all(),
         }
     }
 
@@ -291,8 +347,48 @@ impl Segment {
         match self {
             Self::Whole { sealed, .. } => *sealed,
             Self::Flat { sealed, .. } => sealed.is_some(),
+            Self::Envelope { .. } => true,
             Self::File(file) => file.plain || file.piece.is_some(),
         }
+    }
+
+    /// An envelope whose current chunk is written: seals the next one.
+    fn refill(&mut self) -> Result<(), AuthError> {
+        let Self::Envelope {
+            sealer,
+            wire,
+            written,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        if *written < wire.len() || sealer.left() == 0 {
+            return Ok(());
+        }
+        wire.clear();
+        *written = 0;
+        self.seal_next_chunk()
+    }
+
+    /// Appends an envelope's next chunk to its wire bytes.
+    fn seal_next_chunk(&mut self) -> Result<(), AuthError> {
+        let Self::Envelope {
+            frame,
+            sealer,
+            wire,
+            sealed,
+            chunk,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        let len = SEAL_CHUNK.min(sealer.left());
+        sealer.seal(&frame.range(*sealed, *sealed + len), wire)?;
+        *sealed += len;
+        *chunk = len;
+        Ok(())
     }
 
     /// Records `n` more bytes written (at most what remains), collecting the frames it
@@ -333,6 +429,25 @@ impl Segment {
                         finished.answer_bytes += mark.len;
                     }
                     finished.receipts.extend(mark.receipt);
+                }
+            }
+            Self::Envelope {
+                frame,
+                sealer,
+                wire,
+                written,
+                chunk,
+                ..
+            } => {
+                *written += n;
+                if *written == wire.len() {
+                    finished.plain_bytes += std::mem::take(chunk);
+                    if sealer.left() == 0 {
+                        if frame.kind == Kind::Answer {
+                            finished.answer_bytes += frame.len();
+                        }
+                        finished.receipts.extend(frame.receipt.take());
+                    }
                 }
             }
             Self::File(file) => {
@@ -390,7 +505,8 @@ impl Segment {
             Self::Whole { sealed: true, .. }
             | Self::Flat {
                 sealed: Some(_), ..
-            } => Ok(()),
+            }
+            | Self::Envelope { .. } => Ok(()),
             Self::Whole {
                 frame,
                 written,
@@ -403,6 +519,30 @@ impl Segment {
                     return Ok(());
                 }
                 let len = frame.len();
+                if len > LAZY_SEAL_MIN {
+                    let mut wire = Vec::with_capacity(64 + SEAL_CHUNK + SEAL_CHUNK / 1024);
+                    if let Some(sealer) = cipher.begin_envelope(len, &mut wire) {
+                        let placeholder = Self::Flat {
+                            bytes: Vec::new(),
+                            written: 0,
+                            marks: VecDeque::new(),
+                            sealed: Some(0),
+                        };
+                        let Self::Whole { frame, .. } = std::mem::replace(self, placeholder) else {
+                            unreachable!("matched above");
+                        };
+                        *self = Self::Envelope {
+                            frame,
+                            sealer: Box::new(sealer?),
+                            wire,
+                            written: 0,
+                            sealed: 0,
+                            chunk: 0,
+                        };
+                        // The header goes out with the first chunk.
+                        return Ok(self.seal_next_chunk()?);
+                    }
+                }
                 let mut wire = Vec::with_capacity(cipher.max_output(len));
                 cipher.encrypt(&[frame.header.as_bytes(), &frame.body], &mut wire)?;
                 let mark = Mark {
@@ -448,7 +588,7 @@ impl Segment {
     /// What of this segment was never written.
     pub(crate) fn abandon(self, unwritten: &mut Unwritten) {
         match self {
-            Self::Whole { mut frame, .. } => {
+            Self::Whole { mut frame, .. } | Self::Envelope { mut frame, .. } => {
                 if frame.kind == Kind::OneWay {
                     unwritten.one_way += 1;
                 }
@@ -557,7 +697,7 @@ impl Segments {
     fn push_head(&mut self, frame: Frame) {
         let len = frame.len();
         if frame.body.len() > FLATTEN_MAX {
-            self.push_whole(frame);
+            self.push_head_whole(frame);
             return;
         }
         let fits = matches!(
@@ -585,7 +725,8 @@ impl Segments {
         });
     }
 
-    /// Appends a frame as a segment of its own (the thread that writes it at once).
+    /// Appends a frame as a segment of its own (the thread that writes it at once), then
+    /// its stream body, if any.
     pub(crate) fn push_whole(&mut self, mut frame: Frame) {
         let tail = frame.tail.take();
         self.push_head_whole(frame);
@@ -625,6 +766,7 @@ impl Segments {
                 Segment::Flat { bytes, sealed, .. } => {
                     sealed.get_or_insert(bytes.len());
                 }
+                Segment::Envelope { .. } => {}
                 Segment::File(file) => {
                     if file.piece.is_none() && file.remaining == file.len {
                         file.plain = true;
@@ -695,7 +837,10 @@ impl Segments {
                             trace!("sent {n} bytes of a file");
                             out.bytes += n;
                             file_bytes += n;
-                            self.advance_front(n, &mut out.finished);
+                            if let Err(err) = self.advance_front(n, &mut out.finished) {
+                                out.error = Some(err);
+                                return out;
+                            }
                         }
                         Err(err) if would_block(&err) => break,
                         Err(err) if interrupted(&err) => {}
@@ -729,10 +874,13 @@ impl Segments {
                             count += 1;
                         }
                     }
+                    if !segment.remaining_is_all() {
+                        break;
+                    }
                 }
                 if count == 0 {
-                    // Nothing writable before a file that must go first (it is written by
-                    // the next round), or empty segments: drop those.
+                    // Nothing writable before a file that must go first (the next round
+                    // writes it), or segments with nothing left: drop those.
                     self.pop_done(&mut out.finished);
                     if self
                         .queue
@@ -762,8 +910,11 @@ impl Segments {
                         if let Segment::File(_) = front {
                             file_bytes += step;
                         }
-                        self.advance_front(step, &mut out.finished);
                         written -= step;
+                        if let Err(err) = self.advance_front(step, &mut out.finished) {
+                            out.error = Some(err);
+                            return out;
+                        }
                     }
                 }
                 Err(err) if would_block(&err) => break,
@@ -777,13 +928,20 @@ impl Segments {
         out
     }
 
-    /// Records `n` bytes of the front segment written, and moves it to `finished` once it
-    /// is written in full.
-    fn advance_front(&mut self, n: usize, finished: &mut Finished) {
+    /// Records `n` bytes of the front segment written, moves it to `finished` once it is
+    /// written in full, and seals a lazily sealed envelope's next chunk once its current
+    /// one is written.
+    fn advance_front(&mut self, n: usize, finished: &mut Finished) -> io::Result<()> {
         if let Some(front) = self.queue.front_mut() {
             front.advance(n, finished);
+            if !front.is_done() && front.remaining_len() == 0 {
+                front
+                    .refill()
+                    .map_err(|err| io::Error::other(format!("cannot encrypt: {err}")))?;
+            }
         }
         self.pop_done(finished);
+        Ok(())
     }
 
     /// Moves the written segments at the front to `finished`.
@@ -805,4 +963,155 @@ pub(crate) struct Written {
     pub(crate) error: Option<io::Error>,
     /// It stopped after [`FILE_TURN`] bytes of stream bodies with more to write.
     pub(crate) yielded: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::sync::Mutex;
+
+    use super::*;
+    use crate::auth::Cipher;
+    use crate::auth::tests::channel_pair;
+    use crate::sync::Arc;
+    use crate::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A socket that takes at most `per_write` bytes per call, and `budget` bytes until
+    /// it would block, and keeps them.
+    struct Trickle {
+        per_write: usize,
+        budget: Mutex<usize>,
+        out: Mutex<Vec<u8>>,
+    }
+
+    impl Trickle {
+        fn new(per_write: usize) -> Self {
+            Self {
+                per_write,
+                budget: Mutex::new(0),
+                out: Mutex::new(Vec::new()),
+            }
+        }
+
+        fn allow(&self, bytes: usize) {
+            *self.budget.lock() = bytes;
+        }
+    }
+
+    impl Wire for Trickle {
+        fn read(&self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+
+        fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let mut out = self.out.lock();
+            let mut budget = self.budget.lock();
+            if *budget == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut room = self.per_write.min(*budget);
+            let start = room;
+            for buf in bufs {
+                let n = buf.len().min(room);
+                out.extend_from_slice(&buf[..n]);
+                room -= n;
+                if room == 0 {
+                    break;
+                }
+            }
+            *budget -= start - room;
+            Ok(start - room)
+        }
+
+        fn shutdown(&self) {}
+    }
+
+    fn frame(body_len: usize, fill: u8, receipts: &Arc<AtomicUsize>) -> (Frame, Vec<u8>) {
+        let body = vec![fill; body_len];
+        let header = FrameHeader::one_way(body_len);
+        let mut plain = header.as_bytes().to_vec();
+        plain.extend_from_slice(&body);
+        let receipts = receipts.clone();
+        let receipt: Receipt = Box::new(move |outcome| {
+            assert!(outcome.is_ok());
+            receipts.fetch_add(1, Ordering::SeqCst);
+        });
+        let frame = Frame::new(header, body, Kind::OneWay).with_receipt(Some(receipt));
+        (frame, plain)
+    }
+
+    /// A large frame between small ones, on a GCM connection whose socket takes a few
+    /// KiB per write: the writer holds one chunk of ciphertext at a time, every byte
+    /// decrypts to the frames in order, and each receipt is told once, after its last byte.
+    #[test]
+    fn large_gcm_frames_are_sealed_a_chunk_at_a_time_as_the_socket_drains() {
+        let (mut encryptor, mut decryptor) = channel_pair(Cipher::AesGcm);
+        let receipts = Arc::new(AtomicUsize::new(0));
+        let mut expected = Vec::new();
+        let mut segments = Segments::default();
+        for (len, fill) in [(10, 1), (3 << 20, 2), (20, 3), (LAZY_SEAL_MIN, 4), (5, 5)] {
+            let (frame, plain) = frame(len, fill, &receipts);
+            segments.push(frame);
+            expected.extend_from_slice(&plain);
+        }
+        assert!(segments.seal(&mut encryptor).is_ok());
+        let wire = Trickle::new(16_384);
+        let mut plain_bytes = 0;
+        let mut calls = 0;
+        let mut chunked = 0;
+        while !segments.is_empty() {
+            calls += 1;
+            assert!(calls < 10_000, "the writer makes progress");
+            for segment in &segments.queue {
+                if let Segment::Envelope { wire, .. } = segment {
+                    chunked += 1;
+                    assert!(wire.capacity() <= 64 + SEAL_CHUNK + SEAL_CHUNK / 1024);
+                }
+            }
+            let told = receipts.load(Ordering::SeqCst);
+            wire.allow(50_000);
+            let Written {
+                finished,
+                error: err,
+                ..
+            } = segments.write_to(&wire, None);
+            assert!(err.is_none());
+            plain_bytes += finished.plain_bytes;
+            let newly = finished.receipts.len();
+            finished.settle();
+            assert_eq!(receipts.load(Ordering::SeqCst), told + newly);
+        }
+        assert_eq!(receipts.load(Ordering::SeqCst), 5);
+        assert!(chunked > 10, "the 3 MiB frame went out a chunk at a time");
+        assert_eq!(plain_bytes, expected.len());
+        let mut plain = Vec::new();
+        decryptor.decrypt(&wire.out.lock(), &mut plain).unwrap();
+        assert!(!decryptor.is_mid_envelope());
+        assert_eq!(plain.len(), expected.len());
+        assert!(plain == expected, "the frames decrypt in order");
+    }
+
+    /// A connection that closes mid-envelope tells the large frame's receipt it was never
+    /// written, as for a frame in clear.
+    #[test]
+    fn an_envelope_cut_short_is_abandoned_like_any_frame() {
+        let (mut encryptor, _) = channel_pair(Cipher::AesGcm);
+        let receipts = Arc::new(AtomicUsize::new(0));
+        let mut segments = Segments::default();
+        let (frame, _) = frame(1 << 20, 7, &receipts);
+        segments.push(frame);
+        assert!(segments.seal(&mut encryptor).is_ok());
+        let wire = Trickle::new(16_384);
+        wire.allow(300_000);
+        let Written {
+            finished,
+            bytes: written,
+            ..
+        } = segments.write_to(&wire, None);
+        assert!(written > 0 && finished.receipts.is_empty());
+        let mut unwritten = Unwritten::default();
+        for segment in segments.drain() {
+            segment.abandon(&mut unwritten);
+        }
+        assert_eq!((unwritten.one_way, unwritten.receipts.len()), (1, 1));
+    }
 }
