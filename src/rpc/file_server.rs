@@ -225,7 +225,7 @@ impl FileServer {
     /// `Ok(None)` when there is no such file (see the type's docs), `Err` with Spark's
     /// text for a directory base that was never added.
     pub fn open_stream(&self, stream_id: &str) -> Result<Option<StreamBody>, String> {
-        let Some(path) = self.resolve(stream_id)? else {
+        let Some((path, root)) = self.resolve(stream_id)? else {
             return Ok(None);
         };
         let file = match File::open(&path) {
@@ -235,6 +235,19 @@ impl FileServer {
                 return Ok(None);
             }
         };
+        if let Some(root) = root {
+            // A directory's file: where the descriptor really points, after the open (a
+            // link swapped in between the check and the open is caught here).
+            if let Ok(opened) = std::fs::read_link(format!("/proc/self/fd/{}", fd_of(&file))) {
+                if !opened.starts_with(&root) {
+                    warn!(
+                        "refused stream {stream_id:?}: it was opened outside {}",
+                        root.display()
+                    );
+                    return Ok(None);
+                }
+            }
+        }
         match StreamBody::file(file) {
             Ok(body) => Ok(Some(body)),
             Err(err) => {
@@ -244,8 +257,10 @@ impl FileServer {
         }
     }
 
-    /// The real path of the file `stream_id` names, if it names one that is served.
-    fn resolve(&self, stream_id: &str) -> Result<Option<PathBuf>, String> {
+    /// The real path of the file `stream_id` names, if it names one that is served, and
+    /// the directory it must stay in (for a directory's file).
+    #[allow(clippy::type_complexity)]
+    fn resolve(&self, stream_id: &str) -> Result<Option<(PathBuf, Option<PathBuf>)>, String> {
         if stream_id.contains('\0') {
             return Ok(None);
         }
@@ -258,8 +273,8 @@ impl FileServer {
         };
         let tables = self.inner.tables.lock();
         let dir = match kind {
-            "files" => return Ok(tables.files.get(name).cloned()),
-            "jars" => return Ok(tables.jars.get(name).cloned()),
+            "files" => return Ok(tables.files.get(name).cloned().map(|path| (path, None))),
+            "jars" => return Ok(tables.jars.get(name).cloned().map(|path| (path, None))),
             base => match tables.dirs.get(base) {
                 Some(dir) => dir.clone(),
                 // Spark's `require` text.
@@ -288,8 +303,14 @@ impl FileServer {
             );
             return Ok(None);
         }
-        Ok(Some(real))
+        Ok(Some((real, Some(dir))))
     }
+}
+
+/// The descriptor number of `file`, for `/proc/self/fd`.
+fn fd_of(file: &File) -> i32 {
+    use std::os::fd::AsRawFd;
+    file.as_raw_fd()
 }
 
 impl fmt::Debug for FileServer {
