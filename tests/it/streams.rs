@@ -635,6 +635,11 @@ impl RpcHandler for Streams {
                 Ok(Some(StreamBody::file_segment(file, 1000, 50_000)))
             }
             "/panic" => panic!("a stream manager that panics"),
+            "/shrunk" => {
+                // Promises more than the file holds (it "shrank" after its length was taken).
+                let file = fs::File::open(&self.file).map_err(|err| err.to_string())?;
+                Ok(Some(StreamBody::file_segment(file, 0, 10 << 20)))
+            }
             _ => Ok(None),
         }
     }
@@ -748,6 +753,53 @@ fn dropping_a_reader_midway_leaves_the_connection_usable() {
     assert_eq!(got, bytes(1000, 1000));
     assert_eq!(client.send_rpc_sync(b"ping", PROMPTLY).unwrap(), b"ping");
     server.close();
+}
+
+#[test]
+fn a_file_shorter_than_announced_fails_the_stream_never_a_short_success() {
+    init_logger();
+    let tmp = TempDir::new("shrunk");
+    let file = tmp.file("f", &bytes(100_000, 9));
+    for encrypted in [false, true] {
+        let ctx = TransportContext::new(
+            transport_conf(&[]),
+            Arc::new(Streams { file: file.clone() }),
+        );
+        let side = ClientSide::new(&[]);
+        let (server, client) = if encrypted {
+            let auth = rpcenv::transport::AuthBootstrap::new("app", "secret")
+                .with_encryption(Some(rpcenv::transport::Cipher::AesGcm));
+            let server = ctx.create_server_with_bootstrap(HOST, 0, &auth).unwrap();
+            let factory = TransportContext::new(
+                transport_conf(&[]),
+                Arc::new(Streams { file: file.clone() }),
+            )
+            .create_client_factory_with_bootstrap(&auth);
+            let client = factory.create_client(HOST, server.port()).unwrap();
+            (server, (client, Some(factory)))
+        } else {
+            let server = ctx.create_server(HOST, 0).unwrap();
+            let client = side.connect(server.port());
+            (server, (client, None))
+        };
+        let (client, _factory) = client;
+        let mut reader = client.stream_reader("/shrunk").unwrap();
+        let started = Instant::now();
+        let mut got = Vec::new();
+        let err = reader
+            .read_to_end(&mut got)
+            .expect_err("a short stream fails");
+        assert!(started.elapsed() < PROMPTLY);
+        // In clear, what the file had went out first; encrypted, the first piece could not
+        // be read whole, so nothing was sealed. Either way the stream fails.
+        let expected = if encrypted { 0 } else { 100_000 };
+        assert_eq!(got.len(), expected, "encrypted={encrypted}");
+        assert!(
+            matches!(rpc_error(&err), RpcError::Connection { .. }),
+            "encrypted={encrypted}: {err}"
+        );
+        server.close();
+    }
 }
 
 #[test]
