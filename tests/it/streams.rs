@@ -803,6 +803,33 @@ fn a_file_shorter_than_announced_fails_the_stream_never_a_short_success() {
 }
 
 #[test]
+fn a_stream_request_before_authenticating_closes_the_connection_and_sends_nothing() {
+    let tmp = TempDir::new("unauth");
+    let path = tmp.file("secret.bin", &bytes(1000, 12));
+    let conf = rpc_conf()
+        .set("rpc.authenticate", "true")
+        .set("rpc.authenticate.secret", "s3cret");
+    let server = server_env_with("unauth", conf);
+    server.file_server().add_file(&path).unwrap();
+    let port = server.address().unwrap().port();
+    let mut socket = std::net::TcpStream::connect((HOST, port)).unwrap();
+    socket.set_read_timeout(Some(PROMPTLY)).unwrap();
+    let id = b"/files/secret.bin";
+    let mut frame = ((9 + 4 + id.len()) as i64).to_be_bytes().to_vec();
+    frame.push(6);
+    frame.extend_from_slice(&(id.len() as i32).to_be_bytes());
+    frame.extend_from_slice(id);
+    socket.write_all(&frame).unwrap();
+    let mut got = Vec::new();
+    match socket.read_to_end(&mut got) {
+        Ok(_) => {}
+        Err(err) => assert_ne!(err.kind(), ErrorKind::WouldBlock, "not closed in time"),
+    }
+    assert!(got.is_empty(), "{} bytes came back", got.len());
+    server.shutdown();
+}
+
+#[test]
 fn a_worker_fetches_a_file_from_the_masters_file_server() {
     // The README's example, end to end.
     let tmp = TempDir::new("readme");
