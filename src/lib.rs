@@ -236,3 +236,5 @@ pub use crate::rpc::{
     EndpointContext, FileServer, Pending, Receipt, RpcAddress, RpcCallContext, RpcEndpoint,
     RpcEndpointRef, RpcEnv, RpcEnvBuilder, Threading,
 };
+/// What [`RpcEnv::open_channel`] returns: a blocking [`std::io::Read`] of a download.
+pub use crate::transport::StreamReader;
