@@ -1,4 +1,4 @@
-//! The workload benchmark of `BENCH.md`: W1–W7 against the RPC layer (`RpcEnv`, an echo
+//! The workload benchmark of `BENCH.md`: W1–W8 against the RPC layer (`RpcEnv`, an echo
 //! endpoint, `ask`/`send`), the transport (`TransportClient` and an echo `RpcHandler`),
 //! both also encrypted (Spark's `AuthEngine` handshake, then AES-GCM or AES-CTR), and a
 //! plain blocking-TCP baseline, server and client in this one process, on loopback.
@@ -23,6 +23,10 @@
 //! whose targets are absolute. Diagnostics go to stderr. Any failure is printed and makes
 //! the exit status non-zero; a W7 that cannot run (too few file descriptors, or an
 //! encrypted system) prints a `skipped` line instead.
+//!
+//! W8 (file download with `RpcEnv::open_channel` beside plain `std::io::copy` from the
+//! file to a socket, see `w8/mod.rs`) runs after the others, alone when it is the only
+//! workload named.
 //!
 //! Units: `MB` is 10^6 bytes of payload counted one way (the request bodies, not the
 //! echoes and not the frame headers); `us` is microseconds.
@@ -89,11 +93,48 @@ const ACCEPT_TIMEOUT: Duration = Duration::from_secs(60);
 /// be sent again a second later.
 const CONNECT_BATCH: usize = 100;
 
+mod w8;
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .init();
-    let options = match Options::parse(std::env::args().skip(1)) {
+    // W8 is a workload of its own (see `w8/mod.rs`): with only it named, only it runs.
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let named = |args: &[String]| {
+        args.iter().any(|arg| {
+            Workload::ALL
+                .iter()
+                .any(|w| w.name().eq_ignore_ascii_case(arg))
+        })
+    };
+    let w8_named = args.iter().any(|arg| arg.eq_ignore_ascii_case("W8"));
+    args.retain(|arg| !arg.eq_ignore_ascii_case("W8"));
+    let others = !w8_named || named(&args);
+    let run_w8 = w8_named || !named(&args);
+    let w8_status = |options: &Options| {
+        if !run_w8 || std::env::var_os(W7_CHILD).is_some() {
+            return ExitCode::SUCCESS;
+        }
+        match w8::run(options.quick, options.io_threads) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("{err}");
+                ExitCode::FAILURE
+            }
+        }
+    };
+    if !others {
+        return match Options::parse(args.into_iter()) {
+            Ok(Some(options)) => w8_status(&options),
+            Ok(None) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err}\n{USAGE}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let options = match Options::parse(args.into_iter()) {
         Ok(Some(options)) => options,
         Ok(None) => return ExitCode::SUCCESS,
         Err(err) => {
@@ -229,6 +270,9 @@ fn main() -> ExitCode {
             started.elapsed().as_secs_f64()
         );
     }
+    if w8_status(&options) != ExitCode::SUCCESS {
+        failures += 1;
+    }
     if failures > 0 {
         eprintln!("error: {failures} workload run(s) failed");
         return ExitCode::FAILURE;
@@ -277,7 +321,7 @@ fn systems(options: &Options) -> Vec<Box<dyn System>> {
     ]
 }
 
-const USAGE: &str = "usage: cargo bench --bench workloads -- [W1 .. W7] [--quick] [--threads N] \
+const USAGE: &str = "usage: cargo bench --bench workloads -- [W1 .. W8] [--quick] [--threads N] \
                      [--system NAME]... [--conns N] [--payload vec|bytes]
 systems: transport transport-gcm rpcenv rpcenv-gcm rpcenv-ctr rpcenv-gcm-v1 rpcenv-ctr-v2 \
                      plain-tcp";

@@ -25,7 +25,12 @@
 //!   in ASCII decimal;
 //! * RPC `__shutdown__` is answered with `bye`, then the server exits 0;
 //! * any other RPC is answered with its own body;
-//! * a one-way message increments the one-way counter.
+//! * a one-way message increments the one-way counter;
+//! * `StreamRequest("/files/<name>")` streams the file `<name>` of the server's stream
+//!   directory: `s0`, `s1`, `s1m`, `s64m` (0 B, 1 B, 1 MiB, 64 MiB, byte `i` of a file of
+//!   `size` bytes is `stream_byte(size, i)`); anything else is Spark's "not found". The
+//!   rpcenv server serves them from an rpcenv [`FileServer`](rpcenv::FileServer); the
+//!   Spark server from a `StreamManager` of `FileSegmentManagedBuffer`s.
 //!
 //! The client runs the checks against 127.0.0.1:`<port>` and prints `PASS <name>` or
 //! `FAIL <name>: <why>` per check, then `interop client: N passed, M failed`; it exits 0
@@ -44,11 +49,31 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rpcenv::RpcError;
+use std::io::Read as _;
+
 use rpcenv::transport::{
-    AuthBootstrap, Cipher, EngineVersion, Responder, RpcHandler, SPARK_RPC_APP_ID, TransportClient,
-    TransportClientFactory, TransportConf, TransportContext,
+    AuthBootstrap, Cipher, EngineVersion, Responder, RpcHandler, SPARK_RPC_APP_ID, StreamBody,
+    TransportClient, TransportClientFactory, TransportConf, TransportContext,
 };
+use rpcenv::{FileServer, RpcConf, RpcEnv, RpcError};
+
+/// The files both servers stream: name and size.
+const STREAM_FILES: [(&str, u64, &str); 4] = [
+    ("s0", 0, "0B"),
+    ("s1", 1, "1B"),
+    ("s1m", 1 << 20, "1MiB"),
+    ("s64m", 64 << 20, "64MiB"),
+];
+
+/// Byte `i` of a stream file of `size` bytes (the same function as `SparkPeer.streamByte`).
+fn stream_byte(size: u64, i: u64) -> u8 {
+    (i.wrapping_mul(31).wrapping_add(i >> 9).wrapping_add(size) & 0xff) as u8
+}
+
+/// The content of a stream file of `size` bytes.
+fn stream_content(size: u64) -> Vec<u8> {
+    (0..size).map(|i| stream_byte(size, i)).collect()
+}
 
 const HOST: &str = "127.0.0.1";
 /// Upper bound for every single wait of the client (per check).
@@ -199,6 +224,8 @@ fn main() -> ExitCode {
 struct EchoHandler {
     one_ways: AtomicU64,
     shutdown: mpsc::Sender<()>,
+    /// The server's files (an rpcenv file server), streamed on request.
+    files: Option<FileServer>,
 }
 
 impl RpcHandler for EchoHandler {
@@ -222,6 +249,39 @@ impl RpcHandler for EchoHandler {
     fn exception_caught(&self, error: &RpcError, client: &TransportClient) {
         eprintln!("spark_interop server: exception on {client:?}: {error:#}");
     }
+
+    fn open_stream(
+        &self,
+        _client: &TransportClient,
+        stream_id: &str,
+    ) -> Result<Option<StreamBody>, String> {
+        match &self.files {
+            Some(files) => files.open_stream(stream_id),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A temp directory with the stream files, removed when dropped.
+struct StreamDir(PathBuf);
+
+impl StreamDir {
+    fn create() -> std::io::Result<Self> {
+        let dir =
+            std::env::temp_dir().join(format!("rpcenv-interop-streams-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        for (name, size, _) in STREAM_FILES {
+            fs::write(dir.join(name), stream_content(size))?;
+        }
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for StreamDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
 }
 
 fn write_port_file(path: &Path, port: u16) -> std::io::Result<()> {
@@ -234,9 +294,32 @@ fn write_port_file(path: &Path, port: u16) -> std::io::Result<()> {
 
 fn run_server(port_file: &Path, auth: Option<&Auth>) -> ExitCode {
     let (shutdown_tx, shutdown_rx) = mpsc::channel();
+    // The files come from an rpcenv file server (of an env of their own; its listener is
+    // not used): what a Spark client downloads is what an env serves.
+    let stream_dir = match StreamDir::create() {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("spark_interop server: cannot write the stream files: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let files_env = match RpcEnv::builder("interop-files").bind_address(HOST).build() {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("spark_interop server: cannot start the files env: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for (name, _, _) in STREAM_FILES {
+        if let Err(e) = files_env.file_server().add_file(stream_dir.0.join(name)) {
+            eprintln!("spark_interop server: cannot serve {name}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let handler = Arc::new(EchoHandler {
         one_ways: AtomicU64::new(0),
         shutdown: shutdown_tx,
+        files: Some(files_env.file_server().clone()),
     });
     let context = TransportContext::new(TransportConf::default(), handler.clone());
     let server = match auth {
@@ -277,6 +360,8 @@ fn run_server(port_file: &Path, auth: Option<&Auth>) -> ExitCode {
         );
     }
     server.close();
+    files_env.shutdown();
+    drop(stream_dir);
     eprintln!(
         "spark_interop server: {} one-way messages received",
         handler.one_ways.load(Ordering::SeqCst)
@@ -298,6 +383,7 @@ fn client_factory(auth: Option<&Auth>) -> TransportClientFactory {
     let handler = Arc::new(EchoHandler {
         one_ways: AtomicU64::new(0),
         shutdown: shutdown_tx,
+        files: None,
     });
     let context = TransportContext::new(TransportConf::default(), handler);
     match auth {
@@ -348,6 +434,18 @@ fn run_client(port: u16, auth: Option<&Auth>) -> ExitCode {
             checks.push(("fail_boom".to_owned(), Box::new(check_failure)));
             checks.push(("oneway_1000_count".to_owned(), Box::new(check_one_way)));
             checks.push(("concurrent_200".to_owned(), Box::new(check_concurrent)));
+            for (name, size, label) in STREAM_FILES {
+                checks.push((
+                    format!("stream_{label}"),
+                    Box::new(move |c| check_stream(c, name, size)),
+                ));
+            }
+            checks.push(("stream_missing".to_owned(), Box::new(check_stream_missing)));
+            let open_auth = auth.cloned();
+            checks.push((
+                "open_channel_64MiB".to_owned(),
+                Box::new(move |_| check_open_channel(port, open_auth.as_ref())),
+            ));
 
             for (name, check) in &checks {
                 match check(&client) {
@@ -428,6 +526,115 @@ fn check_wrong_secret(port: u16, auth: &Auth) -> Result<(), String> {
             "expected RpcError::Auth, got {other:?} after {took:?}"
         )),
     }
+}
+
+/// Compares what a stream gave with the file of `size` bytes.
+fn compare_stream(got: &[u8], size: u64) -> Result<(), String> {
+    if got.len() as u64 != size {
+        return Err(format!("got {} bytes, expected {size}", got.len()));
+    }
+    match (0..size).find(|&i| got[i as usize] != stream_byte(size, i)) {
+        Some(i) => Err(format!("byte {i} differs")),
+        None => Ok(()),
+    }
+}
+
+/// `TransportClient::stream` (callback) and `stream_reader` of one file.
+fn check_stream(client: &TransportClient, name: &str, size: u64) -> Result<(), String> {
+    let id = format!("/files/{name}");
+    // The callback API, as Spark's StreamCallback.
+    struct Collect(Vec<u8>, mpsc::Sender<Result<Vec<u8>, RpcError>>);
+    impl rpcenv::transport::StreamCallback for Collect {
+        fn on_data(&mut self, _: &str, data: &[u8]) {
+            self.0.extend_from_slice(data);
+        }
+        fn on_complete(&mut self, _: &str) {
+            let _ = self.1.send(Ok(std::mem::take(&mut self.0)));
+        }
+        fn on_failure(&mut self, _: &str, error: RpcError) {
+            let _ = self.1.send(Err(error));
+        }
+    }
+    let (tx, rx) = mpsc::channel();
+    client.stream(&id, Collect(Vec::new(), tx));
+    let got = rx
+        .recv_timeout(CHECK_TIMEOUT)
+        .map_err(|_| format!("no end of {id} within {CHECK_TIMEOUT:?}"))?
+        .map_err(|e| format!("stream {id} failed: {e}"))?;
+    compare_stream(&got, size).map_err(|why| format!("stream {id}: {why}"))?;
+    // The blocking reader.
+    let mut reader = client
+        .stream_reader(&id)
+        .map_err(|e| format!("stream_reader {id}: {e}"))?;
+    let mut got = Vec::new();
+    reader
+        .read_to_end(&mut got)
+        .map_err(|e| format!("reading {id}: {e}"))?;
+    compare_stream(&got, size).map_err(|why| format!("stream_reader {id}: {why}"))
+}
+
+/// A missing file fails the stream with the server's "not found".
+fn check_stream_missing(client: &TransportClient) -> Result<(), String> {
+    let mut reader = client
+        .stream_reader("/files/missing")
+        .map_err(|e| e.to_string())?;
+    match reader.read_to_end(&mut Vec::new()) {
+        Ok(n) => Err(format!("a missing file gave {n} bytes")),
+        Err(e)
+            if e.to_string()
+                .contains("Stream '/files/missing' was not found.") =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(format!("not Spark's \"not found\": {e}")),
+    }
+}
+
+/// `RpcEnv::open_channel` of a client-mode env, with the same auth settings, downloads the
+/// 64 MiB file by its `spark://` URI.
+fn check_open_channel(port: u16, auth: Option<&Auth>) -> Result<(), String> {
+    let mut conf = RpcConf::new();
+    if let Some(auth) = auth {
+        let cipher = match auth.cipher {
+            Cipher::AesCtr => "AES/CTR/NoPadding",
+            _ => "AES/GCM/NoPadding",
+        };
+        let version = match auth.version {
+            EngineVersion::V1 => "1",
+            _ => "2",
+        };
+        conf = conf
+            .set("rpc.authenticate", "true")
+            .set("rpc.authenticate.secret", auth.secret.clone())
+            .set("rpc.io.encryption.enabled", "true")
+            .set("rpc.io.encryption.cipher", cipher)
+            .set("rpc.io.encryption.authEngineVersion", version);
+    }
+    let env = RpcEnv::builder("interop-download")
+        .client_mode(true)
+        .conf(conf)
+        .build()
+        .map_err(|e| format!("client env: {e}"))?;
+    let size = 64 << 20;
+    let result = (|| {
+        let mut reader = env
+            .open_channel(&format!("spark://{HOST}:{port}/files/s64m"))
+            .map_err(|e| format!("open_channel: {e}"))?;
+        let mut got = Vec::with_capacity(size as usize);
+        reader
+            .read_to_end(&mut got)
+            .map_err(|e| format!("reading: {e}"))?;
+        compare_stream(&got, size)?;
+        let mut missing = env
+            .open_channel(&format!("spark://{HOST}:{port}/files/missing"))
+            .map_err(|e| format!("open_channel: {e}"))?;
+        match missing.read_to_end(&mut Vec::new()) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => Err(format!("a missing file read as {other:?}")),
+        }
+    })();
+    env.shutdown();
+    result
 }
 
 fn check_echo(client: &TransportClient, size: usize) -> Result<(), String> {

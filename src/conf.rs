@@ -331,7 +331,7 @@ const MAX_CONNECTIONS: u64 = 1 << 20;
 /// | `rpc.io.backLog` | OS default | integer, 1 to 2147483647 | listen backlog |
 /// | `rpc.io.receiveBuffer` | OS default | size, 1 to 2147483647 bytes | socket receive buffer (`SO_RCVBUF`) |
 /// | `rpc.io.sendBuffer` | OS default | size, 1 to 2147483647 bytes | socket send buffer (`SO_SNDBUF`) |
-/// | `rpc.io.maxQueuedBytes` | `4m` | size, 1k to 2147483647 bytes | per connection: bytes of frames queued to write, and the same again for each endpoint of the peer whose window is used up (a message held there counts 256 bytes plus its body); a send or ask waits for room beyond it |
+/// | `rpc.io.maxQueuedBytes` | `4m` | size, 1k to 2147483647 bytes | per connection: bytes of frames queued to write, and the same again for each endpoint of the peer whose window is used up (a message held there counts 256 bytes plus its body); a send or ask waits for room beyond it. Also the bytes of a download (`open_channel`) held for its reader: beyond it the connection is not read until the reader catches up |
 /// | `rpc.io.sendTimeout` | `30s` | duration; `0`: never wait | how long a send or ask waits for room in a full queue before it fails with `QueueFull` (an ask no longer than its own deadline) |
 /// | `rpc.io.keepAliveIdle` | `5s` | whole seconds, 1s to 32767s; `0` turns keep-alive off | TCP keep-alive: quiet time before the first probe (`TCP_KEEPIDLE`) |
 /// | `rpc.io.keepAliveInterval` | `2s` | whole seconds, 1s to 32767s | TCP keep-alive: time between probes (`TCP_KEEPINTVL`) |

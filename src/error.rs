@@ -170,6 +170,12 @@ pub enum RpcError {
         /// The panic's message, when it was a string.
         message: String,
     },
+    /// The file server refused to add or serve something (see
+    /// [`FileServer`](crate::FileServer)).
+    FileServer {
+        /// What is wrong, e.g. "File a.txt was already registered with a different path".
+        reason: String,
+    },
     /// An operating-system call failed outside any connection (creating a poller,
     /// spawning a thread).
     Io {
@@ -349,6 +355,7 @@ impl fmt::Display for RpcError {
             Self::EndpointPanicked { endpoint, message } => {
                 write!(f, "endpoint {endpoint} panicked: {message}")
             }
+            Self::FileServer { reason } => write!(f, "file server: {reason}"),
             Self::Io { context, source } if f.alternate() => write!(f, "{context}: {source}"),
             Self::Io { context, .. } => f.write_str(context),
         }
@@ -499,6 +506,7 @@ mod tests {
             RpcError::Bind { .. } => "Bind",
             RpcError::InvalidAddress { .. } => "InvalidAddress",
             RpcError::EndpointPanicked { .. } => "EndpointPanicked",
+            RpcError::FileServer { .. } => "FileServer",
             RpcError::Io { .. } => "Io",
         }
     }
@@ -659,6 +667,12 @@ mod tests {
                 "endpoint kv panicked: index out of bounds",
             ),
             (
+                RpcError::FileServer {
+                    reason: "File a.txt was already registered with a different path".into(),
+                },
+                "file server: File a.txt was already registered with a different path",
+            ),
+            (
                 RpcError::io(
                     "cannot start thread rpc-timeout",
                     io::Error::new(io::ErrorKind::OutOfMemory, "out of memory"),
@@ -684,7 +698,7 @@ mod tests {
                 None => assert_eq!(alternate, *expected),
             }
         }
-        assert_eq!(seen.len(), 19, "every variant is in the table: {seen:?}");
+        assert_eq!(seen.len(), 20, "every variant is in the table: {seen:?}");
     }
 
     #[test]

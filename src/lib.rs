@@ -43,6 +43,7 @@
 //! | [`Receipt`] | what became of one one-way message: written, or why not |
 //! | [`RpcCallContext`] | the way to answer one ask: `reply`, `send_failure` |
 //! | [`RpcAddress`] | `host:port` of a server env |
+//! | [`FileServer`] | files, jars and directories an env serves: [`RpcEnv::file_server`]; downloaded with [`RpcEnv::open_channel`] |
 //! | [`RpcConf`] | string-keyed configuration, checked at `build()` |
 //! | [`RpcError`] | every failure |
 //! | [`transport`] | the layer below: Spark frames over mio event loops; [`transport::AuthBootstrap`] authenticates and encrypts its connections |
@@ -86,6 +87,17 @@
 //!   the loop runs, whatever any handler is doing, so a handler that asks another env from
 //!   `receive_and_reply` or `on_start` gets its answer at once. Window grants and answers
 //!   are never refused room.
+//! - **Streams** (files served by [`RpcEnv::file_server`]). The server's `rpc-io-N`
+//!   event loop reads a `StreamRequest`, opens the file, and writes the `StreamResponse`
+//!   and then the file itself: with `sendfile` from the page cache on a plaintext
+//!   connection, in sealed 256 KiB pieces on an encrypted one; at most 4 MiB per turn
+//!   before its other connections, and it never waits: a full socket resumes on its
+//!   writable event. The `StreamRequest` is written like any frame (by the caller of
+//!   [`RpcEnv::open_channel`] when the connection is idle). The client's event loop puts
+//!   the bytes into the [`transport::StreamReader`]'s buffer (at most
+//!   `rpc.io.maxQueuedBytes`; when full, the connection is not read until the reader took
+//!   half); the caller of `read` waits for bytes, at most `rpc.io.connectionTimeout` at a
+//!   time. `open_channel` itself blocks while it connects.
 //! - Serde writes a `Vec<u8>` element by element; for large byte payloads use a type
 //!   that serializes as bytes (`serialize_bytes`, e.g. with the `serde_bytes` crate),
 //!   which the codec copies in one go.
@@ -104,6 +116,8 @@
 //! | a peer's outbox while connecting | `rpc.io.maxQueuedBytes` | senders wait for the connect |
 //! | an endpoint's inbox, per connection | `rpc.dispatcher.inboxCapacity` (4 MiB) | the peer's window: it sends no more until the endpoint takes messages out |
 //! | an endpoint's inbox, from this env's threads | `rpc.dispatcher.inboxCapacity` | senders wait (above) |
+//! | a download's bytes not yet read ([`transport::StreamReader`]) | `rpc.io.maxQueuedBytes` | the connection is not read until the reader took half |
+//! | files a peer asked for and not yet sent | 64 per connection (and `rpc.io.maxQueuedBytes` of answers) | the peer's requests are not read until they are sent |
 //!
 //! Between envs every connection speaks a window protocol (the HTTP/2 way, with endpoints
 //! as streams): each side says hello with the window its endpoints grant, a message costs
@@ -278,6 +292,8 @@ pub mod transport;
 pub use crate::conf::RpcConf;
 pub use crate::error::RpcError;
 pub use crate::rpc::{
-    EndpointContext, Pending, Receipt, RpcAddress, RpcCallContext, RpcEndpoint, RpcEndpointRef,
-    RpcEnv, RpcEnvBuilder, Threading,
+    EndpointContext, FileServer, Pending, Receipt, RpcAddress, RpcCallContext, RpcEndpoint,
+    RpcEndpointRef, RpcEnv, RpcEnvBuilder, Threading,
 };
+/// What [`RpcEnv::open_channel`] returns: a blocking [`std::io::Read`] of a download.
+pub use crate::transport::StreamReader;

@@ -24,7 +24,13 @@
 //   RPC "__shutdown__" -> "bye", then the server exits 0
 //   any other RPC      -> its own body
 //   one-way message    -> increments the one-way counter
+//   StreamRequest("/files/<name>") -> the file <name> of the server's stream directory: s0,
+//                         s1, s1m, s64m (0 B, 1 B, 1 MiB, 64 MiB; byte i of a file of size n is
+//                         streamByte(n, i)); anything else: Spark's "not found". This server
+//                         serves them with a StreamManager of FileSegmentManagedBuffers (zero-copy
+//                         FileRegions), the rpcenv server from its file server.
 
+import java.io.File;
 import java.nio.ByteBuffer;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -45,6 +51,9 @@ import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.atomic.AtomicReferenceArray;
 
 import org.apache.spark.network.TransportContext;
+import org.apache.spark.network.buffer.FileSegmentManagedBuffer;
+import org.apache.spark.network.buffer.ManagedBuffer;
+import org.apache.spark.network.client.StreamCallback;
 import org.apache.spark.network.client.RpcResponseCallback;
 import org.apache.spark.network.client.TransportClient;
 import org.apache.spark.network.client.TransportClientBootstrap;
@@ -222,9 +231,57 @@ public final class SparkPeer {
 
   // ---------------------------------------------------------------- server
 
+  /** The stream files of both servers: name, size, check label. */
+  private static final String[] STREAM_NAMES = {"s0", "s1", "s1m", "s64m"};
+  private static final long[] STREAM_SIZES = {0, 1, 1 << 20, 64 << 20};
+  private static final String[] STREAM_LABELS = {"0B", "1B", "1MiB", "64MiB"};
+
+  /** Byte i of a stream file of size n (the same function as spark_interop.rs stream_byte). */
+  static byte streamByte(long size, long i) {
+    return (byte) ((i * 31 + (i >>> 9) + size) & 0xff);
+  }
+
+  /** Serves the files of a directory as "/files/<name>" (what Spark's NettyStreamManager does). */
+  private static final class FileStreams extends StreamManager {
+    private final Path dir;
+    private final TransportConf conf;
+
+    FileStreams(Path dir, TransportConf conf) {
+      this.dir = dir;
+      this.conf = conf;
+    }
+
+    @Override
+    public ManagedBuffer getChunk(long streamId, int chunkIndex) {
+      throw new UnsupportedOperationException();
+    }
+
+    @Override
+    public ManagedBuffer openStream(String streamId) {
+      if (!streamId.startsWith("/files/")) {
+        return null;
+      }
+      String name = streamId.substring("/files/".length());
+      if (name.isEmpty() || name.contains("/") || name.contains("..")) {
+        return null;
+      }
+      File file = dir.resolve(name).toFile();
+      return file.isFile() ? new FileSegmentManagedBuffer(conf, file, 0, file.length()) : null;
+    }
+  }
+
   private static final class EchoHandler extends RpcHandler {
-    private final StreamManager streams = new OneForOneStreamManager();
+    private final StreamManager streams;
     final AtomicLong oneWays = new AtomicLong();
+
+    EchoHandler() {
+      this(new OneForOneStreamManager());
+    }
+
+    EchoHandler(StreamManager streams) {
+      this.streams = streams;
+    }
+
     final CountDownLatch shutdown = new CountDownLatch(1);
 
     @Override
@@ -262,9 +319,31 @@ public final class SparkPeer {
     }
   }
 
+  private static Path writeStreamFiles() throws Exception {
+    Path dir = Files.createTempDirectory("spark-interop-streams");
+    for (int f = 0; f < STREAM_NAMES.length; f++) {
+      long size = STREAM_SIZES[f];
+      byte[] bytes = new byte[(int) size];
+      for (int i = 0; i < bytes.length; i++) {
+        bytes[i] = streamByte(size, i);
+      }
+      Files.write(dir.resolve(STREAM_NAMES[f]), bytes);
+    }
+    return dir;
+  }
+
+  private static void deleteStreamFiles(Path dir) {
+    for (String name : STREAM_NAMES) {
+      dir.resolve(name).toFile().delete();
+    }
+    dir.toFile().delete();
+  }
+
   private static int runServer(Path portFile, Auth auth) throws Exception {
-    EchoHandler handler = new EchoHandler();
-    TransportContext context = new TransportContext(conf(auth), handler);
+    Path streamDir = writeStreamFiles();
+    TransportConf transportConf = conf(auth);
+    EchoHandler handler = new EchoHandler(new FileStreams(streamDir, transportConf));
+    TransportContext context = new TransportContext(transportConf, handler);
     List<TransportServerBootstrap> bootstraps = new ArrayList<>();
     if (auth != null) {
       bootstraps.add(new AuthServerBootstrap(context.getConf(), keyHolder(auth.secret)));
@@ -289,6 +368,7 @@ public final class SparkPeer {
     }
     server.close();
     context.close();
+    deleteStreamFiles(streamDir);
     System.err.println("SparkPeer server: " + handler.oneWays.get() + " one-way messages received");
     return asked ? 0 : 1;
   }
@@ -347,6 +427,14 @@ public final class SparkPeer {
       checks.add(SparkPeer::checkOneWay);
       names.add("concurrent_200");
       checks.add(SparkPeer::checkConcurrent);
+      for (int i = 0; i < STREAM_NAMES.length; i++) {
+        final String name = STREAM_NAMES[i];
+        final long size = STREAM_SIZES[i];
+        names.add("stream_" + STREAM_LABELS[i]);
+        checks.add(c -> checkStream(c, name, size));
+      }
+      names.add("stream_missing");
+      checks.add(SparkPeer::checkStreamMissing);
 
       for (int i = 0; i < checks.size(); i++) {
         String why;
@@ -464,6 +552,67 @@ public final class SparkPeer {
         String text = String.valueOf(e.getMessage());
         result.complete(text.contains("boom")
             ? null : "failure text does not contain 'boom': " + oneLine(e));
+      }
+    });
+    return result.get(CHECK_TIMEOUT_MS, TimeUnit.MILLISECONDS);
+  }
+
+  /** TransportClient.stream of one file, checked byte by byte as it arrives. */
+  private static String checkStream(TransportClient client, String name, long size)
+      throws Exception {
+    CompletableFuture<String> result = new CompletableFuture<>();
+    long[] position = {0};
+    String[] bad = {null};
+    client.stream("/files/" + name, new StreamCallback() {
+      @Override
+      public void onData(String streamId, ByteBuffer buf) {
+        while (buf.hasRemaining()) {
+          byte b = buf.get();
+          if (bad[0] == null && position[0] < size && b != streamByte(size, position[0])) {
+            bad[0] = "byte " + position[0] + " differs";
+          }
+          position[0]++;
+        }
+      }
+
+      @Override
+      public void onComplete(String streamId) {
+        if (bad[0] != null) {
+          result.complete(bad[0]);
+        } else if (position[0] != size) {
+          result.complete("got " + position[0] + " bytes, expected " + size);
+        } else {
+          result.complete(null);
+        }
+      }
+
+      @Override
+      public void onFailure(String streamId, Throwable cause) {
+        result.complete("stream failed: " + oneLine(cause));
+      }
+    });
+    return result.get(CHECK_TIMEOUT_MS, TimeUnit.MILLISECONDS);
+  }
+
+  /** A missing file: onFailure with the server's "not found" text. */
+  private static String checkStreamMissing(TransportClient client) throws Exception {
+    CompletableFuture<String> result = new CompletableFuture<>();
+    client.stream("/files/missing", new StreamCallback() {
+      @Override
+      public void onData(String streamId, ByteBuffer buf) {
+        result.complete("a missing file sent data");
+      }
+
+      @Override
+      public void onComplete(String streamId) {
+        result.complete("a missing file completed");
+      }
+
+      @Override
+      public void onFailure(String streamId, Throwable cause) {
+        String text = String.valueOf(cause.getMessage());
+        result.complete(text.contains("Stream '/files/missing' was not found.")
+            ? null : "not Spark's \"not found\": " + oneLine(cause));
       }
     });
     return result.get(CHECK_TIMEOUT_MS, TimeUnit.MILLISECONDS);

@@ -10,7 +10,11 @@
 #     cipher {AES/CTR/NoPadding, AES/GCM/NoPadding} x authEngineVersion {1, 2} x
 #     {Spark client -> rpcenv server, rpcenv client -> Spark server}.
 # Every client runs the echo checks (echo_0B .. echo_16MiB, fail_boom, oneway_1000_count,
-# concurrent_200) and ends with __shutdown__; run.sh adds server_exit (the server exited 0 by
+# concurrent_200), the stream checks (stream_0B, stream_1B, stream_1MiB, stream_64MiB: files
+# streamed with TransportClient.stream from the server's StreamManager / rpcenv file server,
+# checked byte by byte; stream_missing: Spark's "Stream '/files/missing' was not found.";
+# the rpcenv client also open_channel_64MiB: RpcEnv::open_channel of a spark:// URI) and ends
+# with __shutdown__; run.sh adds server_exit (the server exited 0 by
 # itself). With AuthEngine the client first runs wrong_secret: a client with another secret
 # must be refused with an authentication error within 5 s (not by a timeout), and the same
 # server must then serve the real client. Prints PASS/FAIL per check, a summary per direction
@@ -36,7 +40,10 @@ BUILD="$HERE/build"
 CLASSES="$BUILD/classes"
 DIRECTION_TIMEOUT=300   # seconds, per process of each direction
 PORT_WAIT=30            # seconds to wait for a server's port file
-CHECKS=(echo_0B echo_1B echo_100B echo_64KiB echo_16MiB fail_boom oneway_1000_count concurrent_200)
+CHECKS=(echo_0B echo_1B echo_100B echo_64KiB echo_16MiB fail_boom oneway_1000_count concurrent_200
+        stream_0B stream_1B stream_1MiB stream_64MiB stream_missing)
+# The rpcenv client also downloads with RpcEnv::open_channel (a client-mode env, spark:// URI).
+RUST_CLIENT_CHECKS=(open_channel_64MiB)
 AUTH_CHECKS=(wrong_secret "${CHECKS[@]}")   # what a client with auth options reports
 CIPHERS=(AES/CTR/NoPadding AES/GCM/NoPadding)
 ENGINE_VERSIONS=(1 2)
@@ -312,7 +319,8 @@ main() {
   local n=0 cipher version auth
   run_direction "direction $((++n)): Spark client -> rpcenv server, plaintext" "${CHECKS[*]}" \
     "$rust_peer" server -- "${java_peer[@]}" client
-  run_direction "direction $((++n)): rpcenv client -> Spark server, plaintext" "${CHECKS[*]}" \
+  run_direction "direction $((++n)): rpcenv client -> Spark server, plaintext" \
+    "${CHECKS[*]} ${RUST_CLIENT_CHECKS[*]}" \
     "${java_peer[@]}" server -- "$rust_peer" client
   for cipher in "${CIPHERS[@]}"; do
     for version in "${ENGINE_VERSIONS[@]}"; do
@@ -323,7 +331,7 @@ main() {
         "$rust_peer" server "${auth[@]}" -- "${java_peer[@]}" client "${auth[@]}"
       run_direction \
         "direction $((++n)): rpcenv client -> Spark server, $cipher, authEngineVersion $version" \
-        "${AUTH_CHECKS[*]}" \
+        "${AUTH_CHECKS[*]} ${RUST_CLIENT_CHECKS[*]}" \
         "${java_peer[@]}" server "${auth[@]}" -- "$rust_peer" client "${auth[@]}"
     done
   done

@@ -40,8 +40,9 @@ const SEGMENT_LEN: usize = 32768;
 pub(crate) const SEGMENT_PLAINTEXT_LEN: usize = SEGMENT_LEN - TAG_LEN;
 /// The longest header: a 32-byte key.
 const MAX_HEADER_LEN: usize = 1 + 32 + PREFIX_LEN;
-/// The fewest bytes a last segment can have: one byte of plaintext and a tag. (A last
-/// segment with no plaintext would carry an empty envelope, which Spark never sends.)
+/// The fewest bytes a last segment can have: one byte of plaintext and a tag. An envelope
+/// with no plaintext has no segment at all (Tink's `expectedCiphertextSize(0)` is the
+/// header alone): Spark sends one for an empty stream body (`StreamResponse` of 0 bytes).
 const MIN_LAST_SEGMENT_LEN: u64 = 1 + TAG_LEN as u64;
 
 /// What the decryptor's errors add while no envelope has come through yet.
@@ -495,9 +496,11 @@ impl GcmDecryptor {
         if byte != header_len {
             return Err(self.bad_header_byte(byte, header_len));
         }
-        let segments = self.total.saturating_sub((LENGTH_LEN + header_len) as u64);
+        let Some(segments) = self.total.checked_sub((LENGTH_LEN + header_len) as u64) else {
+            return Err(self.bad_length());
+        };
         let last = segments % SEGMENT_LEN as u64;
-        if segments == 0 || (last != 0 && last < MIN_LAST_SEGMENT_LEN) {
+        if last != 0 && last < MIN_LAST_SEGMENT_LEN {
             return Err(self.bad_length());
         }
         self.remaining = segments;
@@ -537,6 +540,12 @@ impl GcmDecryptor {
         self.head_len = 0;
         self.index = 0;
         self.phase = Phase::Segments;
+        if self.remaining == 0 {
+            // An empty envelope: the header was all of it.
+            self.envelopes += 1;
+            self.cipher = None;
+            self.phase = Phase::Length;
+        }
         Ok(())
     }
 

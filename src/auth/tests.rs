@@ -1008,7 +1008,7 @@ fn gcm_hostile_lengths_are_refused_or_bounded() {
         0,
         8,
         31,
-        8 + 24,
+        8 + 23,
         8 + 24 + 16,
         8 + 24 + SEGMENT as u64 + 16,
     ] {
@@ -1021,6 +1021,27 @@ fn gcm_hostile_lengths_are_refused_or_bounded() {
             "{total}: {err}"
         );
     }
+    // An envelope with no plaintext is its header alone (Spark sends one for an empty
+    // stream body): accepted, nothing comes out, and the next envelope decrypts.
+    let (client, server2) = pair(EngineVersion::V2);
+    let (mut enc, _) = client.channel(Cipher::AesGcm, Box::new(TestRng(3)));
+    let mut dec = match server2.channel(Cipher::AesGcm, Box::new(Broken)).1 {
+        Decryptor::Gcm(gcm) => gcm,
+        Decryptor::Ctr(_) => unreachable!(),
+    };
+    let mut empty = (8u64 + 24).to_be_bytes().to_vec();
+    empty.push(24);
+    empty.extend_from_slice(&[7; 23]);
+    let mut wire = Vec::new();
+    enc.encrypt(&[b"after"], &mut wire).unwrap();
+    let mut out = Vec::new();
+    for at in 0..empty.len() {
+        dec.decrypt(&empty[..at], &mut out).unwrap();
+        dec.decrypt(&empty[at..], &mut out).unwrap();
+        assert!(out.is_empty() && !dec.is_mid_envelope(), "split at {at}");
+    }
+    dec.decrypt(&wire, &mut out).unwrap();
+    assert_eq!(out, b"after");
     // A huge but valid length: nothing is allocated for it; memory stays one segment.
     let mut dec = decryptor();
     let mut bytes = (i64::MAX as u64).to_be_bytes().to_vec();

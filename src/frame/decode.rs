@@ -46,7 +46,7 @@ pub(crate) enum FrameError {
     /// The frame length is negative, shorter than the 9-byte minimum, or shorter than the
     /// header of the frame's type.
     BadLength(i64),
-    /// A Spark message type this crate does not speak (0-2, 6-8, 10-12).
+    /// A Spark message type this crate does not speak (0-2, 10-12).
     UnsupportedType(u8),
     /// A byte that is no Spark message type at all (13..=255).
     UnknownType(u8),
@@ -95,6 +95,21 @@ impl From<FrameError> for RpcError {
     }
 }
 
+/// What [`FrameDecoder::next`] yields.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Item<'a> {
+    /// A whole message.
+    Message(Message),
+    /// The next raw bytes of the stream announced by the last StreamResponse; `end`: they
+    /// are its last.
+    StreamData {
+        /// Bytes of the stream, borrowed from the input.
+        data: &'a [u8],
+        /// These were the stream's last bytes: frames follow.
+        end: bool,
+    },
+}
+
 /// Incremental decoder: any split of the byte stream yields the same messages.
 ///
 /// Headers are assembled in a fixed inline array; a body is assembled in the one `Vec`
@@ -116,6 +131,13 @@ enum State {
     Header(PartialHeader),
     /// Collecting a body whose header was valid.
     Body(PartialBody),
+    /// Handing out the raw bytes of a stream (after a StreamResponse).
+    Stream {
+        /// Bytes of the stream still to come.
+        remaining: u64,
+        /// Bytes of the stream handed out so far.
+        received: u64,
+    },
     /// A frame was bad; the decoder only repeats the error.
     Failed(FrameError),
 }
@@ -132,6 +154,8 @@ struct PartialHeader {
     /// The length field is above the maximum: only the type byte and a request's id are
     /// read, to answer the request, then the frame is refused.
     too_large: bool,
+    /// The type byte was checked (a stream frame's header ends with it).
+    typed: bool,
 }
 
 /// What the header of a frame said, once all of it was in and checked.
@@ -153,6 +177,8 @@ enum Kind {
     Failure(u64),
     /// A OneWayMessage.
     OneWay,
+    /// A StreamRequest, StreamResponse or StreamFailure: the body is the rest of the frame.
+    Stream(MessageType),
 }
 
 /// A body under assembly.
@@ -182,20 +208,52 @@ impl FrameDecoder {
     }
 
     /// Consumes a prefix of `input`: returns how many bytes were consumed and the message
-    /// if one was completed. `Ok((n, None))` with n == input.len() means "need more bytes".
+    /// if one was completed; the raw bytes of a stream are consumed and dropped (see
+    /// [`next`](Self::next) to receive them).
+    pub(crate) fn decode(&mut self, input: &[u8]) -> Result<(usize, Option<Message>), FrameError> {
+        let (n, item) = self.next(input)?;
+        Ok((
+            n,
+            match item {
+                Some(Item::Message(message)) => Some(message),
+                _ => None,
+            },
+        ))
+    }
+
+    /// Consumes a prefix of `input`: returns how many bytes were consumed and what they
+    /// completed: a message, or a piece of a stream's raw bytes. `Ok((n, None))` means all
+    /// `n == input.len()` bytes were consumed and more are needed.
     ///
-    /// `Ok((_, None))` is only returned once all of `input` was consumed; at most one
-    /// message is returned per call. Callers loop:
-    /// `while !input.is_empty() { let (n, msg) = dec.decode(input)?; input = &input[n..]; … }`.
+    /// At most one item is returned per call. Callers loop:
+    /// `while !input.is_empty() { let (n, item) = dec.next(input)?; input = &input[n..]; … }`.
     /// After an error the decoder is unusable (the connection is closed); further calls
     /// return the same error.
-    pub(crate) fn decode(&mut self, input: &[u8]) -> Result<(usize, Option<Message>), FrameError> {
+    pub(crate) fn next<'a>(
+        &mut self,
+        input: &'a [u8],
+    ) -> Result<(usize, Option<Item<'a>>), FrameError> {
         let result = match &mut self.state {
             State::Failed(err) => return Err(err.clone()),
+            State::Stream { remaining, .. } => {
+                if input.is_empty() {
+                    return Ok((0, None));
+                }
+                let n = (*remaining).min(input.len() as u64) as usize;
+                let end = self.stream_consumed(n);
+                return Ok((
+                    n,
+                    Some(Item::StreamData {
+                        data: &input[..n],
+                        end,
+                    }),
+                ));
+            }
             State::Body(partial) => {
                 let n = partial.missing().min(input.len());
                 partial.append(&input[..n]);
-                return Ok((n, self.take_complete_body()));
+                let message = self.take_complete_body()?;
+                return Ok((n, message.map(Item::Message)));
             }
             State::Header(header) => header.fill(input, self.max_frame_size),
         };
@@ -213,7 +271,8 @@ impl FrameDecoder {
         let rest = &input[consumed..];
         if let Some(body) = rest.get(..body_len) {
             // The whole body is here: one allocation of exactly its size.
-            return Ok((consumed + body_len, Some(kind.finish(body.to_vec()))));
+            let message = self.complete(kind, body.to_vec())?;
+            return Ok((consumed + body_len, Some(Item::Message(message))));
         }
         let mut partial = PartialBody {
             kind,
@@ -223,6 +282,36 @@ impl FrameDecoder {
         partial.append(rest);
         self.state = State::Body(partial);
         Ok((input.len(), None))
+    }
+
+    /// While a stream's raw bytes are being received: how many are still to come.
+    pub(crate) fn stream_remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Stream { remaining, .. } => Some(remaining),
+            _ => None,
+        }
+    }
+
+    /// Records `n` raw stream bytes received outside [`next`](Self::next) (read from the
+    /// socket straight into the consumer's buffer; at most
+    /// [`stream_remaining`](Self::stream_remaining)). Returns whether the stream is whole.
+    pub(crate) fn stream_consumed(&mut self, n: usize) -> bool {
+        let State::Stream {
+            remaining,
+            received,
+        } = &mut self.state
+        else {
+            debug_assert!(n == 0, "stream bytes outside a stream");
+            return false;
+        };
+        debug_assert!(n as u64 <= *remaining);
+        *remaining -= (n as u64).min(*remaining);
+        *received += n as u64;
+        if *remaining == 0 {
+            self.state = State::Header(PartialHeader::default());
+            return true;
+        }
+        false
     }
 
     /// While a frame's body is being assembled and at least `threshold` bytes of it are
@@ -252,7 +341,7 @@ impl FrameDecoder {
 
     /// After the caller appended bytes to the buffer from
     /// [`pending_body`](Self::pending_body): the message if the body is now complete.
-    pub(crate) fn body_filled(&mut self) -> Option<Message> {
+    pub(crate) fn body_filled(&mut self) -> Result<Option<Message>, FrameError> {
         if let State::Body(partial) = &self.state {
             debug_assert!(
                 partial.body.len() <= partial.body_len,
@@ -270,6 +359,7 @@ impl FrameDecoder {
         match &self.state {
             State::Header(header) => header.filled as u64,
             State::Body(partial) => (MAX_HEADER_LEN + partial.body.len()) as u64,
+            State::Stream { received, .. } => *received,
             State::Failed(_) => 0,
         }
     }
@@ -291,19 +381,43 @@ impl FrameDecoder {
     pub(crate) fn buffered_capacity(&self) -> usize {
         match &self.state {
             State::Body(partial) => partial.body.capacity(),
-            State::Header(_) | State::Failed(_) => 0,
+            State::Header(_) | State::Stream { .. } | State::Failed(_) => 0,
         }
     }
 
-    /// If a body is complete: the message, and the decoder waits for the next header.
-    fn take_complete_body(&mut self) -> Option<Message> {
+    /// If a body is complete: the message, and the decoder waits for the next header (or
+    /// a stream's raw bytes).
+    fn take_complete_body(&mut self) -> Result<Option<Message>, FrameError> {
         match &self.state {
             State::Body(partial) if partial.body.len() >= partial.body_len => {}
-            _ => return None,
+            _ => return Ok(None),
         }
         match std::mem::replace(&mut self.state, State::Header(PartialHeader::default())) {
-            State::Body(PartialBody { kind, body, .. }) => Some(kind.finish(body)),
-            State::Header(_) | State::Failed(_) => unreachable!("checked above"),
+            State::Body(PartialBody { kind, body, .. }) => self.complete(kind, body).map(Some),
+            _ => unreachable!("checked above"),
+        }
+    }
+
+    /// The message made of `kind` and its whole `body`; after a StreamResponse announcing
+    /// bytes, the decoder hands those out next. A body that does not parse fails the
+    /// decoder.
+    fn complete(&mut self, kind: Kind, body: Vec<u8>) -> Result<Message, FrameError> {
+        match kind.finish(body) {
+            Ok(message) => {
+                if let Message::StreamResponse { byte_count, .. } = &message {
+                    if *byte_count > 0 {
+                        self.state = State::Stream {
+                            remaining: *byte_count,
+                            received: 0,
+                        };
+                    }
+                }
+                Ok(message)
+            }
+            Err(err) => {
+                self.state = State::Failed(err.clone());
+                Err(err)
+            }
         }
     }
 }
@@ -319,6 +433,12 @@ impl fmt::Debug for FrameDecoder {
                 .field("body_bytes", &partial.body.len())
                 .field("body_len", &partial.body_len)
                 .field("capacity", &partial.body.capacity()),
+            State::Stream {
+                remaining,
+                received,
+            } => out
+                .field("stream_bytes", received)
+                .field("stream_remaining", remaining),
             State::Failed(err) => out.field("failed", err),
         };
         out.finish()
@@ -332,6 +452,7 @@ impl Default for PartialHeader {
             filled: 0,
             target: LENGTH_FIELD_LEN,
             too_large: false,
+            typed: false,
         }
     }
 }
@@ -374,7 +495,17 @@ impl PartialHeader {
                     size: self.frame_len() as u64,
                     max: max_frame_size,
                 }),
-                MIN_FRAME_LEN => self.check_type(),
+                MIN_FRAME_LEN if self.target == MIN_FRAME_LEN && self.typed => {
+                    return self
+                        .parse()
+                        .map(|parsed| (consumed, Some(parsed)))
+                        .map_err(|err| (consumed, err));
+                }
+                MIN_FRAME_LEN => {
+                    let checked = self.check_type();
+                    self.typed = checked.is_ok();
+                    checked
+                }
                 _ => {
                     return self
                         .parse()
@@ -431,9 +562,16 @@ impl PartialHeader {
     fn parse(&self) -> Result<ParsedHeader, FrameError> {
         let header_len = self.target;
         let frame_len = self.frame_len() as u64;
+        let message_type = MessageType::try_from(self.bytes[LENGTH_FIELD_LEN])?;
+        if header_len == MIN_FRAME_LEN {
+            // A stream frame: the rest of the frame (within the maximum) is its body.
+            return Ok(ParsedHeader {
+                kind: Kind::Stream(message_type),
+                body_len: (frame_len - MIN_FRAME_LEN as u64) as usize,
+            });
+        }
         let field = i32::from_be_bytes(self.array::<4>(header_len - 4));
         let expected = frame_len - header_len as u64;
-        let message_type = MessageType::try_from(self.bytes[LENGTH_FIELD_LEN])?;
         if field < 0 || field as u64 != expected {
             let what = match message_type {
                 MessageType::RpcFailure => "error text",
@@ -461,19 +599,87 @@ impl PartialHeader {
 
 impl Kind {
     /// The message made of this kind and a whole body.
-    fn finish(self, body: Vec<u8>) -> Message {
-        match self {
+    fn finish(self, body: Vec<u8>) -> Result<Message, FrameError> {
+        Ok(match self {
             Self::Request(request_id) => Message::RpcRequest { request_id, body },
             Self::Response(request_id) => Message::RpcResponse { request_id, body },
             Self::Failure(request_id) => Message::RpcFailure {
                 request_id,
                 // A bad string must not kill the connection: decode it lossily.
-                error: String::from_utf8(body)
-                    .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned()),
+                error: lossy(body),
             },
             Self::OneWay => Message::OneWay { body },
-        }
+            Self::Stream(message_type) => parse_stream(message_type, &body)?,
+        })
     }
+}
+
+/// UTF-8 text, decoded lossily (a bad string must not kill the connection).
+fn lossy(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes)
+        .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned())
+}
+
+/// Parses the body of a stream frame (everything after its type byte); it must be used
+/// exactly.
+fn parse_stream(message_type: MessageType, body: &[u8]) -> Result<Message, FrameError> {
+    let mut at = 0;
+    let stream_id = take_string(message_type, body, &mut at)?;
+    let message = match message_type {
+        MessageType::StreamRequest => Message::StreamRequest { stream_id },
+        MessageType::StreamResponse => {
+            let bytes = body.get(at..at + 8).ok_or_else(|| {
+                FrameError::Malformed(format!("{message_type} ends before its byte count"))
+            })?;
+            at += 8;
+            let mut count = [0; 8];
+            count.copy_from_slice(bytes);
+            let byte_count = i64::from_be_bytes(count);
+            if byte_count < 0 {
+                return Err(FrameError::Malformed(format!(
+                    "{message_type} announces a stream of {byte_count} bytes"
+                )));
+            }
+            Message::StreamResponse {
+                stream_id,
+                byte_count: byte_count as u64,
+            }
+        }
+        _ => {
+            let error = take_string(message_type, body, &mut at)?;
+            Message::StreamFailure { stream_id, error }
+        }
+    };
+    if at != body.len() {
+        return Err(FrameError::Malformed(format!(
+            "{message_type} has {} bytes after its fields",
+            body.len() - at
+        )));
+    }
+    Ok(message)
+}
+
+/// Reads a Spark `Encoders.Strings` string (i32 byte length, UTF-8) at `at`, checking the
+/// length against the bytes there are.
+fn take_string(
+    message_type: MessageType,
+    body: &[u8],
+    at: &mut usize,
+) -> Result<String, FrameError> {
+    let short = || FrameError::Malformed(format!("{message_type} ends inside a string"));
+    let len_bytes = body.get(*at..*at + 4).ok_or_else(short)?;
+    let mut len = [0; 4];
+    len.copy_from_slice(len_bytes);
+    let len = i32::from_be_bytes(len);
+    if len < 0 {
+        return Err(FrameError::Malformed(format!(
+            "{message_type} has a string of {len} bytes"
+        )));
+    }
+    let start = *at + 4;
+    let text = body.get(start..start + len as usize).ok_or_else(short)?;
+    *at = start + len as usize;
+    Ok(lossy(text.to_vec()))
 }
 
 impl PartialBody {

@@ -13,7 +13,7 @@ use super::header::{
 pub(crate) struct FrameHeader {
     /// The header bytes; only the first `len` are used.
     bytes: [u8; MAX_HEADER_LEN],
-    /// How many of `bytes` make up the header (13 or 21).
+    /// How many of `bytes` make up the header (9, 13 or 21).
     len: u8,
 }
 
@@ -36,6 +36,32 @@ impl FrameHeader {
     /// The header of a OneWayMessage whose body is `body_len` bytes long.
     pub(crate) fn one_way(body_len: usize) -> Self {
         Self::new(MessageType::OneWayMessage, None, body_len)
+    }
+
+    /// The header of a StreamRequest, StreamResponse or StreamFailure whose fields (see
+    /// `stream_*_body`) take `body_len` bytes: only the frame length and the type byte. A
+    /// StreamResponse's stream bytes follow the frame and are not counted here.
+    pub(crate) fn stream(message_type: MessageType, body_len: usize) -> Self {
+        debug_assert!(matches!(
+            message_type,
+            MessageType::StreamRequest | MessageType::StreamResponse | MessageType::StreamFailure
+        ));
+        let frame_len = MIN_FRAME_LEN as u64 + body_len as u64;
+        let mut bytes = [0; MAX_HEADER_LEN];
+        bytes[..LENGTH_FIELD_LEN].copy_from_slice(&frame_len.to_be_bytes());
+        bytes[LENGTH_FIELD_LEN] = message_type as u8;
+        Self {
+            bytes,
+            len: MIN_FRAME_LEN as u8,
+        }
+    }
+
+    /// No header at all: raw bytes that follow another frame (a stream's body).
+    pub(crate) fn empty() -> Self {
+        Self {
+            bytes: [0; MAX_HEADER_LEN],
+            len: 0,
+        }
     }
 
     /// Lays out `length | type | [request id] | body length`, all big-endian.
@@ -92,8 +118,9 @@ impl FrameHeader {
 /// body itself, without joining them.
 #[cfg(test)]
 impl super::header::Message {
-    /// Splits a message into its header and the bytes that follow it on the wire
-    /// (the body, or the failure's UTF-8 error text), without copying the body.
+    /// Splits a message into its header and the bytes that follow it in the frame
+    /// (the body, the failure's UTF-8 error text, or a stream frame's fields), without
+    /// copying the body.
     pub(crate) fn into_parts(self) -> (FrameHeader, Vec<u8>) {
         match self {
             Self::RpcRequest { request_id, body } => {
@@ -107,21 +134,26 @@ impl super::header::Message {
                 error.into_bytes(),
             ),
             Self::OneWay { body } => (FrameHeader::one_way(body.len()), body),
+            other => {
+                let header = other.header();
+                (header, other.tail().into_owned())
+            }
         }
     }
 
-    /// The whole frame's length in bytes.
+    /// The whole frame's length in bytes (a StreamResponse's stream bytes not counted).
     pub(crate) fn frame_len(&self) -> u64 {
         self.header().frame_len()
     }
 
-    /// Appends the whole frame to `out` (tests, small frames).
+    /// Appends the whole frame to `out` (tests, small frames). A StreamResponse's stream
+    /// bytes are not part of it.
     pub(crate) fn encode_to(&self, out: &mut Vec<u8>) {
         let header = self.header();
         let tail = self.tail();
         out.reserve(header.as_bytes().len() + tail.len());
         out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(tail);
+        out.extend_from_slice(&tail);
     }
 
     /// The header of this message's frame.
@@ -137,16 +169,36 @@ impl super::header::Message {
                 FrameHeader::rpc_failure(*request_id, error.len())
             }
             Self::OneWay { body } => FrameHeader::one_way(body.len()),
+            Self::StreamRequest { .. } => {
+                FrameHeader::stream(MessageType::StreamRequest, self.tail().len())
+            }
+            Self::StreamResponse { .. } => {
+                FrameHeader::stream(MessageType::StreamResponse, self.tail().len())
+            }
+            Self::StreamFailure { .. } => {
+                FrameHeader::stream(MessageType::StreamFailure, self.tail().len())
+            }
         }
     }
 
-    /// The bytes that follow the header: the body or the failure's error text.
-    fn tail(&self) -> &[u8] {
+    /// The bytes that follow the header: the body, the failure's error text, or a
+    /// stream frame's fields.
+    fn tail(&self) -> std::borrow::Cow<'_, [u8]> {
+        use super::header::{stream_failure_body, stream_request_body, stream_response_body};
+        use std::borrow::Cow;
         match self {
             Self::RpcRequest { body, .. }
             | Self::RpcResponse { body, .. }
-            | Self::OneWay { body } => body,
-            Self::RpcFailure { error, .. } => error.as_bytes(),
+            | Self::OneWay { body } => Cow::Borrowed(body),
+            Self::RpcFailure { error, .. } => Cow::Borrowed(error.as_bytes()),
+            Self::StreamRequest { stream_id } => Cow::Owned(stream_request_body(stream_id)),
+            Self::StreamResponse {
+                stream_id,
+                byte_count,
+            } => Cow::Owned(stream_response_body(stream_id, *byte_count)),
+            Self::StreamFailure { stream_id, error } => {
+                Cow::Owned(stream_failure_body(stream_id, error))
+            }
         }
     }
 }

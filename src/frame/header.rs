@@ -85,6 +85,9 @@ impl MessageType {
         match self {
             Self::RpcRequest | Self::RpcResponse | Self::RpcFailure => Some(RPC_HEADER_LEN),
             Self::OneWayMessage => Some(ONE_WAY_HEADER_LEN),
+            // Their headers hold strings: the rest of the frame is collected (bounded by
+            // the maximum frame size) and parsed whole.
+            Self::StreamRequest | Self::StreamResponse | Self::StreamFailure => Some(MIN_FRAME_LEN),
             _ => None,
         }
     }
@@ -120,7 +123,7 @@ impl fmt::Display for MessageType {
     }
 }
 
-/// One frame's content, for the four Spark message types rpcenv speaks.
+/// One frame's content, for the Spark message types rpcenv speaks.
 ///
 /// Request ids travel as `i64` on the wire; they are kept as `u64` and cast bit for bit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,4 +154,54 @@ pub(crate) enum Message {
         /// The message's bytes.
         body: Vec<u8>,
     },
+    /// StreamRequest (6): `streamId` String. Asks the peer's stream manager for a stream.
+    StreamRequest {
+        /// The stream's id (for an env's file server, a path such as `/files/a.txt`).
+        stream_id: String,
+    },
+    /// StreamResponse (7): `streamId` String, `byteCount` i64. The stream's `byte_count`
+    /// raw bytes follow the frame and are not counted in its length.
+    StreamResponse {
+        /// The id of the stream answered.
+        stream_id: String,
+        /// How many raw bytes follow (a claim of the peer: never allocated up front).
+        byte_count: u64,
+    },
+    /// StreamFailure (8): `streamId` String, `error` String.
+    StreamFailure {
+        /// The id of the stream that could not be opened.
+        stream_id: String,
+        /// Why (from Spark: "Stream '<id>' was not found." or a stack trace).
+        error: String,
+    },
+}
+
+/// Appends Spark's `Encoders.Strings` form of `text`: an `i32` byte length and UTF-8.
+pub(crate) fn put_string(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(&(text.len() as i32).to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// The frame body (everything after the type byte) of a StreamRequest.
+pub(crate) fn stream_request_body(stream_id: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + stream_id.len());
+    put_string(&mut out, stream_id);
+    out
+}
+
+/// The frame body (everything after the type byte) of a StreamResponse; the stream's
+/// bytes follow the frame.
+pub(crate) fn stream_response_body(stream_id: &str, byte_count: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + stream_id.len());
+    put_string(&mut out, stream_id);
+    out.extend_from_slice(&byte_count.to_be_bytes());
+    out
+}
+
+/// The frame body (everything after the type byte) of a StreamFailure.
+pub(crate) fn stream_failure_body(stream_id: &str, error: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + stream_id.len() + error.len());
+    put_string(&mut out, stream_id);
+    put_string(&mut out, error);
+    out
 }

@@ -172,7 +172,7 @@ fn decode_via_pending_body(
                 capacity,
                 "filling up to `want` never reallocates"
             );
-            out.extend(decoder.body_filled());
+            out.extend(decoder.body_filled().expect("valid stream"));
         } else {
             let end = chunk.min(rest.len());
             let (n, message) = decoder.decode(&rest[..end]).expect("valid stream");
@@ -191,6 +191,9 @@ fn body_len_and_capacity(message: &Message) -> (usize, usize) {
         | Message::RpcResponse { body, .. }
         | Message::OneWay { body } => (body.len(), body.capacity()),
         Message::RpcFailure { error, .. } => (error.len(), error.capacity()),
+        Message::StreamRequest { stream_id }
+        | Message::StreamResponse { stream_id, .. }
+        | Message::StreamFailure { stream_id, .. } => (stream_id.len(), stream_id.capacity()),
     }
 }
 
@@ -506,7 +509,7 @@ fn unknown_type_bytes_are_refused() {
 
 #[test]
 fn unsupported_spark_types_are_refused_by_name() {
-    for byte in [0u8, 1, 2, 6, 7, 8, 10, 11, 12] {
+    for byte in [0u8, 1, 2, 10, 11, 12] {
         let mut bytes = length_field(26).to_vec();
         bytes.push(byte);
         let err = decode_error(&bytes);
@@ -528,10 +531,7 @@ fn message_type_codes_round_trip() {
     for byte in 0..=12u8 {
         let message_type = MessageType::try_from(byte).expect("Spark type");
         assert_eq!(message_type as u8, byte);
-        assert_eq!(
-            message_type.header_len().is_some(),
-            matches!(byte, 3 | 4 | 5 | 9)
-        );
+        assert_eq!(message_type.header_len().is_some(), matches!(byte, 3..=9));
     }
     assert_eq!(
         MessageType::try_from(12).map(MessageType::name),
@@ -593,7 +593,7 @@ fn errors_stick() {
     assert_eq!(decoder.decode(&golden()[0].1), Err(err.clone()));
     assert_eq!(decoder.decode(&[]), Err(err));
     assert!(decoder.pending_body(0).is_none());
-    assert!(decoder.body_filled().is_none());
+    assert_eq!(decoder.body_filled(), Ok(None));
 }
 
 // ---- 4. allocation rule ----
@@ -663,7 +663,7 @@ fn body_capacity_rule_holds_at_every_step() {
         assert!(want > 0);
         buf.resize(received + want, 0);
         received += want;
-        assert_eq!(decoder.body_filled(), None);
+        assert_eq!(decoder.body_filled(), Ok(None));
         assert!(decoder.buffered_capacity() <= rule(received));
     }
 }
@@ -695,20 +695,20 @@ fn pending_body_only_while_a_body_is_missing_enough_bytes() {
     assert_eq!(want, 1000);
     assert!(buf.capacity() <= 1000);
     buf.extend_from_slice(&[9; 400]);
-    assert_eq!(decoder.body_filled(), None);
+    assert_eq!(decoder.body_filled(), Ok(None));
     assert!(decoder.pending_body(601).is_none());
     let (buf, want) = decoder.pending_body(600).expect("600 bytes missing");
     assert_eq!(want, 600);
     buf.extend_from_slice(&[9; 600]);
     assert_eq!(
         decoder.body_filled(),
-        Some(Message::OneWay {
+        Ok(Some(Message::OneWay {
             body: vec![9; 1000]
-        })
+        }))
     );
     assert!(decoder.is_idle());
     assert!(decoder.pending_body(0).is_none());
-    assert_eq!(decoder.body_filled(), None);
+    assert_eq!(decoder.body_filled(), Ok(None));
 }
 
 #[test]
@@ -762,6 +762,252 @@ fn other_errors_become_decode_errors_naming_the_frame() {
     }
 }
 
+// ---- 4b. stream frames ----
+
+/// StreamRequest / StreamResponse / StreamFailure laid out as Spark's encoders do.
+#[test]
+fn stream_frames_have_sparks_layout() {
+    let mut out = Vec::new();
+    Message::StreamRequest {
+        stream_id: "/files/a b".to_owned(),
+    }
+    .encode_to(&mut out);
+    assert_eq!(
+        out,
+        hex("000000000000001706000000 0a2f66696c65732f612062"
+            .replace(' ', "")
+            .as_str())
+    );
+    out.clear();
+    Message::StreamResponse {
+        stream_id: "/f".to_owned(),
+        byte_count: 0x0102,
+    }
+    .encode_to(&mut out);
+    // 8 + 1 + (4 + 2) + 8 = 23: the stream's bytes are not counted.
+    assert_eq!(
+        out,
+        hex("00000000000000170700000002 2f660000000000000102"
+            .replace(' ', "")
+            .as_str())
+    );
+    out.clear();
+    Message::StreamFailure {
+        stream_id: "/f".to_owned(),
+        error: "no".to_owned(),
+    }
+    .encode_to(&mut out);
+    assert_eq!(
+        out,
+        hex("00000000000000150800000002 2f6600000002 6e6f"
+            .replace(' ', "")
+            .as_str())
+    );
+}
+
+/// A message and the stream bytes that followed it.
+type Decoded = (Option<Message>, Vec<u8>);
+
+/// Frames, a StreamResponse with its raw bytes, an empty stream, a failure, and frames
+/// after them: what the decoder yields, messages and stream bytes joined per stream.
+fn decode_items(pieces: &[&[u8]]) -> Vec<Decoded> {
+    let mut decoder = FrameDecoder::new(MAX);
+    let mut out: Vec<Decoded> = Vec::new();
+    for piece in pieces {
+        let mut input = *piece;
+        while !input.is_empty() {
+            let (n, item) = decoder.next(input).expect("valid stream");
+            assert!(n > 0 && n <= input.len());
+            match item {
+                Some(super::Item::Message(message)) => out.push((Some(message), Vec::new())),
+                Some(super::Item::StreamData { data, end }) => {
+                    assert!(!data.is_empty());
+                    out.last_mut()
+                        .expect("a response first")
+                        .1
+                        .extend_from_slice(data);
+                    if end {
+                        assert!(decoder.stream_remaining().is_none());
+                    }
+                }
+                None => assert_eq!(n, input.len()),
+            }
+            input = &input[n..];
+        }
+    }
+    assert!(decoder.is_idle());
+    out
+}
+
+fn stream_session() -> (Vec<u8>, Vec<Decoded>) {
+    let body = pseudo_random_bytes(1000, 3);
+    let response = Message::StreamResponse {
+        stream_id: "/files/x".to_owned(),
+        byte_count: body.len() as u64,
+    };
+    let empty = Message::StreamResponse {
+        stream_id: "/files/empty".to_owned(),
+        byte_count: 0,
+    };
+    let failure = Message::StreamFailure {
+        stream_id: "/files/y".to_owned(),
+        error: "Stream '/files/y' was not found.".to_owned(),
+    };
+    let request = Message::StreamRequest {
+        stream_id: "/jars/z.jar".to_owned(),
+    };
+    let rpc = golden()[1].0.clone();
+    let mut stream = Vec::new();
+    request.encode_to(&mut stream);
+    response.encode_to(&mut stream);
+    stream.extend_from_slice(&body);
+    empty.encode_to(&mut stream);
+    // Raw bytes that look like a frame are still the stream's.
+    let looks_like_a_frame = hex("000000000000001a04479fa24948c9b3e80000000568656c6c6f");
+    let tricky = Message::StreamResponse {
+        stream_id: "/t".to_owned(),
+        byte_count: looks_like_a_frame.len() as u64,
+    };
+    tricky.encode_to(&mut stream);
+    stream.extend_from_slice(&looks_like_a_frame);
+    failure.encode_to(&mut stream);
+    rpc.encode_to(&mut stream);
+    let expected = vec![
+        (Some(request), Vec::new()),
+        (Some(response), body),
+        (Some(empty), Vec::new()),
+        (Some(tricky), looks_like_a_frame),
+        (Some(failure), Vec::new()),
+        (Some(rpc), Vec::new()),
+    ];
+    (stream, expected)
+}
+
+#[test]
+fn every_split_point_of_a_stream_response_yields_the_same_items() {
+    let (stream, expected) = stream_session();
+    assert_eq!(decode_items(&[&stream]), expected);
+    for at in 0..=stream.len() {
+        let (a, b) = stream.split_at(at);
+        assert_eq!(decode_items(&[a, b]), expected, "split at {at}");
+    }
+    let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+    assert_eq!(decode_items(&bytes), expected, "one byte at a time");
+    for (i, j) in [(3, 50), (30, 31), (100, 900), (1040, 1041)] {
+        let (a, rest) = stream.split_at(i);
+        let (b, c) = rest.split_at(j - i);
+        assert_eq!(decode_items(&[a, b, c]), expected, "split at {i} and {j}");
+    }
+}
+
+#[test]
+fn stream_bytes_can_be_read_past_the_decoder() {
+    let (stream, expected) = stream_session();
+    let mut decoder = FrameDecoder::new(MAX);
+    let mut input = &stream[..];
+    let mut items = Vec::new();
+    while !input.is_empty() {
+        if let Some(remaining) = decoder.stream_remaining() {
+            // What the transport does: read straight into the consumer's buffer.
+            let n = (remaining as usize).min(7).min(input.len());
+            let end = decoder.stream_consumed(n);
+            let last: &mut Decoded = items.last_mut().unwrap();
+            last.1.extend_from_slice(&input[..n]);
+            assert_eq!(end, decoder.stream_remaining().is_none());
+            input = &input[n..];
+            continue;
+        }
+        let (n, item) = decoder.next(input).unwrap();
+        if let Some(super::Item::Message(message)) = item {
+            items.push((Some(message), Vec::new()));
+        }
+        input = &input[n..];
+    }
+    assert_eq!(items, expected);
+}
+
+#[test]
+fn a_huge_stream_claim_allocates_nothing() {
+    let mut out = Vec::new();
+    Message::StreamResponse {
+        stream_id: "/f".to_owned(),
+        byte_count: i64::MAX as u64,
+    }
+    .encode_to(&mut out);
+    let mut decoder = FrameDecoder::new(MAX);
+    let (n, item) = decoder.next(&out).unwrap();
+    assert_eq!(n, out.len());
+    assert!(matches!(
+        item,
+        Some(super::Item::Message(Message::StreamResponse { .. }))
+    ));
+    assert_eq!(decoder.stream_remaining(), Some(i64::MAX as u64));
+    assert_eq!(decoder.buffered_capacity(), 0);
+    let (n, item) = decoder.next(&[1, 2, 3]).unwrap();
+    assert_eq!(n, 3);
+    assert_eq!(
+        item,
+        Some(super::Item::StreamData {
+            data: &[1, 2, 3],
+            end: false
+        })
+    );
+    assert_eq!(decoder.received(), 3);
+    assert!(!decoder.is_idle(), "a hang-up now cuts the stream short");
+}
+
+#[test]
+fn malformed_stream_frames_are_refused() {
+    let frame = |type_byte: u8, fields: &[u8]| {
+        let mut out = length_field(9 + fields.len() as i64).to_vec();
+        out.push(type_byte);
+        out.extend_from_slice(fields);
+        out
+    };
+    let cases: Vec<Vec<u8>> = vec![
+        // A negative byte count.
+        frame(
+            7,
+            &[
+                0, 0, 0, 1, b'x', 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            ],
+        ),
+        // A string longer than the frame.
+        frame(6, &[0, 0, 0, 9, b'x']),
+        // A negative string length.
+        frame(8, &[0xff, 0xff, 0xff, 0xff]),
+        // Bytes after the fields.
+        frame(6, &[0, 0, 0, 1, b'x', 0]),
+        // No byte count.
+        frame(7, &[0, 0, 0, 1, b'x']),
+        // A failure without its error text.
+        frame(8, &[0, 0, 0, 1, b'x']),
+        // Nothing at all.
+        frame(6, &[]),
+    ];
+    for bytes in cases {
+        let err = decode_error(&bytes);
+        assert!(
+            matches!(err, FrameError::Malformed(_)),
+            "{bytes:02x?}: {err}"
+        );
+        for at in 0..bytes.len() {
+            let mut decoder = FrameDecoder::new(MAX);
+            let first = decoder.decode(&bytes[..at]);
+            assert!(first.is_ok(), "an error before the frame is whole");
+            assert_eq!(decoder.decode(&bytes[at..]), Err(err.clone()));
+        }
+    }
+    // A stream frame longer than the maximum is refused before anything is allocated.
+    let mut decoder = FrameDecoder::new(64);
+    let mut claim = length_field(1 << 40).to_vec();
+    claim.push(6);
+    assert!(matches!(
+        decoder.decode(&claim),
+        Err(FrameError::TooLarge { .. })
+    ));
+}
+
 // ---- 5. property tests ----
 
 /// `len` pseudo-random bytes from `seed` (xorshift64*): arbitrary bodies without drawing
@@ -781,11 +1027,21 @@ fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
 /// Any message, with bodies up to 4 KiB and arbitrary ids and error texts.
 fn any_message() -> impl Strategy<Value = Message> {
     let body = (0..=4 * KIB, any::<u64>()).prop_map(|(len, seed)| pseudo_random_bytes(len, seed));
-    (0..4u8, any::<u64>(), body, any::<String>()).prop_map(|(kind, request_id, body, error)| {
+    (0..7u8, any::<u64>(), body, any::<String>()).prop_map(|(kind, request_id, body, error)| {
         match kind {
             0 => Message::RpcRequest { request_id, body },
             1 => Message::RpcResponse { request_id, body },
             2 => Message::RpcFailure { request_id, error },
+            3 => Message::StreamRequest { stream_id: error },
+            // An empty stream: no raw bytes follow.
+            4 => Message::StreamResponse {
+                stream_id: error,
+                byte_count: 0,
+            },
+            5 => Message::StreamFailure {
+                stream_id: format!("/files/{request_id}"),
+                error,
+            },
             _ => Message::OneWay { body },
         }
     })

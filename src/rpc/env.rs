@@ -18,6 +18,7 @@ use crate::rpc::call::{CallInfo, What};
 use crate::rpc::dispatcher::Dispatcher;
 use crate::rpc::endpoint::RpcEndpoint;
 use crate::rpc::endpoint_ref::{RefInner, RpcEndpointRef};
+use crate::rpc::file_server::{FileServer, parse_uri};
 use crate::rpc::handler::RpcEnvHandler;
 use crate::rpc::message_loop::on_loop_of;
 use crate::rpc::outbox::{CONNECT_IDLE, Outbox};
@@ -28,8 +29,8 @@ use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::{Arc, Condvar, Mutex};
 use crate::threads::{Pool, Workers, spawn};
 use crate::transport::{
-    Admission, Counters, RpcHandler, TransportClientFactory, TransportConf, TransportContext,
-    TransportServer, frame_len, on_event_loop,
+    Admission, Counters, RpcHandler, StreamReader, TransportClientFactory, TransportConf,
+    TransportContext, TransportServer, frame_len, on_event_loop,
 };
 
 /// How long a shutdown waits for endpoints to run `on_stop` and for threads to exit
@@ -126,6 +127,13 @@ impl RpcEnvBuilder {
             Some(auth) => transport.create_client_factory_with_bootstrap(auth),
             None => transport.create_client_factory(),
         };
+        // Downloads get connections of their own (Spark's "files" transport), so that a
+        // large file never holds up the messages to the same peer.
+        let files_factory = match &settings.auth {
+            Some(auth) => transport.create_client_factory_with_bootstrap(auth),
+            None => transport.create_client_factory(),
+        };
+        let file_server = FileServer::new(address.clone());
         let counters = Arc::clone(transport.counters());
         let dispatcher = Dispatcher::new(id, settings.dispatcher_threads)?;
         let timeouts = Timeouts::start()?;
@@ -144,6 +152,8 @@ impl RpcEnvBuilder {
             handler: Arc::clone(&handler),
             server: Mutex::new(server),
             factory,
+            files_factory,
+            file_server,
             dispatcher,
             outboxes: Mutex::new(HashMap::new()),
             timeouts,
@@ -408,6 +418,66 @@ impl RpcEnv {
         Ok(())
     }
 
+    /// The files, jars and directories this env serves to other envs' (or Spark's)
+    /// [`open_channel`](Self::open_channel) (Spark's `RpcEnv.fileServer`, its
+    /// `NettyStreamManager`). In client mode it serves nothing: its `add_*` methods fail.
+    ///
+    /// ```
+    /// use std::io::Read;
+    /// use rpcenv::RpcEnv;
+    ///
+    /// let dir = std::env::temp_dir().join(format!("rpcenv-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let path = dir.join("app.conf");
+    /// std::fs::write(&path, b"workers = 4\n")?;
+    ///
+    /// let master = RpcEnv::builder("master").bind_address("127.0.0.1").port(0).build()?;
+    /// let uri = master.file_server().add_file(&path)?; // rpc://127.0.0.1:<port>/files/app.conf
+    ///
+    /// let worker = RpcEnv::builder("worker").client_mode(true).build()?;
+    /// let mut text = String::new();
+    /// worker.open_channel(&uri)?.read_to_string(&mut text)?;
+    /// assert_eq!(text, "workers = 4\n");
+    /// # worker.shutdown();
+    /// # master.shutdown();
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn file_server(&self) -> &FileServer {
+        &self.inner.file_server
+    }
+
+    /// Downloads a file another env serves (Spark's `NettyRpcEnv.openChannel`): `uri` is
+    /// what that env's [`FileServer`] returned, `rpc://host:port/files/<name>` (or
+    /// `/jars/`, or a directory's URI with a relative path appended; `spark://` is
+    /// accepted too, so a Spark server's files can be fetched). Works from client-mode
+    /// envs.
+    ///
+    /// Blocks while it connects (downloads use connections of their own, one per peer by
+    /// default, not those of the env's messages) and sends the request; the returned
+    /// [`StreamReader`] gives the bytes as they arrive, holding at most
+    /// `rpc.io.maxQueuedBytes` of them, so a file larger than memory streams through. A
+    /// missing file, or a connection that closes before the file is whole, fails the
+    /// reader's `read` (never a short read that looks whole).
+    ///
+    /// Fails with [`RpcError::InvalidAddress`] for a URI without host, port or path
+    /// (Spark's "Host name must be defined." and so on), [`RpcError::Connection`] when
+    /// the server cannot be reached, [`RpcError::EnvStopped`] after shutdown.
+    pub fn open_channel(&self, uri: &str) -> Result<StreamReader, RpcError> {
+        self.inner.check_running()?;
+        let parsed = parse_uri(uri)?;
+        let client = self
+            .inner
+            .files_factory
+            .create_client(&parsed.host, parsed.port)?;
+        debug!(
+            "downloading {} from {}",
+            parsed.stream_id,
+            client.remote_address()
+        );
+        client.stream_reader(&parsed.stream_id)
+    }
+
     /// Shuts the env down; idempotent. Pending asks fail at once with
     /// [`RpcError::EnvStopped`], queued outgoing messages too; every endpoint runs
     /// `on_stop`; the listener and connections close; the threads exit. Waits up to five
@@ -451,6 +521,9 @@ pub(crate) struct EnvInner {
     handler: Arc<RpcEnvHandler>,
     server: Mutex<Option<TransportServer>>,
     factory: TransportClientFactory,
+    /// The connections of downloads (`open_channel`).
+    files_factory: TransportClientFactory,
+    file_server: FileServer,
     dispatcher: Dispatcher,
     outboxes: Mutex<HashMap<RpcAddress, Arc<Outbox>>>,
     timeouts: Timeouts,
@@ -493,6 +566,10 @@ impl EnvInner {
 
     pub(crate) fn client_factory(&self) -> &TransportClientFactory {
         &self.factory
+    }
+
+    pub(crate) fn file_server(&self) -> &FileServer {
+        &self.file_server
     }
 
     pub(crate) fn connect_pool(&self) -> &Pool {
@@ -601,6 +678,7 @@ impl EnvInner {
             server.close();
         }
         self.factory.close();
+        self.files_factory.close();
         self.connect_pool.stop(Some(deadline));
         *self.terminated.lock() = true;
         self.terminated_cv.notify_all();

@@ -23,7 +23,7 @@ use crate::rpc::envelope::{self, Control, RequestHeader};
 use crate::rpc::flow::Inflow;
 use crate::rpc::inbox::{InboxMessage, Payload};
 use crate::sync::{Arc, Mutex, Weak};
-use crate::transport::{Responder, RpcHandler, TransportClient};
+use crate::transport::{Responder, RpcHandler, StreamBody, TransportClient};
 
 /// The handler behind an env's transport.
 pub(crate) struct RpcEnvHandler {
@@ -124,6 +124,18 @@ impl RpcEnvHandler {
 }
 
 impl RpcHandler for RpcEnvHandler {
+    /// Streams are the env's file server (Spark's `NettyRpcHandler.getStreamManager`).
+    fn open_stream(
+        &self,
+        _client: &TransportClient,
+        stream_id: &str,
+    ) -> Result<Option<StreamBody>, String> {
+        match self.env() {
+            Some(env) => env.file_server().open_stream(stream_id),
+            None => Ok(None),
+        }
+    }
+
     fn receive(&self, client: &TransportClient, message: Vec<u8>, responder: Responder) {
         let Some(env) = self.env() else {
             responder.reply(envelope::encode_reply_error(&RpcError::EnvStopped));

@@ -12,6 +12,7 @@
 //! | `inbox.rs` | one endpoint's queue and lifecycle |
 //! | `message_loop.rs` | the threads that run endpoint code |
 //! | `outbox.rs` | the queue to one remote env while it connects |
+//! | `file_server.rs` | [`FileServer`]: files, jars and directories served as streams; download URIs |
 //! | `flow.rs` | flow control between envs: per-endpoint windows |
 //! | `receipt.rs` | [`Receipt`]: the outcome of one one-way message |
 //! | `handler.rs` | the transport handler: envelopes in, connection events |
@@ -26,6 +27,7 @@ mod endpoint;
 mod endpoint_ref;
 mod env;
 mod envelope;
+mod file_server;
 mod flow;
 mod handler;
 mod inbox;
@@ -41,4 +43,5 @@ pub use self::call::{Pending, RpcCallContext};
 pub use self::endpoint::{EndpointContext, RpcEndpoint, Threading};
 pub use self::endpoint_ref::RpcEndpointRef;
 pub use self::env::{RpcEnv, RpcEnvBuilder};
+pub use self::file_server::FileServer;
 pub use self::receipt::Receipt;

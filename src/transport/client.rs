@@ -9,6 +9,7 @@ use crate::error::RpcError;
 use crate::sync::{Arc, Condvar, Mutex};
 use crate::transport::connection::Conn;
 use crate::transport::requests::Callback;
+use crate::transport::stream::{CallbackSink, StreamCallback, StreamReader};
 use crate::transport::write_queue::{Admission, Label, Receipt};
 
 /// One connection, seen from the side that sends on it.
@@ -159,6 +160,48 @@ impl TransportClient {
     /// Sends a control frame (never waits, never counted as a lost message).
     pub(crate) fn send_control(&self, body: Vec<u8>) -> Result<(), RpcError> {
         self.conn.send_control(body)
+    }
+
+    /// Asks the peer for stream `stream_id` (Spark's `TransportClient.stream`): `callback`
+    /// gets its bytes as they arrive and then `on_complete`, or `on_failure` (the peer's
+    /// `StreamFailure` as [`RpcError::Remote`], or [`RpcError::Connection`] if the
+    /// connection closes first), on an `rpc-io-N` thread; see [`StreamCallback`]. A request
+    /// that cannot be sent at all fails on this thread. Streams are answered in the order
+    /// they were asked for. Waits for room in the write queue like [`send`](Self::send).
+    pub fn stream(&self, stream_id: &str, callback: impl StreamCallback) {
+        let sink = Box::new(CallbackSink {
+            stream_id: stream_id.to_owned(),
+            callback,
+        });
+        let admission = self.conn.admission(None);
+        if let Err((err, Some(mut sink))) = self.conn.stream(stream_id.to_owned(), sink, admission)
+        {
+            crate::transport::connection::guard(self.conn.peer(), "a stream callback", || {
+                crate::transport::stream::Sink::fail(&mut *sink, err)
+            });
+        }
+    }
+
+    /// Asks the peer for stream `stream_id` and returns a blocking [`StreamReader`] of its
+    /// bytes, which holds at most `rpc.io.maxQueuedBytes` of them (the connection is not
+    /// read beyond that until the reader catches up). Fails at once if the request cannot
+    /// be sent (connection closed, no room within `rpc.io.sendTimeout`); a stream the peer
+    /// fails, or that the connection cuts short, fails the reader's `read`.
+    pub fn stream_reader(&self, stream_id: &str) -> Result<StreamReader, RpcError> {
+        let (reader, sink) = StreamReader::new(
+            Arc::clone(&self.conn),
+            stream_id.to_owned(),
+            self.conn.writes().limit(),
+            self.conn.connection_timeout(),
+        );
+        let admission = self.conn.admission(None);
+        match self
+            .conn
+            .stream(stream_id.to_owned(), Box::new(sink), admission)
+        {
+            Ok(()) => Ok(reader),
+            Err((err, _)) => Err(err),
+        }
     }
 
     /// Pauses (`false`) or resumes (`true`) reading from the connection, as Netty's

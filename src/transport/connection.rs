@@ -25,13 +25,15 @@ use log::{debug, error, trace, warn};
 
 use crate::auth::Encryptor;
 use crate::error::RpcError;
-use crate::frame::FrameHeader;
+use crate::frame::header_type::MessageType;
+use crate::frame::{FrameHeader, stream_failure_body, stream_request_body, stream_response_body};
 use crate::sync::Arc;
 use crate::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use crate::threads::panic_message;
 use crate::transport::TransportConf;
 use crate::transport::requests::{Callback, Requests};
 use crate::transport::socket::Wire;
+use crate::transport::stream::{Counted, Pending as PendingStream, Sink, StreamBody, Streams};
 use crate::transport::write_queue::{
     Admission, After, Frame, Kind, Label, Receipt, Submitted, WriteQueue, settle_all,
 };
@@ -82,6 +84,8 @@ const STALL_GRACE: Duration = Duration::from_millis(250);
 const PAUSED_BY_USER: u8 = 1;
 /// The peer does not read the answers it asked for (and speaks no flow control).
 const PAUSED_BY_ANSWERS: u8 = 2;
+/// A stream's reader has not taken what it was given (see `stream`).
+const PAUSED_BY_STREAM: u8 = 4;
 
 thread_local! {
     /// On the `rpc-io-N` threads, which event loop runs there: a sender there never waits
@@ -198,6 +202,13 @@ pub(crate) struct Conn {
     close_reason: OnceLock<CloseReason>,
     writes: WriteQueue,
     requests: Requests,
+    /// Streams this side asked for, in wire order.
+    streams: Streams,
+    /// `rpc.io.connectionTimeout`: how long a stream's reader waits for bytes.
+    connection_timeout: Option<Duration>,
+    /// Stream bodies (files) queued to the peer and not yet written: each holds a file
+    /// open, so a peer is read at most [`MAX_OWED`] of them ahead.
+    stream_bodies: Arc<AtomicUsize>,
     next_request_id: AtomicU64,
     /// Answers owed: responders not yet used.
     owed: AtomicUsize,
@@ -240,6 +251,9 @@ impl Conn {
             close_reason: OnceLock::new(),
             writes: WriteQueue::new(wire, conf.max_queued_bytes(), peer.to_string()),
             requests: Requests::default(),
+            streams: Streams::default(),
+            connection_timeout: conf.connection_timeout(),
+            stream_bodies: Arc::new(AtomicUsize::new(0)),
             next_request_id: AtomicU64::new(0),
             owed: AtomicUsize::new(0),
             paused: AtomicU8::new(0),
@@ -460,6 +474,132 @@ impl Conn {
         }
     }
 
+    /// Asks the peer for stream `stream_id`; `sink` gets its bytes and its end. On `Err`
+    /// the sink (if it is given back) was never told anything.
+    pub(crate) fn stream(
+        self: &Arc<Self>,
+        stream_id: String,
+        sink: Box<dyn Sink>,
+        admission: Admission,
+    ) -> Result<(), (RpcError, Option<Box<dyn Sink>>)> {
+        let body = stream_request_body(&stream_id);
+        let header = FrameHeader::stream(MessageType::StreamRequest, body.len());
+        if let Err(err) = self.check_size(&header) {
+            return Err((err, Some(sink)));
+        }
+        if !self.is_active() {
+            return Err((self.closed_error(), Some(sink)));
+        }
+        trace!("stream request {stream_id} to {}", self.peer);
+        self.streams
+            .queue(stream_id, sink, || {
+                self.submit(Frame::new(header, body, Kind::Request), admission, false)
+            })
+            .map_err(|(err, sink)| match err {
+                RpcError::Connection { .. } => (self.closed_error(), sink),
+                other => (other, sink),
+            })
+    }
+
+    /// The next stream this side asked for: its answer came (`active`: its bytes follow).
+    pub(crate) fn pop_stream(&self, active: bool) -> Option<PendingStream> {
+        self.streams.pop(active)
+    }
+
+    /// The stream whose bytes were being received ended.
+    pub(crate) fn stream_finished(&self) {
+        self.streams.finished_active();
+    }
+
+    /// Streams outstanding, and since when some has been (for the silent-peer rule).
+    pub(crate) fn streams_outstanding(&self) -> (usize, Option<Instant>) {
+        self.streams.outstanding()
+    }
+
+    /// How long a stream's reader waits for bytes (`rpc.io.connectionTimeout`).
+    pub(crate) fn connection_timeout(&self) -> Option<Duration> {
+        self.connection_timeout
+    }
+
+    /// Answers the peer's `StreamRequest` for `stream_id`: the body, a failure, or
+    /// Spark's "not found". The body is written by the event loop after the frame
+    /// (see `segment`). Never refused for room, like any answer.
+    pub(crate) fn respond_stream(
+        self: &Arc<Self>,
+        stream_id: &str,
+        result: Result<Option<StreamBody>, String>,
+    ) {
+        let frame = match result {
+            Ok(Some(body)) => {
+                trace!("stream {stream_id} to {}: {} bytes", self.peer, body.len());
+                let fields = stream_response_body(stream_id, body.len());
+                let header = FrameHeader::stream(MessageType::StreamResponse, fields.len());
+                match self.check_size(&header) {
+                    Ok(()) => {
+                        let frame = Frame::new(header, fields, Kind::Answer);
+                        if body.is_empty() {
+                            frame
+                        } else {
+                            let mut body = body;
+                            body.counted = Some(Counted::new(&self.stream_bodies));
+                            frame.with_tail(body)
+                        }
+                    }
+                    Err(err) => self.stream_failure(stream_id, err.to_string()),
+                }
+            }
+            Ok(None) => {
+                debug!("stream {stream_id} asked by {} was not found", self.peer);
+                // Spark's TransportRequestHandler says exactly this.
+                self.stream_failure(stream_id, format!("Stream '{stream_id}' was not found."))
+            }
+            Err(text) => {
+                debug!("stream {stream_id} asked by {} failed: {text}", self.peer);
+                self.stream_failure(stream_id, text)
+            }
+        };
+        if let Err(err) = self.submit(frame, Admission::Force, true) {
+            debug!(
+                "answer to stream {stream_id} of {} dropped: {err:#}",
+                self.peer
+            );
+        }
+        self.after_request();
+    }
+
+    /// A `StreamFailure` frame, its text cut to fit the maximum frame size.
+    fn stream_failure(&self, stream_id: &str, mut text: String) -> Frame {
+        let id_len = stream_id.len().min(self.max_frame as usize / 2);
+        let mut id_cut = id_len;
+        while !stream_id.is_char_boundary(id_cut) {
+            id_cut -= 1;
+        }
+        let stream_id = &stream_id[..id_cut];
+        let room = (self.max_frame as usize).saturating_sub(9 + 8 + stream_id.len());
+        if text.len() > room {
+            let mut cut = room;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+        let fields = stream_failure_body(stream_id, &text);
+        let header = FrameHeader::stream(MessageType::StreamFailure, fields.len());
+        Frame::new(header, fields, Kind::Answer)
+    }
+
+    /// A stream's reader holds as much as it may: the connection is no longer read.
+    pub(crate) fn pause_for_stream(&self) {
+        if self.paused.fetch_or(PAUSED_BY_STREAM, Ordering::AcqRel) & PAUSED_BY_STREAM == 0 {
+            trace!("reading from {} pauses for a stream's reader", self.peer);
+        }
+    }
+
+    /// A stream's reader took half of what it held: reading goes on.
+    pub(crate) fn resume_for_stream(self: &Arc<Self>) {
+        self.resume(PAUSED_BY_STREAM);
+    }
+
     /// Answers the peer's handshake request `id` (the server side of an
     /// [`AuthBootstrap`](super::AuthBootstrap)): a response, or a failure before the
     /// connection closes. Queued before the channel cipher starts, so it goes out in
@@ -559,6 +699,9 @@ impl Conn {
     /// is held only once its unread answers fill the queue and the socket has taken nothing
     /// for [`STALL_GRACE`]: a hostile one that said hello and reads nothing.
     pub(crate) fn answer_backlog_full(&self) -> bool {
+        if self.stream_bodies.load(Ordering::Acquire) >= MAX_OWED {
+            return true;
+        }
         let answers = self.writes.answer_bytes();
         let limit = self.writes.limit();
         if self.flow_controlled.load(Ordering::Acquire) {
@@ -690,6 +833,9 @@ impl Conn {
         for callback in callbacks {
             run_callback(callback, Err(err.clone()), self.peer);
         }
+        let err = CloseReason::new("closed by the peer")
+            .error(self.peer, "closed with the stream outstanding");
+        fail_streams(self.streams.close(), &err, self.peer);
         self.is_finished()
     }
 
@@ -731,6 +877,7 @@ impl Conn {
         let _ = self.close_reason.set(reason.clone());
         let left = self.writes.close();
         let callbacks = self.requests.close();
+        let streams = self.streams.close();
         self.notify.closed(self.id);
         debug!(
             "connection {} to {} closed ({} requests outstanding): {}",
@@ -757,6 +904,8 @@ impl Conn {
         for callback in callbacks {
             run_callback(callback, Err(err.clone()), self.peer);
         }
+        let err = reason.error(self.peer, "closed with the stream outstanding");
+        fail_streams(streams, &err, self.peer);
         true
     }
 
@@ -798,6 +947,16 @@ impl fmt::Debug for Conn {
             .field("open", &self.is_open())
             .field("closing", &self.is_closing())
             .finish()
+    }
+}
+
+/// Fails streams that were never answered.
+fn fail_streams(streams: Vec<PendingStream>, err: &RpcError, peer: SocketAddr) {
+    if !streams.is_empty() {
+        debug!("{} stream(s) from {peer} fail: {err:#}", streams.len());
+    }
+    for mut pending in streams {
+        guard(peer, "a stream callback", || pending.sink.fail(err.clone()));
     }
 }
 

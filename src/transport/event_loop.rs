@@ -490,14 +490,17 @@ impl EventLoop {
         };
         let conn = entry.client.conn();
         conn.close_with(reason);
+        let mut reader = entry.reader;
+        let error = conn.failure().unwrap_or_else(|| conn.closed_error());
+        reader.fail_stream(conn.peer(), error);
         if let Some(count) = &entry.inbound {
             count.fetch_sub(1, Ordering::AcqRel);
         }
         // The handler hears of a connection only once it was active (authenticated, when
         // the peer had to).
-        let active = entry.reader.is_active();
+        let active = reader.is_active();
         // The reader's socket handle goes with the entry: the descriptor closes now.
-        drop(entry.reader);
+        drop(reader);
         if !active {
             return;
         }
@@ -626,12 +629,17 @@ impl EventLoop {
                 }
                 return None;
             }
-            let open_ended = conn.requests().open_ended();
-            if open_ended > 0 {
-                let since = conn.requests().waiting_since().map_or_else(
-                    || reader.last_read(),
-                    |waiting| waiting.max(reader.last_read()),
-                );
+            let (streams, streams_since) = conn.streams_outstanding();
+            let open_ended = conn.requests().open_ended() + streams;
+            // A connection this side stopped reading (a stream's reader is full) is not
+            // silent: its silence counts from when it is read again.
+            if open_ended > 0 && !conn.is_paused() {
+                let waiting = match (conn.requests().waiting_since(), streams_since) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                let since =
+                    waiting.map_or_else(|| reader.last_read(), |w| w.max(reader.last_read()));
                 if now.saturating_duration_since(since) >= timeout {
                     return Some(format!(
                         "the peer was silent for {timeout:?} with {open_ended} requests \

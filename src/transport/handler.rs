@@ -4,8 +4,8 @@ use std::fmt;
 
 use crate::error::RpcError;
 use crate::sync::Arc;
-use crate::transport::TransportClient;
 use crate::transport::connection::Conn;
+use crate::transport::{StreamBody, TransportClient};
 
 /// What a connection does with the requests and one-way messages it receives.
 ///
@@ -45,6 +45,24 @@ pub trait RpcHandler: Send + Sync + 'static {
     /// responder whose answer is discarded.
     fn receive_one_way(&self, client: &TransportClient, message: Vec<u8>) {
         self.receive(client, message, Responder::discard());
+    }
+
+    /// The peer asked for stream `stream_id` (a `StreamRequest`; Spark's
+    /// `getStreamManager().openStream(streamId)`). `Ok(Some(body))` sends it (a file with
+    /// zero-copy `sendfile` where it can be); `Ok(None)` answers Spark's
+    /// `StreamFailure("Stream '<id>' was not found.")`; `Err(text)` answers a
+    /// `StreamFailure` with that text. Runs on the event loop: open the file and return,
+    /// never read it here. By default every stream is not found.
+    ///
+    /// `stream_id` comes from the network: treat it as hostile (see
+    /// [`RpcEnv::file_server`](crate::RpcEnv::file_server) for a server that does).
+    fn open_stream(
+        &self,
+        client: &TransportClient,
+        stream_id: &str,
+    ) -> Result<Option<StreamBody>, String> {
+        let _ = (client, stream_id);
+        Ok(None)
     }
 
     /// A connection, inbound or outbound, is ready to carry messages.

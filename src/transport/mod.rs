@@ -79,6 +79,7 @@ mod requests;
 mod segment;
 mod server;
 mod socket;
+mod stream;
 #[cfg(test)]
 mod tests;
 mod write_queue;
@@ -91,5 +92,6 @@ pub(crate) use self::connection::{Counters, frame_len, on_event_loop};
 pub use self::context::TransportContext;
 pub use self::handler::{Responder, RpcHandler};
 pub use self::server::TransportServer;
+pub use self::stream::{StreamBody, StreamCallback, StreamReader};
 pub(crate) use self::write_queue::{Admission, FRAME_CHARGE, Label, Receipt};
 pub use crate::auth::{Cipher, EngineVersion};

@@ -20,11 +20,12 @@ use log::{debug, trace, warn};
 
 use crate::auth::{self, ChannelRandom, Decryptor, OsRandom};
 use crate::error::RpcError;
-use crate::frame::{FrameDecoder, FrameError, Message};
+use crate::frame::{FrameDecoder, FrameError, Item, Message};
 use crate::sync::Arc;
 use crate::transport::auth::{AuthBootstrap, MAX_HANDSHAKE_FRAME, auth_error};
 use crate::transport::connection::{CloseReason, Conn, guard};
 use crate::transport::socket::{Wire, WireReader, interrupted, would_block};
+use crate::transport::stream::Sink;
 use crate::transport::{Responder, RpcHandler, TransportClient};
 
 /// A body this large or larger that is still missing is read from the socket straight
@@ -76,6 +77,17 @@ enum Handshake {
     Closed,
 }
 
+/// A stream's bytes are read from the socket straight into pieces of at most this size,
+/// handed to its reader without a copy.
+const STREAM_PIECE: usize = 256 * 1024;
+
+/// The stream whose raw bytes are arriving (after its `StreamResponse`).
+struct Active {
+    stream_id: String,
+    /// `None` for a stream nobody asked for: its bytes are dropped.
+    sink: Option<Box<dyn Sink>>,
+}
+
 /// Plaintext buffers larger than this are not kept between reads.
 const PLAIN_KEEP: usize = 256 * 1024;
 
@@ -116,6 +128,8 @@ pub(crate) struct Reader {
     /// writing it, reads the refusal rather than a reset), and how many were dropped.
     discard: u64,
     discarded: u64,
+    /// The stream whose bytes are arriving.
+    stream: Option<Active>,
 }
 
 /// The header bytes of a refused request that the decoder reads: length, type, id.
@@ -158,6 +172,7 @@ impl Reader {
             refusal: None,
             discard: 0,
             discarded: 0,
+            stream: None,
         }
     }
 
@@ -251,9 +266,13 @@ impl Reader {
         now: Instant,
     ) -> ReadOutcome {
         let frames_before = self.frames;
-        if std::mem::take(&mut self.was_paused) && self.frame_started.is_some() {
-            // The frame's time ran on while this side did not read: it starts again.
-            self.frame_started = Some(now);
+        if std::mem::take(&mut self.was_paused) {
+            // The peer's silence is counted from when this side reads again.
+            self.last_read = now;
+            if self.frame_started.is_some() {
+                // The frame's time ran on while this side did not read: it starts again.
+                self.frame_started = Some(now);
+            }
         }
         let outcome = self.read(conn, client, scratch, budget, handler, drain, now);
         if !self.in_frame() {
@@ -296,7 +315,33 @@ impl Reader {
             if total >= budget {
                 return ReadOutcome::Budget;
             }
-            let direct = if self.decryptor.is_none() && self.auth.is_none() {
+            let plain = self.decryptor.is_none() && self.auth.is_none();
+            if let Some(remaining) = self.decoder.stream_remaining().filter(|_| plain) {
+                if remaining >= DIRECT_READ_THRESHOLD as u64 {
+                    // A stream's bytes go from the socket into a piece its reader keeps.
+                    let want = remaining.min(STREAM_PIECE as u64) as usize;
+                    let mut piece = Vec::with_capacity(want);
+                    let result = WireReader(&*self.wire)
+                        .take(want as u64)
+                        .read_to_end(&mut piece);
+                    let got = piece.len();
+                    total += got;
+                    if got > 0 {
+                        self.last_read = now;
+                        let end = self.decoder.stream_consumed(got);
+                        self.stream_data(conn, StreamPiece::Owned(piece), end);
+                    }
+                    match result {
+                        Ok(_) if got < want => return self.end_of_stream(conn),
+                        Ok(_) => {}
+                        Err(err) if would_block(&err) => return ReadOutcome::Drained,
+                        Err(err) if interrupted(&err) => {}
+                        Err(err) => return self.failed(conn, err),
+                    }
+                    continue;
+                }
+            }
+            let direct = if plain {
                 self.decoder.pending_body(DIRECT_READ_THRESHOLD)
             } else {
                 None
@@ -310,8 +355,15 @@ impl Reader {
                 total += got;
                 if got > 0 {
                     self.last_read = now;
-                    if let Some(message) = self.decoder.body_filled() {
-                        self.dispatch(conn, client, handler, message);
+                    match self.decoder.body_filled() {
+                        Ok(Some(message)) => self.dispatch(conn, client, handler, message),
+                        Ok(None) => {}
+                        Err(err) => {
+                            let err = RpcError::from(err);
+                            warn!("closing the connection with {}: {err:#}", conn.peer());
+                            conn.close_with(CloseReason::fault(err));
+                            return ReadOutcome::Closed;
+                        }
                     }
                 }
                 match result {
@@ -412,11 +464,23 @@ impl Reader {
                 }
                 continue;
             }
-            match self.decoder.decode(&input[offset..]) {
-                Ok((used, message)) => {
+            match self.decoder.next(&input[offset..]) {
+                Ok((used, item)) => {
                     offset += used;
-                    let Some(message) = message else {
-                        continue;
+                    let message = match item {
+                        None => continue,
+                        Some(Item::Message(message)) => message,
+                        Some(Item::StreamData { data, end }) => {
+                            self.stream_data(conn, StreamPiece::Borrowed(data), end);
+                            if !conn.is_open() {
+                                return Decoded::Stop(ReadOutcome::Closed);
+                            }
+                            if conn.is_paused() {
+                                self.stash.extend_from_slice(&input[offset..]);
+                                return Decoded::Stop(ReadOutcome::Paused);
+                            }
+                            continue;
+                        }
                     };
                     if self.auth.is_some() {
                         // The handshake is a whole frame too (for `rpc.io.frameTimeout`).
@@ -616,6 +680,98 @@ impl Reader {
                 err @ RpcError::FrameTooLarge { .. } => conn.complete_refused(request_id, err),
                 err => conn.complete(request_id, Err(err)),
             },
+            Message::StreamRequest { stream_id } => {
+                trace!("stream request {stream_id} from {}", conn.peer());
+                let mut result = Err("the stream manager panicked".to_owned());
+                guard(conn.peer(), "open_stream", || {
+                    result = handler.open_stream(client, &stream_id);
+                });
+                conn.respond_stream(&stream_id, result);
+            }
+            Message::StreamResponse {
+                stream_id,
+                byte_count,
+            } => {
+                let pending = conn.pop_stream(byte_count > 0);
+                if pending.is_none() {
+                    warn!(
+                        "ignoring stream {stream_id} from {} ({byte_count} bytes): no stream \
+                         was asked for",
+                        conn.peer()
+                    );
+                }
+                let mut sink = pending.map(|pending| {
+                    if pending.stream_id != stream_id {
+                        debug!(
+                            "stream {stream_id} from {} answers the request for {}",
+                            conn.peer(),
+                            pending.stream_id
+                        );
+                    }
+                    pending.sink
+                });
+                if byte_count == 0 {
+                    if let Some(sink) = &mut sink {
+                        guard(conn.peer(), "a stream callback", || sink.complete());
+                    }
+                } else {
+                    self.stream = Some(Active { stream_id, sink });
+                }
+            }
+            Message::StreamFailure { stream_id, error } => match conn.pop_stream(false) {
+                Some(mut pending) => {
+                    debug!("stream {stream_id} from {} failed: {error:#}", conn.peer());
+                    let error = RpcError::Remote { message: error };
+                    guard(conn.peer(), "a stream callback", || {
+                        pending.sink.fail(error)
+                    });
+                }
+                None => warn!(
+                    "ignoring the failure of stream {stream_id} from {}: no stream was asked \
+                     for",
+                    conn.peer()
+                ),
+            },
         }
     }
+
+    /// Hands the next bytes of the stream under way to its sink; `end`: they were its
+    /// last.
+    fn stream_data(&mut self, conn: &Arc<Conn>, piece: StreamPiece<'_>, end: bool) {
+        let Some(active) = &mut self.stream else {
+            return;
+        };
+        if let Some(sink) = &mut active.sink {
+            guard(conn.peer(), "a stream callback", || match piece {
+                StreamPiece::Borrowed(data) => sink.data(data),
+                StreamPiece::Owned(piece) => sink.chunk(piece),
+            });
+        }
+        if end {
+            let active = self.stream.take().expect("checked");
+            trace!("stream {} from {} is whole", active.stream_id, conn.peer());
+            conn.stream_finished();
+            if let Some(mut sink) = active.sink {
+                guard(conn.peer(), "a stream callback", || sink.complete());
+            }
+        }
+    }
+
+    /// The connection closed: the stream under way, if any, fails with `error`.
+    pub(crate) fn fail_stream(&mut self, peer: std::net::SocketAddr, error: RpcError) {
+        if let Some(Active {
+            sink: Some(mut sink),
+            stream_id,
+        }) = self.stream.take()
+        {
+            debug!("stream {stream_id} from {peer} fails: {error:#}");
+            guard(peer, "a stream callback", || sink.fail(error));
+        }
+    }
+}
+
+/// Bytes of a stream: borrowed from the read buffer, or a piece read for it.
+enum StreamPiece<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
 }

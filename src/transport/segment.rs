@@ -16,8 +16,17 @@
 //! the socket has taken the one before ([`Segment::Envelope`]): the writer holds 256 KiB
 //! of ciphertext instead of a copy of the whole frame, and the peer decrypts the first
 //! segments while the last are being sealed.
+//!
+//! A stream's body (a [`StreamBody`] after its `StreamResponse`) is a segment of its own.
+//! A file goes out with `sendfile` (see [`Wire::send_file`]) on a plaintext connection; on
+//! an encrypted one it is read in pieces of [`FILE_PIECE`] bytes, each sealed just before
+//! it is written, and nothing after it is sealed before it is done (the cipher's order is
+//! the wire's). One call of [`Segments::write_to`] writes at most [`FILE_TURN`] bytes of
+//! stream bodies, then yields, so a large file never keeps the other connections of the
+//! event loop waiting.
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::{self, IoSlice};
 
 use log::trace;
@@ -26,6 +35,13 @@ use crate::auth::{AuthError, Encryptor, EnvelopeSealer, SEGMENT_PLAINTEXT_LEN};
 use crate::error::RpcError;
 use crate::frame::FrameHeader;
 use crate::transport::socket::{Wire, interrupted, would_block};
+use crate::transport::stream::{Counted, Source, StreamBody};
+
+/// A file on an encrypted connection is read and sealed in pieces of this size.
+pub(crate) const FILE_PIECE: usize = 256 * 1024;
+
+/// One call of [`Segments::write_to`] writes at most this many bytes of stream bodies.
+pub(crate) const FILE_TURN: usize = 4 * 1024 * 1024;
 
 /// At most this many slices go into one `writev`.
 const MAX_SLICES: usize = 256;
@@ -81,6 +97,8 @@ pub(crate) struct Frame {
     kind: Kind,
     pub(crate) label: Option<Label>,
     receipt: Option<Receipt>,
+    /// A stream's body, written after the frame.
+    tail: Option<StreamBody>,
 }
 
 impl Frame {
@@ -91,7 +109,19 @@ impl Frame {
             kind,
             label: None,
             receipt: None,
+            tail: None,
         }
+    }
+
+    /// The frame followed by a stream's body (a `StreamResponse`).
+    pub(crate) fn with_tail(mut self, tail: StreamBody) -> Self {
+        self.tail = Some(tail);
+        self
+    }
+
+    /// Whether a stream's body follows the frame (the event loop writes it).
+    pub(crate) fn has_tail(&self) -> bool {
+        self.tail.is_some()
     }
 
     pub(crate) fn with_label(mut self, label: Option<Label>) -> Self {
@@ -108,9 +138,10 @@ impl Frame {
         self.kind
     }
 
-    /// The frame's length: header and body.
+    /// The frame's length: header and body, and the stream body after it if any.
     pub(crate) fn len(&self) -> usize {
-        self.header.as_bytes().len() + self.body.len()
+        let tail = self.tail.as_ref().map_or(0, |tail| tail.len as usize);
+        self.header.as_bytes().len() + self.body.len() + tail
     }
 
     /// The bytes `start..end` of the frame as it goes on the wire (header, then body), as
@@ -151,6 +182,31 @@ pub(crate) struct Mark {
     receipt: Option<Receipt>,
 }
 
+/// A file region being written (a stream's body).
+pub(crate) struct FileSegment {
+    file: File,
+    /// Where the next byte to read (or send) is.
+    offset: u64,
+    /// Bytes of the region not yet read (or sent).
+    remaining: u64,
+    /// The region's length.
+    len: u64,
+    /// Queued before a channel cipher started: it goes out as it is.
+    plain: bool,
+    /// On an encrypted connection: the sealed piece being written.
+    piece: Option<Piece>,
+    /// Counted among the connection's stream bodies queued while it lives.
+    _counted: Option<Counted>,
+}
+
+/// A sealed piece of a file: its wire bytes, how many were written, and the plaintext
+/// bytes they stand for.
+struct Piece {
+    bytes: Vec<u8>,
+    written: usize,
+    plain: usize,
+}
+
 /// A piece of the queue.
 pub(crate) enum Segment {
     /// A frame written from its own body (encrypted in place once `sealed`).
@@ -183,6 +239,8 @@ pub(crate) enum Segment {
         /// Plaintext bytes in the current chunk.
         chunk: usize,
     },
+    /// A file region (see the module docs).
+    File(FileSegment),
 }
 
 /// What finished while bytes were written: receipts to tell (outside any lock) and the
@@ -242,6 +300,10 @@ impl Segment {
                 written,
                 ..
             } => (&bytes[*written..], &[]),
+            Self::File(file) => match &file.piece {
+                Some(piece) => (&piece.bytes[piece.written..], &[]),
+                None => (&[], &[]),
+            },
         }
     }
 
@@ -255,6 +317,10 @@ impl Segment {
                 written,
                 ..
             } => bytes.len() - written,
+            Self::File(file) => match &file.piece {
+                Some(piece) => piece.bytes.len() - piece.written,
+                None => file.remaining as usize,
+            },
         }
     }
 
@@ -263,13 +329,27 @@ impl Segment {
     fn remaining_is_all(&self) -> bool {
         match self {
             Self::Envelope { sealer, .. } => sealer.left() == 0,
+            Self::File(file) => file.remaining == 0,
             _ => true,
         }
     }
 
     /// Everything is written.
     fn is_done(&self) -> bool {
-        self.remaining_len() == 0 && self.remaining_is_all()
+        match self {
+            Self::File(file) => file.remaining == 0 && file.piece.is_none(),
+            _ => self.remaining_len() == 0 && self.remaining_is_all(),
+        }
+    }
+
+    /// Whether the segment's wire bytes are made (or it goes out as it is).
+    fn is_sealed(&self) -> bool {
+        match self {
+            Self::Whole { sealed, .. } => *sealed,
+            Self::Flat { sealed, .. } => sealed.is_some(),
+            Self::Envelope { .. } => true,
+            Self::File(file) => file.plain || file.piece.is_some(),
+        }
     }
 
     /// An envelope whose current chunk is written: seals the next one.
@@ -370,11 +450,57 @@ impl Segment {
                     }
                 }
             }
+            Self::File(file) => {
+                match &mut file.piece {
+                    Some(piece) => {
+                        piece.written += n;
+                        if piece.written == piece.bytes.len() {
+                            finished.plain_bytes += piece.plain;
+                            file.piece = None;
+                        }
+                    }
+                    None => {
+                        // Sent as it is (sendfile).
+                        file.offset += n as u64;
+                        file.remaining -= n as u64;
+                        finished.plain_bytes += n;
+                    }
+                }
+                if file.remaining == 0 && file.piece.is_none() {
+                    finished.answer_bytes += file.len as usize;
+                }
+            }
         }
     }
 
-    /// Makes this segment's wire bytes with `cipher`, unless that was done.
-    fn seal(&mut self, cipher: &mut Encryptor) -> Result<(), AuthError> {
+    /// Makes this segment's wire bytes with `cipher`, unless that was done. A file makes
+    /// its next piece only when the last one is written.
+    fn seal(&mut self, cipher: &mut Encryptor) -> Result<(), SealError> {
+        if let Self::File(file) = self {
+            if file.plain || file.piece.is_some() || file.remaining == 0 {
+                return Ok(());
+            }
+            let want = (file.remaining as usize).min(FILE_PIECE);
+            let mut plain = vec![0; want];
+            read_exact_at(&file.file, &mut plain, file.offset).map_err(SealError::Io)?;
+            file.offset += want as u64;
+            file.remaining -= want as u64;
+            let bytes = if cipher.encrypt_in_place(&mut plain) {
+                plain
+            } else {
+                let mut wire = Vec::with_capacity(cipher.max_output(want));
+                cipher
+                    .encrypt(&[&plain], &mut wire)
+                    .map_err(SealError::Cipher)?;
+                wire
+            };
+            file.piece = Some(Piece {
+                bytes,
+                written: 0,
+                plain: want,
+            });
+            return Ok(());
+        }
         match self {
             Self::Whole { sealed: true, .. }
             | Self::Flat {
@@ -414,7 +540,7 @@ impl Segment {
                             chunk: 0,
                         };
                         // The header goes out with the first chunk.
-                        return self.seal_next_chunk();
+                        return Ok(self.seal_next_chunk()?);
                     }
                 }
                 let mut wire = Vec::with_capacity(cipher.max_output(len));
@@ -455,6 +581,7 @@ impl Segment {
                 *sealed = Some(len);
                 Ok(())
             }
+            Self::File(_) => unreachable!("handled above"),
         }
     }
 
@@ -475,8 +602,53 @@ impl Segment {
                     unwritten.receipts.extend(mark.receipt);
                 }
             }
+            Self::File(_) => {}
         }
     }
+}
+
+/// Why a segment could not be sealed.
+pub(crate) enum SealError {
+    Cipher(AuthError),
+    Io(io::Error),
+}
+
+impl From<AuthError> for SealError {
+    fn from(err: AuthError) -> Self {
+        Self::Cipher(err)
+    }
+}
+
+impl From<SealError> for io::Error {
+    fn from(err: SealError) -> Self {
+        match err {
+            SealError::Cipher(err) => Self::other(format!("cannot encrypt: {err:#}")),
+            SealError::Io(err) => err,
+        }
+    }
+}
+
+/// Reads exactly `buf.len()` bytes of `file` at `offset`; a file that ends sooner (it
+/// shrank after its length was announced) is `UnexpectedEof`.
+fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    while !buf.is_empty() {
+        match file.read_at(buf, offset) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file is shorter than the stream announced",
+                ));
+            }
+            Ok(n) => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+            Err(err) if interrupted(&err) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 /// Frames cleared to go, in order.
@@ -491,11 +663,41 @@ impl Segments {
     }
 
     /// Appends `frame`: copied into the shared buffer at the tail if it is small, else as a
-    /// segment of its own (its body is never copied).
-    pub(crate) fn push(&mut self, frame: Frame) {
+    /// segment of its own (its body is never copied); then its stream body, if any.
+    pub(crate) fn push(&mut self, mut frame: Frame) {
+        let tail = frame.tail.take();
+        self.push_head(frame);
+        self.push_tail(tail);
+    }
+
+    /// Appends a stream's body as a segment of its own.
+    fn push_tail(&mut self, tail: Option<StreamBody>) {
+        let Some(tail) = tail else {
+            return;
+        };
+        match tail.source {
+            Source::Bytes(bytes) => {
+                let frame = Frame::new(FrameHeader::empty(), bytes, Kind::Answer);
+                self.push_head_whole(frame);
+            }
+            Source::File { file, offset } => {
+                self.queue.push_back(Segment::File(FileSegment {
+                    file,
+                    offset,
+                    remaining: tail.len,
+                    len: tail.len,
+                    plain: false,
+                    piece: None,
+                    _counted: tail.counted,
+                }));
+            }
+        }
+    }
+
+    fn push_head(&mut self, frame: Frame) {
         let len = frame.len();
         if frame.body.len() > FLATTEN_MAX {
-            self.push_whole(frame);
+            self.push_head_whole(frame);
             return;
         }
         let fits = matches!(
@@ -523,8 +725,15 @@ impl Segments {
         });
     }
 
-    /// Appends a frame as a segment of its own (the thread that writes it at once).
-    pub(crate) fn push_whole(&mut self, frame: Frame) {
+    /// Appends a frame as a segment of its own (the thread that writes it at once), then
+    /// its stream body, if any.
+    pub(crate) fn push_whole(&mut self, mut frame: Frame) {
+        let tail = frame.tail.take();
+        self.push_head_whole(frame);
+        self.push_tail(tail);
+    }
+
+    fn push_head_whole(&mut self, frame: Frame) {
         self.queue.push_back(Segment::Whole {
             frame,
             written: 0,
@@ -532,11 +741,18 @@ impl Segments {
         });
     }
 
-    /// Seals, in order, every segment not sealed yet with `cipher` (see the module docs).
-    /// Called by the one thread that writes, outside the queue's lock.
-    pub(crate) fn seal(&mut self, cipher: &mut Encryptor) -> Result<(), AuthError> {
+    /// Seals, in order, every segment not sealed yet with `cipher` (see the module docs),
+    /// up to the first file that is not written in full (it makes its next piece; what
+    /// follows it is sealed once it is done). Called by the one thread that writes,
+    /// outside the queue's lock.
+    pub(crate) fn seal(&mut self, cipher: &mut Encryptor) -> Result<(), SealError> {
         for segment in &mut self.queue {
             segment.seal(cipher)?;
+            if let Segment::File(file) = segment {
+                if !file.plain && !segment.is_done() {
+                    break;
+                }
+            }
         }
         Ok(())
     }
@@ -551,6 +767,11 @@ impl Segments {
                     sealed.get_or_insert(bytes.len());
                 }
                 Segment::Envelope { .. } => {}
+                Segment::File(file) => {
+                    if file.piece.is_none() && file.remaining == file.len {
+                        file.plain = true;
+                    }
+                }
             }
         }
     }
@@ -578,17 +799,72 @@ impl Segments {
         self.queue.drain(..)
     }
 
-    /// Writes until everything is written or the socket would block. The segments written
-    /// in full leave `self` and go to the returned [`Finished`], with what they finished.
-    pub(crate) fn write_to(&mut self, wire: &dyn Wire) -> (Finished, usize, Option<io::Error>) {
-        let mut finished = Finished::default();
-        let mut bytes = 0;
+    /// Writes until everything is written, the socket would block, or [`FILE_TURN`] bytes
+    /// of stream bodies were written (then `yielded`). With `cipher` (an encrypted
+    /// connection) it seals as it goes (see [`seal`](Self::seal)). The segments written in
+    /// full leave `self` and go to the returned [`Finished`], with what they finished.
+    pub(crate) fn write_to(
+        &mut self,
+        wire: &dyn Wire,
+        mut cipher: Option<&mut Encryptor>,
+    ) -> Written {
+        let mut out = Written::default();
+        let mut file_bytes = 0;
         while !self.queue.is_empty() {
+            if file_bytes >= FILE_TURN {
+                out.yielded = true;
+                break;
+            }
+            if let Some(cipher) = cipher.as_deref_mut() {
+                if let Err(err) = self.seal(cipher) {
+                    out.error = Some(err.into());
+                    return out;
+                }
+            }
+            let encrypted = cipher.is_some();
+            if let Some(Segment::File(file)) = self.queue.front_mut() {
+                if file.piece.is_none() && (file.plain || !encrypted) {
+                    let count = (file.remaining as usize).min(FILE_TURN - file_bytes);
+                    match wire.send_file(&file.file, file.offset, count) {
+                        Ok(0) if count > 0 => {
+                            out.error = Some(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "the file is shorter than the stream announced",
+                            ));
+                            return out;
+                        }
+                        Ok(n) => {
+                            trace!("sent {n} bytes of a file");
+                            out.bytes += n;
+                            file_bytes += n;
+                            if let Err(err) = self.advance_front(n, &mut out.finished) {
+                                out.error = Some(err);
+                                return out;
+                            }
+                        }
+                        Err(err) if would_block(&err) => break,
+                        Err(err) if interrupted(&err) => {}
+                        Err(err) => {
+                            out.error = Some(err);
+                            return out;
+                        }
+                    }
+                    continue;
+                }
+            }
             let result = {
                 let mut slices = [IoSlice::new(&[]); MAX_SLICES];
                 let mut count = 0;
                 for segment in &self.queue {
-                    if count + 2 > MAX_SLICES {
+                    if count + 2 > MAX_SLICES || (encrypted && !segment.is_sealed()) {
+                        break;
+                    }
+                    if let Segment::File(file) = segment {
+                        // Only a sealed piece is written with others, and nothing after it.
+                        if let Some(piece) = &file.piece {
+                            slices[count] = IoSlice::new(&piece.bytes[piece.written..]);
+                            count += 1;
+                        }
                         break;
                     }
                     let (first, second) = segment.remaining();
@@ -602,40 +878,91 @@ impl Segments {
                         break;
                     }
                 }
+                if count == 0 {
+                    // Nothing writable before a file that must go first (the next round
+                    // writes it), or segments with nothing left: drop those.
+                    self.pop_done(&mut out.finished);
+                    if self
+                        .queue
+                        .front()
+                        .is_some_and(|front| !matches!(front, Segment::File(_)))
+                    {
+                        debug_assert!(false, "a segment with nothing to write");
+                        break;
+                    }
+                    continue;
+                }
                 wire.write_vectored(&slices[..count])
             };
             match result {
-                Ok(0) => return (finished, bytes, Some(io::ErrorKind::WriteZero.into())),
+                Ok(0) => {
+                    out.error = Some(io::ErrorKind::WriteZero.into());
+                    return out;
+                }
                 Ok(mut written) => {
                     trace!("wrote {written} bytes");
-                    bytes += written;
+                    out.bytes += written;
                     while written > 0 {
                         let Some(front) = self.queue.front_mut() else {
                             break;
                         };
                         let step = written.min(front.remaining_len());
-                        front.advance(step, &mut finished);
+                        if let Segment::File(_) = front {
+                            file_bytes += step;
+                        }
                         written -= step;
-                        if front.is_done() {
-                            let done = self.queue.pop_front().expect("checked");
-                            finished.segments.push(done);
-                        } else if front.remaining_len() == 0 {
-                            // Nothing after this chunk was in the write.
-                            if let Err(err) = front.refill() {
-                                let err = io::Error::other(format!("cannot encrypt: {err}"));
-                                return (finished, bytes, Some(err));
-                            }
-                            break;
+                        if let Err(err) = self.advance_front(step, &mut out.finished) {
+                            out.error = Some(err);
+                            return out;
                         }
                     }
                 }
                 Err(err) if would_block(&err) => break,
                 Err(err) if interrupted(&err) => {}
-                Err(err) => return (finished, bytes, Some(err)),
+                Err(err) => {
+                    out.error = Some(err);
+                    return out;
+                }
             }
         }
-        (finished, bytes, None)
+        out
     }
+
+    /// Records `n` bytes of the front segment written, moves it to `finished` once it is
+    /// written in full, and seals a lazily sealed envelope's next chunk once its current
+    /// one is written.
+    fn advance_front(&mut self, n: usize, finished: &mut Finished) -> io::Result<()> {
+        if let Some(front) = self.queue.front_mut() {
+            front.advance(n, finished);
+            if !front.is_done() && front.remaining_len() == 0 {
+                front
+                    .refill()
+                    .map_err(|err| io::Error::other(format!("cannot encrypt: {err:#}")))?;
+            }
+        }
+        self.pop_done(finished);
+        Ok(())
+    }
+
+    /// Moves the written segments at the front to `finished`.
+    fn pop_done(&mut self, finished: &mut Finished) {
+        while self.queue.front().is_some_and(Segment::is_done) {
+            let done = self.queue.pop_front().expect("checked");
+            finished.segments.push(done);
+        }
+    }
+}
+
+/// What [`Segments::write_to`] did.
+#[derive(Default)]
+pub(crate) struct Written {
+    pub(crate) finished: Finished,
+    /// Bytes that went to the socket.
+    pub(crate) bytes: usize,
+    /// The socket (or a file, or the cipher) failed: the connection must close.
+    pub(crate) error: Option<io::Error>,
+    /// It stopped after [`FILE_TURN`] bytes of stream bodies with more to write.
+    pub(crate) yielded: bool,
 }
 
 #[cfg(test)]
@@ -726,7 +1053,7 @@ mod tests {
             segments.push(frame);
             expected.extend_from_slice(&plain);
         }
-        segments.seal(&mut encryptor).unwrap();
+        assert!(segments.seal(&mut encryptor).is_ok());
         let wire = Trickle::new(16_384);
         let mut plain_bytes = 0;
         let mut calls = 0;
@@ -742,7 +1069,11 @@ mod tests {
             }
             let told = receipts.load(Ordering::SeqCst);
             wire.allow(50_000);
-            let (finished, _, err) = segments.write_to(&wire);
+            let Written {
+                finished,
+                error: err,
+                ..
+            } = segments.write_to(&wire, None);
             assert!(err.is_none());
             plain_bytes += finished.plain_bytes;
             let newly = finished.receipts.len();
@@ -768,10 +1099,14 @@ mod tests {
         let mut segments = Segments::default();
         let (frame, _) = frame(1 << 20, 7, &receipts);
         segments.push(frame);
-        segments.seal(&mut encryptor).unwrap();
+        assert!(segments.seal(&mut encryptor).is_ok());
         let wire = Trickle::new(16_384);
         wire.allow(300_000);
-        let (finished, written, _) = segments.write_to(&wire);
+        let Written {
+            finished,
+            bytes: written,
+            ..
+        } = segments.write_to(&wire, None);
         assert!(written > 0 && finished.receipts.is_empty());
         let mut unwritten = Unwritten::default();
         for segment in segments.drain() {

@@ -1,6 +1,7 @@
 //! Socket plumbing: options through `socket2`, listening, connecting, and the [`Wire`]
 //! abstraction the connection logic is written against.
 
+use std::fs::File;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
@@ -25,6 +26,20 @@ pub(crate) trait Wire: Send + Sync + 'static {
     fn take_error(&self) -> Option<io::Error> {
         None
     }
+
+    /// A non-blocking write of up to `count` bytes of `file` from `offset`, returning how
+    /// many went out (`Ok(0)`: the file ends there). A TCP socket on Linux sends them
+    /// from the page cache with `sendfile`; the default reads them into a buffer of at
+    /// most 64 KiB and writes that (what the socket does not take is read again next time).
+    fn send_file(&self, file: &File, offset: u64, count: usize) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0; count.min(64 * 1024)];
+        let n = file.read_at(&mut buf, offset)?;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.write_vectored(&[IoSlice::new(&buf[..n])])
+    }
 }
 
 impl Wire for mio::net::TcpStream {
@@ -43,6 +58,14 @@ impl Wire for mio::net::TcpStream {
 
     fn take_error(&self) -> Option<io::Error> {
         Self::take_error(self).ok().flatten()
+    }
+
+    /// `sendfile(2)` through `rustix` (a safe wrapper): the bytes go from the page cache to
+    /// the socket without passing through a user-space buffer.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn send_file(&self, file: &File, offset: u64, count: usize) -> io::Result<usize> {
+        let mut offset = offset;
+        rustix::fs::sendfile(self, file, Some(&mut offset), count).map_err(io::Error::from)
     }
 }
 

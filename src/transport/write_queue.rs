@@ -54,7 +54,7 @@ use crate::error::RpcError;
 use crate::fnv::FnvMap;
 use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
-use crate::transport::segment::{Finished, Segments, Unwritten};
+use crate::transport::segment::{Segments, Unwritten, Written};
 use crate::transport::socket::Wire;
 
 pub(crate) use crate::transport::segment::{FRAME_CHARGE, Frame, Kind, Label, Receipt};
@@ -169,6 +169,9 @@ struct State {
     loop_woken: bool,
     /// The socket would not take more: the event loop resumes on a writable event.
     blocked: bool,
+    /// The last write stopped after its share of stream bytes: the loop writes on after
+    /// the other connections had their turn.
+    yielded: bool,
     /// The event loop was told to write while another thread was writing: that thread
     /// wakes it again when done.
     loop_asked: bool,
@@ -221,6 +224,7 @@ impl WriteQueue {
                 writing: false,
                 loop_woken: false,
                 blocked: false,
+                yielded: false,
                 loop_asked: false,
                 stalled_since: None,
                 waiters: 0,
@@ -285,9 +289,9 @@ impl WriteQueue {
                     let mut batch = state.ready.take();
                     let mut cipher = state.cipher.take();
                     drop(state);
-                    let (finished, bytes, error) = write_batch(&mut batch, &mut cipher, &*wire);
+                    let written = write_batch(&mut batch, &mut cipher, &*wire);
                     drop(wire);
-                    return match self.after_write(batch, cipher, finished, bytes, error, false) {
+                    return match self.after_write(batch, cipher, written, false) {
                         (after, None) => Ok(after),
                         (_, Some(err)) => Err(Submitted::WriteFailed(err)),
                     };
@@ -301,7 +305,7 @@ impl WriteQueue {
             .last_submit
             .is_some_and(|last| now.saturating_duration_since(last) < BURST);
         state.last_submit = Some(now);
-        if burst || pipelined || on_owner || !state.ready.is_empty() {
+        if burst || pipelined || on_owner || frame.has_tail() || !state.ready.is_empty() {
             state.push_ready(frame);
             state.loop_woken = true;
             return Ok(After::WakeLoop);
@@ -320,9 +324,9 @@ impl WriteQueue {
         drop(state);
         let mut batch = Segments::default();
         batch.push_whole(frame);
-        let (finished, bytes, error) = write_batch(&mut batch, &mut cipher, &*wire);
+        let written = write_batch(&mut batch, &mut cipher, &*wire);
         drop(wire);
-        match self.after_write(batch, cipher, finished, bytes, error, false) {
+        match self.after_write(batch, cipher, written, false) {
             (after, None) => Ok(after),
             (_, Some(err)) => Err(Submitted::WriteFailed(err)),
         }
@@ -412,12 +416,21 @@ impl WriteQueue {
             let mut batch = state.ready.take();
             let mut cipher = state.cipher.take();
             drop(state);
-            let (finished, bytes, error) = write_batch(&mut batch, &mut cipher, &*wire);
+            let written = write_batch(&mut batch, &mut cipher, &*wire);
             drop(wire);
-            match self.after_write(batch, cipher, finished, bytes, error, true) {
+            match self.after_write(batch, cipher, written, true) {
                 (_, Some(err)) => return Flushed::Failed(err),
-                _ if self.state.lock().blocked => return Flushed::Blocked,
-                _ => {}
+                _ => {
+                    let mut state = self.state.lock();
+                    if state.blocked {
+                        return Flushed::Blocked;
+                    }
+                    if std::mem::take(&mut state.yielded) {
+                        // A stream's share is written: the other connections go first.
+                        state.loop_woken = true;
+                        return Flushed::Again;
+                    }
+                }
             }
         }
         unreachable!("the loop returns by its last round")
@@ -430,11 +443,15 @@ impl WriteQueue {
         &self,
         batch: Segments,
         cipher: Option<Box<Encryptor>>,
-        finished: Finished,
-        bytes: usize,
-        error: Option<io::Error>,
+        written: Written,
         by_loop: bool,
     ) -> (After, Option<io::Error>) {
+        let Written {
+            finished,
+            bytes,
+            error,
+            yielded,
+        } = written;
         let mut state = self.state.lock();
         state.writing = false;
         let mut batch = batch;
@@ -471,7 +488,16 @@ impl WriteQueue {
             if progressed || state.stalled_since.is_none() {
                 state.stalled_since = Some(Instant::now());
             }
-            if state.loop_asked {
+            if yielded {
+                // Not blocked: the socket takes more, after the loop's other connections.
+                state.loop_asked = false;
+                if by_loop {
+                    state.yielded = true;
+                } else {
+                    state.loop_woken = true;
+                    after = After::WakeLoop;
+                }
+            } else if state.loop_asked {
                 // The loop saw the socket writable while this thread wrote: try again.
                 state.loop_asked = false;
                 state.loop_woken = true;
@@ -617,7 +643,9 @@ impl WriteQueue {
         let mut finished = None;
         if !state.writing {
             if let Some(wire) = &wire {
-                finished = Some(ready.write_to(&**wire).0);
+                // Sealed as it goes on an encrypted connection: nothing leaves in clear.
+                let cipher = state.cipher.as_deref_mut();
+                finished = Some(ready.write_to(&**wire, cipher).finished);
             }
         }
         if let Some(wire) = &wire {
@@ -663,20 +691,14 @@ impl fmt::Debug for WriteQueue {
     }
 }
 
-/// Seals `batch` with the connection's channel cipher, if it has one, and writes it (see
+/// Writes `batch`, sealing it with the connection's channel cipher if it has one (see
 /// [`Segments::write_to`]). A cipher that fails is a write error: the connection closes.
 fn write_batch(
     batch: &mut Segments,
     cipher: &mut Option<Box<Encryptor>>,
     wire: &dyn Wire,
-) -> (Finished, usize, Option<io::Error>) {
-    if let Some(cipher) = cipher {
-        if let Err(err) = batch.seal(cipher) {
-            let err = io::Error::other(format!("cannot encrypt: {err:#}"));
-            return (Finished::default(), 0, Some(err));
-        }
-    }
-    batch.write_to(wire)
+) -> Written {
+    batch.write_to(wire, cipher.as_deref_mut())
 }
 
 /// Takes the held frames the window now covers, in order.

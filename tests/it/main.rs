@@ -18,5 +18,6 @@ mod pool;
 mod rpc_env;
 mod rpc_semantics;
 mod server;
+mod streams;
 mod transport;
 mod typed;
