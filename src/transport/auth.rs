@@ -21,6 +21,13 @@
 //!   `AuthServerBootstrap` and `AuthRpcHandler` do the same, except that they tell the
 //!   handler about the connection before it authenticated.
 //!
+//! Without a channel cipher ([`AuthBootstrap::with_encryption`]`(None)`, which Spark's
+//! `AuthEngine` does not offer), the client follows the handshake with one more frame, a
+//! one-way message carrying a 32-byte confirmation derived from the handshake's keys, and
+//! the server takes the connection as authenticated only once it checks out. The
+//! challenge crosses the network in clear; without the confirmation anyone who saw one
+//! could replay it on a connection of their own and be taken as authenticated.
+//!
 //! Neither the cipher nor the engine version is negotiated on the wire (Spark's protocol
 //! has no field for them): two sides configured differently complete the handshake, and
 //! then fail on the first encrypted frame, with an error saying so.
@@ -37,6 +44,7 @@ use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use log::debug;
+use zeroize::Zeroizing;
 
 use crate::auth::{
     AuthError, AuthSettings, ChannelRandom, Cipher, ClientHandshake, Decryptor, Encryptor,
@@ -240,7 +248,6 @@ pub(crate) fn client_handshake(
     let mut exchange = Exchange::new(stream, peer, deadline, bootstrap.timeout, cancelled)?;
     exchange.write_all(&out)?;
     let frame = exchange.read_frame()?;
-    drop(exchange);
     let mut decoder = FrameDecoder::new(MAX_HANDSHAKE_FRAME);
     let message = match decoder.decode(&frame) {
         Ok((used, Some(message))) if used == frame.len() => message,
@@ -279,14 +286,29 @@ pub(crate) fn client_handshake(
             ));
         }
     };
-    debug!("authenticated with {peer}");
-    Ok(match bootstrap.encryption {
+    let security = match bootstrap.encryption {
         Some(cipher) => {
             let (encryptor, decryptor) = keys.channel(cipher, Box::<ChannelRandom>::default());
             Security::Encrypted(Box::new(encryptor), Box::new(decryptor))
         }
-        None => Security::Plain,
-    })
+        None => {
+            // Without encryption the server takes the connection as authenticated only
+            // once it proves that this side holds the keys (see
+            // `SessionKeys::confirmation`).
+            let confirmation = keys.confirmation();
+            let header = FrameHeader::one_way(confirmation.len());
+            let mut out = Zeroizing::new(Vec::with_capacity(
+                header.as_bytes().len() + confirmation.len(),
+            ));
+            out.extend_from_slice(header.as_bytes());
+            out.extend_from_slice(confirmation);
+            exchange.write_all(&out)?;
+            Security::Plain
+        }
+    };
+    drop(exchange);
+    debug!("authenticated with {peer}");
+    Ok(security)
 }
 
 /// A request id as Spark makes them: a random non-negative `i64`.
@@ -459,6 +481,10 @@ mod tests {
             self.requests.fetch_add(1, Ordering::SeqCst);
             responder.reply(message);
         }
+
+        fn receive_one_way(&self, _: &TransportClient, _: Vec<u8>) {
+            self.requests.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     fn frame(header: FrameHeader, body: &[u8]) -> Vec<u8> {
@@ -546,6 +572,48 @@ mod tests {
             assert_eq!(plain, frame(FrameHeader::rpc_response(8, 5), b"hello"));
             assert_eq!(handler.requests.load(Ordering::SeqCst), 1);
         }
+    }
+
+    /// Authentication without encryption: the challenge crosses the network in clear, so
+    /// anyone who saw one connection's challenge can send it again on a connection of
+    /// their own. The server answers it (it cannot tell), but the replayer has no private
+    /// key for it and so cannot confirm the handshake: its plaintext request reaches
+    /// nothing, and the connection closes.
+    #[test]
+    fn a_replayed_challenge_without_encryption_gets_nothing_through() {
+        let auth = AuthBootstrap::new("app", SECRET).with_encryption(None);
+        let (_ctx, server, handler) = server(&auth);
+        // What a real client sent, as seen on the wire.
+        let (_handshake, challenge) =
+            ClientHandshake::start(auth.settings(), &mut OsRandom).expect("a challenge");
+        let captured = frame(FrameHeader::rpc_request(7, challenge.len()), &challenge);
+        let mut stream = TcpStream::connect(("127.0.0.1", server.port())).expect("a connection");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("a read timeout");
+        stream.write_all(&captured).expect("the replayed challenge");
+        stream
+            .write_all(&frame(FrameHeader::rpc_request(8, 5), b"hello"))
+            .expect("a plaintext request");
+        stream
+            .write_all(&frame(FrameHeader::one_way(5), b"hello"))
+            .expect("a one-way message");
+        let mut buf = [0; 4096];
+        let closed = loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break false,
+                Err(err) if err.kind() == io::ErrorKind::TimedOut => break false,
+                Err(_) => break true,
+            }
+        };
+        assert!(closed, "the server kept the replayer's connection open");
+        assert_eq!(
+            handler.requests.load(Ordering::SeqCst),
+            0,
+            "a request got through"
+        );
     }
 
     /// Spark's `AuthIntegrationSuite.testAuthReplay`: a peer that completed (or replayed)

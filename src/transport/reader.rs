@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, trace, warn};
 
-use crate::auth::{self, ChannelRandom, Decryptor, OsRandom};
+use crate::auth::{self, ChannelRandom, Decryptor, OsRandom, SessionKeys};
 use crate::error::RpcError;
 use crate::frame::{FrameDecoder, Message};
 use crate::sync::Arc;
@@ -108,6 +108,10 @@ pub(crate) struct Reader {
     frames_at_handshake: Option<u64>,
     /// The handler was told that the connection is active.
     active: bool,
+    /// Authenticated without encryption: the keys of the handshake the server answered,
+    /// whose confirmation the peer's next frame must carry (see
+    /// [`SessionKeys::confirmation`]). The peer counts as unauthenticated until it does.
+    unconfirmed: Option<SessionKeys>,
 }
 
 impl Reader {
@@ -140,6 +144,7 @@ impl Reader {
             decryptor,
             plain: Vec::new(),
             active: false,
+            unconfirmed: None,
         }
     }
 
@@ -435,31 +440,41 @@ impl Reader {
             return Handshake::Plain;
         };
         let peer = conn.peer();
+        if let Some(keys) = self.unconfirmed.take() {
+            // Authentication without encryption: the frame after the handshake must
+            // confirm it, or the challenge may have been replayed.
+            if let Message::OneWay { body } = &message {
+                if keys.confirms(body) {
+                    return self.authenticated(conn, client, handler);
+                }
+            }
+            let err = auth_error(
+                peer,
+                "did not confirm the handshake with the keys it derived (a challenge \
+                 replayed from another connection, or a peer that does not speak \
+                 rpcenv's authentication without encryption)",
+            );
+            warn!("closing the connection: {err}");
+            conn.close_with(CloseReason::fault(err));
+            return Handshake::Closed;
+        }
         let request_id = match message {
             Message::RpcRequest { request_id, body } if auth::is_auth_message(&body) => {
                 match auth::respond(bootstrap.settings(), &body, &mut OsRandom) {
                     Ok((answer, keys)) => {
                         conn.answer_handshake(request_id, Ok(answer));
-                        self.auth = None;
-                        self.decoder.set_max_frame(self.max_frame);
-                        self.frames_at_handshake = Some(self.frames);
-                        debug!("{peer} authenticated");
-                        let encrypted = match bootstrap.encryption() {
-                            Some(cipher) => {
-                                let (encryptor, decryptor) =
-                                    keys.channel(cipher, Box::<ChannelRandom>::default());
-                                conn.start_encryption(encryptor);
-                                self.decryptor = Some(Box::new(decryptor));
-                                true
-                            }
-                            None => false,
+                        let Some(cipher) = bootstrap.encryption() else {
+                            // Not authenticated until the peer confirms the handshake.
+                            self.unconfirmed = Some(keys);
+                            self.frames_at_handshake = Some(self.frames);
+                            return Handshake::Plain;
                         };
-                        self.activate(client, handler);
-                        return if encrypted {
-                            Handshake::Encrypted
-                        } else {
-                            Handshake::Plain
-                        };
+                        let (encryptor, decryptor) =
+                            keys.channel(cipher, Box::<ChannelRandom>::default());
+                        conn.start_encryption(encryptor);
+                        self.decryptor = Some(Box::new(decryptor));
+                        self.authenticated(conn, client, handler);
+                        return Handshake::Encrypted;
                     }
                     Err(err) => {
                         warn!("{peer} failed to authenticate: {err}");
@@ -481,6 +496,22 @@ impl Reader {
         // Spark's `AuthRpcHandler` answers this text too.
         conn.answer_handshake(request_id, Err("Authentication failed.".to_owned()));
         Handshake::Refused
+    }
+
+    /// The peer has authenticated: frames may now be as large as configured and reach
+    /// the handler, which hears that the connection is active.
+    fn authenticated(
+        &mut self,
+        conn: &Arc<Conn>,
+        client: &TransportClient,
+        handler: &dyn RpcHandler,
+    ) -> Handshake {
+        self.auth = None;
+        self.decoder.set_max_frame(self.max_frame);
+        self.frames_at_handshake = Some(self.frames);
+        debug!("{} authenticated", conn.peer());
+        self.activate(client, handler);
+        Handshake::Plain
     }
 
     /// The peer ended its side. A pending socket error (a keep-alive or user timeout, a

@@ -396,6 +396,13 @@ fn mismatched_cipher_or_version_fails_the_first_frame_promptly() {
             "{err:?}"
         );
         assert_eq!(side.handler.requests(), 0);
+        if server_auth.encryption().is_none() {
+            // A server that does not encrypt waits for the client to confirm the
+            // handshake in plaintext; until then the handler hears nothing, not even
+            // of the error (which the server logs).
+            assert!(side.handler.active().is_empty());
+            continue;
+        }
         // The server says what to check.
         wait_for("the server's error", 5, || {
             !side.handler.exceptions().is_empty()
