@@ -14,7 +14,8 @@
 //!   connection is unauthenticated until its first frame, an `RpcRequest` carrying an
 //!   `AuthMessage`, checks out. The event loop answers it in plaintext, and everything
 //!   after that answer, both ways, goes through the channel cipher. Before that nothing
-//!   reaches the [`RpcHandler`](super::RpcHandler), not even `channel_active`: any other
+//!   reaches the [`RpcHandler`](super::RpcHandler), not even `channel_active` (which
+//!   comes with the first frame that decrypts, as a replayed challenge gives no keys): any other
 //!   frame is answered with a failure (requests) and the connection is closed, and a peer
 //!   that has not authenticated within the bootstrap's timeout is closed. Frames before
 //!   the handshake may be at most [`MAX_HANDSHAKE_FRAME`] bytes. Spark's

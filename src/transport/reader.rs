@@ -9,7 +9,9 @@
 //!
 //! On a connection a server accepted with an [`AuthBootstrap`], the reader runs the
 //! server side of the handshake on the first frame, and gives nothing to the handler
-//! (not even `channel_active`) before it succeeds. On an encrypted connection every byte
+//! (not even `channel_active`) before the peer has shown that it holds the keys: on an
+//! encrypted connection the handler hears of it with the first frame that decrypts; on
+//! an authenticated plaintext one, once the peer confirmed the handshake. On an encrypted connection every byte
 //! read goes through the channel cipher's [`Decryptor`] first; the bytes that follow the
 //! handshake in the same read are already ciphertext.
 
@@ -390,6 +392,9 @@ impl Reader {
                             Handshake::Plain => continue,
                         }
                     }
+                    // On an encrypted connection a server accepted, the first frame (it
+                    // decrypted, so the peer holds the keys) makes it active.
+                    self.activate(client, handler);
                     self.dispatch(conn, client, handler, message);
                     if !conn.is_open() {
                         return Decoded::Stop(ReadOutcome::Closed);
@@ -445,7 +450,7 @@ impl Reader {
             // confirm it, or the challenge may have been replayed.
             if let Message::OneWay { body } = &message {
                 if keys.confirms(body) {
-                    return self.authenticated(conn, client, handler);
+                    return self.authenticated(conn, Some((client, handler)));
                 }
             }
             let err = auth_error(
@@ -473,7 +478,10 @@ impl Reader {
                             keys.channel(cipher, Box::<ChannelRandom>::default());
                         conn.start_encryption(encryptor);
                         self.decryptor = Some(Box::new(decryptor));
-                        self.authenticated(conn, client, handler);
+                        // The handler hears of the connection at its first frame that
+                        // decrypts: a peer that replays a challenge it saw has no keys,
+                        // and its connection ends before that.
+                        self.authenticated(conn, None);
                         return Handshake::Encrypted;
                     }
                     Err(err) => {
@@ -499,18 +507,20 @@ impl Reader {
     }
 
     /// The peer has authenticated: frames may now be as large as configured and reach
-    /// the handler, which hears that the connection is active.
+    /// the handler, which hears that the connection is active now (`Some`) or with the
+    /// first frame (`None`).
     fn authenticated(
         &mut self,
         conn: &Arc<Conn>,
-        client: &TransportClient,
-        handler: &dyn RpcHandler,
+        activate: Option<(&TransportClient, &dyn RpcHandler)>,
     ) -> Handshake {
         self.auth = None;
         self.decoder.set_max_frame(self.max_frame);
         self.frames_at_handshake = Some(self.frames);
         debug!("{} authenticated", conn.peer());
-        self.activate(client, handler);
+        if let Some((client, handler)) = activate {
+            self.activate(client, handler);
+        }
         Handshake::Plain
     }
 
@@ -520,6 +530,9 @@ impl Reader {
     fn end_of_stream(&mut self, conn: &Arc<Conn>) -> ReadOutcome {
         if let Some(err) = self.wire.take_error() {
             return self.failed(conn, err);
+        }
+        if let Some(outcome) = self.refused_channel(conn, "closed the connection") {
+            return outcome;
         }
         if self.in_frame() {
             warn!(
@@ -535,7 +548,37 @@ impl Reader {
         ReadOutcome::Ended
     }
 
+    /// A peer that ends an encrypted connection (`how`) while this side waits for
+    /// answers, without having sent a single frame over the channel, most likely could
+    /// not read this side's first frame: the two sides' channel settings differ (and the
+    /// peer, a server, says so only in its log). Closes the connection with an error
+    /// saying so, and returns `Some`; `None` in every other case.
+    fn refused_channel(&mut self, conn: &Arc<Conn>, how: &str) -> Option<ReadOutcome> {
+        let silent = self.decryptor.is_some() && self.frames_at_handshake == Some(self.frames);
+        if !silent || conn.requests().len() == 0 {
+            return None;
+        }
+        let err = auth_error(
+            conn.peer(),
+            format!(
+                "{how} after the handshake without sending anything over the encrypted \
+                 channel, while requests wait: it most likely could not read this side's \
+                 first frame, because the two sides differ in rpc.io.encryption.enabled, \
+                 rpc.io.encryption.cipher or rpc.io.encryption.authEngineVersion (Spark: \
+                 spark.network.crypto.cipher, spark.network.crypto.authEngineVersion), \
+                 which are not negotiated on the wire; the peer's log says more"
+            ),
+        );
+        warn!("{err}");
+        conn.close_with(CloseReason::fault(err));
+        Some(ReadOutcome::Closed)
+    }
+
     fn failed(&mut self, conn: &Arc<Conn>, err: std::io::Error) -> ReadOutcome {
+        if let Some(outcome) = self.refused_channel(conn, &format!("reset the connection ({err})"))
+        {
+            return outcome;
+        }
         debug!("read from {} failed: {err}", conn.peer());
         conn.close_with(CloseReason::io(format!("read failed: {err}"), err));
         ReadOutcome::Closed
