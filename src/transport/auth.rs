@@ -245,7 +245,8 @@ pub(crate) fn client_handshake(
     let mut out = Vec::with_capacity(header.as_bytes().len() + challenge.len());
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(&challenge);
-    let deadline = Instant::now() + bootstrap.timeout;
+    // A timeout too long for a deadline (`Duration::MAX`) means none.
+    let deadline = Instant::now().checked_add(bootstrap.timeout);
     let mut exchange = Exchange::new(stream, peer, deadline, bootstrap.timeout, cancelled)?;
     exchange.write_all(&out)?;
     let frame = exchange.read_frame()?;
@@ -325,7 +326,8 @@ struct Exchange<'a> {
     poll: mio::Poll,
     events: mio::Events,
     peer: &'a str,
-    deadline: Instant,
+    /// `None`: no deadline.
+    deadline: Option<Instant>,
     timeout: Duration,
     cancelled: &'a dyn Fn() -> bool,
 }
@@ -334,7 +336,7 @@ impl<'a> Exchange<'a> {
     fn new(
         stream: &'a mut mio::net::TcpStream,
         peer: &'a str,
-        deadline: Instant,
+        deadline: Option<Instant>,
         timeout: Duration,
         cancelled: &'a dyn Fn() -> bool,
     ) -> Result<Self, RpcError> {
@@ -366,7 +368,9 @@ impl<'a> Exchange<'a> {
                 "cannot be made: the client factory is closed",
             ));
         }
-        let left = self.deadline.saturating_duration_since(Instant::now());
+        let left = self.deadline.map_or(CHECK, |deadline| {
+            deadline.saturating_duration_since(Instant::now())
+        });
         if left.is_zero() {
             return Err(auth_error(
                 self.peer,

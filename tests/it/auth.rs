@@ -1086,3 +1086,118 @@ fn hostile_servers_fail_the_handshake_promptly_with_auth() {
     assert_auth_error(&err, port);
     join(handle);
 }
+
+// ---------------------------------------------------------------------------------------
+// Configuration a new user may get wrong
+// ---------------------------------------------------------------------------------------
+
+/// A handshake timeout too long for a deadline (`Duration::MAX`, or
+/// `rpc.authenticate.timeout=18446744073709551615`) means no deadline: the handshake
+/// works, nothing panics.
+#[test]
+fn a_handshake_timeout_too_long_for_a_deadline_means_none() {
+    let auth = AuthBootstrap::new("app", SECRET).with_timeout(Duration::MAX);
+    let side = Secured::both(&auth);
+    let client = side.connect().expect("authenticated");
+    assert_echo(&client, b"no deadline");
+
+    let conf = secure_conf(SECRET, Some("AES/GCM/NoPadding"))
+        .set("rpc.authenticate.timeout", "18446744073709551615");
+    let server = env("long-server", conf.clone(), false);
+    server
+        .setup_endpoint("echo", Echo { count: 0 })
+        .expect("an endpoint");
+    let client = env("long-client", conf, true);
+    let echo: RpcEndpointRef<Msg> = client
+        .setup_endpoint_ref(address_of(&server), "echo")
+        .expect("a lookup");
+    assert_eq!(
+        echo.ask_sync::<String>(Msg::Echo("z".into()))
+            .expect("an ask"),
+        "z"
+    );
+    client.shutdown();
+    server.shutdown();
+}
+
+/// A secret file larger than any secret (here 2 MiB; `/dev/zero` would never end) is a
+/// `Config` error naming the key, not a read of whatever the file holds.
+#[test]
+fn a_huge_secret_file_is_a_config_error() {
+    init_logger();
+    let dir = std::env::temp_dir().join(format!("rpcenv-big-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let file = dir.join("secret");
+    std::fs::write(&file, vec![b'k'; 2 << 20]).expect("the secret file");
+    let conf = rpc_conf().set("rpc.authenticate", "true").set(
+        "rpc.authenticate.secret.file",
+        file.to_str().expect("utf-8"),
+    );
+    let err = RpcEnv::builder("big")
+        .client_mode(true)
+        .conf(conf)
+        .build()
+        .expect_err("a 2 MiB secret");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        matches!(&err, RpcError::Config { key, .. } if key == "rpc.authenticate.secret.file"),
+        "{err:?}"
+    );
+    assert!(!err.to_string().contains("kkkk"), "{err}");
+}
+
+/// The child's side of the test below: builds an env whose secret comes from the
+/// variable named in `RPCENV_TEST_SECRET_VAR`, and prints the error.
+const CHILD_VAR: &str = "RPCENV_TEST_SECRET_VAR";
+
+/// A secret variable whose value is not UTF-8 is a `Config` error naming the key, and
+/// neither the error's text nor its `Debug` form shows the value (the standard library's
+/// `VarError` prints it). Run in a child process: setting a variable here would race the
+/// other tests' threads.
+#[test]
+fn a_secret_variable_that_is_not_utf8_is_refused_without_showing_it() {
+    if let Some(name) = std::env::var_os(CHILD_VAR) {
+        let conf = rpc_conf().set("rpc.authenticate", "true").set(
+            "rpc.authenticate.secret.env",
+            name.to_str().expect("a name"),
+        );
+        match RpcEnv::builder("child")
+            .client_mode(true)
+            .conf(conf)
+            .build()
+        {
+            Ok(env) => {
+                println!("CHILD: built");
+                env.shutdown();
+            }
+            Err(err) => println!("CHILD: {err} | {err:?}"),
+        }
+        return;
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let output = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args([
+            "--exact",
+            "auth::a_secret_variable_that_is_not_utf8_is_refused_without_showing_it",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_VAR, "RPCENV_TEST_BINARY_SECRET")
+        .env(
+            "RPCENV_TEST_BINARY_SECRET",
+            std::ffi::OsStr::from_bytes(b"topsecretvalue\xff"),
+        )
+        .output()
+        .expect("the child runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|line| line.split_once("CHILD: ").map(|(_, said)| said))
+        .unwrap_or_else(|| panic!("no answer from the child: {stdout}"));
+    assert!(line.contains("rpc.authenticate.secret.env"), "{line}");
+    assert!(line.contains("Config"), "{line}");
+    assert!(
+        !line.contains("topsecret"),
+        "the error shows the secret: {line}"
+    );
+}
