@@ -531,7 +531,7 @@ impl Reader {
         if let Some(err) = self.wire.take_error() {
             return self.failed(conn, err);
         }
-        if let Some(outcome) = self.refused_channel(conn, "closed the connection") {
+        if let Some(outcome) = self.refused_channel(conn, "it closed the connection") {
             return outcome;
         }
         if self.in_frame() {
@@ -554,8 +554,22 @@ impl Reader {
     /// peer, a server, says so only in its log). Closes the connection with an error
     /// saying so, and returns `Some`; `None` in every other case.
     fn refused_channel(&mut self, conn: &Arc<Conn>, how: &str) -> Option<ReadOutcome> {
+        if conn.requests().len() == 0 {
+            return None;
+        }
+        if self.decryptor.is_none() && self.auth.is_none() && self.frames == 0 {
+            // A plaintext connection the peer ends before sending a single frame: what an
+            // authenticating server does to a peer that does not authenticate. The
+            // connection ends as usual; the requests say what to check.
+            conn.peer_closed_because(&format!(
+                "closed by the peer ({how} before sending anything, while requests wait; \
+                 a peer that requires authentication, rpc.authenticate or Spark's \
+                 spark.authenticate, does this to a side that does not authenticate)"
+            ));
+            return None;
+        }
         let silent = self.decryptor.is_some() && self.frames_at_handshake == Some(self.frames);
-        if !silent || conn.requests().len() == 0 {
+        if !silent {
             return None;
         }
         let err = auth_error(
@@ -575,7 +589,8 @@ impl Reader {
     }
 
     fn failed(&mut self, conn: &Arc<Conn>, err: std::io::Error) -> ReadOutcome {
-        if let Some(outcome) = self.refused_channel(conn, &format!("reset the connection ({err})"))
+        if let Some(outcome) =
+            self.refused_channel(conn, &format!("it reset the connection ({err})"))
         {
             return outcome;
         }

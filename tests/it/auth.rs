@@ -634,6 +634,13 @@ fn a_plaintext_env_reaches_nothing_on_an_authenticating_env() {
         .expect_err("an unauthenticated lookup");
     assert!(started.elapsed() < PROMPTLY, "took {:?}", started.elapsed());
     assert!(!matches!(err, RpcError::Timeout { .. }), "{err:?}");
+    // The error tells a new user what to look at: the server's failure answer, or, when
+    // the server closed at the client's first frame (a one-way hello), the hint.
+    let text = err.to_string();
+    assert!(
+        text.contains("rpc.authenticate") || text.contains("Authentication failed"),
+        "{text}"
+    );
     let local: RpcEndpointRef<Msg> = server
         .setup_endpoint_ref(address_of(&server), "echo")
         .expect("a local lookup");
@@ -1200,4 +1207,31 @@ fn a_secret_variable_that_is_not_utf8_is_refused_without_showing_it() {
         !line.contains("topsecret"),
         "the error shows the secret: {line}"
     );
+}
+
+/// A plaintext client whose server closes the connection at its first frame, without a
+/// word (what an authenticating server does to a one-way message before the handshake),
+/// is told that the server may require authentication.
+#[test]
+fn a_plaintext_client_closed_before_any_answer_is_told_to_check_authentication() {
+    init_logger();
+    let listener = TcpListener::bind((HOST, 0)).expect("a port");
+    let port = listener.local_addr().expect("its address").port();
+    let server = spawn("closing-server", move || {
+        let (mut stream, _) = listener.accept().expect("the client");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("a read timeout");
+        read_raw_frame(&mut stream).expect("the request");
+    });
+    let ctx = TransportContext::new(transport_conf(&[]), TestHandler::new());
+    let factory = ctx.create_client_factory();
+    let client = factory.create_client(HOST, port).expect("a connection");
+    let started = Instant::now();
+    let err = client
+        .send_rpc_sync(b"hello".to_vec(), LONG)
+        .expect_err("closed without an answer");
+    assert!(started.elapsed() < PROMPTLY, "took {:?}", started.elapsed());
+    assert!(err.to_string().contains("rpc.authenticate"), "{err}");
+    join(server);
 }
