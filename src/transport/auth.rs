@@ -271,12 +271,14 @@ pub(crate) fn client_handshake(
             request_id: id,
             error,
         } if id == request_id => {
+            // The peer's words, cut short and quoted with control characters escaped
+            // (a hostile peer's text goes into errors and logs).
             let first_line = error.lines().next().unwrap_or("").trim();
             let first_line: String = first_line.chars().take(300).collect();
             return Err(auth_error(
                 peer,
                 format!(
-                    "the peer refused the handshake (\"{first_line}\"): the secret or app id \
+                    "the peer refused the handshake ({first_line:?}): the secret or app id \
                      differs, or the peer does not authenticate"
                 ),
             ));

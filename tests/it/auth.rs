@@ -1048,6 +1048,17 @@ fn hostile_servers_fail_the_handshake_promptly_with_auth() {
             }),
         ),
         (
+            "a failure with terminal escapes",
+            Some(Duration::from_secs(20)),
+            Box::new(|id, _| {
+                let mut rest = id.to_be_bytes().to_vec();
+                let text = b"\x1b[2J\x1b[31mrefused\r\x1b[0m";
+                rest.extend_from_slice(&(text.len() as u32).to_be_bytes());
+                rest.extend_from_slice(text);
+                raw_frame(5, &rest)
+            }),
+        ),
+        (
             "half an answer, then a close",
             None,
             Box::new(move |id, body| {
@@ -1080,6 +1091,10 @@ fn hostile_servers_fail_the_handshake_promptly_with_auth() {
         assert!(
             !err.to_string().contains("within"),
             "{what}: a known failure reported as a timeout: {err}"
+        );
+        assert!(
+            !err.to_string().chars().any(char::is_control),
+            "{what}: the peer's control characters reach the error: {err:?}"
         );
         join(handle);
     }
