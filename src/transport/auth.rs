@@ -111,7 +111,8 @@ pub struct AuthBootstrap {
 impl AuthBootstrap {
     /// Authenticates as (and accepts only) `app_id` with `secret` (its UTF-8 bytes are the
     /// key material, as Spark takes `spark.authenticate.secret`), encrypting with AES-GCM
-    /// and engine version 2.
+    /// and engine version 2. An empty secret authenticates nothing: every handshake with
+    /// it fails with [`RpcError::Auth`].
     pub fn new(app_id: &str, secret: &str) -> Self {
         Self {
             settings: AuthSettings {

@@ -1250,3 +1250,33 @@ fn a_plaintext_client_closed_before_any_answer_is_told_to_check_authentication()
     assert!(err.to_string().contains("rpc.authenticate"), "{err}");
     join(server);
 }
+
+/// An empty secret authenticates nothing (anyone could present it): a bootstrap made with
+/// one fails every handshake with `Auth` saying so, on both sides, and the server's
+/// handler hears nothing. (`rpc.authenticate.secret=""` is a `Config` error at build.)
+#[test]
+fn an_empty_secret_authenticates_nothing() {
+    let empty = AuthBootstrap::new("app", "");
+    let side = Secured::both(&empty);
+    let err = side.connect().expect_err("an empty secret is refused");
+    assert_auth_error(&err, side.port());
+    assert!(err.to_string().contains("empty"), "{err}");
+    // A client with the empty secret against a server with a real one, and the reverse.
+    let real = AuthBootstrap::new("app", SECRET);
+    for (server, client) in [(&real, &empty), (&empty, &real)] {
+        let side = Secured::new(Some(server), Some(client));
+        let err = side.connect().expect_err("an empty secret is refused");
+        assert_auth_error(&err, side.port());
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(side.handler.active().is_empty());
+    }
+    let err = RpcEnv::builder("empty")
+        .client_mode(true)
+        .conf(secure_conf("", None))
+        .build()
+        .expect_err("an empty secret");
+    assert!(
+        matches!(&err, RpcError::Config { key, .. } if key == "rpc.authenticate.secret"),
+        "{err:?}"
+    );
+}
