@@ -23,6 +23,6 @@ mod header;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use decode::FrameDecoder;
+pub(crate) use decode::{FrameDecoder, FrameError};
 pub(crate) use encode::FrameHeader;
 pub(crate) use header::Message;

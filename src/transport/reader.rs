@@ -22,7 +22,7 @@ use log::{debug, trace, warn};
 
 use crate::auth::{self, ChannelRandom, Decryptor, OsRandom, SessionKeys};
 use crate::error::RpcError;
-use crate::frame::{FrameDecoder, Message};
+use crate::frame::{FrameDecoder, FrameError, Message};
 use crate::sync::Arc;
 use crate::transport::auth::{AuthBootstrap, MAX_HANDSHAKE_FRAME, auth_error};
 use crate::transport::connection::{CloseReason, Conn, guard};
@@ -419,6 +419,19 @@ impl Reader {
                                 RpcError::from(err)
                             ),
                         )
+                    } else if self.auth.is_some() {
+                        // Not `rpc.message.maxSize`: the limit before the handshake.
+                        let reason = match err {
+                            FrameError::TooLarge { size, .. } => format!(
+                                "sent a frame of {size} bytes before authenticating (at most \
+                                 {MAX_HANDSHAKE_FRAME} before the handshake)"
+                            ),
+                            err => format!(
+                                "sent a frame that does not decode before authenticating ({})",
+                                RpcError::from(err)
+                            ),
+                        };
+                        auth_error(conn.peer(), reason)
                     } else {
                         RpcError::from(err)
                     };
