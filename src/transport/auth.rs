@@ -142,7 +142,10 @@ impl AuthBootstrap {
 
     /// How long a handshake may take: a client waits this long for the server's answer,
     /// and a server closes a connection that has not authenticated this long after it was
-    /// accepted (Spark's `spark.network.auth.rpcTimeout`).
+    /// accepted (Spark's `spark.network.auth.rpcTimeout`). On an encrypted connection the
+    /// peer's first frame after the handshake must come by then too: only a frame that
+    /// decrypts shows that the peer holds the keys, and not merely a challenge it saw
+    /// on the network.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -622,6 +625,50 @@ mod tests {
             0,
             "a request got through"
         );
+    }
+
+    /// A peer that replays a challenge it saw and then sends nothing is closed at the
+    /// handshake timeout, like one that never authenticated: it cannot hold a connection
+    /// open (and a slot of `rpc.io.maxConnections`) without the secret.
+    #[test]
+    fn a_silent_replayer_is_closed_at_the_handshake_timeout() {
+        for cipher in [Some(Cipher::AesGcm), Some(Cipher::AesCtr), None] {
+            let auth = AuthBootstrap::new("app", SECRET)
+                .with_encryption(cipher)
+                .with_timeout(Duration::from_millis(300));
+            let (_ctx, server, handler) = server(&auth);
+            let (_handshake, challenge) =
+                ClientHandshake::start(auth.settings(), &mut OsRandom).expect("a challenge");
+            let mut stream =
+                TcpStream::connect(("127.0.0.1", server.port())).expect("a connection");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("a read timeout");
+            stream
+                .write_all(&frame(
+                    FrameHeader::rpc_request(7, challenge.len()),
+                    &challenge,
+                ))
+                .expect("the replayed challenge");
+            let started = Instant::now();
+            let mut buf = [0; 4096];
+            let closed = loop {
+                match stream.read(&mut buf) {
+                    Ok(0) => break true,
+                    Ok(_) => {}
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break false,
+                    Err(err) if err.kind() == io::ErrorKind::TimedOut => break false,
+                    Err(_) => break true,
+                }
+            };
+            assert!(closed, "{cipher:?}: the silent replayer is still connected");
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "{cipher:?}: took {:?}",
+                started.elapsed()
+            );
+            assert_eq!(handler.requests.load(Ordering::SeqCst), 0);
+        }
     }
 
     /// Spark's `AuthIntegrationSuite.testAuthReplay`: a peer that completed (or replayed)

@@ -114,6 +114,10 @@ pub(crate) struct Reader {
     /// whose confirmation the peer's next frame must carry (see
     /// [`SessionKeys::confirmation`]). The peer counts as unauthenticated until it does.
     unconfirmed: Option<SessionKeys>,
+    /// An encrypted connection a server accepted, whose peer has not yet sent a frame
+    /// that decrypts: it must, within this long of connecting (the handshake's timeout),
+    /// or a peer that replayed a challenge it saw could hold the connection open forever.
+    awaiting_first_frame: Option<Duration>,
 }
 
 impl Reader {
@@ -147,12 +151,16 @@ impl Reader {
             plain: Vec::new(),
             active: false,
             unconfirmed: None,
+            awaiting_first_frame: None,
         }
     }
 
     /// Whether the peer has yet to authenticate; `Some` gives how long it may take.
     pub(crate) fn awaiting_auth(&self) -> Option<Duration> {
-        self.auth.as_ref().map(AuthBootstrap::timeout)
+        self.auth
+            .as_ref()
+            .map(AuthBootstrap::timeout)
+            .or(self.awaiting_first_frame)
     }
 
     /// Tells the handler that the connection is active, unless the peer must
@@ -162,6 +170,7 @@ impl Reader {
             return;
         }
         self.active = true;
+        self.awaiting_first_frame = None;
         guard(client.remote_address(), "channel_active", || {
             handler.channel_active(client)
         });
@@ -495,6 +504,7 @@ impl Reader {
                         // decrypts: a peer that replays a challenge it saw has no keys,
                         // and its connection ends before that.
                         self.authenticated(conn, None);
+                        self.awaiting_first_frame = Some(bootstrap.timeout());
                         return Handshake::Encrypted;
                     }
                     Err(err) => {
