@@ -393,7 +393,8 @@ const MAX_CONNECTIONS: u64 = 1 << 20;
 ///   clamps `rpc.io.backLog` (Linux: `net.core.somaxconn`).
 /// - **Security**: without `rpc.authenticate = true` traffic is plain, unauthenticated
 ///   TCP: bind to a trusted network only. With it, give both sides the same secret, and
-///   turn on `rpc.io.encryption.enabled` for privacy; AES-CTR (Spark's default cipher)
+///   turn on `rpc.io.encryption.enabled` for privacy and integrity (without it, frames
+///   after the handshake can be read and changed on the path); AES-CTR (Spark's default cipher)
 ///   has no integrity check, AES-GCM (the default here) has. The cipher and engine
 ///   version are not negotiated: both sides (Spark included) must set the same. A
 ///   secret file is read at `build()`, as Spark takes it (the Base64 of its bytes). The
