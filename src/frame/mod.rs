@@ -35,6 +35,6 @@ pub(crate) mod header_type {
 #[cfg(test)]
 mod tests;
 
-pub(crate) use decode::{FrameDecoder, Item};
+pub(crate) use decode::{FrameDecoder, FrameError, Item};
 pub(crate) use encode::FrameHeader;
 pub(crate) use header::{Message, stream_failure_body, stream_request_body, stream_response_body};
