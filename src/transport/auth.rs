@@ -549,6 +549,21 @@ mod tests {
         (stream, encryptor, decryptor)
     }
 
+    /// Reads `stream` until the peer closes it (true) or its read timeout passes (false),
+    /// skipping whatever the peer sends meanwhile.
+    fn closed_by_peer(stream: &mut TcpStream) -> bool {
+        let mut buf = [0; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(err) if err.kind() == io::ErrorKind::TimedOut => return false,
+                Err(_) => return true,
+            }
+        }
+    }
+
     fn server(
         auth: &AuthBootstrap,
     ) -> (TransportContext, super::super::TransportServer, Arc<Echo>) {
@@ -609,16 +624,7 @@ mod tests {
         stream
             .write_all(&frame(FrameHeader::one_way(5), b"hello"))
             .expect("a one-way message");
-        let mut buf = [0; 4096];
-        let closed = loop {
-            match stream.read(&mut buf) {
-                Ok(0) => break true,
-                Ok(_) => {}
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break false,
-                Err(err) if err.kind() == io::ErrorKind::TimedOut => break false,
-                Err(_) => break true,
-            }
-        };
+        let closed = closed_by_peer(&mut stream);
         assert!(closed, "the server kept the replayer's connection open");
         assert_eq!(
             handler.requests.load(Ordering::SeqCst),
@@ -651,16 +657,7 @@ mod tests {
                 ))
                 .expect("the replayed challenge");
             let started = Instant::now();
-            let mut buf = [0; 4096];
-            let closed = loop {
-                match stream.read(&mut buf) {
-                    Ok(0) => break true,
-                    Ok(_) => {}
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break false,
-                    Err(err) if err.kind() == io::ErrorKind::TimedOut => break false,
-                    Err(_) => break true,
-                }
-            };
+            let closed = closed_by_peer(&mut stream);
             assert!(closed, "{cipher:?}: the silent replayer is still connected");
             assert!(
                 started.elapsed() < Duration::from_secs(4),
@@ -682,16 +679,7 @@ mod tests {
             let (mut stream, _, _) = authenticated(server.port(), &auth);
             let request = frame(FrameHeader::rpc_request(8, 5), b"hello");
             stream.write_all(&request).expect("a plaintext request");
-            let mut buf = [0; 4096];
-            let closed = loop {
-                match stream.read(&mut buf) {
-                    Ok(0) => break true,
-                    Ok(_) => {}
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break false,
-                    Err(err) if err.kind() == io::ErrorKind::TimedOut => break false,
-                    Err(_) => break true,
-                }
-            };
+            let closed = closed_by_peer(&mut stream);
             assert!(closed, "{cipher:?}: the server kept the connection open");
             assert_eq!(
                 handler.requests.load(Ordering::SeqCst),
