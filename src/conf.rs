@@ -344,10 +344,10 @@ const MAX_CONNECTIONS: u64 = 1 << 20;
 /// | `rpc.connect.threads` | `64` | integer, 1 to 1024 | ceiling of the cached `rpc-connect-N` pool that makes connections |
 /// | `rpc.authenticate` | `false` | boolean | require Spark's `AuthEngine` shared-secret handshake on every connection, both ways (see [`AuthBootstrap`](crate::transport::AuthBootstrap)); needs a secret |
 /// | `rpc.authenticate.secret` | none | string | the shared secret; its UTF-8 bytes are the key material (as Spark's `spark.authenticate.secret`). Give exactly one of this, `.file` and `.env` when `rpc.authenticate` is `true` |
-/// | `rpc.authenticate.secret.file` | none | path | a file whose bytes, Base64-encoded, are the secret (as Spark's `spark.authenticate.secret.file`, so one file configures both); read at `build()` |
+/// | `rpc.authenticate.secret.file` | none | path | a file whose bytes, Base64-encoded, are the secret (as Spark's `spark.authenticate.secret.file`, so one file configures both); read at `build()`, at most 1 MiB |
 /// | `rpc.authenticate.secret.env` | none | string | the name of an environment variable that holds the secret, used as it is (Spark's executors get theirs in `_SPARK_AUTH_SECRET`); read at `build()` |
 /// | `rpc.authenticate.appId` | `sparkSaslUser` | string, not empty | the app id both sides name in the handshake; Spark's RpcEnv uses `sparkSaslUser` |
-/// | `rpc.authenticate.timeout` | `30s` | duration, > 0 | how long a handshake may take: a client waits this long for the server's answer, and a server closes a connection that has not authenticated this long after it was accepted (Spark's `spark.network.auth.rpcTimeout`) |
+/// | `rpc.authenticate.timeout` | `30s` | duration, > 0 | how long a handshake may take: a client waits this long for the server's answer, and a server closes a connection that has not authenticated this long after it was accepted (with encryption: whose first frame after the handshake has not come by then) (Spark's `spark.network.auth.rpcTimeout`) |
 /// | `rpc.io.encryption.enabled` | `false` | boolean; needs `rpc.authenticate` | encrypt every connection after the handshake (Spark's `spark.network.crypto.enabled`) |
 /// | `rpc.io.encryption.cipher` | `AES/GCM/NoPadding` | `AES/GCM/NoPadding` or `AES/CTR/NoPadding` | the channel cipher: AES-GCM envelopes (authenticated) or an AES-CTR stream (Spark's default; no integrity). Not negotiated: both sides must agree |
 /// | `rpc.io.encryption.authEngineVersion` | `2` | `1` or `2` | how the channel key is derived: 2 (HKDF, AES-128) or 1 (the raw X25519 output, AES-256; Spark's default). Not negotiated: both sides must agree |
@@ -393,7 +393,8 @@ const MAX_CONNECTIONS: u64 = 1 << 20;
 ///   clamps `rpc.io.backLog` (Linux: `net.core.somaxconn`).
 /// - **Security**: without `rpc.authenticate = true` traffic is plain, unauthenticated
 ///   TCP: bind to a trusted network only. With it, give both sides the same secret, and
-///   turn on `rpc.io.encryption.enabled` for privacy; AES-CTR (Spark's default cipher)
+///   turn on `rpc.io.encryption.enabled` for privacy and integrity (without it, frames
+///   after the handshake can be read and changed on the path); AES-CTR (Spark's default cipher)
 ///   has no integrity check, AES-GCM (the default here) has. The cipher and engine
 ///   version are not negotiated: both sides (Spark included) must set the same. A
 ///   secret file is read at `build()`, as Spark takes it (the Base64 of its bytes). The
@@ -731,19 +732,24 @@ impl SecurityKeys<'_> {
         let secret = Zeroizing::new(match key {
             keys::AUTHENTICATE_SECRET => value.to_owned(),
             keys::AUTHENTICATE_SECRET_FILE => {
-                let bytes = std::fs::read(value).map_err(|err| {
+                let bytes = read_secret_file(value).map_err(|reason| {
                     RpcError::config(
                         key,
-                        format!("cannot read the secret file {value:?}: {err:#}"),
+                        format!("cannot read the secret file {value:?}: {reason}"),
                     )
                 })?;
-                base64::engine::general_purpose::STANDARD.encode(bytes)
+                base64::engine::general_purpose::STANDARD.encode(&*bytes)
             }
             _ => std::env::var(value).map_err(|err| {
+                // `VarError`'s own text would show a value that is not UTF-8.
+                let why = match err {
+                    std::env::VarError::NotPresent => "it is not set",
+                    std::env::VarError::NotUnicode(_) => "its value is not UTF-8",
+                };
                 RpcError::config(
                     key,
                     format!(
-                        "cannot take the secret from the environment variable {value:?}: {err:#}"
+                        "cannot take the secret from the environment variable {value:?}: {why}"
                     ),
                 )
             })?,
@@ -757,6 +763,26 @@ impl SecurityKeys<'_> {
             .with_timeout(self.timeout);
         Ok(Some(bootstrap))
     }
+}
+
+/// The most bytes a secret file may hold: far more than any secret, and a bound on what
+/// a wrong path (`/dev/zero`, a log file) makes `build()` read.
+const MAX_SECRET_FILE: u64 = 1024 * 1024;
+
+/// The bytes of a secret file (wiped when dropped), or why not.
+fn read_secret_file(path: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|err| err.to_string())?;
+    let mut bytes = Zeroizing::new(Vec::new());
+    file.take(MAX_SECRET_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| err.to_string())?;
+    if bytes.len() as u64 > MAX_SECRET_FILE {
+        return Err(format!(
+            "it holds more than {MAX_SECRET_FILE} bytes, more than any secret"
+        ));
+    }
+    Ok(bytes)
 }
 
 /// `key` as the constant of its name (the keys are matched against the constants).

@@ -258,7 +258,11 @@
 //! `on_connected`) before that peer authenticated. With `rpc.io.encryption.enabled`
 //! every byte after the handshake is encrypted (`rpc.io.encryption.cipher`: AES-GCM,
 //! authenticated, by default; AES-CTR as Spark's default), by the thread that writes and
-//! the event loop that reads. A wrong secret or app id, a tampered handshake or GCM
+//! the event loop that reads. Without encryption the client also confirms the handshake
+//! with a 32-byte proof that it holds the keys (rpcenv's own frame: Spark's `AuthEngine`
+//! always encrypts), so a challenge seen on the network cannot be replayed on another
+//! connection; the frames after it are still plain and unprotected, so use encryption
+//! wherever the network is not trusted. A wrong secret or app id, a tampered handshake or GCM
 //! envelope, or two sides whose cipher or engine version differ (neither is negotiated on
 //! the wire) fail with [`RpcError::Auth`] naming the peer, promptly; a peer that has not
 //! authenticated within `rpc.authenticate.timeout` is closed. The secret and key material

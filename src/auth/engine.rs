@@ -55,6 +55,7 @@ impl ClientHandshake {
         settings: &AuthSettings,
         rng: &mut dyn Random,
     ) -> Result<(Self, Vec<u8>), AuthError> {
+        check_secret(settings)?;
         let private = draw_private_key(rng)?;
         let public = PublicKey::from(&private);
         let challenge = seal_message(settings, public.as_bytes(), &[], rng)?;
@@ -114,6 +115,7 @@ pub(crate) fn respond(
     challenge: &[u8],
     rng: &mut dyn Random,
 ) -> Result<(Vec<u8>, SessionKeys), AuthError> {
+    check_secret(settings)?;
     let message = AuthMessage::decode(challenge)?;
     check_app_id(settings, message.app_id, "client")?;
     let client_public = open_public_key(settings, &message, &[]).map_err(|()| {
@@ -141,6 +143,17 @@ pub(crate) fn respond(
         Role::Server,
     )?;
     Ok((response, keys))
+}
+
+/// Refuses an empty secret: anyone can present it, so it authenticates nothing.
+fn check_secret(settings: &AuthSettings) -> Result<(), AuthError> {
+    if settings.secret.as_bytes().is_empty() {
+        return Err(AuthError::new(
+            "this side's shared secret is empty, which authenticates nothing: give a \
+             secret (rpc.authenticate.secret, .secret.file or .secret.env)",
+        ));
+    }
+    Ok(())
 }
 
 /// Draws an X25519 private key. Tink sets and clears some bits of the 32 bytes it draws;

@@ -80,7 +80,9 @@ impl fmt::Debug for ChannelKey {
 }
 
 /// This side's keys for the channel: the key (the same both ways) and its two CTR IVs,
-/// already assigned for its role. Wiped on drop; `Debug` prints only the key length.
+/// already assigned for its role, and the confirmation of an unencrypted channel (see
+/// [`confirmation`](Self::confirmation)). Wiped on drop; `Debug` prints only the key
+/// length.
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub(crate) struct SessionKeys {
     key: ChannelKey,
@@ -88,7 +90,12 @@ pub(crate) struct SessionKeys {
     output_iv: [u8; 16],
     /// The IV of the bytes this side receives.
     input_iv: [u8; 16],
+    /// `HKDF(shared, transcript, "rpcenv-confirm", 32)`.
+    confirmation: [u8; CONFIRMATION_LEN],
 }
+
+/// Bytes of [`SessionKeys::confirmation`].
+pub(crate) const CONFIRMATION_LEN: usize = 32;
 
 /// Which end of the handshake a side is; decides which IV is which.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,18 +129,36 @@ impl SessionKeys {
         let mut output_iv = [0; 16];
         hkdf_sha256(shared, transcript, b"inputIv", &mut input_iv)?;
         hkdf_sha256(shared, transcript, b"outputIv", &mut output_iv)?;
-        Ok(match role {
-            Role::Client => Self {
-                key,
-                output_iv,
-                input_iv,
-            },
-            Role::Server => Self {
-                key,
-                output_iv: input_iv,
-                input_iv: output_iv,
-            },
+        let mut confirmation = [0; CONFIRMATION_LEN];
+        hkdf_sha256(shared, transcript, b"rpcenv-confirm", &mut confirmation)?;
+        let (output_iv, input_iv) = match role {
+            Role::Client => (output_iv, input_iv),
+            Role::Server => (input_iv, output_iv),
+        };
+        Ok(Self {
+            key,
+            output_iv,
+            input_iv,
+            confirmation,
         })
+    }
+
+    /// What a client sends right after the handshake when the channel stays unencrypted
+    /// (rpcenv's authentication without encryption, which Spark's `AuthEngine` does not
+    /// have): proof that it holds the X25519 private key of its challenge. Without it,
+    /// the challenge, which crosses the network in clear, could be replayed on another
+    /// connection by anyone who saw it, and the server would take that connection's
+    /// plaintext as authenticated. Bound to the transcript, so to this connection. (An
+    /// encrypted channel needs none: a replayer has no channel key, and its first frame
+    /// fails.)
+    pub(crate) fn confirmation(&self) -> &[u8; CONFIRMATION_LEN] {
+        &self.confirmation
+    }
+
+    /// Whether `theirs` is this handshake's [`confirmation`](Self::confirmation),
+    /// compared in constant time.
+    pub(crate) fn confirms(&self, theirs: &[u8]) -> bool {
+        subtle::ConstantTimeEq::ct_eq(&self.confirmation[..], theirs).into()
     }
 
     /// This side's encryptor (outgoing bytes) and decryptor (incoming bytes); `rng` draws

@@ -53,6 +53,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 pub(crate) use channel::{Decryptor, Encryptor};
 pub(crate) use engine::{ClientHandshake, respond};
 pub(crate) use gcm::{EnvelopeSealer, SEGMENT_PLAINTEXT_LEN};
+pub(crate) use keys::SessionKeys;
 pub(crate) use random::{ChannelRandom, OsRandom, Random};
 
 /// The channel cipher, Spark's `spark.network.crypto.cipher`. Spark's default is

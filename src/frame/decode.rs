@@ -123,6 +123,9 @@ pub(crate) struct FrameDecoder {
     /// How many bytes of its input the call that failed took (the header bytes of a
     /// refused request that were in it).
     consumed_by_error: usize,
+    /// Whether a frame above the maximum is refused only once its type byte (and a
+    /// request's id, to answer it) is in; otherwise at its length field.
+    read_refused_ids: bool,
 }
 
 /// Where in a frame the decoder is.
@@ -198,7 +201,16 @@ impl FrameDecoder {
             max_frame_size,
             state: State::Header(PartialHeader::default()),
             consumed_by_error: 0,
+            read_refused_ids: true,
         }
+    }
+
+    /// Whether a frame above the maximum is refused only once its type byte and, for a
+    /// request, its id are in, so that the request can be answered (the default); or at
+    /// once when its length field is in (before a peer authenticated, when nothing is
+    /// answered and a peer that claims a large frame and stalls must not be waited for).
+    pub(crate) fn set_read_refused_ids(&mut self, read: bool) {
+        self.read_refused_ids = read;
     }
 
     /// Changes the largest accepted frame length, for the frames whose header is still to
@@ -255,7 +267,7 @@ impl FrameDecoder {
                 let message = self.take_complete_body()?;
                 return Ok((n, message.map(Item::Message)));
             }
-            State::Header(header) => header.fill(input, self.max_frame_size),
+            State::Header(header) => header.fill(input, self.max_frame_size, self.read_refused_ids),
         };
         let (consumed, parsed) = match result {
             Ok((consumed, Some(parsed))) => (consumed, parsed),
@@ -476,6 +488,7 @@ impl PartialHeader {
         &mut self,
         input: &[u8],
         max_frame_size: u64,
+        read_refused_ids: bool,
     ) -> Result<(usize, Option<ParsedHeader>), (usize, FrameError)> {
         let mut consumed = 0;
         loop {
@@ -488,7 +501,7 @@ impl PartialHeader {
                 return Ok((consumed, None));
             }
             let checked = match self.filled {
-                LENGTH_FIELD_LEN => self.check_length(max_frame_size),
+                LENGTH_FIELD_LEN => self.check_length(max_frame_size, read_refused_ids),
                 MIN_FRAME_LEN if self.too_large => self.check_too_large_type(max_frame_size),
                 TOO_LARGE_REQUEST_LEN if self.too_large => Err(FrameError::RequestTooLarge {
                     request_id: u64::from_be_bytes(self.array::<8>(MIN_FRAME_LEN)),
@@ -519,12 +532,22 @@ impl PartialHeader {
 
     /// The length field is in: it must cover the length and type, and stay within the
     /// maximum. Nothing has been allocated for the frame yet. Next comes the type byte.
-    fn check_length(&mut self, max_frame_size: u64) -> Result<usize, FrameError> {
+    fn check_length(
+        &mut self,
+        max_frame_size: u64,
+        read_refused_ids: bool,
+    ) -> Result<usize, FrameError> {
         let frame_len = self.frame_len();
         if frame_len < MIN_FRAME_LEN as i64 {
             return Err(FrameError::BadLength(frame_len));
         }
         if frame_len as u64 > max_frame_size {
+            if !read_refused_ids {
+                return Err(FrameError::TooLarge {
+                    size: frame_len as u64,
+                    max: max_frame_size,
+                });
+            }
             // Refused once the type byte (and a request's id) is in; nothing is allocated.
             self.too_large = true;
         }

@@ -436,6 +436,11 @@ fn one_tib_claim_is_refused_at_its_type_byte_and_a_request_after_its_id() {
         RpcError::from(request_err),
         RpcError::FrameTooLarge { size, max } if size == 1 << 40 && max == MAX
     ));
+    // Where nothing would be answered (before a handshake), refused at the length field.
+    let mut decoder = FrameDecoder::new(MAX);
+    decoder.set_read_refused_ids(false);
+    assert_eq!(decoder.decode(&claim[..7]), Ok((7, None)));
+    assert_eq!(decoder.decode(&claim[7..]), Err(err.clone()));
     // An unknown type byte after a length over the maximum: still TooLarge.
     let mut bytes = claim.to_vec();
     bytes.push(200);

@@ -14,12 +14,20 @@
 //!   connection is unauthenticated until its first frame, an `RpcRequest` carrying an
 //!   `AuthMessage`, checks out. The event loop answers it in plaintext, and everything
 //!   after that answer, both ways, goes through the channel cipher. Before that nothing
-//!   reaches the [`RpcHandler`](super::RpcHandler), not even `channel_active`: any other
+//!   reaches the [`RpcHandler`](super::RpcHandler), not even `channel_active` (which
+//!   comes with the first frame that decrypts, as a replayed challenge gives no keys): any other
 //!   frame is answered with a failure (requests) and the connection is closed, and a peer
 //!   that has not authenticated within the bootstrap's timeout is closed. Frames before
 //!   the handshake may be at most [`MAX_HANDSHAKE_FRAME`] bytes. Spark's
 //!   `AuthServerBootstrap` and `AuthRpcHandler` do the same, except that they tell the
 //!   handler about the connection before it authenticated.
+//!
+//! Without a channel cipher ([`AuthBootstrap::with_encryption`]`(None)`, which Spark's
+//! `AuthEngine` does not offer), the client follows the handshake with one more frame, a
+//! one-way message carrying a 32-byte confirmation derived from the handshake's keys, and
+//! the server takes the connection as authenticated only once it checks out. The
+//! challenge crosses the network in clear; without the confirmation anyone who saw one
+//! could replay it on a connection of their own and be taken as authenticated.
 //!
 //! Neither the cipher nor the engine version is negotiated on the wire (Spark's protocol
 //! has no field for them): two sides configured differently complete the handshake, and
@@ -37,6 +45,7 @@ use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use log::debug;
+use zeroize::Zeroizing;
 
 use crate::auth::{
     AuthError, AuthSettings, ChannelRandom, Cipher, ClientHandshake, Decryptor, Encryptor,
@@ -102,7 +111,8 @@ pub struct AuthBootstrap {
 impl AuthBootstrap {
     /// Authenticates as (and accepts only) `app_id` with `secret` (its UTF-8 bytes are the
     /// key material, as Spark takes `spark.authenticate.secret`), encrypting with AES-GCM
-    /// and engine version 2.
+    /// and engine version 2. An empty secret authenticates nothing: every handshake with
+    /// it fails with [`RpcError::Auth`].
     pub fn new(app_id: &str, secret: &str) -> Self {
         Self {
             settings: AuthSettings {
@@ -132,7 +142,10 @@ impl AuthBootstrap {
 
     /// How long a handshake may take: a client waits this long for the server's answer,
     /// and a server closes a connection that has not authenticated this long after it was
-    /// accepted (Spark's `spark.network.auth.rpcTimeout`).
+    /// accepted (Spark's `spark.network.auth.rpcTimeout`). On an encrypted connection the
+    /// peer's first frame after the handshake must come by then too: only a frame that
+    /// decrypts shows that the peer holds the keys, and not merely a challenge it saw
+    /// on the network.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -236,11 +249,11 @@ pub(crate) fn client_handshake(
     let mut out = Vec::with_capacity(header.as_bytes().len() + challenge.len());
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(&challenge);
-    let deadline = Instant::now() + bootstrap.timeout;
+    // A timeout too long for a deadline (`Duration::MAX`) means none.
+    let deadline = Instant::now().checked_add(bootstrap.timeout);
     let mut exchange = Exchange::new(stream, peer, deadline, bootstrap.timeout, cancelled)?;
     exchange.write_all(&out)?;
     let frame = exchange.read_frame()?;
-    drop(exchange);
     let mut decoder = FrameDecoder::new(MAX_HANDSHAKE_FRAME);
     let message = match decoder.decode(&frame) {
         Ok((used, Some(message))) if used == frame.len() => message,
@@ -262,12 +275,14 @@ pub(crate) fn client_handshake(
             request_id: id,
             error,
         } if id == request_id => {
+            // The peer's words, cut short and quoted with control characters escaped
+            // (a hostile peer's text goes into errors and logs).
             let first_line = error.lines().next().unwrap_or("").trim();
             let first_line: String = first_line.chars().take(300).collect();
             return Err(auth_error(
                 peer,
                 format!(
-                    "the peer refused the handshake (\"{first_line}\"): the secret or app id \
+                    "the peer refused the handshake ({first_line:?}): the secret or app id \
                      differs, or the peer does not authenticate"
                 ),
             ));
@@ -279,14 +294,29 @@ pub(crate) fn client_handshake(
             ));
         }
     };
-    debug!("authenticated with {peer}");
-    Ok(match bootstrap.encryption {
+    let security = match bootstrap.encryption {
         Some(cipher) => {
             let (encryptor, decryptor) = keys.channel(cipher, Box::<ChannelRandom>::default());
             Security::Encrypted(Box::new(encryptor), Box::new(decryptor))
         }
-        None => Security::Plain,
-    })
+        None => {
+            // Without encryption the server takes the connection as authenticated only
+            // once it proves that this side holds the keys (see
+            // `SessionKeys::confirmation`).
+            let confirmation = keys.confirmation();
+            let header = FrameHeader::one_way(confirmation.len());
+            let mut out = Zeroizing::new(Vec::with_capacity(
+                header.as_bytes().len() + confirmation.len(),
+            ));
+            out.extend_from_slice(header.as_bytes());
+            out.extend_from_slice(confirmation);
+            exchange.write_all(&out)?;
+            Security::Plain
+        }
+    };
+    drop(exchange);
+    debug!("authenticated with {peer}");
+    Ok(security)
 }
 
 /// A request id as Spark makes them: a random non-negative `i64`.
@@ -302,7 +332,8 @@ struct Exchange<'a> {
     poll: mio::Poll,
     events: mio::Events,
     peer: &'a str,
-    deadline: Instant,
+    /// `None`: no deadline.
+    deadline: Option<Instant>,
     timeout: Duration,
     cancelled: &'a dyn Fn() -> bool,
 }
@@ -311,7 +342,7 @@ impl<'a> Exchange<'a> {
     fn new(
         stream: &'a mut mio::net::TcpStream,
         peer: &'a str,
-        deadline: Instant,
+        deadline: Option<Instant>,
         timeout: Duration,
         cancelled: &'a dyn Fn() -> bool,
     ) -> Result<Self, RpcError> {
@@ -343,7 +374,9 @@ impl<'a> Exchange<'a> {
                 "cannot be made: the client factory is closed",
             ));
         }
-        let left = self.deadline.saturating_duration_since(Instant::now());
+        let left = self.deadline.map_or(CHECK, |deadline| {
+            deadline.saturating_duration_since(Instant::now())
+        });
         if left.is_zero() {
             return Err(auth_error(
                 self.peer,
@@ -459,6 +492,10 @@ mod tests {
             self.requests.fetch_add(1, Ordering::SeqCst);
             responder.reply(message);
         }
+
+        fn receive_one_way(&self, _: &TransportClient, _: Vec<u8>) {
+            self.requests.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     fn frame(header: FrameHeader, body: &[u8]) -> Vec<u8> {
@@ -512,6 +549,21 @@ mod tests {
         (stream, encryptor, decryptor)
     }
 
+    /// Reads `stream` until the peer closes it (true) or its read timeout passes (false),
+    /// skipping whatever the peer sends meanwhile.
+    fn closed_by_peer(stream: &mut TcpStream) -> bool {
+        let mut buf = [0; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(err) if err.kind() == io::ErrorKind::TimedOut => return false,
+                Err(_) => return true,
+            }
+        }
+    }
+
     fn server(
         auth: &AuthBootstrap,
     ) -> (TransportContext, super::super::TransportServer, Arc<Echo>) {
@@ -548,6 +600,74 @@ mod tests {
         }
     }
 
+    /// Authentication without encryption: the challenge crosses the network in clear, so
+    /// anyone who saw one connection's challenge can send it again on a connection of
+    /// their own. The server answers it (it cannot tell), but the replayer has no private
+    /// key for it and so cannot confirm the handshake: its plaintext request reaches
+    /// nothing, and the connection closes.
+    #[test]
+    fn a_replayed_challenge_without_encryption_gets_nothing_through() {
+        let auth = AuthBootstrap::new("app", SECRET).with_encryption(None);
+        let (_ctx, server, handler) = server(&auth);
+        // What a real client sent, as seen on the wire.
+        let (_handshake, challenge) =
+            ClientHandshake::start(auth.settings(), &mut OsRandom).expect("a challenge");
+        let captured = frame(FrameHeader::rpc_request(7, challenge.len()), &challenge);
+        let mut stream = TcpStream::connect(("127.0.0.1", server.port())).expect("a connection");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("a read timeout");
+        stream.write_all(&captured).expect("the replayed challenge");
+        stream
+            .write_all(&frame(FrameHeader::rpc_request(8, 5), b"hello"))
+            .expect("a plaintext request");
+        stream
+            .write_all(&frame(FrameHeader::one_way(5), b"hello"))
+            .expect("a one-way message");
+        let closed = closed_by_peer(&mut stream);
+        assert!(closed, "the server kept the replayer's connection open");
+        assert_eq!(
+            handler.requests.load(Ordering::SeqCst),
+            0,
+            "a request got through"
+        );
+    }
+
+    /// A peer that replays a challenge it saw and then sends nothing is closed at the
+    /// handshake timeout, like one that never authenticated: it cannot hold a connection
+    /// open (and a slot of `rpc.io.maxConnections`) without the secret.
+    #[test]
+    fn a_silent_replayer_is_closed_at_the_handshake_timeout() {
+        for cipher in [Some(Cipher::AesGcm), Some(Cipher::AesCtr), None] {
+            let auth = AuthBootstrap::new("app", SECRET)
+                .with_encryption(cipher)
+                .with_timeout(Duration::from_millis(300));
+            let (_ctx, server, handler) = server(&auth);
+            let (_handshake, challenge) =
+                ClientHandshake::start(auth.settings(), &mut OsRandom).expect("a challenge");
+            let mut stream =
+                TcpStream::connect(("127.0.0.1", server.port())).expect("a connection");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("a read timeout");
+            stream
+                .write_all(&frame(
+                    FrameHeader::rpc_request(7, challenge.len()),
+                    &challenge,
+                ))
+                .expect("the replayed challenge");
+            let started = Instant::now();
+            let closed = closed_by_peer(&mut stream);
+            assert!(closed, "{cipher:?}: the silent replayer is still connected");
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "{cipher:?}: took {:?}",
+                started.elapsed()
+            );
+            assert_eq!(handler.requests.load(Ordering::SeqCst), 0);
+        }
+    }
+
     /// Spark's `AuthIntegrationSuite.testAuthReplay`: a peer that completed (or replayed)
     /// the handshake but does not have the channel keys, and so sends frames as they are,
     /// gets nothing through: the server closes the connection at the first frame.
@@ -559,16 +679,7 @@ mod tests {
             let (mut stream, _, _) = authenticated(server.port(), &auth);
             let request = frame(FrameHeader::rpc_request(8, 5), b"hello");
             stream.write_all(&request).expect("a plaintext request");
-            let mut buf = [0; 4096];
-            let closed = loop {
-                match stream.read(&mut buf) {
-                    Ok(0) => break true,
-                    Ok(_) => {}
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break false,
-                    Err(err) if err.kind() == io::ErrorKind::TimedOut => break false,
-                    Err(_) => break true,
-                }
-            };
+            let closed = closed_by_peer(&mut stream);
             assert!(closed, "{cipher:?}: the server kept the connection open");
             assert_eq!(
                 handler.requests.load(Ordering::SeqCst),

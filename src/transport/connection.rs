@@ -819,6 +819,12 @@ impl Conn {
     /// The peer ended its side of the stream. Fails the requests it will never answer;
     /// returns whether the connection is done (nothing owed and nothing left to write).
     pub(crate) fn peer_closed(&self) -> bool {
+        self.peer_closed_because("closed by the peer")
+    }
+
+    /// [`peer_closed`](Self::peer_closed), with `text` as the reason the outstanding
+    /// requests fail with.
+    pub(crate) fn peer_closed_because(&self, text: &str) -> bool {
         self.closing.store(true, Ordering::Release);
         let callbacks = self.requests.close();
         if !callbacks.is_empty() {
@@ -828,8 +834,7 @@ impl Conn {
                 callbacks.len()
             );
         }
-        let err = CloseReason::new("closed by the peer")
-            .error(self.peer, "closed with the request outstanding");
+        let err = CloseReason::new(text).error(self.peer, "closed with the request outstanding");
         for callback in callbacks {
             run_callback(callback, Err(err.clone()), self.peer);
         }

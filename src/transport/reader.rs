@@ -9,7 +9,9 @@
 //!
 //! On a connection a server accepted with an [`AuthBootstrap`], the reader runs the
 //! server side of the handshake on the first frame, and gives nothing to the handler
-//! (not even `channel_active`) before it succeeds. On an encrypted connection every byte
+//! (not even `channel_active`) before the peer has shown that it holds the keys: on an
+//! encrypted connection the handler hears of it with the first frame that decrypts; on
+//! an authenticated plaintext one, once the peer confirmed the handshake. On an encrypted connection every byte
 //! read goes through the channel cipher's [`Decryptor`] first; the bytes that follow the
 //! handshake in the same read are already ciphertext.
 
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, trace, warn};
 
-use crate::auth::{self, ChannelRandom, Decryptor, OsRandom};
+use crate::auth::{self, ChannelRandom, Decryptor, OsRandom, SessionKeys};
 use crate::error::RpcError;
 use crate::frame::{FrameDecoder, FrameError, Item, Message};
 use crate::sync::Arc;
@@ -130,6 +132,14 @@ pub(crate) struct Reader {
     discarded: u64,
     /// The stream whose bytes are arriving.
     stream: Option<Active>,
+    /// Authenticated without encryption: the keys of the handshake the server answered,
+    /// whose confirmation the peer's next frame must carry (see
+    /// [`SessionKeys::confirmation`]). The peer counts as unauthenticated until it does.
+    unconfirmed: Option<SessionKeys>,
+    /// An encrypted connection a server accepted, whose peer has not yet sent a frame
+    /// that decrypts: it must, within this long of connecting (the handshake's timeout),
+    /// or a peer that replayed a challenge it saw could hold the connection open forever.
+    awaiting_first_frame: Option<Duration>,
 }
 
 /// The header bytes of a refused request that the decoder reads: length, type, id.
@@ -154,9 +164,13 @@ impl Reader {
         } else {
             max_frame
         };
+        let mut decoder = FrameDecoder::new(first_max);
+        // Before the handshake nothing is answered: a frame above the limit is refused at
+        // its length field.
+        decoder.set_read_refused_ids(auth.is_none());
         Self {
             wire,
-            decoder: FrameDecoder::new(first_max),
+            decoder,
             stash: Vec::new(),
             since: now,
             last_read: now,
@@ -173,6 +187,8 @@ impl Reader {
             discard: 0,
             discarded: 0,
             stream: None,
+            unconfirmed: None,
+            awaiting_first_frame: None,
         }
     }
 
@@ -184,7 +200,10 @@ impl Reader {
 
     /// Whether the peer has yet to authenticate; `Some` gives how long it may take.
     pub(crate) fn awaiting_auth(&self) -> Option<Duration> {
-        self.auth.as_ref().map(AuthBootstrap::timeout)
+        self.auth
+            .as_ref()
+            .map(AuthBootstrap::timeout)
+            .or(self.awaiting_first_frame)
     }
 
     /// Tells the handler that the connection is active, unless the peer must
@@ -194,6 +213,7 @@ impl Reader {
             return;
         }
         self.active = true;
+        self.awaiting_first_frame = None;
         guard(client.remote_address(), "channel_active", || {
             handler.channel_active(client)
         });
@@ -492,6 +512,9 @@ impl Reader {
                             Handshake::Plain => continue,
                         }
                     }
+                    // On an encrypted connection a server accepted, the first frame (it
+                    // decrypted, so the peer holds the keys) makes it active.
+                    self.activate(client, handler);
                     self.dispatch(conn, client, handler, message);
                     if !conn.is_open() {
                         return Decoded::Stop(ReadOutcome::Closed);
@@ -502,12 +525,17 @@ impl Reader {
                     }
                 }
                 Err(err) => {
+                    // Answered only to an authenticated peer (one that still has to
+                    // confirm or send its first encrypted frame counts as not yet).
+                    let authenticated = self.auth.is_none()
+                        && self.unconfirmed.is_none()
+                        && self.awaiting_first_frame.is_none();
                     if let (
                         FrameError::RequestTooLarge {
                             request_id, size, ..
                         },
-                        None,
-                    ) = (&err, &self.auth)
+                        true,
+                    ) = (&err, authenticated)
                     {
                         // The caller hears why at once, with both sizes and the key. The
                         // rest of the frame is read and dropped (up to MAX_DISCARD), so
@@ -543,6 +571,20 @@ impl Reader {
                                 RpcError::from(err)
                             ),
                         )
+                    } else if self.auth.is_some() {
+                        // Not `rpc.message.maxSize`: the limit before the handshake.
+                        let reason = match err {
+                            FrameError::TooLarge { size, .. }
+                            | FrameError::RequestTooLarge { size, .. } => format!(
+                                "sent a frame of {size} bytes before authenticating (at most \
+                                 {MAX_HANDSHAKE_FRAME} before the handshake)"
+                            ),
+                            err => format!(
+                                "sent a frame that does not decode before authenticating ({})",
+                                RpcError::from(err)
+                            ),
+                        };
+                        auth_error(conn.peer(), reason)
                     } else {
                         RpcError::from(err)
                     };
@@ -569,31 +611,45 @@ impl Reader {
             return Handshake::Plain;
         };
         let peer = conn.peer();
+        if let Some(keys) = self.unconfirmed.take() {
+            // Authentication without encryption: the frame after the handshake must
+            // confirm it, or the challenge may have been replayed.
+            if let Message::OneWay { body } = &message {
+                if keys.confirms(body) {
+                    return self.authenticated(conn, Some((client, handler)));
+                }
+            }
+            let err = auth_error(
+                peer,
+                "did not confirm the handshake with the keys it derived (a challenge \
+                 replayed from another connection, or a peer that does not speak \
+                 rpcenv's authentication without encryption)",
+            );
+            warn!("closing the connection: {err}");
+            conn.close_with(CloseReason::fault(err));
+            return Handshake::Closed;
+        }
         let request_id = match message {
             Message::RpcRequest { request_id, body } if auth::is_auth_message(&body) => {
                 match auth::respond(bootstrap.settings(), &body, &mut OsRandom) {
                     Ok((answer, keys)) => {
                         conn.answer_handshake(request_id, Ok(answer));
-                        self.auth = None;
-                        self.decoder.set_max_frame(self.max_frame);
-                        self.frames_at_handshake = Some(self.frames);
-                        debug!("{peer} authenticated");
-                        let encrypted = match bootstrap.encryption() {
-                            Some(cipher) => {
-                                let (encryptor, decryptor) =
-                                    keys.channel(cipher, Box::<ChannelRandom>::default());
-                                conn.start_encryption(encryptor);
-                                self.decryptor = Some(Box::new(decryptor));
-                                true
-                            }
-                            None => false,
+                        let Some(cipher) = bootstrap.encryption() else {
+                            // Not authenticated until the peer confirms the handshake.
+                            self.unconfirmed = Some(keys);
+                            self.frames_at_handshake = Some(self.frames);
+                            return Handshake::Plain;
                         };
-                        self.activate(client, handler);
-                        return if encrypted {
-                            Handshake::Encrypted
-                        } else {
-                            Handshake::Plain
-                        };
+                        let (encryptor, decryptor) =
+                            keys.channel(cipher, Box::<ChannelRandom>::default());
+                        conn.start_encryption(encryptor);
+                        self.decryptor = Some(Box::new(decryptor));
+                        // The handler hears of the connection at its first frame that
+                        // decrypts: a peer that replays a challenge it saw has no keys,
+                        // and its connection ends before that.
+                        self.authenticated(conn, None);
+                        self.awaiting_first_frame = Some(bootstrap.timeout());
+                        return Handshake::Encrypted;
                     }
                     Err(err) => {
                         warn!("{peer} failed to authenticate: {err:#}");
@@ -617,12 +673,34 @@ impl Reader {
         Handshake::Refused
     }
 
+    /// The peer has authenticated: frames may now be as large as configured and reach
+    /// the handler, which hears that the connection is active now (`Some`) or with the
+    /// first frame (`None`).
+    fn authenticated(
+        &mut self,
+        conn: &Arc<Conn>,
+        activate: Option<(&TransportClient, &dyn RpcHandler)>,
+    ) -> Handshake {
+        self.auth = None;
+        self.decoder.set_max_frame(self.max_frame);
+        self.decoder.set_read_refused_ids(true);
+        self.frames_at_handshake = Some(self.frames);
+        debug!("{} authenticated", conn.peer());
+        if let Some((client, handler)) = activate {
+            self.activate(client, handler);
+        }
+        Handshake::Plain
+    }
+
     /// The peer ended its side. A pending socket error (a keep-alive or user timeout, a
     /// reset) makes it a failure; a frame cut short closes the connection; otherwise the
     /// connection is closing and only writes what it owes.
     fn end_of_stream(&mut self, conn: &Arc<Conn>) -> ReadOutcome {
         if let Some(err) = self.wire.take_error() {
             return self.failed(conn, err);
+        }
+        if let Some(outcome) = self.refused_channel(conn, "it closed the connection") {
+            return outcome;
         }
         if self.in_frame() {
             warn!(
@@ -638,8 +716,53 @@ impl Reader {
         ReadOutcome::Ended
     }
 
+    /// A peer that ends an encrypted connection (`how`) while this side waits for
+    /// answers, without having sent a single frame over the channel, most likely could
+    /// not read this side's first frame: the two sides' channel settings differ (and the
+    /// peer, a server, says so only in its log). Closes the connection with an error
+    /// saying so, and returns `Some`; `None` in every other case.
+    fn refused_channel(&mut self, conn: &Arc<Conn>, how: &str) -> Option<ReadOutcome> {
+        if conn.requests().len() == 0 {
+            return None;
+        }
+        if self.decryptor.is_none() && self.auth.is_none() && self.frames == 0 {
+            // A plaintext connection the peer ends before sending a single frame: what an
+            // authenticating server does to a peer that does not authenticate. The
+            // connection ends as usual; the requests say what to check.
+            conn.peer_closed_because(&format!(
+                "closed by the peer ({how} before sending anything, while requests wait; \
+                 a peer that requires authentication, rpc.authenticate or Spark's \
+                 spark.authenticate, does this to a side that does not authenticate)"
+            ));
+            return None;
+        }
+        let silent = self.decryptor.is_some() && self.frames_at_handshake == Some(self.frames);
+        if !silent {
+            return None;
+        }
+        let err = auth_error(
+            conn.peer(),
+            format!(
+                "{how} after the handshake without sending anything over the encrypted \
+                 channel, while requests wait: it most likely could not read this side's \
+                 first frame, because the two sides differ in rpc.io.encryption.enabled, \
+                 rpc.io.encryption.cipher or rpc.io.encryption.authEngineVersion (Spark: \
+                 spark.network.crypto.cipher, spark.network.crypto.authEngineVersion), \
+                 which are not negotiated on the wire; the peer's log says more"
+            ),
+        );
+        warn!("{err}");
+        conn.close_with(CloseReason::fault(err));
+        Some(ReadOutcome::Closed)
+    }
+
     fn failed(&mut self, conn: &Arc<Conn>, err: std::io::Error) -> ReadOutcome {
-        debug!("read from {} failed: {err:#}", conn.peer());
+        if let Some(outcome) =
+            self.refused_channel(conn, &format!("it reset the connection ({err})"))
+        {
+            return outcome;
+        }
+        debug!("read from {} failed: {err}", conn.peer());
         conn.close_with(CloseReason::io("read failed", err));
         ReadOutcome::Closed
     }

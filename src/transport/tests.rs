@@ -852,3 +852,25 @@ fn a_request_above_the_maximum_is_answered_with_the_sizes_before_the_close() {
     );
     assert!(err.to_string().contains("rpc.message.maxSize"), "{err}");
 }
+
+/// Before the handshake the limit is the handshake's, and the error says so (not
+/// `rpc.message.maxSize`, which the peer is far from).
+#[test]
+fn a_large_frame_before_the_handshake_is_named_as_such() {
+    let (client, mut server) = pair(1 << 20);
+    let wire = server.wire.upgrade().expect("the server's socket");
+    let auth = crate::transport::AuthBootstrap::new("app", "secret");
+    server.reader = Reader::new(wire, MAX_FRAME, Instant::now(), None, Some(auth));
+    let mut header = 100_000u64.to_be_bytes().to_vec();
+    header.push(3);
+    header.extend_from_slice(&1u64.to_be_bytes());
+    header.extend_from_slice(&(100_000u32 - 21).to_be_bytes());
+    client.write_raw(header);
+    server.read();
+    assert_eq!(server.outcome, ReadOutcome::Closed);
+    let err = server.conn().failure().expect("a failure");
+    assert!(matches!(err, RpcError::Auth { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("before authenticating"), "{text}");
+    assert!(!text.contains("rpc.message.maxSize"), "{text}");
+}
