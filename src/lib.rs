@@ -216,8 +216,10 @@
 //!
 //! **What is compared**: a type's name as [`std::any::type_name`] spells it, with every
 //! module path left out (`core::option::Option<alloc::string::String>` is
-//! `Option<String>`, `my_proto::KvMsg` is `KvMsg`); the fingerprint is the 64-bit FNV-1a
-//! hash of that name. **Limits**: a type moved to another module or crate, or a copy of
+//! `Option<String>`, `my_proto::KvMsg` is `KvMsg`) and every reference named as the
+//! owned type it serializes as (`&str` as `String`, `&[T]` as `Vec<T>`, `&T` as `T`, so
+//! `reply.reply("pong")` answers an ask for a `String`); the fingerprint is the 64-bit
+//! FNV-1a hash of that name. **Limits**: a type moved to another module or crate, or a copy of
 //! the enum in each of two programs, still matches (the name is the protocol); two
 //! different types of the same name match too (then the codec decides, and a failure is
 //! a `Decode` error naming the type). The shape is not compared: what changes of one type

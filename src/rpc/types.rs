@@ -9,6 +9,9 @@
 //!
 //! - a type moved to another module or crate, or a copy of one enum in two programs,
 //!   still matches (same name); a type alias is the type it names;
+//! - a reference is the owned type it serializes as, at any depth: `&str` matches
+//!   `String`, `&[T]` matches `Vec<T>`, `&T` matches `T` (`reply.reply("pong")` answers
+//!   an ask for a `String`; no asker can name a borrowed type);
 //! - two types of different names never match (`bool` and `Option<String>`, `KvMsg` and
 //!   `CounterMsg`), whatever their bytes would decode as;
 //! - two types of the same name in different modules match: the name is the protocol;
@@ -56,12 +59,81 @@ thread_local! {
 /// The fingerprint of the wire name of the type called `full_name` (as
 /// [`std::any::type_name`] spells it); never 0.
 pub(crate) fn fingerprint_of(full_name: &str) -> u64 {
+    let mut short = String::with_capacity(full_name.len());
+    for_each_kept(full_name, |part| short.push_str(part));
     let mut hash = Fnv::default();
-    for_each_kept(full_name, |part| hash.write(part.as_bytes()));
+    hash.write(owned_name(&short, 0).as_bytes());
     match hash.finish() {
         0 => 1,
         fp => fp,
     }
+}
+
+/// `name` (a wire name) with every reference replaced by the owned type it serializes
+/// as and is received as: `&str` is `String`, a slice `&[T]` is `Vec<T>`, any other
+/// `&T` (or `&mut T`) is `T`, at any depth (`Option<&str>` is `Option<String>`).
+/// A reply is `DeserializeOwned`, so no asker can name a borrowed type; serde writes a
+/// reference as what it refers to, and a `str` or slice as a `String` or `Vec`.
+///
+/// Slices nested deeper than [`MAX_SLICE_DEPTH`] are left as they are (on both sides
+/// alike), so that a name a peer sends costs at most that many passes over it.
+fn owned_name(name: &str, depth: usize) -> String {
+    let bytes = name.as_bytes();
+    let mut out = String::with_capacity(name.len() + 8);
+    let mut at = 0;
+    let mut copied = 0;
+    while at < bytes.len() {
+        if bytes[at] != b'&' {
+            at += 1;
+            continue;
+        }
+        out.push_str(&name[copied..at]);
+        at += 1;
+        for skip in ["mut ", "'static "] {
+            if name[at..].starts_with(skip) {
+                at += skip.len();
+            }
+        }
+        if name[at..].starts_with("str") && !bytes.get(at + 3).copied().is_some_and(is_ident) {
+            out.push_str("String");
+            at += 3;
+        } else if bytes.get(at) == Some(&b'[') && depth < MAX_SLICE_DEPTH {
+            if let Some((close, is_slice)) = closing_bracket(bytes, at) {
+                if is_slice {
+                    out.push_str("Vec<");
+                    out.push_str(&owned_name(&name[at + 1..close], depth + 1));
+                    out.push('>');
+                    at = close + 1;
+                }
+            }
+        }
+        copied = at;
+    }
+    out.push_str(&name[copied..]);
+    out
+}
+
+const MAX_SLICE_DEPTH: usize = 8;
+
+/// The index of the `]` that closes the `[` at `open`, and whether the brackets hold a
+/// slice (`[T]`) rather than an array (`[T; N]`, a `;` at their own depth).
+fn closing_bracket(bytes: &[u8], open: usize) -> Option<(usize, bool)> {
+    let mut depth = 0usize;
+    let mut is_slice = true;
+    for (i, &byte) in bytes.iter().enumerate().skip(open) {
+        match byte {
+            b'[' | b'<' | b'(' => depth += 1,
+            b']' | b'>' | b')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some((i, is_slice));
+                }
+            }
+            b';' if depth == 1 => is_slice = false,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Displays the wire name of `T` (rendered only when displayed, e.g. in an error).
@@ -140,6 +212,37 @@ mod tests {
             assert_eq!(TypeLabel(full).to_string(), wire, "{full}");
             assert_eq!(fingerprint_of(full), fingerprint_of(wire), "{full}");
         }
+    }
+
+    #[test]
+    fn references_are_named_as_the_owned_types_they_serialize_as() {
+        for (name, owned) in [
+            ("&str", "String"),
+            ("&&str", "String"),
+            ("&mut str", "String"),
+            ("&strange::Thing", "Thing"),
+            ("core::option::Option<&str>", "Option<String>"),
+            ("&[u8]", "Vec<u8>"),
+            ("&[u8; 4]", "[u8; 4]"),
+            ("&[[u8; 2]]", "Vec<[u8; 2]>"),
+            ("&[&str]", "Vec<String>"),
+            ("(&[(u8, &str)], &[u8; 2])", "(Vec<(u8, String)>, [u8; 2])"),
+            ("&my::Pair<&str, &[bool]>", "Pair<String, Vec<bool>>"),
+            ("&'static str", "String"),
+            ("&", ""),
+            ("&[u8", "[u8"),
+        ] {
+            assert_eq!(fingerprint_of(name), fingerprint_of(owned), "{name}");
+        }
+        assert_eq!(fingerprint::<&str>(), fingerprint::<String>());
+        assert_eq!(fingerprint::<&[u8]>(), fingerprint::<Vec<u8>>());
+        assert_ne!(fingerprint::<&str>(), fingerprint::<Vec<u8>>());
+        assert_ne!(fingerprint::<[u8; 2]>(), fingerprint::<Vec<u8>>());
+        // Shown as the endpoint spelled it.
+        assert_eq!(TypeLabel::of::<&str>().to_string(), "&str");
+        // A hostile name (the verifier hashes names peers send) costs a few passes.
+        let deep = "&[".repeat(100_000) + &"]".repeat(100_000);
+        assert_ne!(fingerprint_of(&deep), 0);
     }
 
     #[test]

@@ -521,3 +521,85 @@ fn an_over_size_request_is_answered_with_both_sizes_and_the_key() {
     client.shutdown();
     server.shutdown();
 }
+
+/// Messages of an endpoint that answers with borrowed `'static` values, as a new user
+/// writes `reply.reply("pong")`.
+#[derive(Debug, Serialize, Deserialize)]
+enum Borrowed {
+    /// Replies with a `&'static str`.
+    Ping,
+    /// Replies with an `Option<&'static str>`.
+    Label(bool),
+    /// Replies with a `&'static [u8]`.
+    Bytes,
+    /// Replies with a `(&'static [&'static str], &'static [u8; 2])`.
+    Nested,
+}
+
+struct BorrowedReplies;
+
+impl RpcEndpoint for BorrowedReplies {
+    type Message = Borrowed;
+
+    fn receive_and_reply(
+        &mut self,
+        msg: Borrowed,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Borrowed>,
+    ) {
+        match msg {
+            Borrowed::Ping => reply.reply("pong"),
+            Borrowed::Label(some) => reply.reply(some.then_some("label")),
+            Borrowed::Bytes => reply.reply(&b"abc"[..]),
+            Borrowed::Nested => reply.reply((&["a", "b"][..], b"xy")),
+        }
+    }
+}
+
+/// A reference serializes as what it refers to, and no asker can name a borrowed type
+/// (replies are `DeserializeOwned`): a `&str` reply is received as a `String`, a `&[T]`
+/// as a `Vec<T>`, any other `&T` as a `T`, locally and remotely, never as a type error.
+#[test]
+fn borrowed_static_replies_are_received_as_their_owned_types() {
+    let server = server_env("borrowed-server");
+    let local = server.setup_endpoint("borrowed", BorrowedReplies).unwrap();
+    let addr = address_of(&server);
+    let client = client_env("borrowed-client");
+    let remote = client
+        .setup_endpoint_ref::<Borrowed>(&addr, "borrowed")
+        .unwrap();
+    for target in [&local, &remote] {
+        assert_eq!(target.ask_sync::<String>(Borrowed::Ping).unwrap(), "pong");
+        assert_eq!(
+            target
+                .ask_sync::<Option<String>>(Borrowed::Label(true))
+                .unwrap(),
+            Some("label".to_owned())
+        );
+        assert_eq!(
+            target
+                .ask_sync::<Option<String>>(Borrowed::Label(false))
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            target.ask_sync::<Vec<u8>>(Borrowed::Bytes).unwrap(),
+            b"abc".to_vec()
+        );
+        assert_eq!(
+            target
+                .ask_sync::<(Vec<String>, [u8; 2])>(Borrowed::Nested)
+                .unwrap(),
+            (vec!["a".to_owned(), "b".to_owned()], *b"xy")
+        );
+        // Another type is still an error naming both, as the endpoint spelled its type.
+        let err = target.ask_sync::<u64>(Borrowed::Ping).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("replied with &str, the ask expected u64"),
+            "{err}"
+        );
+    }
+    client.shutdown();
+    server.shutdown();
+}
