@@ -119,6 +119,12 @@ pub(crate) fn decode_request(body: &[u8]) -> Result<RequestHeader<'_>, RpcError>
         what: "request envelope",
     };
     let version = reader.u8()?;
+    if version == CONTROL {
+        return Err(RpcError::decode(
+            "request envelope",
+            "it is a flow-control message, which travels one-way only",
+        ));
+    }
     if version != VERSION {
         return Err(RpcError::decode(
             "request envelope",

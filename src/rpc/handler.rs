@@ -98,14 +98,14 @@ impl RpcEnvHandler {
         }
     }
 
-    fn header<'a>(&self, client: &TransportClient, body: &'a [u8]) -> Option<RequestHeader<'a>> {
-        match envelope::decode_request(body) {
-            Ok(header) => Some(header),
-            Err(err) => {
-                warn!("bad request from {}: {err:#}", client.remote_address());
-                None
-            }
-        }
+    fn header<'a>(
+        &self,
+        client: &TransportClient,
+        body: &'a [u8],
+    ) -> Result<RequestHeader<'a>, RpcError> {
+        envelope::decode_request(body).inspect_err(|err| {
+            warn!("bad request from {}: {err:#}", client.remote_address());
+        })
     }
 
     /// Announces an inbound connection with its sender's listen address, or its socket
@@ -141,16 +141,20 @@ impl RpcHandler for RpcEnvHandler {
             responder.reply(envelope::encode_reply_error(&RpcError::EnvStopped));
             return;
         };
-        let Some(RequestHeader {
+        let RequestHeader {
             sender,
             receiver,
             message_type,
             reply_type,
             content_start,
-        }) = self.header(client, &message)
-        else {
-            responder.fail("cannot decode the request envelope");
-            return;
+        } = match self.header(client, &message) {
+            Ok(header) => header,
+            Err(err) => {
+                // An RpcFailure, which any peer reads (one of another envelope version
+                // included), saying why.
+                responder.fail(err.to_string());
+                return;
+            }
         };
         self.announce_sender(&env, client, sender.as_ref());
         let inbox = match env
@@ -192,7 +196,7 @@ impl RpcHandler for RpcEnvHandler {
             self.control(&env, client, &message);
             return;
         }
-        let Some(header) = self.header(client, &message) else {
+        let Ok(header) = self.header(client, &message) else {
             return;
         };
         self.announce_sender(&env, client, header.sender.as_ref());

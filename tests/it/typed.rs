@@ -603,3 +603,39 @@ fn borrowed_static_replies_are_received_as_their_owned_types() {
     client.shutdown();
     server.shutdown();
 }
+
+/// A request envelope of another version (an older rpcenv, or a flow-control body sent as
+/// a request) is answered with a failure that says which versions meet and what to do,
+/// not only "cannot decode"; the connection and the endpoint go on.
+#[test]
+fn a_request_envelope_of_another_version_is_answered_naming_both_versions() {
+    let server = server_env("envelope-versions");
+    server.setup_endpoint("kv", Kv::default()).unwrap();
+    let peer = crate::support::ClientSide::new(&[]);
+    let client = peer.connect(address_of(&server).port());
+    let envelope = |version: u8| {
+        let mut body = vec![version, 0, 0, 2, b'k', b'v'];
+        body.extend_from_slice(&[0; 16]);
+        body.push(3); // KvMsg::Len
+        body
+    };
+    for (version, needles) in [
+        (
+            1u8,
+            &["envelope version 1", "speaks 3", "same version of rpcenv"][..],
+        ),
+        (9, &["envelope version 9", "speaks 3"]),
+        (2, &["flow-control", "one-way"]),
+    ] {
+        let err = client.send_rpc_sync(envelope(version), LONG).unwrap_err();
+        let text = err.to_string();
+        for needle in needles {
+            assert!(text.contains(needle), "{text:?} should say {needle:?}");
+        }
+    }
+    // The current version is served on the same connection.
+    let reply = client.send_rpc_sync(envelope(3), LONG).unwrap();
+    assert_eq!(reply, [0, 0], "a reply envelope of 0u64");
+    drop(client);
+    server.shutdown();
+}
