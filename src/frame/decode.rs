@@ -43,6 +43,16 @@ pub(crate) enum FrameError {
         /// The maximum frame size in bytes.
         max: u64,
     },
+    /// An RpcResponse or RpcFailure above the maximum frame size: the request it answers
+    /// can be failed with the sizes before the connection closes.
+    ResponseTooLarge {
+        /// The id of the request it answers.
+        request_id: u64,
+        /// The claimed frame length in bytes.
+        size: u64,
+        /// The maximum frame size in bytes.
+        max: u64,
+    },
     /// The frame length is negative, shorter than the 9-byte minimum, or shorter than the
     /// header of the frame's type.
     BadLength(i64),
@@ -71,6 +81,15 @@ impl fmt::Display for FrameError {
                 f,
                 "request {request_id}: frame of {size} bytes exceeds the maximum of {max} bytes"
             ),
+            Self::ResponseTooLarge {
+                request_id,
+                size,
+                max,
+            } => write!(
+                f,
+                "answer to request {request_id}: frame of {size} bytes exceeds the maximum of \
+                 {max} bytes"
+            ),
             Self::BadLength(len) => write!(f, "invalid frame length {len}"),
             Self::UnsupportedType(byte) => match MessageType::try_from(*byte) {
                 Ok(message_type) => write!(f, "unsupported message type {byte} ({message_type})"),
@@ -87,9 +106,9 @@ impl std::error::Error for FrameError {}
 impl From<FrameError> for RpcError {
     fn from(err: FrameError) -> Self {
         match err {
-            FrameError::TooLarge { size, max } | FrameError::RequestTooLarge { size, max, .. } => {
-                Self::FrameTooLarge { size, max }
-            }
+            FrameError::TooLarge { size, max }
+            | FrameError::RequestTooLarge { size, max, .. }
+            | FrameError::ResponseTooLarge { size, max, .. } => Self::FrameTooLarge { size, max },
             other => Self::decode("frame", other.to_string()),
         }
     }
@@ -503,11 +522,26 @@ impl PartialHeader {
             let checked = match self.filled {
                 LENGTH_FIELD_LEN => self.check_length(max_frame_size, read_refused_ids),
                 MIN_FRAME_LEN if self.too_large => self.check_too_large_type(max_frame_size),
-                TOO_LARGE_REQUEST_LEN if self.too_large => Err(FrameError::RequestTooLarge {
-                    request_id: u64::from_be_bytes(self.array::<8>(MIN_FRAME_LEN)),
-                    size: self.frame_len() as u64,
-                    max: max_frame_size,
-                }),
+                TOO_LARGE_REQUEST_LEN if self.too_large => {
+                    let request_id = u64::from_be_bytes(self.array::<8>(MIN_FRAME_LEN));
+                    let size = self.frame_len() as u64;
+                    let max = max_frame_size;
+                    Err(
+                        if self.bytes[LENGTH_FIELD_LEN] == MessageType::RpcRequest as u8 {
+                            FrameError::RequestTooLarge {
+                                request_id,
+                                size,
+                                max,
+                            }
+                        } else {
+                            FrameError::ResponseTooLarge {
+                                request_id,
+                                size,
+                                max,
+                            }
+                        },
+                    )
+                }
                 MIN_FRAME_LEN if self.target == MIN_FRAME_LEN && self.typed => {
                     return self
                         .parse()
@@ -558,7 +592,12 @@ impl PartialHeader {
     /// (to answer it); any other frame is refused now.
     fn check_too_large_type(&self, max_frame_size: u64) -> Result<usize, FrameError> {
         let size = self.frame_len() as u64;
-        if self.bytes[LENGTH_FIELD_LEN] == MessageType::RpcRequest as u8 {
+        let byte = self.bytes[LENGTH_FIELD_LEN];
+        if byte == MessageType::RpcRequest as u8
+            || byte == MessageType::RpcResponse as u8
+            || byte == MessageType::RpcFailure as u8
+        {
+            // Each starts with a request id, read next.
             return Ok(TOO_LARGE_REQUEST_LEN);
         }
         Err(FrameError::TooLarge {

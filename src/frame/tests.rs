@@ -436,6 +436,24 @@ fn one_tib_claim_is_refused_at_its_type_byte_and_a_request_after_its_id() {
         RpcError::from(request_err),
         RpcError::FrameTooLarge { size, max } if size == 1 << 40 && max == MAX
     ));
+    // An answer (response or failure): its id is read too, to fail that request.
+    for header in [
+        FrameHeader::rpc_response(78, 0),
+        FrameHeader::rpc_failure(78, 0),
+    ] {
+        let mut bytes = claim.to_vec();
+        bytes.extend_from_slice(&header.as_bytes()[8..]);
+        let response_err = FrameError::ResponseTooLarge {
+            request_id: 78,
+            size: 1 << 40,
+            max: MAX,
+        };
+        assert_eq!(decode_error(&bytes), response_err);
+        assert!(matches!(
+            RpcError::from(response_err),
+            RpcError::FrameTooLarge { size, max } if size == 1 << 40 && max == MAX
+        ));
+    }
     // Where nothing would be answered (before a handshake), refused at the length field.
     let mut decoder = FrameDecoder::new(MAX);
     decoder.set_read_refused_ids(false);

@@ -557,6 +557,22 @@ impl Reader {
                         self.discard = left;
                         continue;
                     }
+                    if let (FrameError::ResponseTooLarge { request_id, .. }, true) =
+                        (&err, authenticated)
+                    {
+                        // The request it answers fails with both sizes; then the
+                        // connection closes (the rest of the frame is not read).
+                        let request_id = *request_id;
+                        let err = RpcError::from(err);
+                        warn!(
+                            "closing the connection with {}: the answer to request \
+                             {request_id}: {err:#}",
+                            conn.peer()
+                        );
+                        conn.complete(request_id, Err(err.clone()));
+                        conn.close_with(CloseReason::fault(err));
+                        return Decoded::Stop(ReadOutcome::Closed);
+                    }
                     let err = if self.frames_at_handshake == Some(self.frames) {
                         auth_error(
                             conn.peer(),
@@ -575,7 +591,8 @@ impl Reader {
                         // Not `rpc.message.maxSize`: the limit before the handshake.
                         let reason = match err {
                             FrameError::TooLarge { size, .. }
-                            | FrameError::RequestTooLarge { size, .. } => format!(
+                            | FrameError::RequestTooLarge { size, .. }
+                            | FrameError::ResponseTooLarge { size, .. } => format!(
                                 "sent a frame of {size} bytes before authenticating (at most \
                                  {MAX_HANDSHAKE_FRAME} before the handshake)"
                             ),

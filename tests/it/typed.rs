@@ -639,3 +639,42 @@ fn a_request_envelope_of_another_version_is_answered_naming_both_versions() {
     drop(client);
     server.shutdown();
 }
+
+/// Answers a `usize` with a `String` of that many bytes.
+struct Sized_;
+
+impl RpcEndpoint for Sized_ {
+    type Message = usize;
+
+    fn receive_and_reply(&mut self, n: usize, reply: RpcCallContext, _: &EndpointContext<usize>) {
+        reply.reply("x".repeat(n))
+    }
+}
+
+/// A reply above the asker's own `rpc.message.maxSize` fails that ask with
+/// `FrameTooLarge` and both sizes (the asker read the reply's id before refusing it), not
+/// with a closed connection; the asker reconnects for the next ask.
+#[test]
+fn an_over_size_reply_fails_its_ask_with_both_sizes() {
+    let server = server_env("big-replies");
+    server.setup_endpoint("sized", Sized_).unwrap();
+    let addr = address_of(&server);
+    let client = crate::support::client_env_with(
+        "small-frames-asker",
+        rpc_conf().set("rpc.message.maxSize", "64k"),
+    );
+    let sized = client.setup_endpoint_ref::<usize>(&addr, "sized").unwrap();
+    let started = std::time::Instant::now();
+    let err = sized.ask_sync::<String>(100 * 1024).unwrap_err();
+    assert!(started.elapsed() < crate::support::PROMPTLY);
+    match &err {
+        RpcError::FrameTooLarge { size, max } => {
+            assert!(*size > 100 * 1024 && *size < 101 * 1024, "{err}");
+            assert_eq!(*max, 64 * 1024);
+        }
+        other => panic!("expected FrameTooLarge, got {other:?}"),
+    }
+    assert_eq!(sized.ask_sync::<String>(3).unwrap(), "xxx");
+    client.shutdown();
+    server.shutdown();
+}
