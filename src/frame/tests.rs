@@ -842,8 +842,8 @@ fn decode_items(pieces: &[&[u8]]) -> Vec<Decoded> {
             let (n, item) = decoder.next(input).expect("valid stream");
             assert!(n > 0 && n <= input.len());
             match item {
-                Some(super::Item::Message(message)) => out.push((Some(message), Vec::new())),
-                Some(super::Item::StreamData { data, end }) => {
+                Some(Item::Message(message)) => out.push((Some(message), Vec::new())),
+                Some(Item::StreamData { data, end }) => {
                     assert!(!data.is_empty());
                     out.last_mut()
                         .expect("a response first")
@@ -941,7 +941,7 @@ fn stream_bytes_can_be_read_past_the_decoder() {
             continue;
         }
         let (n, item) = decoder.next(input).unwrap();
-        if let Some(super::Item::Message(message)) = item {
+        if let Some(Item::Message(message)) = item {
             items.push((Some(message), Vec::new()));
         }
         input = &input[n..];
@@ -962,7 +962,7 @@ fn a_huge_stream_claim_allocates_nothing() {
     assert_eq!(n, out.len());
     assert!(matches!(
         item,
-        Some(super::Item::Message(Message::StreamResponse { .. }))
+        Some(Item::Message(Message::StreamResponse { .. }))
     ));
     assert_eq!(decoder.stream_remaining(), Some(i64::MAX as u64));
     assert_eq!(decoder.buffered_capacity(), 0);
@@ -970,7 +970,7 @@ fn a_huge_stream_claim_allocates_nothing() {
     assert_eq!(n, 3);
     assert_eq!(
         item,
-        Some(super::Item::StreamData {
+        Some(Item::StreamData {
             data: &[1, 2, 3],
             end: false
         })
