@@ -393,14 +393,21 @@ fn a_reply_from_an_idle_connection_is_written_at_once_by_the_replying_thread() {
 #[test]
 fn garbage_closes_the_connection_and_reports_the_error() {
     let (mut client, mut server) = pair(1 << 16);
-    let (_, slot) = request(&client, b"held");
+    let (id, slot) = request(&client, b"held");
+    let (_, other) = request(&client, b"held");
     pump(&mut client, &mut server);
-    // A response frame claiming 1 TiB.
+    // A response frame claiming 1 TiB: its id is read, then the connection closes.
     let mut bytes = (1u64 << 40).to_be_bytes().to_vec();
     bytes.push(4);
     server.write_raw(bytes);
     client.read();
+    assert_eq!(client.outcome, ReadOutcome::Drained, "waits for the id");
+    server.write_raw(id.to_be_bytes().to_vec());
+    client.read();
     assert_eq!(client.outcome, ReadOutcome::Closed);
+    // The request it answers fails with the sizes; the others with the connection.
+    assert!(matches!(taken(&slot), Err(RpcError::FrameTooLarge { size, .. }) if size == 1 << 40));
+    let slot = other;
     // What the event loop reports to the handler when it forgets the connection.
     let failure = client.conn().failure().expect("a failure to report");
     assert!(
