@@ -323,8 +323,11 @@ fn raw_peer_that_says_hello_and_never_reads_its_answers_is_soon_no_longer_read()
     let (without, _) = measure(false);
     let (with, grew) = measure(true);
     b.shutdown();
+    // The socket buffers on both sides hold a few MiB whatever the server does; 8 MiB
+    // leaves room for them on a loaded machine and is far below the 64 MiB of a server
+    // that keeps reading.
     assert!(
-        without < 4 << 20,
+        without < 8 << 20,
         "without hello the server stops reading: {without}"
     );
     assert!(
