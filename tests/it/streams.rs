@@ -849,3 +849,126 @@ fn a_worker_fetches_a_file_from_the_masters_file_server() {
 
 #[allow(dead_code)]
 fn _conf_is_used(_: RpcConf) {}
+
+// ---- a new user and a hostile peer ----
+
+/// A `StreamRequest` frame for `id`, as raw bytes.
+fn stream_request_frame(id: &[u8]) -> Vec<u8> {
+    let mut frame = ((9 + 4 + id.len()) as i64).to_be_bytes().to_vec();
+    frame.push(6);
+    frame.extend_from_slice(&(id.len() as i32).to_be_bytes());
+    frame.extend_from_slice(id);
+    frame
+}
+
+/// Makes a FIFO at `path` (with the system's `mkfifo`).
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo runs");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+#[test]
+fn a_fifo_in_a_served_directory_is_refused_without_blocking_the_event_loop() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = TempDir::new("fifo");
+    let served = tmp.path().join("served");
+    tmp.file("served/ok.txt", b"ok");
+    mkfifo(&served.join("pipe"));
+    mkfifo(&tmp.path().join("flat-pipe"));
+    let conf = rpc_conf().set("rpc.io.threads", "1");
+    let server = server_env_with("fifo", conf);
+    let uri = server
+        .file_server()
+        .add_directory("/served", &served)
+        .unwrap();
+    let err = server
+        .file_server()
+        .add_file(tmp.path().join("flat-pipe"))
+        .expect_err("a FIFO added as a file");
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    let err = server
+        .file_server()
+        .add_jar(tmp.path())
+        .expect_err("a directory added as a jar");
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    let env = client_env("fifo-client");
+    let (tx, rx) = mpsc::channel();
+    let handle = {
+        let env = env.clone();
+        let uri = format!("{uri}/pipe");
+        spawn("fifo-download", move || {
+            let _ = tx.send(download(&env, &uri));
+        })
+    };
+    let outcome = rx.recv_timeout(Duration::from_secs(10));
+    if outcome.is_err() {
+        // The server is stuck opening the FIFO: give it a writer so it can go on.
+        let _ = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(0o4000) // O_NONBLOCK
+            .open(served.join("pipe"));
+    }
+    let outcome = outcome.expect("the request for a FIFO was never answered");
+    let err = outcome.expect_err("a FIFO was served");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    handle.join().unwrap();
+    // The loop is free: another connection downloads.
+    let other = client_env("fifo-other");
+    assert_eq!(download(&other, &format!("{uri}/ok.txt")).unwrap(), b"ok");
+    other.shutdown();
+    env.shutdown();
+    server.shutdown();
+}
+
+/// Descriptors this process has open.
+fn open_fds() -> usize {
+    fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count())
+}
+
+#[test]
+fn thousands_of_pipelined_stream_requests_hold_bounded_descriptors_and_memory() {
+    let tmp = TempDir::new("pipelined");
+    let path = tmp.file("one.bin", &bytes(1 << 20, 5));
+    let conf = rpc_conf().set("rpc.io.threads", "1");
+    let server = server_env_with("pipelined", conf);
+    server.file_server().add_file(&path).unwrap();
+    let port = server.address().unwrap().port();
+    let before = open_fds();
+    let mut hostile = Vec::new();
+    for _ in 0..4 {
+        let mut socket = std::net::TcpStream::connect((HOST, port)).unwrap();
+        socket
+            .set_write_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut batch = Vec::new();
+        for _ in 0..2000 {
+            batch.extend_from_slice(&stream_request_frame(b"/files/one.bin"));
+        }
+        let _ = socket.write_all(&batch);
+        let mut batch = Vec::new();
+        for i in 0..2000 {
+            batch.extend_from_slice(&stream_request_frame(
+                format!("/files/missing-{i}").as_bytes(),
+            ));
+        }
+        let _ = socket.write_all(&batch);
+        hostile.push(socket);
+    }
+    thread::sleep(Duration::from_millis(1500));
+    let during = open_fds();
+    eprintln!("fds before {before}, during {during}");
+    // Another connection on the same loop still downloads.
+    let env = client_env("pipelined-client");
+    let uri = format!("rpc://{HOST}:{port}/files/one.bin");
+    assert_eq!(download(&env, &uri).unwrap().len(), 1 << 20);
+    assert!(
+        during < before + 4 * 80,
+        "{before} descriptors became {during}"
+    );
+    drop(hostile);
+    env.shutdown();
+    server.shutdown();
+}
