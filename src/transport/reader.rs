@@ -717,12 +717,12 @@ impl Reader {
     }
 
     /// A peer that ends an encrypted connection (`how`) while this side waits for
-    /// answers, without having sent a single frame over the channel, most likely could
+    /// answers or streams, without having sent a single frame over the channel, most likely could
     /// not read this side's first frame: the two sides' channel settings differ (and the
     /// peer, a server, says so only in its log). Closes the connection with an error
     /// saying so, and returns `Some`; `None` in every other case.
     fn refused_channel(&mut self, conn: &Arc<Conn>, how: &str) -> Option<ReadOutcome> {
-        if conn.requests().len() == 0 {
+        if conn.requests().len() == 0 && conn.streams_outstanding().0 == 0 {
             return None;
         }
         if self.decryptor.is_none() && self.auth.is_none() && self.frames == 0 {

@@ -959,7 +959,6 @@ fn thousands_of_pipelined_stream_requests_hold_bounded_descriptors_and_memory() 
     }
     thread::sleep(Duration::from_millis(1500));
     let during = open_fds();
-    eprintln!("fds before {before}, during {during}");
     // Another connection on the same loop still downloads.
     let env = client_env("pipelined-client");
     let uri = format!("rpc://{HOST}:{port}/files/one.bin");
@@ -970,5 +969,161 @@ fn thousands_of_pipelined_stream_requests_hold_bounded_descriptors_and_memory() 
     );
     drop(hostile);
     env.shutdown();
+    server.shutdown();
+}
+
+#[test]
+fn names_with_spaces_unicode_and_percent_download_and_can_be_removed_and_added_again() {
+    let tmp = TempDir::new("names");
+    let server = server_env("names");
+    let env = client_env("names-client");
+    for name in [
+        "a b.txt",
+        "ünïcødé €.txt",
+        "100% real%20.txt",
+        "semi;colon=&x.txt",
+        "#hash?.txt",
+        "+plus.txt",
+    ] {
+        let path = tmp.file(name, name.as_bytes());
+        let uri = server.file_server().add_file(&path).unwrap();
+        assert_eq!(download(&env, &uri).unwrap(), name.as_bytes(), "{uri}");
+        let uri = server.file_server().add_jar(&path).unwrap();
+        assert_eq!(download(&env, &uri).unwrap(), name.as_bytes(), "{uri}");
+        assert!(
+            server
+                .file_server()
+                .remove_file(&uri.replace("/jars/", "/files/")),
+            "{uri}"
+        );
+        let err = download(&env, &uri.replace("/jars/", "/files/")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        let again = server.file_server().add_file(&path).unwrap();
+        assert_eq!(download(&env, &again).unwrap(), name.as_bytes(), "{again}");
+    }
+    // A directory with such names; its URI plus the encoded name.
+    let dir = tmp.path().join("d ir");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("x y%.txt"), b"xy").unwrap();
+    let base = server.file_server().add_directory("/my dir", &dir).unwrap();
+    assert!(base.ends_with("/my%20dir"), "{base}");
+    assert_eq!(
+        download(&env, &format!("{base}/x%20y%25.txt")).unwrap(),
+        b"xy"
+    );
+    // Bad URIs fail at once; a missing file or base fails the read as not found.
+    let addr = server.address().unwrap();
+    for bad in ["", "rpc://", "nonsense", "http://127.0.0.1:1/files/x"] {
+        assert!(
+            matches!(env.open_channel(bad), Err(RpcError::InvalidAddress { .. })),
+            "{bad:?}"
+        );
+    }
+    for missing in ["files/nothing", "nobase/x"] {
+        let err = download(&env, &format!("rpc://{addr}/{missing}")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{missing}: {err}");
+    }
+    env.shutdown();
+    server.shutdown();
+}
+
+#[test]
+fn unasked_stream_answers_and_odd_ids_sent_to_a_server_leave_it_answering() {
+    let tmp = TempDir::new("hostile-frames");
+    let server = server_env("hostile-frames");
+    server
+        .file_server()
+        .add_file(tmp.file("ok.txt", b"ok"))
+        .unwrap();
+    let port = server.address().unwrap().port();
+    let mut socket = std::net::TcpStream::connect((HOST, port)).unwrap();
+    socket.set_read_timeout(Some(PROMPTLY)).unwrap();
+    // A StreamResponse and a StreamFailure nobody asked for, then a request.
+    let id = b"/x";
+    let mut frame = ((9 + 4 + id.len() + 8) as i64).to_be_bytes().to_vec();
+    frame.push(7);
+    frame.extend_from_slice(&(id.len() as i32).to_be_bytes());
+    frame.extend_from_slice(id);
+    frame.extend_from_slice(&5i64.to_be_bytes());
+    frame.extend_from_slice(b"12345");
+    let garbage = [0xff, 0xfe, 0, 1, 2];
+    frame.extend_from_slice(&((9 + 4 + id.len() + 4 + garbage.len()) as i64).to_be_bytes());
+    frame.push(8);
+    frame.extend_from_slice(&(id.len() as i32).to_be_bytes());
+    frame.extend_from_slice(id);
+    frame.extend_from_slice(&(garbage.len() as i32).to_be_bytes());
+    frame.extend_from_slice(&garbage);
+    frame.extend_from_slice(&stream_request_frame(&[0xff, 0xc0, b'/']));
+    frame.extend_from_slice(&stream_request_frame(b""));
+    frame.extend_from_slice(&stream_request_frame(b"/files/ok.txt"));
+    socket.write_all(&frame).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0; 4096];
+    let started = Instant::now();
+    while !got.ends_with(b"ok") && started.elapsed() < PROMPTLY {
+        match socket.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(err) => panic!("{err}"),
+        }
+    }
+    assert!(got.ends_with(b"ok"), "{}", String::from_utf8_lossy(&got));
+    server.shutdown();
+}
+
+#[test]
+fn a_client_env_shut_down_mid_download_fails_its_reader_promptly() {
+    let tmp = TempDir::new("shutdown");
+    let path = tmp.file("big.bin", &bytes(16 << 20, 3));
+    let server = server_env("shutdown");
+    let uri = server.file_server().add_file(&path).unwrap();
+    let env = client_env("shutdown-client");
+    let mut reader = env.open_channel(&uri).unwrap();
+    let mut some = [0; 1000];
+    reader.read_exact(&mut some).unwrap();
+    env.shutdown();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let err = reader
+        .read_to_end(&mut rest)
+        .expect_err("a download cut by a shutdown looked whole");
+    assert!(started.elapsed() < PROMPTLY, "took {:?}", started.elapsed());
+    assert!(
+        (rest.len() as u64) < (16 << 20) - 1000,
+        "{} bytes",
+        rest.len()
+    );
+    assert_eq!(err.kind(), ErrorKind::ConnectionAborted, "{err}");
+    assert!(env.open_channel(&uri).is_err());
+    server.shutdown();
+}
+
+#[test]
+fn a_download_from_a_server_that_requires_authentication_says_so() {
+    let tmp = TempDir::new("auth-hint");
+    let path = tmp.file("f.txt", b"hello");
+    let conf = rpc_conf()
+        .set("rpc.authenticate", "true")
+        .set("rpc.authenticate.secret", "s3cret");
+    let server = server_env_with("auth-hint", conf.clone());
+    let uri = server.file_server().add_file(&path).unwrap();
+    // Without authentication: the server closes the connection; the reader says why.
+    let plain = client_env("auth-hint-plain");
+    let err = download(&plain, &uri).expect_err("served without authentication");
+    assert_eq!(err.kind(), ErrorKind::ConnectionAborted, "{err}");
+    assert!(err.to_string().contains("rpc.authenticate"), "{err}");
+    // With the wrong secret: the handshake fails.
+    let wrong = client_env_with(
+        "auth-hint-wrong",
+        rpc_conf()
+            .set("rpc.authenticate", "true")
+            .set("rpc.authenticate.secret", "other"),
+    );
+    assert!(download(&wrong, &uri).is_err());
+    let right = client_env_with("auth-hint-right", conf);
+    assert_eq!(download(&right, &uri).unwrap(), b"hello");
+    for env in [plain, wrong, right] {
+        env.shutdown();
+    }
     server.shutdown();
 }
