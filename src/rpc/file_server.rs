@@ -207,11 +207,16 @@ impl FileServer {
     }
 
     fn remove_flat(&self, table: Flat, name: &str) -> bool {
-        // A URI this server returned names the file after its last slash.
+        // A URI this server returned: `/files/<name>` (or `/jars/<name>`); a URI of the
+        // other table, or of a directory, names nothing here.
         let name = match parse_uri(name) {
-            Ok(parsed) => match parsed.stream_id.rsplit_once('/') {
-                Some((_, name)) => name.to_owned(),
-                None => return false,
+            Ok(parsed) => match parsed
+                .stream_id
+                .strip_prefix('/')
+                .and_then(|id| id.split_once('/'))
+            {
+                Some((kind, name)) if kind == table.segment() => name.to_owned(),
+                _ => return false,
             },
             Err(_) => name.to_owned(),
         };

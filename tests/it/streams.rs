@@ -1127,3 +1127,51 @@ fn a_download_from_a_server_that_requires_authentication_says_so() {
     }
     server.shutdown();
 }
+
+#[test]
+fn removing_by_uri_removes_only_from_the_table_the_uri_names() {
+    let tmp = TempDir::new("remove-uri");
+    let path = tmp.file("same.bin", b"same");
+    let server = server_env("remove-uri");
+    let fs = server.file_server();
+    let file_uri = fs.add_file(&path).unwrap();
+    let jar_uri = fs.add_jar(&path).unwrap();
+    let dir_uri = fs.add_directory("/d", tmp.path()).unwrap();
+    // A jar's URI, or a directory file's, given to remove_file removes no file.
+    assert!(!fs.remove_file(&jar_uri));
+    assert!(!fs.remove_file(&format!("{dir_uri}/same.bin")));
+    assert!(!fs.remove_jar(&file_uri));
+    let env = client_env("remove-uri-client");
+    assert_eq!(download(&env, &file_uri).unwrap(), b"same");
+    assert_eq!(download(&env, &jar_uri).unwrap(), b"same");
+    assert!(fs.remove_jar(&jar_uri));
+    assert!(fs.remove_file(&file_uri));
+    assert_eq!(
+        download(&env, &file_uri).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    env.shutdown();
+    server.shutdown();
+}
+
+#[test]
+fn an_env_drops_a_download_midway_and_downloads_again() {
+    let tmp = TempDir::new("drop-env");
+    let big = tmp.file("big.bin", &bytes(16 << 20, 8));
+    let small = tmp.file("small.bin", &bytes(1000, 9));
+    let server = server_env("drop-env");
+    let big_uri = server.file_server().add_file(&big).unwrap();
+    let small_uri = server.file_server().add_file(&small).unwrap();
+    let env = client_env("drop-env-client");
+    for _ in 0..3 {
+        let mut reader = env.open_channel(&big_uri).unwrap();
+        let mut some = [0; 1000];
+        reader.read_exact(&mut some).unwrap();
+        drop(reader);
+        let started = Instant::now();
+        assert_eq!(download(&env, &small_uri).unwrap(), bytes(1000, 9));
+        assert!(started.elapsed() < PROMPTLY, "took {:?}", started.elapsed());
+    }
+    env.shutdown();
+    server.shutdown();
+}
