@@ -254,11 +254,22 @@ impl Reader {
     /// Whether the frame under way arrives too slowly at `now`: after `timeout` from its
     /// first byte, it must have come at [`MIN_FRAME_RATE`] since (a large frame on a slow
     /// but steady link is given its time; a peer that trickles a byte now and then, however
-    /// large a frame it claims, is not).
+    /// large a frame it claims, is not). The body of a stream this side asked for is not
+    /// held to a rate (a stall still closes the connection); one nobody asked for is.
     pub(crate) fn frame_too_slow(&self, timeout: Duration, now: Instant) -> bool {
         let Some(started) = self.frame_started else {
             return false;
         };
+        if self.discard == 0
+            && self
+                .stream
+                .as_ref()
+                .is_some_and(|active| active.sink.is_some())
+        {
+            // A stream this side asked for may be as large as a file: on a slow but steady
+            // link it takes its time (only a stall closes the connection).
+            return false;
+        }
         let Some(late) = now.saturating_duration_since(started).checked_sub(timeout) else {
             return false;
         };
@@ -871,6 +882,8 @@ impl Reader {
             });
         }
         if end {
+            // A frame that follows is timed from its own first byte, not the stream's.
+            self.frame_started = None;
             let active = self.stream.take().expect("checked");
             trace!("stream {} from {} is whole", active.stream_id, conn.peer());
             conn.stream_finished();

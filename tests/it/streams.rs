@@ -1175,3 +1175,85 @@ fn an_env_drops_a_download_midway_and_downloads_again() {
     env.shutdown();
     server.shutdown();
 }
+
+/// A server that answers two `StreamRequest`s: the first with a stream of `len` bytes
+/// trickled at about 10 KiB/s (1 KiB every 100 ms, never stalling), the second with a
+/// `StreamFailure` whose first bytes arrive with the last bytes of the stream and the
+/// rest `gap` later.
+fn trickling_server(len: usize, gap: Duration) -> (u16, thread::JoinHandle<()>) {
+    let listener = TcpListener::bind((HOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let thread = spawn("trickling-server", move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        socket.set_read_timeout(Some(PROMPTLY)).unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let mut length = [0; 8];
+            socket.read_exact(&mut length).unwrap();
+            let mut rest = vec![0; i64::from_be_bytes(length) as usize - 8];
+            socket.read_exact(&mut rest).unwrap();
+            assert_eq!(rest[0], 6, "a StreamRequest");
+            ids.push(rest[5..].to_vec());
+        }
+        let id = &ids[0];
+        let mut frame = ((9 + 4 + id.len() + 8) as i64).to_be_bytes().to_vec();
+        frame.push(7);
+        frame.extend_from_slice(&(id.len() as i32).to_be_bytes());
+        frame.extend_from_slice(id);
+        frame.extend_from_slice(&(len as i64).to_be_bytes());
+        socket.write_all(&frame).unwrap();
+        let body = bytes(len, 4);
+        let (mut pieces, last) = body.split_at(len - 1024);
+        while !pieces.is_empty() {
+            let (piece, rest) = pieces.split_at(1024.min(pieces.len()));
+            if socket.write_all(piece).is_err() {
+                return;
+            }
+            pieces = rest;
+            thread::sleep(Duration::from_millis(100));
+        }
+        let (id, text) = (&ids[1], b"nope");
+        let mut failure = ((9 + 4 + id.len() + 4 + text.len()) as i64)
+            .to_be_bytes()
+            .to_vec();
+        failure.push(8);
+        failure.extend_from_slice(&(id.len() as i32).to_be_bytes());
+        failure.extend_from_slice(id);
+        failure.extend_from_slice(&(text.len() as i32).to_be_bytes());
+        failure.extend_from_slice(text);
+        let mut end = last.to_vec();
+        end.extend_from_slice(&failure[..4]);
+        if socket.write_all(&end).is_err() {
+            return;
+        }
+        thread::sleep(gap);
+        let _ = socket.write_all(&failure[4..]);
+        let mut rest = Vec::new();
+        let _ = socket.read_to_end(&mut rest);
+    });
+    (port, thread)
+}
+
+#[test]
+fn a_download_on_a_slow_but_steady_link_is_not_cut_as_a_slow_frame() {
+    // 30 KiB at 10 KiB/s with rpc.io.frameTimeout = 1s: a frame would be too slow; a stream
+    // this side asked for is not (it may be as large as any file), only a stalled one is.
+    let (port, server) = trickling_server(30 * 1024, Duration::from_millis(600));
+    let side = ClientSide::new(&[("rpc.io.frameTimeout", "1s")]);
+    let client = side.connect(port);
+    let mut first = client.stream_reader("/files/slow").unwrap();
+    let mut second = client.stream_reader("/files/next").unwrap();
+    let mut got = Vec::new();
+    first.read_to_end(&mut got).expect("the slow stream");
+    assert_eq!(got, bytes(30 * 1024, 4));
+    // The next answer's first bytes came with the stream's last; its rest 600 ms later:
+    // the frame is timed from its own start, not the stream's.
+    let err = second.read_to_end(&mut Vec::new()).unwrap_err();
+    assert!(
+        matches!(rpc_error(&err), RpcError::Remote { message } if message == "nope"),
+        "{err}"
+    );
+    drop(client);
+    drop(side);
+    server.join().unwrap();
+}
