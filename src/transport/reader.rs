@@ -357,6 +357,12 @@ impl Reader {
                         .read_to_end(&mut piece);
                     let got = piece.len();
                     total += got;
+                    if got < piece.capacity() / 2 {
+                        // A reader holds up to `rpc.io.maxQueuedBytes` of pieces, counted
+                        // by their bytes: a piece must not keep the room of a full one
+                        // (a slow link delivers a few KiB per read).
+                        piece.shrink_to_fit();
+                    }
                     if got > 0 {
                         self.last_read = now;
                         let end = self.decoder.stream_consumed(got);
