@@ -912,6 +912,6 @@ fn a_stream_arriving_in_small_pieces_is_held_at_about_its_size() {
     // And they read back in order.
     let mut reader = reader;
     let mut got = vec![0; 22_000];
-    std::io::Read::read_exact(&mut reader, &mut got).unwrap();
+    io::Read::read_exact(&mut reader, &mut got).unwrap();
     assert!(got.iter().all(|&byte| byte == 7));
 }
