@@ -392,7 +392,8 @@ impl Drop for ReaderSink {
 /// server reports ([`RpcError::Remote`], as `io::ErrorKind::NotFound` when the server says
 /// "not found", else `Other`), the connection closing before the stream is whole
 /// ([`RpcError::Connection`], `ConnectionAborted`), or no byte arriving for
-/// `rpc.io.connectionTimeout` ([`RpcError::Timeout`], `TimedOut`). A short stream never
+/// `rpc.io.connectionTimeout` ([`RpcError::Timeout`], `TimedOut`; bytes that come later
+/// are thrown away, as after a drop). A short stream never
 /// looks like a whole one. The [`RpcError`] is the `io::Error`'s inner error
 /// (`err.get_ref()` / [`StreamReader::error`]).
 ///
@@ -541,6 +542,15 @@ impl Read for StreamReader {
                             after: self.timeout.unwrap_or_default(),
                             key: crate::conf::keys::IO_CONNECTION_TIMEOUT,
                         };
+                        // The stream failed: it keeps failing, and what still comes of it
+                        // is thrown away (as if the reader were dropped).
+                        state.done = Some(Err(err.clone()));
+                        state.abandoned = true;
+                        let resume = std::mem::take(&mut state.paused);
+                        drop(state);
+                        if resume {
+                            self.conn.resume_for_stream();
+                        }
                         return Err(Self::to_io(err));
                     }
                 },

@@ -915,3 +915,32 @@ fn a_stream_arriving_in_small_pieces_is_held_at_about_its_size() {
     io::Read::read_exact(&mut reader, &mut got).unwrap();
     assert!(got.iter().all(|&byte| byte == 7));
 }
+
+#[test]
+fn a_stream_reader_that_timed_out_keeps_failing() {
+    use crate::frame::header_type::MessageType;
+    use crate::frame::{FrameHeader, stream_response_body};
+    let conf = TransportConf::from_conf(
+        &crate::RpcConf::new()
+            .set("rpc.message.maxSize", MAX_FRAME.to_string())
+            .set("rpc.io.connectionTimeout", "50ms"),
+    )
+    .unwrap();
+    let (mut client, server) = pair_with(1 << 20, &conf);
+    let mut reader = client.client.stream_reader("/files/x").unwrap();
+    let fields = stream_response_body("/files/x", 10);
+    let header = FrameHeader::stream(MessageType::StreamResponse, fields.len());
+    let mut answer = header.as_bytes().to_vec();
+    answer.extend_from_slice(&fields);
+    server.write_raw(answer);
+    client.read();
+    let mut buf = [0; 10];
+    let err = io::Read::read(&mut reader, &mut buf).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+    // The bytes come late: the stream already failed, and stays failed.
+    server.write_raw(vec![7; 10]);
+    client.read();
+    let err = io::Read::read(&mut reader, &mut buf).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+    assert!(matches!(reader.error(), Some(RpcError::Timeout { .. })));
+}
