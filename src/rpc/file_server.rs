@@ -90,7 +90,8 @@ impl FileServer {
     /// `rpc://host:port/files/<encoded name>` (Spark's `addFile`). Adding the same name
     /// again with the same file is fine and returns the same URI.
     ///
-    /// Fails with [`RpcError::FileServer`] if the file cannot be resolved (it must exist),
+    /// Fails with [`RpcError::FileServer`] if the file cannot be resolved (it must exist
+    /// and be a regular file: not a directory, FIFO or device),
     /// its name is not UTF-8, the name was already added with a different path
     /// (`File NAME was already registered with a different path (old path = …, new path =
     /// …)`), or the env is in client mode (it serves nothing).
@@ -161,6 +162,10 @@ impl FileServer {
         let canonical = path
             .canonicalize()
             .map_err(|err| error(format!("cannot resolve {}: {err:#}", path.display())))?;
+        if !canonical.is_file() {
+            // A directory, a FIFO or a device would only ever be answered "not found".
+            return Err(error(format!("{} is not a regular file", path.display())));
+        }
         let name = canonical
             .file_name()
             .and_then(|name| name.to_str())
@@ -202,11 +207,16 @@ impl FileServer {
     }
 
     fn remove_flat(&self, table: Flat, name: &str) -> bool {
-        // A URI this server returned names the file after its last slash.
+        // A URI this server returned: `/files/<name>` (or `/jars/<name>`); a URI of the
+        // other table, or of a directory, names nothing here.
         let name = match parse_uri(name) {
-            Ok(parsed) => match parsed.stream_id.rsplit_once('/') {
-                Some((_, name)) => name.to_owned(),
-                None => return false,
+            Ok(parsed) => match parsed
+                .stream_id
+                .strip_prefix('/')
+                .and_then(|id| id.split_once('/'))
+            {
+                Some((kind, name)) if kind == table.segment() => name.to_owned(),
+                _ => return false,
             },
             Err(_) => name.to_owned(),
         };
@@ -228,7 +238,7 @@ impl FileServer {
         let Some((path, root)) = self.resolve(stream_id)? else {
             return Ok(None);
         };
-        let file = match File::open(&path) {
+        let file = match open_without_blocking(&path) {
             Ok(file) => file,
             Err(err) => {
                 debug!(
@@ -308,6 +318,27 @@ impl FileServer {
         }
         Ok(Some((real, Some(dir))))
     }
+}
+
+/// Opens `path` for reading without waiting: a FIFO opened for reading blocks until a
+/// writer comes (on the event loop, forever), so it is opened with `O_NONBLOCK` and then
+/// refused for not being a regular file. The flag changes nothing for a regular file.
+fn open_without_blocking(path: &Path) -> std::io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    options.open(path)
 }
 
 /// The descriptor number of `file`, for `/proc/self/fd`.

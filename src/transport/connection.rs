@@ -823,7 +823,7 @@ impl Conn {
     }
 
     /// [`peer_closed`](Self::peer_closed), with `text` as the reason the outstanding
-    /// requests fail with.
+    /// requests and streams fail with.
     pub(crate) fn peer_closed_because(&self, text: &str) -> bool {
         self.closing.store(true, Ordering::Release);
         let callbacks = self.requests.close();
@@ -838,8 +838,7 @@ impl Conn {
         for callback in callbacks {
             run_callback(callback, Err(err.clone()), self.peer);
         }
-        let err = CloseReason::new("closed by the peer")
-            .error(self.peer, "closed with the stream outstanding");
+        let err = CloseReason::new(text).error(self.peer, "closed with the stream outstanding");
         fail_streams(self.streams.close(), &err, self.peer);
         self.is_finished()
     }

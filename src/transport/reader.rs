@@ -254,11 +254,22 @@ impl Reader {
     /// Whether the frame under way arrives too slowly at `now`: after `timeout` from its
     /// first byte, it must have come at [`MIN_FRAME_RATE`] since (a large frame on a slow
     /// but steady link is given its time; a peer that trickles a byte now and then, however
-    /// large a frame it claims, is not).
+    /// large a frame it claims, is not). The body of a stream this side asked for is not
+    /// held to a rate (a stall still closes the connection); one nobody asked for is.
     pub(crate) fn frame_too_slow(&self, timeout: Duration, now: Instant) -> bool {
         let Some(started) = self.frame_started else {
             return false;
         };
+        if self.discard == 0
+            && self
+                .stream
+                .as_ref()
+                .is_some_and(|active| active.sink.is_some())
+        {
+            // A stream this side asked for may be as large as a file: on a slow but steady
+            // link it takes its time (only a stall closes the connection).
+            return false;
+        }
         let Some(late) = now.saturating_duration_since(started).checked_sub(timeout) else {
             return false;
         };
@@ -346,6 +357,12 @@ impl Reader {
                         .read_to_end(&mut piece);
                     let got = piece.len();
                     total += got;
+                    if got < piece.capacity() / 2 {
+                        // A reader holds up to `rpc.io.maxQueuedBytes` of pieces, counted
+                        // by their bytes: a piece must not keep the room of a full one
+                        // (a slow link delivers a few KiB per read).
+                        piece.shrink_to_fit();
+                    }
                     if got > 0 {
                         self.last_read = now;
                         let end = self.decoder.stream_consumed(got);
@@ -734,12 +751,12 @@ impl Reader {
     }
 
     /// A peer that ends an encrypted connection (`how`) while this side waits for
-    /// answers, without having sent a single frame over the channel, most likely could
+    /// answers or streams, without having sent a single frame over the channel, most likely could
     /// not read this side's first frame: the two sides' channel settings differ (and the
     /// peer, a server, says so only in its log). Closes the connection with an error
     /// saying so, and returns `Some`; `None` in every other case.
     fn refused_channel(&mut self, conn: &Arc<Conn>, how: &str) -> Option<ReadOutcome> {
-        if conn.requests().len() == 0 {
+        if conn.requests().len() == 0 && conn.streams_outstanding().0 == 0 {
             return None;
         }
         if self.decryptor.is_none() && self.auth.is_none() && self.frames == 0 {
@@ -888,6 +905,8 @@ impl Reader {
             });
         }
         if end {
+            // A frame that follows is timed from its own first byte, not the stream's.
+            self.frame_started = None;
             let active = self.stream.take().expect("checked");
             trace!("stream {} from {} is whole", active.stream_id, conn.peer());
             conn.stream_finished();

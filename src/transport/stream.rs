@@ -306,6 +306,9 @@ struct State {
     abandoned: bool,
 }
 
+/// Pieces are gathered into one while they make at most this many bytes together.
+const GATHER: usize = 64 * 1024;
+
 /// The [`Sink`] of a [`StreamReader`]: buffers pieces up to `limit` bytes, then pauses the
 /// connection.
 pub(crate) struct ReaderSink {
@@ -328,7 +331,12 @@ impl Sink for ReaderSink {
             return;
         }
         state.bytes += chunk.len();
-        state.chunks.push_back(chunk);
+        match state.chunks.back_mut() {
+            // Small pieces (a slow link, or a peer trickling bytes) are gathered into one,
+            // so the buffer costs about its bytes, not a `Vec` per piece.
+            Some(back) if back.len() + chunk.len() <= GATHER => back.extend_from_slice(&chunk),
+            _ => state.chunks.push_back(chunk),
+        }
         if state.bytes >= self.limit && !state.paused {
             // Set while the lock is held, so the reader that drains it sees it and resumes.
             state.paused = true;
@@ -384,7 +392,8 @@ impl Drop for ReaderSink {
 /// server reports ([`RpcError::Remote`], as `io::ErrorKind::NotFound` when the server says
 /// "not found", else `Other`), the connection closing before the stream is whole
 /// ([`RpcError::Connection`], `ConnectionAborted`), or no byte arriving for
-/// `rpc.io.connectionTimeout` ([`RpcError::Timeout`], `TimedOut`). A short stream never
+/// `rpc.io.connectionTimeout` ([`RpcError::Timeout`], `TimedOut`; bytes that come later
+/// are thrown away, as after a drop). A short stream never
 /// looks like a whole one. The [`RpcError`] is the `io::Error`'s inner error
 /// (`err.get_ref()` / [`StreamReader::error`]).
 ///
@@ -448,6 +457,25 @@ impl StreamReader {
             Some(Err(err)) => Some(err.clone()),
             _ => None,
         }
+    }
+
+    /// Bytes buffered and not yet read (for tests).
+    #[cfg(test)]
+    pub(crate) fn buffered(&self) -> usize {
+        self.shared.state.lock().bytes
+    }
+
+    /// Buffered pieces (for tests of what a buffer costs).
+    #[cfg(test)]
+    pub(crate) fn buffered_pieces(&self) -> usize {
+        self.shared.state.lock().chunks.len()
+    }
+
+    /// Capacity of the buffered pieces (for tests of what a buffer costs).
+    #[cfg(test)]
+    pub(crate) fn buffered_capacity(&self) -> usize {
+        let state = self.shared.state.lock();
+        state.chunks.iter().map(Vec::capacity).sum()
     }
 
     fn to_io(err: RpcError) -> io::Error {
@@ -514,6 +542,15 @@ impl Read for StreamReader {
                             after: self.timeout.unwrap_or_default(),
                             key: crate::conf::keys::IO_CONNECTION_TIMEOUT,
                         };
+                        // The stream failed: it keeps failing, and what still comes of it
+                        // is thrown away (as if the reader were dropped).
+                        state.done = Some(Err(err.clone()));
+                        state.abandoned = true;
+                        let resume = std::mem::take(&mut state.paused);
+                        drop(state);
+                        if resume {
+                            self.conn.resume_for_stream();
+                        }
                         return Err(Self::to_io(err));
                     }
                 },

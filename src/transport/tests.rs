@@ -881,3 +881,73 @@ fn a_large_frame_before_the_handshake_is_named_as_such() {
     assert!(text.contains("before authenticating"), "{text}");
     assert!(!text.contains("rpc.message.maxSize"), "{text}");
 }
+
+#[test]
+fn a_stream_arriving_in_small_pieces_is_held_at_about_its_size() {
+    use crate::frame::header_type::MessageType;
+    use crate::frame::{FrameHeader, stream_response_body};
+    let (mut client, server) = pair(1 << 20);
+    let reader = client.client.stream_reader("/files/x").unwrap();
+    let fields = stream_response_body("/files/x", 1 << 20);
+    let header = FrameHeader::stream(MessageType::StreamResponse, fields.len());
+    let mut answer = header.as_bytes().to_vec();
+    answer.extend_from_slice(&fields);
+    server.write_raw(answer);
+    client.read();
+    // The body trickles in: 100 bytes per read, as from a slow link.
+    for _ in 0..200 {
+        server.write_raw(vec![7; 100]);
+        client.read();
+    }
+    assert_eq!(reader.buffered(), 200 * 100);
+    let held = reader.buffered_capacity();
+    assert!(
+        held <= 4 * 200 * 100,
+        "20000 bytes buffered in {held} bytes of capacity"
+    );
+    // Single bytes, as a peer that trickles them: gathered, not a piece each.
+    for _ in 0..2000 {
+        server.write_raw(vec![7; 1]);
+        client.read();
+    }
+    assert_eq!(reader.buffered(), 200 * 100 + 2000);
+    assert!(
+        reader.buffered_pieces() <= 4,
+        "{} pieces",
+        reader.buffered_pieces()
+    );
+    // And they read back in order.
+    let mut reader = reader;
+    let mut got = vec![0; 22_000];
+    io::Read::read_exact(&mut reader, &mut got).unwrap();
+    assert!(got.iter().all(|&byte| byte == 7));
+}
+
+#[test]
+fn a_stream_reader_that_timed_out_keeps_failing() {
+    use crate::frame::header_type::MessageType;
+    use crate::frame::{FrameHeader, stream_response_body};
+    let conf = TransportConf::from_conf(
+        &crate::RpcConf::new()
+            .set("rpc.message.maxSize", MAX_FRAME.to_string())
+            .set("rpc.io.connectionTimeout", "50ms"),
+    )
+    .unwrap();
+    let (mut client, server) = pair_with(1 << 20, &conf);
+    let mut reader = client.client.stream_reader("/files/x").unwrap();
+    let fields = stream_response_body("/files/x", 10);
+    let header = FrameHeader::stream(MessageType::StreamResponse, fields.len());
+    let mut answer = header.as_bytes().to_vec();
+    answer.extend_from_slice(&fields);
+    server.write_raw(answer);
+    client.read();
+    let mut buf = [0; 10];
+    let err = io::Read::read(&mut reader, &mut buf).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+    // The bytes come late: the stream already failed, and stays failed.
+    server.write_raw(vec![7; 10]);
+    client.read();
+    let err = io::Read::read(&mut reader, &mut buf).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+    assert!(matches!(reader.error(), Some(RpcError::Timeout { .. })));
+}

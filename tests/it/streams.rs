@@ -849,3 +849,411 @@ fn a_worker_fetches_a_file_from_the_masters_file_server() {
 
 #[allow(dead_code)]
 fn _conf_is_used(_: RpcConf) {}
+
+// ---- a new user and a hostile peer ----
+
+/// A `StreamRequest` frame for `id`, as raw bytes.
+fn stream_request_frame(id: &[u8]) -> Vec<u8> {
+    let mut frame = ((9 + 4 + id.len()) as i64).to_be_bytes().to_vec();
+    frame.push(6);
+    frame.extend_from_slice(&(id.len() as i32).to_be_bytes());
+    frame.extend_from_slice(id);
+    frame
+}
+
+/// Makes a FIFO at `path` (with the system's `mkfifo`).
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo runs");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+#[test]
+fn a_fifo_in_a_served_directory_is_refused_without_blocking_the_event_loop() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = TempDir::new("fifo");
+    let served = tmp.path().join("served");
+    tmp.file("served/ok.txt", b"ok");
+    mkfifo(&served.join("pipe"));
+    mkfifo(&tmp.path().join("flat-pipe"));
+    let conf = rpc_conf().set("rpc.io.threads", "1");
+    let server = server_env_with("fifo", conf);
+    let uri = server
+        .file_server()
+        .add_directory("/served", &served)
+        .unwrap();
+    let err = server
+        .file_server()
+        .add_file(tmp.path().join("flat-pipe"))
+        .expect_err("a FIFO added as a file");
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    let err = server
+        .file_server()
+        .add_jar(tmp.path())
+        .expect_err("a directory added as a jar");
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    let env = client_env("fifo-client");
+    let (tx, rx) = mpsc::channel();
+    let handle = {
+        let env = env.clone();
+        let uri = format!("{uri}/pipe");
+        spawn("fifo-download", move || {
+            let _ = tx.send(download(&env, &uri));
+        })
+    };
+    let outcome = rx.recv_timeout(Duration::from_secs(10));
+    if outcome.is_err() {
+        // The server is stuck opening the FIFO: give it a writer so it can go on.
+        let _ = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(0o4000) // O_NONBLOCK
+            .open(served.join("pipe"));
+    }
+    let outcome = outcome.expect("the request for a FIFO was never answered");
+    let err = outcome.expect_err("a FIFO was served");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    handle.join().unwrap();
+    // The loop is free: another connection downloads.
+    let other = client_env("fifo-other");
+    assert_eq!(download(&other, &format!("{uri}/ok.txt")).unwrap(), b"ok");
+    other.shutdown();
+    env.shutdown();
+    server.shutdown();
+}
+
+/// Descriptors this process has open.
+fn open_fds() -> usize {
+    fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count())
+}
+
+#[test]
+fn thousands_of_pipelined_stream_requests_hold_bounded_descriptors_and_memory() {
+    let tmp = TempDir::new("pipelined");
+    let path = tmp.file("one.bin", &bytes(1 << 20, 5));
+    let conf = rpc_conf().set("rpc.io.threads", "1");
+    let server = server_env_with("pipelined", conf);
+    server.file_server().add_file(&path).unwrap();
+    let port = server.address().unwrap().port();
+    let before = open_fds();
+    let mut hostile = Vec::new();
+    for _ in 0..4 {
+        let mut socket = std::net::TcpStream::connect((HOST, port)).unwrap();
+        socket
+            .set_write_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut batch = Vec::new();
+        for _ in 0..2000 {
+            batch.extend_from_slice(&stream_request_frame(b"/files/one.bin"));
+        }
+        let _ = socket.write_all(&batch);
+        let mut batch = Vec::new();
+        for i in 0..2000 {
+            batch.extend_from_slice(&stream_request_frame(
+                format!("/files/missing-{i}").as_bytes(),
+            ));
+        }
+        let _ = socket.write_all(&batch);
+        hostile.push(socket);
+    }
+    thread::sleep(Duration::from_millis(1500));
+    let during = open_fds();
+    // Another connection on the same loop still downloads.
+    let env = client_env("pipelined-client");
+    let uri = format!("rpc://{HOST}:{port}/files/one.bin");
+    assert_eq!(download(&env, &uri).unwrap().len(), 1 << 20);
+    assert!(
+        during < before + 4 * 80,
+        "{before} descriptors became {during}"
+    );
+    drop(hostile);
+    env.shutdown();
+    server.shutdown();
+}
+
+#[test]
+fn names_with_spaces_unicode_and_percent_download_and_can_be_removed_and_added_again() {
+    let tmp = TempDir::new("names");
+    let server = server_env("names");
+    let env = client_env("names-client");
+    for name in [
+        "a b.txt",
+        "ünïcødé €.txt",
+        "100% real%20.txt",
+        "semi;colon=&x.txt",
+        "#hash?.txt",
+        "+plus.txt",
+    ] {
+        let path = tmp.file(name, name.as_bytes());
+        let uri = server.file_server().add_file(&path).unwrap();
+        assert_eq!(download(&env, &uri).unwrap(), name.as_bytes(), "{uri}");
+        let uri = server.file_server().add_jar(&path).unwrap();
+        assert_eq!(download(&env, &uri).unwrap(), name.as_bytes(), "{uri}");
+        assert!(
+            server
+                .file_server()
+                .remove_file(&uri.replace("/jars/", "/files/")),
+            "{uri}"
+        );
+        let err = download(&env, &uri.replace("/jars/", "/files/")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        let again = server.file_server().add_file(&path).unwrap();
+        assert_eq!(download(&env, &again).unwrap(), name.as_bytes(), "{again}");
+    }
+    // A directory with such names; its URI plus the encoded name.
+    let dir = tmp.path().join("d ir");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("x y%.txt"), b"xy").unwrap();
+    let base = server.file_server().add_directory("/my dir", &dir).unwrap();
+    assert!(base.ends_with("/my%20dir"), "{base}");
+    assert_eq!(
+        download(&env, &format!("{base}/x%20y%25.txt")).unwrap(),
+        b"xy"
+    );
+    // Bad URIs fail at once; a missing file or base fails the read as not found.
+    let addr = server.address().unwrap();
+    for bad in ["", "rpc://", "nonsense", "http://127.0.0.1:1/files/x"] {
+        assert!(
+            matches!(env.open_channel(bad), Err(RpcError::InvalidAddress { .. })),
+            "{bad:?}"
+        );
+    }
+    for missing in ["files/nothing", "nobase/x"] {
+        let err = download(&env, &format!("rpc://{addr}/{missing}")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{missing}: {err}");
+    }
+    env.shutdown();
+    server.shutdown();
+}
+
+#[test]
+fn unasked_stream_answers_and_odd_ids_sent_to_a_server_leave_it_answering() {
+    let tmp = TempDir::new("hostile-frames");
+    let server = server_env("hostile-frames");
+    server
+        .file_server()
+        .add_file(tmp.file("ok.txt", b"ok"))
+        .unwrap();
+    let port = server.address().unwrap().port();
+    let mut socket = std::net::TcpStream::connect((HOST, port)).unwrap();
+    socket.set_read_timeout(Some(PROMPTLY)).unwrap();
+    // A StreamResponse and a StreamFailure nobody asked for, then a request.
+    let id = b"/x";
+    let mut frame = ((9 + 4 + id.len() + 8) as i64).to_be_bytes().to_vec();
+    frame.push(7);
+    frame.extend_from_slice(&(id.len() as i32).to_be_bytes());
+    frame.extend_from_slice(id);
+    frame.extend_from_slice(&5i64.to_be_bytes());
+    frame.extend_from_slice(b"12345");
+    let garbage = [0xff, 0xfe, 0, 1, 2];
+    frame.extend_from_slice(&((9 + 4 + id.len() + 4 + garbage.len()) as i64).to_be_bytes());
+    frame.push(8);
+    frame.extend_from_slice(&(id.len() as i32).to_be_bytes());
+    frame.extend_from_slice(id);
+    frame.extend_from_slice(&(garbage.len() as i32).to_be_bytes());
+    frame.extend_from_slice(&garbage);
+    frame.extend_from_slice(&stream_request_frame(&[0xff, 0xc0, b'/']));
+    frame.extend_from_slice(&stream_request_frame(b""));
+    frame.extend_from_slice(&stream_request_frame(b"/files/ok.txt"));
+    socket.write_all(&frame).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0; 4096];
+    let started = Instant::now();
+    while !got.ends_with(b"ok") && started.elapsed() < PROMPTLY {
+        match socket.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(err) => panic!("{err}"),
+        }
+    }
+    assert!(got.ends_with(b"ok"), "{}", String::from_utf8_lossy(&got));
+    server.shutdown();
+}
+
+#[test]
+fn a_client_env_shut_down_mid_download_fails_its_reader_promptly() {
+    let tmp = TempDir::new("shutdown");
+    let path = tmp.file("big.bin", &bytes(16 << 20, 3));
+    let server = server_env("shutdown");
+    let uri = server.file_server().add_file(&path).unwrap();
+    let env = client_env("shutdown-client");
+    let mut reader = env.open_channel(&uri).unwrap();
+    let mut some = [0; 1000];
+    reader.read_exact(&mut some).unwrap();
+    env.shutdown();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let err = reader
+        .read_to_end(&mut rest)
+        .expect_err("a download cut by a shutdown looked whole");
+    assert!(started.elapsed() < PROMPTLY, "took {:?}", started.elapsed());
+    assert!(
+        (rest.len() as u64) < (16 << 20) - 1000,
+        "{} bytes",
+        rest.len()
+    );
+    assert_eq!(err.kind(), ErrorKind::ConnectionAborted, "{err}");
+    assert!(env.open_channel(&uri).is_err());
+    server.shutdown();
+}
+
+#[test]
+fn a_download_from_a_server_that_requires_authentication_says_so() {
+    let tmp = TempDir::new("auth-hint");
+    let path = tmp.file("f.txt", b"hello");
+    let conf = rpc_conf()
+        .set("rpc.authenticate", "true")
+        .set("rpc.authenticate.secret", "s3cret");
+    let server = server_env_with("auth-hint", conf.clone());
+    let uri = server.file_server().add_file(&path).unwrap();
+    // Without authentication: the server closes the connection; the reader says why.
+    let plain = client_env("auth-hint-plain");
+    let err = download(&plain, &uri).expect_err("served without authentication");
+    assert_eq!(err.kind(), ErrorKind::ConnectionAborted, "{err}");
+    assert!(err.to_string().contains("rpc.authenticate"), "{err}");
+    // With the wrong secret: the handshake fails.
+    let wrong = client_env_with(
+        "auth-hint-wrong",
+        rpc_conf()
+            .set("rpc.authenticate", "true")
+            .set("rpc.authenticate.secret", "other"),
+    );
+    assert!(download(&wrong, &uri).is_err());
+    let right = client_env_with("auth-hint-right", conf);
+    assert_eq!(download(&right, &uri).unwrap(), b"hello");
+    for env in [plain, wrong, right] {
+        env.shutdown();
+    }
+    server.shutdown();
+}
+
+#[test]
+fn removing_by_uri_removes_only_from_the_table_the_uri_names() {
+    let tmp = TempDir::new("remove-uri");
+    let path = tmp.file("same.bin", b"same");
+    let server = server_env("remove-uri");
+    let fs = server.file_server();
+    let file_uri = fs.add_file(&path).unwrap();
+    let jar_uri = fs.add_jar(&path).unwrap();
+    let dir_uri = fs.add_directory("/d", tmp.path()).unwrap();
+    // A jar's URI, or a directory file's, given to remove_file removes no file.
+    assert!(!fs.remove_file(&jar_uri));
+    assert!(!fs.remove_file(&format!("{dir_uri}/same.bin")));
+    assert!(!fs.remove_jar(&file_uri));
+    let env = client_env("remove-uri-client");
+    assert_eq!(download(&env, &file_uri).unwrap(), b"same");
+    assert_eq!(download(&env, &jar_uri).unwrap(), b"same");
+    assert!(fs.remove_jar(&jar_uri));
+    assert!(fs.remove_file(&file_uri));
+    assert_eq!(
+        download(&env, &file_uri).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    env.shutdown();
+    server.shutdown();
+}
+
+#[test]
+fn an_env_drops_a_download_midway_and_downloads_again() {
+    let tmp = TempDir::new("drop-env");
+    let big = tmp.file("big.bin", &bytes(16 << 20, 8));
+    let small = tmp.file("small.bin", &bytes(1000, 9));
+    let server = server_env("drop-env");
+    let big_uri = server.file_server().add_file(&big).unwrap();
+    let small_uri = server.file_server().add_file(&small).unwrap();
+    let env = client_env("drop-env-client");
+    for _ in 0..3 {
+        let mut reader = env.open_channel(&big_uri).unwrap();
+        let mut some = [0; 1000];
+        reader.read_exact(&mut some).unwrap();
+        drop(reader);
+        let started = Instant::now();
+        assert_eq!(download(&env, &small_uri).unwrap(), bytes(1000, 9));
+        assert!(started.elapsed() < PROMPTLY, "took {:?}", started.elapsed());
+    }
+    env.shutdown();
+    server.shutdown();
+}
+
+/// A server that answers two `StreamRequest`s: the first with a stream of `len` bytes
+/// trickled at about 10 KiB/s (1 KiB every 100 ms, never stalling), the second with a
+/// `StreamFailure` whose first bytes arrive with the last bytes of the stream and the
+/// rest `gap` later.
+fn trickling_server(len: usize, gap: Duration) -> (u16, thread::JoinHandle<()>) {
+    let listener = TcpListener::bind((HOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let thread = spawn("trickling-server", move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        socket.set_read_timeout(Some(PROMPTLY)).unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let mut length = [0; 8];
+            socket.read_exact(&mut length).unwrap();
+            let mut rest = vec![0; i64::from_be_bytes(length) as usize - 8];
+            socket.read_exact(&mut rest).unwrap();
+            assert_eq!(rest[0], 6, "a StreamRequest");
+            ids.push(rest[5..].to_vec());
+        }
+        let id = &ids[0];
+        let mut frame = ((9 + 4 + id.len() + 8) as i64).to_be_bytes().to_vec();
+        frame.push(7);
+        frame.extend_from_slice(&(id.len() as i32).to_be_bytes());
+        frame.extend_from_slice(id);
+        frame.extend_from_slice(&(len as i64).to_be_bytes());
+        socket.write_all(&frame).unwrap();
+        let body = bytes(len, 4);
+        let (mut pieces, last) = body.split_at(len - 1024);
+        while !pieces.is_empty() {
+            let (piece, rest) = pieces.split_at(1024.min(pieces.len()));
+            if socket.write_all(piece).is_err() {
+                return;
+            }
+            pieces = rest;
+            thread::sleep(Duration::from_millis(100));
+        }
+        let (id, text) = (&ids[1], b"nope");
+        let mut failure = ((9 + 4 + id.len() + 4 + text.len()) as i64)
+            .to_be_bytes()
+            .to_vec();
+        failure.push(8);
+        failure.extend_from_slice(&(id.len() as i32).to_be_bytes());
+        failure.extend_from_slice(id);
+        failure.extend_from_slice(&(text.len() as i32).to_be_bytes());
+        failure.extend_from_slice(text);
+        let mut end = last.to_vec();
+        end.extend_from_slice(&failure[..4]);
+        if socket.write_all(&end).is_err() {
+            return;
+        }
+        thread::sleep(gap);
+        let _ = socket.write_all(&failure[4..]);
+        let mut rest = Vec::new();
+        let _ = socket.read_to_end(&mut rest);
+    });
+    (port, thread)
+}
+
+#[test]
+fn a_download_on_a_slow_but_steady_link_is_not_cut_as_a_slow_frame() {
+    // 30 KiB at 10 KiB/s with rpc.io.frameTimeout = 1s: a frame would be too slow; a stream
+    // this side asked for is not (it may be as large as any file), only a stalled one is.
+    let (port, server) = trickling_server(30 * 1024, Duration::from_millis(600));
+    let side = ClientSide::new(&[("rpc.io.frameTimeout", "1s")]);
+    let client = side.connect(port);
+    let mut first = client.stream_reader("/files/slow").unwrap();
+    let mut second = client.stream_reader("/files/next").unwrap();
+    let mut got = Vec::new();
+    first.read_to_end(&mut got).expect("the slow stream");
+    assert_eq!(got, bytes(30 * 1024, 4));
+    // The next answer's first bytes came with the stream's last; its rest 600 ms later:
+    // the frame is timed from its own start, not the stream's.
+    let err = second.read_to_end(&mut Vec::new()).unwrap_err();
+    assert!(
+        matches!(rpc_error(&err), RpcError::Remote { message } if message == "nope"),
+        "{err}"
+    );
+    drop(client);
+    drop(side);
+    server.join().unwrap();
+}
