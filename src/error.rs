@@ -105,7 +105,10 @@ pub enum RpcError {
         /// Why it failed.
         reason: String,
     },
-    /// A frame is larger than `rpc.message.maxSize`.
+    /// A frame is larger than `rpc.message.maxSize`: this side's (a message or ask it
+    /// would send, an answer it refused), the receiver's (a request it answered with its
+    /// sizes before closing) or the replier's (an answer it could not send); `max` is the
+    /// limit that was exceeded, whoever's it is.
     FrameTooLarge {
         /// The frame's size in bytes (claimed by a peer, or of a frame about to be sent).
         size: u64,
@@ -225,7 +228,11 @@ impl RpcError {
     /// `rpc.message.maxSize` (the text of a [`FrameTooLarge`](Self::FrameTooLarge)) is
     /// that again, with its sizes; anything else is [`Remote`](Self::Remote).
     pub(crate) fn from_failure(text: String) -> Self {
+        // An answer the replier could not send for its own limit comes with this prefix
+        // (see `Conn::respond`); it is the same fault, with the replier's sizes.
         let parsed = text
+            .strip_prefix(RESPONSE_NOT_SENT)
+            .unwrap_or(&text)
             .strip_prefix("frame of ")
             .and_then(|rest| rest.split_once(" bytes exceeds "))
             .and_then(|(size, rest)| {
@@ -248,6 +255,10 @@ impl RpcError {
         }
     }
 }
+
+/// What a replier puts before the reason when it could not send its answer: the text of
+/// the failure frame it sends instead.
+pub(crate) const RESPONSE_NOT_SENT: &str = "the response could not be sent: ";
 
 impl fmt::Display for RpcError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use log::{debug, error, trace, warn};
 
 use crate::auth::Encryptor;
-use crate::error::RpcError;
+use crate::error::{RESPONSE_NOT_SENT, RpcError};
 use crate::frame::header_type::MessageType;
 use crate::frame::{FrameHeader, stream_failure_body, stream_request_body, stream_response_body};
 use crate::sync::Arc;
@@ -657,7 +657,7 @@ impl Conn {
                             "response to request {id} from {} not sent: {err:#}",
                             self.peer
                         );
-                        self.failure_frame(id, format!("the response could not be sent: {err:#}"))
+                        self.failure_frame(id, format!("{RESPONSE_NOT_SENT}{err:#}"))
                     }
                 }
             }

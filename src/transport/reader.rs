@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use log::{debug, trace, warn};
 
 use crate::auth::{self, ChannelRandom, Decryptor, OsRandom, SessionKeys};
-use crate::error::RpcError;
+use crate::error::{RESPONSE_NOT_SENT, RpcError};
 use crate::frame::{FrameDecoder, FrameError, Item, Message};
 use crate::sync::Arc;
 use crate::transport::auth::{AuthBootstrap, MAX_HANDSHAKE_FRAME, auth_error};
@@ -833,10 +833,17 @@ impl Reader {
                 });
             }
             Message::RpcResponse { request_id, body } => conn.complete(request_id, Ok(body)),
-            Message::RpcFailure { request_id, error } => match RpcError::from_failure(error) {
-                err @ RpcError::FrameTooLarge { .. } => conn.complete_refused(request_id, err),
-                err => conn.complete(request_id, Err(err)),
-            },
+            Message::RpcFailure { request_id, error } => {
+                // A refused request means the peer closes; an answer the peer could not
+                // send for its own limit leaves the connection as it was.
+                let refused = !error.starts_with(RESPONSE_NOT_SENT);
+                match RpcError::from_failure(error) {
+                    err @ RpcError::FrameTooLarge { .. } if refused => {
+                        conn.complete_refused(request_id, err)
+                    }
+                    err => conn.complete(request_id, Err(err)),
+                }
+            }
             Message::StreamRequest { stream_id } => {
                 trace!("stream request {stream_id} from {}", conn.peer());
                 let mut result = Err("the stream manager panicked".to_owned());

@@ -681,13 +681,18 @@ fn frame_of_exactly_max_size_is_accepted_one_byte_more_is_not() {
     assert_echo(&client, b"still fine");
 }
 
+/// An answer above the server's own `rpc.message.maxSize` is not sent: the server answers
+/// with a failure carrying the sizes, which the caller gets as `FrameTooLarge`.
 #[test]
-fn handler_reply_too_large_gives_the_caller_a_remote_failure() {
+fn handler_reply_too_large_gives_the_caller_frame_too_large_with_the_servers_sizes() {
     let f = Fixture::new(&[("rpc.message.maxSize", "64k")]);
     let client = f.client();
     let started = Instant::now();
     let err = client.send_rpc_sync("big:100000", LONG).unwrap_err();
-    assert!(matches!(err, RpcError::Remote { .. }), "{err:?}");
+    assert!(
+        matches!(err, RpcError::FrameTooLarge { size, max: 65536 } if size > 100_000),
+        "{err:?}"
+    );
     assert!(started.elapsed() < PROMPTLY, "took {:?}", started.elapsed());
     assert!(client.is_active());
     assert_echo(&client, b"after");

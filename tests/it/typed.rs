@@ -678,3 +678,31 @@ fn an_over_size_reply_fails_its_ask_with_both_sizes() {
     client.shutdown();
     server.shutdown();
 }
+
+/// A reply above the replier's own `rpc.message.maxSize` is not sent; the asker gets
+/// `FrameTooLarge` with the replier's sizes (not a `Remote` failure to parse), at once,
+/// and the connection still serves the next ask.
+#[test]
+fn a_reply_above_the_repliers_maximum_fails_the_ask_with_both_sizes() {
+    let server = server_env_with(
+        "small-replies",
+        rpc_conf().set("rpc.message.maxSize", "64k"),
+    );
+    server.setup_endpoint("sized", Sized_).unwrap();
+    let addr = address_of(&server);
+    let client = client_env("big-frames-asker");
+    let sized = client.setup_endpoint_ref::<usize>(&addr, "sized").unwrap();
+    let started = std::time::Instant::now();
+    let err = sized.ask_sync::<String>(100 * 1024).unwrap_err();
+    assert!(started.elapsed() < crate::support::PROMPTLY);
+    match &err {
+        RpcError::FrameTooLarge { size, max } => {
+            assert!(*size > 100 * 1024 && *size < 101 * 1024, "{err}");
+            assert_eq!(*max, 64 * 1024);
+        }
+        other => panic!("expected FrameTooLarge, got {other:?}"),
+    }
+    assert_eq!(sized.ask_sync::<String>(3).unwrap(), "xxx");
+    client.shutdown();
+    server.shutdown();
+}
