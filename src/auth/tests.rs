@@ -1379,6 +1379,7 @@ proptest! {
 #[test]
 #[ignore = "a measurement, not a check: run in release mode"]
 fn throughput() {
+    use std::io::Write as _;
     let plain = TestRng(1).bytes(16 << 20);
     for version in [EngineVersion::V1, EngineVersion::V2] {
         let (client, server) = pair(version);
@@ -1413,9 +1414,14 @@ fn throughput() {
                 dec.decrypt(&wire, &mut out).unwrap();
             }
             let per_message = start.elapsed().as_secs_f64() * 1e9 / f64::from(count);
-            println!("{cipher} {version:?}, 64 B: encrypt+decrypt {per_message:.0} ns");
+            let mut report = std::io::stderr().lock();
+            let _ = writeln!(
+                report,
+                "{cipher} {version:?}, 64 B: encrypt+decrypt {per_message:.0} ns"
+            );
             let mb = (rounds * plain.len()) as f64 / 1e6;
-            println!(
+            let _ = writeln!(
+                report,
                 "{cipher} {version:?}, 16 MiB: encrypt {:.0} MB/s, decrypt {:.0} MB/s, \
                  encrypt+decrypt {:.0} MB/s",
                 mb / encrypting,
