@@ -917,13 +917,24 @@ impl Conn {
     /// and closes the connection after that answer: it is closed here first, so that the
     /// caller's next call takes a new connection, then the request gets `error`.
     pub(crate) fn complete_refused(&self, id: u64, error: RpcError) {
+        self.fail_and_close(
+            id,
+            error,
+            CloseReason::new(
+                "closed after the peer refused a request above its rpc.message.maxSize",
+            ),
+        );
+    }
+
+    /// Fails request `id` with `error` and closes the connection for `reason`, the close
+    /// first: a caller that goes on at once finds the connection closed (and a pool makes
+    /// a new one), never this one still open and about to close under its next request.
+    pub(crate) fn fail_and_close(&self, id: u64, error: RpcError, reason: CloseReason) {
         let callback = self.requests.take(id);
-        self.close_with(CloseReason::new(
-            "closed after the peer refused a request above its rpc.message.maxSize",
-        ));
+        self.close_with(reason);
         match callback {
             Some(callback) => run_callback(callback, Err(error), self.peer),
-            None => debug!("refusal of request {id} from {}: {error:#}", self.peer),
+            None => debug!("failure of request {id} from {}: {error:#}", self.peer),
         }
     }
 

@@ -586,8 +586,7 @@ impl Reader {
                              {request_id}: {err:#}",
                             conn.peer()
                         );
-                        conn.complete(request_id, Err(err.clone()));
-                        conn.close_with(CloseReason::fault(err));
+                        conn.fail_and_close(request_id, err.clone(), CloseReason::fault(err));
                         return Decoded::Stop(ReadOutcome::Closed);
                     }
                     let err = if self.frames_at_handshake == Some(self.frames) {
