@@ -133,7 +133,7 @@ impl<'de> Decoder<'de> {
 
     /// The elements of a sequence, tuple or struct of `len` elements.
     fn seq<V: Visitor<'de>>(&mut self, len: usize, visitor: V) -> Result<V::Value, Error> {
-        self.nested(|de| visitor.visit_seq(Access { de, left: len }))
+        self.nested(|de| visitor.visit_seq(Access::new(de, len)))
     }
 }
 
@@ -306,7 +306,7 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         let len = self.len()?;
-        self.nested(|de| visitor.visit_map(Access { de, left: len }))
+        self.nested(|de| visitor.visit_map(Access::new(de, len)))
     }
 
     fn deserialize_struct<V: Visitor<'de>>(
@@ -345,10 +345,35 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
 }
 
 /// The elements of a sequence, tuple or struct, or the entries of a map.
+///
+/// It reads from a copy of the decoder, which it hands back to `parent` when the visitor
+/// drops it. The visitor holds it by value, so the copy can live in registers: the loop of
+/// a `Vec<u8>` is then a compare, a load and a push per byte, instead of reloading and
+/// storing the decoder's position around every byte it pushes (a `u8` store may alias
+/// anything, so the compiler cannot keep a position behind a `&mut` in a register).
 struct Access<'a, 'de> {
-    de: &'a mut Decoder<'de>,
+    parent: &'a mut Decoder<'de>,
+    de: Decoder<'de>,
     /// Elements (or entries) still to come.
     left: usize,
+}
+
+impl<'a, 'de> Access<'a, 'de> {
+    #[inline]
+    fn new(parent: &'a mut Decoder<'de>, left: usize) -> Self {
+        let de = Decoder {
+            input: parent.input,
+            depth: parent.depth,
+        };
+        Self { parent, de, left }
+    }
+}
+
+impl Drop for Access<'_, '_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.parent.input = self.de.input;
+    }
 }
 
 impl<'de> SeqAccess<'de> for Access<'_, 'de> {
@@ -363,7 +388,7 @@ impl<'de> SeqAccess<'de> for Access<'_, 'de> {
             return Ok(None);
         }
         self.left -= 1;
-        seed.deserialize(&mut *self.de).map(Some)
+        seed.deserialize(&mut self.de).map(Some)
     }
 
     /// At most the bytes left: no element takes less than a byte that allocates.
@@ -380,11 +405,11 @@ impl<'de> MapAccess<'de> for Access<'_, 'de> {
             return Ok(None);
         }
         self.left -= 1;
-        seed.deserialize(&mut *self.de).map(Some)
+        seed.deserialize(&mut self.de).map(Some)
     }
 
     fn next_value_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<T::Value, Error> {
-        seed.deserialize(&mut *self.de)
+        seed.deserialize(&mut self.de)
     }
 
     fn size_hint(&self) -> Option<usize> {

@@ -30,7 +30,7 @@ use serde::ser::{
 use super::Error;
 
 /// Where an [`Encoder`] puts bytes.
-pub(super) trait Output {
+pub(super) trait Output: Default {
     /// Appends one byte.
     fn push(&mut self, byte: u8);
     /// Appends `bytes`.
@@ -126,14 +126,14 @@ impl<O: Output> Encoder<'_, O> {
     }
 }
 
-impl<O: Output> ser::Serializer for &mut Encoder<'_, O> {
+impl<'a, O: Output> ser::Serializer for &'a mut Encoder<'_, O> {
     type Ok = ();
     type Error = Error;
-    type SerializeSeq = Self;
+    type SerializeSeq = Compound<'a, O>;
     type SerializeTuple = Self;
     type SerializeTupleStruct = Self;
     type SerializeTupleVariant = Self;
-    type SerializeMap = Self;
+    type SerializeMap = Compound<'a, O>;
     type SerializeStruct = Self;
     type SerializeStructVariant = Self;
 
@@ -270,9 +270,9 @@ impl<O: Output> ser::Serializer for &mut Encoder<'_, O> {
         value.serialize(self)
     }
 
-    fn serialize_seq(self, len: Option<usize>) -> Result<Self, Error> {
+    fn serialize_seq(self, len: Option<usize>) -> Result<Compound<'a, O>, Error> {
         self.len(len)?;
-        Ok(self)
+        Ok(Compound::new(self.out))
     }
 
     fn serialize_tuple(self, _: usize) -> Result<Self, Error> {
@@ -294,9 +294,9 @@ impl<O: Output> ser::Serializer for &mut Encoder<'_, O> {
         Ok(self)
     }
 
-    fn serialize_map(self, len: Option<usize>) -> Result<Self, Error> {
+    fn serialize_map(self, len: Option<usize>) -> Result<Compound<'a, O>, Error> {
         self.len(len)?;
-        Ok(self)
+        Ok(Compound::new(self.out))
     }
 
     fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self, Error> {
@@ -344,22 +344,65 @@ macro_rules! compound {
 }
 
 compound! {
-    SerializeSeq serialize_element
     SerializeTuple serialize_element
     SerializeTupleStruct serialize_field
     SerializeTupleVariant serialize_field
 }
 
-impl<O: Output> SerializeMap for &mut Encoder<'_, O> {
+/// The elements of a sequence or the entries of a map.
+///
+/// It writes into the output moved out of `parent`, and moves it back when serde drops
+/// it (after `end`, or on an error). serde's loop holds it by value, so the output's
+/// pointer and length can live in registers: a `Vec<u8>` costs a compare and a store per
+/// byte, instead of reloading and storing the `Vec`'s length around every byte (a `u8`
+/// store may alias anything, so the compiler cannot keep a length behind a `&mut` in a
+/// register).
+#[derive(Debug)]
+pub(super) struct Compound<'a, O: Output> {
+    parent: &'a mut O,
+    out: O,
+}
+
+impl<'a, O: Output> Compound<'a, O> {
+    #[inline]
+    fn new(parent: &'a mut O) -> Self {
+        let out = std::mem::take(parent);
+        Self { parent, out }
+    }
+}
+
+impl<O: Output> Drop for Compound<'_, O> {
+    #[inline]
+    fn drop(&mut self) {
+        *self.parent = std::mem::take(&mut self.out);
+    }
+}
+
+impl<O: Output> SerializeSeq for Compound<'_, O> {
+    type Ok = ();
+    type Error = Error;
+
+    #[inline]
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        value.serialize(&mut Encoder { out: &mut self.out })
+    }
+
+    #[inline]
+    fn end(self) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+impl<O: Output> SerializeMap for Compound<'_, O> {
     type Ok = ();
     type Error = Error;
 
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Error> {
-        key.serialize(&mut **self)
+        key.serialize(&mut Encoder { out: &mut self.out })
     }
 
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        value.serialize(&mut **self)
+        value.serialize(&mut Encoder { out: &mut self.out })
     }
 
     fn end(self) -> Result<(), Error> {
