@@ -14,6 +14,7 @@ mod bad_input;
 mod connections;
 mod hostile;
 mod ordering;
+mod payloads;
 mod pool;
 mod rpc_env;
 mod rpc_semantics;
