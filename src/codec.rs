@@ -547,23 +547,43 @@ mod bincode_reference {
     #[test]
     fn varints_are_read_as_bincode_reads_them() {
         // Not the shortest form: bincode accepts it, so do we.
-        for bytes in [vec![251, 5, 0], vec![252, 5, 0, 0, 0], vec![253, 5, 0, 0, 0, 0, 0, 0, 0]] {
+        for bytes in [
+            vec![251, 5, 0],
+            vec![252, 5, 0, 0, 0],
+            vec![253, 5, 0, 0, 0, 0, 0, 0, 0],
+        ] {
             assert_eq!(decode::<u64>(&bytes, "v").expect("u64"), 5);
             assert_eq!(reference_decode::<u64>(&bytes), Some(5));
         }
         // A tag wider than the type, and the reserved tag, are errors in both.
-        let cases: [(&[u8], fn(&[u8]) -> (bool, bool)); 4] = [
+        type Check = fn(&[u8]) -> (bool, bool);
+        let cases: [(&[u8], Check); 4] = [
             (&[252, 1, 0, 0, 0], |b| {
-                (decode::<u16>(b, "v").is_err(), reference_decode::<u16>(b).is_none())
+                (
+                    decode::<u16>(b, "v").is_err(),
+                    reference_decode::<u16>(b).is_none(),
+                )
             }),
             (&[253, 1, 0, 0, 0, 0, 0, 0, 0], |b| {
-                (decode::<u32>(b, "v").is_err(), reference_decode::<u32>(b).is_none())
+                (
+                    decode::<u32>(b, "v").is_err(),
+                    reference_decode::<u32>(b).is_none(),
+                )
             }),
-            (&[254, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], |b| {
-                (decode::<u64>(b, "v").is_err(), reference_decode::<u64>(b).is_none())
-            }),
+            (
+                &[254, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                |b| {
+                    (
+                        decode::<u64>(b, "v").is_err(),
+                        reference_decode::<u64>(b).is_none(),
+                    )
+                },
+            ),
             (&[255, 1], |b| {
-                (decode::<u128>(b, "v").is_err(), reference_decode::<u128>(b).is_none())
+                (
+                    decode::<u128>(b, "v").is_err(),
+                    reference_decode::<u128>(b).is_none(),
+                )
             }),
         ];
         for (bytes, check) in cases {
@@ -584,7 +604,10 @@ mod bincode_reference {
         }
         match decode::<Untagged>(&[1], "untagged") {
             Err(RpcError::Decode { reason, .. }) => {
-                assert!(reason.contains("deserialize_any is not supported"), "{reason}");
+                assert!(
+                    reason.contains("deserialize_any is not supported"),
+                    "{reason}"
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -614,8 +637,14 @@ mod bincode_reference {
         let expected = reference(&payload);
         assert_eq!(encode(&buf, "buf").expect("encode"), expected);
         assert_eq!(encode(&shared, "bytes").expect("encode"), expected);
-        assert_eq!(decode::<serde_bytes::ByteBuf>(&expected, "buf").expect("buf"), buf);
-        assert_eq!(decode::<bytes::Bytes>(&expected, "bytes").expect("bytes"), shared);
+        assert_eq!(
+            decode::<serde_bytes::ByteBuf>(&expected, "buf").expect("buf"),
+            buf
+        );
+        assert_eq!(
+            decode::<bytes::Bytes>(&expected, "bytes").expect("bytes"),
+            shared
+        );
         assert_eq!(decode::<Vec<u8>>(&expected, "vec").expect("vec"), payload);
     }
 
@@ -633,13 +662,19 @@ mod bincode_reference {
         assert_eq!(out.capacity(), out.len());
     }
 
+    // `prop_oneof!` builds its union with `std::sync::Arc`.
+    #[allow(clippy::disallowed_types)]
     fn arb_shape() -> impl Strategy<Value = Shape> {
         let leaf = prop_oneof![
             Just(Shape::Unit),
             any::<i64>().prop_map(Shape::Newtype),
             (any::<u16>(), any::<char>(), any::<Option<bool>>())
                 .prop_map(|(a, b, c)| Shape::Tuple(a, b, c)),
-            (".*", prop::collection::vec(any::<u8>(), 0..300), prop::collection::vec(any::<u8>(), 0..300))
+            (
+                ".*",
+                prop::collection::vec(any::<u8>(), 0..300),
+                prop::collection::vec(any::<u8>(), 0..300)
+            )
                 .prop_map(|(name, bytes, raw)| Shape::Struct { name, bytes, raw }),
         ];
         leaf.prop_recursive(4, 16, 2, |inner| {
@@ -649,25 +684,33 @@ mod bincode_reference {
 
     fn arb_record() -> impl Strategy<Value = Record> {
         (
-            (any::<u128>(), any::<i128>(), any::<f64>(), any::<f32>(), any::<i8>()),
+            (
+                any::<u128>(),
+                any::<i128>(),
+                any::<f64>(),
+                any::<f32>(),
+                any::<i8>(),
+            ),
             (any::<bool>(), any::<u8>(), any::<u32>()),
             prop::collection::vec(arb_shape(), 0..4),
             prop::collection::btree_map(".{0,8}", any::<Option<i32>>(), 0..4),
             prop::collection::vec(any::<u8>(), 0..600),
         )
-            .prop_map(|((id, delta, ratio, small, tiny), (b, u, w), shapes, index, buf)| Record {
-                id,
-                delta,
-                ratio: if ratio.is_nan() { 0.5 } else { ratio },
-                small: if small.is_nan() { 0.25 } else { small },
-                tiny,
-                flags: (b, u),
-                wrapper: Wrapper(w),
-                unit: (),
-                shapes,
-                index,
-                buf: serde_bytes::ByteBuf::from(buf),
-            })
+            .prop_map(
+                |((id, delta, ratio, small, tiny), (b, u, w), shapes, index, buf)| Record {
+                    id,
+                    delta,
+                    ratio: if ratio.is_nan() { 0.5 } else { ratio },
+                    small: if small.is_nan() { 0.25 } else { small },
+                    tiny,
+                    flags: (b, u),
+                    wrapper: Wrapper(w),
+                    unit: (),
+                    shapes,
+                    index,
+                    buf: serde_bytes::ByteBuf::from(buf),
+                },
+            )
     }
 
     proptest! {
@@ -742,8 +785,12 @@ mod bincode_reference {
                     drop(std::hint::black_box(v));
                 }));
             }
-            let (oe, ne, od, nd) =
-                (median(old_enc), median(new_enc), median(old_dec), median(new_dec));
+            let (oe, ne, od, nd) = (
+                median(old_enc),
+                median(new_enc),
+                median(old_dec),
+                median(new_dec),
+            );
             let mut report = std::io::stderr().lock();
             let _ = writeln!(
                 report,

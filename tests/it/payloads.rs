@@ -59,7 +59,9 @@ fn pattern(len: usize) -> Vec<u8> {
 #[test]
 fn byte_payloads_round_trip_through_an_ask() {
     let server = server_env("payload-server");
-    server.setup_endpoint("reverse", Reverser).expect("endpoint");
+    server
+        .setup_endpoint("reverse", Reverser)
+        .expect("endpoint");
     let client = client_env("payload-client");
     let reverse = client
         .setup_endpoint_ref::<PayloadMsg>(&address_of(&server), "reverse")
