@@ -103,8 +103,9 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
 }
 
 /// Appends the serialization of `value` to `out` (used to write an envelope header then
-/// the content in one buffer), reserving exactly the room it takes first; `what` names it
-/// in errors. On error `out` is left as it was.
+/// the content in one buffer), reserving the room it takes first (measured by a pass that
+/// only counts bytes), so the buffer grows at most once; `what` names it in errors. On
+/// error `out` is left as it was.
 pub(crate) fn encode_into<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
@@ -112,7 +113,9 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
 ) -> Result<(), RpcError> {
     let start = out.len();
     let result = encoded_len(value).and_then(|len| {
-        out.reserve_exact(len);
+        // Not `reserve_exact`: values appended one after another to one buffer still
+        // grow it geometrically. A large value gets exactly its room either way.
+        out.reserve(len);
         value.serialize(&mut ser::Encoder { out: &mut *out })
     });
     result.map_err(|err| {
