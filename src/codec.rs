@@ -6,8 +6,13 @@
 //!
 //! The serde `Serializer` ([`ser`]) and `Deserializer` ([`de`]) are this crate's own,
 //! written for exactly that format, so that a byte payload costs what copying it costs:
-//! bincode's serde adapter goes through its generic `Writer`/`Reader` for every byte
-//! (about 5 ns per byte of a `Vec<u8>`, each way). The bytes are bincode's to the bit:
+//! bincode's serde adapter goes through its generic `Writer`/`Reader` for every byte of a
+//! `Vec<u8>`. Measured by `codec_cost_of_16_mib_payloads` (16 MiB, release build, medians
+//! of 5 alternating rounds in one process, on a 2-core machine under a load of 4 to 16):
+//! a `Vec<u8>` encodes in about 1.0 to 1.3 ns per byte (bincode: 1.4 to 3.6) and decodes
+//! in 0.8 to 1.4 (bincode: 1.1 to 2.6), roughly 2x; a `ByteBuf` takes about 0.1 ns per
+//! byte each way (a `memcpy`; bincode's path was close, 0.1 to 0.4). The bytes are
+//! bincode's to the bit:
 //! the tests compare them with `bincode::serde::encode_to_vec(.., standard())` for many
 //! types, and decode bincode's bytes, so peers built with the bincode codec interoperate.
 //!
