@@ -822,87 +822,77 @@ impl Segments {
                 }
             }
             let encrypted = cipher.is_some();
-            if let Some(Segment::File(file)) = self.queue.front_mut() {
-                if file.piece.is_none() && (file.plain || !encrypted) {
-                    let count = (file.remaining as usize).min(FILE_TURN - file_bytes);
-                    match wire.send_file(&file.file, file.offset, count) {
-                        Ok(0) if count > 0 => {
-                            out.error = Some(io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                "the file is shorter than the stream announced",
-                            ));
-                            return out;
+            // A file not yet read into a sealed piece goes with `sendfile`: this many bytes.
+            let sendfile = match self.queue.front() {
+                Some(Segment::File(file)) if file.piece.is_none() && (file.plain || !encrypted) => {
+                    Some((file.remaining as usize).min(FILE_TURN - file_bytes))
+                }
+                _ => None,
+            };
+            let result = match (sendfile, self.queue.front()) {
+                (Some(count), Some(Segment::File(file))) => {
+                    wire.send_file(&file.file, file.offset, count)
+                }
+                _ => {
+                    let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                    let mut count = 0;
+                    for segment in &self.queue {
+                        if count + 2 > MAX_SLICES || (encrypted && !segment.is_sealed()) {
+                            break;
                         }
-                        Ok(n) => {
-                            trace!("sent {n} bytes of a file");
-                            out.bytes += n;
-                            file_bytes += n;
-                            if let Err(err) = self.advance_front(n, &mut out.finished) {
-                                out.error = Some(err);
-                                return out;
+                        if let Segment::File(file) = segment {
+                            // Only a sealed piece is written with others, and nothing after it.
+                            if let Some(piece) = &file.piece {
+                                slices[count] = IoSlice::new(&piece.bytes[piece.written..]);
+                                count += 1;
+                            }
+                            break;
+                        }
+                        let (first, second) = segment.remaining();
+                        for part in [first, second] {
+                            if !part.is_empty() {
+                                slices[count] = IoSlice::new(part);
+                                count += 1;
                             }
                         }
-                        Err(err) if would_block(&err) => break,
-                        Err(err) if interrupted(&err) => {}
-                        Err(err) => {
-                            out.error = Some(err);
-                            return out;
+                        if !segment.remaining_is_all() {
+                            break;
                         }
                     }
-                    continue;
-                }
-            }
-            let result = {
-                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-                let mut count = 0;
-                for segment in &self.queue {
-                    if count + 2 > MAX_SLICES || (encrypted && !segment.is_sealed()) {
-                        break;
-                    }
-                    if let Segment::File(file) = segment {
-                        // Only a sealed piece is written with others, and nothing after it.
-                        if let Some(piece) = &file.piece {
-                            slices[count] = IoSlice::new(&piece.bytes[piece.written..]);
-                            count += 1;
+                    if count == 0 {
+                        // Nothing writable before a file that must go first (the next round
+                        // writes it), or segments with nothing left: drop those.
+                        self.pop_done(&mut out.finished);
+                        if self
+                            .queue
+                            .front()
+                            .is_some_and(|front| !matches!(front, Segment::File(_)))
+                        {
+                            debug_assert!(false, "a segment with nothing to write");
+                            break;
                         }
-                        break;
+                        continue;
                     }
-                    let (first, second) = segment.remaining();
-                    for part in [first, second] {
-                        if !part.is_empty() {
-                            slices[count] = IoSlice::new(part);
-                            count += 1;
-                        }
-                    }
-                    if !segment.remaining_is_all() {
-                        break;
-                    }
+                    wire.write_vectored(&slices[..count])
                 }
-                if count == 0 {
-                    // Nothing writable before a file that must go first (the next round
-                    // writes it), or segments with nothing left: drop those.
-                    self.pop_done(&mut out.finished);
-                    if self
-                        .queue
-                        .front()
-                        .is_some_and(|front| !matches!(front, Segment::File(_)))
-                    {
-                        debug_assert!(false, "a segment with nothing to write");
-                        break;
-                    }
-                    continue;
-                }
-                wire.write_vectored(&slices[..count])
             };
+            // One handling of what `sendfile` or `writev` did.
             match result {
-                Ok(0) => {
-                    out.error = Some(io::ErrorKind::WriteZero.into());
+                Ok(0) if sendfile != Some(0) => {
+                    out.error = Some(match sendfile {
+                        Some(_) => io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the file is shorter than the stream announced",
+                        ),
+                        None => io::ErrorKind::WriteZero.into(),
+                    });
                     return out;
                 }
                 Ok(mut written) => {
-                    trace!("wrote {written} bytes");
+                    trace!("wrote {written} bytes (sendfile: {})", sendfile.is_some());
                     out.bytes += written;
-                    while written > 0 {
+                    // At least one step, so that an empty file (nothing to send) is done.
+                    loop {
                         let Some(front) = self.queue.front_mut() else {
                             break;
                         };
@@ -914,6 +904,9 @@ impl Segments {
                         if let Err(err) = self.advance_front(step, &mut out.finished) {
                             out.error = Some(err);
                             return out;
+                        }
+                        if written == 0 {
+                            break;
                         }
                     }
                 }
