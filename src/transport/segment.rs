@@ -960,6 +960,8 @@ pub(crate) struct Written {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+
     use crate::sync::Mutex;
 
     use super::*;
@@ -1106,5 +1108,175 @@ mod tests {
             segment.abandon(&mut unwritten);
         }
         assert_eq!((unwritten.one_way, unwritten.receipts.len()), (1, 1));
+    }
+
+    /// A socket that answers each `writev` and `sendfile` with the next result of its
+    /// script (`Ok(n)`: it takes up to `n` bytes), and would block once the script ends.
+    struct Scripted {
+        script: Mutex<VecDeque<io::Result<usize>>>,
+        out: Mutex<Vec<u8>>,
+        sendfiles: AtomicUsize,
+    }
+
+    impl Scripted {
+        fn new(script: Vec<io::Result<usize>>) -> Self {
+            Self {
+                script: Mutex::new(script.into()),
+                out: Mutex::new(Vec::new()),
+                sendfiles: AtomicUsize::new(0),
+            }
+        }
+
+        fn next(&self) -> io::Result<usize> {
+            self.script
+                .lock()
+                .pop_front()
+                .unwrap_or_else(|| Err(io::ErrorKind::WouldBlock.into()))
+        }
+    }
+
+    impl Wire for Scripted {
+        fn read(&self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+
+        fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let mut room = self.next()?;
+            let mut out = self.out.lock();
+            let mut taken = 0;
+            for buf in bufs {
+                let n = buf.len().min(room);
+                out.extend_from_slice(&buf[..n]);
+                room -= n;
+                taken += n;
+            }
+            Ok(taken)
+        }
+
+        fn send_file(&self, file: &File, offset: u64, count: usize) -> io::Result<usize> {
+            use std::os::unix::fs::FileExt;
+            self.sendfiles.fetch_add(1, Ordering::SeqCst);
+            let room = self.next()?;
+            let mut buf = vec![0; count.min(room)];
+            let n = file.read_at(&mut buf, offset)?;
+            self.out.lock().extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn shutdown(&self) {}
+    }
+
+    /// A file of `len` bytes (0, 1, 2, ...) in the temp directory, removed at once (the
+    /// open handle keeps it).
+    fn file_of(len: usize, tag: &str) -> (File, Vec<u8>) {
+        let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        let path =
+            std::env::temp_dir().join(format!("rpcenv-segment-{tag}-{}-{len}", std::process::id()));
+        std::fs::write(&path, &bytes).expect("write the temp file");
+        let file = File::open(&path).expect("open the temp file");
+        std::fs::remove_file(&path).expect("remove the temp file");
+        (file, bytes)
+    }
+
+    fn push_file(segments: &mut Segments, file: File, len: usize) {
+        segments.queue.push_back(Segment::File(FileSegment {
+            file,
+            offset: 0,
+            remaining: len as u64,
+            len: len as u64,
+            plain: false,
+            piece: None,
+            _counted: None,
+        }));
+    }
+
+    fn plain_frame(body_len: usize, fill: u8) -> (Frame, Vec<u8>) {
+        let header = FrameHeader::one_way(body_len);
+        let mut plain = header.as_bytes().to_vec();
+        plain.extend_from_slice(&vec![fill; body_len]);
+        let frame = Frame::new(header, vec![fill; body_len], Kind::OneWay);
+        (frame, plain)
+    }
+
+    fn error_kind(written: &Written) -> Option<io::ErrorKind> {
+        written.error.as_ref().map(io::Error::kind)
+    }
+
+    /// A frame, a file region and a frame, through interrupted, partial and blocked
+    /// `writev` and `sendfile` calls: every byte goes out once, in order.
+    #[test]
+    fn writev_and_sendfile_results_are_handled_alike() {
+        let (file, file_bytes) = file_of(100, "mixed");
+        let (first, mut expected) = plain_frame(10, 1);
+        let (last, last_bytes) = plain_frame(5, 3);
+        expected.extend_from_slice(&file_bytes);
+        expected.extend_from_slice(&last_bytes);
+        let mut segments = Segments::default();
+        segments.push(first);
+        push_file(&mut segments, file, 100);
+        segments.push(last);
+        let wire = Scripted::new(vec![
+            Err(io::ErrorKind::Interrupted.into()), // writev: again
+            Ok(4),                                  // writev: part of the first frame
+            Ok(1000),                               // writev: the rest of it, up to the file
+            Err(io::ErrorKind::Interrupted.into()), // sendfile: again
+            Ok(40),                                 // sendfile: part of the file
+            Err(io::ErrorKind::WouldBlock.into()),  // sendfile: the socket is full
+        ]);
+        let written = segments.write_to(&wire, None);
+        assert!(written.error.is_none());
+        assert!(!written.yielded);
+        assert_eq!(written.bytes, expected.len() - 60 - last_bytes.len());
+        assert!(!segments.is_empty());
+        *wire.script.lock() = vec![Ok(1000), Ok(1000)].into();
+        let written = segments.write_to(&wire, None);
+        assert!(written.error.is_none());
+        assert_eq!(written.bytes, 60 + last_bytes.len());
+        assert!(segments.is_empty());
+        assert_eq!(*wire.out.lock(), expected);
+        assert_eq!(wire.sendfiles.load(Ordering::SeqCst), 4);
+    }
+
+    #[test]
+    fn a_write_of_nothing_fails_as_write_zero_and_a_short_file_as_unexpected_eof() {
+        let mut segments = Segments::default();
+        segments.push(plain_frame(10, 1).0);
+        let written = segments.write_to(&Scripted::new(vec![Ok(0)]), None);
+        assert_eq!(error_kind(&written), Some(io::ErrorKind::WriteZero));
+
+        let (file, _) = file_of(10, "short");
+        let mut segments = Segments::default();
+        push_file(&mut segments, file, 10);
+        let written = segments.write_to(&Scripted::new(vec![Ok(0)]), None);
+        assert_eq!(error_kind(&written), Some(io::ErrorKind::UnexpectedEof));
+
+        for (frame_first, tag) in [(true, "reset-writev"), (false, "reset-sendfile")] {
+            let (file, _) = file_of(10, tag);
+            let mut segments = Segments::default();
+            if frame_first {
+                segments.push(plain_frame(10, 1).0);
+            }
+            push_file(&mut segments, file, 10);
+            let wire = Scripted::new(vec![Err(io::ErrorKind::ConnectionReset.into())]);
+            let written = segments.write_to(&wire, None);
+            assert_eq!(error_kind(&written), Some(io::ErrorKind::ConnectionReset));
+            assert_eq!(written.bytes, 0);
+        }
+    }
+
+    /// An empty file region (`sendfile` of 0 bytes) is finished, not an error, and what
+    /// follows it goes out in the same call.
+    #[test]
+    fn an_empty_file_region_is_finished_and_the_next_frame_written() {
+        let (file, _) = file_of(0, "empty");
+        let (last, expected) = plain_frame(5, 3);
+        let mut segments = Segments::default();
+        push_file(&mut segments, file, 0);
+        segments.push(last);
+        let wire = Scripted::new(vec![Ok(0), Ok(1000)]);
+        let written = segments.write_to(&wire, None);
+        assert!(written.error.is_none());
+        assert!(segments.is_empty());
+        assert_eq!(*wire.out.lock(), expected);
     }
 }
