@@ -892,10 +892,7 @@ impl Segments {
                     trace!("wrote {written} bytes (sendfile: {})", sendfile.is_some());
                     out.bytes += written;
                     // At least one step, so that an empty file (nothing to send) is done.
-                    loop {
-                        let Some(front) = self.queue.front_mut() else {
-                            break;
-                        };
+                    while let Some(front) = self.queue.front_mut() {
                         let step = written.min(front.remaining_len());
                         if let Segment::File(_) = front {
                             file_bytes += step;
