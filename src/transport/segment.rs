@@ -822,90 +822,77 @@ impl Segments {
                 }
             }
             let encrypted = cipher.is_some();
-            if let Some(Segment::File(file)) = self.queue.front_mut() {
-                if file.piece.is_none() && (file.plain || !encrypted) {
-                    let count = (file.remaining as usize).min(FILE_TURN - file_bytes);
-                    match wire.send_file(&file.file, file.offset, count) {
-                        Ok(0) if count > 0 => {
-                            out.error = Some(io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                "the file is shorter than the stream announced",
-                            ));
-                            return out;
+            // A file not yet read into a sealed piece goes with `sendfile`: this many bytes.
+            let sendfile = match self.queue.front() {
+                Some(Segment::File(file)) if file.piece.is_none() && (file.plain || !encrypted) => {
+                    Some((file.remaining as usize).min(FILE_TURN - file_bytes))
+                }
+                _ => None,
+            };
+            let result = match (sendfile, self.queue.front()) {
+                (Some(count), Some(Segment::File(file))) => {
+                    wire.send_file(&file.file, file.offset, count)
+                }
+                _ => {
+                    let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                    let mut count = 0;
+                    for segment in &self.queue {
+                        if count + 2 > MAX_SLICES || (encrypted && !segment.is_sealed()) {
+                            break;
                         }
-                        Ok(n) => {
-                            trace!("sent {n} bytes of a file");
-                            out.bytes += n;
-                            file_bytes += n;
-                            if let Err(err) = self.advance_front(n, &mut out.finished) {
-                                out.error = Some(err);
-                                return out;
+                        if let Segment::File(file) = segment {
+                            // Only a sealed piece is written with others, and nothing after it.
+                            if let Some(piece) = &file.piece {
+                                slices[count] = IoSlice::new(&piece.bytes[piece.written..]);
+                                count += 1;
+                            }
+                            break;
+                        }
+                        let (first, second) = segment.remaining();
+                        for part in [first, second] {
+                            if !part.is_empty() {
+                                slices[count] = IoSlice::new(part);
+                                count += 1;
                             }
                         }
-                        Err(err) if would_block(&err) => break,
-                        Err(err) if interrupted(&err) => {}
-                        Err(err) => {
-                            out.error = Some(err);
-                            return out;
+                        if !segment.remaining_is_all() {
+                            break;
                         }
                     }
-                    continue;
-                }
-            }
-            let result = {
-                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-                let mut count = 0;
-                for segment in &self.queue {
-                    if count + 2 > MAX_SLICES || (encrypted && !segment.is_sealed()) {
-                        break;
-                    }
-                    if let Segment::File(file) = segment {
-                        // Only a sealed piece is written with others, and nothing after it.
-                        if let Some(piece) = &file.piece {
-                            slices[count] = IoSlice::new(&piece.bytes[piece.written..]);
-                            count += 1;
+                    if count == 0 {
+                        // Nothing writable before a file that must go first (the next round
+                        // writes it), or segments with nothing left: drop those.
+                        self.pop_done(&mut out.finished);
+                        if self
+                            .queue
+                            .front()
+                            .is_some_and(|front| !matches!(front, Segment::File(_)))
+                        {
+                            debug_assert!(false, "a segment with nothing to write");
+                            break;
                         }
-                        break;
+                        continue;
                     }
-                    let (first, second) = segment.remaining();
-                    for part in [first, second] {
-                        if !part.is_empty() {
-                            slices[count] = IoSlice::new(part);
-                            count += 1;
-                        }
-                    }
-                    if !segment.remaining_is_all() {
-                        break;
-                    }
+                    wire.write_vectored(&slices[..count])
                 }
-                if count == 0 {
-                    // Nothing writable before a file that must go first (the next round
-                    // writes it), or segments with nothing left: drop those.
-                    self.pop_done(&mut out.finished);
-                    if self
-                        .queue
-                        .front()
-                        .is_some_and(|front| !matches!(front, Segment::File(_)))
-                    {
-                        debug_assert!(false, "a segment with nothing to write");
-                        break;
-                    }
-                    continue;
-                }
-                wire.write_vectored(&slices[..count])
             };
+            // One handling of what `sendfile` or `writev` did.
             match result {
-                Ok(0) => {
-                    out.error = Some(io::ErrorKind::WriteZero.into());
+                Ok(0) if sendfile != Some(0) => {
+                    out.error = Some(match sendfile {
+                        Some(_) => io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the file is shorter than the stream announced",
+                        ),
+                        None => io::ErrorKind::WriteZero.into(),
+                    });
                     return out;
                 }
                 Ok(mut written) => {
-                    trace!("wrote {written} bytes");
+                    trace!("wrote {written} bytes (sendfile: {})", sendfile.is_some());
                     out.bytes += written;
-                    while written > 0 {
-                        let Some(front) = self.queue.front_mut() else {
-                            break;
-                        };
+                    // At least one step, so that an empty file (nothing to send) is done.
+                    while let Some(front) = self.queue.front_mut() {
                         let step = written.min(front.remaining_len());
                         if let Segment::File(_) = front {
                             file_bytes += step;
@@ -914,6 +901,9 @@ impl Segments {
                         if let Err(err) = self.advance_front(step, &mut out.finished) {
                             out.error = Some(err);
                             return out;
+                        }
+                        if written == 0 {
+                            break;
                         }
                     }
                 }
@@ -967,6 +957,8 @@ pub(crate) struct Written {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+
     use crate::sync::Mutex;
 
     use super::*;
@@ -1113,5 +1105,175 @@ mod tests {
             segment.abandon(&mut unwritten);
         }
         assert_eq!((unwritten.one_way, unwritten.receipts.len()), (1, 1));
+    }
+
+    /// A socket that answers each `writev` and `sendfile` with the next result of its
+    /// script (`Ok(n)`: it takes up to `n` bytes), and would block once the script ends.
+    struct Scripted {
+        script: Mutex<VecDeque<io::Result<usize>>>,
+        out: Mutex<Vec<u8>>,
+        sendfiles: AtomicUsize,
+    }
+
+    impl Scripted {
+        fn new(script: Vec<io::Result<usize>>) -> Self {
+            Self {
+                script: Mutex::new(script.into()),
+                out: Mutex::new(Vec::new()),
+                sendfiles: AtomicUsize::new(0),
+            }
+        }
+
+        fn next(&self) -> io::Result<usize> {
+            self.script
+                .lock()
+                .pop_front()
+                .unwrap_or_else(|| Err(io::ErrorKind::WouldBlock.into()))
+        }
+    }
+
+    impl Wire for Scripted {
+        fn read(&self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+
+        fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let mut room = self.next()?;
+            let mut out = self.out.lock();
+            let mut taken = 0;
+            for buf in bufs {
+                let n = buf.len().min(room);
+                out.extend_from_slice(&buf[..n]);
+                room -= n;
+                taken += n;
+            }
+            Ok(taken)
+        }
+
+        fn send_file(&self, file: &File, offset: u64, count: usize) -> io::Result<usize> {
+            use std::os::unix::fs::FileExt;
+            self.sendfiles.fetch_add(1, Ordering::SeqCst);
+            let room = self.next()?;
+            let mut buf = vec![0; count.min(room)];
+            let n = file.read_at(&mut buf, offset)?;
+            self.out.lock().extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn shutdown(&self) {}
+    }
+
+    /// A file of `len` bytes (0, 1, 2, ...) in the temp directory, removed at once (the
+    /// open handle keeps it).
+    fn file_of(len: usize, tag: &str) -> (File, Vec<u8>) {
+        let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        let path =
+            std::env::temp_dir().join(format!("rpcenv-segment-{tag}-{}-{len}", std::process::id()));
+        std::fs::write(&path, &bytes).expect("write the temp file");
+        let file = File::open(&path).expect("open the temp file");
+        std::fs::remove_file(&path).expect("remove the temp file");
+        (file, bytes)
+    }
+
+    fn push_file(segments: &mut Segments, file: File, len: usize) {
+        segments.queue.push_back(Segment::File(FileSegment {
+            file,
+            offset: 0,
+            remaining: len as u64,
+            len: len as u64,
+            plain: false,
+            piece: None,
+            _counted: None,
+        }));
+    }
+
+    fn plain_frame(body_len: usize, fill: u8) -> (Frame, Vec<u8>) {
+        let header = FrameHeader::one_way(body_len);
+        let mut plain = header.as_bytes().to_vec();
+        plain.extend_from_slice(&vec![fill; body_len]);
+        let frame = Frame::new(header, vec![fill; body_len], Kind::OneWay);
+        (frame, plain)
+    }
+
+    fn error_kind(written: &Written) -> Option<io::ErrorKind> {
+        written.error.as_ref().map(io::Error::kind)
+    }
+
+    /// A frame, a file region and a frame, through interrupted, partial and blocked
+    /// `writev` and `sendfile` calls: every byte goes out once, in order.
+    #[test]
+    fn writev_and_sendfile_results_are_handled_alike() {
+        let (file, file_bytes) = file_of(100, "mixed");
+        let (first, mut expected) = plain_frame(10, 1);
+        let (last, last_bytes) = plain_frame(5, 3);
+        expected.extend_from_slice(&file_bytes);
+        expected.extend_from_slice(&last_bytes);
+        let mut segments = Segments::default();
+        segments.push(first);
+        push_file(&mut segments, file, 100);
+        segments.push(last);
+        let wire = Scripted::new(vec![
+            Err(io::ErrorKind::Interrupted.into()), // writev: again
+            Ok(4),                                  // writev: part of the first frame
+            Ok(1000),                               // writev: the rest of it, up to the file
+            Err(io::ErrorKind::Interrupted.into()), // sendfile: again
+            Ok(40),                                 // sendfile: part of the file
+            Err(io::ErrorKind::WouldBlock.into()),  // sendfile: the socket is full
+        ]);
+        let written = segments.write_to(&wire, None);
+        assert!(written.error.is_none());
+        assert!(!written.yielded);
+        assert_eq!(written.bytes, expected.len() - 60 - last_bytes.len());
+        assert!(!segments.is_empty());
+        *wire.script.lock() = vec![Ok(1000), Ok(1000)].into();
+        let written = segments.write_to(&wire, None);
+        assert!(written.error.is_none());
+        assert_eq!(written.bytes, 60 + last_bytes.len());
+        assert!(segments.is_empty());
+        assert_eq!(*wire.out.lock(), expected);
+        assert_eq!(wire.sendfiles.load(Ordering::SeqCst), 4);
+    }
+
+    #[test]
+    fn a_write_of_nothing_fails_as_write_zero_and_a_short_file_as_unexpected_eof() {
+        let mut segments = Segments::default();
+        segments.push(plain_frame(10, 1).0);
+        let written = segments.write_to(&Scripted::new(vec![Ok(0)]), None);
+        assert_eq!(error_kind(&written), Some(io::ErrorKind::WriteZero));
+
+        let (file, _) = file_of(10, "short");
+        let mut segments = Segments::default();
+        push_file(&mut segments, file, 10);
+        let written = segments.write_to(&Scripted::new(vec![Ok(0)]), None);
+        assert_eq!(error_kind(&written), Some(io::ErrorKind::UnexpectedEof));
+
+        for (frame_first, tag) in [(true, "reset-writev"), (false, "reset-sendfile")] {
+            let (file, _) = file_of(10, tag);
+            let mut segments = Segments::default();
+            if frame_first {
+                segments.push(plain_frame(10, 1).0);
+            }
+            push_file(&mut segments, file, 10);
+            let wire = Scripted::new(vec![Err(io::ErrorKind::ConnectionReset.into())]);
+            let written = segments.write_to(&wire, None);
+            assert_eq!(error_kind(&written), Some(io::ErrorKind::ConnectionReset));
+            assert_eq!(written.bytes, 0);
+        }
+    }
+
+    /// An empty file region (`sendfile` of 0 bytes) is finished, not an error, and what
+    /// follows it goes out in the same call.
+    #[test]
+    fn an_empty_file_region_is_finished_and_the_next_frame_written() {
+        let (file, _) = file_of(0, "empty");
+        let (last, expected) = plain_frame(5, 3);
+        let mut segments = Segments::default();
+        push_file(&mut segments, file, 0);
+        segments.push(last);
+        let wire = Scripted::new(vec![Ok(0), Ok(1000)]);
+        let written = segments.write_to(&wire, None);
+        assert!(written.error.is_none());
+        assert!(segments.is_empty());
+        assert_eq!(*wire.out.lock(), expected);
     }
 }
