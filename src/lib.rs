@@ -298,8 +298,8 @@ pub mod transport;
 pub use crate::conf::RpcConf;
 pub use crate::error::RpcError;
 pub use crate::rpc::{
-    EndpointContext, FileServer, Pending, Receipt, RpcAddress, RpcCallContext, RpcEndpoint,
-    RpcEndpointRef, RpcEnv, RpcEnvBuilder, Threading,
+    ConcurrentRpcEndpoint, EndpointContext, FileServer, Pending, Receipt, RpcAddress,
+    RpcCallContext, RpcEndpoint, RpcEndpointRef, RpcEnv, RpcEnvBuilder, Threading,
 };
 /// What [`RpcEnv::open_channel`] returns: a blocking [`std::io::Read`] of a download.
 pub use crate::transport::StreamReader;
