@@ -235,12 +235,8 @@ impl<E: ConcurrentRpcEndpoint> SharedHandler for Concurrent<E> {
             }
             InboxMessage::OneWay { sender, payload } => {
                 let ctx = self.context(sender);
-                let decoded = decode_payload::<E::Message>(
-                    &self.env,
-                    &self.name,
-                    self.message_type,
-                    payload,
-                );
+                let decoded =
+                    decode_payload::<E::Message>(&self.env, &self.name, self.message_type, payload);
                 match decoded {
                     Ok(msg) => self.guard(ctx.as_ref(), |e, ctx| e.receive(msg, ctx)),
                     Err((err, _)) => {
@@ -254,12 +250,8 @@ impl<E: ConcurrentRpcEndpoint> SharedHandler for Concurrent<E> {
             }
             InboxMessage::Ask { payload, reply } => {
                 let ctx = self.context(reply.sender_address());
-                let decoded = decode_payload::<E::Message>(
-                    &self.env,
-                    &self.name,
-                    self.message_type,
-                    payload,
-                );
+                let decoded =
+                    decode_payload::<E::Message>(&self.env, &self.name, self.message_type, payload);
                 match decoded {
                     Ok(msg) => {
                         self.guard(ctx.as_ref(), |e, ctx| e.receive_and_reply(msg, reply, ctx));

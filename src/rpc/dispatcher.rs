@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 
 use crate::error::RpcError;
+use crate::rpc::concurrent::{Concurrent, ConcurrentRpcEndpoint};
 use crate::rpc::endpoint::{EndpointContext, RpcEndpoint, Threading};
 use crate::rpc::endpoint_ref::{RefInner, RpcEndpointRef};
 use crate::rpc::env::{EnvInner, RpcEnv};
-use crate::rpc::concurrent::{Concurrent, ConcurrentRpcEndpoint};
 use crate::rpc::inbox::{Endpoint, Inbox, InboxMessage};
 use crate::rpc::message_loop::{MessageLoop, Typed};
 use crate::rpc::types::{self, TypeLabel};
@@ -98,7 +98,9 @@ impl Dispatcher {
         if registry.endpoints.contains_key(&name) {
             return Err(RpcError::EndpointExists { name });
         }
-        let limit = endpoint.max_concurrent().clamp(1, self.shared_threads.max(1));
+        let limit = endpoint
+            .max_concurrent()
+            .clamp(1, self.shared_threads.max(1));
         let runner = Arc::clone(&self.shared);
         self.insert::<E::Message>(env, registry, name, runner, |ctx, name| {
             let handler = Concurrent::new(endpoint, ctx, Arc::clone(env), name);
