@@ -136,6 +136,9 @@ struct State {
     finished: bool,
     /// Concurrent inboxes: the workers scheduled or running.
     active: usize,
+    /// Concurrent inboxes: the active workers that took a message and have not come back
+    /// for the next; the others are about to take one.
+    busy: usize,
     /// Concurrent inboxes: whether `on_start` returned (no second worker before).
     started: bool,
     /// Concurrent inboxes: the threads running a worker now.
@@ -196,6 +199,7 @@ impl Inbox {
                 finished: false,
                 // The worker schedule_start runs, for `OnStart`.
                 active: usize::from(limit > 0),
+                busy: 0,
                 started: false,
                 running: Vec::new(),
             }),
@@ -282,8 +286,9 @@ impl Inbox {
         state.local_bytes += charge;
         state.queue.push_back((msg, charge));
         if self.limit > 0 {
-            // Another worker, unless on_start still runs or the limit is reached.
-            if state.started && state.active < self.limit {
+            // Another worker, unless on_start still runs, the limit is reached, or an
+            // active worker is about to take this message anyway.
+            if state.started && state.active < self.limit && state.busy == state.active {
                 state.active += 1;
                 drop(state);
                 self.runner.schedule(Arc::clone(self));
@@ -427,9 +432,13 @@ impl Inbox {
         let me = thread::current().id();
         let handler = self.shared.read();
         self.state.lock().running.push(me);
+        let mut busy = false;
         for _ in 0..TURN {
             let msg = {
                 let mut state = self.state.lock();
+                if busy {
+                    state.busy -= 1;
+                }
                 let alone = state.active == 1;
                 match state.queue.front() {
                     Some((InboxMessage::OnStop, _)) if !alone => {
@@ -446,11 +455,25 @@ impl Inbox {
                 let Some((msg, charge)) = state.queue.pop_front() else {
                     unreachable!("the queue was not empty");
                 };
+                busy = true;
+                state.busy += 1;
+                // More waiting and every worker busy: another one takes the next.
+                let spawn = state.started
+                    && !state.queue.is_empty()
+                    && state.active < self.limit
+                    && state.busy == state.active;
+                if spawn {
+                    state.active += 1;
+                }
                 if charge > 0 {
                     state.local_bytes -= charge;
                     if state.waiters > 0 {
                         self.room.notify_all();
                     }
+                }
+                if spawn {
+                    drop(state);
+                    self.runner.schedule(Arc::clone(self));
                 }
                 msg
             };
@@ -485,6 +508,9 @@ impl Inbox {
         // Still active: back of the line, so other inboxes get a turn.
         let mut state = self.state.lock();
         state.running.retain(|t| *t != me);
+        if busy {
+            state.busy -= 1;
+        }
         drop(state);
         drop(handler);
         self.runner.schedule(Arc::clone(self));
@@ -515,6 +541,7 @@ impl Inbox {
         let mut state = self.state.lock();
         state.finished = true;
         state.active = 0;
+        state.busy = 0;
         state.running.retain(|t| *t != me);
         state.local_bytes = 0;
         let left = std::mem::take(&mut state.queue);
