@@ -163,8 +163,8 @@
 //! - A [`ConcurrentRpcEndpoint`] handles up to one message per `rpc-dispatcher-N` thread
 //!   at once (at most [`max_concurrent`](ConcurrentRpcEndpoint::max_concurrent)), in no
 //!   promised order, not even per sender; `on_start` runs first and alone, `on_stop`
-//!   last, once and alone, after every running handler returned (stop and shutdown wait
-//!   for them, shutdown within its deadline). Flow control, `QueueFull`, the type checks
+//!   last, once and alone, after every running handler returned (`stop` returns at once
+//!   and `on_stop` follows; shutdown waits for it within its deadline). Flow control, `QueueFull`, the type checks
 //!   and local moves are those of any endpoint. Pick it for stateless or internally
 //!   synchronized handlers of independent requests from many callers; keep
 //!   [`RpcEndpoint`] where a message changes state or order matters.

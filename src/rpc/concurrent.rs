@@ -44,10 +44,14 @@ use crate::threads::panic_message;
 /// - Messages and connection events run in any order, at the same time; nothing is
 ///   promised about the order of messages, not even from one sender.
 /// - [`on_stop`](Self::on_stop) runs last and once, alone, after every message already
-///   running has returned: [`RpcEnv::stop`](crate::RpcEnv::stop) and env shutdown wait
-///   for running handlers first (shutdown no longer than its five-second deadline).
-///   From the stop on, new messages fail with [`RpcError::EndpointStopped`] (or
-///   [`RpcError::EnvStopped`] once the env shuts down).
+///   running or queued has returned. [`RpcEnv::stop`](crate::RpcEnv::stop) returns at
+///   once and `on_stop` follows when the running handlers return; env shutdown waits for
+///   that, no longer than its five-second deadline (then it leaves the endpoint behind
+///   and logs it). From the stop on, new messages fail with
+///   [`RpcError::EndpointStopped`] (or [`RpcError::EnvStopped`] once the env shuts down).
+/// - A new pool thread joins in only when every thread already on this endpoint is busy
+///   in a handler and messages wait (Spark's `Inbox` instead schedules itself once per
+///   message), so a lightly loaded endpoint wakes one thread, not several.
 /// - A panic in any handler is caught and given to [`on_error`](Self::on_error) (an ask
 ///   the handler held fails with [`RpcError::Remote`]); the endpoint keeps running.
 ///
