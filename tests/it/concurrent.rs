@@ -37,6 +37,8 @@ enum Msg {
     Text,
     /// Answer the sender's address.
     Sender,
+    /// Send this many `Bytes` messages to itself; answer how many went.
+    SelfSend(u32),
     /// A payload (one-way messages): counted.
     Bytes(Vec<u8>),
 }
@@ -180,6 +182,13 @@ impl Probe {
             }
             Msg::Text => answer(reply, &|r| r.reply("text".to_owned())),
             Msg::Sender => answer(reply, &|r| r.reply(ctx.sender_address())),
+            Msg::SelfSend(n) => {
+                let me = ctx.self_ref();
+                let went = (0..n)
+                    .filter(|_| me.send(Msg::Bytes(vec![1; 100])).is_ok())
+                    .count();
+                answer(reply, &|r| r.reply(went as u32));
+            }
             Msg::Bytes(_) => {}
         }
         self.stats.exit();
@@ -618,5 +627,32 @@ fn local_flood_is_bounded_by_the_inbox_capacity() {
     wait_for("every accepted message", 10, || {
         stats.handled.load(Ordering::SeqCst) == 2 + sent
     });
+    env.shutdown();
+}
+
+/// A handler sending to its own endpoint never waits for room, though the inbox is full
+/// (`rpc.dispatcher.inboxCapacity` 64k, about 220 local messages) and no other thread takes messages out
+/// (`max_concurrent` 1): the sends all go at once.
+#[test]
+fn a_handler_sending_to_its_own_full_inbox_does_not_wait() {
+    let env = client_env_with(
+        "concurrent-self-send",
+        rpc_conf()
+            .set("rpc.dispatcher.inboxCapacity", "64k")
+            .set("rpc.io.sendTimeout", "20s"),
+    );
+    let stats = Arc::new(Stats::default());
+    let probe = Probe {
+        limit: 1,
+        ..Probe::new(&stats)
+    };
+    let probe = env.setup_concurrent_endpoint("probe", probe).unwrap();
+    let started = Instant::now();
+    assert_eq!(probe.ask_sync::<u32>(Msg::SelfSend(400)).unwrap(), 400);
+    assert!(started.elapsed() < PROMPTLY, "{:?}", started.elapsed());
+    wait_for("every message", 10, || {
+        stats.handled.load(Ordering::SeqCst) == 401
+    });
+    assert_eq!(stats.most.load(Ordering::SeqCst), 1);
     env.shutdown();
 }
