@@ -15,6 +15,7 @@ mod concurrent;
 mod connections;
 mod hostile;
 mod ordering;
+mod payloads;
 mod pool;
 mod rpc_env;
 mod rpc_semantics;
