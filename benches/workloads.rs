@@ -54,8 +54,8 @@ use rpcenv::transport::{
     TransportClientFactory, TransportConf, TransportContext, TransportServer,
 };
 use rpcenv::{
-    EndpointContext, Pending, RpcAddress, RpcCallContext, RpcConf, RpcEndpoint, RpcEndpointRef,
-    RpcEnv, RpcError,
+    ConcurrentRpcEndpoint, EndpointContext, Pending, RpcAddress, RpcCallContext, RpcConf,
+    RpcEndpoint, RpcEndpointRef, RpcEnv, RpcError,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -678,6 +678,11 @@ impl Encryption {
 trait Server {
     /// Opens a new connection to the server, distinct from every other one.
     fn connect(&self) -> Result<Box<dyn Connection>>;
+    /// A connection for W6's many callers: an rpcenv server serves them with its
+    /// concurrent echo endpoint ([`ConcurrentEchoEndpoint`]).
+    fn connect_fan_in(&self) -> Result<Box<dyn Connection>> {
+        self.connect()
+    }
     /// Stops the server and joins its threads. Close the connections first.
     fn close(self: Box<Self>) -> Result<()>;
     /// Where W7's idle connections (plain `TcpStream`s that never send a byte) go;
@@ -1028,6 +1033,8 @@ struct RpcEnvSystem {
 
 /// The name of the echo endpoint.
 const ECHO_ENDPOINT: &str = "echo";
+/// The name of the concurrent echo endpoint W6 calls on rpcenv servers.
+const CONCURRENT_ECHO_ENDPOINT: &str = "echo-concurrent";
 
 /// `rpc.message.maxSize` of every env: room for W5's 16 MiB and its envelope.
 const RPC_MAX_MESSAGE: &str = "64m";
@@ -1147,6 +1154,27 @@ impl RpcEndpoint for EchoEndpoint {
     }
 }
 
+/// Echoes asks on as many dispatcher threads at once as there are callers (W6).
+#[derive(Debug, Default)]
+struct ConcurrentEchoEndpoint;
+
+impl ConcurrentRpcEndpoint for ConcurrentEchoEndpoint {
+    type Message = BenchMsg;
+
+    fn receive_and_reply(
+        &self,
+        msg: BenchMsg,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
+        match msg {
+            BenchMsg::Echo(body) => reply.reply(body),
+            BenchMsg::EchoBytes(body) => reply.reply(body),
+            BenchMsg::Count => reply.send_failure("the concurrent echo counts nothing"),
+        }
+    }
+}
+
 impl RpcEnvSystem {
     /// The configuration of the server env and of every client env.
     fn conf(&self) -> RpcConf {
@@ -1191,6 +1219,8 @@ impl System for RpcEnvSystem {
             .context("server env")?;
         env.setup_endpoint(ECHO_ENDPOINT, EchoEndpoint::default())
             .context("echo endpoint")?;
+        env.setup_concurrent_endpoint(CONCURRENT_ECHO_ENDPOINT, ConcurrentEchoEndpoint)
+            .context("concurrent echo endpoint")?;
         let address = env
             .address()
             .ok_or_else(|| BenchError::new("the server env has no address"))?;
@@ -1213,8 +1243,9 @@ struct RpcEnvServer {
     encrypted: bool,
 }
 
-impl Server for RpcEnvServer {
-    fn connect(&self) -> Result<Box<dyn Connection>> {
+impl RpcEnvServer {
+    /// A client-mode env of its own (its own connection) with a reference to `endpoint`.
+    fn connect_to(&self, endpoint: &str) -> Result<Box<dyn Connection>> {
         // Every client env is its own connection; the number tells them apart.
         static NEXT_CLIENT: AtomicU64 = AtomicU64::new(0);
         let id = NEXT_CLIENT.fetch_add(1, Ordering::Relaxed);
@@ -1225,7 +1256,7 @@ impl Server for RpcEnvServer {
             .context("client-mode env")?;
         // Looks the endpoint up over the connection the asks then use.
         let echo = env
-            .setup_endpoint_ref::<BenchMsg>(&self.address, ECHO_ENDPOINT)
+            .setup_endpoint_ref::<BenchMsg>(&self.address, endpoint)
             .context(format_args!("setup_endpoint_ref to {}", self.address))?;
         Ok(Box::new(RpcEnvConnection {
             env,
@@ -1233,6 +1264,16 @@ impl Server for RpcEnvServer {
             id,
             payload: self.payload,
         }))
+    }
+}
+
+impl Server for RpcEnvServer {
+    fn connect(&self) -> Result<Box<dyn Connection>> {
+        self.connect_to(ECHO_ENDPOINT)
+    }
+
+    fn connect_fan_in(&self) -> Result<Box<dyn Connection>> {
+        self.connect_to(CONCURRENT_ECHO_ENDPOINT)
     }
 
     fn close(self: Box<Self>) -> Result<()> {
@@ -2009,7 +2050,11 @@ fn large(server: &dyn Server, scale: &Scale) -> Result<Measurement> {
 fn fan_in(server: &dyn Server, scale: &Scale) -> Result<Measurement> {
     let mut conns = Vec::with_capacity(FAN_IN);
     for i in 0..FAN_IN {
-        conns.push(server.connect().context(format_args!("connection {i}"))?);
+        conns.push(
+            server
+                .connect_fan_in()
+                .context(format_args!("connection {i}"))?,
+        );
     }
     let ids: HashSet<u64> = conns.iter().map(|conn| conn.id()).collect();
     if ids.len() != FAN_IN {

@@ -36,7 +36,8 @@
 //! | item | what it is |
 //! |---|---|
 //! | [`RpcEnv`], [`RpcEnvBuilder`] | an environment: endpoints by name, a listener (or client mode), connections |
-//! | [`RpcEndpoint`], [`Threading`] | the trait user code implements; where it runs |
+//! | [`RpcEndpoint`], [`Threading`] | the trait user code implements (one message at a time, `&mut self`); where it runs |
+//! | [`ConcurrentRpcEndpoint`] | the other kind (Spark's plain `RpcEndpoint`): `&self` handlers, several messages at once on the shared pool; [`RpcEnv::setup_concurrent_endpoint`] |
 //! | [`EndpointContext`] | given to every handler, last: own reference, env, sender |
 //! | [`RpcEndpointRef`] | a typed, serializable reference: `send`, `try_send`, `send_with_receipt`, `ask`, `ask_sync` |
 //! | [`Pending`] | an ask under way: `wait`, `try_wait`, `wait_timeout`, `abort` |
@@ -54,7 +55,7 @@
 //! |---|---|---|
 //! | `rpc-boss` | 1 per server env | accepts connections |
 //! | `rpc-io-N` | `rpc.io.threads` | reads and writes frames, reads request envelopes; never endpoint code |
-//! | `rpc-dispatcher-N` | `rpc.dispatcher.numThreads` | handlers of shared endpoints, one message at a time per endpoint; decodes their messages |
+//! | `rpc-dispatcher-N` | `rpc.dispatcher.numThreads` | handlers of shared endpoints, one message at a time per [`RpcEndpoint`], up to [`ConcurrentRpcEndpoint::max_concurrent`] (by default one per thread) at once per concurrent endpoint; decodes their messages |
 //! | `rpc-endpoint-NAME` | 1 per dedicated endpoint | that endpoint's handlers only |
 //! | `rpc-connect-N` | up to `rpc.connect.threads`, idle ones exit after 60 s | blocking connects for outboxes |
 //! | `rpc-timeout` | 1 | fails asks at their deadlines |
@@ -170,6 +171,14 @@
 //!
 //! - Messages from one sender to one endpoint are handled in the order they were sent;
 //!   an endpoint handles one message at a time: `on_start` first, `on_stop` last, once.
+//! - A [`ConcurrentRpcEndpoint`] handles up to one message per `rpc-dispatcher-N` thread
+//!   at once (at most [`max_concurrent`](ConcurrentRpcEndpoint::max_concurrent)), in no
+//!   promised order, not even per sender; `on_start` runs first and alone, `on_stop`
+//!   last, once and alone, after every running handler returned (`stop` returns at once
+//!   and `on_stop` follows; shutdown waits for it within its deadline). Flow control, `QueueFull`, the type checks
+//!   and local moves are those of any endpoint. Pick it for stateless or internally
+//!   synchronized handlers of independent requests from many callers; keep
+//!   [`RpcEndpoint`] where a message changes state or order matters.
 //! - Every ask ends exactly once: its reply; [`RpcError::Remote`] (the endpoint called
 //!   `send_failure`, or panicked); [`RpcError::NoReply`] at once if the endpoint dropped
 //!   the call context; [`RpcError::Connection`] naming the peer at once if the connect
@@ -194,7 +203,8 @@
 //!   go out; then the connection closes. A closed connection lets go of its socket at
 //!   once, whatever still holds a reference to it.
 //! - A panic in endpoint code, or in the `Deserialize` of its messages, is caught and given
-//!   to [`RpcEndpoint::on_error`]; the endpoint and the env keep running.
+//!   to [`RpcEndpoint::on_error`] (or [`ConcurrentRpcEndpoint::on_error`]); the endpoint
+//!   and the env keep running.
 //! - Local calls (same env) never touch a socket; a message or reply of the type the
 //!   other side expects is moved, not serialized.
 //! - Bytes from the network are untrusted: a frame is checked against
@@ -309,8 +319,8 @@ pub mod transport;
 pub use crate::conf::RpcConf;
 pub use crate::error::RpcError;
 pub use crate::rpc::{
-    EndpointContext, FileServer, Pending, Receipt, RpcAddress, RpcCallContext, RpcEndpoint,
-    RpcEndpointRef, RpcEnv, RpcEnvBuilder, Threading,
+    ConcurrentRpcEndpoint, EndpointContext, FileServer, Pending, Receipt, RpcAddress,
+    RpcCallContext, RpcEndpoint, RpcEndpointRef, RpcEnv, RpcEnvBuilder, Threading,
 };
 /// What [`RpcEnv::open_channel`] returns: a blocking [`std::io::Read`] of a download.
 pub use crate::transport::StreamReader;

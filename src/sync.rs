@@ -66,6 +66,9 @@ impl Condvar {
     }
 }
 
+/// The write guard of a [`RwLock`].
+pub(crate) type RwLockWriteGuard<'a, T> = std::sync::RwLockWriteGuard<'a, T>;
+
 /// A reader-writer lock whose `read` and `write` never fail: poisoning is ignored.
 #[derive(Debug, Default)]
 pub(crate) struct RwLock<T>(std::sync::RwLock<T>);
@@ -81,7 +84,7 @@ impl<T> RwLock<T> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(crate) fn write(&self) -> std::sync::RwLockWriteGuard<'_, T> {
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, T> {
         self.0
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

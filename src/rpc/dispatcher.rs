@@ -8,14 +8,15 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 
 use crate::error::RpcError;
+use crate::rpc::concurrent::{Concurrent, ConcurrentRpcEndpoint};
 use crate::rpc::endpoint::{EndpointContext, RpcEndpoint, Threading};
 use crate::rpc::endpoint_ref::{RefInner, RpcEndpointRef};
 use crate::rpc::env::{EnvInner, RpcEnv};
-use crate::rpc::inbox::{Inbox, InboxMessage};
+use crate::rpc::inbox::{Endpoint, Inbox, InboxMessage};
 use crate::rpc::message_loop::{MessageLoop, Typed};
 use crate::rpc::types::{self, TypeLabel};
 use crate::rpc::verifier::Verdict;
-use crate::sync::{Arc, Mutex, RwLock, Weak};
+use crate::sync::{Arc, Mutex, RwLock, RwLockWriteGuard, Weak};
 use crate::transport::Admission;
 
 /// How many names of stopped endpoints are remembered, so that calls to them fail with
@@ -33,6 +34,8 @@ pub(crate) struct Dispatcher {
     registry: RwLock<Registry>,
     recently_stopped: Mutex<VecDeque<String>>,
     shared: Arc<MessageLoop>,
+    /// How many threads `shared` has.
+    shared_threads: usize,
     dedicated: Mutex<Vec<Arc<MessageLoop>>>,
 }
 
@@ -46,6 +49,7 @@ impl Dispatcher {
             }),
             recently_stopped: Mutex::new(VecDeque::new()),
             shared: MessageLoop::shared(env_id, threads)?,
+            shared_threads: threads,
             dedicated: Mutex::new(Vec::new()),
         })
     }
@@ -57,7 +61,7 @@ impl Dispatcher {
         name: String,
         endpoint: E,
     ) -> Result<RpcEndpointRef<E::Message>, RpcError> {
-        let mut registry = self.registry.write();
+        let registry = self.registry.write();
         if registry.stopped {
             return Err(RpcError::EnvStopped);
         }
@@ -74,6 +78,49 @@ impl Dispatcher {
                 runner
             }
         };
+        self.insert::<E::Message>(env, registry, name, runner, |ctx, name| {
+            Endpoint::Exclusive(Box::new(Typed::new(endpoint, ctx, Arc::clone(env), name)))
+        })
+    }
+
+    /// Registers the concurrent `endpoint` as `name` on the shared loop; its `on_start`
+    /// is queued first.
+    pub(crate) fn register_concurrent<E: ConcurrentRpcEndpoint>(
+        &self,
+        env: &Arc<EnvInner>,
+        name: String,
+        endpoint: E,
+    ) -> Result<RpcEndpointRef<E::Message>, RpcError> {
+        let registry = self.registry.write();
+        if registry.stopped {
+            return Err(RpcError::EnvStopped);
+        }
+        if registry.endpoints.contains_key(&name) {
+            return Err(RpcError::EndpointExists { name });
+        }
+        let limit = endpoint
+            .max_concurrent()
+            .clamp(1, self.shared_threads.max(1));
+        let runner = Arc::clone(&self.shared);
+        self.insert::<E::Message>(env, registry, name, runner, |ctx, name| {
+            let handler = Concurrent::new(endpoint, ctx, Arc::clone(env), name);
+            Endpoint::Concurrent {
+                handler: Box::new(handler),
+                limit,
+            }
+        })
+    }
+
+    /// Makes the inbox of a new endpoint `name` (not registered: checked under
+    /// `registry`), registers it and schedules its `on_start`.
+    fn insert<M: Send + 'static>(
+        &self,
+        env: &Arc<EnvInner>,
+        mut registry: RwLockWriteGuard<'_, Registry>,
+        name: String,
+        runner: Arc<MessageLoop>,
+        endpoint: impl FnOnce(EndpointContext<M>, Arc<str>) -> Endpoint,
+    ) -> Result<RpcEndpointRef<M>, RpcError> {
         let name: Arc<str> = name.into();
         let inner = Arc::new(RefInner::new(
             env,
@@ -84,15 +131,11 @@ impl Dispatcher {
         ));
         let self_ref = RpcEndpointRef::from_inner(Arc::clone(&inner));
         let ctx = EndpointContext::new(self_ref.clone(), RpcEnv::internal(Arc::clone(env)));
-        let typed = Typed::new(endpoint, ctx, Arc::clone(env), Arc::clone(&name));
-        let message_type = (
-            types::fingerprint::<E::Message>(),
-            std::any::type_name::<E::Message>(),
-        );
+        let message_type = (types::fingerprint::<M>(), std::any::type_name::<M>());
         let inbox = Arc::new(Inbox::new(
             Arc::clone(&name),
             message_type,
-            Box::new(typed),
+            endpoint(ctx, Arc::clone(&name)),
             runner,
             env.settings().inbox_capacity,
         ));

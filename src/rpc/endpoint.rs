@@ -192,6 +192,15 @@ impl<M> EndpointContext<M> {
         self.sender = sender;
     }
 
+    /// A copy of this context naming `sender`.
+    pub(crate) fn with_sender(&self, sender: Option<RpcAddress>) -> Self {
+        Self {
+            self_ref: self.self_ref.clone(),
+            env: self.env.clone(),
+            sender,
+        }
+    }
+
     /// A reference to this endpoint (valid from `on_start` on; after `on_stop` its calls
     /// fail with [`RpcError::EndpointStopped`]).
     pub fn self_ref(&self) -> RpcEndpointRef<M> {

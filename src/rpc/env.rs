@@ -15,6 +15,7 @@ use crate::conf::{RpcConf, Settings, keys};
 use crate::error::RpcError;
 use crate::rpc::address::{RpcAddress, endpoint_uri, parse_endpoint_uri};
 use crate::rpc::call::{CallInfo, What};
+use crate::rpc::concurrent::ConcurrentRpcEndpoint;
 use crate::rpc::dispatcher::Dispatcher;
 use crate::rpc::endpoint::RpcEndpoint;
 use crate::rpc::endpoint_ref::{RefInner, RpcEndpointRef};
@@ -301,6 +302,24 @@ impl RpcEnv {
         self.inner
             .dispatcher
             .register(&self.inner, name.into(), endpoint)
+    }
+
+    /// Registers the concurrent `endpoint` as `name` and returns a reference to it: its
+    /// messages may run several at a time on the shared `rpc-dispatcher-N` pool (see
+    /// [`ConcurrentRpcEndpoint`] for what is promised). Its `on_start` runs first, alone.
+    ///
+    /// Fails with [`RpcError::EndpointExists`] if the name is taken (it is free again once
+    /// that endpoint is [stopped](Self::stop)) and [`RpcError::EnvStopped`] after
+    /// shutdown.
+    pub fn setup_concurrent_endpoint<E: ConcurrentRpcEndpoint>(
+        &self,
+        name: impl Into<String>,
+        endpoint: E,
+    ) -> Result<RpcEndpointRef<E::Message>, RpcError> {
+        self.inner.check_running()?;
+        self.inner
+            .dispatcher
+            .register_concurrent(&self.inner, name.into(), endpoint)
     }
 
     /// A reference to the endpoint `name` of the env at `address`, after asking that env

@@ -2,8 +2,15 @@
 //!
 //! `OnStart` is queued first when the inbox is made; `stop` queues `OnStop` last and
 //! refuses every later post, so `on_stop` runs once, after every message accepted before
-//! it. An inbox is scheduled on its message loop at most once at a time, so its
-//! messages are handled one at a time and in order.
+//! it. The inbox of an [`RpcEndpoint`](crate::RpcEndpoint) is scheduled on its message
+//! loop at most once at a time, so its messages are handled one at a time and in order.
+//!
+//! The inbox of a [`ConcurrentRpcEndpoint`](crate::ConcurrentRpcEndpoint) is scheduled up
+//! to `limit` times at once (Spark's `Inbox` with `enableConcurrent`): each scheduled turn
+//! is a worker taking messages from the same queue. `OnStart` runs alone (no worker is
+//! added before it returned); a worker that finds `OnStop` at the front while others are
+//! still active leaves it there, so the last worker runs it, after every other message
+//! returned.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -16,7 +23,7 @@ use crate::rpc::address::RpcAddress;
 use crate::rpc::call::{Content, RpcCallContext};
 use crate::rpc::flow::Charge;
 use crate::rpc::message_loop::MessageLoop;
-use crate::sync::{Arc, Condvar, Mutex};
+use crate::sync::{Arc, Condvar, Mutex, RwLock};
 use crate::transport::{Admission, TransportClient};
 
 /// A message's content on its way to an endpoint.
@@ -86,6 +93,22 @@ pub(crate) trait Handler: Send {
     fn handle(&mut self, msg: InboxMessage);
 }
 
+/// The typed concurrent endpoint behind an inbox: called from several threads at once.
+pub(crate) trait SharedHandler: Send + Sync {
+    fn handle(&self, msg: InboxMessage);
+}
+
+/// The endpoint an inbox runs, and how.
+pub(crate) enum Endpoint {
+    /// One message at a time.
+    Exclusive(Box<dyn Handler>),
+    /// Up to `limit` messages at once (at least 1).
+    Concurrent {
+        handler: Box<dyn SharedHandler>,
+        limit: usize,
+    },
+}
+
 /// What one turn of [`Inbox::process`] left behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Turn {
@@ -111,6 +134,15 @@ struct State {
     why: Option<RpcError>,
     scheduled: bool,
     finished: bool,
+    /// Concurrent inboxes: the workers scheduled or running.
+    active: usize,
+    /// Concurrent inboxes: the active workers that took a message and have not come back
+    /// for the next; the others are about to take one.
+    busy: usize,
+    /// Concurrent inboxes: whether `on_start` returned (no second worker before).
+    started: bool,
+    /// Concurrent inboxes: the threads running a worker now.
+    running: Vec<ThreadId>,
 }
 
 /// One endpoint's queue.
@@ -127,6 +159,11 @@ pub(crate) struct Inbox {
     room: Condvar,
     capacity: usize,
     handler: Mutex<Option<Box<dyn Handler>>>,
+    /// A concurrent endpoint: its workers hold the read side while they run; the worker
+    /// that runs `OnStop` takes the write side to drop it.
+    shared: RwLock<Option<Box<dyn SharedHandler>>>,
+    /// How many workers a concurrent endpoint may have at once; 0 for an exclusive one.
+    limit: usize,
     runner: Arc<MessageLoop>,
 }
 
@@ -138,10 +175,14 @@ impl Inbox {
     pub(crate) fn new(
         name: Arc<str>,
         message_type: (u64, &'static str),
-        handler: Box<dyn Handler>,
+        endpoint: Endpoint,
         runner: Arc<MessageLoop>,
         capacity: usize,
     ) -> Self {
+        let (handler, shared, limit) = match endpoint {
+            Endpoint::Exclusive(handler) => (Some(handler), None, 0),
+            Endpoint::Concurrent { handler, limit } => (None, Some(handler), limit.max(1)),
+        };
         Self {
             name,
             message_type,
@@ -156,8 +197,15 @@ impl Inbox {
                 why: None,
                 scheduled: true,
                 finished: false,
+                // The worker schedule_start runs, for `OnStart`.
+                active: usize::from(limit > 0),
+                busy: 0,
+                started: false,
+                running: Vec::new(),
             }),
-            handler: Mutex::new(Some(handler)),
+            handler: Mutex::new(handler),
+            shared: RwLock::new(shared),
+            limit,
             runner,
         }
     }
@@ -209,6 +257,7 @@ impl Inbox {
             if charge == 0
                 || state.local_bytes < self.capacity
                 || state.running_on == Some(thread::current().id())
+                || (self.limit > 0 && state.running.contains(&thread::current().id()))
             {
                 break;
             }
@@ -236,6 +285,16 @@ impl Inbox {
         }
         state.local_bytes += charge;
         state.queue.push_back((msg, charge));
+        if self.limit > 0 {
+            // Another worker, unless on_start still runs, the limit is reached, or an
+            // active worker is about to take this message anyway.
+            if state.started && state.active < self.limit && state.busy == state.active {
+                state.active += 1;
+                drop(state);
+                self.runner.schedule(Arc::clone(self));
+            }
+            return Ok(());
+        }
         if state.scheduled {
             return Ok(());
         }
@@ -259,6 +318,15 @@ impl Inbox {
         if state.waiters > 0 {
             // Waiting senders fail with EndpointStopped.
             self.room.notify_all();
+        }
+        if self.limit > 0 {
+            // The last active worker runs OnStop; with none, one is started for it.
+            if state.active == 0 {
+                state.active = 1;
+                drop(state);
+                self.runner.schedule(Arc::clone(self));
+            }
+            return true;
         }
         if state.scheduled {
             return true;
@@ -285,6 +353,9 @@ impl Inbox {
     /// Handles up to a turn's worth of messages. Only the thread the inbox was scheduled
     /// on calls this.
     pub(crate) fn process(self: &Arc<Self>) -> Turn {
+        if self.limit > 0 {
+            return self.work();
+        }
         let mut handler = self.handler.lock();
         self.state.lock().running_on = Some(thread::current().id());
         let turn = self.turn(&mut handler);
@@ -351,6 +422,136 @@ impl Inbox {
         }
         self.state.lock().running_on = None;
         Turn::More
+    }
+}
+
+impl Inbox {
+    /// One turn of a worker of a concurrent inbox: up to a turn's worth of messages, while
+    /// other workers take messages from the same queue.
+    fn work(self: &Arc<Self>) -> Turn {
+        let me = thread::current().id();
+        let handler = self.shared.read();
+        self.state.lock().running.push(me);
+        let mut busy = false;
+        for _ in 0..TURN {
+            let msg = {
+                let mut state = self.state.lock();
+                if busy {
+                    state.busy -= 1;
+                }
+                let alone = state.active == 1;
+                match state.queue.front() {
+                    Some((InboxMessage::OnStop, _)) if !alone => {
+                        // The last worker runs it, once the others have returned.
+                        Self::leave(&mut state, me);
+                        return Turn::Idle;
+                    }
+                    None => {
+                        Self::leave(&mut state, me);
+                        return Turn::Idle;
+                    }
+                    Some(_) => {}
+                }
+                let Some((msg, charge)) = state.queue.pop_front() else {
+                    unreachable!("the queue was not empty");
+                };
+                busy = true;
+                state.busy += 1;
+                // More waiting and every worker busy: another one takes the next.
+                let spawn = state.started
+                    && !state.queue.is_empty()
+                    && state.active < self.limit
+                    && state.busy == state.active;
+                if spawn {
+                    state.active += 1;
+                }
+                if charge > 0 {
+                    state.local_bytes -= charge;
+                    if state.waiters > 0 {
+                        self.room.notify_all();
+                    }
+                }
+                if spawn {
+                    drop(state);
+                    self.runner.schedule(Arc::clone(self));
+                }
+                msg
+            };
+            match msg {
+                InboxMessage::OnStop => {
+                    drop(handler);
+                    return self.finish(me);
+                }
+                InboxMessage::OnStart => {
+                    if let Some(h) = handler.as_ref() {
+                        h.handle(InboxMessage::OnStart);
+                    }
+                    // Now the others may start: as many as there are messages waiting.
+                    let mut state = self.state.lock();
+                    state.started = true;
+                    let wanted = state.queue.len().min(self.limit);
+                    let more = wanted.saturating_sub(state.active);
+                    state.active += more;
+                    drop(state);
+                    for _ in 0..more {
+                        self.runner.schedule(Arc::clone(self));
+                    }
+                }
+                msg => match handler.as_ref() {
+                    Some(h) => h.handle(msg),
+                    None => msg.fail(RpcError::EndpointStopped {
+                        name: self.name.to_string(),
+                    }),
+                },
+            }
+        }
+        // Still active: back of the line, so other inboxes get a turn.
+        let mut state = self.state.lock();
+        state.running.retain(|t| *t != me);
+        if busy {
+            state.busy -= 1;
+        }
+        drop(state);
+        drop(handler);
+        self.runner.schedule(Arc::clone(self));
+        Turn::More
+    }
+
+    /// A worker that found nothing for it leaves.
+    fn leave(state: &mut State, me: ThreadId) {
+        state.active -= 1;
+        state.running.retain(|t| *t != me);
+    }
+
+    /// Runs `OnStop` on the last worker of a concurrent inbox and drops the endpoint.
+    fn finish(self: &Arc<Self>, me: ThreadId) -> Turn {
+        // Workers that left may still hold the read side for a moment.
+        let mut handler = self.shared.write();
+        if let Some(h) = handler.as_ref() {
+            h.handle(InboxMessage::OnStop);
+        }
+        let why = self
+            .state
+            .lock()
+            .why
+            .clone()
+            .unwrap_or(RpcError::EnvStopped);
+        RpcCallContext::dropped_because(why, || *handler = None);
+        drop(handler);
+        let mut state = self.state.lock();
+        state.finished = true;
+        state.active = 0;
+        state.busy = 0;
+        state.running.retain(|t| *t != me);
+        state.local_bytes = 0;
+        let left = std::mem::take(&mut state.queue);
+        drop(state);
+        for (msg, _) in left {
+            msg.fail(RpcError::EndpointStopped {
+                name: self.name.to_string(),
+            });
+        }
+        Turn::Finished
     }
 }
 

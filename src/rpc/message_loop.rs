@@ -12,6 +12,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
 use log::{debug, error, warn};
+use serde::de::DeserializeOwned;
 
 use crate::codec;
 use crate::error::RpcError;
@@ -135,60 +136,8 @@ impl<E: RpcEndpoint> Typed<E> {
         }
     }
 
-    /// Decodes a message. `Err((error, true))`: the message's `Deserialize` panicked (a
-    /// bug the endpoint hears of through `on_error`). A message of another type than
-    /// the endpoint's (by name, see `types`) is a [`RpcError::MessageType`].
     fn decode(&self, payload: Payload) -> Result<E::Message, (RpcError, bool)> {
-        let what = format_args!(
-            "message for endpoint {} as {}",
-            self.name,
-            TypeLabel::of::<E::Message>()
-        );
-        let other_type = |sent: Option<Box<str>>| RpcError::MessageType {
-            endpoint: self.name.to_string(),
-            takes: TypeLabel::of::<E::Message>().to_string().into(),
-            sent,
-        };
-        let decoded = catch_unwind(AssertUnwindSafe(|| match payload {
-            Payload::Local(content) => match downcast_or_decode(content, &self.env, what) {
-                Ok(msg) => Ok(msg),
-                Err(Ok(sent)) => Err(other_type(Some(sent.into()))),
-                Err(Err(err)) => Err(err),
-            },
-            Payload::Remote {
-                body,
-                start,
-                message_type,
-                client,
-                charge,
-            } => {
-                // The message has left the inbox: its window goes back to the sender.
-                drop(charge);
-                if message_type != 0 && message_type != self.message_type {
-                    return Err(other_type(None));
-                }
-                decode_scope(&self.env, Some(&client), || {
-                    codec::decode::<E::Message>(&body[start..], what)
-                })
-            }
-        }));
-        match decoded {
-            Ok(result) => result.map_err(|err| (err, false)),
-            Err(payload) => Err((
-                RpcError::decode(
-                    format!(
-                        "message for endpoint {} as {}",
-                        self.name,
-                        TypeLabel::of::<E::Message>()
-                    ),
-                    format!(
-                        "its Deserialize panicked: {}",
-                        panic_message(payload.as_ref())
-                    ),
-                ),
-                true,
-            )),
-        }
+        decode_payload::<E::Message>(&self.env, &self.name, self.message_type, payload)
     }
 
     /// Runs endpoint code; a panic goes to `on_error`.
@@ -214,6 +163,61 @@ impl<E: RpcEndpoint> Typed<E> {
                 self.name
             );
         }
+    }
+}
+
+/// Decodes a message for the endpoint `name`, whose messages are of type `M` with the
+/// fingerprint `message_type`. `Err((error, true))`: the message's `Deserialize`
+/// panicked (a bug the endpoint hears of through `on_error`). A message of another type
+/// than the endpoint's (by name, see `types`) is a [`RpcError::MessageType`]. A payload
+/// from a peer gives its share of the window back here, as it leaves the inbox.
+pub(crate) fn decode_payload<M: DeserializeOwned + 'static>(
+    env: &Arc<EnvInner>,
+    name: &Arc<str>,
+    expected_type: u64,
+    payload: Payload,
+) -> Result<M, (RpcError, bool)> {
+    let what = format_args!("message for endpoint {} as {}", name, TypeLabel::of::<M>());
+    let other_type = |sent: Option<Box<str>>| RpcError::MessageType {
+        endpoint: name.to_string(),
+        takes: TypeLabel::of::<M>().to_string().into(),
+        sent,
+    };
+    let decoded = catch_unwind(AssertUnwindSafe(|| match payload {
+        Payload::Local(content) => match downcast_or_decode(content, env, what) {
+            Ok(msg) => Ok(msg),
+            Err(Ok(sent)) => Err(other_type(Some(sent.into()))),
+            Err(Err(err)) => Err(err),
+        },
+        Payload::Remote {
+            body,
+            start,
+            message_type,
+            client,
+            charge,
+        } => {
+            // The message has left the inbox: its window goes back to the sender.
+            drop(charge);
+            if message_type != 0 && message_type != expected_type {
+                return Err(other_type(None));
+            }
+            decode_scope(env, Some(&client), || {
+                codec::decode::<M>(&body[start..], what)
+            })
+        }
+    }));
+    match decoded {
+        Ok(result) => result.map_err(|err| (err, false)),
+        Err(payload) => Err((
+            RpcError::decode(
+                format!("message for endpoint {} as {}", name, TypeLabel::of::<M>()),
+                format!(
+                    "its Deserialize panicked: {}",
+                    panic_message(payload.as_ref())
+                ),
+            ),
+            true,
+        )),
     }
 }
 

@@ -5,6 +5,7 @@
 //! | `env.rs` | [`RpcEnv`] and its builder; shutdown |
 //! | `address.rs` | [`RpcAddress`], endpoint URIs |
 //! | `endpoint.rs` | [`RpcEndpoint`], [`EndpointContext`], [`Threading`] |
+//! | `concurrent.rs` | [`ConcurrentRpcEndpoint`]: handlers that run several at a time |
 //! | `endpoint_ref.rs` | [`RpcEndpointRef`], its serde form |
 //! | `call.rs` | [`Pending`], [`RpcCallContext`], the shared call slot |
 //! | `envelope.rs` | the request and reply envelopes on the wire |
@@ -22,6 +23,7 @@
 
 mod address;
 mod call;
+mod concurrent;
 mod dispatcher;
 mod endpoint;
 mod endpoint_ref;
@@ -40,6 +42,7 @@ mod verifier;
 
 pub use self::address::RpcAddress;
 pub use self::call::{Pending, RpcCallContext};
+pub use self::concurrent::ConcurrentRpcEndpoint;
 pub use self::endpoint::{EndpointContext, RpcEndpoint, Threading};
 pub use self::endpoint_ref::RpcEndpointRef;
 pub use self::env::{RpcEnv, RpcEnvBuilder};
