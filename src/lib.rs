@@ -46,6 +46,7 @@
 //! | [`FileServer`] | files, jars and directories an env serves: [`RpcEnv::file_server`]; downloaded with [`RpcEnv::open_channel`] |
 //! | [`RpcConf`] | string-keyed configuration, checked at `build()` |
 //! | [`RpcError`] | every failure |
+//! | [`RpcMetrics`] ([`EnvMetrics`], [`PeerMetrics`], [`EndpointMetrics`], [`HandlerTime`]) | what an env is doing: [`RpcEnv::metrics`], [`RpcMetrics::status_line`] |
 //! | [`transport`] | the layer below: Spark frames over mio event loops; [`transport::AuthBootstrap`] authenticates and encrypts its connections |
 //!
 //! # Threads: who runs what
@@ -290,6 +291,8 @@ mod conf;
 mod error;
 mod fnv;
 mod frame;
+mod log_limit;
+mod metrics;
 mod rpc;
 mod sync;
 mod threads;
@@ -297,6 +300,9 @@ pub mod transport;
 
 pub use crate::conf::RpcConf;
 pub use crate::error::RpcError;
+pub use crate::metrics::{
+    EndpointMetrics, EnvMetrics, HANDLER_TIME_BUCKETS, HandlerTime, PeerMetrics, RpcMetrics,
+};
 pub use crate::rpc::{
     EndpointContext, FileServer, Pending, Receipt, RpcAddress, RpcCallContext, RpcEndpoint,
     RpcEndpointRef, RpcEnv, RpcEnvBuilder, Threading,

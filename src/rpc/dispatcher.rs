@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 
 use crate::error::RpcError;
+use crate::metrics::{EndpointMetrics, EndpointStats};
 use crate::rpc::endpoint::{EndpointContext, RpcEndpoint, Threading};
 use crate::rpc::endpoint_ref::{RefInner, RpcEndpointRef};
 use crate::rpc::env::{EnvInner, RpcEnv};
@@ -64,7 +65,9 @@ impl Dispatcher {
         if registry.endpoints.contains_key(&name) {
             return Err(RpcError::EndpointExists { name });
         }
-        let runner = match endpoint.threading() {
+        let threading = endpoint.threading();
+        let stats = Arc::new(EndpointStats::default());
+        let runner = match threading {
             Threading::Shared => Arc::clone(&self.shared),
             Threading::Dedicated => {
                 let runner = MessageLoop::dedicated(self.env_id, &name)?;
@@ -84,7 +87,8 @@ impl Dispatcher {
         ));
         let self_ref = RpcEndpointRef::from_inner(Arc::clone(&inner));
         let ctx = EndpointContext::new(self_ref.clone(), RpcEnv::internal(Arc::clone(env)));
-        let typed = Typed::new(endpoint, ctx, Arc::clone(env), Arc::clone(&name));
+        let typed = Typed::new(endpoint, ctx, Arc::clone(env), Arc::clone(&name))
+            .counting_in(Arc::clone(&stats));
         let message_type = (
             types::fingerprint::<E::Message>(),
             std::any::type_name::<E::Message>(),
@@ -95,6 +99,7 @@ impl Dispatcher {
             Box::new(typed),
             runner,
             env.settings().inbox_capacity,
+            (stats, threading),
         ));
         let _ = inner.inbox.set(Arc::downgrade(&inbox));
         registry
@@ -110,6 +115,14 @@ impl Dispatcher {
     /// The inbox of the endpoint `name`, if registered.
     pub(crate) fn inbox(&self, name: &str) -> Option<Arc<Inbox>> {
         self.registry.read().endpoints.get(name).cloned()
+    }
+
+    /// The figures of every registered endpoint, by name.
+    pub(crate) fn metrics(&self) -> Vec<EndpointMetrics> {
+        let inboxes: Vec<Arc<Inbox>> = self.registry.read().endpoints.values().cloned().collect();
+        let mut metrics: Vec<EndpointMetrics> = inboxes.iter().map(|i| i.metrics()).collect();
+        metrics.sort_by(|a, b| a.name.cmp(&b.name));
+        metrics
     }
 
     /// Whether an endpoint called `name` is registered and takes messages of the type

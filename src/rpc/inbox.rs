@@ -7,15 +7,19 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::net::SocketAddr;
 use std::thread::{self, ThreadId};
 use std::time::Instant;
 
 use crate::conf::keys;
 use crate::error::RpcError;
+use crate::metrics::{EndpointMetrics, EndpointStats};
 use crate::rpc::address::RpcAddress;
 use crate::rpc::call::{Content, RpcCallContext};
+use crate::rpc::endpoint::Threading;
 use crate::rpc::flow::Charge;
 use crate::rpc::message_loop::MessageLoop;
+use crate::sync::atomic::Ordering;
 use crate::sync::{Arc, Condvar, Mutex};
 use crate::transport::{Admission, TransportClient};
 
@@ -34,6 +38,16 @@ pub(crate) enum Payload {
         client: TransportClient,
         charge: Charge,
     },
+}
+
+impl Payload {
+    /// The socket address of the peer it came from; `None` from this env.
+    pub(crate) fn peer(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Local(_) => None,
+            Self::Remote { client, .. } => Some(client.remote_address()),
+        }
+    }
 }
 
 /// What an inbox holds.
@@ -111,6 +125,8 @@ struct State {
     why: Option<RpcError>,
     scheduled: bool,
     finished: bool,
+    /// The most messages that ever waited at once.
+    high_water: usize,
 }
 
 /// One endpoint's queue.
@@ -128,6 +144,9 @@ pub(crate) struct Inbox {
     capacity: usize,
     handler: Mutex<Option<Box<dyn Handler>>>,
     runner: Arc<MessageLoop>,
+    /// Its counters, shared with its handler and the contexts of its asks.
+    stats: Arc<EndpointStats>,
+    threading: Threading,
 }
 
 /// How many messages one turn handles before the inbox yields its thread.
@@ -141,6 +160,7 @@ impl Inbox {
         handler: Box<dyn Handler>,
         runner: Arc<MessageLoop>,
         capacity: usize,
+        (stats, threading): (Arc<EndpointStats>, Threading),
     ) -> Self {
         Self {
             name,
@@ -156,9 +176,33 @@ impl Inbox {
                 why: None,
                 scheduled: true,
                 finished: false,
+                high_water: 1,
             }),
             handler: Mutex::new(Some(handler)),
             runner,
+            stats,
+            threading,
+        }
+    }
+
+    /// The endpoint's figures now.
+    pub(crate) fn metrics(&self) -> EndpointMetrics {
+        let (inbox_depth, inbox_high_water) = {
+            let state = self.state.lock();
+            (state.queue.len(), state.high_water)
+        };
+        let stats = &self.stats;
+        EndpointMetrics {
+            name: self.name.to_string(),
+            kind: self.threading,
+            inbox_depth,
+            inbox_high_water,
+            messages_handled: stats.handled.load(Ordering::Relaxed),
+            handler_time: stats.handler_time(),
+            panics: stats.panics.load(Ordering::Relaxed),
+            asks_answered: stats.asks_answered.load(Ordering::Relaxed),
+            asks_failed: stats.asks_failed.load(Ordering::Relaxed),
+            asks_dropped: stats.asks_dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -236,6 +280,7 @@ impl Inbox {
         }
         state.local_bytes += charge;
         state.queue.push_back((msg, charge));
+        state.high_water = state.high_water.max(state.queue.len());
         if state.scheduled {
             return Ok(());
         }
@@ -256,6 +301,7 @@ impl Inbox {
         state.stopped = true;
         state.why = Some(why);
         state.queue.push_back((InboxMessage::OnStop, 0));
+        state.high_water = state.high_water.max(state.queue.len());
         if state.waiters > 0 {
             // Waiting senders fail with EndpointStopped.
             self.room.notify_all();
@@ -319,7 +365,11 @@ impl Inbox {
             };
             let last = matches!(msg, InboxMessage::OnStop);
             match handler.as_mut() {
-                Some(h) => h.handle(msg),
+                Some(h) => {
+                    let started = Instant::now();
+                    h.handle(msg);
+                    self.stats.handled(started.elapsed());
+                }
                 None => msg.fail(RpcError::EndpointStopped {
                     name: self.name.to_string(),
                 }),

@@ -23,7 +23,10 @@ use log::{debug, trace, warn};
 use crate::auth::{self, ChannelRandom, Decryptor, OsRandom, SessionKeys};
 use crate::error::{RESPONSE_NOT_SENT, RpcError};
 use crate::frame::{FrameDecoder, FrameError, Item, Message};
+use crate::log_limit::{kind, peer_warn};
+use crate::metrics::stamp_at;
 use crate::sync::Arc;
+use crate::sync::atomic::Ordering;
 use crate::transport::auth::{AuthBootstrap, MAX_HANDSHAKE_FRAME, auth_error};
 use crate::transport::connection::{CloseReason, Conn, guard};
 use crate::transport::socket::{Wire, WireReader, interrupted, would_block};
@@ -103,6 +106,9 @@ pub(crate) struct Reader {
     since: Instant,
     /// When the last byte arrived (or the connection was taken over).
     last_read: Instant,
+    /// Bytes read from the socket so far (published to the connection's stats after
+    /// each turn).
+    bytes_read: u64,
     /// When the frame under way began to arrive (or reading resumed in its middle).
     frame_started: Option<Instant>,
     /// The last read stopped because reading was paused.
@@ -174,6 +180,7 @@ impl Reader {
             stash: Vec::new(),
             since: now,
             last_read: now,
+            bytes_read: 0,
             frame_started: None,
             was_paused: false,
             frames: 0,
@@ -297,6 +304,7 @@ impl Reader {
         now: Instant,
     ) -> ReadOutcome {
         let frames_before = self.frames;
+        let bytes_before = self.bytes_read;
         if std::mem::take(&mut self.was_paused) {
             // The peer's silence is counted from when this side reads again.
             self.last_read = now;
@@ -306,6 +314,13 @@ impl Reader {
             }
         }
         let outcome = self.read(conn, client, scratch, budget, handler, drain, now);
+        if self.bytes_read != bytes_before {
+            // Only this thread writes them: stores, not read-modify-writes.
+            let stats = &conn.stats;
+            stats.bytes_in.store(self.bytes_read, Ordering::Relaxed);
+            stats.frames_in.store(self.frames, Ordering::Relaxed);
+            stats.last_read.store(stamp_at(now), Ordering::Relaxed);
+        }
         if !self.in_frame() {
             self.frame_started = None;
         } else if self.frame_started.is_none() || self.frames != frames_before {
@@ -357,6 +372,7 @@ impl Reader {
                         .read_to_end(&mut piece);
                     let got = piece.len();
                     total += got;
+                    self.bytes_read += got as u64;
                     if got < piece.capacity() / 2 {
                         // A reader holds up to `rpc.io.maxQueuedBytes` of pieces, counted
                         // by their bytes: a piece must not keep the room of a full one
@@ -390,6 +406,7 @@ impl Reader {
                     .read_to_end(buffer);
                 let got = buffer.len() - before;
                 total += got;
+                self.bytes_read += got as u64;
                 if got > 0 {
                     self.last_read = now;
                     match self.decoder.body_filled() {
@@ -415,6 +432,7 @@ impl Reader {
                 Ok(0) => return self.end_of_stream(conn),
                 Ok(n) => {
                     total += n;
+                    self.bytes_read += n as u64;
                     self.last_read = now;
                     let plain = self.decryptor.is_none();
                     if let Some(outcome) = self.ingest(conn, client, handler, &scratch[..n], plain)
