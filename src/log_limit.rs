@@ -43,7 +43,11 @@ pub(crate) mod kind {
     pub(crate) const AUTH: &str = "auth";
     /// A request larger than `rpc.message.maxSize`.
     pub(crate) const TOO_LARGE: &str = "too_large";
-    /// A stream request for a path that is not served.
+    /// A peer silent too long while frames wait, or too slow in the middle of a frame
+    /// (`rpc.io.frameTimeout`, `rpc.io.connectionTimeout`).
+    pub(crate) const STALLED: &str = "stalled";
+    /// A stream request for a file that is not served (counted only: the file server
+    /// logs why).
     pub(crate) const BAD_STREAM_REQUEST: &str = "bad_stream_request";
 }
 

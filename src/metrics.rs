@@ -329,18 +329,13 @@ pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Milliseconds since the first call in this process, plus one (0: never), for
+/// Milliseconds from the first stamp in this process to `now`, plus one (0: never), for
 /// "last activity" stamps kept in an atomic.
-pub(crate) fn stamp_now() -> u64 {
-    stamp_at(Instant::now())
-}
-
-/// The stamp of `now` (see [`stamp_now`]).
 pub(crate) fn stamp_at(now: Instant) -> u64 {
     now.saturating_duration_since(epoch()).as_millis() as u64 + 1
 }
 
-/// How long ago a [`stamp_now`] stamp was; `None` for 0 (never).
+/// How long ago a [`stamp_at`] stamp was; `None` for 0 (never).
 pub(crate) fn since_stamp(stamp: u64) -> Option<Duration> {
     if stamp == 0 {
         return None;
@@ -400,7 +395,7 @@ mod tests {
     #[test]
     fn stamps_tell_how_long_ago() {
         assert_eq!(since_stamp(0), None);
-        let stamp = stamp_now();
+        let stamp = stamp_at(Instant::now());
         assert!(since_stamp(stamp).unwrap() < Duration::from_secs(60));
     }
 }

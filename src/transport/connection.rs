@@ -28,7 +28,7 @@ use crate::auth::Encryptor;
 use crate::error::{RESPONSE_NOT_SENT, RpcError};
 use crate::frame::header_type::MessageType;
 use crate::frame::{FrameHeader, stream_failure_body, stream_request_body, stream_response_body};
-use crate::log_limit::LogLimit;
+use crate::log_limit::{LogLimit, kind, peer_warn};
 use crate::metrics::{PeerMetrics, since_stamp};
 use crate::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{Arc, Mutex, Weak};
@@ -1025,7 +1025,10 @@ impl Conn {
                 trace!("answer to request {id} from {}", self.peer);
                 run_callback(callback, result, self.peer);
             }
-            None => warn!(
+            None => peer_warn!(
+                self.counters.log_limit,
+                self.peer,
+                kind::UNKNOWN_REQUEST_ID,
                 "ignoring the answer to request {id} from {}: it is not outstanding \
                  (timed out or removed)",
                 self.peer

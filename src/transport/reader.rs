@@ -18,7 +18,7 @@
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use log::{debug, trace, warn};
+use log::{debug, trace};
 
 use crate::auth::{self, ChannelRandom, Decryptor, OsRandom, SessionKeys};
 use crate::error::{RESPONSE_NOT_SENT, RpcError};
@@ -414,7 +414,13 @@ impl Reader {
                         Ok(None) => {}
                         Err(err) => {
                             let err = RpcError::from(err);
-                            warn!("closing the connection with {}: {err:#}", conn.peer());
+                            peer_warn!(
+                                conn.env_counters().log_limit,
+                                conn.peer(),
+                                kind::BAD_FRAME,
+                                "closing the connection with {}: {err:#}",
+                                conn.peer()
+                            );
                             conn.close_with(CloseReason::fault(err));
                             return ReadOutcome::Closed;
                         }
@@ -483,7 +489,12 @@ impl Reader {
             },
             Err(err) => {
                 let err = auth_error(conn.peer(), err);
-                warn!("closing the connection: {err:#}");
+                peer_warn!(
+                    conn.env_counters().log_limit,
+                    conn.peer(),
+                    kind::AUTH,
+                    "closing the connection: {err:#}"
+                );
                 conn.close_with(CloseReason::fault(err));
                 Some(ReadOutcome::Closed)
             }
@@ -578,7 +589,10 @@ impl Reader {
                         // reset; then the connection closes once the answer is written.
                         let (request_id, left) = (*request_id, size - REFUSED_HEADER_LEN);
                         let err = RpcError::from(err);
-                        warn!(
+                        peer_warn!(
+                            conn.env_counters().log_limit,
+                            conn.peer(),
+                            kind::TOO_LARGE,
                             "refusing request {request_id} from {}, then closing the \
                              connection: {err:#}",
                             conn.peer()
@@ -599,7 +613,10 @@ impl Reader {
                         // connection closes (the rest of the frame is not read).
                         let request_id = *request_id;
                         let err = RpcError::from(err);
-                        warn!(
+                        peer_warn!(
+                            conn.env_counters().log_limit,
+                            conn.peer(),
+                            kind::TOO_LARGE,
                             "closing the connection with {}: the answer to request \
                              {request_id}: {err:#}",
                             conn.peer()
@@ -639,7 +656,18 @@ impl Reader {
                     } else {
                         RpcError::from(err)
                     };
-                    warn!("closing the connection with {}: {err:#}", conn.peer());
+                    let k = if matches!(err, RpcError::Auth { .. }) {
+                        kind::AUTH
+                    } else {
+                        kind::BAD_FRAME
+                    };
+                    peer_warn!(
+                        conn.env_counters().log_limit,
+                        conn.peer(),
+                        k,
+                        "closing the connection with {}: {err:#}",
+                        conn.peer()
+                    );
                     conn.close_with(CloseReason::fault(err));
                     return Decoded::Stop(ReadOutcome::Closed);
                 }
@@ -676,7 +704,12 @@ impl Reader {
                  replayed from another connection, or a peer that does not speak \
                  rpcenv's authentication without encryption)",
             );
-            warn!("closing the connection: {err}");
+            peer_warn!(
+                conn.env_counters().log_limit,
+                conn.peer(),
+                kind::AUTH,
+                "closing the connection: {err}"
+            );
             conn.close_with(CloseReason::fault(err));
             return Handshake::Closed;
         }
@@ -703,18 +736,33 @@ impl Reader {
                         return Handshake::Encrypted;
                     }
                     Err(err) => {
-                        warn!("{peer} failed to authenticate: {err:#}");
+                        peer_warn!(
+                            conn.env_counters().log_limit,
+                            peer,
+                            kind::AUTH,
+                            "{peer} failed to authenticate: {err:#}"
+                        );
                         request_id
                     }
                 }
             }
             Message::RpcRequest { request_id, .. } => {
-                warn!("{peer} sent a request before authenticating; closing the connection");
+                peer_warn!(
+                    conn.env_counters().log_limit,
+                    peer,
+                    kind::AUTH,
+                    "{peer} sent a request before authenticating; closing the connection"
+                );
                 request_id
             }
             _ => {
                 let err = auth_error(peer, "sent a frame other than the handshake first");
-                warn!("closing the connection: {err:#}");
+                peer_warn!(
+                    conn.env_counters().log_limit,
+                    peer,
+                    kind::AUTH,
+                    "closing the connection: {err:#}"
+                );
                 conn.close_with(CloseReason::fault(err));
                 return Handshake::Closed;
             }
@@ -754,7 +802,10 @@ impl Reader {
             return outcome;
         }
         if self.in_frame() {
-            warn!(
+            peer_warn!(
+                conn.env_counters().log_limit,
+                conn.peer(),
+                kind::BAD_FRAME,
                 "connection from {} closed in the middle of a frame",
                 conn.peer()
             );
@@ -802,7 +853,12 @@ impl Reader {
                  which are not negotiated on the wire; the peer's log says more"
             ),
         );
-        warn!("{err}");
+        peer_warn!(
+            conn.env_counters().log_limit,
+            conn.peer(),
+            kind::AUTH,
+            "{err}"
+        );
         conn.close_with(CloseReason::fault(err));
         Some(ReadOutcome::Closed)
     }
@@ -875,7 +931,10 @@ impl Reader {
             } => {
                 let pending = conn.pop_stream(byte_count > 0);
                 if pending.is_none() {
-                    warn!(
+                    peer_warn!(
+                        conn.env_counters().log_limit,
+                        conn.peer(),
+                        kind::UNKNOWN_STREAM,
                         "ignoring stream {stream_id} from {} ({byte_count} bytes): no stream \
                          was asked for",
                         conn.peer()
@@ -907,7 +966,10 @@ impl Reader {
                         pending.sink.fail(error)
                     });
                 }
-                None => warn!(
+                None => peer_warn!(
+                    conn.env_counters().log_limit,
+                    conn.peer(),
+                    kind::UNKNOWN_STREAM,
                     "ignoring the failure of stream {stream_id} from {}: no stream was asked \
                      for",
                     conn.peer()
