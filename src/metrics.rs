@@ -60,8 +60,8 @@ pub struct EnvMetrics {
     /// Asks of this env waiting for their outcome now, local ones included.
     pub asks_in_flight: usize,
     /// Asks that failed with [`RpcError::Timeout`](crate::RpcError::Timeout), by the
-    /// key (or argument) that set the deadline, e.g. `rpc.askTimeout`,
-    /// `rpc.lookupTimeout`, `ask_timeout`.
+    /// key that set the deadline (`rpc.askTimeout`, `rpc.lookupTimeout`, ...) or the
+    /// method whose argument did (`ask_timeout`, `ask_sync_timeout`, ...).
     pub timeouts: BTreeMap<String, u64>,
     /// Outbound connections established (handshake included when authenticating).
     pub connects: u64,

@@ -608,7 +608,7 @@ impl EnvInner {
                 .timeouts
                 .lock()
                 .iter()
-                .map(|(k, n)| ((*k).to_owned(), *n))
+                .map(|(k, n)| (k.trim_start_matches("the timeout given to ").to_owned(), *n))
                 .collect(),
             connects: counters.connects.load(Ordering::Relaxed),
             connect_failures: counters.connect_failures.load(Ordering::Relaxed),

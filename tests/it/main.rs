@@ -13,6 +13,7 @@ mod auth;
 mod bad_input;
 mod connections;
 mod hostile;
+mod metrics;
 mod ordering;
 mod pool;
 mod rpc_env;
