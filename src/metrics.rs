@@ -8,6 +8,9 @@
 //! the hot path for them; the snapshot takes the registries' locks (connections,
 //! endpoints) to find what to read.
 
+#[cfg(feature = "metrics")]
+pub(crate) mod facade;
+
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::net::SocketAddr;

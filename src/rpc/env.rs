@@ -165,8 +165,23 @@ impl RpcEnvBuilder {
             stopped: AtomicBool::new(false),
             terminated: Mutex::new(false),
             terminated_cv: Condvar::default(),
+            #[cfg(feature = "metrics")]
+            publisher: Mutex::new(None),
         });
         handler.set_env(Arc::downgrade(&inner));
+        #[cfg(feature = "metrics")]
+        {
+            let env = Arc::downgrade(&inner);
+            let interval = inner.settings.metrics_interval;
+            let snapshot = move || env.upgrade().map(|env| env.metrics());
+            match crate::metrics::facade::Publisher::start(interval, snapshot) {
+                Ok(publisher) => *inner.publisher.lock() = Some(publisher),
+                Err(err) => {
+                    inner.shutdown();
+                    return Err(err);
+                }
+            }
+        }
         if inner.address.is_some() {
             let verifier = Verifier {
                 env: Arc::downgrade(&inner),
@@ -546,6 +561,9 @@ pub(crate) struct EnvInner {
     stopped: AtomicBool,
     terminated: Mutex<bool>,
     terminated_cv: Condvar,
+    /// The `rpc-metrics` thread (the `metrics` feature).
+    #[cfg(feature = "metrics")]
+    publisher: Mutex<Option<crate::metrics::facade::Publisher>>,
 }
 
 impl EnvInner {
@@ -755,6 +773,11 @@ impl EnvInner {
         self.factory.close();
         self.files_factory.close();
         self.connect_pool.stop(Some(deadline));
+        #[cfg(feature = "metrics")]
+        if let Some(publisher) = self.publisher.lock().take() {
+            // The last figures, with every connection closed.
+            publisher.stop();
+        }
         *self.terminated.lock() = true;
         self.terminated_cv.notify_all();
         info!("rpc env {} stopped in {:?}", self.name, started.elapsed());
