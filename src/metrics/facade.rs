@@ -169,8 +169,11 @@ mod tests {
     use crate::RpcEnv;
     use crate::conf::RpcConf;
 
+    /// A metric's name, labels and value.
+    type Value = (String, Vec<(String, String)>, DebugValue);
+
     fn find<'a>(
-        values: &'a [(String, Vec<(String, String)>, DebugValue)],
+        values: &'a [Value],
         name: &str,
         labels: &[(&str, &str)],
     ) -> Option<&'a DebugValue> {
@@ -185,9 +188,7 @@ mod tests {
             .map(|(_, _, v)| v)
     }
 
-    fn values(
-        snapshotter: &metrics_util::debugging::Snapshotter,
-    ) -> Vec<(String, Vec<(String, String)>, DebugValue)> {
+    fn values(snapshotter: &metrics_util::debugging::Snapshotter) -> Vec<Value> {
         snapshotter
             .snapshot()
             .into_vec()
