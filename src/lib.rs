@@ -59,6 +59,7 @@
 //! | `rpc-endpoint-NAME` | 1 per dedicated endpoint | that endpoint's handlers only |
 //! | `rpc-connect-N` | up to `rpc.connect.threads`, idle ones exit after 60 s | blocking connects for outboxes |
 //! | `rpc-timeout` | 1 | fails asks at their deadlines |
+//! | `rpc-metrics` | 1, with the cargo feature `metrics` | publishes [`RpcEnv::metrics`] to the `metrics` crate every `rpc.metrics.interval` |
 //!
 //! # What blocks
 //!
@@ -193,6 +194,34 @@
 //!   merely claims is allocated.
 //! - A reference to an endpoint of a client-mode env is bound, when it is received, to
 //!   the connection it came over; forwarded on to a third env it does not work there.
+//!
+//! # Metrics
+//!
+//! [`RpcEnv::metrics`] returns an [`RpcMetrics`]: per peer socket address (connections,
+//! bytes and frames in and out, bytes queued, asks in flight, last activity), per
+//! endpoint (inbox depth and its high-water mark, messages handled and a log2
+//! histogram of their handler times, panics, asks answered, failed and dropped) and for
+//! the env (totals, asks in flight, timeouts by the key that set them, connects and
+//! their failures, one-way messages lost, what peers sent that was refused, by kind,
+//! failed authentications). [`RpcMetrics::status_line`] makes one compact line of it for
+//! a log. Each figure is counted where it happens, by what it counts (a connection, an
+//! inbox, the env), with relaxed atomics or under a lock that path holds anyway; only
+//! the snapshot takes the registries' locks. Measured against the build before them,
+//! alternating rounds: see the README, "Operating rpcenv".
+//!
+//! With the cargo feature **`metrics`**, each env also publishes the same figures
+//! through the [`metrics`](https://docs.rs/metrics) facade (names `rpcenv_*`, labels
+//! `env`, `peer`, `endpoint`) every `rpc.metrics.interval` (10 s) from an `rpc-metrics`
+//! thread, and once more when it stops: install any recorder
+//! (`metrics-exporter-prometheus`, ...) and they appear there (`examples/prometheus.rs`).
+//!
+//! **Logs a peer cannot flood.** Every `warn` line caused by what a peer sends (a frame
+//! that does not decode, an answer to no outstanding request, a message for an unknown
+//! endpoint, a message that does not decode as the endpoint's type, a failed
+//! authentication, a peer stalled mid-frame) is counted in
+//! [`EnvMetrics::frames_rejected`] by kind, and logged for the first 5 of each kind
+//! from each peer host; after that at most one line per 10 s for that host and kind,
+//! saying how many were suppressed.
 //!
 //! # Checked types
 //!
