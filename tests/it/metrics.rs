@@ -170,9 +170,13 @@ fn metrics_count_a_scripted_exchange_exactly() {
         let (s, c) = (server.metrics(), client.metrics());
         s.env.bytes_out == c.env.bytes_in && c.env.bytes_out == s.env.bytes_in
     });
+    // The answers that came after their asks timed out answer no outstanding request.
+    let c = client.metrics();
+    assert_eq!(c.env.frames_rejected.get("unknown_request_id"), Some(&K));
     let line = c.status_line();
     assert!(line.starts_with("conns=1 peers=1 in="), "{line}");
     assert!(line.contains(" timeouts=2 "), "{line}");
+    assert!(line.ends_with(" dropped=0 rejected=2"), "{line}");
 
     // A dropped connection: the counts stay with the env, the peer goes.
     let before = server.metrics().env;
