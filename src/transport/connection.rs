@@ -88,12 +88,15 @@ pub(crate) struct Counters {
 impl Counters {
     /// Every connection still open.
     pub(crate) fn open_conns(&self) -> Vec<Arc<Conn>> {
-        let conns = self.conns.lock();
-        conns
+        let conns: Vec<Arc<Conn>> = self
+            .conns
+            .lock()
             .values()
             .filter_map(Weak::upgrade)
-            .filter(|c| c.is_open())
-            .collect()
+            .collect();
+        // Filtered after the lock is let go: dropping the last handle of a closed
+        // connection takes the lock (to leave the registry).
+        conns.into_iter().filter(|c| c.is_open()).collect()
     }
 
     /// Counts a timeout of an ask whose deadline `key` set.
