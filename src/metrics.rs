@@ -127,7 +127,7 @@ pub struct EndpointMetrics {
     /// Messages, asks and events handled (`on_start`, `on_stop` and connection events
     /// included; a message that failed to decode too).
     pub messages_handled: u64,
-    /// How long each of those took, decoding included.
+    /// How long each of those took, decoding and taking it out of the inbox included.
     pub handler_time: HandlerTime,
     /// Panics of its code caught (its `Deserialize` included).
     pub panics: u64,
