@@ -12,7 +12,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::PrometheusBuilder;
 use rpcenv::{EndpointContext, RpcCallContext, RpcConf, RpcEndpoint, RpcEnv};
@@ -57,8 +57,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     eprintln!("client: {}", client.metrics().status_line());
 
     let Some(addr) = serve else {
-        // Wait for one publication (rpc.metrics.interval), then print the text.
-        std::thread::sleep(Duration::from_millis(1200));
+        // Wait for a publication (every rpc.metrics.interval) that has every ask, at most
+        // 10 s, then print the text.
+        let handled = server
+            .metrics()
+            .endpoints
+            .iter()
+            .find(|e| e.name == "echo")
+            .map_or(0, |e| e.messages_handled);
+        let line = format!(
+            "rpcenv_endpoint_messages_handled_total{{env=\"server\",endpoint=\"echo\"}} {handled}\n"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !handle.render().contains(&line) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         print!("{}", handle.render());
         client.shutdown();
         server.shutdown();
