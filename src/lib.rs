@@ -206,8 +206,8 @@
 //! failed authentications). [`RpcMetrics::status_line`] makes one compact line of it for
 //! a log. Each figure is counted where it happens, by what it counts (a connection, an
 //! inbox, the env), with relaxed atomics or under a lock that path holds anyway; only
-//! the snapshot takes the registries' locks. Measured against the build before them,
-//! alternating rounds: see the README, "Operating rpcenv".
+//! the snapshot takes the registries' locks. Their cost, measured: see the README,
+//! "Operating rpcenv".
 //!
 //! With the cargo feature **`metrics`**, each env also publishes the same figures
 //! through the [`metrics`](https://docs.rs/metrics) facade (names `rpcenv_*`, labels
