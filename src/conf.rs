@@ -57,6 +57,8 @@ pub(crate) mod keys {
     pub(crate) const IO_MAX_CONNECTIONS: &str = "rpc.io.maxConnections";
     /// Shared message-loop threads.
     pub(crate) const DISPATCHER_NUM_THREADS: &str = "rpc.dispatcher.numThreads";
+    /// How often the `metrics` feature publishes an env's figures to the `metrics` facade.
+    pub(crate) const METRICS_INTERVAL: &str = "rpc.metrics.interval";
     /// Bytes of messages an endpoint's inbox holds from one sender.
     pub(crate) const DISPATCHER_INBOX_CAPACITY: &str = "rpc.dispatcher.inboxCapacity";
     /// Ceiling of the connect thread pool.
@@ -212,6 +214,12 @@ pub(crate) const KEYS: &[KeyInfo] = &[
                   bytes)",
     },
     KeyInfo {
+        key: keys::METRICS_INTERVAL,
+        default: "10s",
+        meaning: "how often an env publishes its metrics to the metrics crate's recorder, \
+                  with the cargo feature metrics; unused without it (duration, > 0)",
+    },
+    KeyInfo {
         key: keys::CONNECT_THREADS,
         default: "64",
         meaning: "ceiling of the rpc-connect-N connection pool (integer, 1 to 1024)",
@@ -341,6 +349,7 @@ const MAX_CONNECTIONS: u64 = 1 << 20;
 /// | `rpc.io.maxConnections` | 3/4 of the open-file limit | integer, 1 to 1048576 | inbound connections a server env holds at once; more are closed as they are accepted |
 /// | `rpc.dispatcher.numThreads` | max(2, cores) | integer, 1 to 1024 | shared message-loop threads (`rpc-dispatcher-N`) |
 /// | `rpc.dispatcher.inboxCapacity` | `4m` | size, 64k to 2147483647 bytes | bytes of messages an endpoint's inbox holds from one sender (one connection, or this env's own threads together); beyond it the sender waits. A message counts 256 bytes plus its encoded size when it comes from a peer, its in-memory size (`size_of`, not what it owns on the heap) when it comes from this env |
+/// | `rpc.metrics.interval` | `10s` | duration, > 0 | with the cargo feature `metrics`: how often the env's `rpc-metrics` thread publishes [`RpcEnv::metrics`](crate::RpcEnv::metrics) to the `metrics` crate's recorder; unused without it |
 /// | `rpc.connect.threads` | `64` | integer, 1 to 1024 | ceiling of the cached `rpc-connect-N` pool that makes connections |
 /// | `rpc.authenticate` | `false` | boolean | require Spark's `AuthEngine` shared-secret handshake on every connection, both ways (see [`AuthBootstrap`](crate::transport::AuthBootstrap)); needs a secret |
 /// | `rpc.authenticate.secret` | none | string | the shared secret; its UTF-8 bytes are the key material (as Spark's `spark.authenticate.secret`). Give exactly one of this, `.file` and `.env` when `rpc.authenticate` is `true` |
@@ -554,6 +563,9 @@ impl RpcConf {
                     settings.inbox_capacity = size(key, value, MIN_INBOX_CAPACITY, I32_MAX)?;
                 }
                 keys::CONNECT_THREADS => settings.connect_threads = thread_count(key, value)?,
+                keys::METRICS_INTERVAL => {
+                    settings.metrics_interval = positive_duration(key, value)?;
+                }
                 keys::AUTHENTICATE => security.authenticate = boolean(key, value)?,
                 keys::AUTHENTICATE_SECRET
                 | keys::AUTHENTICATE_SECRET_FILE
@@ -668,6 +680,8 @@ pub(crate) struct Settings {
     pub(crate) inbox_capacity: usize,
     /// `rpc.connect.threads`: ceiling of the connect pool, 1 ..= 1024.
     pub(crate) connect_threads: usize,
+    /// `rpc.metrics.interval`: how often the `metrics` feature publishes; > 0.
+    pub(crate) metrics_interval: Duration,
     /// The handshake every connection runs (`rpc.authenticate` and the keys with it);
     /// `None` when authentication is off.
     pub(crate) auth: Option<AuthBootstrap>,
@@ -822,6 +836,7 @@ impl Default for Settings {
             dispatcher_threads: cores.max(2),
             inbox_capacity: 4 << 20,
             connect_threads: 64,
+            metrics_interval: Duration::from_secs(10),
             auth: None,
         }
     }
@@ -1233,6 +1248,7 @@ mod tests {
                 dispatcher_threads: 5,
                 inbox_capacity: 1 << 20,
                 connect_threads: 7,
+                metrics_interval: Duration::from_secs(10),
                 auth: None,
             }
         );
@@ -1755,7 +1771,7 @@ mod tests {
             };
             assert!(with(info.key, value).is_ok(), "{}", info.key);
         }
-        assert_eq!(KEYS.len(), 30);
+        assert_eq!(KEYS.len(), 31);
     }
 
     #[test]

@@ -47,6 +47,7 @@
 //! | [`FileServer`] | files, jars and directories an env serves: [`RpcEnv::file_server`]; downloaded with [`RpcEnv::open_channel`] |
 //! | [`RpcConf`] | string-keyed configuration, checked at `build()` |
 //! | [`RpcError`] | every failure |
+//! | [`RpcMetrics`] ([`EnvMetrics`], [`PeerMetrics`], [`EndpointMetrics`], [`HandlerTime`]) | what an env is doing: [`RpcEnv::metrics`], [`RpcMetrics::status_line`] |
 //! | [`transport`] | the layer below: Spark frames over mio event loops; [`transport::AuthBootstrap`] authenticates and encrypts its connections |
 //!
 //! # Threads: who runs what
@@ -59,6 +60,7 @@
 //! | `rpc-endpoint-NAME` | 1 per dedicated endpoint | that endpoint's handlers only |
 //! | `rpc-connect-N` | up to `rpc.connect.threads`, idle ones exit after 60 s | blocking connects for outboxes |
 //! | `rpc-timeout` | 1 | fails asks at their deadlines |
+//! | `rpc-metrics` | 1, with the cargo feature `metrics` | publishes [`RpcEnv::metrics`] to the `metrics` crate every `rpc.metrics.interval` |
 //!
 //! # What blocks
 //!
@@ -214,6 +216,34 @@
 //! - A reference to an endpoint of a client-mode env is bound, when it is received, to
 //!   the connection it came over; forwarded on to a third env it does not work there.
 //!
+//! # Metrics
+//!
+//! [`RpcEnv::metrics`] returns an [`RpcMetrics`]: per peer socket address (connections,
+//! bytes and frames in and out, bytes queued, asks in flight, last activity), per
+//! endpoint (inbox depth and its high-water mark, messages handled and a log2
+//! histogram of their handler times, panics, asks answered, failed and dropped) and for
+//! the env (totals, asks in flight, timeouts by the key that set them, connects and
+//! their failures, one-way messages lost, what peers sent that was refused, by kind,
+//! failed authentications). [`RpcMetrics::status_line`] makes one compact line of it for
+//! a log. Each figure is counted where it happens, by what it counts (a connection, an
+//! inbox, the env), with relaxed atomics or under a lock that path holds anyway; only
+//! the snapshot takes the registries' locks. Their cost, measured: see the README,
+//! "Operating rpcenv".
+//!
+//! With the cargo feature **`metrics`**, each env also publishes the same figures
+//! through the [`metrics`](https://docs.rs/metrics) facade (names `rpcenv_*`, labels
+//! `env`, `peer`, `endpoint`) every `rpc.metrics.interval` (10 s) from an `rpc-metrics`
+//! thread, and once more when it stops: install any recorder
+//! (`metrics-exporter-prometheus`, ...) and they appear there (`examples/prometheus.rs`).
+//!
+//! **Logs a peer cannot flood.** Every `warn` line caused by what a peer sends (a frame
+//! that does not decode, an answer to no outstanding request, a message for an unknown
+//! endpoint, a message that does not decode as the endpoint's type, a failed
+//! authentication, a peer stalled mid-frame) is counted in
+//! [`EnvMetrics::frames_rejected`] by kind, and logged for the first 5 of each kind
+//! from each peer host; after that at most one line per 10 s for that host and kind,
+//! saying how many were suppressed.
+//!
 //! # Checked types
 //!
 //! The message type is fixed by the reference (`RpcEndpointRef<M>`), the reply type is
@@ -311,6 +341,8 @@ mod conf;
 mod error;
 mod fnv;
 mod frame;
+mod log_limit;
+mod metrics;
 mod rpc;
 mod sync;
 mod threads;
@@ -318,6 +350,10 @@ pub mod transport;
 
 pub use crate::conf::RpcConf;
 pub use crate::error::RpcError;
+pub use crate::metrics::{
+    EndpointKind, EndpointMetrics, EnvMetrics, HANDLER_TIME_BUCKETS, HandlerTime, PeerMetrics,
+    RpcMetrics,
+};
 pub use crate::rpc::{
     ConcurrentRpcEndpoint, EndpointContext, FileServer, Pending, Receipt, RpcAddress,
     RpcCallContext, RpcEndpoint, RpcEndpointRef, RpcEnv, RpcEnvBuilder, Threading,

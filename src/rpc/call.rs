@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 
 use crate::codec;
 use crate::error::RpcError;
+use crate::metrics::{self, EndpointStats};
 use crate::rpc::address::RpcAddress;
 use crate::rpc::endpoint::describe_sender;
 use crate::rpc::endpoint_ref::{RefInner, decode_scope};
@@ -266,6 +267,7 @@ impl Call {
     /// The deadline passed (called by the `rpc-timeout` thread).
     pub(crate) fn expire(&self) {
         if self.complete(Err(self.timeout_error())) {
+            self.env.counters().timed_out(self.info.key);
             debug!("{} timed out after {:?}", self.info.what, self.info.after);
             self.forget_request();
         }
@@ -584,6 +586,8 @@ pub struct RpcCallContext {
     /// The fingerprint of the reply type a remote asker expects; 0: no check (a local
     /// asker checks the value itself).
     reply_type: u64,
+    /// The counters of the endpoint that handles it, once it reached the endpoint.
+    stats: Option<Arc<EndpointStats>>,
 }
 
 thread_local! {
@@ -602,6 +606,7 @@ impl RpcCallContext {
             endpoint,
             sender,
             reply_type: 0,
+            stats: None,
         }
     }
 
@@ -618,6 +623,19 @@ impl RpcCallContext {
             endpoint,
             sender,
             reply_type,
+            stats: None,
+        }
+    }
+
+    /// Counts what becomes of this ask in `stats` (its endpoint's).
+    pub(crate) fn count_in(&mut self, stats: &Arc<EndpointStats>) {
+        self.stats = Some(Arc::clone(stats));
+    }
+
+    /// Counts one outcome in the endpoint's counter `which` picks.
+    fn count(&self, which: impl FnOnce(&EndpointStats) -> &AtomicU64) {
+        if let Some(stats) = &self.stats {
+            metrics::bump(which(stats));
         }
     }
 
@@ -632,10 +650,12 @@ impl RpcCallContext {
     pub fn reply<T: Serialize + Send + 'static>(mut self, value: T) {
         match self.target.take() {
             Some(ReplyTarget::Local(call)) => {
+                self.count(|s| &s.asks_answered);
                 call.complete(Ok(Reply::Local(Box::new(value))));
             }
             Some(ReplyTarget::Remote(responder)) => {
                 if self.reply_type != 0 && self.reply_type != types::fingerprint::<T>() {
+                    self.count(|s| &s.asks_failed);
                     let replied = TypeLabel::of::<T>().to_string();
                     warn!(
                         "endpoint {} replied with {replied} to an ask from {} that expects \
@@ -651,6 +671,7 @@ impl RpcCallContext {
                     self.endpoint,
                     TypeLabel::of::<T>()
                 );
+                self.count(|s| &s.asks_answered);
                 let body = envelope::encode_reply(&value, what)
                     .unwrap_or_else(|err| envelope::encode_reply_error(&err));
                 responder.reply(body);
@@ -669,6 +690,9 @@ impl RpcCallContext {
     /// Fails the ask with `error` (sent as it is to a local asker, and with its kind kept
     /// to a remote one where the wire can carry it).
     pub(crate) fn fail(mut self, error: RpcError) {
+        if self.target.is_some() {
+            self.count(|s| &s.asks_failed);
+        }
         match self.target.take() {
             Some(ReplyTarget::Local(call)) => {
                 call.complete(Err(error));
@@ -717,11 +741,17 @@ impl Drop for RpcCallContext {
         let Some(target) = self.target.take() else {
             return;
         };
+        if std::thread::panicking() {
+            self.count(|s| &s.asks_failed);
+        } else {
+            self.count(|s| &s.asks_dropped);
+        }
         let stash = Self {
             target: Some(target),
             endpoint: Arc::clone(&self.endpoint),
             sender: None,
             reply_type: 0,
+            stats: None,
         };
         if std::thread::panicking() && on_a_loop() {
             // Left for the message loop, which catches the panic and knows its message.

@@ -9,6 +9,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::RpcError;
+use crate::log_limit::{kind, peer_warn};
+use crate::metrics::{self, EndpointStats};
 use crate::rpc::address::RpcAddress;
 use crate::rpc::call::RpcCallContext;
 use crate::rpc::endpoint::{EndpointContext, describe_sender};
@@ -174,6 +176,8 @@ pub(crate) struct Concurrent<E: ConcurrentRpcEndpoint> {
     name: Arc<str>,
     /// The fingerprint of `E::Message`.
     message_type: u64,
+    /// The endpoint's counters (panics; the outcomes of its asks), shared with its inbox.
+    stats: Arc<EndpointStats>,
 }
 
 impl<E: ConcurrentRpcEndpoint> Concurrent<E> {
@@ -182,6 +186,7 @@ impl<E: ConcurrentRpcEndpoint> Concurrent<E> {
         ctx: EndpointContext<E::Message>,
         env: Arc<EnvInner>,
         name: Arc<str>,
+        stats: Arc<EndpointStats>,
     ) -> Self {
         Self {
             endpoint,
@@ -189,6 +194,7 @@ impl<E: ConcurrentRpcEndpoint> Concurrent<E> {
             env,
             name,
             message_type: types::fingerprint::<E::Message>(),
+            stats,
         }
     }
 
@@ -208,6 +214,7 @@ impl<E: ConcurrentRpcEndpoint> Concurrent<E> {
         let Err(payload) = outcome else {
             return;
         };
+        metrics::bump(&self.stats.panics);
         let message = panic_message(payload.as_ref());
         RpcCallContext::answer_panicked(&message);
         let error = RpcError::EndpointPanicked {
@@ -239,12 +246,19 @@ impl<E: ConcurrentRpcEndpoint> SharedHandler for Concurrent<E> {
             }
             InboxMessage::OneWay { sender, payload } => {
                 let ctx = self.context(sender);
+                let peer = payload.peer();
                 let decoded =
                     decode_payload::<E::Message>(&self.env, &self.name, self.message_type, payload);
                 match decoded {
                     Ok(msg) => self.guard(ctx.as_ref(), |e, ctx| e.receive(msg, ctx)),
-                    Err((err, _)) => {
-                        warn!(
+                    Err((err, panicked)) => {
+                        if panicked {
+                            metrics::bump(&self.stats.panics);
+                        }
+                        peer_warn!(
+                            self.env.counters().log_limit,
+                            peer,
+                            kind::DECODE,
                             "one-way message for endpoint {} dropped: {err:#}",
                             self.name
                         );
@@ -252,8 +266,10 @@ impl<E: ConcurrentRpcEndpoint> SharedHandler for Concurrent<E> {
                     }
                 }
             }
-            InboxMessage::Ask { payload, reply } => {
+            InboxMessage::Ask { payload, mut reply } => {
                 let ctx = self.context(reply.sender_address());
+                reply.count_in(&self.stats);
+                let peer = payload.peer();
                 let decoded =
                     decode_payload::<E::Message>(&self.env, &self.name, self.message_type, payload);
                 match decoded {
@@ -261,9 +277,16 @@ impl<E: ConcurrentRpcEndpoint> SharedHandler for Concurrent<E> {
                         self.guard(ctx.as_ref(), |e, ctx| e.receive_and_reply(msg, reply, ctx));
                     }
                     Err((err, panicked)) => {
-                        warn!("ask for endpoint {} failed: {err:#}", self.name);
+                        peer_warn!(
+                            self.env.counters().log_limit,
+                            peer,
+                            kind::DECODE,
+                            "ask for endpoint {} failed: {err:#}",
+                            self.name
+                        );
                         reply.fail(err.clone());
                         if panicked {
+                            metrics::bump(&self.stats.panics);
                             self.guard(ctx.as_ref(), |e, ctx| e.on_error(err, ctx));
                         }
                     }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 
 use crate::error::RpcError;
+use crate::metrics::{EndpointKind, EndpointMetrics, EndpointStats};
 use crate::rpc::concurrent::{Concurrent, ConcurrentRpcEndpoint};
 use crate::rpc::endpoint::{EndpointContext, RpcEndpoint, Threading};
 use crate::rpc::endpoint_ref::{RefInner, RpcEndpointRef};
@@ -68,7 +69,8 @@ impl Dispatcher {
         if registry.endpoints.contains_key(&name) {
             return Err(RpcError::EndpointExists { name });
         }
-        let runner = match endpoint.threading() {
+        let threading = endpoint.threading();
+        let runner = match threading {
             Threading::Shared => Arc::clone(&self.shared),
             Threading::Dedicated => {
                 let runner = MessageLoop::dedicated(self.env_id, &name)?;
@@ -78,8 +80,13 @@ impl Dispatcher {
                 runner
             }
         };
-        self.insert::<E::Message>(env, registry, name, runner, |ctx, name| {
-            Endpoint::Exclusive(Box::new(Typed::new(endpoint, ctx, Arc::clone(env), name)))
+        let kind = match threading {
+            Threading::Shared => EndpointKind::Shared,
+            Threading::Dedicated => EndpointKind::Dedicated,
+        };
+        self.insert::<E::Message>(env, registry, name, runner, kind, |ctx, name, stats| {
+            let typed = Typed::new(endpoint, ctx, Arc::clone(env), name).counting_in(stats);
+            Endpoint::Exclusive(Box::new(typed))
         })
     }
 
@@ -102,8 +109,9 @@ impl Dispatcher {
             .max_concurrent()
             .clamp(1, self.shared_threads.max(1));
         let runner = Arc::clone(&self.shared);
-        self.insert::<E::Message>(env, registry, name, runner, |ctx, name| {
-            let handler = Concurrent::new(endpoint, ctx, Arc::clone(env), name);
+        let kind = EndpointKind::Concurrent;
+        self.insert::<E::Message>(env, registry, name, runner, kind, |ctx, name, stats| {
+            let handler = Concurrent::new(endpoint, ctx, Arc::clone(env), name, stats);
             Endpoint::Concurrent {
                 handler: Box::new(handler),
                 limit,
@@ -119,7 +127,8 @@ impl Dispatcher {
         mut registry: RwLockWriteGuard<'_, Registry>,
         name: String,
         runner: Arc<MessageLoop>,
-        endpoint: impl FnOnce(EndpointContext<M>, Arc<str>) -> Endpoint,
+        kind: EndpointKind,
+        endpoint: impl FnOnce(EndpointContext<M>, Arc<str>, Arc<EndpointStats>) -> Endpoint,
     ) -> Result<RpcEndpointRef<M>, RpcError> {
         let name: Arc<str> = name.into();
         let inner = Arc::new(RefInner::new(
@@ -132,12 +141,14 @@ impl Dispatcher {
         let self_ref = RpcEndpointRef::from_inner(Arc::clone(&inner));
         let ctx = EndpointContext::new(self_ref.clone(), RpcEnv::internal(Arc::clone(env)));
         let message_type = (types::fingerprint::<M>(), std::any::type_name::<M>());
+        let stats = Arc::new(EndpointStats::default());
         let inbox = Arc::new(Inbox::new(
             Arc::clone(&name),
             message_type,
-            endpoint(ctx, Arc::clone(&name)),
+            endpoint(ctx, Arc::clone(&name), Arc::clone(&stats)),
             runner,
             env.settings().inbox_capacity,
+            (stats, kind),
         ));
         let _ = inner.inbox.set(Arc::downgrade(&inbox));
         registry
@@ -153,6 +164,14 @@ impl Dispatcher {
     /// The inbox of the endpoint `name`, if registered.
     pub(crate) fn inbox(&self, name: &str) -> Option<Arc<Inbox>> {
         self.registry.read().endpoints.get(name).cloned()
+    }
+
+    /// The figures of every registered endpoint, by name.
+    pub(crate) fn metrics(&self) -> Vec<EndpointMetrics> {
+        let inboxes: Vec<Arc<Inbox>> = self.registry.read().endpoints.values().cloned().collect();
+        let mut metrics: Vec<EndpointMetrics> = inboxes.iter().map(|i| i.metrics()).collect();
+        metrics.sort_by(|a, b| a.name.cmp(&b.name));
+        metrics
     }
 
     /// Whether an endpoint called `name` is registered and takes messages of the type

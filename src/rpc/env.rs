@@ -1,11 +1,12 @@
 //! [`RpcEnv`] and its builder: the wiring of transport, dispatcher, outboxes and timeouts,
 //! and the shutdown sequence.
 
-use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, info};
 use serde::Serialize;
@@ -13,6 +14,8 @@ use serde::de::DeserializeOwned;
 
 use crate::conf::{RpcConf, Settings, keys};
 use crate::error::RpcError;
+use crate::log_limit;
+use crate::metrics::{EnvMetrics, PeerMetrics, RpcMetrics};
 use crate::rpc::address::{RpcAddress, endpoint_uri, parse_endpoint_uri};
 use crate::rpc::call::{CallInfo, What};
 use crate::rpc::concurrent::ConcurrentRpcEndpoint;
@@ -163,8 +166,23 @@ impl RpcEnvBuilder {
             stopped: AtomicBool::new(false),
             terminated: Mutex::new(false),
             terminated_cv: Condvar::default(),
+            #[cfg(feature = "metrics")]
+            publisher: Mutex::new(None),
         });
         handler.set_env(Arc::downgrade(&inner));
+        #[cfg(feature = "metrics")]
+        {
+            let env = Arc::downgrade(&inner);
+            let interval = inner.settings.metrics_interval;
+            let snapshot = move || env.upgrade().map(|env| env.metrics());
+            match crate::metrics::facade::Publisher::start(interval, snapshot) {
+                Ok(publisher) => *inner.publisher.lock() = Some(publisher),
+                Err(err) => {
+                    inner.shutdown();
+                    return Err(err);
+                }
+            }
+        }
         if inner.address.is_some() {
             let verifier = Verifier {
                 env: Arc::downgrade(&inner),
@@ -508,6 +526,16 @@ impl RpcEnv {
         self.inner.shutdown();
     }
 
+    /// A snapshot of what the env is doing: its connections by peer, its endpoints,
+    /// and env-wide counts (see [`RpcMetrics`] for every figure, and
+    /// [`RpcMetrics::status_line`] for a line to log). Cheap enough to call every
+    /// second: it takes the registries' locks (connections, endpoints) briefly and
+    /// copies counters; nothing on the message path waits for it. Works after
+    /// shutdown too (no connections or endpoints then, the counts kept).
+    pub fn metrics(&self) -> RpcMetrics {
+        self.inner.metrics()
+    }
+
     /// Blocks until a shutdown of this env has completed. Do not call it from an
     /// endpoint of this env.
     pub fn await_termination(&self) {
@@ -552,6 +580,9 @@ pub(crate) struct EnvInner {
     stopped: AtomicBool,
     terminated: Mutex<bool>,
     terminated_cv: Condvar,
+    /// The `rpc-metrics` thread (the `metrics` feature).
+    #[cfg(feature = "metrics")]
+    publisher: Mutex<Option<crate::metrics::facade::Publisher>>,
 }
 
 impl EnvInner {
@@ -597,6 +628,68 @@ impl EnvInner {
 
     pub(crate) fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    pub(crate) fn metrics(&self) -> RpcMetrics {
+        let counters = &self.counters;
+        let closed = &counters.closed;
+        let mut env = EnvMetrics {
+            name: self.name.clone(),
+            address: self.address.clone(),
+            bytes_in: closed.bytes_in.load(Ordering::Relaxed),
+            bytes_out: closed.bytes_out.load(Ordering::Relaxed),
+            frames_in: closed.frames_in.load(Ordering::Relaxed),
+            frames_out: closed.frames_out.load(Ordering::Relaxed),
+            asks_in_flight: self.timeouts.pending(),
+            timeouts: counters
+                .timeouts
+                .lock()
+                .iter()
+                .map(|(k, n)| (k.trim_start_matches("the timeout given to ").to_owned(), *n))
+                .collect(),
+            connects: counters.connects.load(Ordering::Relaxed),
+            connect_failures: counters.connect_failures.load(Ordering::Relaxed),
+            connections_refused: counters.connections_refused.load(Ordering::Relaxed),
+            one_way_dropped: counters.one_way_dropped.load(Ordering::Relaxed),
+            frames_rejected: counters.log_limit.rejected(),
+            auth_failures: counters.log_limit.count(log_limit::kind::AUTH),
+            ..EnvMetrics::default()
+        };
+        let mut peers: BTreeMap<SocketAddr, PeerMetrics> = BTreeMap::new();
+        for conn in counters.open_conns() {
+            let c = conn.metrics();
+            env.connections += 1;
+            env.bytes_in += c.bytes_in;
+            env.bytes_out += c.bytes_out;
+            env.frames_in += c.frames_in;
+            env.frames_out += c.frames_out;
+            env.bytes_queued += c.bytes_queued;
+            match peers.get_mut(&c.address) {
+                None => {
+                    peers.insert(c.address, c);
+                }
+                Some(p) => {
+                    p.connections += c.connections;
+                    p.inbound += c.inbound;
+                    p.bytes_in += c.bytes_in;
+                    p.bytes_out += c.bytes_out;
+                    p.frames_in += c.frames_in;
+                    p.frames_out += c.frames_out;
+                    p.bytes_queued += c.bytes_queued;
+                    p.asks_in_flight += c.asks_in_flight;
+                    p.last_activity = match (p.last_activity, c.last_activity) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+            }
+        }
+        RpcMetrics {
+            at: SystemTime::now(),
+            env,
+            peers: peers.into_values().collect(),
+            endpoints: self.dispatcher.metrics(),
+        }
     }
 
     /// Whether a reference with this target env id and address points into this env.
@@ -699,6 +792,11 @@ impl EnvInner {
         self.factory.close();
         self.files_factory.close();
         self.connect_pool.stop(Some(deadline));
+        #[cfg(feature = "metrics")]
+        if let Some(publisher) = self.publisher.lock().take() {
+            // The last figures, with every connection closed.
+            publisher.stop();
+        }
         *self.terminated.lock() = true;
         self.terminated_cv.notify_all();
         info!("rpc env {} stopped in {:?}", self.name, started.elapsed());

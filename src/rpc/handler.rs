@@ -13,9 +13,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::OnceLock;
 
-use log::{debug, warn};
+use log::debug;
 
 use crate::error::RpcError;
+use crate::log_limit::{kind, peer_warn};
 use crate::rpc::address::{RpcAddress, endpoint_uri};
 use crate::rpc::call::RpcCallContext;
 use crate::rpc::env::EnvInner;
@@ -91,7 +92,10 @@ impl RpcEnvHandler {
                 client.set_flow_controlled(window as usize);
             }
             Ok(Control::Grant { endpoint, bytes }) => client.grant(endpoint, bytes as usize),
-            Err(err) => warn!(
+            Err(err) => peer_warn!(
+                env.counters().log_limit,
+                client.remote_address(),
+                kind::BAD_CONTROL,
                 "bad control message from {}: {err:#}",
                 client.remote_address()
             ),
@@ -104,7 +108,13 @@ impl RpcEnvHandler {
         body: &'a [u8],
     ) -> Result<RequestHeader<'a>, RpcError> {
         envelope::decode_request(body).inspect_err(|err| {
-            warn!("bad request from {}: {err:#}", client.remote_address());
+            peer_warn!(
+                client.conn().env_counters().log_limit,
+                client.remote_address(),
+                kind::BAD_REQUEST,
+                "bad request from {}: {err:#}",
+                client.remote_address()
+            );
         })
     }
 
@@ -127,13 +137,22 @@ impl RpcHandler for RpcEnvHandler {
     /// Streams are the env's file server (Spark's `NettyRpcHandler.getStreamManager`).
     fn open_stream(
         &self,
-        _client: &TransportClient,
+        client: &TransportClient,
         stream_id: &str,
     ) -> Result<Option<StreamBody>, String> {
-        match self.env() {
-            Some(env) => env.file_server().open_stream(stream_id),
-            None => Ok(None),
+        let Some(env) = self.env() else {
+            return Ok(None);
+        };
+        let result = env.file_server().open_stream(stream_id);
+        if !matches!(result, Ok(Some(_))) {
+            // The file server logs why; the peer hears it.
+            let peer = Some(client.remote_address());
+            let _ = env
+                .counters()
+                .log_limit
+                .admit(peer, kind::BAD_STREAM_REQUEST);
         }
+        result
     }
 
     fn receive(&self, client: &TransportClient, message: Vec<u8>, responder: Responder) {
@@ -165,6 +184,12 @@ impl RpcHandler for RpcEnvHandler {
             Err(err) => {
                 if let Some(inflow) = self.inflow(&env, client) {
                     inflow.refund(client, receiver, message.len());
+                }
+                if !matches!(err, RpcError::EnvStopped) {
+                    // The asker hears why; counted, logged only at debug.
+                    let limit = &env.counters().log_limit;
+                    let _ = limit.admit(Some(client.remote_address()), kind::UNKNOWN_ENDPOINT);
+                    debug!("ask from {}: {err:#}", client.remote_address());
                 }
                 responder.reply(envelope::encode_reply_error(&err));
                 return;
@@ -231,7 +256,10 @@ impl RpcHandler for RpcEnvHandler {
             })
         });
         if let Err(err) = posted {
-            warn!(
+            peer_warn!(
+                env.counters().log_limit,
+                client.remote_address(),
+                kind::UNKNOWN_ENDPOINT,
                 "one-way message from {} dropped: {err:#}",
                 client.remote_address()
             );

@@ -14,15 +14,18 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::net::SocketAddr;
 use std::thread::{self, ThreadId};
 use std::time::Instant;
 
 use crate::conf::keys;
 use crate::error::RpcError;
+use crate::metrics::{EndpointKind, EndpointMetrics, EndpointStats};
 use crate::rpc::address::RpcAddress;
 use crate::rpc::call::{Content, RpcCallContext};
 use crate::rpc::flow::Charge;
 use crate::rpc::message_loop::MessageLoop;
+use crate::sync::atomic::Ordering;
 use crate::sync::{Arc, Condvar, Mutex, RwLock};
 use crate::transport::{Admission, TransportClient};
 
@@ -41,6 +44,16 @@ pub(crate) enum Payload {
         client: TransportClient,
         charge: Charge,
     },
+}
+
+impl Payload {
+    /// The socket address of the peer it came from; `None` from this env.
+    pub(crate) fn peer(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Local(_) => None,
+            Self::Remote { client, .. } => Some(client.remote_address()),
+        }
+    }
 }
 
 /// What an inbox holds.
@@ -143,6 +156,8 @@ struct State {
     started: bool,
     /// Concurrent inboxes: the threads running a worker now.
     running: Vec<ThreadId>,
+    /// The most messages that ever waited at once.
+    high_water: usize,
 }
 
 /// One endpoint's queue.
@@ -165,6 +180,9 @@ pub(crate) struct Inbox {
     /// How many workers a concurrent endpoint may have at once; 0 for an exclusive one.
     limit: usize,
     runner: Arc<MessageLoop>,
+    /// Its counters, shared with its handler and the contexts of its asks.
+    stats: Arc<EndpointStats>,
+    kind: EndpointKind,
 }
 
 /// How many messages one turn handles before the inbox yields its thread.
@@ -178,6 +196,7 @@ impl Inbox {
         endpoint: Endpoint,
         runner: Arc<MessageLoop>,
         capacity: usize,
+        (stats, kind): (Arc<EndpointStats>, EndpointKind),
     ) -> Self {
         let (handler, shared, limit) = match endpoint {
             Endpoint::Exclusive(handler) => (Some(handler), None, 0),
@@ -202,11 +221,35 @@ impl Inbox {
                 busy: 0,
                 started: false,
                 running: Vec::new(),
+                high_water: 1,
             }),
             handler: Mutex::new(handler),
             shared: RwLock::new(shared),
             limit,
             runner,
+            stats,
+            kind,
+        }
+    }
+
+    /// The endpoint's figures now.
+    pub(crate) fn metrics(&self) -> EndpointMetrics {
+        let (inbox_depth, inbox_high_water) = {
+            let state = self.state.lock();
+            (state.queue.len(), state.high_water)
+        };
+        let stats = &self.stats;
+        EndpointMetrics {
+            name: self.name.to_string(),
+            kind: self.kind,
+            inbox_depth,
+            inbox_high_water,
+            messages_handled: stats.handled.load(Ordering::Relaxed),
+            handler_time: stats.handler_time(),
+            panics: stats.panics.load(Ordering::Relaxed),
+            asks_answered: stats.asks_answered.load(Ordering::Relaxed),
+            asks_failed: stats.asks_failed.load(Ordering::Relaxed),
+            asks_dropped: stats.asks_dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -285,6 +328,7 @@ impl Inbox {
         }
         state.local_bytes += charge;
         state.queue.push_back((msg, charge));
+        state.high_water = state.high_water.max(state.queue.len());
         if self.limit > 0 {
             // Another worker, unless on_start still runs, the limit is reached, or an
             // active worker is about to take this message anyway.
@@ -315,6 +359,7 @@ impl Inbox {
         state.stopped = true;
         state.why = Some(why);
         state.queue.push_back((InboxMessage::OnStop, 0));
+        state.high_water = state.high_water.max(state.queue.len());
         if state.waiters > 0 {
             // Waiting senders fail with EndpointStopped.
             self.room.notify_all();
@@ -368,6 +413,9 @@ impl Inbox {
     }
 
     fn turn(self: &Arc<Self>, handler: &mut Option<Box<dyn Handler>>) -> Turn {
+        // One clock read per message: each handler time runs from the end of the one
+        // before (taking the message out of the queue included).
+        let mut clock = Instant::now();
         for _ in 0..TURN {
             let msg = {
                 let mut state = self.state.lock();
@@ -390,7 +438,12 @@ impl Inbox {
             };
             let last = matches!(msg, InboxMessage::OnStop);
             match handler.as_mut() {
-                Some(h) => h.handle(msg),
+                Some(h) => {
+                    h.handle(msg);
+                    let now = Instant::now();
+                    self.stats.handled(now.saturating_duration_since(clock));
+                    clock = now;
+                }
                 None => msg.fail(RpcError::EndpointStopped {
                     name: self.name.to_string(),
                 }),
@@ -484,7 +537,7 @@ impl Inbox {
                 }
                 InboxMessage::OnStart => {
                     if let Some(h) = handler.as_ref() {
-                        h.handle(InboxMessage::OnStart);
+                        self.timed(|| h.handle(InboxMessage::OnStart));
                     }
                     // Now the others may start: as many as there are messages waiting.
                     let mut state = self.state.lock();
@@ -498,7 +551,7 @@ impl Inbox {
                     }
                 }
                 msg => match handler.as_ref() {
-                    Some(h) => h.handle(msg),
+                    Some(h) => self.timed(|| h.handle(msg)),
                     None => msg.fail(RpcError::EndpointStopped {
                         name: self.name.to_string(),
                     }),
@@ -517,6 +570,13 @@ impl Inbox {
         Turn::More
     }
 
+    /// Runs one handler call of a concurrent endpoint and counts it with its time.
+    fn timed(&self, handle: impl FnOnce()) {
+        let start = Instant::now();
+        handle();
+        self.stats.handled(start.elapsed());
+    }
+
     /// A worker that found nothing for it leaves.
     fn leave(state: &mut State, me: ThreadId) {
         state.active -= 1;
@@ -528,7 +588,7 @@ impl Inbox {
         // Workers that left may still hold the read side for a moment.
         let mut handler = self.shared.write();
         if let Some(h) = handler.as_ref() {
-            h.handle(InboxMessage::OnStop);
+            self.timed(|| h.handle(InboxMessage::OnStop));
         }
         let why = self
             .state

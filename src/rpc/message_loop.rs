@@ -11,11 +11,13 @@ use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
-use log::{debug, error, warn};
+use log::{debug, error};
 use serde::de::DeserializeOwned;
 
 use crate::codec;
 use crate::error::RpcError;
+use crate::log_limit::{kind, peer_warn};
+use crate::metrics::{self, EndpointStats};
 use crate::rpc::call::{RpcCallContext, downcast_or_decode};
 use crate::rpc::endpoint::{EndpointContext, RpcEndpoint};
 use crate::rpc::endpoint_ref::decode_scope;
@@ -118,6 +120,8 @@ pub(crate) struct Typed<E: RpcEndpoint> {
     name: Arc<str>,
     /// The fingerprint of `E::Message`.
     message_type: u64,
+    /// The endpoint's counters (panics; the outcomes of its asks).
+    stats: Arc<EndpointStats>,
 }
 
 impl<E: RpcEndpoint> Typed<E> {
@@ -133,7 +137,13 @@ impl<E: RpcEndpoint> Typed<E> {
             env,
             name,
             message_type: types::fingerprint::<E::Message>(),
+            stats: Arc::default(),
         }
+    }
+
+    /// Counts in `stats` (the inbox's).
+    pub(crate) fn counting_in(self, stats: Arc<EndpointStats>) -> Self {
+        Self { stats, ..self }
     }
 
     fn decode(&self, payload: Payload) -> Result<E::Message, (RpcError, bool)> {
@@ -146,6 +156,7 @@ impl<E: RpcEndpoint> Typed<E> {
         let Err(payload) = outcome else {
             return;
         };
+        metrics::bump(&self.stats.panics);
         let message = panic_message(payload.as_ref());
         RpcCallContext::answer_panicked(&message);
         let error = RpcError::EndpointPanicked {
@@ -236,10 +247,17 @@ impl<E: RpcEndpoint> Handler for Typed<E> {
             }
             InboxMessage::OneWay { sender, payload } => {
                 self.ctx.set_sender(sender);
+                let peer = payload.peer();
                 match self.decode(payload) {
                     Ok(msg) => self.guard(|e, ctx| e.receive(msg, ctx)),
-                    Err((err, _)) => {
-                        warn!(
+                    Err((err, panicked)) => {
+                        if panicked {
+                            metrics::bump(&self.stats.panics);
+                        }
+                        peer_warn!(
+                            self.env.counters().log_limit,
+                            peer,
+                            kind::DECODE,
                             "one-way message for endpoint {} dropped: {err:#}",
                             self.name
                         );
@@ -247,14 +265,23 @@ impl<E: RpcEndpoint> Handler for Typed<E> {
                     }
                 }
             }
-            InboxMessage::Ask { payload, reply } => {
+            InboxMessage::Ask { payload, mut reply } => {
                 self.ctx.set_sender(reply.sender_address());
+                reply.count_in(&self.stats);
+                let peer = payload.peer();
                 match self.decode(payload) {
                     Ok(msg) => self.guard(|e, ctx| e.receive_and_reply(msg, reply, ctx)),
                     Err((err, panicked)) => {
-                        warn!("ask for endpoint {} failed: {err:#}", self.name);
+                        peer_warn!(
+                            self.env.counters().log_limit,
+                            peer,
+                            kind::DECODE,
+                            "ask for endpoint {} failed: {err:#}",
+                            self.name
+                        );
                         reply.fail(err.clone());
                         if panicked {
+                            metrics::bump(&self.stats.panics);
                             self.guard(|e, ctx| e.on_error(err, ctx));
                         }
                     }

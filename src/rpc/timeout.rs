@@ -86,7 +86,6 @@ impl<V> DeadlineQueue<V> {
         std::mem::take(&mut self.entries).into_values().collect()
     }
 
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
@@ -154,6 +153,11 @@ impl Timeouts {
             self.shared.wake.notify_one();
         }
         true
+    }
+
+    /// How many calls wait for their outcome.
+    pub(crate) fn pending(&self) -> usize {
+        self.shared.state.lock().queue.len()
     }
 
     /// Forgets a call that completed.

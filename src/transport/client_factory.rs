@@ -10,6 +10,8 @@ use log::{debug, warn};
 
 use crate::conf::keys;
 use crate::error::RpcError;
+use crate::log_limit::{kind, peer_warn};
+use crate::metrics::bump;
 use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crate::sync::{Arc, Condvar, Mutex};
 use crate::transport::TransportClient;
@@ -133,6 +135,11 @@ impl TransportClientFactory {
             connecting
         };
         let mut outcome = self.connect(host, port, &peer);
+        let counters = &self.ctx.counters;
+        match &outcome {
+            Ok(_) => bump(&counters.connects),
+            Err(_) => bump(&counters.connect_failures),
+        }
         if self.closed.load(Ordering::Acquire) {
             // close() ran while this connect was under way and may have missed it.
             if let Ok(client) = &outcome {
@@ -168,7 +175,10 @@ impl TransportClientFactory {
                 Ok(mut stream) => {
                     let security = match &self.auth {
                         Some(auth) => client_handshake(&mut stream, peer, auth, &cancelled)
-                            .inspect_err(|err| warn!("{err:#}"))?,
+                            .inspect_err(|err| {
+                                let limit = &self.ctx.counters.log_limit;
+                                peer_warn!(limit, addr, kind::AUTH, "{err:#}");
+                            })?,
                         None => Security::Plain,
                     };
                     let io = self.io()?;

@@ -14,6 +14,7 @@
 
 use std::any::Any;
 use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -27,8 +28,10 @@ use crate::auth::Encryptor;
 use crate::error::{RESPONSE_NOT_SENT, RpcError};
 use crate::frame::header_type::MessageType;
 use crate::frame::{FrameHeader, stream_failure_body, stream_request_body, stream_response_body};
-use crate::sync::Arc;
+use crate::log_limit::{LogLimit, kind, peer_warn};
+use crate::metrics::{PeerMetrics, since_stamp};
 use crate::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{Arc, Mutex, Weak};
 use crate::threads::panic_message;
 use crate::transport::TransportConf;
 use crate::transport::requests::{Callback, Requests};
@@ -67,6 +70,58 @@ pub(crate) struct Counters {
     pub(crate) connections_refused: AtomicU64,
     /// The env is shutting down: senders waiting for room give up with `EnvStopped`.
     pub(crate) stopping: AtomicBool,
+    /// Outbound connections established.
+    pub(crate) connects: AtomicU64,
+    /// Outbound connection attempts that failed.
+    pub(crate) connect_failures: AtomicU64,
+    /// Bytes, frames in and out of connections that closed (the open ones keep theirs).
+    pub(crate) closed: ConnTotals,
+    /// Asks timed out, by the key that set their deadline.
+    pub(crate) timeouts: Mutex<BTreeMap<&'static str, u64>>,
+    /// Refused input from peers, by kind, and the limit on its log lines.
+    pub(crate) log_limit: LogLimit,
+    /// The connections of this context, for the metrics; each removes itself when
+    /// dropped.
+    conns: Mutex<HashMap<u64, Weak<Conn>>>,
+}
+
+impl Counters {
+    /// Every connection still open.
+    pub(crate) fn open_conns(&self) -> Vec<Arc<Conn>> {
+        let conns: Vec<Arc<Conn>> = self
+            .conns
+            .lock()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        // Filtered after the lock is let go: dropping the last handle of a closed
+        // connection takes the lock (to leave the registry).
+        conns.into_iter().filter(|c| c.is_open()).collect()
+    }
+
+    /// Counts a timeout of an ask whose deadline `key` set.
+    pub(crate) fn timed_out(&self, key: &'static str) {
+        *self.timeouts.lock().entry(key).or_default() += 1;
+    }
+}
+
+/// Bytes and frames through connections.
+#[derive(Debug, Default)]
+pub(crate) struct ConnTotals {
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) frames_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) frames_out: AtomicU64,
+}
+
+/// What one connection counts for the metrics (see [`crate::metrics`]).
+#[derive(Debug, Default)]
+pub(crate) struct ConnStats {
+    /// Written by the connection's event loop only.
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) frames_in: AtomicU64,
+    /// When bytes last arrived ([`crate::metrics::stamp_now`]; 0: never).
+    pub(crate) last_read: AtomicU64,
 }
 
 /// What an answer is assumed to cost before a peer's answers were seen.
@@ -223,6 +278,8 @@ pub(crate) struct Conn {
     answer_estimate: AtomicUsize,
     /// State an upper layer keeps per connection.
     attachment: OnceLock<Arc<dyn Any + Send + Sync>>,
+    /// What it counts for the metrics.
+    pub(crate) stats: ConnStats,
 }
 
 impl Conn {
@@ -237,7 +294,7 @@ impl Conn {
         notify: Arc<dyn Notify>,
         counters: Arc<Counters>,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        let conn = Arc::new(Self {
             id,
             loop_id,
             peer,
@@ -260,7 +317,33 @@ impl Conn {
             flow_controlled: AtomicBool::new(false),
             answer_estimate: AtomicUsize::new(INITIAL_ANSWER_ESTIMATE),
             attachment: OnceLock::new(),
-        })
+            stats: ConnStats::default(),
+        });
+        conn.counters.conns.lock().insert(id, Arc::downgrade(&conn));
+        conn
+    }
+
+    /// This connection's figures, as a peer of one connection.
+    pub(crate) fn metrics(&self) -> PeerMetrics {
+        let (bytes_out, frames_out) = self.writes.totals();
+        let (ready, held) = self.writes.queued();
+        PeerMetrics {
+            address: self.peer,
+            connections: 1,
+            inbound: usize::from(self.inbound),
+            bytes_in: self.stats.bytes_in.load(Ordering::Relaxed),
+            bytes_out,
+            frames_in: self.stats.frames_in.load(Ordering::Relaxed),
+            frames_out,
+            bytes_queued: (ready + held) as u64,
+            asks_in_flight: self.requests.len(),
+            last_activity: since_stamp(self.stats.last_read.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// The env-wide counters (and log limit) of this connection's context.
+    pub(crate) fn env_counters(&self) -> &Counters {
+        &self.counters
     }
 
     pub(crate) fn id(&self) -> u64 {
@@ -945,12 +1028,30 @@ impl Conn {
                 trace!("answer to request {id} from {}", self.peer);
                 run_callback(callback, result, self.peer);
             }
-            None => warn!(
+            None => peer_warn!(
+                self.counters.log_limit,
+                self.peer,
+                kind::UNKNOWN_REQUEST_ID,
                 "ignoring the answer to request {id} from {}: it is not outstanding \
                  (timed out or removed)",
                 self.peer
             ),
         }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.counters.conns.lock().remove(&self.id);
+        let totals = &self.counters.closed;
+        let (bytes_out, frames_out) = self.writes.totals();
+        totals.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+        totals.frames_out.fetch_add(frames_out, Ordering::Relaxed);
+        let stats = &self.stats;
+        let bytes_in = stats.bytes_in.load(Ordering::Relaxed);
+        let frames_in = stats.frames_in.load(Ordering::Relaxed);
+        totals.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+        totals.frames_in.fetch_add(frames_in, Ordering::Relaxed);
     }
 }
 

@@ -12,12 +12,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use log::{debug, error, trace, warn};
+use log::{debug, error, trace};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
 use crate::auth::Decryptor;
 use crate::conf::keys;
 use crate::error::RpcError;
+use crate::log_limit::{kind, peer_warn};
 use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{Arc, Mutex};
 use crate::threads::{join_until, spawn};
@@ -599,8 +600,14 @@ impl EventLoop {
             }
         }
         for (id, reason) in expired {
-            let peer = self.conns[&id].client.remote_address();
-            warn!("closing the connection with {peer}: {reason}");
+            let client = &self.conns[&id].client;
+            let peer = client.remote_address();
+            peer_warn!(
+                client.conn().env_counters().log_limit,
+                peer,
+                kind::STALLED,
+                "closing the connection with {peer}: {reason}"
+            );
             self.remove(id, CloseReason::failure(reason));
         }
     }

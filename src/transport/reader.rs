@@ -18,12 +18,15 @@
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use log::{debug, trace, warn};
+use log::{debug, trace};
 
 use crate::auth::{self, ChannelRandom, Decryptor, OsRandom, SessionKeys};
 use crate::error::{RESPONSE_NOT_SENT, RpcError};
 use crate::frame::{FrameDecoder, FrameError, Item, Message};
+use crate::log_limit::{kind, peer_warn};
+use crate::metrics::stamp_at;
 use crate::sync::Arc;
+use crate::sync::atomic::Ordering;
 use crate::transport::auth::{AuthBootstrap, MAX_HANDSHAKE_FRAME, auth_error};
 use crate::transport::connection::{CloseReason, Conn, guard};
 use crate::transport::socket::{Wire, WireReader, interrupted, would_block};
@@ -103,6 +106,9 @@ pub(crate) struct Reader {
     since: Instant,
     /// When the last byte arrived (or the connection was taken over).
     last_read: Instant,
+    /// Bytes read from the socket so far (published to the connection's stats after
+    /// each turn).
+    bytes_read: u64,
     /// When the frame under way began to arrive (or reading resumed in its middle).
     frame_started: Option<Instant>,
     /// The last read stopped because reading was paused.
@@ -174,6 +180,7 @@ impl Reader {
             stash: Vec::new(),
             since: now,
             last_read: now,
+            bytes_read: 0,
             frame_started: None,
             was_paused: false,
             frames: 0,
@@ -297,6 +304,7 @@ impl Reader {
         now: Instant,
     ) -> ReadOutcome {
         let frames_before = self.frames;
+        let bytes_before = self.bytes_read;
         if std::mem::take(&mut self.was_paused) {
             // The peer's silence is counted from when this side reads again.
             self.last_read = now;
@@ -306,6 +314,13 @@ impl Reader {
             }
         }
         let outcome = self.read(conn, client, scratch, budget, handler, drain, now);
+        if self.bytes_read != bytes_before {
+            // Only this thread writes them: stores, not read-modify-writes.
+            let stats = &conn.stats;
+            stats.bytes_in.store(self.bytes_read, Ordering::Relaxed);
+            stats.frames_in.store(self.frames, Ordering::Relaxed);
+            stats.last_read.store(stamp_at(now), Ordering::Relaxed);
+        }
         if !self.in_frame() {
             self.frame_started = None;
         } else if self.frame_started.is_none() || self.frames != frames_before {
@@ -357,6 +372,7 @@ impl Reader {
                         .read_to_end(&mut piece);
                     let got = piece.len();
                     total += got;
+                    self.bytes_read += got as u64;
                     if got < piece.capacity() / 2 {
                         // A reader holds up to `rpc.io.maxQueuedBytes` of pieces, counted
                         // by their bytes: a piece must not keep the room of a full one
@@ -390,6 +406,7 @@ impl Reader {
                     .read_to_end(buffer);
                 let got = buffer.len() - before;
                 total += got;
+                self.bytes_read += got as u64;
                 if got > 0 {
                     self.last_read = now;
                     match self.decoder.body_filled() {
@@ -397,7 +414,13 @@ impl Reader {
                         Ok(None) => {}
                         Err(err) => {
                             let err = RpcError::from(err);
-                            warn!("closing the connection with {}: {err:#}", conn.peer());
+                            peer_warn!(
+                                conn.env_counters().log_limit,
+                                conn.peer(),
+                                kind::BAD_FRAME,
+                                "closing the connection with {}: {err:#}",
+                                conn.peer()
+                            );
                             conn.close_with(CloseReason::fault(err));
                             return ReadOutcome::Closed;
                         }
@@ -415,6 +438,7 @@ impl Reader {
                 Ok(0) => return self.end_of_stream(conn),
                 Ok(n) => {
                     total += n;
+                    self.bytes_read += n as u64;
                     self.last_read = now;
                     let plain = self.decryptor.is_none();
                     if let Some(outcome) = self.ingest(conn, client, handler, &scratch[..n], plain)
@@ -465,7 +489,12 @@ impl Reader {
             },
             Err(err) => {
                 let err = auth_error(conn.peer(), err);
-                warn!("closing the connection: {err:#}");
+                peer_warn!(
+                    conn.env_counters().log_limit,
+                    conn.peer(),
+                    kind::AUTH,
+                    "closing the connection: {err:#}"
+                );
                 conn.close_with(CloseReason::fault(err));
                 Some(ReadOutcome::Closed)
             }
@@ -560,7 +589,10 @@ impl Reader {
                         // reset; then the connection closes once the answer is written.
                         let (request_id, left) = (*request_id, size - REFUSED_HEADER_LEN);
                         let err = RpcError::from(err);
-                        warn!(
+                        peer_warn!(
+                            conn.env_counters().log_limit,
+                            conn.peer(),
+                            kind::TOO_LARGE,
                             "refusing request {request_id} from {}, then closing the \
                              connection: {err:#}",
                             conn.peer()
@@ -581,7 +613,10 @@ impl Reader {
                         // connection closes (the rest of the frame is not read).
                         let request_id = *request_id;
                         let err = RpcError::from(err);
-                        warn!(
+                        peer_warn!(
+                            conn.env_counters().log_limit,
+                            conn.peer(),
+                            kind::TOO_LARGE,
                             "closing the connection with {}: the answer to request \
                              {request_id}: {err:#}",
                             conn.peer()
@@ -621,7 +656,18 @@ impl Reader {
                     } else {
                         RpcError::from(err)
                     };
-                    warn!("closing the connection with {}: {err:#}", conn.peer());
+                    let k = if matches!(err, RpcError::Auth { .. }) {
+                        kind::AUTH
+                    } else {
+                        kind::BAD_FRAME
+                    };
+                    peer_warn!(
+                        conn.env_counters().log_limit,
+                        conn.peer(),
+                        k,
+                        "closing the connection with {}: {err:#}",
+                        conn.peer()
+                    );
                     conn.close_with(CloseReason::fault(err));
                     return Decoded::Stop(ReadOutcome::Closed);
                 }
@@ -658,7 +704,12 @@ impl Reader {
                  replayed from another connection, or a peer that does not speak \
                  rpcenv's authentication without encryption)",
             );
-            warn!("closing the connection: {err}");
+            peer_warn!(
+                conn.env_counters().log_limit,
+                conn.peer(),
+                kind::AUTH,
+                "closing the connection: {err}"
+            );
             conn.close_with(CloseReason::fault(err));
             return Handshake::Closed;
         }
@@ -685,18 +736,33 @@ impl Reader {
                         return Handshake::Encrypted;
                     }
                     Err(err) => {
-                        warn!("{peer} failed to authenticate: {err:#}");
+                        peer_warn!(
+                            conn.env_counters().log_limit,
+                            peer,
+                            kind::AUTH,
+                            "{peer} failed to authenticate: {err:#}"
+                        );
                         request_id
                     }
                 }
             }
             Message::RpcRequest { request_id, .. } => {
-                warn!("{peer} sent a request before authenticating; closing the connection");
+                peer_warn!(
+                    conn.env_counters().log_limit,
+                    peer,
+                    kind::AUTH,
+                    "{peer} sent a request before authenticating; closing the connection"
+                );
                 request_id
             }
             _ => {
                 let err = auth_error(peer, "sent a frame other than the handshake first");
-                warn!("closing the connection: {err:#}");
+                peer_warn!(
+                    conn.env_counters().log_limit,
+                    peer,
+                    kind::AUTH,
+                    "closing the connection: {err:#}"
+                );
                 conn.close_with(CloseReason::fault(err));
                 return Handshake::Closed;
             }
@@ -736,7 +802,10 @@ impl Reader {
             return outcome;
         }
         if self.in_frame() {
-            warn!(
+            peer_warn!(
+                conn.env_counters().log_limit,
+                conn.peer(),
+                kind::BAD_FRAME,
                 "connection from {} closed in the middle of a frame",
                 conn.peer()
             );
@@ -784,7 +853,12 @@ impl Reader {
                  which are not negotiated on the wire; the peer's log says more"
             ),
         );
-        warn!("{err}");
+        peer_warn!(
+            conn.env_counters().log_limit,
+            conn.peer(),
+            kind::AUTH,
+            "{err}"
+        );
         conn.close_with(CloseReason::fault(err));
         Some(ReadOutcome::Closed)
     }
@@ -857,7 +931,10 @@ impl Reader {
             } => {
                 let pending = conn.pop_stream(byte_count > 0);
                 if pending.is_none() {
-                    warn!(
+                    peer_warn!(
+                        conn.env_counters().log_limit,
+                        conn.peer(),
+                        kind::UNKNOWN_STREAM,
                         "ignoring stream {stream_id} from {} ({byte_count} bytes): no stream \
                          was asked for",
                         conn.peer()
@@ -889,7 +966,10 @@ impl Reader {
                         pending.sink.fail(error)
                     });
                 }
-                None => warn!(
+                None => peer_warn!(
+                    conn.env_counters().log_limit,
+                    conn.peer(),
+                    kind::UNKNOWN_STREAM,
                     "ignoring the failure of stream {stream_id} from {}: no stream was asked \
                      for",
                     conn.peer()

@@ -181,6 +181,10 @@ struct State {
     waiters: usize,
     /// When a frame last found the connection idle (the start of a possible burst).
     last_submit: Option<Instant>,
+    /// Bytes that went to the socket, for the metrics.
+    bytes_out: u64,
+    /// Frames handed over (admitted), for the metrics.
+    frames_out: u64,
 }
 
 impl State {
@@ -229,6 +233,8 @@ impl WriteQueue {
                 stalled_since: None,
                 waiters: 0,
                 last_submit: None,
+                bytes_out: 0,
+                frames_out: 0,
             }),
             room: Condvar::default(),
             limit,
@@ -258,6 +264,7 @@ impl WriteQueue {
                 return Err(Submitted::Refused(err));
             }
         };
+        state.frames_out += 1;
         if let Some(label) = frame.label.clone() {
             let initial = state.initial_window;
             let held = state.held.entry(label).or_insert_with(|| Held {
@@ -454,6 +461,7 @@ impl WriteQueue {
         } = written;
         let mut state = self.state.lock();
         state.writing = false;
+        state.bytes_out += bytes as u64;
         let mut batch = batch;
         if cipher.is_some() {
             state.cipher = cipher;
@@ -608,6 +616,12 @@ impl WriteQueue {
             state.ready_bytes,
             state.held.values().map(|held| held.bytes).sum(),
         )
+    }
+
+    /// Bytes written to the socket and frames handed over so far.
+    pub(crate) fn totals(&self) -> (u64, u64) {
+        let state = self.state.lock();
+        (state.bytes_out, state.frames_out)
     }
 
     /// Whether everything cleared to go was written (held frames aside).

@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rpcenv::{
-    ConcurrentRpcEndpoint, EndpointContext, RpcAddress, RpcCallContext, RpcEndpoint,
+    ConcurrentRpcEndpoint, EndpointContext, EndpointKind, RpcAddress, RpcCallContext, RpcEndpoint,
     RpcEndpointRef, RpcEnv, RpcError,
 };
 use serde::{Deserialize, Serialize};
@@ -350,6 +350,19 @@ fn a_panic_goes_to_on_error_and_later_messages_are_still_handled() {
             "{err:?}"
         );
     }
+    // The metrics count a concurrent endpoint's handlers as they do the others'.
+    let metrics = env.metrics();
+    let e = metrics
+        .endpoints
+        .iter()
+        .find(|e| e.name == "probe")
+        .expect("the probe's metrics");
+    assert_eq!(e.kind, EndpointKind::Concurrent);
+    assert_eq!(e.panics, 6, "{e:?}");
+    assert_eq!((e.asks_answered, e.asks_failed), (3, 3), "{e:?}");
+    // on_start and the nine messages.
+    assert_eq!(e.messages_handled, 10, "{e:?}");
+    assert_eq!(e.handler_time.count(), 10, "{e:?}");
     env.shutdown();
 }
 

@@ -14,6 +14,7 @@ mod bad_input;
 mod concurrent;
 mod connections;
 mod hostile;
+mod metrics;
 mod ordering;
 mod payloads;
 mod pool;
