@@ -19,7 +19,7 @@
 //! |---|---|---|---|
 //! | S-payload | W3: one connection, pipelined echoes | 64 B to 16 MiB in powers of 4; powers of 16 to 4 MiB | req/s, MB/s of payload one way; 64 in flight, fewer above 1 MiB so that at most 64 MiB is in flight |
 //! | S-callers | W6: N threads, each its own connection, one ask at a time | 1 to 256 in powers of 2; 1 to 64 in powers of 4 | req/s of all, p50/p99 of every round trip |
-//! | S-idle | W7 in a child process | 1k, 2k, 5k, 10k idle connections; 100, 300, 1k | RSS growth per idle connection, W1 p50 while they are held |
+//! | S-idle | W7 in a child process | 1k, 2k, 4k, 8k, 10k idle connections (a point the open-file limit does not allow is skipped); 100, 300, 1k | RSS growth per idle connection, W1 p50 while they are held |
 //! | S-inflight | one caller `ask`s N 64-byte echoes, then waits for all | 1k, 10k, 100k; 1k, 10k | req/s, peak RSS growth; a `QueueFull` is reported as the result |
 //! | S-endpoints | W1 over N endpoints of one env, round robin | 10, 100, 1k, 10k; 10, 100, 1k | p50/p99, p50 against 10 endpoints, time to register them |
 //! | S-record | the bench's latency recording | 1M synthetic durations, 5 alternating rounds | ns per record: exact samples (sorted, nearest rank) vs `hdrhistogram`, and their p50/p99 |
@@ -556,14 +556,18 @@ fn field(figures: &str, key: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// One S-idle point: KiB per connection, W1 p50 held and before (us); or the child's
+/// line when it has no figures (skipped, and why).
+type IdlePoint = Result<(f64, f64, f64), String>;
+
 fn idle_sweep(systems: &[&dyn System], options: &Options) -> Result<()> {
     let counts: &[usize] = if options.quick {
         &[100, 300, 1_000]
     } else {
-        &[1_000, 2_000, 5_000, 10_000]
+        &[1_000, 2_000, 4_000, 8_000, 10_000]
     };
     // results[system][count] = (KiB per conn, W1 p50 held, W1 p50 before) or why skipped
-    let mut results: Vec<Vec<Result<(f64, f64, f64), String>>> = Vec::new();
+    let mut results: Vec<Vec<IdlePoint>> = Vec::new();
     for system in systems {
         let mut row = Vec::new();
         for &conns in counts {
@@ -620,7 +624,7 @@ fn idle_sweep(systems: &[&dyn System], options: &Options) -> Result<()> {
         }
         if let Some(p) = plain {
             for i in (0..systems.len()).filter(|&i| i != p) {
-                let kib = |r: &Result<(f64, f64, f64), String>| r.as_ref().ok().map(|r| r.0);
+                let kib = |r: &IdlePoint| r.as_ref().ok().map(|r| r.0);
                 row.push(ratio(kib(&results[i][j]), kib(&results[p][j])));
             }
         }
@@ -1034,6 +1038,7 @@ fn chart(
             .x_desc(x_desc)
             .y_desc(y_desc)
             .x_label_formatter(&label_x)
+            .y_label_formatter(&|y| short_number(*y))
             .draw()
             .map_err(|e| err(&e))?;
         for (k, (name, pts)) in series.iter().enumerate() {
@@ -1063,6 +1068,7 @@ fn chart(
             .x_desc(x_desc)
             .y_desc(y_desc)
             .x_label_formatter(&label_x)
+            .y_label_formatter(&|y| short_number(*y))
             .draw()
             .map_err(|e| err(&e))?;
         for (k, (name, pts)) in series.iter().enumerate() {
@@ -1088,11 +1094,23 @@ fn chart(
     Ok(())
 }
 
-/// An axis label: a byte size when it is a power of two of 64 or more, else the number.
+/// An axis label: a byte size when it is a power of two of 1024 or more, else the
+/// number, shortened.
 fn bytes_or_count(x: f64) -> String {
     let n = x.round() as usize;
     if n >= 1024 && n.is_power_of_two() {
         bytes_label(n)
+    } else {
+        short_number(x)
+    }
+}
+
+/// `x` with a `k` or `M` suffix (10^3, 10^6) when it has one.
+fn short_number(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{}M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{}k", x / 1e3)
     } else {
         format!("{x:.0}")
     }
