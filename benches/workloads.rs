@@ -28,6 +28,10 @@
 //! file to a socket, see `w8/mod.rs`) runs after the others, alone when it is the only
 //! workload named.
 //!
+//! The sweeps (`sweeps`, or any of `S-payload S-callers S-idle S-inflight S-endpoints
+//! S-record`, or `--sweep NAME`; `--charts DIR` for their SVG charts) scale one parameter
+//! each, beside `plain-tcp`; with one named only the sweeps run. See `sweeps/mod.rs`.
+//!
 //! Units: `MB` is 10^6 bytes of payload counted one way (the request bodies, not the
 //! echoes and not the frame headers); `us` is microseconds.
 //!
@@ -93,6 +97,7 @@ const ACCEPT_TIMEOUT: Duration = Duration::from_secs(60);
 /// be sent again a second later.
 const CONNECT_BATCH: usize = 100;
 
+mod sweeps;
 mod w8;
 
 fn main() -> ExitCode {
@@ -101,6 +106,30 @@ fn main() -> ExitCode {
         .init();
     // W8 is a workload of its own (see `w8/mod.rs`): with only it named, only it runs.
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // The sweeps (see `sweeps/mod.rs`): with one named, only the sweeps run.
+    let sweep_args = match sweeps::take_args(&mut args) {
+        Ok(sweep_args) => sweep_args,
+        Err(err) => {
+            eprintln!("error: {err}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if !sweep_args.sweeps.is_empty() {
+        return match Options::parse(args.into_iter()) {
+            Ok(Some(options)) => match sweeps::run(&sweep_args, &options) {
+                0 => ExitCode::SUCCESS,
+                failed => {
+                    eprintln!("error: {failed} sweep(s) failed");
+                    ExitCode::FAILURE
+                }
+            },
+            Ok(None) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err}\n{USAGE}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let named = |args: &[String]| {
         args.iter().any(|arg| {
             Workload::ALL
@@ -323,6 +352,8 @@ fn systems(options: &Options) -> Vec<Box<dyn System>> {
 
 const USAGE: &str = "usage: cargo bench --bench workloads -- [W1 .. W8] [--quick] [--threads N] \
                      [--system NAME]... [--conns N] [--payload vec|bytes]
+       cargo bench --bench workloads -- [sweeps | S-payload S-callers S-idle S-inflight \
+                     S-endpoints S-record | --sweep NAME]... [--charts DIR] [--quick] ...
 systems: transport transport-gcm rpcenv rpcenv-gcm rpcenv-ctr rpcenv-gcm-v1 rpcenv-ctr-v2 \
                      plain-tcp";
 

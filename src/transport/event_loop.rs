@@ -288,7 +288,10 @@ pub(crate) fn next_origin() -> u64 {
 /// A connection as its loop holds it.
 struct Entry {
     client: TransportClient,
-    reader: Reader,
+    /// Boxed: the map stores its entries inline, with up to half its slots empty after
+    /// it grows, so an inline reader (over 500 bytes) would cost every idle connection
+    /// about twice its size.
+    reader: Box<Reader>,
     origin: u64,
     inbound: Option<Arc<AtomicUsize>>,
     /// When the peer ended its side (the connection then only writes what it owes).
@@ -570,7 +573,7 @@ impl EventLoop {
             return;
         }
         let max_frame = client.conn().max_frame();
-        let mut reader = Reader::new(wire, max_frame, now, decryptor, auth);
+        let mut reader = Box::new(Reader::new(wire, max_frame, now, decryptor, auth));
         // A peer that must authenticate first is active once it did.
         reader.activate(&client, &*self.handler);
         self.conns.insert(
@@ -705,4 +708,23 @@ fn tick_interval(conf: &TransportConf) -> Option<Duration> {
         (a, b) => a.or(b).unwrap_or(Duration::from_secs(4)),
     };
     Some((shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)))
+}
+
+#[cfg(test)]
+mod entry_tests {
+    use super::{Entry, Reader};
+
+    /// The per-connection slot of a loop's map is what every idle connection costs
+    /// beyond its `Conn` (the map keeps up to twice as many slots as entries): the
+    /// reader, over 500 bytes, lives behind a box, so a slot stays a fraction of it.
+    #[test]
+    fn an_idle_connections_map_slot_holds_no_reader_inline() {
+        let entry = size_of::<Entry>();
+        let reader = size_of::<Reader>();
+        assert!(reader > 256, "the reader is {reader} bytes");
+        assert!(
+            entry <= 256,
+            "a connection's map slot is {entry} bytes (the reader alone is {reader})"
+        );
+    }
 }
