@@ -884,11 +884,7 @@ fn report_lines(
             Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
         };
         let count = done.load(Ordering::Relaxed);
-        let percent = if total == 0 {
-            100
-        } else {
-            count.min(total) * 100 / total
-        };
+        let percent = (count.min(total) * 100).checked_div(total).unwrap_or(100);
         eprintln!("STRESS progress {percent}% {count}/{total} msg, {}", live());
         if finished {
             return;

@@ -403,13 +403,10 @@ impl StopSignal {
         if let Some(why) = *seen {
             return Some(why);
         }
-        let rx = match &self.rx {
-            Some(rx) => rx,
-            None => {
-                drop(seen);
-                std::thread::sleep(pause);
-                return None;
-            }
+        let Some(rx) = &self.rx else {
+            drop(seen);
+            std::thread::sleep(pause);
+            return None;
         };
         let why = rx.recv_timeout(pause).ok();
         *seen = why;
