@@ -368,10 +368,10 @@ enum Command {
 #[derive(Debug, clap::Parser)]
 #[command(name = "stress", about = ABOUT, after_help = AFTER_HELP)]
 struct Flags {
-    /// Client envs, each on its own thread.
+    /// Client envs, each on its own thread (default 4).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     clients: Option<u32>,
-    /// Messages per client.
+    /// Messages per client (default 10000).
     #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(0..=u64::MAX / 4096))]
     messages: Option<u64>,
     /// Payload bytes per message; suffixes k and m (KiB, MiB) work (default 64, at most
