@@ -35,7 +35,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::RecvTimeoutError;
 use rpcenv::{RpcConf, RpcEnv, RpcError};
 
-use cluster::flags::Cli;
+use clap::Parser;
+use cluster::flags::{RpcFlags, fail, parse_duration};
 use cluster::{
     BoundPorts, MASTER, Master, MasterConf, MasterEvent, MasterMsg, Millis, TaskReport, WorkerNode,
     WorkerOptions, run_task,
@@ -69,63 +70,56 @@ fn input_of(task_id: u64) -> u64 {
     20_000 + task_id.wrapping_mul(7919) % 10_000
 }
 
+/// A master, three workers (one in client mode) and a driver in one process: runs a batch
+/// of tasks, kills a worker halfway, and checks that every task still finishes.
+#[derive(Debug, Parser)]
+#[command(name = "demo")]
+struct Flags {
+    /// Tasks in the batch.
+    #[arg(long, value_name = "N", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    tasks: u64,
+    /// Driver threads, each with one task ask in flight.
+    #[arg(long, value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    drivers: u64,
+    /// Extra time each task takes on a worker.
+    #[arg(long, value_name = "DURATION", default_value = "20ms", value_parser = parse_duration)]
+    task_delay: Duration,
+    /// The worker to kill halfway: w1, w2, w3 (client mode) or none [default: w2].
+    #[arg(long, value_name = "ID", value_parser = ["w1", "w2", "w3", "none"],
+          conflicts_with = "connect")]
+    kill: Option<String>,
+    /// Drive a running master (rpc://Master@host:port) instead: no cluster is started, no
+    /// worker killed.
+    #[arg(long, value_name = "URI")]
+    connect: Option<String>,
+    #[command(flatten)]
+    rpc: RpcFlags,
+}
+
+fn usage_error(message: &str) -> ! {
+    fail::<Flags>(message)
+}
+
 fn main() -> ExitCode {
-    let args = Cli::new(
-        "demo",
-        "A master, three workers (one in client mode) and a driver in one process: runs a \
-         batch of tasks, kills a worker halfway, and checks that every task still finishes.",
-    )
-    .flag("tasks", "N", Some("300"), "tasks in the batch")
-    .flag(
-        "drivers",
-        "N",
-        Some("8"),
-        "driver threads, each with one task ask in flight",
-    )
-    .flag(
-        "task-delay",
-        "DURATION",
-        Some("20ms"),
-        "extra time each task takes on a worker",
-    )
-    .flag(
-        "kill",
-        "ID",
-        None,
-        "the worker to kill halfway: w1, w2, w3 (client mode) or none [default: w2]",
-    )
-    .flag(
-        "connect",
-        "URI",
-        None,
-        "drive a running master (rpc://Master@host:port) instead: no cluster is started, \
-         no worker killed",
-    )
-    .flag("secret-file", "PATH", None, cluster::SECRET_HELP)
-    .repeated("conf", "KEY=VALUE", cluster::CONF_HELP)
-    .parse();
-    let tasks: u64 = args.get("tasks");
-    let drivers: usize = args.get("drivers");
-    if tasks == 0 || drivers == 0 {
-        args.fail("--tasks and --drivers must be at least 1");
-    }
-    let task_delay = args.duration("task-delay");
-    let connect = args.opt("connect").map(str::to_owned);
-    let kill = match (args.opt("kill"), &connect) {
-        (Some(_), Some(_)) => args.fail("--kill and --connect exclude each other"),
-        (None, Some(_)) | (Some("none"), None) => None,
+    let flags = Flags::parse();
+    let tasks = flags.tasks;
+    let drivers = usize::try_from(flags.drivers).unwrap_or(usize::MAX);
+    let task_delay = flags.task_delay;
+    let connect = flags.connect.clone();
+    let kill = match (flags.kill.as_deref(), &connect) {
+        (None, Some(_)) | (Some("none"), _) => None,
         (None, None) => Some("w2".to_owned()),
-        (Some(id), None) if WORKERS.iter().any(|(w, _)| *w == id) => Some(id.to_owned()),
-        (Some(other), None) => args.fail(&format!(
-            "bad value '{other}' for --kill: expected w1, w2, w3 or none"
-        )),
+        (Some(id), _) => Some(id.to_owned()),
     };
     // Every env of the demo (master, workers, driver) gets the same settings.
     let conf = cluster::rpc_conf(
-        &args,
+        &flags.rpc,
         RpcConf::new()
             .set("rpc.io.threads", "2")
             .set("rpc.dispatcher.numThreads", "2"),
+        usage_error,
     );
     cluster::init_logger();
     let demo = Demo {
@@ -319,9 +313,16 @@ impl Demo {
             }
         }
 
-        // Everything stops.
+        // Everything stops; the metrics of each env are taken first (the live view).
         for handle in threads {
             let _ = handle.join();
+        }
+        let mut snapshots = vec![driver_env.metrics()];
+        if let Some(master_env) = &cluster.master_env {
+            snapshots.push(master_env.metrics());
+        }
+        for node in cluster.workers.iter().flatten() {
+            snapshots.push(node.metrics());
         }
         driver_env.shutdown();
         drain(&rx, &mut tally, self.kill.as_deref());
@@ -334,6 +335,13 @@ impl Demo {
             node.shutdown();
         }
 
+        println!();
+        println!("metrics of each env (status line, then one line per endpoint)");
+        for snapshot in &snapshots {
+            for line in cluster::metrics_lines(snapshot) {
+                println!("  {line}");
+            }
+        }
         Ok(self.summary(&tally, &pings, started.elapsed()))
     }
 

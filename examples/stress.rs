@@ -18,9 +18,9 @@
 //! Exit code: 0 when nothing was lost and order held, 1 otherwise, 2 for bad flags.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::hash::{BuildHasher, Hasher};
-use std::io::Write as _;
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,53 +51,6 @@ const MAX_PAYLOAD: usize = 64 << 20;
 
 /// At most this many error messages are kept per client.
 const MAX_ERRORS_KEPT: usize = 3;
-
-const USAGE: &str = "\
-stress: a stress test of rpcenv. Clients, each a client-mode env with its own connection
-and thread, send numbered messages to one endpoint, which checks that each client's
-messages arrive complete, intact and in order; each client then compares the server's
-count with what it sent.
-
-USAGE:
-    stress [OPTIONS]                          run clients against an in-process server
-    stress [OPTIONS] --connect URI            run clients against `stress --serve`
-    stress --serve [--host H] [--port P] [--advertise A] [--threading T]
-                                              run only the server endpoint
-
-OPTIONS:
-    --clients N          client envs, each on its own thread (default 4)
-    --messages M         messages per client (default 10000)
-    --payload BYTES      payload bytes per message; suffixes k and m (KiB, MiB) work
-                         (default 64, at most 64m)
-    --mode MODE          send: one-way messages; ask: asks; mixed: both, half and half
-                         in a pseudo-random order (default mixed)
-    --window W           asks in flight per client (default 16)
-    --connect URI        rpc://stress@HOST:PORT of a `stress --serve` process instead of
-                         an in-process server
-    --threading T        the server endpoint runs on a thread of its own (dedicated) or
-                         on the env's shared dispatcher pool (shared) (default dedicated;
-                         not with --connect)
-    --serve              run only the server endpoint; prints
-                         `STRESS serving on rpc://stress@HOST:PORT`, then a line
-                         `STRESS run ID finished: clients=N received=M peak_rss_mib=X`
-                         after each run whose clients all finished; runs until killed
-    --host H             with --serve: the address to bind (default 127.0.0.1)
-    --advertise A        with --serve: the host clients use, as printed (default: H;
-                         needed when H is 0.0.0.0 or ::)
-    --port P             with --serve: the port to bind (default 0: any free port)
-    --conf KEY=VALUE     an rpcenv setting for every env, e.g. --conf rpc.io.threads=2
-                         (repeatable); client envs default to rpc.io.threads=1 and
-                         rpc.dispatcher.numThreads=1
-    --quiet              no progress bar
-    -h, --help           this text
-
-The summary ends with a line `RESULT lost=0 order_violations=0 corrupt=0 bad_replies=0
-errors=0 ask_failures=0 peak_rss_mib=X` when all went well: X is this process's peak
-resident set (VmHWM, Linux; `unknown` elsewhere), which covers the in-process server;
-with --connect, `server_peak_rss_mib=Y` follows, the server's peak when it gave the final
-counts. Exit code: 0 when nothing was lost and order held, 1 otherwise, 2 for bad flags.
-Logs go to stderr; RUST_LOG=info (or debug) shows more.
-";
 
 // ---------------------------------------------------------------------------------------
 // Messages
@@ -401,43 +354,92 @@ struct RunOpts {
     /// The in-process server (unused with `--connect`).
     server: ServerOpts,
     quiet: bool,
+    /// Progress as plain lines rather than a bar.
+    progress_lines: bool,
 }
 
 #[derive(Debug)]
 enum Command {
-    Help,
     Run(RunOpts),
     Serve(ServerOpts),
 }
 
-/// A bad command line: the message names the flag.
-#[derive(Debug)]
-struct FlagError(String);
-
-impl fmt::Display for FlagError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// The command line, parsed by clap; [`Flags::command`] checks what goes together.
+#[derive(Debug, clap::Parser)]
+#[command(name = "stress", about = ABOUT, after_help = AFTER_HELP)]
+struct Flags {
+    /// Client envs, each on its own thread (default 4).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    clients: Option<u32>,
+    /// Messages per client (default 10000).
+    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(0..=u64::MAX / 4096))]
+    messages: Option<u64>,
+    /// Payload bytes per message; suffixes k and m (KiB, MiB) work (default 64, at most
+    /// 64m).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    payload: Option<usize>,
+    /// send: one-way messages; ask: asks; mixed: both, half and half in a pseudo-random
+    /// order (default mixed).
+    #[arg(long, value_name = "MODE", value_parser = ["send", "ask", "mixed"])]
+    mode: Option<String>,
+    /// Asks in flight per client (default 16).
+    #[arg(long, value_name = "W", value_parser = clap::value_parser!(u64).range(1..=(1 << 20)))]
+    window: Option<u64>,
+    /// rpc://stress@HOST:PORT of a `stress --serve` process instead of an in-process
+    /// server.
+    #[arg(long, value_name = "URI", value_parser = check_uri)]
+    connect: Option<String>,
+    /// The server endpoint runs on a thread of its own (dedicated) or on the env's shared
+    /// dispatcher pool (shared) (default dedicated; not with --connect).
+    #[arg(long, value_name = "T", value_parser = ["dedicated", "shared"])]
+    threading: Option<String>,
+    /// Run only the server endpoint; prints `STRESS serving on rpc://stress@HOST:PORT`,
+    /// then a line `STRESS run ID finished: clients=N received=M peak_rss_mib=X` after each
+    /// run whose clients all finished; runs until Ctrl-C or SIGTERM (exit 0).
+    #[arg(long)]
+    serve: bool,
+    /// With --serve: the address to bind (default 127.0.0.1).
+    #[arg(long, value_name = "H")]
+    host: Option<String>,
+    /// With --serve: the host clients use, as printed (default: H; needed when H is
+    /// 0.0.0.0 or ::).
+    #[arg(long, value_name = "A")]
+    advertise: Option<String>,
+    /// With --serve: the port to bind (default 0: any free port).
+    #[arg(long, value_name = "P")]
+    port: Option<u16>,
+    /// An rpcenv setting for every env, e.g. --conf rpc.io.threads=2 (repeatable); client
+    /// envs default to rpc.io.threads=1 and rpc.dispatcher.numThreads=1.
+    #[arg(long, value_name = "KEY=VALUE")]
+    conf: Vec<String>,
+    /// No progress bar (there is none either when stderr is not a terminal).
+    #[arg(long, conflicts_with = "progress_lines")]
+    quiet: bool,
+    /// Instead of the bar, a plain line of progress on stderr every second (for logs and
+    /// pipes: no `\r` frames), with the same live figures.
+    #[arg(long)]
+    progress_lines: bool,
 }
 
-fn bad(msg: impl Into<String>) -> FlagError {
-    FlagError(msg.into())
-}
+const ABOUT: &str = "A stress test of rpcenv. Clients, each a client-mode env with its own \
+connection and thread, send numbered messages to one endpoint, which checks that each \
+client's messages arrive complete, intact and in order; each client then compares the \
+server's count with what it sent.
 
-fn parse_int<T>(flag: &str, value: &str, min: T, max: T) -> Result<T, FlagError>
-where
-    T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
-{
-    match value.trim().parse::<T>() {
-        Ok(n) if n >= min && n <= max => Ok(n),
-        _ => Err(bad(format!(
-            "{flag} takes an integer from {min} to {max}, not '{value}'"
-        ))),
-    }
-}
+  stress [OPTIONS]                  run clients against an in-process server
+  stress [OPTIONS] --connect URI    run clients against `stress --serve`
+  stress --serve [--host H] [--port P] [--advertise A] [--threading T]";
+
+const AFTER_HELP: &str = "The summary ends with a line `RESULT lost=0 order_violations=0 \
+corrupt=0 bad_replies=0 errors=0 ask_failures=0 peak_rss_mib=X` when all went well: X is \
+this process's peak resident set (VmHWM, Linux; `unknown` elsewhere), which covers the \
+in-process server; with --connect, `server_peak_rss_mib=Y` follows, the server's peak when \
+it gave the final counts. Ask latencies are recorded in an HDR histogram (hdrhistogram, 3 \
+significant digits). Exit code: 0 when nothing was lost and order held, 1 otherwise, 2 for \
+bad flags. Logs go to stderr; RUST_LOG=info (or debug) shows more.";
 
 /// `64`, `4k` (KiB), `1m` (MiB).
-fn parse_size(flag: &str, value: &str) -> Result<usize, FlagError> {
+fn parse_size(value: &str) -> Result<usize, String> {
     let text = value.trim().to_ascii_lowercase();
     let (digits, unit) = match text.strip_suffix(['k', 'm']) {
         Some(digits) if text.ends_with('k') => (digits, 1usize << 10),
@@ -450,166 +452,91 @@ fn parse_size(flag: &str, value: &str) -> Result<usize, FlagError> {
         .and_then(|n| n.checked_mul(unit))
         .filter(|&n| n <= MAX_PAYLOAD)
         .ok_or_else(|| {
-            bad(format!(
-                "{flag} takes a size in bytes from 0 to {MAX_PAYLOAD} (64m), e.g. 64, 4k or 1m, \
-                 not '{value}'"
-            ))
+            format!("a size in bytes from 0 to {MAX_PAYLOAD} (64m) is expected, e.g. 64, 4k or 1m")
         })
 }
 
-fn parse_args(args: &[String]) -> Result<Command, FlagError> {
-    let mut opts = RunOpts {
-        clients: 4,
-        messages: 10_000,
-        payload: 64,
-        mode: Mode::Mixed,
-        window: 16,
-        connect: None,
-        server: ServerOpts {
+impl Flags {
+    /// What to run, or a message about flags that do not go together.
+    fn command(self) -> Result<Command, String> {
+        let mut conf = RpcConf::new();
+        for item in &self.conf {
+            let Some((key, val)) = item.split_once('=') else {
+                return Err(format!("--conf takes KEY=VALUE, not '{item}'"));
+            };
+            conf.insert(key.trim(), val.trim());
+            if let Err(err) = conf.validate() {
+                return Err(format!("--conf {item}: {err:#}"));
+            }
+        }
+        let threading = match self.threading.as_deref() {
+            Some("shared") => Threading::Shared,
+            _ => Threading::Dedicated,
+        };
+        let server = ServerOpts {
             host: "127.0.0.1".into(),
             advertise: None,
             port: 0,
-            threading: Threading::Dedicated,
-            conf: RpcConf::new(),
+            threading,
+            conf,
             report_runs: false,
-        },
-        quiet: false,
-    };
-    let mut serve = false;
-    let mut host: Option<String> = None;
-    let mut advertise: Option<String> = None;
-    let mut port: Option<u16> = None;
-    let mut client_flags: Vec<&'static str> = Vec::new();
-    let mut threading_flag = false;
-
-    let mut rest = args.iter();
-    while let Some(arg) = rest.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_owned())),
-            _ => (arg.as_str(), None),
         };
-        let switch = |inline: Option<String>| match inline {
-            Some(_) => Err(bad(format!("{flag} takes no value"))),
-            None => Ok(()),
-        };
-        let mut value = |inline: Option<String>| match inline {
-            Some(value) => Ok(value),
-            None => rest
-                .next()
-                .cloned()
-                .ok_or_else(|| bad(format!("{flag} needs a value"))),
-        };
-        match flag {
-            "-h" | "--help" => {
-                switch(inline)?;
-                return Ok(Command::Help);
+        if self.serve {
+            let client_flags = [
+                ("--clients", self.clients.is_some()),
+                ("--messages", self.messages.is_some()),
+                ("--payload", self.payload.is_some()),
+                ("--mode", self.mode.is_some()),
+                ("--window", self.window.is_some()),
+                ("--connect", self.connect.is_some()),
+                ("--quiet", self.quiet),
+                ("--progress-lines", self.progress_lines),
+            ];
+            if let Some((flag, _)) = client_flags.iter().find(|(_, given)| *given) {
+                return Err(format!("{flag} does not go with --serve"));
             }
-            "--clients" => {
-                opts.clients = parse_int(flag, &value(inline)?, 1, 4096)?;
-                client_flags.push("--clients");
-            }
-            "--messages" => {
-                opts.messages = parse_int(flag, &value(inline)?, 0, u64::MAX / 4096)?;
-                client_flags.push("--messages");
-            }
-            "--payload" => {
-                opts.payload = parse_size(flag, &value(inline)?)?;
-                client_flags.push("--payload");
-            }
-            "--mode" => {
-                let v = value(inline)?;
-                opts.mode = match v.as_str() {
-                    "send" => Mode::Send,
-                    "ask" => Mode::Ask,
-                    "mixed" => Mode::Mixed,
-                    _ => {
-                        return Err(bad(format!("--mode takes send, ask or mixed, not '{v}'")));
-                    }
-                };
-                client_flags.push("--mode");
-            }
-            "--window" => {
-                opts.window = parse_int(flag, &value(inline)?, 1, 1 << 20)?;
-                client_flags.push("--window");
-            }
-            "--connect" => {
-                let v = value(inline)?;
-                check_uri(&v)?;
-                opts.connect = Some(v);
-                client_flags.push("--connect");
-            }
-            "--quiet" => {
-                switch(inline)?;
-                opts.quiet = true;
-                client_flags.push("--quiet");
-            }
-            "--conf" => {
-                let v = value(inline)?;
-                let Some((key, val)) = v.split_once('=') else {
-                    return Err(bad(format!("--conf takes KEY=VALUE, not '{v}'")));
-                };
-                opts.server.conf.insert(key.trim(), val.trim());
-                if let Err(err) = opts.server.conf.validate() {
-                    return Err(bad(format!("--conf {v}: {err:#}")));
-                }
-            }
-            "--threading" => {
-                let v = value(inline)?;
-                opts.server.threading = match v.as_str() {
-                    "dedicated" => Threading::Dedicated,
-                    "shared" => Threading::Shared,
-                    _ => {
-                        return Err(bad(format!(
-                            "--threading takes dedicated or shared, not '{v}'"
-                        )));
-                    }
-                };
-                threading_flag = true;
-            }
-            "--serve" => {
-                switch(inline)?;
-                serve = true;
-            }
-            "--host" => host = Some(value(inline)?),
-            "--advertise" => advertise = Some(value(inline)?),
-            "--port" => port = Some(parse_int(flag, &value(inline)?, 0, u16::MAX)?),
-            _ if flag.starts_with('-') => {
-                return Err(bad(format!("unknown flag {flag}")));
-            }
-            _ => return Err(bad(format!("unexpected argument '{arg}'"))),
+            return Ok(Command::Serve(ServerOpts {
+                host: self.host.unwrap_or_else(|| "127.0.0.1".into()),
+                advertise: self.advertise,
+                port: self.port.unwrap_or(0),
+                report_runs: true,
+                ..server
+            }));
         }
-    }
-    if serve {
-        if let Some(flag) = client_flags.first() {
-            return Err(bad(format!("{flag} does not go with --serve")));
+        if self.threading.is_some() && self.connect.is_some() {
+            return Err(
+                "--threading does not go with --connect: give it to `stress --serve`".into(),
+            );
         }
-        return Ok(Command::Serve(ServerOpts {
-            host: host.unwrap_or_else(|| "127.0.0.1".into()),
-            advertise,
-            port: port.unwrap_or(0),
-            report_runs: true,
-            ..opts.server
-        }));
+        for (flag, given) in [
+            ("--host", self.host.is_some()),
+            ("--advertise", self.advertise.is_some()),
+            ("--port", self.port.is_some()),
+        ] {
+            if given {
+                return Err(format!("{flag} only goes with --serve"));
+            }
+        }
+        Ok(Command::Run(RunOpts {
+            clients: self.clients.unwrap_or(4),
+            messages: self.messages.unwrap_or(10_000),
+            payload: self.payload.unwrap_or(64),
+            mode: match self.mode.as_deref() {
+                Some("send") => Mode::Send,
+                Some("ask") => Mode::Ask,
+                _ => Mode::Mixed,
+            },
+            window: usize::try_from(self.window.unwrap_or(16)).unwrap_or(usize::MAX),
+            connect: self.connect,
+            server,
+            quiet: self.quiet,
+            progress_lines: self.progress_lines,
+        }))
     }
-    if threading_flag && opts.connect.is_some() {
-        return Err(bad(
-            "--threading does not go with --connect: give it to `stress --serve`",
-        ));
-    }
-    if host.is_some() {
-        return Err(bad("--host only goes with --serve"));
-    }
-    if advertise.is_some() {
-        return Err(bad("--advertise only goes with --serve"));
-    }
-    if port.is_some() {
-        return Err(bad("--port only goes with --serve"));
-    }
-    Ok(Command::Run(opts))
 }
 
 /// `rpc://name@host:port` (or `spark://`); the library checks the rest when it connects.
-fn check_uri(uri: &str) -> Result<(), FlagError> {
+fn check_uri(uri: &str) -> Result<String, String> {
     let ok = uri
         .strip_prefix("rpc://")
         .or_else(|| uri.strip_prefix("spark://"))
@@ -620,11 +547,9 @@ fn check_uri(uri: &str) -> Result<(), FlagError> {
         })
         .is_some();
     if ok {
-        Ok(())
+        Ok(uri.to_owned())
     } else {
-        Err(bad(format!(
-            "--connect takes rpc://NAME@HOST:PORT (as printed by `stress --serve`), not '{uri}'"
-        )))
+        Err("expected rpc://NAME@HOST:PORT (as printed by `stress --serve`)".to_owned())
     }
 }
 
@@ -643,7 +568,7 @@ struct ClientReport {
     /// Echoes with the wrong sequence number or length.
     bad_replies: u64,
     /// Round trips of the asks that were answered.
-    latency: Histogram,
+    latency: Latency,
     /// The server's count for this client; `None` if it could not be had.
     tally: Option<Tally>,
     /// Errors of any kind (connect, send, ask, final count).
@@ -720,6 +645,8 @@ struct ClientSetup<'a> {
     opts: &'a RunOpts,
     start: &'a Barrier,
     progress: &'a AtomicU64,
+    /// Asks sent and not yet answered, of every client (for the progress bar).
+    asks_in_flight: &'a AtomicU64,
 }
 
 /// The start line: every client passes it once, connected or not, and so does one that
@@ -811,8 +738,11 @@ fn send_all(
     let mut choice =
         XorShift(0x9e37_79b9_7f4a_7c15 ^ (u64::from(id) + 1).wrapping_mul(0xff51_afd7_ed55_8ccd));
     let expected_len = opts.payload as u64;
+    let in_flight = setup.asks_in_flight;
     let complete = |flight: InFlight, report: &mut ClientReport, progress: &mut Progress<'_>| {
-        match flight.pending.wait() {
+        let outcome = flight.pending.wait();
+        in_flight.fetch_sub(1, Ordering::Relaxed);
+        match outcome {
             Ok(echo) => {
                 report.latency.record(flight.started.elapsed());
                 let expected = Echo {
@@ -852,6 +782,7 @@ fn send_all(
             }
             let started = Instant::now();
             let pending = target.ask::<Echo>(msg);
+            in_flight.fetch_add(1, Ordering::Relaxed);
             report.asks += 1;
             window.push_back(InFlight {
                 seq,
@@ -904,126 +835,110 @@ fn run_id() -> u64 {
 // Progress bar
 // ---------------------------------------------------------------------------------------
 
-/// Redraws `\r[#####.....] 53% 123456 msg/s` on stderr every [`PROGRESS_EVERY`] until
-/// `stop` says so (or is dropped), then draws the last state and ends the line.
-fn report_progress(done: &AtomicU64, total: u64, stop: &mpsc::Receiver<()>) {
-    let mut last = (Instant::now(), 0u64);
-    let mut rate = 0.0;
+/// Draws a progress bar (`indicatif`) on stderr every [`PROGRESS_EVERY`] until `stop` says
+/// so (or is dropped), then the last state; `live` gives the text next to it (asks in
+/// flight, queue depths from the env's metrics). Only started when stderr is a terminal: a
+/// pipe or a file gets no frames.
+fn report_progress(
+    done: &AtomicU64,
+    total: u64,
+    stop: &mpsc::Receiver<()>,
+    live: &dyn Fn() -> String,
+) {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr_with_hz(5),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "[{bar:30}] {percent:>3}% {pos}/{len} {per_sec} {elapsed_precise} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("#>."),
+    );
     loop {
         let finished = match stop.recv_timeout(PROGRESS_EVERY) {
             Err(RecvTimeoutError::Timeout) => false,
             Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
         };
-        let now = Instant::now();
-        let count = done.load(Ordering::Relaxed);
-        let dt = now.duration_since(last.0).as_secs_f64();
-        if dt > 0.05 {
-            rate = count.saturating_sub(last.1) as f64 / dt;
-            last = (now, count);
-        }
-        draw(count, total, rate);
+        bar.set_position(done.load(Ordering::Relaxed));
+        bar.set_message(live());
         if finished {
-            eprintln!();
+            bar.finish();
             return;
         }
     }
 }
 
-fn draw(count: u64, total: u64, rate: f64) {
-    const WIDTH: u64 = 30;
-    let fraction = if total == 0 {
-        1.0
-    } else {
-        count.min(total) as f64 / total as f64
-    };
-    let filled = ((fraction * WIDTH as f64) as u64).min(WIDTH);
-    let mut line = String::with_capacity(64);
-    line.push_str("\r[");
-    for i in 0..WIDTH {
-        line.push(if i < filled { '#' } else { '.' });
+/// `--progress-lines`: `STRESS progress 53% 3180/6000 msg, asks in flight 12, …` on
+/// stderr every second until `stop` says so, then the last state.
+fn report_lines(
+    done: &AtomicU64,
+    total: u64,
+    stop: &mpsc::Receiver<()>,
+    live: &dyn Fn() -> String,
+) {
+    loop {
+        let finished = match stop.recv_timeout(Duration::from_secs(1)) {
+            Err(RecvTimeoutError::Timeout) => false,
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
+        };
+        let count = done.load(Ordering::Relaxed);
+        let percent = (count.min(total) * 100).checked_div(total).unwrap_or(100);
+        eprintln!("STRESS progress {percent}% {count}/{total} msg, {}", live());
+        if finished {
+            return;
+        }
     }
-    // Floored: 100% only when everything is done.
-    let percent = (fraction * 100.0).floor();
-    let _ = write!(line, "] {percent:3.0}% {rate:>9.0} msg/s   ");
-    let mut stderr = std::io::stderr().lock();
-    let _ = stderr.write_all(line.as_bytes());
-    let _ = stderr.flush();
 }
 
 // ---------------------------------------------------------------------------------------
 // Summary
 // ---------------------------------------------------------------------------------------
 
-/// Latencies in µs: exact below 1024 µs, within 0.2 % above (the top 10 significant
-/// bits are kept), so a run of any length needs the same few kilobytes per client.
+/// Ask latencies in µs, in an HDR histogram (3 significant digits: within 0.1 %), so a
+/// run of any length needs the same few tens of kilobytes per client.
 #[derive(Debug, Clone)]
-struct Histogram {
-    counts: Vec<u64>,
-    total: u64,
-    max: u64,
-}
+struct Latency(hdrhistogram::Histogram<u64>);
 
-impl Default for Histogram {
+impl Default for Latency {
     fn default() -> Self {
-        Self {
-            counts: vec![0; Self::index(u64::MAX) + 1],
-            total: 0,
-            max: 0,
-        }
+        Self(hdrhistogram::Histogram::new(3).expect("3 significant digits are allowed"))
     }
 }
 
-impl Histogram {
-    /// Values below this are counted exactly.
-    const EXACT: u64 = 1024;
-
-    fn index(us: u64) -> usize {
-        if us < Self::EXACT {
-            return us as usize;
-        }
-        // us has b >= 11 significant bits; keep the top 10.
-        let shift = 64 - us.leading_zeros() - 10;
-        let top = (us >> shift) as usize; // 512 ..= 1023
-        Self::EXACT as usize + (shift as usize - 1) * 512 + (top - 512)
-    }
-
-    /// The smallest value counted in bucket `index`.
-    fn value(index: usize) -> u64 {
-        let exact = Self::EXACT as usize;
-        if index < exact {
-            return index as u64;
-        }
-        let shift = (index - exact) / 512 + 1;
-        let top = ((index - exact) % 512 + 512) as u64;
-        top << shift
-    }
-
+impl Latency {
     fn record(&mut self, latency: Duration) {
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        self.counts[Self::index(us)] += 1;
-        self.total += 1;
-        self.max = self.max.max(us);
+        self.0.saturating_record(us);
     }
 
     fn merge(&mut self, other: &Self) {
-        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
-            *mine += theirs;
+        if let Err(err) = self.0.add(&other.0) {
+            warn!("latencies of a client left out: {err:?}");
         }
-        self.total += other.total;
-        self.max = self.max.max(other.max);
     }
 
-    /// The value at quantile `q` (nearest rank), never above the maximum seen.
+    fn total(&self) -> u64 {
+        self.0.len()
+    }
+
+    fn max(&self) -> u64 {
+        self.0.max()
+    }
+
+    /// The value at quantile `q`, never above the maximum seen.
     fn percentile(&self, q: f64) -> u64 {
-        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total.max(1));
-        let mut seen = 0;
-        for (index, &count) in self.counts.iter().enumerate() {
-            seen += count;
-            if seen >= rank {
-                return Self::value(index).min(self.max);
-            }
-        }
-        self.max
+        self.0.value_at_quantile(q).min(self.0.max())
+    }
+}
+
+/// `1 client`, `4 clients`.
+fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("{n} {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 
@@ -1087,19 +1002,18 @@ fn summarize(opts: &RunOpts, target: &str, reports: &[ClientReport], elapsed: Du
     let bad_replies: u64 = reports.iter().map(|r| r.bad_replies).sum();
     let ask_failures: u64 = reports.iter().map(|r| r.ask_failures).sum();
     let errors: u64 = reports.iter().map(|r| r.errors).sum();
-    let mut latency = Histogram::default();
+    let mut latency = Latency::default();
     for report in reports {
         latency.merge(&report.latency);
     }
 
     let secs = elapsed.as_secs_f64().max(1e-9);
-    let payload_mb = (total as f64 * opts.payload as f64) / 1e6;
     println!("STRESS summary");
     println!("  target        {target}");
     println!(
-        "  setup         mode {}, {} clients x {} messages, payload {} B, window {}{}",
+        "  setup         mode {}, {} x {} messages, payload {} B, window {}{}",
         opts.mode,
-        opts.clients,
+        plural(u64::from(opts.clients), "client"),
         opts.messages,
         opts.payload,
         opts.window,
@@ -1119,12 +1033,18 @@ fn summarize(opts: &RunOpts, target: &str, reports: &[ClientReport], elapsed: Du
         "  messages      {total} sent{unsent} ({one_way} one-way, {asks} asks), {received} received"
     );
     println!("  elapsed       {secs:.3} s");
-    println!(
-        "  throughput    {:.0} msg/s, {:.2} MB/s of payload",
-        total as f64 / secs,
-        payload_mb / secs
-    );
-    if latency.total == 0 {
+    if received == 0 {
+        println!("  throughput    n/a (nothing received)");
+    } else {
+        // What arrived, not what was sent: a run that lost messages does not look fast.
+        let received_mb = received as f64 * opts.payload as f64 / 1e6;
+        println!(
+            "  throughput    {:.0} msg/s, {:.2} MB/s of payload (received)",
+            received as f64 / secs,
+            received_mb / secs
+        );
+    }
+    if latency.total() == 0 {
         println!("  ask latency   n/a (no asks answered)");
     } else {
         println!(
@@ -1132,8 +1052,8 @@ fn summarize(opts: &RunOpts, target: &str, reports: &[ClientReport], elapsed: Du
             latency.percentile(0.50),
             latency.percentile(0.90),
             latency.percentile(0.99),
-            latency.max,
-            latency.total
+            latency.max(),
+            latency.total()
         );
     }
     let peak = peak_rss_kib();
@@ -1160,11 +1080,17 @@ fn summarize(opts: &RunOpts, target: &str, reports: &[ClientReport], elapsed: Du
             unit(server)
         ),
     }
-    if let Some(writes) = write_syscalls() {
-        println!(
+    match write_syscalls() {
+        Some(writes) if total > 0 => println!(
             "  write calls   {writes} write/writev syscalls, {:.2} per message (this process)",
-            writes as f64 / total.max(1) as f64
-        );
+            writes as f64 / total as f64
+        ),
+        Some(writes) => {
+            println!(
+                "  write calls   {writes} write/writev syscalls, no messages sent (this process)"
+            );
+        }
+        None => {}
     }
     for report in reports {
         if let Some((expected, got)) = report.tally.as_ref().and_then(|t| t.first_violation) {
@@ -1216,21 +1142,15 @@ fn summarize(opts: &RunOpts, target: &str, reports: &[ClientReport], elapsed: Du
 // ---------------------------------------------------------------------------------------
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = match parse_args(&args) {
+    let flags = <Flags as clap::Parser>::parse();
+    let command = match flags.command() {
         Ok(command) => command,
-        Err(err) => {
-            eprintln!("stress: {err:#}");
-            eprintln!("Try 'stress --help' for the flags.");
-            return ExitCode::from(2);
-        }
+        Err(message) => <Flags as clap::CommandFactory>::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit(),
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     match command {
-        Command::Help => {
-            print!("{USAGE}");
-            ExitCode::SUCCESS
-        }
         Command::Serve(server) => serve(&server),
         Command::Run(opts) => run(&opts),
     }
@@ -1247,7 +1167,20 @@ fn serve(opts: &ServerOpts) -> ExitCode {
     };
     let address = env.address().expect("a server env has an address");
     println!("STRESS serving on rpc://{ENDPOINT}@{address}");
+    // Ctrl-C and SIGTERM shut the env down cleanly (exit 0).
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    if let Err(err) = ctrlc::set_handler(move || {
+        let _ = stop_tx.try_send(());
+    }) {
+        warn!("cannot catch Ctrl-C/SIGTERM ({err:#}); the server stops when killed");
+        env.await_termination();
+        return ExitCode::SUCCESS;
+    }
+    let _ = stop_rx.recv();
+    info!("stopping: a signal");
+    env.shutdown();
     env.await_termination();
+    println!("STRESS stopped");
     ExitCode::SUCCESS
 }
 
@@ -1276,11 +1209,15 @@ fn run(opts: &RunOpts) -> ExitCode {
     } else {
         format!("{uri} (in-process)")
     };
-    info!("run: {} clients against {target}", opts.clients);
+    info!(
+        "run: {} against {target}",
+        plural(u64::from(opts.clients), "client")
+    );
 
     let run = run_id();
     let total = u64::from(opts.clients) * opts.messages;
     let progress = AtomicU64::new(0);
+    let asks_in_flight = AtomicU64::new(0);
     let start = Barrier::new(opts.clients as usize + 1);
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
 
@@ -1294,6 +1231,7 @@ fn run(opts: &RunOpts) -> ExitCode {
                 opts,
                 start: &start,
                 progress: &progress,
+                asks_in_flight: &asks_in_flight,
             };
             let spawned = thread::Builder::new()
                 .name(format!("stress-client-{id}"))
@@ -1309,13 +1247,43 @@ fn run(opts: &RunOpts) -> ExitCode {
         }
         start.wait();
         let started = Instant::now();
-        let reporter = if opts.quiet {
+        let lines = opts.progress_lines;
+        let reporter = if opts.quiet || !(lines || std::io::stderr().is_terminal()) {
             None
         } else {
             let progress = &progress;
+            let (asks_in_flight, server) = (&asks_in_flight, &server);
+            // Next to the bar: asks in flight, and with an in-process server its queues.
+            let live = move || {
+                let asks = asks_in_flight.load(Ordering::Relaxed);
+                match server {
+                    Some(env) => {
+                        let metrics = env.metrics();
+                        let inbox: usize = metrics.endpoints.iter().map(|e| e.inbox_depth).sum();
+                        let inbox_max = metrics
+                            .endpoints
+                            .iter()
+                            .map(|e| e.inbox_high_water)
+                            .max()
+                            .unwrap_or(0);
+                        format!(
+                            "asks in flight {asks}, server inbox {inbox} (max {inbox_max}), \
+                             write queues {} B",
+                            metrics.env.bytes_queued
+                        )
+                    }
+                    None => format!("asks in flight {asks}"),
+                }
+            };
             thread::Builder::new()
                 .name("stress-progress".into())
-                .spawn_scoped(scope, move || report_progress(progress, total, &stop_rx))
+                .spawn_scoped(scope, move || {
+                    if lines {
+                        report_lines(progress, total, &stop_rx, &live);
+                    } else {
+                        report_progress(progress, total, &stop_rx, &live);
+                    }
+                })
                 .map_err(|err| warn!("no progress bar: {err:#}"))
                 .ok()
         };

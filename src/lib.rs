@@ -116,7 +116,9 @@
 //!   wire, so a field can change between `Vec<u8>` and `ByteBuf` without breaking older
 //!   peers.
 //! - `shutdown` waits up to five seconds for endpoints to run `on_stop` and for threads
-//!   to exit (a connect under way included), then leaves busy ones behind and logs them.
+//!   to exit (a connect under way included), then leaves busy ones behind and logs them
+//!   by name: only threads really busy (idle pool threads get a moment to exit even when
+//!   a busy dedicated endpoint used up the five seconds).
 //!
 //! # Flow control
 //!
@@ -258,7 +260,10 @@
 //! - **Messages.** Every request carries a fingerprint of its message type; an endpoint
 //!   refuses one of another type (e.g. through an old reference to a name another
 //!   endpoint has taken since) with `MessageType`: the asker gets it, a one-way message's
-//!   endpoint gets it in [`RpcEndpoint::on_error`].
+//!   endpoint gets it in [`RpcEndpoint::on_error`] (the env logs such a message once, at
+//!   `warn`; the default `on_error` adds a `debug` line only).
+//! - **Errors are logged once.** An error returned to the caller (a failed connect, say)
+//!   is not also logged by the library at `warn` (only at `debug`): the caller decides.
 //! - **Replies.** Every ask carries a fingerprint of the reply type it expects;
 //!   [`RpcCallContext::reply`] with a value of another type sends no value but an error,
 //!   and the asker gets [`RpcError::Decode`] naming both (`cannot decode the reply of

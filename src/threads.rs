@@ -32,11 +32,21 @@ pub(crate) fn spawn(
         .map_err(|err| RpcError::io(format!("cannot start thread {name}"), err))
 }
 
-/// Joins `threads`, waiting no later than `deadline` (`None`: as long as it takes). The
-/// calling thread, if it is one of them, is skipped: it ends on its own once it returns.
-/// Threads still running at the deadline are left behind and logged; a thread that
-/// panicked is logged.
-pub(crate) fn join_until(threads: Vec<JoinHandle<()>>, deadline: Option<Instant>, what: &str) {
+/// How long a thread told to exit may take to do so, past the deadline: a deadline
+/// spent waiting for other threads (a busy dedicated endpoint) must not make idle ones,
+/// which end in microseconds, look busy.
+const EXIT_GRACE: Duration = Duration::from_millis(100);
+
+/// Joins `threads`, waiting no later than `deadline` (`None`: as long as it takes), or
+/// [`EXIT_GRACE`] from now if that is later. The calling thread, if it is one of them,
+/// is skipped: it ends on its own once it returns. Threads still running then are left
+/// behind, logged and returned by name; a thread that panicked is logged.
+pub(crate) fn join_until(
+    threads: Vec<JoinHandle<()>>,
+    deadline: Option<Instant>,
+    what: &str,
+) -> Vec<String> {
+    let deadline = deadline.map(|deadline| deadline.max(Instant::now() + EXIT_GRACE));
     let current = thread::current().id();
     let mut pending: Vec<_> = threads
         .into_iter()
@@ -52,16 +62,17 @@ pub(crate) fn join_until(threads: Vec<JoinHandle<()>>, deadline: Option<Instant>
         }
         pending = busy;
         if pending.is_empty() {
-            return;
+            return Vec::new();
         }
         if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-            for thread in &pending {
-                warn!(
-                    "thread {} of {what} is still busy at shutdown; left running",
-                    thread.thread().name().unwrap_or("?")
-                );
+            let names: Vec<String> = pending
+                .iter()
+                .map(|t| t.thread().name().unwrap_or("?").to_owned())
+                .collect();
+            for name in &names {
+                warn!("thread {name} of {what} is still busy at shutdown; left running");
             }
-            return;
+            return names;
         }
         thread::sleep(Duration::from_millis(1));
     }
@@ -217,8 +228,9 @@ impl Pool {
 
     /// Refuses new jobs, lets every worker run what is queued and exit, and joins them
     /// until `deadline` (`None`: do not wait at all). A worker busy past the deadline is
-    /// left to finish on its own (and logged).
-    pub(crate) fn stop(&self, deadline: Option<Instant>) {
+    /// left to finish on its own (logged, and named in the list returned); idle workers
+    /// get a moment to exit even when the deadline has passed.
+    pub(crate) fn stop(&self, deadline: Option<Instant>) -> Vec<String> {
         let threads = {
             let mut state = self.state.lock();
             self.stopped.store(true, Ordering::Release);
@@ -232,7 +244,7 @@ impl Pool {
         };
         match deadline {
             Some(deadline) => join_until(threads, Some(deadline), &self.prefix),
-            None => drop(threads),
+            None => Vec::new(),
         }
     }
 }
@@ -421,6 +433,30 @@ mod tests {
         drop(tx);
         let me = spawn("rpc-test-self".into(), || {}).unwrap();
         join_until(vec![me], None, "a test");
+    }
+
+    /// A shutdown whose deadline was spent on a busy thread elsewhere (a dedicated
+    /// endpoint) names only the thread that really is busy, not idle workers that were
+    /// just told to exit.
+    #[test]
+    fn a_stop_past_its_deadline_names_only_the_busy_workers() {
+        let idle = Pool::new("rpc-test-idle-", Workers::Fixed(3)).unwrap();
+        let left = idle.stop(Some(Instant::now()));
+        assert!(left.is_empty(), "idle workers reported busy: {left:?}");
+
+        let pool = Pool::new("rpc-test-busy-", Workers::Fixed(3)).unwrap();
+        let (started_tx, started_rx) = crossbeam_channel::bounded::<String>(1);
+        let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(0);
+        pool.execute(Box::new(move || {
+            let _ = started_tx.send(thread::current().name().unwrap_or("?").to_owned());
+            let _ = release_rx.recv_timeout(Duration::from_secs(10));
+        }))
+        .unwrap();
+        let busy = started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let left = pool.stop(Some(Instant::now() - Duration::from_millis(1)));
+        assert_eq!(left, vec![busy]);
+        drop(release_tx);
+        wait_for("the busy worker exits", || pool.is_done());
     }
 
     #[test]

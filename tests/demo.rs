@@ -23,6 +23,12 @@ fn the_demo_runs_its_batch_through_a_lost_worker() {
         "  per worker   w1 ",
         "  task asks    p50 ",
         "DEMO OK tasks=300/300 ",
+        // The live view: each env's status line and endpoint table.
+        "  metrics env=driver conns=",
+        "  metrics env=master conns=",
+        "  metrics env=worker-w1 conns=",
+        "  endpoint name=Master kind=dedicated ",
+        "  endpoint name=Worker kind=shared ",
     ] {
         assert!(
             demo.saw(needle),

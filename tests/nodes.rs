@@ -144,6 +144,12 @@ fn a_worker_reports_failed_heartbeats_and_registers_with_a_new_master() {
         failed.contains(&format!("error=connection to 127.0.0.1:{port} ")),
         "{failed}"
     );
+    // The closed connection is told on stdout too, once.
+    if !worker.saw("WORKER master lost id=w1 ") {
+        worker.expect_line("the master lost", WAIT, |l| {
+            l.starts_with("WORKER master lost id=w1 ")
+        });
+    }
 
     // A new master on the same port does not know w1: it registers again.
     let mut master = Node::spawn(
@@ -208,11 +214,11 @@ fn a_worker_waits_for_its_master() {
 #[test]
 fn bad_flags_exit_2_with_a_message() {
     for (example, args, message) in [
-        ("master", &["--bogus"][..], "unknown flag --bogus"),
+        ("master", &["--bogus"][..], "unexpected argument '--bogus'"),
         (
             "master",
             &["--port", "seventy"][..],
-            "bad value 'seventy' for --port",
+            "invalid value 'seventy' for '--port <PORT>'",
         ),
         (
             "master",
@@ -222,10 +228,43 @@ fn bad_flags_exit_2_with_a_message() {
         (
             "worker",
             &["--client-mode", "--port", "7078"][..],
-            "--client-mode and --port exclude each other",
+            "the argument '--client-mode' cannot be used with '--port <PORT>'",
         ),
-        ("worker", &["--cores"][..], "--cores needs a value"),
-        ("demo", &["--kill", "w9"][..], "bad value 'w9' for --kill"),
+        (
+            "worker",
+            &["--cores"][..],
+            "a value is required for '--cores <N>'",
+        ),
+        (
+            "worker",
+            &["--cores", "0"][..],
+            "invalid value '0' for '--cores <N>'",
+        ),
+        (
+            "worker",
+            &["--master", "Master@127.0.0.1:7077"][..],
+            "expected rpc://NAME@HOST:PORT",
+        ),
+        (
+            "worker",
+            &["--master", "rpc://Master@127.0.0.1:http"][..],
+            "invalid value 'rpc://Master@127.0.0.1:http' for '--master <URI>'",
+        ),
+        (
+            "demo",
+            &["--kill", "w9"][..],
+            "invalid value 'w9' for '--kill <ID>'",
+        ),
+        (
+            "demo",
+            &["--kill", "w1", "--connect", "rpc://Master@127.0.0.1:1"][..],
+            "cannot be used with",
+        ),
+        (
+            "transport_demo",
+            &["--bogus"][..],
+            "unexpected argument '--bogus'",
+        ),
         (
             "master",
             &["--conf", "rpc.io.threads"][..],
@@ -255,8 +294,14 @@ fn bad_flags_exit_2_with_a_message() {
             "{example} {args:?}: expected '{message}' and a pointer to --help\n{}",
             node.output()
         );
+        // The worker checks its --master before it binds or logs anything.
+        assert!(
+            !node.saw("listening"),
+            "{example} {args:?}\n{}",
+            node.output()
+        );
     }
-    for example in ["master", "worker", "demo"] {
+    for example in ["master", "worker", "demo", "transport_demo"] {
         let mut node = Node::spawn(example, example, &["--help"]);
         let status = node.wait_exit(WAIT);
         assert!(
@@ -348,9 +393,10 @@ fn sigterm_shuts_a_worker_down_cleanly_and_the_master_notices() {
         "the worker did not shut down through its handler\n{}",
         worker.output()
     );
-    master.expect_line("w1 lost", NOTICE, |l| {
-        l.starts_with("MASTER worker lost id=w1 ")
+    master.expect_line("w1 left", NOTICE, |l| {
+        l.starts_with("MASTER worker left id=w1 ")
     });
+    assert!(!master.saw("worker lost id=w1"), "{}", master.output());
     master.kill();
 }
 
@@ -448,4 +494,194 @@ fn nodes_with_a_secret_file_authenticate_and_a_wrong_secret_is_refused() {
     w2.kill();
     master.kill();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A worker with no master yet stops cleanly when told to: `quit` on stdin and SIGTERM
+/// both end it with exit status 0, promptly, while it is still retrying.
+#[test]
+fn a_worker_still_registering_stops_cleanly() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let uri = format!("rpc://Master@127.0.0.1:{port}");
+    let mut worker = Node::spawn_with_stdin("w1", "worker", &["--master", &uri, "--id", "w1"]);
+    worker.expect_line("a failed registration attempt", WAIT, |l| {
+        l.contains("registration attempt 2 ")
+    });
+    worker.send_line("quit");
+    let status = worker.wait_exit(NOTICE);
+    assert!(status.success(), "quit: {status}\n{}", worker.output());
+    assert!(
+        worker.saw("WORKER stopped id=w1 before it registered (quit on stdin)"),
+        "{}",
+        worker.output()
+    );
+
+    #[cfg(unix)]
+    {
+        let mut worker = Node::spawn("w2", "worker", &["--master", &uri, "--id", "w2"]);
+        worker.expect_line("a failed registration attempt", WAIT, |l| {
+            l.contains("registration attempt 2 ")
+        });
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &worker.pid().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(kill.success(), "kill -TERM: {kill}");
+        let status = worker.wait_exit(NOTICE);
+        assert!(status.success(), "SIGTERM: {status}\n{}", worker.output());
+        assert!(
+            worker.saw("WORKER stopped id=w2 before it registered (a signal)"),
+            "{}",
+            worker.output()
+        );
+    }
+}
+
+/// `--register-timeout` uses its whole budget (the last attempt cut to fit) and says how
+/// many attempts it made in how long; a failed connect is logged once per attempt.
+#[test]
+fn a_register_timeout_uses_its_whole_budget() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let uri = format!("rpc://Master@127.0.0.1:{port}");
+    let mut worker = Node::spawn(
+        "w1",
+        "worker",
+        &["--master", &uri, "--id", "w1", "--register-timeout", "2s"],
+    );
+    let status = worker.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(1), "{}", worker.output());
+    let line = worker.expect_line_seen("the give-up message", |l| {
+        l.contains("could not register with")
+    });
+    assert!(line.contains("within 2000 ms"), "{line}");
+    // 100 + 200 + 400 + 800 ms of backoff, then 500 ms left: 6 attempts in about 2 s (the
+    // old code gave up at 1.5 s, when the next pause would pass the limit).
+    let elapsed: u64 = line
+        .split(" attempts in ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no elapsed time in {line}"));
+    assert!(elapsed >= 2000, "gave up after {elapsed} ms: {line}");
+    // Only the give-up message names the failed connection: the library leaves it to
+    // the worker, which logs each attempt once.
+    assert_eq!(
+        worker.count("connection to 127.0.0.1"),
+        1,
+        "a failed connect logged more than once:\n{}",
+        worker.output()
+    );
+}
+
+/// The default worker id is the process id; the env is `worker-PID`, not
+/// `worker-worker-PID`.
+#[test]
+fn the_default_worker_id_has_one_prefix() {
+    let (mut master, uri) = master(&[]);
+    let mut worker = Node::spawn("worker", "worker", &["--master", &uri, "--client-mode"]);
+    let pid = worker.pid();
+    let line = master.expect_line("the registration", WAIT, |l| {
+        l.starts_with("MASTER worker registered id=")
+    });
+    assert!(
+        line.starts_with(&format!("MASTER worker registered id={pid} ")),
+        "{line}"
+    );
+    worker.kill();
+    master.kill();
+}
+
+/// A taken port is an error unless `--port-fallback` is given; then the move shows on the
+/// listening line and in a warning.
+#[test]
+fn a_master_on_a_taken_port_fails_or_says_it_moved() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = taken.local_addr().expect("its address").port().to_string();
+    let mut strict = Node::spawn("master", "master", &["--port", &port]);
+    let status = strict.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(1), "{}", strict.output());
+    assert!(strict.saw("--port-fallback"), "{}", strict.output());
+    assert!(!strict.saw("MASTER listening"), "{}", strict.output());
+
+    let mut moved = Node::spawn("master", "master", &["--port", &port, "--port-fallback"]);
+    let line = moved.expect_line("MASTER listening on", WAIT, |l| {
+        l.starts_with("MASTER listening on ")
+    });
+    assert!(line.contains(&format!(" moved_from={port} ")), "{line}");
+    // On stderr, so it may come before the stdout line.
+    let warning = format!("port {port} was taken: the master listens on port ");
+    if !moved.saw(&warning) {
+        moved.expect_line("the warning", WAIT, |l| l.contains(&warning));
+    }
+    moved.kill();
+}
+
+/// The live view: `--status-every` logs status lines on master and worker; `status` on
+/// the master's stdin prints the worker table and the env's metrics; `quit` stops it.
+#[test]
+fn the_master_answers_status_and_nodes_log_status_lines() {
+    let mut master = Node::spawn_with_stdin(
+        "master",
+        "master",
+        &[
+            "--port",
+            "0",
+            "--worker-timeout",
+            "60s",
+            "--status-every",
+            "200ms",
+        ],
+    );
+    let line = master.expect_line("MASTER listening on", WAIT, |l| {
+        l.starts_with("MASTER listening on ")
+    });
+    let uri = format!(
+        "rpc://Master@{}",
+        line["MASTER listening on ".len()..].trim()
+    );
+    let mut worker = Node::spawn(
+        "w1",
+        "worker",
+        &[
+            "--master",
+            &uri,
+            "--id",
+            "w1",
+            "--client-mode",
+            "--status-every",
+            "200ms",
+        ],
+    );
+    master.expect_line("w1's registration", WAIT, |l| {
+        l.starts_with("MASTER worker registered id=w1 ")
+    });
+    master.expect_line("a status line", WAIT, |l| {
+        l.contains("status workers=1 queued=0 running=0 conns=")
+    });
+    worker.expect_line("a status line", WAIT, |l| {
+        l.contains("status id=w1 conns=1 ")
+    });
+
+    master.send_line("status");
+    master.expect_line("the status", WAIT, |l| {
+        l == "MASTER status workers=1 queued=0 running=0"
+    });
+    master.expect_line("the worker table", WAIT, |l| {
+        l.starts_with("MASTER worker id=w1 address=client-mode cores=2 running=0 completed=0")
+    });
+    master.expect_line("the metrics", WAIT, |l| {
+        l.starts_with("MASTER metrics env=master conns=1 ")
+    });
+    master.expect_line("the endpoint table", WAIT, |l| {
+        l.starts_with("MASTER endpoint name=Master kind=dedicated ")
+    });
+    master.send_line("quit");
+    let status = master.wait_exit(WAIT);
+    assert!(status.success(), "{status}\n{}", master.output());
+    worker.kill();
 }

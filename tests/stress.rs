@@ -144,8 +144,59 @@ fn mixed_run_loses_nothing() {
     out.assert_passed();
     assert!(out.stdout.contains("6000 sent"), "{out}");
     assert!(out.stdout.contains("ask latency   p50"), "{out}");
-    // The progress bar ends at 100%.
-    assert!(out.stderr.contains("100%"), "{out}");
+    // stderr is a pipe: no progress frames in it.
+    assert!(!out.stderr.contains('\r'), "{out}");
+    assert!(!out.stderr.contains("100%"), "{out}");
+    assert!(out.stdout.contains("3 clients x 2000 messages"), "{out}");
+}
+
+/// `--progress-lines`: plain progress lines with the live figures (asks in flight, the
+/// in-process server's inbox from its metrics), no `\r` frames.
+#[test]
+fn progress_lines_show_asks_in_flight_and_queues() {
+    let out = short_run("mixed", &["--progress-lines"]);
+    out.assert_passed();
+    assert!(!out.stderr.contains('\r'), "{out}");
+    assert!(
+        out.stderr
+            .contains("STRESS progress 100% 6000/6000 msg, asks in flight 0, server inbox "),
+        "{out}"
+    );
+}
+
+/// A run that sends nothing: the summary divides by no zero count (no throughput of
+/// nothing, no per-message figure), and one client is "1 client".
+#[test]
+fn an_empty_run_summarizes_without_dividing_by_zero() {
+    let out = run(&["--clients", "1", "--messages", "0", "--quiet"]);
+    out.assert_passed();
+    assert!(out.stdout.contains("1 client x 0 messages"), "{out}");
+    assert!(!out.stdout.contains("1 clients"), "{out}");
+    assert!(
+        out.stdout.contains("throughput    n/a (nothing received)"),
+        "{out}"
+    );
+    assert!(!out.stdout.contains("per message"), "{out}");
+    assert!(!out.stdout.contains("inf"), "{out}");
+    assert!(!out.stdout.contains("NaN"), "{out}");
+}
+
+/// `stress --serve` stops cleanly on SIGTERM: exit status 0.
+#[cfg(unix)]
+#[test]
+fn serve_exits_0_on_sigterm() {
+    let mut server = Node::spawn("serve", "stress", &["--serve", "--port", "0"]);
+    server.expect_line("its address", LIMIT, |l| {
+        l.starts_with("STRESS serving on ")
+    });
+    let kill = Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()
+        .expect("running kill");
+    assert!(kill.success(), "kill -TERM: {kill}");
+    let status = server.wait_exit(LIMIT);
+    assert!(status.success(), "{status}\n{}", server.output());
+    assert!(server.saw("STRESS stopped"), "{}", server.output());
 }
 
 #[test]

@@ -57,6 +57,12 @@ pub(crate) enum MasterEvent {
         /// The tasks it was running, queued again.
         requeued: Vec<u64>,
     },
+    /// A worker said goodbye: it stops cleanly.
+    WorkerLeft {
+        id: String,
+        /// The tasks it was running, queued again.
+        requeued: Vec<u64>,
+    },
     /// A heartbeat from an id the master does not know; the worker is told to register
     /// again.
     UnknownHeartbeat {
@@ -99,6 +105,9 @@ impl fmt::Display for MasterEvent {
                 "worker lost id={id} requeued={} reason={reason}",
                 requeued.len()
             ),
+            Self::WorkerLeft { id, requeued } => {
+                write!(f, "worker left id={id} requeued={}", requeued.len())
+            }
             Self::UnknownHeartbeat { id } => {
                 write!(
                     f,
@@ -402,6 +411,12 @@ impl Master {
 
     /// Forgets worker `id` and queues its running tasks again, first in line.
     fn lose(&mut self, id: &str, reason: String) {
+        self.forget(id, Some(reason));
+    }
+
+    /// Forgets worker `id` and queues its running tasks again, first in line: it was lost
+    /// for `reason`, or (`None`) it said goodbye.
+    fn forget(&mut self, id: &str, reason: Option<String>) {
         let Some(worker) = self.workers.remove(id) else {
             return;
         };
@@ -417,20 +432,34 @@ impl Master {
             }
         }
         requeued.reverse();
-        warn!(
-            "worker {id} lost: {reason}; {} of its tasks will run elsewhere",
-            requeued.len()
-        );
         if let Some(handle) = worker.collector.retire() {
             self.retired.push(handle);
         }
-        self.emit(MasterEvent::WorkerLost {
-            id: id.to_owned(),
-            reason,
-            requeued: requeued.clone(),
-        });
+        match reason {
+            Some(reason) => {
+                warn!(
+                    "worker {id} lost: {reason}; {} of its tasks will run elsewhere",
+                    requeued.len()
+                );
+                self.emit(MasterEvent::WorkerLost {
+                    id: id.to_owned(),
+                    reason,
+                    requeued: requeued.clone(),
+                });
+            }
+            None => {
+                info!(
+                    "worker {id} left; {} of its tasks will run elsewhere",
+                    requeued.len()
+                );
+                self.emit(MasterEvent::WorkerLeft {
+                    id: id.to_owned(),
+                    requeued: requeued.clone(),
+                });
+            }
+        }
         for task_id in requeued {
-            info!("task {task_id} queued again (worker {id} lost)");
+            info!("task {task_id} queued again (worker {id} gone)");
             self.emit(MasterEvent::TaskRequeued {
                 task_id,
                 from: id.to_owned(),
@@ -487,6 +516,7 @@ impl Master {
                 .values()
                 .filter(|t| t.running_on.is_some())
                 .count(),
+            metrics: Vec::new(),
         }
     }
 }
@@ -516,7 +546,7 @@ impl RpcEndpoint for Master {
         &mut self,
         msg: MasterMsg,
         reply: RpcCallContext,
-        _ctx: &EndpointContext<Self::Message>,
+        ctx: &EndpointContext<Self::Message>,
     ) {
         match msg {
             MasterMsg::RegisterWorker {
@@ -526,11 +556,19 @@ impl RpcEndpoint for Master {
                 memory_mb,
             } => self.register(worker, id, cores, memory_mb, reply),
             MasterMsg::Heartbeat { id } => reply.reply(self.heartbeat(&id)),
+            MasterMsg::Goodbye { id } => {
+                self.forget(&id, None);
+                reply.reply(());
+            }
             MasterMsg::BoundPortsRequest => reply.reply(BoundPorts {
                 rpc_port: self.port,
             }),
             MasterMsg::SubmitTask { task_id, input } => self.submit(task_id, input, reply),
-            MasterMsg::Status => reply.reply(self.status()),
+            MasterMsg::Status => {
+                let mut status = self.status();
+                status.metrics = super::metrics_lines(&ctx.env().metrics());
+                reply.reply(status);
+            }
             MasterMsg::TaskResult { .. } | MasterMsg::CheckWorkers => {
                 reply.send_failure("the master sends this message to itself; it is not an ask")
             }

@@ -32,7 +32,9 @@ use rpcenv::{RpcConf, RpcEndpointRef};
 use serde::{Deserialize, Serialize};
 
 pub(crate) use self::master::{Master, MasterConf, MasterEvent};
-pub(crate) use self::worker::{Worker, WorkerEvent, WorkerNode, WorkerObserver, WorkerOptions};
+pub(crate) use self::worker::{
+    StartError, Worker, WorkerEvent, WorkerNode, WorkerObserver, WorkerOptions, master_address,
+};
 
 /// The name the master endpoint is registered under.
 pub(crate) const MASTER: &str = "Master";
@@ -53,6 +55,9 @@ pub(crate) enum MasterMsg {
     /// From a worker node's heartbeat thread, every heartbeat interval. As an ask it is
     /// replied a [`HeartbeatReply`]; as a one-way message it only counts.
     Heartbeat { id: String },
+    /// Ask from a worker node that stops cleanly: forget me (the master logs "worker
+    /// left", queues its tasks again, and replies `()`).
+    Goodbye { id: String },
     /// Ask: the ports the master bound; replied a [`BoundPorts`].
     BoundPortsRequest,
     /// Ask from a driver: run this task. Replied a [`TaskReport`] once some worker ran it
@@ -132,6 +137,30 @@ pub(crate) struct ClusterStatus {
     pub(crate) queued: usize,
     /// Tasks handed to a worker, without a result yet.
     pub(crate) running: usize,
+    /// The master env's metrics, as [`metrics_lines`] (empty where the master does not
+    /// fill them in).
+    pub(crate) metrics: Vec<String>,
+}
+
+impl ClusterStatus {
+    /// `status workers=N queued=Q running=R`, one `worker id=…` line per worker, then the
+    /// metrics lines.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        let mut lines = vec![format!(
+            "status workers={} queued={} running={}",
+            self.workers.len(),
+            self.queued,
+            self.running
+        )];
+        for w in &self.workers {
+            lines.push(format!(
+                "worker id={} address={} cores={} running={} completed={}",
+                w.id, w.address, w.cores, w.running, w.completed
+            ));
+        }
+        lines.extend(self.metrics.iter().cloned());
+        lines
+    }
 }
 
 /// One worker in a [`ClusterStatus`].
@@ -163,32 +192,25 @@ fn mix(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The help of the repeatable `--conf KEY=VALUE` flag of the nodes.
-pub(crate) const CONF_HELP: &str =
-    "an rpcenv setting for the node's env, e.g. --conf rpc.io.connectionTimeout=2s";
-
-/// The help of `--secret-file`.
-pub(crate) const SECRET_HELP: &str = "authenticate every connection with the secret in this \
-     file (Base64 of its bytes, as Spark's spark.authenticate.secret.file) and encrypt it \
-     with AES-GCM; every node of the cluster needs the same file";
+pub(crate) use self::flags::{CONF_HELP, SECRET_HELP};
 
 /// `base` with `--secret-file` and then every `--conf KEY=VALUE` flag applied, in order (a
 /// later one wins, so `--conf rpc.io.encryption.enabled=false` keeps the authentication
 /// and drops the encryption). A flag that is not `KEY=VALUE`, or a key, value or secret
-/// file the library rejects, ends the program with a usage error (exit status 2).
-pub(crate) fn rpc_conf(args: &flags::Args, base: RpcConf) -> RpcConf {
+/// file the library rejects, ends the program with `fail` (a usage error, exit status 2).
+pub(crate) fn rpc_conf(args: &flags::RpcFlags, base: RpcConf, fail: fn(&str) -> !) -> RpcConf {
     let mut conf = base;
-    let secret_file = args.opt("secret-file");
+    let secret_file = args.secret_file.as_deref();
     if let Some(path) = secret_file {
         conf = conf
             .set("rpc.authenticate", "true")
             .set("rpc.authenticate.secret.file", path)
             .set("rpc.io.encryption.enabled", "true");
     }
-    let items = args.all("conf");
+    let items = &args.conf;
     for item in items {
         let Some((key, value)) = item.split_once('=') else {
-            args.fail(&format!("--conf takes KEY=VALUE, not '{item}'"));
+            fail(&format!("--conf takes KEY=VALUE, not '{item}'"));
         };
         conf.insert(key.trim(), value.trim());
     }
@@ -206,9 +228,45 @@ pub(crate) fn rpc_conf(args: &flags::Args, base: RpcConf) -> RpcConf {
             .map(|item| format!("--conf {item}"))
             .or_else(|| secret_file.map(|path| format!("--secret-file {path}")))
             .unwrap_or_else(|| "--conf".to_owned());
-        args.fail(&format!("{flag}: {err:#}"));
+        fail(&format!("{flag}: {err:#}"));
     }
     conf
+}
+
+/// An env's metrics as text lines, for people and scripts: `metrics <status line>` (see
+/// [`rpcenv::RpcMetrics::status_line`]), then one `endpoint name=…` line per endpoint
+/// (inbox depth and high-water mark, messages handled, handler time p50/p99 as bucket
+/// bounds, panics, asks answered/failed/dropped).
+pub(crate) fn metrics_lines(metrics: &rpcenv::RpcMetrics) -> Vec<String> {
+    let mut lines = vec![format!(
+        "metrics env={} {}",
+        metrics.env.name,
+        metrics.status_line()
+    )];
+    for e in &metrics.endpoints {
+        let time = |p: f64| {
+            e.handler_time.percentile(p).map_or_else(
+                || "-".to_owned(),
+                |d| format!("<{}", Millis(d)).replace(' ', ""),
+            )
+        };
+        lines.push(format!(
+            "endpoint name={} kind={} inbox={} inbox_max={} handled={} p50={} p99={} panics={} \
+             asks_answered={} asks_failed={} asks_dropped={}",
+            e.name,
+            e.kind,
+            e.inbox_depth,
+            e.inbox_high_water,
+            e.messages_handled,
+            time(50.0),
+            time(99.0),
+            e.panics,
+            e.asks_answered,
+            e.asks_failed,
+            e.asks_dropped
+        ));
+    }
+    lines
 }
 
 /// Sets up `env_logger`: `RUST_LOG` when it is set, else `info`.
@@ -225,13 +283,16 @@ pub(crate) fn init_logger() {
 /// `/dev/null`) only the signals end the wait; the stdin reader is a detached thread that
 /// may stay blocked in `read` until the process exits.
 pub(crate) struct Quit {
-    rx: std::sync::mpsc::Receiver<&'static str>,
+    rx: crossbeam_channel::Receiver<&'static str>,
+    /// A line `status` on stdin.
+    status: crossbeam_channel::Receiver<()>,
 }
 
 impl Quit {
     /// Catches Ctrl-C and SIGTERM, and starts reading stdin.
     pub(crate) fn install() -> Self {
-        let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+        let (tx, rx) = crossbeam_channel::unbounded::<&'static str>();
+        let (status_tx, status) = crossbeam_channel::unbounded::<()>();
         let on_signal = tx.clone();
         if let Err(err) = ctrlc::set_handler(move || {
             let _ = on_signal.send("a signal");
@@ -247,6 +308,9 @@ impl Quit {
                             let _ = tx.send("quit on stdin");
                             return;
                         }
+                        Ok(line) if line.trim() == "status" => {
+                            let _ = status_tx.send(());
+                        }
                         Ok(_) => {}
                         Err(_) => return,
                     }
@@ -255,7 +319,7 @@ impl Quit {
         if let Err(err) = reader {
             log::warn!("cannot read stdin ({err:#}); stop with Ctrl-C");
         }
-        Self { rx }
+        Self { rx, status }
     }
 
     /// Blocks until the node is told to stop (at once if it was told while starting).
@@ -263,6 +327,87 @@ impl Quit {
         if let Ok(why) = self.rx.recv() {
             log::info!("stopping: {why}");
         }
+    }
+
+    /// Blocks until the node is told to stop; meanwhile calls `tick` every `every` (if
+    /// given) and `status` for each line `status` on stdin.
+    pub(crate) fn wait_serving(
+        self,
+        every: Option<Duration>,
+        mut tick: impl FnMut(),
+        mut status: impl FnMut(),
+    ) {
+        let period = every.unwrap_or(Duration::from_secs(3600));
+        let mut next = std::time::Instant::now() + period;
+        // Once stdin ends, its channel is closed: never ready again.
+        let mut status_rx = self.status.clone();
+        loop {
+            let timeout =
+                crossbeam_channel::after(next.saturating_duration_since(std::time::Instant::now()));
+            crossbeam_channel::select! {
+                recv(self.rx) -> why => {
+                    if let Ok(why) = why {
+                        log::info!("stopping: {why}");
+                    }
+                    return;
+                }
+                recv(status_rx) -> got => {
+                    if got.is_ok() {
+                        status();
+                    } else {
+                        status_rx = crossbeam_channel::never();
+                    }
+                }
+                recv(timeout) -> _ => {
+                    if every.is_some() {
+                        tick();
+                    }
+                    next += period;
+                }
+            }
+        }
+    }
+
+    /// A [`StopSignal`] that sees the same requests, for work that must end early when the
+    /// node is told to stop (a worker still registering). A request it sees is taken
+    /// from the channel: the node then stops without waiting on the `Quit` itself.
+    pub(crate) fn signal(&self) -> StopSignal {
+        StopSignal {
+            rx: Some(self.rx.clone()),
+            seen: std::sync::Arc::default(),
+        }
+    }
+}
+
+/// Whether a node was told to stop; see [`Quit::signal`]. [`none`](Self::none) is never
+/// told.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StopSignal {
+    rx: Option<crossbeam_channel::Receiver<&'static str>>,
+    seen: std::sync::Arc<std::sync::Mutex<Option<&'static str>>>,
+}
+
+impl StopSignal {
+    /// A signal that never fires (nodes run inside tests and the demo).
+    pub(crate) fn none() -> Self {
+        Self::default()
+    }
+
+    /// Sleeps for `pause` or until the node is told to stop; returns why it stops, if it
+    /// was told (now or before).
+    pub(crate) fn sleep(&self, pause: Duration) -> Option<&'static str> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(why) = *seen {
+            return Some(why);
+        }
+        let Some(rx) = &self.rx else {
+            drop(seen);
+            std::thread::sleep(pause);
+            return None;
+        };
+        let why = rx.recv_timeout(pause).ok();
+        *seen = why;
+        why
     }
 }
 

@@ -15,12 +15,14 @@ use rpcenv::{
     RpcError,
 };
 
-use super::{HeartbeatReply, MasterMsg, Ticker, WORKER, WorkerMsg, run_task};
+use super::{HeartbeatReply, MasterMsg, StopSignal, Ticker, WORKER, WorkerMsg, run_task};
 
 /// How long one registration or heartbeat ask may take.
 const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest pause between two registration attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a worker that stops waits for the master to take note of its goodbye.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Calls the worker holds that must never be answered: after [`WorkerNode::crash`],
 /// tasks that were running stay silent, as they would if the process had died.
@@ -38,6 +40,8 @@ pub(crate) struct Worker {
     stopping: Arc<AtomicBool>,
     crashed: Arc<AtomicBool>,
     graveyard: Graveyard,
+    /// The master's address and who to tell when the connection to it closes.
+    master: Option<(RpcAddress, String, WorkerObserver)>,
 }
 
 struct Job {
@@ -59,7 +63,15 @@ impl Worker {
             stopping: Arc::default(),
             crashed: Arc::default(),
             graveyard: Arc::default(),
+            master: None,
         }
+    }
+
+    /// Tells `observer` when the connection to the master (at `address`, named by `uri`)
+    /// closes.
+    fn watch_master(mut self, address: RpcAddress, uri: String, observer: WorkerObserver) -> Self {
+        self.master = Some((address, uri, observer));
+        self
     }
 
     fn execute(job: Job, delay: Duration, crashed: &AtomicBool, graveyard: &Graveyard) {
@@ -161,6 +173,21 @@ impl RpcEndpoint for Worker {
         }
     }
 
+    fn on_disconnected(&mut self, remote: &RpcAddress, _ctx: &EndpointContext<WorkerMsg>) {
+        if self.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some((address, uri, observer)) = &self.master {
+            if address == remote {
+                warn!("worker {}: the connection to the master closed", self.id);
+                observer.tell(&WorkerEvent::MasterLost {
+                    id: self.id.clone(),
+                    master: uri.clone(),
+                });
+            }
+        }
+    }
+
     fn on_stop(&mut self, _ctx: &EndpointContext<WorkerMsg>) {
         self.stopping.store(true, Ordering::Release);
         self.tasks = None;
@@ -184,6 +211,9 @@ pub(crate) enum WorkerEvent {
     /// The master did not know the worker, which registered again; `error` if that
     /// failed (the next heartbeat tries again).
     Reregistered { id: String, error: Option<String> },
+    /// The connection to the master closed (it stopped, or the network failed); the
+    /// heartbeats go on and register again once a master answers.
+    MasterLost { id: String, master: String },
 }
 
 impl fmt::Display for WorkerEvent {
@@ -201,6 +231,10 @@ impl fmt::Display for WorkerEvent {
                 id,
                 error: Some(error),
             } => write!(f, "registering again failed id={id} error={error:#}"),
+            Self::MasterLost { id, master } => write!(
+                f,
+                "master lost id={id} master={master} reason=the connection closed; heartbeats go on"
+            ),
         }
     }
 }
@@ -250,6 +284,8 @@ pub(crate) struct WorkerOptions {
     pub(crate) conf: RpcConf,
     /// Told about failed heartbeats and registrations again.
     pub(crate) observer: WorkerObserver,
+    /// Ends the registration early (a node told to stop before it has a master).
+    pub(crate) stop: StopSignal,
 }
 
 impl WorkerOptions {
@@ -267,6 +303,7 @@ impl WorkerOptions {
             register_timeout: None,
             conf: RpcConf::new(),
             observer: WorkerObserver::none(),
+            stop: StopSignal::none(),
         }
     }
 }
@@ -276,54 +313,71 @@ impl WorkerOptions {
 pub(crate) struct WorkerNode {
     id: String,
     env: RpcEnv,
+    master: RpcEndpointRef<MasterMsg>,
     heartbeat: Option<Ticker>,
     crashed: Arc<AtomicBool>,
     graveyard: Graveyard,
 }
 
 impl WorkerNode {
-    /// Starts the env and the worker, and registers with the master, retrying with
-    /// backoff until the master is there (or `register_timeout` passes). Fails at once
-    /// when the master refuses the worker (a duplicate id).
-    pub(crate) fn start(opts: WorkerOptions) -> Result<Self, String> {
+    /// Checks the master's URI, starts the env and the worker, and registers with the
+    /// master, retrying with backoff until the master is there (or `register_timeout`
+    /// passes, or `opts.stop` fires). Fails at once when the master refuses the worker (a
+    /// duplicate id).
+    pub(crate) fn start(opts: WorkerOptions) -> Result<Self, StartError> {
+        let master_address = master_address(&opts.master).map_err(StartError::Failed)?;
         let env = RpcEnv::builder(format!("worker-{}", opts.id))
             .client_mode(opts.client_mode)
             .bind_address(opts.host.clone())
             .port(opts.port)
             .conf(opts.conf.clone())
             .build()
-            .map_err(|err| format!("worker {}: cannot start its env: {err:#}", opts.id))?;
-        let worker = Worker::new(opts.id.clone(), opts.cores, opts.task_delay);
+            .map_err(|err| {
+                StartError::Failed(format!("worker {}: cannot start its env: {err:#}", opts.id))
+            })?;
+        let worker = Worker::new(opts.id.clone(), opts.cores, opts.task_delay).watch_master(
+            master_address,
+            opts.master.clone(),
+            opts.observer.clone(),
+        );
         let (crashed, graveyard) = (Arc::clone(&worker.crashed), Arc::clone(&worker.graveyard));
         let me = env
             .setup_endpoint(WORKER, worker)
-            .map_err(|err| format!("worker {}: {err:#}", opts.id))?;
+            .map_err(|err| StartError::Failed(format!("worker {}: {err:#}", opts.id)))?;
         let registration = Registration {
             id: opts.id.clone(),
             cores: opts.cores,
             memory_mb: opts.memory_mb,
             me,
         };
-        let master = register_with_retry(&env, &opts, &registration)?;
+        let master = match register_with_retry(&env, &opts, &registration) {
+            Ok(master) => master,
+            Err(err) => {
+                env.shutdown();
+                env.await_termination();
+                return Err(err);
+            }
+        };
         let heartbeat = Ticker::spawn(
             format!("worker-{}-heartbeat", opts.id),
             opts.heartbeat_interval,
             heartbeat(
-                master,
+                master.clone(),
                 registration,
                 opts.heartbeat_interval,
                 opts.observer.clone(),
             ),
         )
         .map_err(|err| {
-            format!(
+            StartError::Failed(format!(
                 "worker {}: cannot start its heartbeat thread: {err:#}",
                 opts.id
-            )
+            ))
         })?;
         Ok(Self {
             id: opts.id,
             env,
+            master,
             heartbeat: Some(heartbeat),
             crashed,
             graveyard,
@@ -334,16 +388,31 @@ impl WorkerNode {
         &self.id
     }
 
+    /// The worker env's metrics now.
+    pub(crate) fn metrics(&self) -> rpcenv::RpcMetrics {
+        self.env.metrics()
+    }
+
     /// The worker env's listen address; `None` in client mode.
     pub(crate) fn address(&self) -> Option<RpcAddress> {
         self.env.address()
     }
 
-    /// Stops the heartbeats and shuts the env down: tasks running finish and are
-    /// answered, the connections close.
+    /// Stops the heartbeats, says goodbye to the master (so it logs "worker left", not
+    /// "worker lost") and shuts the env down: tasks running finish and are answered, the
+    /// connections close.
     pub(crate) fn shutdown(&mut self) {
         if let Some(heartbeat) = self.heartbeat.take() {
             heartbeat.stop();
+            if !self.crashed.load(Ordering::Acquire) {
+                let goodbye = MasterMsg::Goodbye {
+                    id: self.id.clone(),
+                };
+                match self.master.ask_sync_timeout::<()>(goodbye, GOODBYE_TIMEOUT) {
+                    Ok(()) => debug!("worker {}: the master took its goodbye", self.id),
+                    Err(err) => debug!("worker {}: no goodbye to the master: {err:#}", self.id),
+                }
+            }
         }
         self.env.shutdown();
         self.env.await_termination();
@@ -378,7 +447,11 @@ struct Registration {
 }
 
 impl Registration {
-    fn register(&self, master: &RpcEndpointRef<MasterMsg>) -> Result<(), RpcError> {
+    fn register(
+        &self,
+        master: &RpcEndpointRef<MasterMsg>,
+        timeout: Duration,
+    ) -> Result<(), RpcError> {
         master.ask_sync_timeout::<()>(
             MasterMsg::RegisterWorker {
                 worker: self.me.clone(),
@@ -386,7 +459,7 @@ impl Registration {
                 cores: self.cores,
                 memory_mb: self.memory_mb,
             },
-            ASK_TIMEOUT,
+            timeout,
         )
     }
 }
@@ -395,44 +468,116 @@ fn register_with_retry(
     env: &RpcEnv,
     opts: &WorkerOptions,
     registration: &Registration,
-) -> Result<RpcEndpointRef<MasterMsg>, String> {
+) -> Result<RpcEndpointRef<MasterMsg>, StartError> {
     let started = Instant::now();
+    let deadline = opts.register_timeout.map(|limit| started + limit);
     let mut backoff = Duration::from_millis(100);
     for attempt in 1.. {
+        // The last attempt's ask is clipped to the deadline.
+        let ask_timeout = deadline.map_or(ASK_TIMEOUT, |deadline| {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), ASK_TIMEOUT)
+        });
         let err = match env.setup_endpoint_ref_by_uri::<MasterMsg>(&opts.master) {
-            Ok(master) => match registration.register(&master) {
+            Ok(master) => match registration.register(&master, ask_timeout) {
                 Ok(()) => {
                     info!("worker {} registered with {}", opts.id, opts.master);
                     return Ok(master);
                 }
                 Err(RpcError::Remote { message }) => {
-                    return Err(format!("the master refused worker {}: {message}", opts.id));
+                    return Err(StartError::Failed(format!(
+                        "the master refused worker {}: {message}",
+                        opts.id
+                    )));
                 }
                 Err(err) => err,
             },
-            Err(err @ RpcError::InvalidAddress { .. }) => return Err(err.to_string()),
+            Err(err @ RpcError::InvalidAddress { .. }) => {
+                return Err(StartError::Failed(err.to_string()));
+            }
             Err(err) => err,
         };
-        if let Some(limit) = opts.register_timeout {
-            if started.elapsed() + backoff > limit {
-                return Err(format!(
-                    "worker {} could not register with {} within {} ms ({attempt} attempts): {err:#}",
+        let mut pause = backoff;
+        if let (Some(deadline), Some(limit)) = (deadline, opts.register_timeout) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(StartError::Failed(format!(
+                    "worker {} could not register with {} within {} ms: {attempt} attempts \
+                     in {} ms; the last one: {err:#}",
                     opts.id,
                     opts.master,
-                    limit.as_millis()
-                ));
+                    limit.as_millis(),
+                    started.elapsed().as_millis()
+                )));
             }
+            pause = pause.min(left);
         }
-        warn!(
-            "worker {}: registration attempt {attempt} with {} failed ({err:#}); next in {} ms",
-            opts.id,
-            opts.master,
-            backoff.as_millis()
-        );
-        thread::sleep(backoff);
+        // The library logged a connection failure already (once); the attempt is told
+        // with its error for the other kinds only.
+        if matches!(err, RpcError::Connection { .. }) {
+            warn!(
+                "worker {}: registration attempt {attempt} with {} failed (no connection); next in {} ms",
+                opts.id,
+                opts.master,
+                pause.as_millis()
+            );
+        } else {
+            warn!(
+                "worker {}: registration attempt {attempt} with {} failed ({err:#}); next in {} ms",
+                opts.id,
+                opts.master,
+                pause.as_millis()
+            );
+        }
+        if let Some(why) = opts.stop.sleep(pause) {
+            return Err(StartError::Stopped(why));
+        }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
     unreachable!("the loop returns")
+}
+
+/// Why [`WorkerNode::start`] returned without a node.
+#[derive(Debug)]
+pub(crate) enum StartError {
+    /// The node was told to stop (`why`) before it registered.
+    Stopped(&'static str),
+    /// It cannot start or register.
+    Failed(String),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Stopped(why) => write!(f, "stopped before it registered ({why})"),
+            Self::Failed(message) => f.write_str(message),
+        }
+    }
+}
+
+impl From<StartError> for String {
+    fn from(err: StartError) -> Self {
+        err.to_string()
+    }
+}
+
+/// The address in a master URI `rpc://NAME@HOST:PORT` (or `spark://`), checked before
+/// the worker binds anything.
+pub(crate) fn master_address(uri: &str) -> Result<RpcAddress, String> {
+    let rest = uri
+        .strip_prefix("rpc://")
+        .or_else(|| uri.strip_prefix("spark://"))
+        .ok_or_else(|| format!("'{uri}' is not an endpoint URI: expected rpc://NAME@HOST:PORT"))?;
+    let (name, address) = rest
+        .split_once('@')
+        .ok_or_else(|| format!("'{uri}' has no endpoint name: expected rpc://NAME@HOST:PORT"))?;
+    if name.is_empty() {
+        return Err(format!("'{uri}' has an empty endpoint name"));
+    }
+    address
+        .parse::<RpcAddress>()
+        .map_err(|err| format!("'{uri}': {err:#}"))
 }
 
 /// The heartbeat thread's tick: one heartbeat ask; registers again when the master asks.
@@ -470,7 +615,7 @@ fn heartbeat(
                     "worker {}: the master does not know it; registering again",
                     registration.id
                 );
-                let error = match registration.register(&master) {
+                let error = match registration.register(&master, ASK_TIMEOUT) {
                     Ok(()) => {
                         info!("worker {} registered again", registration.id);
                         None

@@ -127,10 +127,16 @@ pub trait ConcurrentRpcEndpoint: Send + Sync + 'static {
 
     /// A handler panicked ([`RpcError::EndpointPanicked`]) or a message for this endpoint
     /// could not be decoded ([`RpcError::Decode`], [`RpcError::MessageType`]). The default
-    /// logs it. A panic in `on_error` itself is logged and ignored. May run while other
-    /// handlers run.
+    /// logs it: a panic at `error`; a message that did not decode only at `debug`, since
+    /// the env has already logged it once (rate-limited per peer) at `warn`. A panic in
+    /// `on_error` itself is logged and ignored. May run while other handlers run.
     fn on_error(&self, error: RpcError, ctx: &EndpointContext<Self::Message>) {
-        error!("endpoint {}: {error:#}", ctx.self_ref().name());
+        match error {
+            RpcError::Decode { .. } | RpcError::MessageType { .. } => {
+                debug!("endpoint {}: {error:#}", ctx.self_ref().name());
+            }
+            _ => error!("endpoint {}: {error:#}", ctx.self_ref().name()),
+        }
     }
 
     /// A remote env connected to this one, or this one to it (see

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use log::{error, warn};
+use log::{debug, error, warn};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -130,10 +130,17 @@ pub trait RpcEndpoint: Send + 'static {
     }
 
     /// A handler panicked ([`RpcError::EndpointPanicked`]) or a message for this endpoint
-    /// could not be decoded ([`RpcError::Decode`]). The default logs it. A panic in
-    /// `on_error` itself is logged and ignored.
+    /// could not be decoded ([`RpcError::Decode`], [`RpcError::MessageType`]). The
+    /// default logs a panic as an error; a message that could not be decoded was logged
+    /// already (once, as a warning limited per peer) by the env, so the default logs it
+    /// at debug level only. A panic in `on_error` itself is logged and ignored.
     fn on_error(&mut self, error: RpcError, ctx: &EndpointContext<Self::Message>) {
-        error!("endpoint {}: {error:#}", ctx.self_ref().name());
+        match error {
+            RpcError::Decode { .. } | RpcError::MessageType { .. } => {
+                debug!("endpoint {}: {error:#}", ctx.self_ref().name());
+            }
+            _ => error!("endpoint {}: {error:#}", ctx.self_ref().name()),
+        }
     }
 
     /// A remote env connected to this one, or this one to it. `remote` is its listen

@@ -6,7 +6,7 @@ use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use log::debug;
 
 use crate::conf::keys;
 use crate::error::RpcError;
@@ -205,7 +205,9 @@ impl TransportClientFactory {
             }
             _ => "failed: no env listens there, or it cannot be reached".to_owned(),
         };
-        warn!("connection to {peer} {reason}: {last_error}");
+        // Returned to the caller, who decides whether and how to log it (a worker
+        // retrying its registration says so once): logged here only for debugging.
+        debug!("connection to {peer} {reason}: {last_error}");
         Err(RpcError::connection_io(peer, reason, last_error))
     }
 

@@ -10,19 +10,19 @@
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
 
 /// The examples the tests run.
-const EXAMPLES: [&str; 4] = ["master", "worker", "demo", "stress"];
+const EXAMPLES: [&str; 5] = ["master", "worker", "demo", "stress", "transport_demo"];
 
 /// How many of a child's last lines a failure message shows.
-const SHOWN: usize = 60;
+const SHOWN: usize = 200;
 
 /// `target/<profile>/examples`, with the examples built (once per test process).
 fn examples_dir() -> &'static Path {
@@ -80,15 +80,40 @@ pub(crate) struct Node {
     /// The last lines read, for failure messages.
     seen: VecDeque<String>,
     status: Option<ExitStatus>,
+    /// Its stdin, when started with [`spawn_with_stdin`](Self::spawn_with_stdin).
+    stdin: Option<ChildStdin>,
 }
 
 impl Node {
     /// Starts example `example` with `args`, stdin closed.
     pub(crate) fn spawn(name: &str, example_name: &str, args: &[&str]) -> Self {
+        Self::start(name, example_name, args, false)
+    }
+
+    /// Starts example `example` with `args` and a pipe to its stdin, for
+    /// [`send_line`](Self::send_line).
+    pub(crate) fn spawn_with_stdin(name: &str, example_name: &str, args: &[&str]) -> Self {
+        Self::start(name, example_name, args, true)
+    }
+
+    /// Writes `line` and a newline to the process's stdin.
+    #[track_caller]
+    pub(crate) fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("started with spawn_with_stdin");
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .unwrap_or_else(|err| panic!("{}: writing to its stdin: {err}", self.name));
+    }
+
+    fn start(name: &str, example_name: &str, args: &[&str], piped_stdin: bool) -> Self {
         let bin = example(example_name);
         let mut child = Command::new(&bin)
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(if piped_stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -98,12 +123,14 @@ impl Node {
         let stderr = child.stderr.take().expect("piped stderr");
         forward(stdout, "", tx.clone(), &format!("{name}-out"));
         forward(stderr, "err| ", tx, &format!("{name}-err"));
+        let stdin = child.stdin.take();
         Self {
             name: name.to_owned(),
             child,
             lines,
             seen: VecDeque::new(),
             status: None,
+            stdin,
         }
     }
 
@@ -209,6 +236,21 @@ impl Node {
             text.push('\n');
         }
         text
+    }
+
+    /// How many of the lines read so far (the last [`SHOWN`]) contain `needle`.
+    pub(crate) fn count(&self, needle: &str) -> usize {
+        self.seen.iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// The first line read so far that satisfies `pred`; panics with `what` otherwise.
+    #[track_caller]
+    pub(crate) fn expect_line_seen(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        self.seen
+            .iter()
+            .find(|l| pred(l))
+            .cloned()
+            .unwrap_or_else(|| panic!("{}: no {what}\n{}", self.name, self.output()))
     }
 
     /// Whether a line read so far contains `needle`.
