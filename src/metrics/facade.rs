@@ -256,7 +256,7 @@ mod tests {
         };
         let mut endpoint = crate::metrics::EndpointMetrics {
             name: "e".into(),
-            kind: crate::Threading::Shared,
+            kind: crate::EndpointKind::Shared,
             inbox_depth: 3,
             inbox_high_water: 7,
             messages_handled: 5,
