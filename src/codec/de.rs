@@ -12,6 +12,9 @@
 //!   collection never preallocates for more elements than the input can hold (serde caps
 //!   it at 1 MiB on top);
 //! - nesting deeper than [`MAX_DEPTH`] is an error, not a stack overflow;
+//! - at most [`MAX_EMPTY_ELEMENTS`] plus the input's length elements or entries that take
+//!   no input bytes (`()`, unit structs, empty tuples) are read in one decode, so a
+//!   `Vec<()>` that claims 2^60 elements is an error rather than 2^60 turns of a loop;
 //! - `deserialize_any`, `deserialize_identifier` and `deserialize_ignored_any` are errors:
 //!   the format does not describe itself.
 
@@ -21,8 +24,8 @@ use serde::de::{
 };
 
 use super::Error;
-use super::MAX_DEPTH;
 use super::ser::{U16_TAG, U32_TAG, U64_TAG, U128_TAG};
+use super::{MAX_DEPTH, MAX_EMPTY_ELEMENTS};
 
 /// The deserializer: `input` is what is left to read.
 #[derive(Debug)]
@@ -30,6 +33,8 @@ pub(super) struct Decoder<'de> {
     pub(super) input: &'de [u8],
     /// How many sequences, maps, options, newtypes and variants hold the current value.
     depth: usize,
+    /// How many more elements or entries that take no input bytes may be read.
+    empty_left: usize,
 }
 
 /// The error of input that ends `missing` bytes too early.
@@ -39,7 +44,11 @@ fn truncated(missing: usize) -> Error {
 
 impl<'de> Decoder<'de> {
     pub(super) fn new(input: &'de [u8]) -> Self {
-        Self { input, depth: 0 }
+        Self {
+            input,
+            depth: 0,
+            empty_left: MAX_EMPTY_ELEMENTS.saturating_add(input.len()),
+        }
     }
 
     /// The next byte.
@@ -356,6 +365,9 @@ struct Access<'a, 'de> {
     de: Decoder<'de>,
     /// Elements (or entries) still to come.
     left: usize,
+    /// The input bytes left when the previous element (or entry) began; `usize::MAX`
+    /// before the first.
+    mark: usize,
 }
 
 impl<'a, 'de> Access<'a, 'de> {
@@ -364,8 +376,37 @@ impl<'a, 'de> Access<'a, 'de> {
         let de = Decoder {
             input: parent.input,
             depth: parent.depth,
+            empty_left: parent.empty_left,
         };
-        Self { parent, de, left }
+        Self {
+            parent,
+            de,
+            left,
+            mark: usize::MAX,
+        }
+    }
+
+    /// Whether another element (or entry) is to come; counts the previous one if it took
+    /// no input bytes, and fails past [`MAX_EMPTY_ELEMENTS`] of those in the decode.
+    #[inline]
+    fn next(&mut self) -> Result<bool, Error> {
+        if self.left == 0 {
+            return Ok(false);
+        }
+        self.left -= 1;
+        let at = self.de.input.len();
+        if at == self.mark {
+            if self.de.empty_left == 0 {
+                return Err(Error::new(format!(
+                    "too many elements that take no bytes ({} more claimed): at most \
+                     {MAX_EMPTY_ELEMENTS} plus the input's length",
+                    self.left + 1
+                )));
+            }
+            self.de.empty_left -= 1;
+        }
+        self.mark = at;
+        Ok(true)
     }
 }
 
@@ -373,6 +414,7 @@ impl Drop for Access<'_, '_> {
     #[inline]
     fn drop(&mut self) {
         self.parent.input = self.de.input;
+        self.parent.empty_left = self.de.empty_left;
     }
 }
 
@@ -384,10 +426,9 @@ impl<'de> SeqAccess<'de> for Access<'_, 'de> {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, Error> {
-        if self.left == 0 {
+        if !self.next()? {
             return Ok(None);
         }
-        self.left -= 1;
         seed.deserialize(&mut self.de).map(Some)
     }
 
@@ -404,10 +445,9 @@ impl<'de> MapAccess<'de> for Access<'_, 'de> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, Error> {
-        if self.left == 0 {
+        if !self.next()? {
             return Ok(None);
         }
-        self.left -= 1;
         seed.deserialize(&mut self.de).map(Some)
     }
 
