@@ -246,3 +246,52 @@ fn metrics_count_failed_connects() {
     assert!(m.status_line().contains(" connect_failures=1 "));
     client.shutdown();
 }
+
+/// The byte and frame totals only grow: a connection the peer closed while this env
+/// still holds it (a pooled client is replaced only at its next use) keeps counting in
+/// them, though it no longer counts as open.
+#[test]
+fn totals_do_not_drop_when_a_held_connection_closes() {
+    let server = server_env("metrics-held-server");
+    let gate = Arc::new(Mutex::new(None));
+    server
+        .setup_endpoint(
+            "calc",
+            Calc {
+                gate,
+                threading: Threading::Shared,
+            },
+        )
+        .unwrap();
+    let client = client_env("metrics-held-client");
+    let calc = client
+        .setup_endpoint_ref::<Msg>(address_of(&server), "calc")
+        .unwrap();
+    for i in 0..5 {
+        assert_eq!(calc.ask_sync::<u64>(Msg::Add(i)).unwrap(), i + 1);
+    }
+    let before = client.metrics();
+    assert_eq!(before.env.connections, 1);
+    assert!(before.env.bytes_out > 0 && before.env.frames_in >= 5);
+    server.shutdown();
+    wait_for("the client to see the connection closed", 10, || {
+        client.metrics().env.connections == 0
+    });
+    let after = client.metrics();
+    assert!(after.peers.is_empty(), "{:?}", after.peers);
+    let totals = |m: &RpcMetrics| {
+        (
+            m.env.bytes_in,
+            m.env.bytes_out,
+            m.env.frames_in,
+            m.env.frames_out,
+        )
+    };
+    let (b, a) = (totals(&before), totals(&after));
+    assert!(
+        a.0 >= b.0 && a.1 >= b.1 && a.2 >= b.2 && a.3 >= b.3,
+        "totals dropped from {b:?} to {a:?}"
+    );
+    drop(calc);
+    client.shutdown();
+}
