@@ -1314,7 +1314,7 @@ fn one_way_messages_to_a_stopped_endpoint_do_not_use_up_its_window() {
 #[derive(Debug, Serialize, Deserialize)]
 enum Tree {
     Leaf,
-    Node(Vec<Tree>),
+    Node(Vec<Self>),
 }
 
 /// Answers the number of units it got.
