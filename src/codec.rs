@@ -43,9 +43,9 @@
 //!   never preallocates more elements than there are input bytes;
 //! - it stops at [`MAX_DEPTH`] levels of nesting, so deeply nested input of a recursive
 //!   type is a decode error rather than a stack overflow;
-//! - it reads at most [`MAX_EMPTY_ELEMENTS`] (plus one per input byte) elements that
-//!   take no bytes, so a `Vec<()>` claiming 2^60 elements is an error within
-//!   milliseconds, not a loop of 2^60 turns;
+//! - its sequences and maps claim at most one element per input byte plus
+//!   [`MAX_EMPTY_ELEMENTS`] (elements that take no bytes), so a `Vec<()>` claiming 2^60
+//!   elements is an error at once, not a loop of 2^60 turns;
 //! - `deserialize_any` (untagged enums, `flatten`) is an error, not a guess.
 
 mod de;
@@ -62,12 +62,11 @@ use crate::error::RpcError;
 /// with fields, `Some` and newtype is one level.
 const MAX_DEPTH: usize = 256;
 
-/// The most elements or map entries that take no input bytes (`()`, unit structs, empty
-/// tuples) that one [`decode`] reads in all its collections together, on top of one per
-/// input byte: their count is the only thing a peer's bytes claim for them, so without a
-/// cap a `Vec<()>` claiming 2^60 elements would loop 2^60 times on 9 bytes. bincode
-/// 2.0.1 has no such cap (it loops); a value with more such elements fails to decode
-/// here. (An element counts when the next one of its collection begins where it did.)
+/// The most elements that take no input bytes (`()`, unit structs, empty tuples) the
+/// sequences and maps of one [`decode`] may claim, on top of one per input byte: their
+/// count is the only thing a peer's bytes claim for them, so without a cap a `Vec<()>`
+/// claiming 2^60 elements would loop 2^60 times on 9 bytes. bincode 2.0.1 has no such
+/// cap (it loops); here a claim beyond it fails before any element is read.
 const MAX_EMPTY_ELEMENTS: usize = 1 << 20;
 
 /// Why a value did not encode or decode: the reason, as errors report it.
@@ -375,7 +374,7 @@ mod tests {
         let ok: Vec<()> = decode(&claim(MAX_EMPTY_ELEMENTS as u64), "units").expect("decode");
         assert_eq!(ok.len(), MAX_EMPTY_ELEMENTS);
         round_trip(vec![(); 1000]);
-        // Elements that take bytes do not count towards it.
+        // Elements that take bytes fit in the allowance of one per input byte.
         #[derive(Debug, PartialEq, Serialize, Deserialize)]
         struct Tagged {
             n: u8,

@@ -12,9 +12,9 @@
 //!   collection never preallocates for more elements than the input can hold (serde caps
 //!   it at 1 MiB on top);
 //! - nesting deeper than [`MAX_DEPTH`] is an error, not a stack overflow;
-//! - at most [`MAX_EMPTY_ELEMENTS`] plus the input's length elements or entries that take
-//!   no input bytes (`()`, unit structs, empty tuples) are read in one decode, so a
-//!   `Vec<()>` that claims 2^60 elements is an error rather than 2^60 turns of a loop;
+//! - the sequences and maps of one decode claim at most one element per input byte plus
+//!   [`MAX_EMPTY_ELEMENTS`] (elements that take no bytes, such as `()`), so a `Vec<()>`
+//!   that claims 2^60 elements is an error rather than 2^60 turns of a loop;
 //! - `deserialize_any`, `deserialize_identifier` and `deserialize_ignored_any` are errors:
 //!   the format does not describe itself.
 
@@ -33,8 +33,9 @@ pub(super) struct Decoder<'de> {
     pub(super) input: &'de [u8],
     /// How many sequences, maps, options, newtypes and variants hold the current value.
     depth: usize,
-    /// How many more elements or entries that take no input bytes may be read.
-    empty_left: usize,
+    /// How many more elements the sequences and maps still to come may claim: one per
+    /// input byte plus [`MAX_EMPTY_ELEMENTS`] (elements that take no bytes).
+    claims_left: usize,
 }
 
 /// The error of input that ends `missing` bytes too early.
@@ -47,7 +48,7 @@ impl<'de> Decoder<'de> {
         Self {
             input,
             depth: 0,
-            empty_left: MAX_EMPTY_ELEMENTS.saturating_add(input.len()),
+            claims_left: MAX_EMPTY_ELEMENTS.saturating_add(input.len()),
         }
     }
 
@@ -114,6 +115,23 @@ impl<'de> Decoder<'de> {
     fn len(&mut self) -> Result<usize, Error> {
         let len = self.varint(U64_TAG, "length")?;
         usize::try_from(len).map_err(|_| Error::new(format!("length {len} is above usize")))
+    }
+
+    /// The length of a sequence or map, charged to what the input may still claim: an
+    /// element takes at least one byte unless it is empty (`()`, a unit struct), so
+    /// beyond one per byte only [`MAX_EMPTY_ELEMENTS`] elements can be real, and a claim
+    /// of more is refused before any of them is read. Once per collection, not per
+    /// element: the loop of a `Vec<u8>` pays nothing for it.
+    fn claimed_len(&mut self) -> Result<usize, Error> {
+        let len = self.len()?;
+        if len > self.claims_left {
+            return Err(Error::new(format!(
+                "{len} elements claimed, more than the input can hold (one per byte left, \
+                 plus at most {MAX_EMPTY_ELEMENTS} that take no bytes)"
+            )));
+        }
+        self.claims_left -= len;
+        Ok(len)
     }
 
     /// A string or byte string: its length, then its bytes, borrowed.
@@ -296,7 +314,7 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
     }
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        let len = self.len()?;
+        let len = self.claimed_len()?;
         self.seq(len, visitor)
     }
 
@@ -314,7 +332,7 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        let len = self.len()?;
+        let len = self.claimed_len()?;
         self.nested(|de| visitor.visit_map(Access::new(de, len)))
     }
 
@@ -365,9 +383,6 @@ struct Access<'a, 'de> {
     de: Decoder<'de>,
     /// Elements (or entries) still to come.
     left: usize,
-    /// The input bytes left when the previous element (or entry) began; `usize::MAX`
-    /// before the first.
-    mark: usize,
 }
 
 impl<'a, 'de> Access<'a, 'de> {
@@ -376,37 +391,9 @@ impl<'a, 'de> Access<'a, 'de> {
         let de = Decoder {
             input: parent.input,
             depth: parent.depth,
-            empty_left: parent.empty_left,
+            claims_left: parent.claims_left,
         };
-        Self {
-            parent,
-            de,
-            left,
-            mark: usize::MAX,
-        }
-    }
-
-    /// Whether another element (or entry) is to come; counts the previous one if it took
-    /// no input bytes, and fails past [`MAX_EMPTY_ELEMENTS`] of those in the decode.
-    #[inline]
-    fn next(&mut self) -> Result<bool, Error> {
-        if self.left == 0 {
-            return Ok(false);
-        }
-        self.left -= 1;
-        let at = self.de.input.len();
-        if at == self.mark {
-            if self.de.empty_left == 0 {
-                return Err(Error::new(format!(
-                    "too many elements that take no bytes ({} more claimed): at most \
-                     {MAX_EMPTY_ELEMENTS} plus the input's length",
-                    self.left + 1
-                )));
-            }
-            self.de.empty_left -= 1;
-        }
-        self.mark = at;
-        Ok(true)
+        Self { parent, de, left }
     }
 }
 
@@ -414,7 +401,7 @@ impl Drop for Access<'_, '_> {
     #[inline]
     fn drop(&mut self) {
         self.parent.input = self.de.input;
-        self.parent.empty_left = self.de.empty_left;
+        self.parent.claims_left = self.de.claims_left;
     }
 }
 
@@ -426,9 +413,10 @@ impl<'de> SeqAccess<'de> for Access<'_, 'de> {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, Error> {
-        if !self.next()? {
+        if self.left == 0 {
             return Ok(None);
         }
+        self.left -= 1;
         seed.deserialize(&mut self.de).map(Some)
     }
 
@@ -445,9 +433,10 @@ impl<'de> MapAccess<'de> for Access<'_, 'de> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, Error> {
-        if !self.next()? {
+        if self.left == 0 {
             return Ok(None);
         }
+        self.left -= 1;
         seed.deserialize(&mut self.de).map(Some)
     }
 
