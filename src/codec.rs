@@ -43,6 +43,9 @@
 //!   never preallocates more elements than there are input bytes;
 //! - it stops at [`MAX_DEPTH`] levels of nesting, so deeply nested input of a recursive
 //!   type is a decode error rather than a stack overflow;
+//! - its sequences and maps claim at most one element per input byte plus
+//!   [`MAX_EMPTY_ELEMENTS`] (elements that take no bytes), so a `Vec<()>` claiming 2^60
+//!   elements is an error at once, not a loop of 2^60 turns;
 //! - `deserialize_any` (untagged enums, `flatten`) is an error, not a guess.
 
 mod de;
@@ -58,6 +61,13 @@ use crate::error::RpcError;
 /// The deepest nesting [`decode`] accepts; each sequence, tuple, struct, map, enum variant
 /// with fields, `Some` and newtype is one level.
 const MAX_DEPTH: usize = 256;
+
+/// The most elements that take no input bytes (`()`, unit structs, empty tuples) the
+/// sequences and maps of one [`decode`] may claim, on top of one per input byte: their
+/// count is the only thing a peer's bytes claim for them, so without a cap a `Vec<()>`
+/// claiming 2^60 elements would loop 2^60 times on 9 bytes. bincode 2.0.1 has no such
+/// cap (it loops); here a claim beyond it fails before any element is read.
+const MAX_EMPTY_ELEMENTS: usize = 1 << 20;
 
 /// Why a value did not encode or decode: the reason, as errors report it.
 #[derive(Debug)]
@@ -329,6 +339,103 @@ mod tests {
         rejected_promptly::<Vec<Vec<u64>>>(&claim_in_20_bytes(1 << 60));
         rejected_promptly::<BTreeMap<u64, u64>>(&claim_in_20_bytes(1 << 60));
         rejected_promptly::<Vec<u64>>(&claim_in_20_bytes(u64::MAX));
+    }
+
+    #[test]
+    fn a_claimed_2_pow_60_vec_of_units_is_rejected_promptly() {
+        // Each `()` takes no bytes: only a cap on such elements stops the loop.
+        let reason = rejected_promptly::<Vec<()>>(&claim(1 << 60));
+        assert!(reason.contains("take no bytes"), "{reason}");
+        rejected_promptly::<Vec<()>>(&claim(u64::MAX));
+        rejected_promptly::<Vec<((), [u8; 0])>>(&claim(1 << 60));
+        rejected_promptly::<BTreeMap<(), ()>>(&claim(1 << 60));
+        rejected_promptly::<std::collections::HashSet<()>>(&claim(1 << 60));
+        // Many inner vectors that each claim just under the cap share one budget.
+        let mut bytes = vec![100];
+        for _ in 0..100 {
+            bytes.extend_from_slice(&claim(MAX_EMPTY_ELEMENTS as u64 - 1));
+        }
+        rejected_promptly::<Vec<Vec<()>>>(&bytes);
+        // In a struct field, behind an option, in an enum variant.
+        rejected_promptly::<(u8, Option<Vec<()>>)>(
+            &[[7u8, 1].as_slice(), &claim(1 << 60)].concat(),
+        );
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        enum Units {
+            A,
+            B(Vec<()>),
+        }
+        rejected_promptly::<Units>(&[[1u8].as_slice(), &claim(1 << 60)].concat());
+    }
+
+    #[test]
+    fn units_up_to_the_cap_still_decode() {
+        let ok: Vec<()> = decode(&claim(MAX_EMPTY_ELEMENTS as u64), "units").expect("decode");
+        assert_eq!(ok.len(), MAX_EMPTY_ELEMENTS);
+        round_trip(vec![(); 1000]);
+        // Elements that take bytes fit in the allowance of one per input byte.
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Tagged {
+            n: u8,
+            unit: (),
+        }
+        let many: Vec<Tagged> = (0..2 * MAX_EMPTY_ELEMENTS)
+            .map(|_| Tagged { n: 1, unit: () })
+            .collect();
+        round_trip(many);
+    }
+
+    #[test]
+    fn every_varint_tag_at_every_width_is_a_value_or_an_error() {
+        fn check<T: DeserializeOwned + Debug>(bytes: &[u8]) {
+            let _ = decode::<T>(bytes, "v");
+            let _ = decode::<Vec<T>>(&[[1u8].as_slice(), bytes].concat(), "v");
+            let _ = decode::<Option<T>>(&[[1u8].as_slice(), bytes].concat(), "v");
+        }
+        for tag in 251..=255u8 {
+            for extra in [0usize, 1, 2, 4, 8, 16, 17] {
+                let mut bytes = vec![tag];
+                bytes.extend(std::iter::repeat_n(0xffu8, extra));
+                check::<u16>(&bytes);
+                check::<i16>(&bytes);
+                check::<u32>(&bytes);
+                check::<i32>(&bytes);
+                check::<u64>(&bytes);
+                check::<i64>(&bytes);
+                check::<u128>(&bytes);
+                check::<i128>(&bytes);
+                check::<usize>(&bytes);
+                check::<String>(&bytes);
+                check::<Message>(&bytes);
+            }
+            // A length tag wider than u64 is an error, not a truncation to 64 bits.
+            let reason =
+                decode_err::<String>(&[tag, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            assert!(
+                tag < 254 || reason.contains("varint tag"),
+                "{tag}: {reason}"
+            );
+        }
+        let n = u128::from_le_bytes([254; 16]);
+        assert_eq!(decode::<u128>(&[254; 17], "v").expect("u128"), n);
+        assert_eq!(
+            decode::<i128>(&[254; 17], "v").expect("i128"),
+            (n >> 1) as i128
+        );
+        // Bytes that are no `char`: a surrogate, above U+10FFFF, a lone continuation.
+        for bytes in [
+            &[0xed, 0xa0, 0x80][..],
+            &[0xf4, 0x90, 0x80, 0x80],
+            &[0x80],
+            &[0xc3],
+        ] {
+            decode_err::<char>(bytes);
+            decode_err::<(u8, char)>(&[[1u8].as_slice(), bytes].concat());
+        }
+        // NaN is a value like any other.
+        let nan: f64 = decode(&f64::NAN.to_le_bytes(), "v").expect("f64");
+        assert!(nan.is_nan());
     }
 
     /// A value that asks for `deserialize_byte_buf`, as `serde_bytes::ByteBuf` does.

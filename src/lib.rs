@@ -214,7 +214,9 @@
 //! - Bytes from the network are untrusted: a frame is checked against
 //!   `rpc.message.maxSize` before anything is allocated for it, a message or reply
 //!   that does not decode is an [`RpcError::Decode`], never a panic, and nothing a peer
-//!   merely claims is allocated.
+//!   merely claims is allocated or looped over: nesting stops at 256 levels, and one
+//!   message holds at most 2^20 (plus one per byte) elements that take no bytes (a
+//!   `Vec<()>` claiming 2^60 elements is a `Decode` error, not a 2^60-turn loop).
 //! - A reference to an endpoint of a client-mode env is bound, when it is received, to
 //!   the connection it came over; forwarded on to a third env it does not work there.
 //!

@@ -6,8 +6,10 @@
 //! [`INTERVAL`] tells how many were suppressed.
 //!
 //! Peers are told apart by IP address (not port), so a peer that reconnects gets no new
-//! allowance; once [`MAX_KEYS`] peer/kind pairs are known, new peers share one entry per
-//! kind. The lock is taken only on these rare paths, never for accepted traffic.
+//! allowance; once [`MAX_KEYS`] peer/kind pairs are known, the pairs quiet for an
+//! [`INTERVAL`] with nothing suppressed are forgotten (at most once per interval), and
+//! new peers that still find no room share one entry per kind. The lock is taken only on
+//! these rare paths, never for accepted traffic.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -65,6 +67,8 @@ struct Entry {
 struct State {
     entries: HashMap<(IpAddr, &'static str), Entry>,
     rejected: BTreeMap<&'static str, u64>,
+    /// When quiet entries were last forgotten to make room.
+    swept: Option<Instant>,
 }
 
 /// Counts refused input by kind and decides which of its log lines are written.
@@ -93,7 +97,20 @@ impl LogLimit {
         *state.rejected.entry(kind).or_default() += 1;
         let mut ip = peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.ip());
         if state.entries.len() >= MAX_KEYS && !state.entries.contains_key(&(ip, kind)) {
-            ip = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+            // Full: forget the pairs quiet for an interval with nothing left to report,
+            // once per interval (a sweep is a pass over MAX_KEYS entries).
+            if state
+                .swept
+                .is_none_or(|swept| now.saturating_duration_since(swept) >= INTERVAL)
+            {
+                state.swept = Some(now);
+                state.entries.retain(|_, e| {
+                    e.suppressed > 0 || now.saturating_duration_since(e.last) < INTERVAL
+                });
+            }
+            if state.entries.len() >= MAX_KEYS {
+                ip = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+            }
         }
         let entry = state.entries.entry((ip, kind)).or_insert(Entry {
             logged: 0,
@@ -216,5 +233,50 @@ mod tests {
         }
         assert_eq!(logged, MAX_KEYS + BURST as usize);
         assert!(limit.state.lock().entries.len() <= MAX_KEYS + 1);
+    }
+
+    #[test]
+    fn once_full_quiet_hosts_are_forgotten_to_make_room() {
+        let limit = LogLimit::default();
+        let t0 = Instant::now();
+        let host = |i: u32| Some(SocketAddr::from(((i + 1).to_be_bytes(), 1)));
+        for i in 0..MAX_KEYS as u32 {
+            assert_eq!(
+                limit.admit_at(host(i), kind::BAD_FRAME, t0),
+                Verdict::Log(0)
+            );
+        }
+        // One of them keeps being refused, and has a suppressed line to report.
+        let noisy = host(0);
+        for _ in 0..BURST {
+            limit.admit_at(noisy, kind::BAD_FRAME, t0);
+        }
+        // Within the interval a new host shares the full table's entry ...
+        let new = Some(SocketAddr::from(([192, 168, 0, 1], 1)));
+        let soon = t0 + INTERVAL / 2;
+        for _ in 0..BURST {
+            assert_eq!(limit.admit_at(new, kind::BAD_FRAME, soon), Verdict::Log(0));
+        }
+        assert_eq!(limit.admit_at(new, kind::BAD_FRAME, soon), Verdict::Skip);
+        // ... and after it, the quiet ones are forgotten: the next new host has its own
+        // allowance, and the noisy one still reports what it suppressed.
+        let later = t0 + INTERVAL * 2;
+        let newer = Some(SocketAddr::from(([192, 168, 0, 2], 1)));
+        for _ in 0..BURST {
+            assert_eq!(
+                limit.admit_at(newer, kind::BAD_FRAME, later),
+                Verdict::Log(0)
+            );
+        }
+        assert_eq!(limit.admit_at(newer, kind::BAD_FRAME, later), Verdict::Skip);
+        assert_eq!(
+            limit.admit_at(noisy, kind::BAD_FRAME, later),
+            Verdict::Log(1)
+        );
+        assert!(limit.state.lock().entries.len() < 10);
+        assert_eq!(
+            limit.count(kind::BAD_FRAME),
+            (MAX_KEYS as u64) + 3 * BURST + 3
+        );
     }
 }

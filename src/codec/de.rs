@@ -12,6 +12,9 @@
 //!   collection never preallocates for more elements than the input can hold (serde caps
 //!   it at 1 MiB on top);
 //! - nesting deeper than [`MAX_DEPTH`] is an error, not a stack overflow;
+//! - the sequences and maps of one decode claim at most one element per input byte plus
+//!   [`MAX_EMPTY_ELEMENTS`] (elements that take no bytes, such as `()`), so a `Vec<()>`
+//!   that claims 2^60 elements is an error rather than 2^60 turns of a loop;
 //! - `deserialize_any`, `deserialize_identifier` and `deserialize_ignored_any` are errors:
 //!   the format does not describe itself.
 
@@ -21,8 +24,8 @@ use serde::de::{
 };
 
 use super::Error;
-use super::MAX_DEPTH;
 use super::ser::{U16_TAG, U32_TAG, U64_TAG, U128_TAG};
+use super::{MAX_DEPTH, MAX_EMPTY_ELEMENTS};
 
 /// The deserializer: `input` is what is left to read.
 #[derive(Debug)]
@@ -30,6 +33,9 @@ pub(super) struct Decoder<'de> {
     pub(super) input: &'de [u8],
     /// How many sequences, maps, options, newtypes and variants hold the current value.
     depth: usize,
+    /// How many more elements the sequences and maps still to come may claim: one per
+    /// input byte plus [`MAX_EMPTY_ELEMENTS`] (elements that take no bytes).
+    claims_left: usize,
 }
 
 /// The error of input that ends `missing` bytes too early.
@@ -39,7 +45,11 @@ fn truncated(missing: usize) -> Error {
 
 impl<'de> Decoder<'de> {
     pub(super) fn new(input: &'de [u8]) -> Self {
-        Self { input, depth: 0 }
+        Self {
+            input,
+            depth: 0,
+            claims_left: MAX_EMPTY_ELEMENTS.saturating_add(input.len()),
+        }
     }
 
     /// The next byte.
@@ -105,6 +115,23 @@ impl<'de> Decoder<'de> {
     fn len(&mut self) -> Result<usize, Error> {
         let len = self.varint(U64_TAG, "length")?;
         usize::try_from(len).map_err(|_| Error::new(format!("length {len} is above usize")))
+    }
+
+    /// The length of a sequence or map, charged to what the input may still claim: an
+    /// element takes at least one byte unless it is empty (`()`, a unit struct), so
+    /// beyond one per byte only [`MAX_EMPTY_ELEMENTS`] elements can be real, and a claim
+    /// of more is refused before any of them is read. Once per collection, not per
+    /// element: the loop of a `Vec<u8>` pays nothing for it.
+    fn claimed_len(&mut self) -> Result<usize, Error> {
+        let len = self.len()?;
+        if len > self.claims_left {
+            return Err(Error::new(format!(
+                "{len} elements claimed, more than the input can hold (one per byte left, \
+                 plus at most {MAX_EMPTY_ELEMENTS} that take no bytes)"
+            )));
+        }
+        self.claims_left -= len;
+        Ok(len)
     }
 
     /// A string or byte string: its length, then its bytes, borrowed.
@@ -287,7 +314,7 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
     }
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        let len = self.len()?;
+        let len = self.claimed_len()?;
         self.seq(len, visitor)
     }
 
@@ -305,7 +332,7 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        let len = self.len()?;
+        let len = self.claimed_len()?;
         self.nested(|de| visitor.visit_map(Access::new(de, len)))
     }
 
@@ -364,6 +391,7 @@ impl<'a, 'de> Access<'a, 'de> {
         let de = Decoder {
             input: parent.input,
             depth: parent.depth,
+            claims_left: parent.claims_left,
         };
         Self { parent, de, left }
     }
@@ -373,6 +401,7 @@ impl Drop for Access<'_, '_> {
     #[inline]
     fn drop(&mut self) {
         self.parent.input = self.de.input;
+        self.parent.claims_left = self.de.claims_left;
     }
 }
 

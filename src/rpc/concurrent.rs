@@ -167,6 +167,14 @@ pub trait ConcurrentRpcEndpoint: Send + Sync + 'static {
     /// registered. The default, `usize::MAX`, means one per `rpc-dispatcher-N` thread
     /// (`rpc.dispatcher.numThreads`); a larger value is that too, and 0 counts as 1 (one
     /// at a time, though not in order).
+    ///
+    /// A handler that waits for the answer of an ask to its own endpoint
+    /// (`ctx.self_ref().ask_sync(..)`) needs another handler to be free to answer it: with
+    /// `max_concurrent` 1, or with every allowed handler waiting that way, none is, and
+    /// the ask fails with [`RpcError::Timeout`] only at its deadline (`rpc.askTimeout`),
+    /// as it would for an [`RpcEndpoint`](crate::RpcEndpoint). Send to itself
+    /// ([`send`](crate::RpcEndpointRef::send) never waits there) or ask without waiting
+    /// instead.
     fn max_concurrent(&self) -> usize {
         usize::MAX
     }

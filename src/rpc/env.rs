@@ -656,13 +656,18 @@ impl EnvInner {
             ..EnvMetrics::default()
         };
         let mut peers: BTreeMap<SocketAddr, PeerMetrics> = BTreeMap::new();
-        for conn in counters.open_conns() {
+        // Closed connections still held count in the totals (they add theirs to
+        // `closed` only when dropped), not as connections or peers.
+        for conn in counters.live_conns() {
             let c = conn.metrics();
-            env.connections += 1;
             env.bytes_in += c.bytes_in;
             env.bytes_out += c.bytes_out;
             env.frames_in += c.frames_in;
             env.frames_out += c.frames_out;
+            if !conn.is_open() {
+                continue;
+            }
+            env.connections += 1;
             env.bytes_queued += c.bytes_queued;
             match peers.get_mut(&c.address) {
                 None => {
@@ -683,6 +688,17 @@ impl EnvInner {
                     };
                 }
             }
+        }
+        // A connection dropped between the read of `closed` and the registry's lock is
+        // in neither (never in both): no snapshot reports less than an earlier one.
+        let reported = &counters.reported;
+        for (total, high) in [
+            (&mut env.bytes_in, &reported.bytes_in),
+            (&mut env.bytes_out, &reported.bytes_out),
+            (&mut env.frames_in, &reported.frames_in),
+            (&mut env.frames_out, &reported.frames_out),
+        ] {
+            *total = high.fetch_max(*total, Ordering::Relaxed).max(*total);
         }
         RpcMetrics {
             at: SystemTime::now(),

@@ -15,8 +15,11 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::thread::{self, ThreadId};
 use std::time::Instant;
+
+use log::error;
 
 use crate::conf::keys;
 use crate::error::RpcError;
@@ -27,6 +30,7 @@ use crate::rpc::flow::Charge;
 use crate::rpc::message_loop::MessageLoop;
 use crate::sync::atomic::Ordering;
 use crate::sync::{Arc, Condvar, Mutex, RwLock};
+use crate::threads::panic_message;
 use crate::transport::{Admission, TransportClient};
 
 /// A message's content on its way to an endpoint.
@@ -457,7 +461,7 @@ impl Inbox {
                     .why
                     .clone()
                     .unwrap_or(RpcError::EnvStopped);
-                RpcCallContext::dropped_because(why, || *handler = None);
+                RpcCallContext::dropped_because(why, || drop_endpoint(&self.name, handler));
                 let mut state = self.state.lock();
                 state.finished = true;
                 state.scheduled = false;
@@ -596,7 +600,7 @@ impl Inbox {
             .why
             .clone()
             .unwrap_or(RpcError::EnvStopped);
-        RpcCallContext::dropped_because(why, || *handler = None);
+        RpcCallContext::dropped_because(why, || drop_endpoint(&self.name, &mut *handler));
         drop(handler);
         let mut state = self.state.lock();
         state.finished = true;
@@ -612,6 +616,18 @@ impl Inbox {
             });
         }
         Turn::Finished
+    }
+}
+
+/// Drops a stopped endpoint. A panic in its `Drop` is caught and logged (and the asks
+/// whose contexts it held fail with [`RpcError::Remote`]), so that the inbox still
+/// finishes and the loop thread is left as it was.
+fn drop_endpoint<T: ?Sized>(name: &str, endpoint: &mut Option<Box<T>>) {
+    let endpoint = endpoint.take();
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(endpoint))) {
+        let message = panic_message(payload.as_ref());
+        RpcCallContext::answer_panicked(&message);
+        error!("endpoint {name} panicked while it was dropped ({message}); ignored");
     }
 }
 

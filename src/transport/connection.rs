@@ -74,8 +74,12 @@ pub(crate) struct Counters {
     pub(crate) connects: AtomicU64,
     /// Outbound connection attempts that failed.
     pub(crate) connect_failures: AtomicU64,
-    /// Bytes, frames in and out of connections that closed (the open ones keep theirs).
+    /// Bytes, frames in and out of connections that were dropped (the others keep
+    /// theirs).
     pub(crate) closed: ConnTotals,
+    /// The highest totals a metrics snapshot reported, so that none reports less than
+    /// an earlier one (a connection dropped while a snapshot runs may be missed by it).
+    pub(crate) reported: ConnTotals,
     /// Asks timed out, by the key that set their deadline.
     pub(crate) timeouts: Mutex<BTreeMap<&'static str, u64>>,
     /// Refused input from peers, by kind, and the limit on its log lines.
@@ -86,17 +90,17 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    /// Every connection still open.
-    pub(crate) fn open_conns(&self) -> Vec<Arc<Conn>> {
-        let conns: Vec<Arc<Conn>> = self
-            .conns
+    /// Every connection not yet dropped, open or closed: a closed one that something
+    /// still holds (a pooled client is replaced only at its next use) has not yet added
+    /// its counts to [`closed`](Self::closed). The caller drops the handles after the
+    /// registry's lock is let go (dropping the last handle takes it, to leave the
+    /// registry).
+    pub(crate) fn live_conns(&self) -> Vec<Arc<Conn>> {
+        self.conns
             .lock()
             .values()
             .filter_map(Weak::upgrade)
-            .collect();
-        // Filtered after the lock is let go: dropping the last handle of a closed
-        // connection takes the lock (to leave the registry).
-        conns.into_iter().filter(|c| c.is_open()).collect()
+            .collect()
     }
 
     /// Counts a timeout of an ask whose deadline `key` set.

@@ -669,3 +669,252 @@ fn a_handler_sending_to_its_own_full_inbox_does_not_wait() {
     assert_eq!(stats.most.load(Ordering::SeqCst), 1);
     env.shutdown();
 }
+
+// ---------------------------------------------------------------------------------------
+// Lifecycle races: stop while on_start runs, from inside a handler, twice; the name taken
+// again at once; panics in on_start, on_stop and the endpoint's drop.
+
+/// What one instance of [`Life`] saw.
+#[derive(Default)]
+struct LifeCounts {
+    starts: AtomicUsize,
+    stops: AtomicUsize,
+    handled: AtomicUsize,
+    /// Handlers that ran before `on_start` returned or after `on_stop` began.
+    out_of_order: AtomicUsize,
+    dropped: AtomicUsize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum LifeMsg {
+    /// Answer `n + 1`.
+    Echo(u64),
+    /// Stop this endpoint from inside the handler (twice), then answer `0`.
+    StopSelf,
+    /// Drop the call context without answering.
+    Ignore,
+    /// Ask itself `Echo(1)` and wait up to 500 ms; answer 1 if answered, 0 on a timeout.
+    AskSelf,
+}
+
+struct Life {
+    counts: Arc<LifeCounts>,
+    start_ms: u64,
+    panic_in_start: bool,
+    panic_in_stop: bool,
+    panic_in_drop: bool,
+    limit: usize,
+}
+
+impl ConcurrentRpcEndpoint for Life {
+    type Message = LifeMsg;
+    fn receive_and_reply(
+        &self,
+        msg: LifeMsg,
+        reply: RpcCallContext,
+        ctx: &EndpointContext<LifeMsg>,
+    ) {
+        let c = &self.counts;
+        if c.starts.load(Ordering::SeqCst) != 1 || c.stops.load(Ordering::SeqCst) != 0 {
+            c.out_of_order.fetch_add(1, Ordering::SeqCst);
+        }
+        c.handled.fetch_add(1, Ordering::SeqCst);
+        match msg {
+            LifeMsg::Echo(n) => reply.reply(n + 1),
+            LifeMsg::StopSelf => {
+                let me = ctx.self_ref();
+                ctx.env().stop(&me).expect("stop from a handler");
+                ctx.env().stop(&me).expect("a second stop is a no-op");
+                reply.reply(0u64);
+            }
+            LifeMsg::Ignore => drop(reply),
+            LifeMsg::AskSelf => {
+                let me = ctx.self_ref();
+                match me.ask_sync_timeout::<u64>(LifeMsg::Echo(1), Duration::from_millis(500)) {
+                    Ok(2) => reply.reply(1u64),
+                    Err(RpcError::Timeout { .. }) => reply.reply(0u64),
+                    other => reply.send_failure(format!("{other:?}")),
+                }
+            }
+        }
+    }
+    fn on_start(&self, _ctx: &EndpointContext<LifeMsg>) {
+        thread::sleep(Duration::from_millis(self.start_ms));
+        self.counts.starts.fetch_add(1, Ordering::SeqCst);
+        assert!(!self.panic_in_start, "on_start panics");
+    }
+    fn on_stop(&self, _ctx: &EndpointContext<LifeMsg>) {
+        self.counts.stops.fetch_add(1, Ordering::SeqCst);
+        assert!(!self.panic_in_stop, "on_stop panics");
+    }
+    fn on_error(&self, _error: RpcError, _ctx: &EndpointContext<LifeMsg>) {}
+    fn max_concurrent(&self) -> usize {
+        self.limit
+    }
+}
+
+impl Drop for Life {
+    fn drop(&mut self) {
+        self.counts.dropped.fetch_add(1, Ordering::SeqCst);
+        if self.panic_in_drop && !thread::panicking() {
+            panic!("the endpoint's drop panics");
+        }
+    }
+}
+
+fn life(counts: &Arc<LifeCounts>, round: usize) -> Life {
+    Life {
+        counts: Arc::clone(counts),
+        start_ms: (round % 3) as u64,
+        panic_in_start: round % 5 == 1,
+        panic_in_stop: round % 4 == 2,
+        panic_in_drop: false,
+        limit: 1 + round % 3,
+    }
+}
+
+/// 40 rounds: register, stop at once (while `on_start` may still run), stop again,
+/// register the name again at once and ask through the old reference and the new; every
+/// other round the endpoint stops itself from inside a handler. Each instance runs
+/// `on_start` once and `on_stop` once (panicking in either or not), no handler runs
+/// outside them, and every instance is dropped.
+#[test]
+fn stop_during_on_start_stop_twice_stop_from_a_handler_and_re_register_at_once() {
+    let env = env_with_threads("conc-life", 3);
+    let mut all = Vec::new();
+    for round in 0..40 {
+        let counts = Arc::new(LifeCounts::default());
+        all.push(Arc::clone(&counts));
+        let first = env
+            .setup_concurrent_endpoint("life", life(&counts, round))
+            .expect("the name is free");
+        if round % 2 == 0 {
+            env.stop(&first).expect("stop");
+            env.stop(&first).expect("a second stop is a no-op");
+        } else {
+            let answer = first.ask_sync::<u64>(LifeMsg::StopSelf);
+            assert_eq!(answer.expect("StopSelf is answered"), 0, "round {round}");
+        }
+        // The name is free again at once.
+        let again = Arc::new(LifeCounts::default());
+        all.push(Arc::clone(&again));
+        let second = env
+            .setup_concurrent_endpoint("life", life(&again, round + 1))
+            .expect("the name is free again after the stop");
+        assert_eq!(
+            second.ask_sync::<u64>(LifeMsg::Echo(round as u64)).unwrap(),
+            round as u64 + 1
+        );
+        // An old reference reaches the endpoint now registered under the name.
+        assert_eq!(first.ask_sync::<u64>(LifeMsg::Echo(1)).unwrap(), 2);
+        assert!(matches!(
+            second.ask_sync::<u64>(LifeMsg::Ignore),
+            Err(RpcError::NoReply { .. })
+        ));
+        env.stop(&second).expect("stop");
+    }
+    env.shutdown();
+    for (i, counts) in all.iter().enumerate() {
+        let seen = (
+            counts.starts.load(Ordering::SeqCst),
+            counts.stops.load(Ordering::SeqCst),
+            counts.out_of_order.load(Ordering::SeqCst),
+            counts.dropped.load(Ordering::SeqCst),
+        );
+        assert_eq!(
+            seen,
+            (1, 1, 0, 1),
+            "instance {i}: (starts, stops, out of order, drops)"
+        );
+    }
+}
+
+/// An `RpcEndpoint` that answers its message and panics when dropped.
+struct PanicsWhenDropped(Arc<AtomicUsize>);
+
+impl RpcEndpoint for PanicsWhenDropped {
+    type Message = u64;
+    fn receive_and_reply(&mut self, n: u64, reply: RpcCallContext, _ctx: &EndpointContext<u64>) {
+        reply.reply(n);
+    }
+}
+
+impl Drop for PanicsWhenDropped {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        if !thread::panicking() {
+            panic!("the endpoint's drop panics");
+        }
+    }
+}
+
+/// Endpoints whose drop panics, stopped on a pool of one thread: the panic is caught,
+/// the endpoint counts as finished (shutdown does not wait its deadline for it), and a
+/// call context another endpoint drops on that thread later still fails with `NoReply`,
+/// not with the stopped endpoint's reason.
+#[test]
+fn a_panic_in_an_endpoints_drop_leaves_the_pool_thread_as_it_was() {
+    let env = env_with_threads("conc-drop-panic", 1);
+    let counts = Arc::new(LifeCounts::default());
+    let mut endpoint = life(&counts, 0);
+    endpoint.panic_in_drop = true;
+    let doomed = env
+        .setup_concurrent_endpoint("doomed", endpoint)
+        .expect("registered");
+    assert_eq!(doomed.ask_sync::<u64>(LifeMsg::Echo(1)).unwrap(), 2);
+    env.stop(&doomed).expect("stop");
+    wait_for("the endpoint to be dropped", 10, || {
+        counts.dropped.load(Ordering::SeqCst) == 1
+    });
+    // The same with an `RpcEndpoint` on the shared pool.
+    let exclusive_drops = Arc::new(AtomicUsize::new(0));
+    let exclusive = env
+        .setup_endpoint(
+            "doomed-too",
+            PanicsWhenDropped(Arc::clone(&exclusive_drops)),
+        )
+        .expect("registered");
+    assert_eq!(exclusive.ask_sync::<u64>(1).unwrap(), 1);
+    env.stop(&exclusive).expect("stop");
+    wait_for("the exclusive endpoint to be dropped", 10, || {
+        exclusive_drops.load(Ordering::SeqCst) == 1
+    });
+    let other_counts = Arc::new(LifeCounts::default());
+    let other = env
+        .setup_concurrent_endpoint("other", life(&other_counts, 0))
+        .expect("registered");
+    match other.ask_sync::<u64>(LifeMsg::Ignore) {
+        Err(RpcError::NoReply { .. }) => {}
+        other => panic!("a dropped context fails with NoReply, got {other:?}"),
+    }
+    let started = Instant::now();
+    env.shutdown();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "shutdown waited {:?} for an endpoint whose drop panicked",
+        started.elapsed()
+    );
+}
+
+/// A handler that waits for an ask to its own endpoint is answered when another handler
+/// may run (`max_concurrent` 2), and times out at its deadline when none may (1), as the
+/// docs of `max_concurrent` say; the endpoint serves on after.
+#[test]
+fn a_handler_asking_its_own_endpoint_needs_a_second_handler() {
+    let env = env_with_threads("conc-ask-self", 2);
+    for (limit, expected) in [(2, 1u64), (1, 0)] {
+        let counts = Arc::new(LifeCounts::default());
+        let mut endpoint = life(&counts, 0);
+        endpoint.limit = limit;
+        let me = env
+            .setup_concurrent_endpoint(format!("ask-self-{limit}"), endpoint)
+            .expect("registered");
+        assert_eq!(
+            me.ask_sync::<u64>(LifeMsg::AskSelf).unwrap(),
+            expected,
+            "max_concurrent {limit}"
+        );
+        assert_eq!(me.ask_sync::<u64>(LifeMsg::Echo(5)).unwrap(), 6);
+    }
+    env.shutdown();
+}

@@ -1305,3 +1305,177 @@ fn one_way_messages_to_a_stopped_endpoint_do_not_use_up_its_window() {
     assert!(matches!(outcome, Some(Ok(()))), "receipt: {outcome:?}");
     assert_eq!(handled, 1);
 }
+
+// =======================================================================================
+// R17. Hostile message contents in valid envelopes: a decode error answer, never a hang
+// or a crash, and the env goes on serving.
+
+/// A recursive message type, as a peer would nest it to blow the stack.
+#[derive(Debug, Serialize, Deserialize)]
+enum Tree {
+    Leaf,
+    Node(Vec<Self>),
+}
+
+/// Answers the number of units it got.
+struct Units;
+
+impl RpcEndpoint for Units {
+    type Message = Vec<()>;
+    fn receive_and_reply(
+        &mut self,
+        msg: Vec<()>,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
+        reply.reply(msg.len() as u64);
+    }
+}
+
+/// The same, several at a time.
+struct ConcurrentUnits;
+
+impl rpcenv::ConcurrentRpcEndpoint for ConcurrentUnits {
+    type Message = Vec<()>;
+    fn receive_and_reply(
+        &self,
+        msg: Vec<()>,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
+        reply.reply(msg.len() as u64);
+    }
+}
+
+/// Answers how deep a tree is.
+struct Trees;
+
+impl RpcEndpoint for Trees {
+    type Message = Tree;
+    fn receive_and_reply(
+        &mut self,
+        msg: Tree,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Self::Message>,
+    ) {
+        let mut depth = 0u64;
+        let mut at = &msg;
+        while let Tree::Node(children) = at {
+            depth += 1;
+            match children.first() {
+                Some(child) => at = child,
+                None => break,
+            }
+        }
+        reply.reply(depth);
+    }
+}
+
+/// Whether an answer carried a value or an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// A response whose reply body has status 0: a value.
+    Value,
+    /// A response whose reply body has status 1 (an error), or a failure frame.
+    Error,
+}
+
+/// Reads frames from `raw` until every id in `ids` has an answer (a response, type 4, or
+/// a failure, type 5) or 10 s went by; returns each answer, by id.
+fn answers_to(raw: &mut TcpStream, ids: &[u64]) -> std::collections::BTreeMap<u64, Answer> {
+    let mut got = Vec::new();
+    let mut answers = std::collections::BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answers.len() < ids.len() && Instant::now() < deadline {
+        match read_some(raw, 1) {
+            Ok(bytes) if bytes.is_empty() => break,
+            Ok(bytes) => got.extend_from_slice(&bytes),
+            Err(_) => continue,
+        }
+        let mut at = 0;
+        while at + 17 <= got.len() {
+            let len = i64::from_be_bytes(got[at..at + 8].try_into().unwrap()) as usize;
+            if at + len > got.len() {
+                break;
+            }
+            let id = u64::from_be_bytes(got[at + 9..at + 17].try_into().unwrap());
+            if ids.contains(&id) {
+                match got[at + 8] {
+                    // The reply body's status byte follows the 4-byte body length.
+                    4 if got.get(at + 21) == Some(&0) => answers.insert(id, Answer::Value),
+                    4 | 5 => answers.insert(id, Answer::Error),
+                    _ => None,
+                };
+            }
+            at += len;
+        }
+        got.drain(..at);
+    }
+    answers
+}
+
+/// A varint claim of `len` elements.
+fn claim(len: u64) -> Vec<u8> {
+    let mut bytes = vec![253];
+    bytes.extend_from_slice(&len.to_le_bytes());
+    bytes
+}
+
+/// A raw peer asks, in valid envelopes: a `Vec<()>` claiming 2^60 elements (each takes
+/// no bytes: without a cap, a dispatcher thread loops 2^60 times), of a plain and of a
+/// concurrent endpoint; a tree nested 100,000 deep; 1 TiB claimed as the length of a
+/// tree's children. Each gets a failure answer at once, and asks after them are answered.
+#[test]
+fn hostile_contents_in_valid_envelopes_get_failures_and_the_env_goes_on() {
+    let b = server_env_with(
+        "rt-contents",
+        conf_with(&[("rpc.dispatcher.numThreads", "2")]),
+    );
+    b.setup_endpoint("units", Units).unwrap();
+    b.setup_concurrent_endpoint("units-c", ConcurrentUnits)
+        .unwrap();
+    b.setup_endpoint("trees", Trees).unwrap();
+    let port = address_of(&b).port();
+    let mut raw = raw_connect(port);
+    let mut deep = [1u8, 1].repeat(100_000);
+    deep.push(0);
+    let hostile: [(&str, Vec<u8>); 5] = [
+        ("units", claim(1 << 60)),
+        ("units-c", claim(1 << 60)),
+        ("units-c", claim(u64::MAX)),
+        ("trees", deep),
+        ("trees", [[1u8].as_slice(), &claim(1 << 40)].concat()),
+    ];
+    let mut batch = Vec::new();
+    for (id, (name, content)) in hostile.iter().enumerate() {
+        batch.extend_from_slice(&rpc_request(id as u64, &envelope(name, content)));
+    }
+    // Then asks that are fine: 3 units each, a tree 2 deep.
+    batch.extend_from_slice(&rpc_request(10, &envelope("units", &[3])));
+    batch.extend_from_slice(&rpc_request(11, &envelope("units-c", &[3])));
+    batch.extend_from_slice(&rpc_request(12, &envelope("trees", &[1, 1, 1, 1, 0])));
+    raw.write_all(&batch).unwrap();
+    let answers = answers_to(&mut raw, &[0, 1, 2, 3, 4, 10, 11, 12]);
+    for id in 0..hostile.len() as u64 {
+        assert_eq!(
+            answers.get(&id),
+            Some(&Answer::Error),
+            "hostile ask {id}: {answers:?}"
+        );
+    }
+    for id in [10, 11, 12] {
+        assert_eq!(
+            answers.get(&id),
+            Some(&Answer::Value),
+            "ask {id}: {answers:?}"
+        );
+    }
+    // And a well-behaved env still gets its answers.
+    let a = client_env_with("rt-contents-client", rpc_conf());
+    let units = a
+        .setup_endpoint_ref::<Vec<()>>(address_of(&b), "units-c")
+        .expect("a reference");
+    assert_eq!(units.ask_sync::<u64>(vec![(); 5]).expect("an answer"), 5);
+    a.shutdown();
+    b.shutdown();
+}

@@ -246,3 +246,133 @@ fn metrics_count_failed_connects() {
     assert!(m.status_line().contains(" connect_failures=1 "));
     client.shutdown();
 }
+
+/// The byte and frame totals only grow: a connection the peer closed while this env
+/// still holds it (a pooled client is replaced only at its next use) keeps counting in
+/// them, though it no longer counts as open.
+#[test]
+fn totals_do_not_drop_when_a_held_connection_closes() {
+    let server = server_env("metrics-held-server");
+    let gate = Arc::new(Mutex::new(None));
+    server
+        .setup_endpoint(
+            "calc",
+            Calc {
+                gate,
+                threading: Threading::Shared,
+            },
+        )
+        .unwrap();
+    let client = client_env("metrics-held-client");
+    let calc = client
+        .setup_endpoint_ref::<Msg>(address_of(&server), "calc")
+        .unwrap();
+    for i in 0..5 {
+        assert_eq!(calc.ask_sync::<u64>(Msg::Add(i)).unwrap(), i + 1);
+    }
+    let before = client.metrics();
+    assert_eq!(before.env.connections, 1);
+    assert!(before.env.bytes_out > 0 && before.env.frames_in >= 5);
+    server.shutdown();
+    wait_for("the client to see the connection closed", 10, || {
+        client.metrics().env.connections == 0
+    });
+    let after = client.metrics();
+    assert!(after.peers.is_empty(), "{:?}", after.peers);
+    let totals = |m: &RpcMetrics| {
+        (
+            m.env.bytes_in,
+            m.env.bytes_out,
+            m.env.frames_in,
+            m.env.frames_out,
+        )
+    };
+    let (b, a) = (totals(&before), totals(&after));
+    assert!(
+        a.0 >= b.0 && a.1 >= b.1 && a.2 >= b.2 && a.3 >= b.3,
+        "totals dropped from {b:?} to {a:?}"
+    );
+    drop(calc);
+    client.shutdown();
+}
+
+/// Snapshots in a loop on both sides while client envs connect, ask and shut down (their
+/// connections closing under the snapshots): no snapshot waits on another lock for long
+/// (the loop and the clients finish), and no total ever goes down between two snapshots.
+#[test]
+fn snapshots_while_connections_open_and_close_neither_block_nor_go_back() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let server = server_env("metrics-churn-server");
+    server
+        .setup_endpoint(
+            "calc",
+            Calc {
+                gate: Arc::new(Mutex::new(None)),
+                threading: Threading::Shared,
+            },
+        )
+        .unwrap();
+    let address = address_of(&server);
+    let done = Arc::new(AtomicBool::new(false));
+    let server = Arc::new(server);
+    let snapshots = {
+        let (server, done) = (Arc::clone(&server), Arc::clone(&done));
+        crate::support::spawn("snapshots", move || {
+            let totals = |m: &RpcMetrics| {
+                [
+                    m.env.bytes_in,
+                    m.env.bytes_out,
+                    m.env.frames_in,
+                    m.env.frames_out,
+                ]
+            };
+            let mut last = totals(&server.metrics());
+            let mut taken = 0u64;
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !done.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                let now = totals(&server.metrics());
+                for (i, (a, b)) in last.iter().zip(&now).enumerate() {
+                    assert!(b >= a, "total {i} went from {a} to {b}");
+                }
+                last = now;
+                taken += 1;
+            }
+            taken
+        })
+    };
+    let clients: Vec<_> = (0..4)
+        .map(|t| {
+            let address = address.clone();
+            crate::support::spawn("churn", move || {
+                for round in 0..8u64 {
+                    let client = client_env(&format!("metrics-churn-{t}-{round}"));
+                    let calc = client
+                        .setup_endpoint_ref::<Msg>(&address, "calc")
+                        .expect("a reference");
+                    for i in 0..5 {
+                        assert_eq!(calc.ask_sync::<u64>(Msg::Add(i)).unwrap(), i + 1);
+                    }
+                    // Snapshots of the client too, while it goes down.
+                    let _ = client.metrics();
+                    drop(calc);
+                    client.shutdown();
+                    let m = client.metrics();
+                    assert_eq!((m.env.connections, m.env.asks_in_flight), (0, 0));
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        crate::support::join(client);
+    }
+    done.store(true, Ordering::SeqCst);
+    let taken = crate::support::join(snapshots);
+    assert!(taken > 0);
+    wait_for("the server to see every connection closed", 10, || {
+        server.metrics().env.connections == 0
+    });
+    let m = server.metrics();
+    assert_eq!(m.env.bytes_queued, 0);
+    assert_eq!(endpoint(&m, "calc").inbox_depth, 0);
+    server.shutdown();
+}
