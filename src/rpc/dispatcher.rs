@@ -55,13 +55,9 @@ impl Dispatcher {
         })
     }
 
-    /// Registers `endpoint` as `name`; its `on_start` is queued first.
-    pub(crate) fn register<E: RpcEndpoint>(
-        &self,
-        env: &Arc<EnvInner>,
-        name: String,
-        endpoint: E,
-    ) -> Result<RpcEndpointRef<E::Message>, RpcError> {
+    /// The registry, write-locked, if `name` may be registered now: the env runs and no
+    /// endpoint has that name.
+    fn claim(&self, name: String) -> Result<(RwLockWriteGuard<'_, Registry>, String), RpcError> {
         let registry = self.registry.write();
         if registry.stopped {
             return Err(RpcError::EnvStopped);
@@ -69,6 +65,17 @@ impl Dispatcher {
         if registry.endpoints.contains_key(&name) {
             return Err(RpcError::EndpointExists { name });
         }
+        Ok((registry, name))
+    }
+
+    /// Registers `endpoint` as `name`; its `on_start` is queued first.
+    pub(crate) fn register<E: RpcEndpoint>(
+        &self,
+        env: &Arc<EnvInner>,
+        name: String,
+        endpoint: E,
+    ) -> Result<RpcEndpointRef<E::Message>, RpcError> {
+        let (registry, name) = self.claim(name)?;
         let threading = endpoint.threading();
         let runner = match threading {
             Threading::Shared => Arc::clone(&self.shared),
@@ -98,13 +105,7 @@ impl Dispatcher {
         name: String,
         endpoint: E,
     ) -> Result<RpcEndpointRef<E::Message>, RpcError> {
-        let registry = self.registry.write();
-        if registry.stopped {
-            return Err(RpcError::EnvStopped);
-        }
-        if registry.endpoints.contains_key(&name) {
-            return Err(RpcError::EndpointExists { name });
-        }
+        let (registry, name) = self.claim(name)?;
         let limit = endpoint
             .max_concurrent()
             .clamp(1, self.shared_threads.max(1));
