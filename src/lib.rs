@@ -82,6 +82,20 @@
 //!   for an ask to the same endpoint (it cannot answer while its handler waits), and avoid
 //!   long waits on the shared pool: a blocked `rpc-dispatcher-N` thread serves no other
 //!   endpoint. Give an endpoint that blocks [`Threading::Dedicated`].
+//! - **Who reads an answer.** A connection's `rpc-io-N` event loop reads its socket,
+//!   except while a thread blocked in `ask_sync`, `Pending::wait` (or a transport
+//!   `send_rpc_sync`) waits for the answer to the connection's *only* outstanding
+//!   request: that thread then takes the connection's read turn and reads the socket
+//!   itself, so the answer wakes it straight from the kernel rather than through the
+//!   loop (one thread hand-off less per round trip; gRPC core's synchronous calls poll
+//!   on the waiting thread the same way). While it holds the turn it hands every frame
+//!   on exactly as the loop would (requests and one-way messages into inboxes, other
+//!   answers to their askers; no endpoint code runs there), never waits for room to
+//!   send, and gives the turn back as soon as its answer, a failure or its deadline
+//!   comes; a close, a timeout or an abort wakes it at once. A connection with several
+//!   requests outstanding is read by its loop. Each thread that does this keeps an
+//!   epoll and an eventfd descriptor and a 16 KiB buffer for its lifetime;
+//!   [`EnvMetrics::answers_read_by_callers`] counts the waits served this way.
 //! - **Who writes a frame.** A connection's `rpc-io-N` event loop owns its socket. A frame
 //!   is written by the thread that hands it over when the connection is idle (nothing
 //!   queued or being written, no burst, no pipeline: one non-blocking `writev`, so a lone

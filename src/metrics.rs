@@ -81,6 +81,11 @@ pub struct EnvMetrics {
     pub frames_rejected: BTreeMap<String, u64>,
     /// Failed authentications, both ways (also counted in `frames_rejected` as `auth`).
     pub auth_failures: u64,
+    /// Waits in which the waiting thread read its connection for the answer itself,
+    /// rather than being woken by the connection's event loop (see the crate docs,
+    /// "Threads": an ask that is its connection's only one outstanding is answered
+    /// one thread hand-off sooner).
+    pub answers_read_by_callers: u64,
 }
 
 /// The connections to one peer socket address in an [`RpcMetrics`] snapshot: counts

@@ -26,7 +26,7 @@ use crate::rpc::types::{self, TypeLabel};
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::{Arc, Condvar, Mutex};
 use crate::threads::panic_message;
-use crate::transport::{Responder, TransportClient};
+use crate::transport::{Awaited, Responder, TransportClient, read_for_answer};
 
 /// A value that can travel locally without being serialized, and be serialized when it
 /// must (a local reply or message of the same name but another type than the one the
@@ -96,10 +96,20 @@ pub(crate) enum Reply {
     },
 }
 
-/// The outcome and whether a thread blocks on it (notifying nobody costs a system call).
+/// The outcome and who waits for it (notifying nobody costs a system call).
 struct Slot {
     state: State,
-    waiter: bool,
+    waiter: Waiter,
+}
+
+/// Who an outcome set by another thread must wake.
+enum Waiter {
+    Nobody,
+    /// A thread blocked on the call's condition variable.
+    Blocked,
+    /// A thread reading the connection for the answer, blocked on its own poller (see
+    /// `transport::read_turn`).
+    Reading(Arc<mio::Waker>),
 }
 
 enum State {
@@ -107,6 +117,25 @@ enum State {
     Done(Result<Reply, RpcError>),
     /// The outcome was handed out (or the call abandoned).
     Taken,
+}
+
+impl Awaited for Call {
+    fn is_done(&self) -> bool {
+        Self::is_done(self)
+    }
+
+    fn arm(&self, waker: Option<&Arc<mio::Waker>>) -> bool {
+        let mut slot = self.state.lock();
+        if !matches!(slot.state, State::Waiting) {
+            slot.waiter = Waiter::Nobody;
+            return false;
+        }
+        slot.waiter = match waker {
+            Some(waker) => Waiter::Reading(Arc::clone(waker)),
+            None => Waiter::Nobody,
+        };
+        true
+    }
 }
 
 /// What an ask is, for error messages; formatted only when an error needs it.
@@ -197,7 +226,7 @@ impl Call {
             env: Arc::clone(env),
             state: Mutex::new(Slot {
                 state: State::Waiting,
-                waiter: false,
+                waiter: Waiter::Nobody,
             }),
             ready: Condvar::default(),
             sent: Mutex::new(None),
@@ -228,10 +257,14 @@ impl Call {
             return false;
         }
         slot.state = State::Done(outcome);
-        let waiter = slot.waiter;
+        let waiter = std::mem::replace(&mut slot.waiter, Waiter::Nobody);
         drop(slot);
-        if waiter {
-            self.ready.notify_all();
+        match waiter {
+            Waiter::Nobody => {}
+            Waiter::Blocked => self.ready.notify_all(),
+            Waiter::Reading(waker) => {
+                let _ = waker.wake();
+            }
         }
         self.env.timeouts().cancel(self.deadline, self.id);
         true
@@ -277,6 +310,7 @@ impl Call {
     /// `None`: `until` passed first.
     fn wait_until(&self, until: Deadline) -> Option<Result<Reply, RpcError>> {
         let limit = until.min(self.deadline);
+        self.read_answer(limit);
         let mut slot = self.state.lock();
         loop {
             match std::mem::replace(&mut slot.state, State::Taken) {
@@ -290,7 +324,7 @@ impl Call {
                 Deadline::At(at) => at - now,
                 Deadline::Never => Duration::from_secs(3600),
             };
-            slot.waiter = true;
+            slot.waiter = Waiter::Blocked;
             slot = self.ready.wait_timeout(slot, wait);
         }
         drop(slot);
@@ -301,6 +335,19 @@ impl Call {
             return self.take();
         }
         None
+    }
+
+    /// Reads the connection the request went out on for its answer, on this thread, when
+    /// it may (see `transport::read_turn`): the answer then wakes this thread directly.
+    fn read_answer(&self, limit: Deadline) {
+        let Some(client) = self.sent.lock().as_ref().map(|(client, _)| client.clone()) else {
+            return;
+        };
+        let until = match limit {
+            Deadline::At(at) => Some(at),
+            Deadline::Never => None,
+        };
+        read_for_answer(&client, self, until);
     }
 
     fn take(&self) -> Option<Result<Reply, RpcError>> {

@@ -5,9 +5,12 @@ use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use mio::Waker;
+
 use crate::error::RpcError;
 use crate::sync::{Arc, Condvar, Mutex};
 use crate::transport::connection::Conn;
+use crate::transport::read_turn::{Awaited, read_for_answer};
 use crate::transport::requests::Callback;
 use crate::transport::stream::{CallbackSink, StreamCallback, StreamReader};
 use crate::transport::write_queue::{Admission, Label, Receipt};
@@ -113,6 +116,9 @@ impl TransportClient {
             None,
             self.conn.admission(deadline),
         );
+        // The answer to the connection's only request is read on this thread when it
+        // may be (see `read_turn`); else, or if it is not in yet, it is waited for.
+        read_for_answer(self, &*answer, deadline);
         if let Some(result) = answer.wait_until(deadline) {
             return result;
         }
@@ -298,21 +304,34 @@ impl fmt::Debug for TransportClient {
 /// Where the callback of a `send_rpc_sync` leaves the answer for the waiting caller.
 #[derive(Default)]
 struct Answer {
-    result: Mutex<Option<Result<Vec<u8>, RpcError>>>,
+    state: Mutex<AnswerState>,
     ready: Condvar,
+}
+
+#[derive(Default)]
+struct AnswerState {
+    result: Option<Result<Vec<u8>, RpcError>>,
+    /// The poller of a thread that reads the connection for this answer.
+    waker: Option<Arc<Waker>>,
 }
 
 impl Answer {
     fn set(&self, result: Result<Vec<u8>, RpcError>) {
-        *self.result.lock() = Some(result);
+        let mut state = self.state.lock();
+        state.result = Some(result);
+        let waker = state.waker.take();
+        drop(state);
         self.ready.notify_one();
+        if let Some(waker) = waker {
+            let _ = waker.wake();
+        }
     }
 
     /// The answer, or `None` once `deadline` passed (`None`: no deadline).
     fn wait_until(&self, deadline: Option<Instant>) -> Option<Result<Vec<u8>, RpcError>> {
-        let mut result = self.result.lock();
+        let mut state = self.state.lock();
         loop {
-            if let Some(answer) = result.take() {
+            if let Some(answer) = state.result.take() {
                 return Some(answer);
             }
             let wait = match deadline {
@@ -322,7 +341,23 @@ impl Answer {
             if wait.is_zero() {
                 return None;
             }
-            result = self.ready.wait_timeout(result, wait);
+            state = self.ready.wait_timeout(state, wait);
         }
+    }
+}
+
+impl Awaited for Answer {
+    fn is_done(&self) -> bool {
+        self.state.lock().result.is_some()
+    }
+
+    fn arm(&self, waker: Option<&Arc<Waker>>) -> bool {
+        let mut state = self.state.lock();
+        if state.result.is_some() {
+            state.waker = None;
+            return false;
+        }
+        state.waker = waker.cloned();
+        true
     }
 }

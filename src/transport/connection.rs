@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -34,6 +35,7 @@ use crate::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering
 use crate::sync::{Arc, Mutex, Weak};
 use crate::threads::panic_message;
 use crate::transport::TransportConf;
+use crate::transport::read_turn::{ReadTurn, reading_a_connection};
 use crate::transport::requests::{Callback, Requests};
 use crate::transport::socket::Wire;
 use crate::transport::stream::{Counted, Pending as PendingStream, Sink, StreamBody, Streams};
@@ -58,6 +60,9 @@ pub(crate) trait Notify: Send + Sync {
     fn closed(&self, conn_id: u64);
     /// The loop has something to do for `conn`.
     fn wake(&self, conn: Arc<Conn>, why: Wake);
+    /// Whether the loop's poller reports `conn_id`'s socket `fd` readable (it always
+    /// reports it writable); see `read_turn`.
+    fn read_interest(&self, conn_id: u64, fd: RawFd, readable: bool) -> io::Result<()>;
 }
 
 /// Counts the transport keeps for the whole context (for the env's statistics), and
@@ -80,6 +85,8 @@ pub(crate) struct Counters {
     /// The highest totals a metrics snapshot reported, so that none reports less than
     /// an earlier one (a connection dropped while a snapshot runs may be missed by it).
     pub(crate) reported: ConnTotals,
+    /// Read turns taken by callers waiting for their answer (see `read_turn`).
+    pub(crate) caller_turns: AtomicU64,
     /// Asks timed out, by the key that set their deadline.
     pub(crate) timeouts: Mutex<BTreeMap<&'static str, u64>>,
     /// Refused input from peers, by kind, and the limit on its log lines.
@@ -157,9 +164,10 @@ pub(crate) fn mark_event_loop(loop_id: usize) {
     EVENT_LOOP.with(|on| on.set(Some(loop_id)));
 }
 
-/// Whether the calling thread is an event loop, which must never wait.
+/// Whether the calling thread is an event loop, or holds a connection's read turn (see
+/// `read_turn`): either must never wait.
 pub(crate) fn on_event_loop() -> bool {
-    EVENT_LOOP.with(Cell::get).is_some()
+    EVENT_LOOP.with(Cell::get).is_some() || reading_a_connection()
 }
 
 /// The length of the frame that carries a body of `body_len` bytes: a request (or answer)
@@ -282,6 +290,8 @@ pub(crate) struct Conn {
     answer_estimate: AtomicUsize,
     /// State an upper layer keeps per connection.
     attachment: OnceLock<Arc<dyn Any + Send + Sync>>,
+    /// Who reads the socket: the loop, or a caller waiting for its answer.
+    read_turn: ReadTurn,
     /// What it counts for the metrics.
     pub(crate) stats: ConnStats,
 }
@@ -321,6 +331,7 @@ impl Conn {
             flow_controlled: AtomicBool::new(false),
             answer_estimate: AtomicUsize::new(INITIAL_ANSWER_ESTIMATE),
             attachment: OnceLock::new(),
+            read_turn: ReadTurn::default(),
             stats: ConnStats::default(),
         });
         conn.counters.conns.lock().insert(id, Arc::downgrade(&conn));
@@ -381,6 +392,20 @@ impl Conn {
 
     pub(crate) fn requests(&self) -> &Requests {
         &self.requests
+    }
+
+    pub(crate) fn read_turn(&self) -> &ReadTurn {
+        &self.read_turn
+    }
+
+    /// Wakes the connection's event loop for `why`.
+    pub(crate) fn wake_loop(self: &Arc<Self>, why: Wake) {
+        self.notify.wake(Arc::clone(self), why);
+    }
+
+    /// Whether the loop's poller reports the socket `fd` readable (see `read_turn`).
+    pub(crate) fn loop_read_interest(&self, fd: RawFd, readable: bool) -> io::Result<()> {
+        self.notify.read_interest(self.id, fd, readable)
     }
 
     #[cfg(test)]

@@ -7,12 +7,15 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::io;
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error, trace};
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
 use crate::auth::Decryptor;
@@ -107,6 +110,16 @@ impl Notify for LoopHandle {
 
     fn wake(&self, conn: Arc<Conn>, why: Wake) {
         self.send(Command::Wake(conn, why));
+    }
+
+    fn read_interest(&self, conn_id: u64, fd: RawFd, readable: bool) -> io::Result<()> {
+        let interest = if readable {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::WRITABLE
+        };
+        self.registry
+            .reregister(&mut SourceFd(&fd), Token(conn_id as usize), interest)
     }
 }
 
@@ -288,10 +301,6 @@ pub(crate) fn next_origin() -> u64 {
 /// A connection as its loop holds it.
 struct Entry {
     client: TransportClient,
-    /// Boxed: the map stores its entries inline, with up to half its slots empty after
-    /// it grows, so an inline reader (over 500 bytes) would cost every idle connection
-    /// about twice its size.
-    reader: Box<Reader>,
     origin: u64,
     inbound: Option<Arc<AtomicUsize>>,
     /// When the peer ended its side (the connection then only writes what it owes).
@@ -413,6 +422,8 @@ impl EventLoop {
     }
 
     /// Reads what connection `id` has; `drain`: to the end, not stopping at a short read.
+    /// Nothing, when a caller holds the read turn (it wakes the loop when it gives the
+    /// turn back); what the caller's last read came to, if it handed that over.
     fn read(&mut self, id: u64, now: Instant, drain: bool) {
         let Some(entry) = self.conns.get_mut(&id) else {
             return;
@@ -421,15 +432,14 @@ impl EventLoop {
             return;
         }
         let conn = Arc::clone(entry.client.conn());
-        let outcome = entry.reader.read_ready(
-            &conn,
-            &entry.client,
-            &mut self.scratch,
-            READ_BUDGET,
-            &*self.handler,
-            drain,
-            now,
-        );
+        let client = &entry.client;
+        let scratch = &mut self.scratch;
+        let read = conn.read_turn().on_loop(|reader, handler| {
+            reader.read_ready(&conn, client, scratch, READ_BUDGET, handler, drain, now)
+        });
+        let Some((outcome, refusal)) = read else {
+            return;
+        };
         match outcome {
             ReadOutcome::Drained | ReadOutcome::Paused => {}
             ReadOutcome::Budget => self.read_again.push(id),
@@ -450,7 +460,7 @@ impl EventLoop {
                 // Nothing more is read; the failure answer goes out, then the connection
                 // closes (at the latest when the handshake's time is up).
                 entry.ended_at = Some(now);
-                entry.refusal = entry.reader.take_refusal();
+                entry.refusal = refusal;
                 if conn.peer_closed() {
                     let reason = self.refusal_reason(id);
                     self.remove(id, reason);
@@ -477,11 +487,15 @@ impl EventLoop {
         let Some(entry) = self.conns.get_mut(&id) else {
             return CloseReason::new("closed by the peer");
         };
+        let awaiting_auth = entry
+            .client
+            .conn()
+            .read_turn()
+            .with_reader(|reader| reader.awaiting_auth().is_some())
+            .unwrap_or(false);
         match entry.refusal.take() {
             Some(err) => CloseReason::fault(err),
-            None if entry.reader.awaiting_auth().is_some() => {
-                CloseReason::new("refused: it failed to authenticate")
-            }
+            None if awaiting_auth => CloseReason::new("refused: it failed to authenticate"),
             None => CloseReason::new("closed by the peer"),
         }
     }
@@ -494,7 +508,9 @@ impl EventLoop {
         };
         let conn = entry.client.conn();
         conn.close_with(reason);
-        let mut reader = entry.reader;
+        let Some(mut reader) = conn.read_turn().take_reader() else {
+            return;
+        };
         let error = conn.failure().unwrap_or_else(|| conn.closed_error());
         reader.fail_stream(conn.peer(), error);
         if let Some(count) = &entry.inbound {
@@ -503,7 +519,8 @@ impl EventLoop {
         // The handler hears of a connection only once it was active (authenticated, when
         // the peer had to).
         let active = reader.is_active();
-        // The reader's socket handle goes with the entry: the descriptor closes now.
+        // The reader's socket handle goes with it: the descriptor closes now (or when a
+        // caller that held the read turn lets go of it).
         drop(reader);
         if !active {
             return;
@@ -576,11 +593,14 @@ impl EventLoop {
         let mut reader = Box::new(Reader::new(wire, max_frame, now, decryptor, auth));
         // A peer that must authenticate first is active once it did.
         reader.activate(&client, &*self.handler);
+        client
+            .conn()
+            .read_turn()
+            .install(reader, Arc::clone(&self.handler));
         self.conns.insert(
             id,
             Entry {
                 client,
-                reader,
                 origin,
                 inbound,
                 ended_at: None,
@@ -598,7 +618,11 @@ impl EventLoop {
         let mut expired = Vec::new();
         for (id, entry) in &self.conns {
             entry.client.conn().check_answer_backlog();
-            if let Some(reason) = self.overdue(entry, now) {
+            let conn = entry.client.conn();
+            let overdue = conn
+                .read_turn()
+                .with_reader(|reader| self.overdue(entry, reader, now));
+            if let Some(reason) = overdue.flatten() {
                 expired.push((*id, reason));
             }
         }
@@ -616,9 +640,8 @@ impl EventLoop {
     }
 
     /// Why connection `entry` must close now, if it must.
-    fn overdue(&self, entry: &Entry, now: Instant) -> Option<String> {
+    fn overdue(&self, entry: &Entry, reader: &Reader, now: Instant) -> Option<String> {
         let conn = entry.client.conn();
-        let reader = &entry.reader;
         if let Some(timeout) = reader.awaiting_auth() {
             if now.saturating_duration_since(reader.since()) >= timeout {
                 return Some(format!(
@@ -713,18 +736,25 @@ fn tick_interval(conf: &TransportConf) -> Option<Duration> {
 #[cfg(test)]
 mod entry_tests {
     use super::{Entry, Reader};
+    use crate::transport::read_turn::ReadTurn;
 
-    /// The per-connection slot of a loop's map is what every idle connection costs
-    /// beyond its `Conn` (the map keeps up to twice as many slots as entries): the
-    /// reader, over 500 bytes, lives behind a box, so a slot stays a fraction of it.
+    /// The per-connection slot of a loop's map, and the read turn in the `Conn`, are
+    /// what every idle connection costs beyond the rest of its `Conn` (the map keeps up
+    /// to twice as many slots as entries): the reader, over 500 bytes, lives behind a
+    /// box in the turn, so neither holds it inline.
     #[test]
-    fn an_idle_connections_map_slot_holds_no_reader_inline() {
+    fn an_idle_connection_holds_no_reader_inline() {
         let entry = size_of::<Entry>();
+        let turn = size_of::<ReadTurn>();
         let reader = size_of::<Reader>();
         assert!(reader > 256, "the reader is {reader} bytes");
         assert!(
-            entry <= 256,
+            entry <= 128,
             "a connection's map slot is {entry} bytes (the reader alone is {reader})"
+        );
+        assert!(
+            turn <= 64,
+            "a connection's read turn is {turn} bytes (the reader alone is {reader})"
         );
     }
 }

@@ -1,4 +1,5 @@
-//! The read side of one connection, owned by its event loop: reading, decoding, and
+//! The read side of one connection, run by whoever holds its read turn (its event loop,
+//! or a caller waiting for its answer: see `read_turn`): reading, decoding, and
 //! handing each whole frame on (requests and one-way messages to the [`RpcHandler`],
 //! answers to the waiting callbacks).
 //!
@@ -230,6 +231,16 @@ impl Reader {
     /// it ends).
     pub(crate) fn is_active(&self) -> bool {
         self.active
+    }
+
+    /// The socket it reads.
+    pub(crate) fn wire(&self) -> &Arc<dyn Wire> {
+        &self.wire
+    }
+
+    /// Whether a stream's bytes are arriving (or are next).
+    pub(crate) fn streaming(&self) -> bool {
+        self.stream.is_some() || self.decoder.stream_remaining().is_some()
     }
 
     /// When the last byte arrived (or the connection was taken over).

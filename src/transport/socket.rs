@@ -4,13 +4,15 @@
 use std::fs::File;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 
 use crate::transport::TransportConf;
 
-/// A byte stream a connection reads from (its event loop only) and writes to (one writer
+/// A byte stream a connection reads from (the holder of its read turn: its event loop,
+/// or a caller waiting for its answer, see `read_turn`) and writes to (one writer
 /// at a time, see `write_queue`). Implemented by `mio::net::TcpStream` and by in-memory
 /// pipes in tests. The connection and its event loop share it through an `Arc`: the
 /// descriptor closes when the last of them lets go, at once when the connection closes.
@@ -24,6 +26,12 @@ pub(crate) trait Wire: Send + Sync + 'static {
     /// The pending socket error (`SO_ERROR`), if any: why a connection that looks closed
     /// by the peer really ended (a keep-alive or user timeout, a reset).
     fn take_error(&self) -> Option<io::Error> {
+        None
+    }
+
+    /// The socket's descriptor, for a poller (see `read_turn`); `None`: it has none, and
+    /// only its event loop reads it.
+    fn raw_fd(&self) -> Option<RawFd> {
         None
     }
 
@@ -58,6 +66,10 @@ impl Wire for mio::net::TcpStream {
 
     fn take_error(&self) -> Option<io::Error> {
         Self::take_error(self).ok().flatten()
+    }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.as_raw_fd())
     }
 
     /// `sendfile(2)` through `rustix` (a safe wrapper): the bytes go from the page cache to

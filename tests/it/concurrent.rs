@@ -350,13 +350,20 @@ fn a_panic_goes_to_on_error_and_later_messages_are_still_handled() {
             "{err:?}"
         );
     }
-    // The metrics count a concurrent endpoint's handlers as they do the others'.
-    let metrics = env.metrics();
-    let e = metrics
-        .endpoints
-        .iter()
-        .find(|e| e.name == "probe")
-        .expect("the probe's metrics");
+    // The metrics count a concurrent endpoint's handlers as they do the others' (a
+    // handler is counted once it returned, just after its error reached `on_error`).
+    let probe_metrics = || {
+        env.metrics()
+            .endpoints
+            .into_iter()
+            .find(|e| e.name == "probe")
+            .expect("the probe's metrics")
+    };
+    wait_for("ten handled", 10, || {
+        let e = probe_metrics();
+        e.messages_handled == 10 && e.handler_time.count() == 10
+    });
+    let e = &probe_metrics();
     assert_eq!(e.kind, EndpointKind::Concurrent);
     assert_eq!(e.panics, 6, "{e:?}");
     assert_eq!((e.asks_answered, e.asks_failed), (3, 3), "{e:?}");

@@ -11,6 +11,7 @@ mod support;
 
 mod auth;
 mod bad_input;
+mod caller_reads;
 mod concurrent;
 mod connections;
 mod hostile;

@@ -1,0 +1,714 @@
+//! The read turn of a connection: which thread may read its socket now.
+//!
+//! A connection's event loop holds the turn by default. A thread that blocks on the
+//! answer to the connection's only outstanding request (an `ask_sync`, a
+//! `Pending::wait`, a `send_rpc_sync`) may take it and read the socket itself, as gRPC
+//! core's synchronous calls do (the thread that waits on a completion queue is the one
+//! that polls): the answer then wakes the caller straight from the kernel, instead of
+//! waking the loop, which would wake the caller (one thread hand-off less per round trip).
+//!
+//! While a caller holds the turn:
+//! - the loop's poller no longer reports the socket readable (its registration keeps
+//!   only `WRITABLE`); the caller waits for it on a poller of its own thread, which also
+//!   holds a `Waker` that an outcome arriving by another way (a close, a timeout, an
+//!   abort) wakes;
+//! - the caller reads with the connection's [`Reader`], under the turn's lock (held only
+//!   while it reads, so the loop never waits on a caller that is blocked), and hands on
+//!   every frame exactly as the loop would: answers to their callbacks, requests and
+//!   one-way messages to the [`RpcHandler`] (which only queues them: endpoint code never
+//!   runs there, on a loop or a caller). Like a loop, it never waits for room to send
+//!   while it reads ([`on_event_loop`](super::connection::on_event_loop) says so);
+//! - anything but a plain read (the peer's end of stream, a bad frame, a pause) is
+//!   handed back to the loop, which deals with it as if it had read it.
+//!
+//! The caller gives the turn back as soon as its answer is in (or its time is up), and
+//! the loop's registration gets `READABLE` again, which re-arms it: bytes that arrived
+//! after the caller's last read raise an event on the loop at once.
+//!
+//! The turn is taken only when it pays and is safe: the request is the connection's
+//! only outstanding one and no stream is under way (a connection busy with many callers
+//! is better read by its loop), the connection is open, not paused and authenticated,
+//! and the calling thread is not an event loop (nor already reading a connection).
+
+use std::cell::{Cell, RefCell};
+use std::time::Instant;
+
+use log::{debug, error};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::error::RpcError;
+use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::{Arc, Mutex};
+use crate::transport::connection::{CloseReason, Conn, Wake, on_event_loop};
+use crate::transport::reader::{ReadOutcome, Reader};
+use crate::transport::socket::{Wire, interrupted};
+use crate::transport::{RpcHandler, TransportClient};
+
+/// Bytes a caller reads before it looks at its own answer again.
+const CALLER_BUDGET: usize = 1 << 20;
+
+/// Size of the read buffer of each thread that reads a connection for its answer.
+const CALLER_SCRATCH: usize = 16 * 1024;
+
+const SOCKET: Token = Token(0);
+const WAKER: Token = Token(1);
+
+/// The read side of a connection and who holds it (see the module docs).
+pub(crate) struct ReadTurn {
+    slot: Mutex<Slot>,
+    /// The loop wanted to read while a caller held the turn: the caller wakes it when it
+    /// gives the turn back.
+    missed: AtomicBool,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// The reader and the handler its frames go to; `None` before the loop took the
+    /// connection over and after it let it go.
+    reader: Option<(Box<Reader>, Arc<dyn RpcHandler>)>,
+    /// A caller holds the turn.
+    caller: bool,
+    /// What a caller's read came to that the loop must deal with (see [`ReadOutcome`]).
+    handover: Option<ReadOutcome>,
+}
+
+impl Default for ReadTurn {
+    fn default() -> Self {
+        Self {
+            slot: Mutex::new(Slot::default()),
+            missed: AtomicBool::new(false),
+        }
+    }
+}
+
+/// What the loop's read came to: an outcome, with the refusal to report when the reader
+/// refused the peer's request.
+pub(crate) type LoopRead = (ReadOutcome, Option<RpcError>);
+
+impl ReadTurn {
+    /// The loop takes the connection over with `reader`, whose frames go to `handler`.
+    pub(crate) fn install(&self, reader: Box<Reader>, handler: Arc<dyn RpcHandler>) {
+        self.slot.lock().reader = Some((reader, handler));
+    }
+
+    /// The loop lets the connection go: the reader, if it still had it.
+    pub(crate) fn take_reader(&self) -> Option<Box<Reader>> {
+        self.slot.lock().reader.take().map(|(reader, _)| reader)
+    }
+
+    /// On the loop: `read` runs with the reader, unless a caller holds the turn (then
+    /// the loop is woken again when it gives it back, and `None` is returned). An
+    /// outcome a caller handed back is returned instead of reading.
+    pub(crate) fn on_loop(
+        &self,
+        read: impl FnOnce(&mut Reader, &dyn RpcHandler) -> ReadOutcome,
+    ) -> Option<LoopRead> {
+        let mut slot = self.slot.lock();
+        if slot.caller {
+            self.missed.store(true, Ordering::Release);
+            return None;
+        }
+        let handover = slot.handover.take();
+        let (reader, handler) = slot.reader.as_mut()?;
+        let outcome = handover.unwrap_or_else(|| read(reader, &**handler));
+        let refusal = if outcome == ReadOutcome::Refused {
+            reader.take_refusal()
+        } else {
+            None
+        };
+        Some((outcome, refusal))
+    }
+
+    /// `look` at the reader, if the loop still has the connection. From the loop only
+    /// (a caller reading at that moment makes it wait for the end of that read).
+    pub(crate) fn with_reader<R>(&self, look: impl FnOnce(&Reader) -> R) -> Option<R> {
+        let slot = self.slot.lock();
+        slot.reader.as_ref().map(|(reader, _)| look(reader))
+    }
+}
+
+/// What a thread waits for while it reads a connection: the outcome of one request.
+pub(crate) trait Awaited {
+    /// Whether the outcome is in.
+    fn is_done(&self) -> bool;
+    /// From now until the next call, an outcome set by another thread wakes `waker`
+    /// (`None`: nobody). False, with nothing armed, when the outcome is in already.
+    fn arm(&self, waker: Option<&Arc<Waker>>) -> bool;
+}
+
+thread_local! {
+    /// The poller of a thread that reads connections for its answers, made on first use.
+    static POLLER: RefCell<Option<Poller>> = const { RefCell::new(None) };
+    /// The thread holds a connection's read turn: like an event loop, it must not wait
+    /// for room to send.
+    static READING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the calling thread holds a connection's read turn.
+pub(crate) fn reading_a_connection() -> bool {
+    READING.with(Cell::get)
+}
+
+/// A thread's own poller: its two descriptors (an epoll and an eventfd) and its read
+/// buffer live as long as the thread.
+struct Poller {
+    poll: Poll,
+    events: Events,
+    waker: Arc<Waker>,
+    scratch: Box<[u8]>,
+}
+
+impl Poller {
+    fn new() -> std::io::Result<Self> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        Ok(Self {
+            poll,
+            events: Events::with_capacity(4),
+            waker,
+            scratch: vec![0; CALLER_SCRATCH].into_boxed_slice(),
+        })
+    }
+}
+
+/// Reads `client`'s connection on the calling thread until `awaited` is done or `until`
+/// passes, if this thread may take the connection's read turn (see the module docs).
+/// Returns false at once, having done nothing, when it may not; the caller then waits
+/// as it otherwise would. Either way the caller looks at the outcome afterwards: this
+/// only makes it arrive sooner.
+pub(crate) fn read_for_answer(
+    client: &TransportClient,
+    awaited: &dyn Awaited,
+    until: Option<Instant>,
+) -> bool {
+    let conn = client.conn();
+    if on_event_loop()
+        || awaited.is_done()
+        || !conn.is_active()
+        || conn.is_paused()
+        || conn.requests().len() != 1
+        || conn.streams_outstanding().0 != 0
+    {
+        return false;
+    }
+    POLLER.with(|cell| {
+        let Ok(mut cell) = cell.try_borrow_mut() else {
+            return false;
+        };
+        if cell.is_none() {
+            match Poller::new() {
+                Ok(poller) => *cell = Some(poller),
+                Err(err) => {
+                    debug!("no poller for this thread ({err:#}): answers come through the loop");
+                    return false;
+                }
+            }
+        }
+        let Some(poller) = cell.as_mut() else {
+            return false;
+        };
+        let Some(wire) = take_turn(conn, poller) else {
+            return false;
+        };
+        READING.with(|reading| reading.set(true));
+        let handover = read_until_answered(conn, client, poller, awaited, until);
+        READING.with(|reading| reading.set(false));
+        give_back(conn, poller, &*wire, handover);
+        true
+    })
+}
+
+/// Takes the turn of `conn` for the calling thread: the socket is registered with the
+/// thread's poller and no longer reported readable to the loop. Returns the socket (held
+/// until the turn is given back, so that its descriptor stays the same file), or `None`
+/// with nothing changed.
+fn take_turn(conn: &Arc<Conn>, poller: &Poller) -> Option<Arc<dyn Wire>> {
+    let turn = conn.read_turn();
+    // The loop holds the lock only while it reads or looks at the reader.
+    let mut slot = turn.slot.lock();
+    if slot.caller || slot.handover.is_some() {
+        return None;
+    }
+    let (reader, _) = slot.reader.as_ref()?;
+    if reader.awaiting_auth().is_some() || reader.streaming() {
+        return None;
+    }
+    let wire = Arc::clone(reader.wire());
+    let fd = wire.raw_fd()?;
+    if let Err(err) =
+        poller
+            .poll
+            .registry()
+            .register(&mut SourceFd(&fd), SOCKET, Interest::READABLE)
+    {
+        debug!(
+            "cannot watch connection {} on this thread: {err:#}",
+            conn.id()
+        );
+        return None;
+    }
+    if let Err(err) = conn.loop_read_interest(fd, false) {
+        debug!(
+            "cannot take the read turn of connection {}: {err:#}",
+            conn.id()
+        );
+        let _ = poller.poll.registry().deregister(&mut SourceFd(&fd));
+        return None;
+    }
+    slot.caller = true;
+    turn.missed.store(false, Ordering::Release);
+    conn.env_counters()
+        .caller_turns
+        .fetch_add(1, Ordering::Relaxed);
+    Some(wire)
+}
+
+/// Reads and waits until `awaited` is done, `until` passes, or the read comes to
+/// something the loop must deal with (returned).
+fn read_until_answered(
+    conn: &Arc<Conn>,
+    client: &TransportClient,
+    poller: &mut Poller,
+    awaited: &dyn Awaited,
+    until: Option<Instant>,
+) -> Option<ReadOutcome> {
+    let turn = conn.read_turn();
+    // After a hang-up the socket is read to its end: a short read does not mean that
+    // nothing is left (the end of stream raises no new edge).
+    let mut hang_up = false;
+    loop {
+        let outcome = {
+            let mut slot = turn.slot.lock();
+            let Some((reader, handler)) = slot.reader.as_mut() else {
+                // The loop let the connection go: its requests failed with it.
+                return None;
+            };
+            reader.read_ready(
+                conn,
+                client,
+                &mut poller.scratch,
+                CALLER_BUDGET,
+                &**handler,
+                hang_up,
+                Instant::now(),
+            )
+        };
+        match outcome {
+            ReadOutcome::Drained => {}
+            ReadOutcome::Budget if !awaited.is_done() => continue,
+            // Bytes are left: the loop's registration, re-armed, reports them.
+            ReadOutcome::Budget => return None,
+            other => return Some(other),
+        }
+        if awaited.is_done() {
+            return None;
+        }
+        let timeout = match until {
+            Some(until) => {
+                let now = Instant::now();
+                if until <= now {
+                    return None;
+                }
+                Some(until - now)
+            }
+            None => None,
+        };
+        if !awaited.arm(Some(&poller.waker)) {
+            return None;
+        }
+        let polled = poller.poll.poll(&mut poller.events, timeout);
+        awaited.arm(None);
+        hang_up = poller
+            .events
+            .iter()
+            .any(|event| event.is_read_closed() || event.is_error());
+        if let Err(err) = polled {
+            if !interrupted(&err) {
+                error!("cannot wait on connection {}: {err:#}", conn.id());
+                return None;
+            }
+        }
+    }
+}
+
+/// Gives the turn of `conn` back to its loop, with what the last read came to if the loop
+/// must deal with it.
+fn give_back(conn: &Arc<Conn>, poller: &Poller, wire: &dyn Wire, handover: Option<ReadOutcome>) {
+    let turn = conn.read_turn();
+    let fd = wire.raw_fd();
+    if let Some(fd) = fd {
+        let _ = poller.poll.registry().deregister(&mut SourceFd(&fd));
+    }
+    let rearmed = {
+        let mut slot = turn.slot.lock();
+        slot.caller = false;
+        if handover.is_some() {
+            slot.handover = handover;
+        }
+        // Re-armed under the lock, so that the loop, once it can read, is told.
+        match fd {
+            Some(fd) if slot.reader.is_some() => conn.loop_read_interest(fd, true),
+            _ => Ok(()),
+        }
+    };
+    if let Err(err) = rearmed {
+        error!(
+            "cannot give the read turn of connection {} back to its loop: {err:#}",
+            conn.id()
+        );
+        conn.close_with(CloseReason::io("its poller registration failed", err));
+        return;
+    }
+    if handover.is_some() || turn.missed.swap(false, Ordering::AcqRel) {
+        conn.wake_loop(Wake::Resume);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crossbeam_channel::{Receiver, Sender};
+
+    use crate::error::RpcError;
+    use crate::sync::atomic::Ordering;
+    use crate::sync::{Arc, Mutex};
+    use crate::transport::{
+        Responder, RpcHandler, TransportClient, TransportClientFactory, TransportConf,
+        TransportContext, TransportServer,
+    };
+
+    const LONG: Duration = Duration::from_secs(30);
+    /// Far below `LONG`: an outcome known at once is not waited for.
+    const PROMPTLY: Duration = Duration::from_secs(5);
+
+    /// The server side: answers by the request's text (see `receive`).
+    #[derive(Default)]
+    struct Server {
+        held: Mutex<Vec<Responder>>,
+        got: Mutex<Vec<Vec<u8>>>,
+        /// The connection of the last `later` request.
+        peer: Mutex<Option<TransportClient>>,
+    }
+
+    impl RpcHandler for Server {
+        fn receive(&self, client: &TransportClient, message: Vec<u8>, responder: Responder) {
+            self.got.lock().push(message.clone());
+            let text = String::from_utf8_lossy(&message).into_owned();
+            match text.split_once(':').unwrap_or((&text, "")) {
+                ("echo", rest) => responder.reply(rest.as_bytes().to_vec()),
+                ("slow", rest) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    responder.reply(rest.as_bytes().to_vec());
+                }
+                ("big", len) => responder.reply(vec![7; len.parse().unwrap_or(0)]),
+                // A message to the caller's side before the answer, on the same connection,
+                // once the caller is waiting.
+                ("back", rest) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    client.send(rest.as_bytes().to_vec()).expect("send back");
+                    responder.reply(b"ok".to_vec());
+                }
+                // The answer; the test sends the caller's side a message later.
+                ("later", _) => {
+                    *self.peer.lock() = Some(client.clone());
+                    responder.reply(b"ok".to_vec());
+                }
+                ("close", _) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    client.close();
+                }
+                _ => self.held.lock().push(responder),
+            }
+        }
+    }
+
+    /// The caller's side: one-way messages and the end of its connection, in order.
+    struct Client(Sender<String>);
+
+    impl RpcHandler for Client {
+        fn receive(&self, _: &TransportClient, _: Vec<u8>, responder: Responder) {
+            responder.fail("no requests here");
+        }
+
+        fn receive_one_way(&self, _: &TransportClient, message: Vec<u8>) {
+            let _ = self.0.send(String::from_utf8_lossy(&message).into_owned());
+        }
+
+        fn channel_inactive(&self, _: &TransportClient) {
+            let _ = self.0.send("inactive".to_owned());
+        }
+    }
+
+    struct Pair {
+        server: Arc<Server>,
+        _server_ctx: TransportContext,
+        _listener: TransportServer,
+        ctx: TransportContext,
+        _factory: TransportClientFactory,
+        client: TransportClient,
+        events: Receiver<String>,
+    }
+
+    impl Pair {
+        fn new() -> Self {
+            let server = Arc::new(Server::default());
+            let server_ctx = TransportContext::new(
+                TransportConf::default(),
+                Arc::clone(&server) as Arc<dyn RpcHandler>,
+            );
+            let listener = server_ctx.create_server("127.0.0.1", 0).expect("server");
+            let (tx, events) = crossbeam_channel::unbounded();
+            let ctx = TransportContext::new(TransportConf::default(), Arc::new(Client(tx)));
+            let factory = ctx.create_client_factory();
+            let client = factory
+                .create_client("127.0.0.1", listener.port())
+                .expect("client");
+            Self {
+                server,
+                _server_ctx: server_ctx,
+                _listener: listener,
+                ctx,
+                _factory: factory,
+                client,
+                events,
+            }
+        }
+
+        /// Read turns callers of the client's side took so far.
+        fn turns(&self) -> u64 {
+            self.ctx.counters().caller_turns.load(Ordering::Relaxed)
+        }
+
+        fn call(&self, text: &str) -> Result<Vec<u8>, RpcError> {
+            self.client.send_rpc_sync(text.as_bytes().to_vec(), LONG)
+        }
+
+        fn next_event(&self) -> String {
+            self.events
+                .recv_timeout(PROMPTLY)
+                .expect("an event within 5 s")
+        }
+
+        /// Waits until the server holds `count` requests.
+        fn wait_held(&self, count: usize) {
+            let start = Instant::now();
+            while self.server.held.lock().len() < count {
+                assert!(
+                    start.elapsed() < PROMPTLY,
+                    "the server never got the request"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    #[test]
+    fn a_caller_reads_the_answer_to_its_only_request_itself() {
+        let pair = Pair::new();
+        pair.call("echo:warm").expect("warm-up");
+        let before = pair.turns();
+        // Answered 20 ms late: the caller is waiting by then, with the turn.
+        for i in 0..5 {
+            let text = format!("slow:{i}");
+            assert_eq!(pair.call(&text).expect("answer"), i.to_string().as_bytes());
+        }
+        assert_eq!(pair.turns(), before + 5);
+        // Fast answers may come before the caller looks: the loop reads those.
+        for i in 0..20 {
+            let text = format!("echo:{i}");
+            assert_eq!(pair.call(&text).expect("answer"), i.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn a_large_answer_is_read_by_the_caller() {
+        let pair = Pair::new();
+        pair.call("echo:warm").expect("warm-up");
+        let before = pair.turns();
+        let answer = pair.call("big:8388608").expect("8 MiB");
+        assert_eq!(answer.len(), 8 << 20);
+        assert!(answer.iter().all(|&b| b == 7));
+        assert_eq!(pair.turns(), before + 1);
+    }
+
+    #[test]
+    fn frames_for_others_are_handed_on_while_a_caller_reads() {
+        let pair = Pair::new();
+        pair.call("echo:warm").expect("warm-up");
+        let before = pair.turns();
+        assert_eq!(pair.call("back:hello").expect("answer"), b"ok");
+        assert_eq!(pair.turns(), before + 1);
+        assert_eq!(pair.next_event(), "hello");
+    }
+
+    #[test]
+    fn bytes_after_the_answer_are_read_by_the_loop() {
+        let pair = Pair::new();
+        pair.call("echo:warm").expect("warm-up");
+        assert_eq!(pair.call("later:").expect("answer"), b"ok");
+        std::thread::sleep(Duration::from_millis(50));
+        let peer = pair.server.peer.lock().clone().expect("the server's side");
+        peer.send(b"late".to_vec()).expect("send");
+        // Nobody waits on the connection now: only its loop can read this.
+        assert_eq!(pair.next_event(), "late");
+        assert_eq!(pair.call("echo:again").expect("answer"), b"again");
+    }
+
+    #[test]
+    fn a_close_wakes_a_reading_caller_at_once() {
+        let pair = Pair::new();
+        pair.call("echo:warm").expect("warm-up");
+        let before = pair.turns();
+        std::thread::scope(|scope| {
+            let caller = scope.spawn(|| {
+                let start = Instant::now();
+                (pair.call("hold"), start.elapsed())
+            });
+            pair.wait_held(1);
+            let start = Instant::now();
+            while pair.turns() == before {
+                assert!(
+                    start.elapsed() < PROMPTLY,
+                    "the caller never took the read turn"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            pair.client.close();
+            let (result, took) = caller.join().expect("caller");
+            assert!(
+                matches!(result, Err(RpcError::Connection { .. })),
+                "{result:?}"
+            );
+            assert!(took < PROMPTLY, "woken after {took:?}");
+        });
+    }
+
+    #[test]
+    fn a_peer_that_closes_wakes_a_reading_caller_and_its_loop_ends_the_connection() {
+        let pair = Pair::new();
+        pair.call("echo:warm").expect("warm-up");
+        let before = pair.turns();
+        let start = Instant::now();
+        let result = pair.call("close");
+        assert!(
+            matches!(result, Err(RpcError::Connection { .. })),
+            "{result:?}"
+        );
+        assert!(
+            start.elapsed() < PROMPTLY,
+            "woken after {:?}",
+            start.elapsed()
+        );
+        assert_eq!(
+            pair.turns(),
+            before + 1,
+            "the caller read the end of the stream"
+        );
+        assert_eq!(pair.next_event(), "inactive");
+    }
+
+    #[test]
+    fn a_timeout_gives_the_turn_back() {
+        let pair = Pair::new();
+        pair.call("echo:warm").expect("warm-up");
+        let start = Instant::now();
+        let result = pair
+            .client
+            .send_rpc_sync(b"hold".to_vec(), Duration::from_millis(200));
+        assert!(
+            matches!(result, Err(RpcError::Timeout { .. })),
+            "{result:?}"
+        );
+        assert!(start.elapsed() < PROMPTLY, "{:?}", start.elapsed());
+        // Answered through the loop (a callback), then by a caller again.
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        pair.client.send_rpc(b"echo:loop".to_vec(), move |answer| {
+            let _ = tx.send(answer);
+        });
+        let answer = rx.recv_timeout(PROMPTLY).expect("an answer").expect("ok");
+        assert_eq!(answer, b"loop");
+        assert_eq!(pair.call("echo:caller").expect("answer"), b"caller");
+    }
+
+    #[test]
+    fn many_callers_on_one_connection_all_get_their_answers() {
+        let pair = Pair::new();
+        std::thread::scope(|scope| {
+            let callers: Vec<_> = (0..8)
+                .map(|t| {
+                    let pair = &pair;
+                    scope.spawn(move || {
+                        for i in 0..50 {
+                            let text = format!("echo:{t}-{i}");
+                            let answer = pair.call(&text).expect("answer");
+                            assert_eq!(answer, format!("{t}-{i}").as_bytes());
+                        }
+                    })
+                })
+                .collect();
+            for caller in callers {
+                caller.join().expect("caller");
+            }
+        });
+        assert_eq!(pair.server.got.lock().len(), 400);
+    }
+
+    /// A raw server that answers the one request it reads with the first `cut` bytes of
+    /// an answer, `delay` after it read it, then hangs up. Returns its port.
+    fn cutting_server(cut: usize, delay: Duration) -> (u16, std::thread::JoinHandle<()>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let port = listener.local_addr().expect("address").port();
+        let thread = crate::threads::spawn("test-cutting-server".to_owned(), move || {
+            let (mut stream, _) = listener.accept().expect("a connection");
+            stream
+                .set_read_timeout(Some(PROMPTLY))
+                .expect("a read timeout");
+            let mut header = [0u8; 21];
+            stream.read_exact(&mut header).expect("a request header");
+            let len = i32::from_be_bytes(header[17..21].try_into().expect("4 bytes"));
+            let mut body = vec![0u8; usize::try_from(len).expect("a length")];
+            stream.read_exact(&mut body).expect("a request body");
+            let answer = b"an answer that is cut short";
+            let mut frame = ((21 + answer.len()) as i64).to_be_bytes().to_vec();
+            frame.push(4);
+            frame.extend_from_slice(&header[9..17]);
+            frame.extend_from_slice(&(answer.len() as i32).to_be_bytes());
+            frame.extend_from_slice(answer);
+            std::thread::sleep(delay);
+            stream.write_all(&frame[..cut]).expect("part of an answer");
+            // Dropping the stream hangs up, right behind the bytes.
+        })
+        .expect("a thread");
+        (port, thread)
+    }
+
+    /// The end of stream right behind a short read is seen: a hang-up reported with the
+    /// bytes is read to its end (no new edge comes for it).
+    #[test]
+    fn a_hang_up_behind_part_of_the_answer_fails_the_call_at_once() {
+        for cut in [0, 10, 30] {
+            let (tx, _events) = crossbeam_channel::unbounded();
+            let ctx = TransportContext::new(TransportConf::default(), Arc::new(Client(tx)));
+            let factory = ctx.create_client_factory();
+            let (port, server) = cutting_server(cut, Duration::from_millis(30));
+            let client = factory.create_client("127.0.0.1", port).expect("client");
+            std::thread::sleep(Duration::from_millis(10));
+            let start = Instant::now();
+            let result = client.send_rpc_sync(b"request".to_vec(), LONG);
+            assert!(
+                start.elapsed() < PROMPTLY,
+                "cut {cut}: {:?}",
+                start.elapsed()
+            );
+            assert!(
+                matches!(result, Err(RpcError::Connection { .. })),
+                "{result:?}"
+            );
+            assert_eq!(ctx.counters().caller_turns.load(Ordering::Relaxed), 1);
+            server.join().expect("the server");
+        }
+    }
+}

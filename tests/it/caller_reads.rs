@@ -1,0 +1,146 @@
+//! An ask that is its connection's only request outstanding is read by the thread that
+//! waits for it (the connection's read turn, see `transport::read_turn`): plaintext and
+//! with each channel cipher, from a user thread and from a handler on a dispatcher
+//! thread, and with frames for the caller's own endpoints arriving meanwhile.
+
+use std::time::Duration;
+
+use rpcenv::{
+    EndpointContext, RpcCallContext, RpcEndpoint, RpcEndpointRef, RpcEnv, RpcError, Threading,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::support::{address_of, client_env_with, rpc_conf, server_env_with};
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Msg {
+    /// Answered with n + 1 after `ms` milliseconds (the caller is waiting by then).
+    Late(u64, u64),
+    /// Sends `Note(n)` to the asker's endpoint `notes`, then answers n + 1 late.
+    NoteFirst(u64, Option<RpcEndpointRef<Note>>),
+    /// Asks `next` for `Late(n, 20)` from the handler and answers with its answer.
+    Relay(u64, RpcEndpointRef<Self>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Note(u64);
+
+struct Server;
+
+impl RpcEndpoint for Server {
+    type Message = Msg;
+    fn threading(&self) -> Threading {
+        Threading::Dedicated
+    }
+    fn receive_and_reply(&mut self, msg: Msg, reply: RpcCallContext, _: &EndpointContext<Msg>) {
+        match msg {
+            Msg::Late(n, ms) => {
+                std::thread::sleep(Duration::from_millis(ms));
+                reply.reply(n + 1);
+            }
+            Msg::NoteFirst(n, notes) => {
+                notes.expect("a notes ref").send(Note(n)).expect("note");
+                std::thread::sleep(Duration::from_millis(20));
+                reply.reply(n + 1);
+            }
+            Msg::Relay(n, next) => match next.ask_sync::<u64>(Msg::Late(n, 20)) {
+                Ok(answer) => reply.reply(answer),
+                Err(err) => reply.send_failure(err.to_string()),
+            },
+        }
+    }
+}
+
+struct Notes(crossbeam_channel::Sender<u64>);
+
+impl RpcEndpoint for Notes {
+    type Message = Note;
+    fn receive(&mut self, Note(n): Note, _: &EndpointContext<Note>) {
+        let _ = self.0.send(n);
+    }
+}
+
+fn reads(env: &RpcEnv) -> u64 {
+    env.metrics().env.answers_read_by_callers
+}
+
+fn check(conf: rpcenv::RpcConf) {
+    let server = server_env_with("caller-reads-server", conf.clone());
+    server.setup_endpoint("late", Server).unwrap();
+    let client = client_env_with("caller-reads-client", conf.clone());
+    let late = client
+        .setup_endpoint_ref::<Msg>(address_of(&server), "late")
+        .unwrap();
+    assert_eq!(late.ask_sync::<u64>(Msg::Late(0, 0)).unwrap(), 1);
+    let before = reads(&client);
+    for n in 0..5 {
+        assert_eq!(late.ask_sync::<u64>(Msg::Late(n, 20)).unwrap(), n + 1);
+    }
+    assert_eq!(
+        reads(&client),
+        before + 5,
+        "each late answer read by its caller"
+    );
+
+    // A one-way message to the caller's own endpoint arrives while it reads.
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let notes = client.setup_endpoint("notes", Notes(tx)).unwrap();
+    let before = reads(&client);
+    let answer = late.ask_sync::<u64>(Msg::NoteFirst(7, Some(notes.clone())));
+    assert_eq!(answer.unwrap(), 8);
+    assert_eq!(reads(&client), before + 1);
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), 7);
+
+    // A handler on a dispatcher thread asks another env and reads its answer itself.
+    let third = server_env_with("caller-reads-third", conf);
+    third.setup_endpoint("late", Server).unwrap();
+    let relay_to = server
+        .setup_endpoint_ref::<Msg>(address_of(&third), "late")
+        .unwrap();
+    let before = reads(&server);
+    let answer = late.ask_sync::<u64>(Msg::Relay(40, relay_to));
+    assert_eq!(answer.unwrap(), 41);
+    assert_eq!(
+        reads(&server),
+        before + 1,
+        "the relaying handler read its answer"
+    );
+
+    // A timeout while reading gives the connection back to its loop.
+    let err = late
+        .ask_sync_timeout::<u64>(Msg::Late(0, 300), Duration::from_millis(50))
+        .unwrap_err();
+    assert!(matches!(err, RpcError::Timeout { .. }), "{err}");
+    let pending = late.ask::<u64>(Msg::Late(1, 0));
+    assert_eq!(pending.wait().unwrap(), 2);
+    for env in [client, server, third] {
+        env.shutdown();
+    }
+}
+
+#[test]
+fn a_late_answer_is_read_by_its_caller() {
+    check(rpc_conf());
+}
+
+#[test]
+fn a_late_answer_is_read_by_its_caller_through_aes_gcm() {
+    check(
+        rpc_conf()
+            .set("rpc.authenticate", "true")
+            .set("rpc.authenticate.secret", "caller-reads")
+            .set("rpc.io.encryption.enabled", "true")
+            .set("rpc.io.encryption.cipher", "AES/GCM/NoPadding"),
+    );
+}
+
+#[test]
+fn a_late_answer_is_read_by_its_caller_through_aes_ctr() {
+    check(
+        rpc_conf()
+            .set("rpc.authenticate", "true")
+            .set("rpc.authenticate.secret", "caller-reads")
+            .set("rpc.io.encryption.enabled", "true")
+            .set("rpc.io.encryption.cipher", "AES/CTR/NoPadding"),
+    );
+}
