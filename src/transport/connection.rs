@@ -18,7 +18,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -60,9 +59,6 @@ pub(crate) trait Notify: Send + Sync {
     fn closed(&self, conn_id: u64);
     /// The loop has something to do for `conn`.
     fn wake(&self, conn: Arc<Conn>, why: Wake);
-    /// Whether the loop's poller reports `conn_id`'s socket `fd` readable (it always
-    /// reports it writable); see `read_turn`.
-    fn read_interest(&self, conn_id: u64, fd: RawFd, readable: bool) -> io::Result<()>;
 }
 
 /// Counts the transport keeps for the whole context (for the env's statistics), and
@@ -401,11 +397,6 @@ impl Conn {
     /// Wakes the connection's event loop for `why`.
     pub(crate) fn wake_loop(self: &Arc<Self>, why: Wake) {
         self.notify.wake(Arc::clone(self), why);
-    }
-
-    /// Whether the loop's poller reports the socket `fd` readable (see `read_turn`).
-    pub(crate) fn loop_read_interest(&self, fd: RawFd, readable: bool) -> io::Result<()> {
-        self.notify.read_interest(self.id, fd, readable)
     }
 
     #[cfg(test)]

@@ -7,15 +7,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error, trace};
-use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
 use crate::auth::Decryptor;
@@ -110,16 +107,6 @@ impl Notify for LoopHandle {
 
     fn wake(&self, conn: Arc<Conn>, why: Wake) {
         self.send(Command::Wake(conn, why));
-    }
-
-    fn read_interest(&self, conn_id: u64, fd: RawFd, readable: bool) -> io::Result<()> {
-        let interest = if readable {
-            Interest::READABLE | Interest::WRITABLE
-        } else {
-            Interest::WRITABLE
-        };
-        self.registry
-            .reregister(&mut SourceFd(&fd), Token(conn_id as usize), interest)
     }
 }
 

@@ -8,10 +8,11 @@
 //! waking the loop, which would wake the caller (one thread hand-off less per round trip).
 //!
 //! While a caller holds the turn:
-//! - the loop's poller no longer reports the socket readable (its registration keeps
-//!   only `WRITABLE`); the caller waits for it on a poller of its own thread, which also
-//!   holds a `Waker` that an outcome arriving by another way (a close, a timeout, an
-//!   abort) wakes;
+//! - the caller waits for the socket on a poller of its own thread, which also holds a
+//!   `Waker` that an outcome arriving by another way (a close, a timeout, an abort)
+//!   wakes; the loop, told of the same bytes, finds the turn taken and leaves them (the
+//!   caller reads once more before it gives the turn back if the loop was told of bytes
+//!   after its last read);
 //! - the caller reads with the connection's [`Reader`], under the turn's lock (held only
 //!   while it reads, so the loop never waits on a caller that is blocked), and hands on
 //!   every frame exactly as the loop would: answers to their callbacks, requests and
@@ -21,9 +22,7 @@
 //! - anything but a plain read (the peer's end of stream, a bad frame, a pause) is
 //!   handed back to the loop, which deals with it as if it had read it.
 //!
-//! The caller gives the turn back as soon as its answer is in (or its time is up), and
-//! the loop's registration gets `READABLE` again, which re-arms it: bytes that arrived
-//! after the caller's last read raise an event on the loop at once.
+//! The caller gives the turn back as soon as its answer is in (or its time is up).
 //!
 //! The turn is taken only when it pays and is safe: the request is the connection's
 //! only outstanding one and no stream is under way (a connection busy with many callers
@@ -31,6 +30,7 @@
 //! and the calling thread is not an event loop (nor already reading a connection).
 
 use std::cell::{Cell, RefCell};
+use std::os::fd::RawFd;
 use std::time::Instant;
 
 use log::{debug, error};
@@ -38,9 +38,9 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::error::RpcError;
-use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::atomic::Ordering;
 use crate::sync::{Arc, Mutex};
-use crate::transport::connection::{CloseReason, Conn, Wake, on_event_loop};
+use crate::transport::connection::{Conn, Wake, on_event_loop};
 use crate::transport::reader::{ReadOutcome, Reader};
 use crate::transport::socket::{Wire, interrupted};
 use crate::transport::{RpcHandler, TransportClient};
@@ -55,11 +55,9 @@ const SOCKET: Token = Token(0);
 const WAKER: Token = Token(1);
 
 /// The read side of a connection and who holds it (see the module docs).
+#[derive(Default)]
 pub(crate) struct ReadTurn {
     slot: Mutex<Slot>,
-    /// The loop wanted to read while a caller held the turn: the caller wakes it when it
-    /// gives the turn back.
-    missed: AtomicBool,
 }
 
 #[derive(Default)]
@@ -71,15 +69,9 @@ struct Slot {
     caller: bool,
     /// What a caller's read came to that the loop must deal with (see [`ReadOutcome`]).
     handover: Option<ReadOutcome>,
-}
-
-impl Default for ReadTurn {
-    fn default() -> Self {
-        Self {
-            slot: Mutex::new(Slot::default()),
-            missed: AtomicBool::new(false),
-        }
-    }
+    /// The loop was told that the socket is readable since the caller's last read: the
+    /// caller reads once more before it gives the turn back.
+    missed: bool,
 }
 
 /// What the loop's read came to: an outcome, with the refusal to report when the reader
@@ -106,7 +98,7 @@ impl ReadTurn {
     ) -> Option<LoopRead> {
         let mut slot = self.slot.lock();
         if slot.caller {
-            self.missed.store(true, Ordering::Release);
+            slot.missed = true;
             return None;
         }
         let handover = slot.handover.take();
@@ -157,6 +149,10 @@ struct Poller {
     events: Events,
     waker: Arc<Waker>,
     scratch: Box<[u8]>,
+    /// The connection whose socket is registered, and its descriptor: kept between
+    /// turns, so that a thread asking one peer again and again registers once (bytes
+    /// its loop read meanwhile leave at most one stale event, which costs a read).
+    registered: Option<(u64, RawFd)>,
 }
 
 impl Poller {
@@ -168,6 +164,7 @@ impl Poller {
             events: Events::with_capacity(4),
             waker,
             scratch: vec![0; CALLER_SCRATCH].into_boxed_slice(),
+            registered: None,
         })
     }
 }
@@ -214,16 +211,17 @@ pub(crate) fn read_for_answer(
         READING.with(|reading| reading.set(true));
         let handover = read_until_answered(conn, client, poller, awaited, until);
         READING.with(|reading| reading.set(false));
-        give_back(conn, poller, &*wire, handover);
+        give_back(conn, client, poller, handover);
+        // Only now may the socket close: its descriptor was this turn's.
+        drop(wire);
         true
     })
 }
 
-/// Takes the turn of `conn` for the calling thread: the socket is registered with the
-/// thread's poller and no longer reported readable to the loop. Returns the socket (held
-/// until the turn is given back, so that its descriptor stays the same file), or `None`
-/// with nothing changed.
-fn take_turn(conn: &Arc<Conn>, poller: &Poller) -> Option<Arc<dyn Wire>> {
+/// Takes the turn of `conn` for the calling thread, its socket registered with the
+/// thread's poller. Returns the socket (held until the turn is given back, so that its
+/// descriptor stays the same file), or `None` with the turn not taken.
+fn take_turn(conn: &Arc<Conn>, poller: &mut Poller) -> Option<Arc<dyn Wire>> {
     let turn = conn.read_turn();
     // The loop holds the lock only while it reads or looks at the reader.
     let mut slot = turn.slot.lock();
@@ -236,28 +234,23 @@ fn take_turn(conn: &Arc<Conn>, poller: &Poller) -> Option<Arc<dyn Wire>> {
     }
     let wire = Arc::clone(reader.wire());
     let fd = wire.raw_fd()?;
-    if let Err(err) =
-        poller
-            .poll
-            .registry()
-            .register(&mut SourceFd(&fd), SOCKET, Interest::READABLE)
-    {
-        debug!(
-            "cannot watch connection {} on this thread: {err:#}",
-            conn.id()
-        );
-        return None;
-    }
-    if let Err(err) = conn.loop_read_interest(fd, false) {
-        debug!(
-            "cannot take the read turn of connection {}: {err:#}",
-            conn.id()
-        );
-        let _ = poller.poll.registry().deregister(&mut SourceFd(&fd));
-        return None;
+    if poller.registered.is_none_or(|(id, _)| id != conn.id()) {
+        let registry = poller.poll.registry();
+        if let Some((_, old)) = poller.registered.take() {
+            // Gone with its socket already if that closed (`ENOENT` then).
+            let _ = registry.deregister(&mut SourceFd(&old));
+        }
+        if let Err(err) = registry.register(&mut SourceFd(&fd), SOCKET, Interest::READABLE) {
+            debug!(
+                "cannot watch connection {} on this thread: {err:#}",
+                conn.id()
+            );
+            return None;
+        }
+        poller.registered = Some((conn.id(), fd));
     }
     slot.caller = true;
-    turn.missed.store(false, Ordering::Release);
+    slot.missed = false;
     conn.env_counters()
         .caller_turns
         .fetch_add(1, Ordering::Relaxed);
@@ -279,7 +272,9 @@ fn read_until_answered(
     let mut hang_up = false;
     loop {
         let outcome = {
-            let mut slot = turn.slot.lock();
+            let mut guard = turn.slot.lock();
+            let slot = &mut *guard;
+            slot.missed = false;
             let Some((reader, handler)) = slot.reader.as_mut() else {
                 // The loop let the connection go: its requests failed with it.
                 return None;
@@ -297,8 +292,7 @@ fn read_until_answered(
         match outcome {
             ReadOutcome::Drained => {}
             ReadOutcome::Budget if !awaited.is_done() => continue,
-            // Bytes are left: the loop's registration, re-armed, reports them.
-            ReadOutcome::Budget => return None,
+            // Bytes are left for the loop (which reads again after a budget ran out).
             other => return Some(other),
         }
         if awaited.is_done() {
@@ -333,34 +327,41 @@ fn read_until_answered(
 }
 
 /// Gives the turn of `conn` back to its loop, with what the last read came to if the loop
-/// must deal with it.
-fn give_back(conn: &Arc<Conn>, poller: &Poller, wire: &dyn Wire, handover: Option<ReadOutcome>) {
+/// must deal with it. If the loop was told of bytes since the caller's last read, the
+/// caller reads them first (a loop that found the turn taken did not read).
+fn give_back(
+    conn: &Arc<Conn>,
+    client: &TransportClient,
+    poller: &mut Poller,
+    mut handover: Option<ReadOutcome>,
+) {
     let turn = conn.read_turn();
-    let fd = wire.raw_fd();
-    if let Some(fd) = fd {
-        let _ = poller.poll.registry().deregister(&mut SourceFd(&fd));
-    }
-    let rearmed = {
-        let mut slot = turn.slot.lock();
+    loop {
+        let mut guard = turn.slot.lock();
+        let slot = &mut *guard;
+        if handover.is_none() && slot.missed {
+            slot.missed = false;
+            if let Some((reader, handler)) = slot.reader.as_mut() {
+                let outcome = reader.read_ready(
+                    conn,
+                    client,
+                    &mut poller.scratch,
+                    CALLER_BUDGET,
+                    &**handler,
+                    false,
+                    Instant::now(),
+                );
+                if outcome == ReadOutcome::Drained {
+                    continue;
+                }
+                handover = Some(outcome);
+            }
+        }
         slot.caller = false;
-        if handover.is_some() {
-            slot.handover = handover;
-        }
-        // Re-armed under the lock, so that the loop, once it can read, is told.
-        match fd {
-            Some(fd) if slot.reader.is_some() => conn.loop_read_interest(fd, true),
-            _ => Ok(()),
-        }
-    };
-    if let Err(err) = rearmed {
-        error!(
-            "cannot give the read turn of connection {} back to its loop: {err:#}",
-            conn.id()
-        );
-        conn.close_with(CloseReason::io("its poller registration failed", err));
-        return;
+        slot.handover = handover;
+        break;
     }
-    if handover.is_some() || turn.missed.swap(false, Ordering::AcqRel) {
+    if handover.is_some() {
         conn.wake_loop(Wake::Resume);
     }
 }

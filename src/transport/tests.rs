@@ -80,9 +80,6 @@ impl Notify for NoLoop {
     fn closed(&self, _conn_id: u64) {}
     // `pump` flushes and reads both sides every round, as the event loop would.
     fn wake(&self, _conn: Arc<Conn>, _why: Wake) {}
-    fn read_interest(&self, _: u64, _: std::os::fd::RawFd, _: bool) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Answers `ping:X` with `X`, `fail:X` with a failure, keeps other requests for the test
