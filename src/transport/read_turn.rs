@@ -403,6 +403,13 @@ mod tests {
                     std::thread::sleep(Duration::from_millis(20));
                     responder.reply(rest.as_bytes().to_vec());
                 }
+                // The answer, then `n` messages to the caller's side right behind it.
+                ("burst", n) => {
+                    responder.reply(b"ok".to_vec());
+                    for i in 0..n.parse().unwrap_or(0) {
+                        client.send(format!("{i}").into_bytes()).expect("send");
+                    }
+                }
                 ("big", len) => responder.reply(vec![7; len.parse().unwrap_or(0)]),
                 // A message to the caller's side before the answer, on the same connection,
                 // once the caller is waiting.
@@ -555,6 +562,22 @@ mod tests {
         // Nobody waits on the connection now: only its loop can read this.
         assert_eq!(pair.next_event(), "late");
         assert_eq!(pair.call("echo:again").expect("answer"), b"again");
+    }
+
+    /// Messages right behind the answer reach the loop or the caller about to give the
+    /// turn back, whichever is told of them: none is left unread.
+    #[test]
+    fn messages_right_behind_an_answer_are_all_read() {
+        let pair = Pair::new();
+        for _ in 0..20 {
+            assert_eq!(pair.call("burst:50").expect("answer"), b"ok");
+        }
+        for round in 0..20 {
+            for i in 0..50 {
+                assert_eq!(pair.next_event(), i.to_string(), "round {round}");
+            }
+        }
+        assert!(pair.turns() > 0);
     }
 
     #[test]
