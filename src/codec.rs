@@ -50,13 +50,18 @@
 
 mod de;
 mod ser;
+mod shared;
 
 use std::fmt;
+
+use bytes::Bytes;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::RpcError;
+
+pub use shared::SharedBytes;
 
 /// The deepest nesting [`decode`] accepts; each sequence, tuple, struct, map, enum variant
 /// with fields, `Some` and newtype is one level.
@@ -150,7 +155,27 @@ pub(crate) fn decode<T: DeserializeOwned>(
     bytes: &[u8],
     what: impl fmt::Display,
 ) -> Result<T, RpcError> {
-    let mut decoder = de::Decoder::new(bytes);
+    decode_with(de::Decoder::new(bytes), what)
+}
+
+/// As [`decode`], of `body[start..]`, where `body` is a received frame's body: each
+/// [`SharedBytes`] in the value becomes a view of `body` rather than a copy.
+///
+/// # Panics
+///
+/// If `start` is beyond `body`'s end.
+pub(crate) fn decode_shared<T: DeserializeOwned>(
+    body: &Bytes,
+    start: usize,
+    what: impl fmt::Display,
+) -> Result<T, RpcError> {
+    decode_with(de::Decoder::shared(body, &body[start..]), what)
+}
+
+fn decode_with<T: DeserializeOwned>(
+    mut decoder: de::Decoder<'_>,
+    what: impl fmt::Display,
+) -> Result<T, RpcError> {
     let value =
         T::deserialize(&mut decoder).map_err(|err| RpcError::decode(what.to_string(), err.0))?;
     if !decoder.input.is_empty() {
@@ -738,16 +763,16 @@ mod bincode_reference {
         // A struct's third field (a Vec<u8>, serde's visitor preallocates by the hint).
         let bytes = [&[3u8, 1, b'n', 0][..], &claim, b"abc"].concat();
         assert!(decode::<Shape>(&bytes, "shape").is_err());
-        // And a ByteBuf / bytes::Bytes.
+        // And a ByteBuf / Bytes.
         assert!(decode::<serde_bytes::ByteBuf>(&claim, "buf").is_err());
-        assert!(decode::<bytes::Bytes>(&claim, "bytes").is_err());
+        assert!(decode::<Bytes>(&claim, "bytes").is_err());
     }
 
     #[test]
     fn byte_payload_types_take_the_bytes_path() {
         let payload: Vec<u8> = (0..=255).cycle().take(1000).collect();
         let buf = serde_bytes::ByteBuf::from(payload.clone());
-        let shared = bytes::Bytes::from(payload.clone());
+        let shared = Bytes::from(payload.clone());
         // All three are the length, then the bytes: interchangeable on the wire.
         let expected = reference(&payload);
         assert_eq!(encode(&buf, "buf").expect("encode"), expected);
@@ -756,10 +781,7 @@ mod bincode_reference {
             decode::<serde_bytes::ByteBuf>(&expected, "buf").expect("buf"),
             buf
         );
-        assert_eq!(
-            decode::<bytes::Bytes>(&expected, "bytes").expect("bytes"),
-            shared
-        );
+        assert_eq!(decode::<Bytes>(&expected, "bytes").expect("bytes"), shared);
         assert_eq!(decode::<Vec<u8>>(&expected, "vec").expect("vec"), payload);
     }
 

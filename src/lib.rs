@@ -355,6 +355,7 @@ mod sync;
 mod threads;
 pub mod transport;
 
+pub use crate::codec::SharedBytes;
 pub use crate::conf::RpcConf;
 pub use crate::error::RpcError;
 pub use crate::metrics::{
