@@ -21,6 +21,7 @@
 //! | payload type | encode | decode |
 //! |---|---|---|
 //! | `serde_bytes::ByteBuf`, `bytes::Bytes` (serde feature), anything that calls `serialize_bytes` / `deserialize_byte_buf` | the length, then one `extend_from_slice` | one borrow of the frame, copied once into the value |
+//! | [`SharedBytes`] | as `ByteBuf` | a view of the received frame body ([`decode_shared`]); a copy as for `ByteBuf` elsewhere ([`decode`]) |
 //! | `Vec<u8>`, `[u8; N]` (serde hands them over byte by byte) | a push per byte | a bounds-checked byte read and a push per byte |
 //!
 //! A value is measured first (a pass that only counts bytes) and then written into a
