@@ -68,6 +68,27 @@ fn take_offered(bytes: &[u8]) -> Option<Bytes> {
 /// 16 MiB message) pins the 16 MiB: copy what you keep (`to_vec()`, which `Deref` to
 /// `[u8]` gives, or `SharedBytes::from(view.to_vec())`). For payloads that are small, or read once and
 /// dropped, a `ByteBuf` costs the same.
+///
+/// ```
+/// use rpcenv::SharedBytes;
+/// use serde::{Deserialize, Serialize};
+///
+/// /// A block store's messages: a block received in `Put` is kept as a view of the frame
+/// /// it arrived in, and sent on as it is.
+/// #[derive(Serialize, Deserialize)]
+/// enum StoreMsg {
+///     Put { id: u64, data: SharedBytes },
+///     Get { id: u64 },
+/// }
+///
+/// let block = SharedBytes::from(vec![7u8; 1 << 20]); // takes the Vec's buffer
+/// let kept = block.clone(); // a reference count, not a copy
+/// assert_eq!(kept.len(), 1 << 20);
+/// // A small part kept for long: copied, so it does not pin the whole block.
+/// let header: Vec<u8> = block[..16].to_vec();
+/// assert_eq!(header, [7u8; 16]);
+/// let _ = StoreMsg::Put { id: 1, data: block };
+/// ```
 #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SharedBytes(Bytes);
 
