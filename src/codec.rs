@@ -29,7 +29,8 @@
 //! that never grows, and the transport writes it from there. So beyond what the kernel
 //! copies, a byte payload is copied once on each side: into the frame body when it is
 //! encoded, and out of the received frame body (which the transport reads from the socket
-//! into its final buffer) when it is decoded.
+//! into its final buffer) when it is decoded. A [`SharedBytes`] is copied only when it is
+//! encoded: decoded from a received frame ([`decode_shared`]), it is a view of the body.
 //!
 //! # Untrusted bytes
 //!

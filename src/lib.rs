@@ -121,9 +121,9 @@
 //!   received frame body. It keeps that whole frame in memory while it lives; copy a
 //!   small part kept for long (`to_vec()`). Which to pick: `Vec<u8>` for small payloads;
 //!   `ByteBuf` or `bytes::Bytes` for large ones read once; `SharedBytes` for large ones
-//!   the receiver keeps, slices or sends on (W5, a 16 MiB echo, went from 0.52 to 0.97
-//!   of plain TCP with `ByteBuf` to 0.72 to 0.86 with `SharedBytes` in alternating
-//!   rounds on a shared 2-core machine).
+//!   the receiver keeps, slices or sends on. W5 (a 16 MiB echo, as a ratio to plain TCP
+//!   in the same run, 6 alternating rounds on a shared 2-core machine): `SharedBytes`
+//!   0.66 to 0.86 (median 0.74), `ByteBuf` 0.52 to 0.97 (median 0.62).
 //! - `shutdown` waits up to five seconds for endpoints to run `on_stop` and for threads
 //!   to exit (a connect under way included), then leaves busy ones behind and logs them
 //!   by name: only threads really busy (idle pool threads get a moment to exit even when
