@@ -19,12 +19,21 @@ thread_local! {
 }
 
 /// Offers `view` (a view of the same bytes as `f` visits) to the [`SharedBytes`] visitor
-/// that `f` calls, and takes it back afterwards if `f` did not use it.
+/// that `f` calls, and takes it back afterwards if `f` did not use it, even if `f`
+/// panics (a view left behind would keep its frame alive).
 pub(super) fn offer<T>(view: Bytes, f: impl FnOnce() -> T) -> T {
+    /// Empties the slot when dropped.
+    struct Withdraw;
+
+    impl Drop for Withdraw {
+        fn drop(&mut self) {
+            OFFERED.with(|slot| slot.borrow_mut().take());
+        }
+    }
+
     OFFERED.with(|slot| *slot.borrow_mut() = Some(view));
-    let result = f();
-    OFFERED.with(|slot| slot.borrow_mut().take());
-    result
+    let _withdraw = Withdraw;
+    f()
 }
 
 /// The offered view if it is one of exactly `bytes` (the same address and length).
@@ -313,6 +322,10 @@ mod tests {
         assert!(take_offered(&owner).is_none());
         let taken = offer(owner.clone(), || take_offered(&owner));
         assert_eq!(taken.as_deref(), Some(&owner[..]));
+        // Nor after a visitor that panicked.
+        let panicked = std::panic::catch_unwind(|| offer(owner.clone(), || panic!("visitor")));
+        assert!(panicked.is_err());
+        assert!(take_offered(&owner).is_none());
     }
 
     #[test]
