@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo bench --bench workloads -- [W1 W2 ...] [--quick] [--threads N] [--system NAME]
-//!                                  [--conns N] [--payload vec|bytes]
+//!                                  [--conns N] [--payload vec|bytes|shared]
 //! ```
 //!
 //! With no workload named, all run. `--quick` scales every workload down about ten
@@ -16,7 +16,10 @@
 //! `transport-gcm`, `rpcenv-gcm` and `rpcenv-ctr`; none for `rpcenv-gcm-v1` and
 //! `rpcenv-ctr-v2` (only when named). `--conns N` sets the idle connections of W7 (default
 //! 10,000; 1,000 with `--quick`). `--payload bytes` makes the rpcenv systems carry the
-//! payload as serde bytes (as `serde_bytes::ByteBuf`) instead of a `Vec<u8>`. The
+//! payload as serde bytes (as `serde_bytes::ByteBuf`) instead of a `Vec<u8>`; `--payload
+//! shared` as `rpcenv::SharedBytes` (serde bytes on the wire, a view of the received frame
+//! on decode; the client copies each answer into the next request's buffer, outside the
+//! timing in W1 and W5, inside it in W3 and W6). The
 //! `--bench` argument cargo adds is ignored. Results go to stdout, one line per workload
 //! and system, then one ratio line per system against `plain-tcp` (when it ran), then one
 //! per encrypted system against the same system in plaintext (when it ran); none for W7,
@@ -59,7 +62,7 @@ use rpcenv::transport::{
 };
 use rpcenv::{
     ConcurrentRpcEndpoint, EndpointContext, Pending, RpcAddress, RpcCallContext, RpcConf,
-    RpcEndpoint, RpcEndpointRef, RpcEnv, RpcError,
+    RpcEndpoint, RpcEndpointRef, RpcEnv, RpcError, SharedBytes,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -351,7 +354,7 @@ fn systems(options: &Options) -> Vec<Box<dyn System>> {
 }
 
 const USAGE: &str = "usage: cargo bench --bench workloads -- [W1 .. W8] [--quick] [--threads N] \
-                     [--system NAME]... [--conns N] [--payload vec|bytes]
+                     [--system NAME]... [--conns N] [--payload vec|bytes|shared]
        cargo bench --bench workloads -- [sweeps | S-payload S-callers S-idle S-inflight \
                      S-endpoints S-record | --sweep NAME]... [--charts DIR] [--quick] ...
 systems: transport transport-gcm rpcenv rpcenv-gcm rpcenv-ctr rpcenv-gcm-v1 rpcenv-ctr-v2 \
@@ -429,6 +432,8 @@ enum PayloadKind {
     Seq,
     /// [`Bytes`]: serde's bytes, as `serde_bytes::ByteBuf` (the length, then one copy).
     Bytes,
+    /// [`SharedBytes`]: serde's bytes on the wire; received, a view of the frame (no copy).
+    Shared,
 }
 
 impl PayloadKind {
@@ -436,7 +441,10 @@ impl PayloadKind {
         match value {
             "vec" => Ok(Self::Seq),
             "bytes" => Ok(Self::Bytes),
-            _ => Err(format!("--payload takes vec or bytes, not {value:?}")),
+            "shared" => Ok(Self::Shared),
+            _ => Err(format!(
+                "--payload takes vec, bytes or shared, not {value:?}"
+            )),
         }
     }
 
@@ -445,6 +453,7 @@ impl PayloadKind {
         match self {
             Self::Seq => "vec",
             Self::Bytes => "bytes",
+            Self::Shared => "shared",
         }
     }
 
@@ -452,6 +461,7 @@ impl PayloadKind {
         match self {
             Self::Seq => "Vec<u8> (serde sequence)",
             Self::Bytes => "serde bytes (as serde_bytes::ByteBuf)",
+            Self::Shared => "rpcenv::SharedBytes (a view of the received frame)",
         }
     }
 }
@@ -737,7 +747,7 @@ trait Connection: Send {
     /// A number that tells this connection from the others of the same system.
     fn id(&self) -> u64;
     /// One synchronous round trip; returns the echo (the caller may reuse its buffer).
-    fn echo_sync(&mut self, body: Vec<u8>) -> Result<Vec<u8>>;
+    fn echo_sync(&mut self, body: Vec<u8>) -> Result<Echoed>;
     /// `plan.window` requests in flight, as long as `plan` says; counts the answers
     /// that arrive inside the measured window.
     fn pipelined(&mut self, plan: &PipePlan) -> Result<u64>;
@@ -981,9 +991,10 @@ impl Connection for TransportConnection {
         self.client.id()
     }
 
-    fn echo_sync(&mut self, body: Vec<u8>) -> Result<Vec<u8>> {
+    fn echo_sync(&mut self, body: Vec<u8>) -> Result<Echoed> {
         self.client
             .send_rpc_sync(body, REPLY_TIMEOUT)
+            .map(Echoed::Vec)
             .context("send_rpc_sync")
     }
 
@@ -1078,6 +1089,8 @@ enum BenchMsg {
     Echo(Vec<u8>),
     /// As `Echo`, the payload as serde bytes.
     EchoBytes(Bytes),
+    /// As `Echo`, the payload as serde bytes that a received message borrows.
+    EchoShared(SharedBytes),
     /// Asked: answered with the number of one-way messages received (`u64`).
     Count,
 }
@@ -1135,7 +1148,7 @@ trait Payload: Serialize + DeserializeOwned + Send + 'static {
     /// The echo request carrying `body`.
     fn echo(body: Vec<u8>) -> BenchMsg;
     /// The bytes.
-    fn into_body(self) -> Vec<u8>;
+    fn into_echoed(self) -> Echoed;
 }
 
 impl Payload for Vec<u8> {
@@ -1143,8 +1156,8 @@ impl Payload for Vec<u8> {
         BenchMsg::Echo(body)
     }
 
-    fn into_body(self) -> Vec<u8> {
-        self
+    fn into_echoed(self) -> Echoed {
+        Echoed::Vec(self)
     }
 }
 
@@ -1153,8 +1166,43 @@ impl Payload for Bytes {
         BenchMsg::EchoBytes(Self(body))
     }
 
-    fn into_body(self) -> Vec<u8> {
-        self.0
+    fn into_echoed(self) -> Echoed {
+        Echoed::Vec(self.0)
+    }
+}
+
+impl Payload for SharedBytes {
+    fn echo(body: Vec<u8>) -> BenchMsg {
+        BenchMsg::EchoShared(Self::from(body))
+    }
+
+    fn into_echoed(self) -> Echoed {
+        Echoed::Shared(self)
+    }
+}
+
+/// The answer of an echo: its own buffer, or (`--payload shared`) a view of the frame
+/// it arrived in.
+enum Echoed {
+    Vec(Vec<u8>),
+    Shared(SharedBytes),
+}
+
+impl Echoed {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Vec(body) => body,
+            Self::Shared(body) => body,
+        }
+    }
+
+    /// The bytes as a buffer to stamp and send again: a copy for a view (W1 and W5 make
+    /// it outside their timing; W3 and W6 count it).
+    fn into_vec(self) -> Vec<u8> {
+        match self {
+            Self::Vec(body) => body,
+            Self::Shared(body) => body.to_vec(),
+        }
     }
 }
 
@@ -1180,6 +1228,7 @@ impl RpcEndpoint for EchoEndpoint {
         match msg {
             BenchMsg::Echo(body) => reply.reply(body),
             BenchMsg::EchoBytes(body) => reply.reply(body),
+            BenchMsg::EchoShared(body) => reply.reply(body),
             BenchMsg::Count => reply.reply(self.one_way),
         }
     }
@@ -1201,6 +1250,7 @@ impl ConcurrentRpcEndpoint for ConcurrentEchoEndpoint {
         match msg {
             BenchMsg::Echo(body) => reply.reply(body),
             BenchMsg::EchoBytes(body) => reply.reply(body),
+            BenchMsg::EchoShared(body) => reply.reply(body),
             BenchMsg::Count => reply.send_failure("the concurrent echo counts nothing"),
         }
     }
@@ -1334,10 +1384,10 @@ struct RpcEnvConnection {
 }
 
 impl RpcEnvConnection {
-    fn echo_sync_as<P: Payload>(&self, body: Vec<u8>) -> Result<Vec<u8>> {
+    fn echo_sync_as<P: Payload>(&self, body: Vec<u8>) -> Result<Echoed> {
         self.echo
             .ask_sync::<P>(P::echo(body))
-            .map(P::into_body)
+            .map(P::into_echoed)
             .context("ask_sync")
     }
 
@@ -1353,11 +1403,12 @@ impl RpcEnvConnection {
             in_flight.push_back(self.echo.ask(P::echo(body)));
         }
         while let Some(oldest) = in_flight.pop_front() {
-            let mut body = oldest
+            let echoed = oldest
                 .wait()
-                .map(P::into_body)
+                .map(P::into_echoed)
                 .context(format_args!("ask (of {seq} sent)"))?;
-            check_echo(&body, plan.payload, None, false)?;
+            check_echo(echoed.bytes(), plan.payload, None, false)?;
+            let mut body = echoed.into_vec();
             meter.record();
             if !meter.past_end {
                 stamp(&mut body, seq);
@@ -1386,10 +1437,11 @@ impl Connection for RpcEnvConnection {
         self.id
     }
 
-    fn echo_sync(&mut self, body: Vec<u8>) -> Result<Vec<u8>> {
+    fn echo_sync(&mut self, body: Vec<u8>) -> Result<Echoed> {
         match self.payload {
             PayloadKind::Seq => self.echo_sync_as::<Vec<u8>>(body),
             PayloadKind::Bytes => self.echo_sync_as::<Bytes>(body),
+            PayloadKind::Shared => self.echo_sync_as::<SharedBytes>(body),
         }
     }
 
@@ -1397,6 +1449,7 @@ impl Connection for RpcEnvConnection {
         match self.payload {
             PayloadKind::Seq => self.pipelined_as::<Vec<u8>>(plan),
             PayloadKind::Bytes => self.pipelined_as::<Bytes>(plan),
+            PayloadKind::Shared => self.pipelined_as::<SharedBytes>(plan),
         }
     }
 
@@ -1404,6 +1457,7 @@ impl Connection for RpcEnvConnection {
         match self.payload {
             PayloadKind::Seq => self.one_way_then_count_as::<Vec<u8>>(messages, payload),
             PayloadKind::Bytes => self.one_way_then_count_as::<Bytes>(messages, payload),
+            PayloadKind::Shared => self.one_way_then_count_as::<SharedBytes>(messages, payload),
         }
     }
 
@@ -1646,7 +1700,7 @@ impl Connection for PlainConnection {
         u64::from(self.port)
     }
 
-    fn echo_sync(&mut self, mut body: Vec<u8>) -> Result<Vec<u8>> {
+    fn echo_sync(&mut self, mut body: Vec<u8>) -> Result<Echoed> {
         let id = self.next_id;
         self.next_id += 1;
         write_frame(&mut self.writer, id, &body).context("plain-tcp write")?;
@@ -1657,7 +1711,7 @@ impl Connection for PlainConnection {
                 "answer to request {got}, expected {id}"
             )));
         }
-        Ok(body)
+        Ok(Echoed::Vec(body))
     }
 
     fn pipelined(&mut self, plan: &PipePlan) -> Result<u64> {
@@ -1980,11 +2034,12 @@ fn latency_on(conn: &mut dyn Connection, scale: &Scale) -> Result<Measurement> {
             .echo_sync(body)
             .context(format_args!("round trip {i}"))?;
         let took = started.elapsed();
-        check_echo(&reply, SMALL, Some(seq), true).context(format_args!("round trip {i}"))?;
+        check_echo(reply.bytes(), SMALL, Some(seq), true)
+            .context(format_args!("round trip {i}"))?;
         if i >= scale.w1_warmup {
             samples.push(took);
         }
-        body = reply;
+        body = reply.into_vec();
     }
     samples.sort_unstable();
     let n = samples.len();
@@ -2061,12 +2116,12 @@ fn large(server: &dyn Server, scale: &Scale) -> Result<Measurement> {
             .echo_sync(body)
             .context(format_args!("16 MiB round trip {i}"))?;
         let took = started.elapsed();
-        check_echo(&reply, LARGE, Some(seq), true)
+        check_echo(reply.bytes(), LARGE, Some(seq), true)
             .context(format_args!("16 MiB round trip {i}"))?;
         if i >= scale.w5_warmup {
             measured += took;
         }
-        body = reply;
+        body = reply.into_vec();
     }
     conn.close()?;
     let bytes = (LARGE * scale.w5_measured) as f64;
@@ -2119,9 +2174,9 @@ fn fan_in(server: &dyn Server, scale: &Scale) -> Result<Measurement> {
                     let reply = conn
                         .echo_sync(body)
                         .context(format_args!("caller {i}, round trip {seq}"))?;
-                    check_echo(&reply, SMALL, Some(seq), false)?;
+                    check_echo(reply.bytes(), SMALL, Some(seq), false)?;
                     meter.record();
-                    body = reply;
+                    body = reply.into_vec();
                     seq += 1;
                 }
                 conn.close()?;

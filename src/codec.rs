@@ -21,6 +21,7 @@
 //! | payload type | encode | decode |
 //! |---|---|---|
 //! | `serde_bytes::ByteBuf`, `bytes::Bytes` (serde feature), anything that calls `serialize_bytes` / `deserialize_byte_buf` | the length, then one `extend_from_slice` | one borrow of the frame, copied once into the value |
+//! | [`SharedBytes`] | as `ByteBuf` | a view of the received frame body ([`decode_shared`]); a copy as for `ByteBuf` elsewhere ([`decode`]) |
 //! | `Vec<u8>`, `[u8; N]` (serde hands them over byte by byte) | a push per byte | a bounds-checked byte read and a push per byte |
 //!
 //! A value is measured first (a pass that only counts bytes) and then written into a
@@ -28,7 +29,8 @@
 //! that never grows, and the transport writes it from there. So beyond what the kernel
 //! copies, a byte payload is copied once on each side: into the frame body when it is
 //! encoded, and out of the received frame body (which the transport reads from the socket
-//! into its final buffer) when it is decoded.
+//! into its final buffer) when it is decoded. A [`SharedBytes`] is copied only when it is
+//! encoded: decoded from a received frame ([`decode_shared`]), it is a view of the body.
 //!
 //! # Untrusted bytes
 //!
@@ -50,13 +52,18 @@
 
 mod de;
 mod ser;
+mod shared;
 
 use std::fmt;
+
+use bytes::Bytes;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::RpcError;
+
+pub use shared::SharedBytes;
 
 /// The deepest nesting [`decode`] accepts; each sequence, tuple, struct, map, enum variant
 /// with fields, `Some` and newtype is one level.
@@ -150,7 +157,27 @@ pub(crate) fn decode<T: DeserializeOwned>(
     bytes: &[u8],
     what: impl fmt::Display,
 ) -> Result<T, RpcError> {
-    let mut decoder = de::Decoder::new(bytes);
+    decode_with(de::Decoder::new(bytes), what)
+}
+
+/// As [`decode`], of `body[start..]`, where `body` is a received frame's body: each
+/// [`SharedBytes`] in the value becomes a view of `body` rather than a copy.
+///
+/// # Panics
+///
+/// If `start` is beyond `body`'s end.
+pub(crate) fn decode_shared<T: DeserializeOwned>(
+    body: &Bytes,
+    start: usize,
+    what: impl fmt::Display,
+) -> Result<T, RpcError> {
+    decode_with(de::Decoder::shared(body, &body[start..]), what)
+}
+
+fn decode_with<T: DeserializeOwned>(
+    mut decoder: de::Decoder<'_>,
+    what: impl fmt::Display,
+) -> Result<T, RpcError> {
     let value =
         T::deserialize(&mut decoder).map_err(|err| RpcError::decode(what.to_string(), err.0))?;
     if !decoder.input.is_empty() {
@@ -738,16 +765,16 @@ mod bincode_reference {
         // A struct's third field (a Vec<u8>, serde's visitor preallocates by the hint).
         let bytes = [&[3u8, 1, b'n', 0][..], &claim, b"abc"].concat();
         assert!(decode::<Shape>(&bytes, "shape").is_err());
-        // And a ByteBuf / bytes::Bytes.
+        // And a ByteBuf / Bytes.
         assert!(decode::<serde_bytes::ByteBuf>(&claim, "buf").is_err());
-        assert!(decode::<bytes::Bytes>(&claim, "bytes").is_err());
+        assert!(decode::<Bytes>(&claim, "bytes").is_err());
     }
 
     #[test]
     fn byte_payload_types_take_the_bytes_path() {
         let payload: Vec<u8> = (0..=255).cycle().take(1000).collect();
         let buf = serde_bytes::ByteBuf::from(payload.clone());
-        let shared = bytes::Bytes::from(payload.clone());
+        let shared = Bytes::from(payload.clone());
         // All three are the length, then the bytes: interchangeable on the wire.
         let expected = reference(&payload);
         assert_eq!(encode(&buf, "buf").expect("encode"), expected);
@@ -756,10 +783,7 @@ mod bincode_reference {
             decode::<serde_bytes::ByteBuf>(&expected, "buf").expect("buf"),
             buf
         );
-        assert_eq!(
-            decode::<bytes::Bytes>(&expected, "bytes").expect("bytes"),
-            shared
-        );
+        assert_eq!(decode::<Bytes>(&expected, "bytes").expect("bytes"), shared);
         assert_eq!(decode::<Vec<u8>>(&expected, "vec").expect("vec"), payload);
     }
 

@@ -34,7 +34,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use rpcenv::{Pending, RpcEnv, RpcError};
+use rpcenv::{Pending, RpcEnv, RpcError, SharedBytes};
 
 use super::{
     BenchError, BenchMsg, Bytes, Connection, Context, ECHO_ENDPOINT, EchoEndpoint, FILL,
@@ -411,13 +411,13 @@ fn callers_on(
                         .echo_sync(body)
                         .context(format_args!("caller {i}, round trip {seq}"))?;
                     let took = started.elapsed();
-                    check_echo(&reply, SMALL, Some(seq), false)?;
+                    check_echo(reply.bytes(), SMALL, Some(seq), false)?;
                     let counted = meter.counted;
                     meter.record();
                     if meter.counted > counted {
                         hist.saturating_record(took.as_nanos() as u64);
                     }
-                    body = reply;
+                    body = reply.into_vec();
                     seq += 1;
                 }
                 conn.close()?;
@@ -711,7 +711,7 @@ fn inflight_as<P: Payload>(server: &RpcEnv, client: &RpcEnv, asks: usize) -> Res
     for (seq, ask) in pending.into_iter().enumerate() {
         match ask.wait() {
             Ok(body) => {
-                check_echo(&body.into_body(), SMALL, Some(seq as u64), false)?;
+                check_echo(body.into_echoed().bytes(), SMALL, Some(seq as u64), false)?;
                 answered += 1;
             }
             Err(RpcError::QueueFull { .. }) => queue_full += 1,
@@ -755,6 +755,7 @@ fn inflight_point(system: &RpcEnvSystem, asks: usize) -> Result<Inflight> {
     let result = match system.payload {
         PayloadKind::Seq => inflight_as::<Vec<u8>>(&server, &client, asks),
         PayloadKind::Bytes => inflight_as::<Bytes>(&server, &client, asks),
+        PayloadKind::Shared => inflight_as::<SharedBytes>(&server, &client, asks),
     };
     client.shutdown();
     server.shutdown();
@@ -865,14 +866,14 @@ fn endpoints_as<P: Payload>(
         let started = Instant::now();
         let reply = refs[i % refs.len()]
             .ask_sync::<P>(P::echo(body))
-            .map(P::into_body)
+            .map(P::into_echoed)
             .context(format_args!("ask {i}"))?;
         let took = started.elapsed();
-        check_echo(&reply, SMALL, Some(i as u64), true)?;
+        check_echo(reply.bytes(), SMALL, Some(i as u64), true)?;
         if i >= warmup {
             hist.saturating_record(took.as_nanos() as u64);
         }
-        body = reply;
+        body = reply.into_vec();
     }
     Ok(hist)
 }
@@ -895,6 +896,7 @@ fn endpoints_sweep(system: &RpcEnvSystem, quick: bool) -> Result<()> {
         let result = match system.payload {
             PayloadKind::Seq => endpoints_as::<Vec<u8>>(&server, &client, &names, rounds),
             PayloadKind::Bytes => endpoints_as::<Bytes>(&server, &client, &names, rounds),
+            PayloadKind::Shared => endpoints_as::<SharedBytes>(&server, &client, &names, rounds),
         };
         client.shutdown();
         server.shutdown();

@@ -18,6 +18,7 @@
 //! - `deserialize_any`, `deserialize_identifier` and `deserialize_ignored_any` are errors:
 //!   the format does not describe itself.
 
+use bytes::Bytes;
 use serde::de::{
     self, DeserializeSeed, EnumAccess, IntoDeserializer, MapAccess, SeqAccess, VariantAccess,
     Visitor,
@@ -25,12 +26,16 @@ use serde::de::{
 
 use super::Error;
 use super::ser::{U16_TAG, U32_TAG, U64_TAG, U128_TAG};
+use super::shared;
 use super::{MAX_DEPTH, MAX_EMPTY_ELEMENTS};
 
 /// The deserializer: `input` is what is left to read.
 #[derive(Debug)]
 pub(super) struct Decoder<'de> {
     pub(super) input: &'de [u8],
+    /// The buffer `input` lies in, when it is a received frame's body that views may
+    /// share: a [`shared::SharedBytes`] then becomes a view of it instead of a copy.
+    owner: Option<&'de Bytes>,
     /// How many sequences, maps, options, newtypes and variants hold the current value.
     depth: usize,
     /// How many more elements the sequences and maps still to come may claim: one per
@@ -47,8 +52,17 @@ impl<'de> Decoder<'de> {
     pub(super) fn new(input: &'de [u8]) -> Self {
         Self {
             input,
+            owner: None,
             depth: 0,
             claims_left: MAX_EMPTY_ELEMENTS.saturating_add(input.len()),
+        }
+    }
+
+    /// Decodes `input`, a part of `owner`, lending views of `owner` to `SharedBytes`.
+    pub(super) fn shared(owner: &'de Bytes, input: &'de [u8]) -> Self {
+        Self {
+            owner: Some(owner),
+            ..Self::new(input)
         }
     }
 
@@ -305,11 +319,19 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
         visitor.visit_unit()
     }
 
+    /// A newtype is its content. [`shared::NAME`] (a `SharedBytes`) with an owning buffer:
+    /// the byte string's bytes are offered to the visitor as a view of that buffer.
     fn deserialize_newtype_struct<V: Visitor<'de>>(
         self,
-        _: &'static str,
+        name: &'static str,
         visitor: V,
     ) -> Result<V::Value, Error> {
+        if let Some(owner) = self.owner.filter(|_| name == shared::NAME) {
+            let bytes = self.bytes()?;
+            return shared::offer(owner.slice_ref(bytes), || {
+                visitor.visit_borrowed_bytes(bytes)
+            });
+        }
         self.nested(|de| visitor.visit_newtype_struct(de))
     }
 
@@ -390,6 +412,7 @@ impl<'a, 'de> Access<'a, 'de> {
     fn new(parent: &'a mut Decoder<'de>, left: usize) -> Self {
         let de = Decoder {
             input: parent.input,
+            owner: parent.owner,
             depth: parent.depth,
             claims_left: parent.claims_left,
         };

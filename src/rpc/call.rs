@@ -8,6 +8,7 @@ use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use log::{debug, warn};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -426,9 +427,15 @@ fn into_typed<T: DeserializeOwned + 'static>(
                 Err(Err(err)) => Err(err),
             },
             Reply::Remote { body, client } => match envelope::decode_reply(&body) {
-                Ok(payload) => decode_scope(env, Some(&client), || {
-                    codec::decode::<T>(payload, lazy_what)
-                }),
+                Ok(payload) => {
+                    // The payload is the body's tail; the body becomes shareable without
+                    // a copy, so a `SharedBytes` in the reply is a view of it.
+                    let start = body.len() - payload.len();
+                    let body = Bytes::from(body);
+                    decode_scope(env, Some(&client), || {
+                        codec::decode_shared::<T>(&body, start, lazy_what)
+                    })
+                }
                 Err(ReplyError::OtherType(replied)) => Err(other_type(replied)),
                 Err(ReplyError::Failed(err)) => Err(call.name_sent_type(err)),
             },

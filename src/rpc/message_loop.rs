@@ -11,6 +11,7 @@ use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
+use bytes::Bytes;
 use log::{debug, error};
 use serde::de::DeserializeOwned;
 
@@ -212,8 +213,11 @@ pub(crate) fn decode_payload<M: DeserializeOwned + 'static>(
             if message_type != 0 && message_type != expected_type {
                 return Err(other_type(None));
             }
+            // The body becomes shareable without a copy: a `SharedBytes` in the message
+            // is a view of it.
+            let body = Bytes::from(body);
             decode_scope(env, Some(&client), || {
-                codec::decode::<M>(&body[start..], what)
+                codec::decode_shared::<M>(&body, start, what)
             })
         }
     }));

@@ -1,12 +1,13 @@
 //! Byte payloads (issue 11): `serde_bytes::ByteBuf`, `bytes::Bytes` and `Vec<u8>` go
 //! through an ask to another env and back intact, at sizes around the codec's and the
-//! transport's edges.
+//! transport's edges; a received `SharedBytes` is a view of the received frame, and
+//! interoperates with a `ByteBuf` on the other side.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use rpcenv::{EndpointContext, RpcCallContext, RpcEndpoint};
+use rpcenv::{EndpointContext, RpcCallContext, RpcEndpoint, SharedBytes};
 
 use crate::support::{address_of, client_env, server_env};
 
@@ -87,6 +88,116 @@ fn byte_payloads_round_trip_through_an_ask() {
             .ask_sync(PayloadMsg::Raw(bytes))
             .unwrap_or_else(|err| panic!("Vec<u8> of {len}: {err}"));
         assert_eq!(raw, reversed, "Vec<u8> of {len}");
+    }
+    client.shutdown();
+    server.shutdown();
+}
+
+/// The message of the `SharedBytes` side.
+mod shared_side {
+    use rpcenv::SharedBytes;
+    use serde::{Deserialize, Serialize};
+
+    /// The same name and layout as `buf_side::Chunk`: the two interoperate.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    pub(crate) enum Chunk {
+        /// Two payloads.
+        Data(SharedBytes, SharedBytes),
+        /// The answer of a receiver whose two payloads were not views of one frame.
+        Copied,
+    }
+}
+
+/// The message of the `ByteBuf` side.
+mod buf_side {
+    use serde::{Deserialize, Serialize};
+    use serde_bytes::ByteBuf;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    pub(crate) enum Chunk {
+        Data(ByteBuf, ByteBuf),
+        Copied,
+    }
+}
+
+/// Whether `second` starts where `first` ends plus the length of `second` (a varint of
+/// 1, 3 or 5 bytes): both are views of one received frame (copies would be two separate
+/// buffers). An empty view points nowhere in particular and proves nothing.
+fn views_of_one_frame(first: &[u8], second: &[u8]) -> bool {
+    let prefix = match second.len() {
+        0..=250 => 1,
+        251..=65_535 => 3,
+        _ => 5,
+    };
+    first.is_empty()
+        || second.is_empty()
+        || first.as_ptr_range().end.wrapping_add(prefix) == second.as_ptr()
+}
+
+/// Answers `Data(a, b)` with `Data(b, a)` when `a` and `b` are views of the received
+/// frame, `Copied` otherwise.
+struct Swapper;
+
+impl RpcEndpoint for Swapper {
+    type Message = shared_side::Chunk;
+
+    fn receive_and_reply(
+        &mut self,
+        msg: shared_side::Chunk,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<shared_side::Chunk>,
+    ) {
+        match msg {
+            shared_side::Chunk::Data(a, b) if views_of_one_frame(&a, &b) => {
+                reply.reply(shared_side::Chunk::Data(b, a));
+            }
+            _ => reply.reply(shared_side::Chunk::Copied),
+        }
+    }
+}
+
+#[test]
+fn shared_bytes_are_views_of_the_received_frame_and_interoperate_with_byte_buf() {
+    let server = server_env("shared-server");
+    server.setup_endpoint("swap", Swapper).expect("endpoint");
+    let client = client_env("shared-client");
+    let as_shared = client
+        .setup_endpoint_ref::<shared_side::Chunk>(&address_of(&server), "swap")
+        .expect("lookup");
+    let as_buf = client
+        .setup_endpoint_ref::<buf_side::Chunk>(&address_of(&server), "swap")
+        .expect("lookup");
+    // Small frames (flattened by the transport) and large ones (read directly into the
+    // frame body).
+    for len in [0, 1, 1000, 70_000, 1 << 20] {
+        let first = pattern(len);
+        let second = pattern(200);
+
+        // SharedBytes on both sides: views on the server and in the client's reply.
+        let answer: shared_side::Chunk = as_shared
+            .ask_sync(shared_side::Chunk::Data(
+                SharedBytes::from(first.clone()),
+                SharedBytes::from(second.clone()),
+            ))
+            .unwrap_or_else(|err| panic!("SharedBytes of {len}: {err}"));
+        let shared_side::Chunk::Data(b, a) = answer else {
+            panic!("the server's SharedBytes of {len} were copies")
+        };
+        assert_eq!((&*a, &*b), (&first[..], &second[..]), "len {len}");
+        assert!(views_of_one_frame(&b, &a), "the reply of {len} was copied");
+
+        // ByteBuf in, SharedBytes on the server (still views), ByteBuf out.
+        let answer: buf_side::Chunk = as_buf
+            .ask_sync(buf_side::Chunk::Data(
+                ByteBuf::from(first.clone()),
+                ByteBuf::from(second.clone()),
+            ))
+            .unwrap_or_else(|err| panic!("ByteBuf of {len}: {err}"));
+        assert_eq!(
+            answer,
+            buf_side::Chunk::Data(ByteBuf::from(second), ByteBuf::from(first)),
+            "len {len}"
+        );
     }
     client.shutdown();
     server.shutdown();
