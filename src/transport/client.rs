@@ -64,9 +64,10 @@ impl TransportClient {
     }
 
     /// Sends a request. `callback` receives the response body, or the failure, exactly
-    /// once: on an `rpc-io-N` thread when the answer arrives (so it must not block), or on
-    /// this thread if the request cannot be sent at all (frame too large, connection
-    /// closed). Returns the request id, for [`remove_rpc_request`](Self::remove_rpc_request).
+    /// once: on the thread that reads the answer when it arrives (an `rpc-io-N` thread,
+    /// or a thread blocked in [`send_rpc_sync`](Self::send_rpc_sync) or an ask on the same
+    /// connection, which reads it for the loop: either way it must not block), or on this
+    /// thread if the request cannot be sent at all (frame too large, connection closed). Returns the request id, for [`remove_rpc_request`](Self::remove_rpc_request).
     ///
     /// A request sent this way has no deadline of its own: if the peer stays silent for
     /// `rpc.io.connectionTimeout` while it waits, the connection is closed and the request
@@ -95,7 +96,11 @@ impl TransportClient {
             .send_rpc(body, callback, deadline, label, admission)
     }
 
-    /// Sends a request and waits up to `timeout` for its answer. A failure the peer sends
+    /// Sends a request and waits up to `timeout` for its answer. When it is the
+    /// connection's only outstanding request, the calling thread reads the connection
+    /// itself meanwhile (one thread hand-off less than being woken by the event loop),
+    /// handing every other frame to the [`RpcHandler`](super::RpcHandler) as the loop
+    /// would. A failure the peer sends
     /// is [`RpcError::Remote`]; the connection closing while waiting is
     /// [`RpcError::Connection`], at once; the timeout running out is [`RpcError::Timeout`]
     /// and forgets the request, so a late answer is dropped.

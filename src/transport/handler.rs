@@ -11,8 +11,10 @@ use crate::transport::{StreamBody, TransportClient};
 ///
 /// One handler serves every connection of a [`TransportContext`](super::TransportContext),
 /// inbound and outbound alike: every connection is bidirectional. Its methods run on the
-/// `rpc-io-N` event-loop threads, so they must not block: hand slow work to another thread
-/// and answer through the [`Responder`], which is `Send`. A panic inside a method is caught
+/// thread that reads the connection: its `rpc-io-N` event loop, or a thread blocked on the
+/// answer to the connection's only outstanding request, which reads it meanwhile (see
+/// [`TransportClient::send_rpc_sync`]). They must not block: hand slow work to another
+/// thread and answer through the [`Responder`], which is `Send`. A panic inside a method is caught
 /// and logged, and the connection keeps running.
 ///
 /// ```

@@ -90,8 +90,8 @@ impl ReadTurn {
     }
 
     /// On the loop: `read` runs with the reader, unless a caller holds the turn (then
-    /// the loop is woken again when it gives it back, and `None` is returned). An
-    /// outcome a caller handed back is returned instead of reading.
+    /// `None`: the caller reads once more before it gives the turn back). An outcome a
+    /// caller handed back is returned instead of reading.
     pub(crate) fn on_loop(
         &self,
         read: impl FnOnce(&mut Reader, &dyn RpcHandler) -> ReadOutcome,
@@ -342,13 +342,15 @@ fn give_back(
         if handover.is_none() && slot.missed {
             slot.missed = false;
             if let Some((reader, handler)) = slot.reader.as_mut() {
+                // To the end: what the loop was told of may be a hang-up, which raises
+                // no new edge once this read leaves it.
                 let outcome = reader.read_ready(
                     conn,
                     client,
                     &mut poller.scratch,
                     CALLER_BUDGET,
                     &**handler,
-                    false,
+                    true,
                     Instant::now(),
                 );
                 if outcome == ReadOutcome::Drained {
