@@ -9,12 +9,12 @@ use log::{debug, warn};
 
 use crate::error::RpcError;
 use crate::metrics::{EndpointKind, EndpointMetrics, EndpointStats};
-use crate::rpc::concurrent::{Concurrent, ConcurrentRpcEndpoint};
+use crate::rpc::concurrent::ConcurrentRpcEndpoint;
 use crate::rpc::endpoint::{EndpointContext, RpcEndpoint, Threading};
 use crate::rpc::endpoint_ref::{RefInner, RpcEndpointRef};
 use crate::rpc::env::{EnvInner, RpcEnv};
 use crate::rpc::inbox::{Endpoint, Inbox, InboxMessage};
-use crate::rpc::message_loop::{MessageLoop, Typed};
+use crate::rpc::message_loop::{Hosted, MessageLoop};
 use crate::rpc::types::{self, TypeLabel};
 use crate::rpc::verifier::Verdict;
 use crate::sync::{Arc, Mutex, RwLock, RwLockWriteGuard, Weak};
@@ -92,8 +92,8 @@ impl Dispatcher {
             Threading::Dedicated => EndpointKind::Dedicated,
         };
         self.insert::<E::Message>(env, registry, name, runner, kind, |ctx, name, stats| {
-            let typed = Typed::new(endpoint, ctx, Arc::clone(env), name).counting_in(stats);
-            Endpoint::Exclusive(Box::new(typed))
+            let hosted = Hosted::new(endpoint, ctx, Arc::clone(env), name, stats);
+            Endpoint::Exclusive(Box::new(hosted))
         })
     }
 
@@ -112,7 +112,7 @@ impl Dispatcher {
         let runner = Arc::clone(&self.shared);
         let kind = EndpointKind::Concurrent;
         self.insert::<E::Message>(env, registry, name, runner, kind, |ctx, name, stats| {
-            let handler = Concurrent::new(endpoint, ctx, Arc::clone(env), name, stats);
+            let handler = Hosted::new(endpoint, ctx, Arc::clone(env), name, stats);
             Endpoint::Concurrent {
                 handler: Box::new(handler),
                 limit,
