@@ -550,6 +550,50 @@ fn setup_errors_are_those_of_setup_endpoint() {
     ));
 }
 
+/// A panic in `threading()` (an `RpcEndpoint`) or `max_concurrent()` (a concurrent one),
+/// read when the endpoint is set up, fails the setup with `EndpointPanicked` naming the
+/// endpoint, the method and the panic; nothing is registered, so the name stays free.
+#[test]
+fn a_panic_in_threading_or_max_concurrent_fails_the_setup_and_registers_nothing() {
+    struct BadThreading;
+    impl RpcEndpoint for BadThreading {
+        type Message = Msg;
+        fn threading(&self) -> rpcenv::Threading {
+            panic!("no threading today")
+        }
+    }
+    struct BadLimit;
+    impl ConcurrentRpcEndpoint for BadLimit {
+        type Message = Msg;
+        fn max_concurrent(&self) -> usize {
+            panic!("no limit today")
+        }
+    }
+    let env = client_env("concurrent-setup-panics");
+    let failures = [
+        (env.setup_endpoint("bad", BadThreading).err(), "threading()"),
+        (
+            env.setup_concurrent_endpoint("bad", BadLimit).err(),
+            "max_concurrent()",
+        ),
+    ];
+    for (failure, method) in failures {
+        match failure {
+            Some(RpcError::EndpointPanicked { endpoint, message }) => {
+                assert_eq!(endpoint, "bad");
+                assert!(message.contains(method), "{message}");
+                assert!(message.contains("today"), "{message}");
+            }
+            other => panic!("expected EndpointPanicked, got {other:?}"),
+        }
+    }
+    assert!(env.metrics().endpoints.iter().all(|e| e.name != "bad"));
+    let stats = Arc::new(Stats::default());
+    let probe = env.setup_concurrent_endpoint("bad", Probe::new(&stats));
+    assert_eq!(probe.unwrap().ask_sync::<u64>(Msg::Echo(1)).unwrap(), 2);
+    env.shutdown();
+}
+
 /// The configuration of the flood tests: inboxes, windows and queues of 64k, sends that
 /// give up after 300 ms.
 fn small_bounds() -> rpcenv::RpcConf {
