@@ -661,7 +661,9 @@ fn the_master_answers_status_and_nodes_log_status_lines() {
         l.starts_with("MASTER worker registered id=w1 ")
     });
     master.expect_line("a status line", WAIT, |l| {
-        l.contains("status workers=1 queued=0 running=0 conns=")
+        // `jobs_queued=` is the master's; the one `queued=` is the metrics' bytes.
+        l.contains("status workers=1 jobs_queued=0 running=0 conns=")
+            && l.matches(" queued=").count() == 1
     });
     worker.expect_line("a status line", WAIT, |l| {
         l.contains("status id=w1 conns=1 ")
@@ -669,7 +671,7 @@ fn the_master_answers_status_and_nodes_log_status_lines() {
 
     master.send_line("status");
     master.expect_line("the status", WAIT, |l| {
-        l == "MASTER status workers=1 queued=0 running=0"
+        l == "MASTER status workers=1 jobs_queued=0 running=0"
     });
     master.expect_line("the worker table", WAIT, |l| {
         l.starts_with("MASTER worker id=w1 address=client-mode cores=2 running=0 completed=0")
