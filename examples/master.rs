@@ -150,7 +150,7 @@ fn main() -> ExitCode {
         flags.status_every,
         || match ask_status() {
             Ok(status) => log::info!(
-                "status workers={} queued={} running={} {}",
+                "status workers={} jobs_queued={} running={} {}",
                 status.workers.len(),
                 status.queued,
                 status.running,

@@ -166,7 +166,11 @@ pub enum RpcError {
         reason: String,
     },
     /// Endpoint code panicked; the endpoint keeps running. Given to
-    /// [`RpcEndpoint::on_error`](crate::RpcEndpoint::on_error).
+    /// [`RpcEndpoint::on_error`](crate::RpcEndpoint::on_error). Also returned by
+    /// [`RpcEnv::setup_endpoint`](crate::RpcEnv::setup_endpoint) and
+    /// [`setup_concurrent_endpoint`](crate::RpcEnv::setup_concurrent_endpoint) when the
+    /// endpoint's `threading()` or `max_concurrent()` panics (the message then starts with
+    /// `in threading():`), and the endpoint is not registered.
     EndpointPanicked {
         /// The endpoint's name.
         endpoint: String,

@@ -4,33 +4,15 @@
 
 #![allow(clippy::disallowed_types)]
 
+#[path = "support/capture_log.rs"]
+mod capture_log;
+
 use std::io::Write;
 use std::net::TcpStream;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use log::{Level, LevelFilter, Log, Metadata, Record};
+use log::LevelFilter;
 use rpcenv::RpcEnv;
-
-/// Keeps every line at `warn` and above.
-struct Capture;
-
-static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-impl Log for Capture {
-    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.level() <= Level::Warn
-    }
-    fn log(&self, record: &Record<'_>) {
-        if self.enabled(record.metadata()) {
-            let line = format!("{} {}: {}", record.level(), record.target(), record.args());
-            LINES.lock().unwrap().push(line);
-        }
-    }
-    fn flush(&self) {}
-}
-
-static LOGGER: Capture = Capture;
 
 const FRAMES: usize = 100_000;
 
@@ -57,8 +39,7 @@ fn bad_envelope() -> Vec<u8> {
 
 #[test]
 fn a_flood_of_bad_frames_logs_a_bounded_number_of_lines() {
-    log::set_logger(&LOGGER).expect("the only logger");
-    log::set_max_level(LevelFilter::Warn);
+    capture_log::install(LevelFilter::Warn);
     let server = RpcEnv::builder("flooded")
         .bind_address("127.0.0.1")
         .port(0)
@@ -104,7 +85,7 @@ fn a_flood_of_bad_frames_logs_a_bounded_number_of_lines() {
     drop(raw);
     server.shutdown();
 
-    let lines = LINES.lock().unwrap().clone();
+    let lines = capture_log::lines();
     let ours: Vec<&String> = lines.iter().filter(|l| l.contains("rpcenv")).collect();
     let stray = ours
         .iter()

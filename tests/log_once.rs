@@ -5,32 +5,14 @@
 
 #![allow(clippy::disallowed_types)]
 
+#[path = "support/capture_log.rs"]
+mod capture_log;
+
 use std::net::TcpListener;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use log::{Level, LevelFilter, Log, Metadata, Record};
+use log::LevelFilter;
 use rpcenv::{EndpointContext, RpcEndpoint, RpcEnv, RpcError};
-
-/// Keeps every line at `warn` and above.
-struct Capture;
-
-static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-impl Log for Capture {
-    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.level() <= Level::Warn
-    }
-    fn log(&self, record: &Record<'_>) {
-        if self.enabled(record.metadata()) {
-            let line = format!("{} {}: {}", record.level(), record.target(), record.args());
-            LINES.lock().unwrap().push(line);
-        }
-    }
-    fn flush(&self) {}
-}
-
-static LOGGER: Capture = Capture;
 
 /// Takes strings; counts them.
 struct Words(std::sync::mpsc::Sender<String>);
@@ -53,19 +35,15 @@ impl RpcEndpoint for Numbers {
 }
 
 fn lines_with(needle: &str) -> Vec<String> {
-    LINES
-        .lock()
-        .unwrap()
-        .iter()
+    capture_log::lines()
+        .into_iter()
         .filter(|l| l.contains(needle))
-        .cloned()
         .collect()
 }
 
 #[test]
 fn a_bad_one_way_message_and_a_failed_connect_are_logged_once() {
-    log::set_logger(&LOGGER).expect("the only logger");
-    log::set_max_level(LevelFilter::Debug);
+    capture_log::install(LevelFilter::Debug);
     let server = RpcEnv::builder("log-once")
         .bind_address("127.0.0.1")
         .port(0)

@@ -38,38 +38,101 @@ fn master(extra: &[&str]) -> (Node, String) {
     let mut args = vec!["--port", "0", "--worker-timeout", "60s"];
     args.extend_from_slice(extra);
     let mut master = Node::spawn("master", "master", &args);
+    let uri = workers_uri(&mut master);
+    (master, uri)
+}
+
+/// Waits for `master`'s listening line; the URI its workers reach it at.
+fn workers_uri(master: &mut Node) -> String {
     let line = master.expect_line("MASTER listening on", WAIT, |l| {
         l.starts_with("MASTER listening on ")
     });
     let address = line["MASTER listening on ".len()..].trim().to_owned();
-    (master, format!("rpc://Master@{address}"))
+    format!("rpc://Master@{address}")
 }
 
-#[test]
-fn the_master_drops_killed_workers() {
-    let (mut master, uri) = master(&[]);
-    let mut w1 = Node::spawn(
-        "w1",
-        "worker",
-        &["--master", &uri, "--id", "w1", "--client-mode"],
+/// Starts a master (named `name` in the output) on `port`, which must be free, and
+/// waits until it listens there.
+fn master_on(name: &str, port: &str) -> Node {
+    let mut master = Node::spawn(name, "master", &["--port", port, "--worker-timeout", "60s"]);
+    let listening = master.expect_line("MASTER listening on", WAIT, |l| {
+        l.starts_with("MASTER listening on ")
+    });
+    assert!(
+        listening.ends_with(&format!(":{port}")),
+        "the port was taken meanwhile: {listening}"
     );
-    let mut w2 = Node::spawn(
-        "w2",
-        "worker",
-        &["--master", &uri, "--id", "w2", "--port", "0"],
-    );
-    for id in ["w1", "w2"] {
+    master
+}
+
+/// A port of 127.0.0.1 that was free a moment ago, and the URI of a master there.
+fn free_port() -> (u16, String) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    (port, format!("rpc://Master@127.0.0.1:{port}"))
+}
+
+/// Starts the worker `id` of the master at `uri`, with `extra` flags.
+fn start_worker(id: &str, uri: &str, extra: &[&str]) -> Node {
+    let mut args = vec!["--master", uri, "--id", id];
+    args.extend_from_slice(extra);
+    Node::spawn(id, "worker", &args)
+}
+
+/// Waits for the next line of `master` saying that worker `id` registered.
+fn expect_registered(master: &mut Node, id: &str) {
+    let registered = format!("MASTER worker registered id={id} ");
+    master.expect_line(&format!("{id}'s registration"), WAIT, |l| {
+        l.starts_with(&registered)
+    });
+}
+
+/// Checks that `master` has said, or now says, that each worker of `ids` registered (in
+/// any order).
+fn expect_all_registered(master: &mut Node, ids: &[&str]) {
+    for id in ids {
         let registered = format!("MASTER worker registered id={id} ");
         if !master.saw(&registered) {
             master.expect_line(&registered, WAIT, |l| l.starts_with(&registered));
         }
     }
-    w1.expect_line("w1's registration", WAIT, |l| {
-        l.starts_with("WORKER registered id=w1 ")
+}
+
+/// Waits for `worker`'s line saying that it registered as `id`.
+fn expect_worker_registered(worker: &mut Node, id: &str) {
+    let registered = format!("WORKER registered id={id} ");
+    worker.expect_line(&format!("{id}'s registration"), WAIT, |l| {
+        l.starts_with(&registered)
     });
-    w2.expect_line("w2's registration", WAIT, |l| {
-        l.starts_with("WORKER registered id=w2 ")
-    });
+}
+
+/// Waits (up to `within`) for `node` to exit with status 0, having said `says`.
+fn expect_clean_exit(node: &mut Node, within: Duration, says: &str) {
+    let status = node.wait_exit(within);
+    assert!(status.success(), "exit {status}\n{}", node.output());
+    assert!(node.saw(says), "expected '{says}'\n{}", node.output());
+}
+
+/// Sends `signal` (`-TERM`, `-STOP`, ...) to `node` with `kill`.
+#[cfg(unix)]
+fn signal(node: &Node, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &node.pid().to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill {signal}: {status}");
+}
+
+#[test]
+fn the_master_drops_killed_workers() {
+    let (mut master, uri) = master(&[]);
+    let mut w1 = start_worker("w1", &uri, &["--client-mode"]);
+    let mut w2 = start_worker("w2", &uri, &["--port", "0"]);
+    expect_all_registered(&mut master, &["w1", "w2"]);
+    expect_worker_registered(&mut w1, "w1");
+    expect_worker_registered(&mut w2, "w2");
 
     // A driver process runs tasks through them (the demo, driving this master).
     let mut driver = Node::spawn("driver", "demo", &["--connect", &uri, "--tasks", "40"]);
@@ -126,14 +189,8 @@ fn the_master_drops_killed_workers() {
 fn a_worker_reports_failed_heartbeats_and_registers_with_a_new_master() {
     let (mut master, uri) = master(&[]);
     let port = uri.rsplit(':').next().expect("host:port").to_owned();
-    let mut worker = Node::spawn(
-        "w1",
-        "worker",
-        &["--master", &uri, "--id", "w1", "--client-mode"],
-    );
-    worker.expect_line("w1's registration", WAIT, |l| {
-        l.starts_with("WORKER registered id=w1 ")
-    });
+    let mut worker = start_worker("w1", &uri, &["--client-mode"]);
+    expect_worker_registered(&mut worker, "w1");
 
     // The master dies: the worker's heartbeats fail with a connection error.
     master.kill();
@@ -152,63 +209,28 @@ fn a_worker_reports_failed_heartbeats_and_registers_with_a_new_master() {
     }
 
     // A new master on the same port does not know w1: it registers again.
-    let mut master = Node::spawn(
-        "master2",
-        "master",
-        &["--port", &port, "--worker-timeout", "60s"],
-    );
-    let listening = master.expect_line("MASTER listening on", WAIT, |l| {
-        l.starts_with("MASTER listening on ")
-    });
-    assert!(
-        listening.ends_with(&format!(":{port}")),
-        "the port was taken meanwhile: {listening}"
-    );
+    let mut master = master_on("master2", &port);
     worker.expect_line("heartbeats resumed", WAIT, |l| {
         l.starts_with("WORKER heartbeats resumed id=w1 failed=")
     });
     worker.expect_line("w1 registered again", WAIT, |l| {
         l == "WORKER registered again id=w1"
     });
-    master.expect_line("w1's registration", WAIT, |l| {
-        l.starts_with("MASTER worker registered id=w1 ")
-    });
+    expect_registered(&mut master, "w1");
 }
 
 #[test]
 fn a_worker_waits_for_its_master() {
     // A port that was free a moment ago; the master, started later, must get it.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let uri = format!("rpc://Master@127.0.0.1:{port}");
-    let mut worker = Node::spawn(
-        "w1",
-        "worker",
-        &["--master", &uri, "--id", "w1", "--client-mode"],
-    );
+    let (port, uri) = free_port();
+    let port = port.to_string();
+    let mut worker = start_worker("w1", &uri, &["--client-mode"]);
     worker.expect_line("a failed registration attempt", WAIT, |l| {
         l.contains("registration attempt 1 ")
     });
-    let mut master = Node::spawn(
-        "master",
-        "master",
-        &["--port", &port.to_string(), "--worker-timeout", "60s"],
-    );
-    let listening = master.expect_line("MASTER listening on", WAIT, |l| {
-        l.starts_with("MASTER listening on ")
-    });
-    assert!(
-        listening.ends_with(&format!(":{port}")),
-        "the port was taken meanwhile: {listening}"
-    );
-    master.expect_line("w1's registration", WAIT, |l| {
-        l.starts_with("MASTER worker registered id=w1 ")
-    });
-    worker.expect_line("w1's registration", WAIT, |l| {
-        l.starts_with("WORKER registered id=w1 ")
-    });
+    let mut master = master_on("master", &port);
+    expect_registered(&mut master, "w1");
+    expect_worker_registered(&mut worker, "w1");
 }
 
 #[test]
@@ -318,40 +340,19 @@ fn bad_flags_exit_2_with_a_message() {
 #[cfg(unix)]
 #[test]
 fn a_silent_worker_is_lost_by_its_heartbeats_and_registers_again() {
-    use std::process::Command;
-
     let mut master = Node::spawn(
         "master",
         "master",
         &["--port", "0", "--worker-timeout", "2s"],
     );
-    let line = master.expect_line("MASTER listening on", WAIT, |l| {
-        l.starts_with("MASTER listening on ")
-    });
-    let uri = format!(
-        "rpc://Master@{}",
-        line["MASTER listening on ".len()..].trim()
-    );
-    let mut worker = Node::spawn(
-        "w1",
-        "worker",
-        &["--master", &uri, "--id", "w1", "--heartbeat", "200ms"],
-    );
-    master.expect_line("w1's registration", WAIT, |l| {
-        l.starts_with("MASTER worker registered id=w1 ")
-    });
-    let signal = |sig: &str| {
-        let status = Command::new("kill")
-            .args([sig, &worker.pid().to_string()])
-            .status()
-            .expect("running kill");
-        assert!(status.success(), "kill {sig}: {status}");
-    };
-    signal("-STOP");
+    let uri = workers_uri(&mut master);
+    let mut worker = start_worker("w1", &uri, &["--heartbeat", "200ms"]);
+    expect_registered(&mut master, "w1");
+    signal(&worker, "-STOP");
     let lost = master.expect_line("w1 lost", WAIT, |l| {
         l.starts_with("MASTER worker lost id=w1 ")
     });
-    signal("-CONT");
+    signal(&worker, "-CONT");
     assert!(lost.contains("no heartbeat"), "{lost}\n{}", master.output());
     master.expect_line("the unknown heartbeat", WAIT, |l| {
         l.starts_with("MASTER worker unknown id=w1 ")
@@ -367,32 +368,13 @@ fn a_silent_worker_is_lost_by_its_heartbeats_and_registers_again() {
 #[cfg(unix)]
 #[test]
 fn sigterm_shuts_a_worker_down_cleanly_and_the_master_notices() {
-    use std::process::Command;
-
     let mut master = Node::spawn("master", "master", &["--port", "0"]);
-    let line = master.expect_line("MASTER listening on", WAIT, |l| {
-        l.starts_with("MASTER listening on ")
-    });
-    let uri = format!(
-        "rpc://Master@{}",
-        line["MASTER listening on ".len()..].trim()
-    );
-    let mut worker = Node::spawn("w1", "worker", &["--master", &uri, "--id", "w1"]);
-    master.expect_line("w1's registration", WAIT, |l| {
-        l.starts_with("MASTER worker registered id=w1 ")
-    });
-    let status = Command::new("kill")
-        .args(["-TERM", &worker.pid().to_string()])
-        .status()
-        .expect("running kill");
-    assert!(status.success(), "kill -TERM: {status}");
-    let exit = worker.wait_exit(WAIT);
-    assert!(exit.success(), "worker exit {exit}\n{}", worker.output());
-    assert!(
-        worker.saw("stopping: a signal"),
-        "the worker did not shut down through its handler\n{}",
-        worker.output()
-    );
+    let uri = workers_uri(&mut master);
+    let mut worker = start_worker("w1", &uri, &[]);
+    expect_registered(&mut master, "w1");
+    signal(&worker, "-TERM");
+    // "stopping": the worker shut down through its handler.
+    expect_clean_exit(&mut worker, WAIT, "stopping: a signal");
     master.expect_line("w1 left", NOTICE, |l| {
         l.starts_with("MASTER worker left id=w1 ")
     });
@@ -439,12 +421,7 @@ fn nodes_with_a_secret_file_authenticate_and_a_wrong_secret_is_refused() {
             &good,
         ],
     );
-    for id in ["w1", "w2"] {
-        let registered = format!("MASTER worker registered id={id} ");
-        if !master.saw(&registered) {
-            master.expect_line(&registered, WAIT, |l| l.starts_with(&registered));
-        }
-    }
+    expect_all_registered(&mut master, &["w1", "w2"]);
     let mut driver = Node::spawn(
         "driver",
         "demo",
@@ -474,11 +451,7 @@ fn nodes_with_a_secret_file_authenticate_and_a_wrong_secret_is_refused() {
         l.contains("registration attempt 1 ") && l.contains("authentication with")
     });
     // And one without any secret.
-    let mut plain = Node::spawn(
-        "w4",
-        "worker",
-        &["--master", &uri, "--id", "w4", "--client-mode"],
-    );
+    let mut plain = start_worker("w4", &uri, &["--client-mode"]);
     plain.expect_line("a failed registration", WAIT, |l| {
         l.contains("registration attempt 1 ")
     });
@@ -500,42 +473,24 @@ fn nodes_with_a_secret_file_authenticate_and_a_wrong_secret_is_refused() {
 /// both end it with exit status 0, promptly, while it is still retrying.
 #[test]
 fn a_worker_still_registering_stops_cleanly() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let uri = format!("rpc://Master@127.0.0.1:{port}");
+    let (_, uri) = free_port();
     let mut worker = Node::spawn_with_stdin("w1", "worker", &["--master", &uri, "--id", "w1"]);
     worker.expect_line("a failed registration attempt", WAIT, |l| {
         l.contains("registration attempt 2 ")
     });
     worker.send_line("quit");
-    let status = worker.wait_exit(NOTICE);
-    assert!(status.success(), "quit: {status}\n{}", worker.output());
-    assert!(
-        worker.saw("WORKER stopped id=w1 before it registered (quit on stdin)"),
-        "{}",
-        worker.output()
-    );
+    let says = "WORKER stopped id=w1 before it registered (quit on stdin)";
+    expect_clean_exit(&mut worker, NOTICE, says);
 
     #[cfg(unix)]
     {
-        let mut worker = Node::spawn("w2", "worker", &["--master", &uri, "--id", "w2"]);
+        let mut worker = start_worker("w2", &uri, &[]);
         worker.expect_line("a failed registration attempt", WAIT, |l| {
             l.contains("registration attempt 2 ")
         });
-        let kill = std::process::Command::new("kill")
-            .args(["-TERM", &worker.pid().to_string()])
-            .status()
-            .expect("running kill");
-        assert!(kill.success(), "kill -TERM: {kill}");
-        let status = worker.wait_exit(NOTICE);
-        assert!(status.success(), "SIGTERM: {status}\n{}", worker.output());
-        assert!(
-            worker.saw("WORKER stopped id=w2 before it registered (a signal)"),
-            "{}",
-            worker.output()
-        );
+        signal(&worker, "-TERM");
+        let says = "WORKER stopped id=w2 before it registered (a signal)";
+        expect_clean_exit(&mut worker, NOTICE, says);
     }
 }
 
@@ -543,16 +498,8 @@ fn a_worker_still_registering_stops_cleanly() {
 /// many attempts it made in how long; a failed connect is logged once per attempt.
 #[test]
 fn a_register_timeout_uses_its_whole_budget() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let uri = format!("rpc://Master@127.0.0.1:{port}");
-    let mut worker = Node::spawn(
-        "w1",
-        "worker",
-        &["--master", &uri, "--id", "w1", "--register-timeout", "2s"],
-    );
+    let (_, uri) = free_port();
+    let mut worker = start_worker("w1", &uri, &["--register-timeout", "2s"]);
     let status = worker.wait_exit(WAIT);
     assert_eq!(status.code(), Some(1), "{}", worker.output());
     let line = worker.expect_line_seen("the give-up message", |l| {
@@ -637,13 +584,7 @@ fn the_master_answers_status_and_nodes_log_status_lines() {
             "200ms",
         ],
     );
-    let line = master.expect_line("MASTER listening on", WAIT, |l| {
-        l.starts_with("MASTER listening on ")
-    });
-    let uri = format!(
-        "rpc://Master@{}",
-        line["MASTER listening on ".len()..].trim()
-    );
+    let uri = workers_uri(&mut master);
     let mut worker = Node::spawn(
         "w1",
         "worker",
@@ -657,11 +598,11 @@ fn the_master_answers_status_and_nodes_log_status_lines() {
             "200ms",
         ],
     );
-    master.expect_line("w1's registration", WAIT, |l| {
-        l.starts_with("MASTER worker registered id=w1 ")
-    });
+    expect_registered(&mut master, "w1");
     master.expect_line("a status line", WAIT, |l| {
-        l.contains("status workers=1 queued=0 running=0 conns=")
+        // `jobs_queued=` is the master's; the one `queued=` is the metrics' bytes.
+        l.contains("status workers=1 jobs_queued=0 running=0 conns=")
+            && l.matches(" queued=").count() == 1
     });
     worker.expect_line("a status line", WAIT, |l| {
         l.contains("status id=w1 conns=1 ")
@@ -669,7 +610,7 @@ fn the_master_answers_status_and_nodes_log_status_lines() {
 
     master.send_line("status");
     master.expect_line("the status", WAIT, |l| {
-        l == "MASTER status workers=1 queued=0 running=0"
+        l == "MASTER status workers=1 jobs_queued=0 running=0"
     });
     master.expect_line("the worker table", WAIT, |l| {
         l.starts_with("MASTER worker id=w1 address=client-mode cores=2 running=0 completed=0")

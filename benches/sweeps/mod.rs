@@ -335,18 +335,7 @@ fn payload_sweep(systems: &[&dyn System], quick: bool, charts: &Path) -> Result<
         table.row(row);
     }
     table.print();
-    let series: Vec<(&str, Vec<(f64, f64)>)> = systems
-        .iter()
-        .zip(&results)
-        .map(|(system, result)| {
-            let points = sizes
-                .iter()
-                .zip(result)
-                .filter_map(|(&size, r)| r.filter(|r| r.1 > 0.0).map(|r| (size as f64, r.1)))
-                .collect();
-            (system.name(), points)
-        })
-        .collect();
+    let series = series(systems, &sizes, &results, |r| (r.1 > 0.0).then_some(r.1));
     let path = charts.join("payload.svg");
     chart(
         &path,
@@ -521,18 +510,7 @@ fn callers_sweep(systems: &[&dyn System], quick: bool, charts: &Path) -> Result<
         table.row(row);
     }
     table.print();
-    let series: Vec<(&str, Vec<(f64, f64)>)> = systems
-        .iter()
-        .zip(&results)
-        .map(|(system, result)| {
-            let points = counts
-                .iter()
-                .zip(result)
-                .filter_map(|(&n, r)| r.map(|r| (n as f64, r.0)))
-                .collect();
-            (system.name(), points)
-        })
-        .collect();
+    let series = series(systems, &counts, &results, |r| Some(r.0));
     let path = charts.join("callers.svg");
     chart(
         &path,
@@ -988,6 +966,28 @@ fn record_sweep(quick: bool) -> Result<()> {
 
 // --- charts -------------------------------------------------------------------------------
 
+/// One chart series per system (its name, points): at each x of `xs`, the figure `y`
+/// takes from the system's result there, where it has one and `y` gives one.
+fn series<R: Copy>(
+    systems: &[&dyn System],
+    xs: &[usize],
+    results: &[Vec<Option<R>>],
+    y: impl Fn(R) -> Option<f64>,
+) -> Vec<(&'static str, Vec<(f64, f64)>)> {
+    systems
+        .iter()
+        .zip(results)
+        .map(|(system, result)| {
+            let points = xs
+                .iter()
+                .zip(result)
+                .filter_map(|(&x, r)| r.and_then(&y).map(|y| (x as f64, y)))
+                .collect();
+            (system.name(), points)
+        })
+        .collect()
+}
+
 /// Draws `series` (name, points) as lines with points to an SVG at `path`; log x, and
 /// log y when `log_y`.
 fn chart(
@@ -1031,66 +1031,45 @@ fn chart(
         .y_label_area_size(80);
     let x_range = (x0 / 1.2..x1 * 1.2).log_scale();
     let label_x = |x: &f64| bytes_or_count(*x);
+    // The same chart over either kind of y axis (a log one and a linear one are two
+    // types to plotters).
+    macro_rules! draw {
+        ($y_range:expr) => {{
+            let mut chart = builder
+                .build_cartesian_2d(x_range, $y_range)
+                .map_err(|e| err(&e))?;
+            chart
+                .configure_mesh()
+                .x_desc(x_desc)
+                .y_desc(y_desc)
+                .x_label_formatter(&label_x)
+                .y_label_formatter(&|y| short_number(*y))
+                .draw()
+                .map_err(|e| err(&e))?;
+            for (k, (name, pts)) in series.iter().enumerate() {
+                let color = colors[k % colors.len()];
+                chart
+                    .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+                    .map_err(|e| err(&e))?
+                    .label(*name)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+                chart
+                    .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                    .map_err(|e| err(&e))?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| err(&e))?;
+        }};
+    }
     if log_y {
-        let mut chart = builder
-            .build_cartesian_2d(x_range, (y0 / 1.5..y1 * 1.5).log_scale())
-            .map_err(|e| err(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc(x_desc)
-            .y_desc(y_desc)
-            .x_label_formatter(&label_x)
-            .y_label_formatter(&|y| short_number(*y))
-            .draw()
-            .map_err(|e| err(&e))?;
-        for (k, (name, pts)) in series.iter().enumerate() {
-            let color = colors[k % colors.len()];
-            chart
-                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
-                .map_err(|e| err(&e))?
-                .label(*name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-            chart
-                .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
-                .map_err(|e| err(&e))?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(&e))?;
+        draw!((y0 / 1.5..y1 * 1.5).log_scale());
     } else {
-        let mut chart = builder
-            .build_cartesian_2d(x_range, 0.0..y1 * 1.1)
-            .map_err(|e| err(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc(x_desc)
-            .y_desc(y_desc)
-            .x_label_formatter(&label_x)
-            .y_label_formatter(&|y| short_number(*y))
-            .draw()
-            .map_err(|e| err(&e))?;
-        for (k, (name, pts)) in series.iter().enumerate() {
-            let color = colors[k % colors.len()];
-            chart
-                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
-                .map_err(|e| err(&e))?
-                .label(*name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-            chart
-                .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
-                .map_err(|e| err(&e))?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(&e))?;
+        draw!(0.0..y1 * 1.1);
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())

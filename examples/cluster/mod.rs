@@ -143,11 +143,11 @@ pub(crate) struct ClusterStatus {
 }
 
 impl ClusterStatus {
-    /// `status workers=N queued=Q running=R`, one `worker id=…` line per worker, then the
+    /// `status workers=N jobs_queued=Q running=R`, one `worker id=…` line per worker, then the
     /// metrics lines.
     pub(crate) fn lines(&self) -> Vec<String> {
         let mut lines = vec![format!(
-            "status workers={} queued={} running={}",
+            "status workers={} jobs_queued={} running={}",
             self.workers.len(),
             self.queued,
             self.running

@@ -116,13 +116,15 @@ pub(super) struct Encoder<'o, O> {
 }
 
 impl<O: Output> Encoder<'_, O> {
+    /// Starts a sequence or map of `len` elements (entries): writes the length, then
+    /// hands the output to the [`Compound`] that writes the elements.
     #[inline]
-    fn len(&mut self, len: Option<usize>) -> Result<(), Error> {
+    fn compound<'a>(&'a mut self, len: Option<usize>) -> Result<Compound<'a, O>, Error> {
         let len = len.ok_or_else(|| {
             Error::new("a sequence or map must know its length before its first element")
         })?;
         varint(self.out, len as u64);
-        Ok(())
+        Ok(Compound::new(self.out))
     }
 }
 
@@ -271,8 +273,7 @@ impl<'a, O: Output> ser::Serializer for &'a mut Encoder<'_, O> {
     }
 
     fn serialize_seq(self, len: Option<usize>) -> Result<Compound<'a, O>, Error> {
-        self.len(len)?;
-        Ok(Compound::new(self.out))
+        self.compound(len)
     }
 
     fn serialize_tuple(self, _: usize) -> Result<Self, Error> {
@@ -295,8 +296,7 @@ impl<'a, O: Output> ser::Serializer for &'a mut Encoder<'_, O> {
     }
 
     fn serialize_map(self, len: Option<usize>) -> Result<Compound<'a, O>, Error> {
-        self.len(len)?;
-        Ok(Compound::new(self.out))
+        self.compound(len)
     }
 
     fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self, Error> {
@@ -321,32 +321,6 @@ impl<'a, O: Output> ser::Serializer for &'a mut Encoder<'_, O> {
     fn is_human_readable(&self) -> bool {
         false
     }
-}
-
-/// Implements the compound traits: each element is the next value, nothing at the end.
-macro_rules! compound {
-    ($($trait:ident $method:ident)*) => {$(
-        impl<O: Output> $trait for &mut Encoder<'_, O> {
-            type Ok = ();
-            type Error = Error;
-
-            #[inline]
-            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-                value.serialize(&mut **self)
-            }
-
-            #[inline]
-            fn end(self) -> Result<(), Error> {
-                Ok(())
-            }
-        }
-    )*};
-}
-
-compound! {
-    SerializeTuple serialize_element
-    SerializeTupleStruct serialize_field
-    SerializeTupleVariant serialize_field
 }
 
 /// The elements of a sequence or the entries of a map.
@@ -378,68 +352,61 @@ impl<O: Output> Drop for Compound<'_, O> {
     }
 }
 
-impl<O: Output> SerializeSeq for Compound<'_, O> {
-    type Ok = ();
-    type Error = Error;
+/// A serializer of compound values: each element (field, key, value) is written with
+/// the encoder it gives.
+trait Elements<O> {
+    fn encoder(&mut self) -> Encoder<'_, O>;
+}
 
+/// Tuples and structs write their fields to the encoder's output.
+impl<O> Elements<O> for &mut Encoder<'_, O> {
     #[inline]
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        value.serialize(&mut Encoder { out: &mut self.out })
+    fn encoder(&mut self) -> Encoder<'_, O> {
+        Encoder { out: self.out }
     }
+}
 
+/// Sequences and maps write their elements to the output the [`Compound`] holds.
+impl<O: Output> Elements<O> for Compound<'_, O> {
     #[inline]
-    fn end(self) -> Result<(), Error> {
-        Ok(())
+    fn encoder(&mut self) -> Encoder<'_, O> {
+        Encoder { out: &mut self.out }
     }
 }
 
-impl<O: Output> SerializeMap for Compound<'_, O> {
-    type Ok = ();
-    type Error = Error;
+/// Implements serde's compound traits: each element is the next value (a field's name,
+/// `[&'static str]`, is not written), nothing at the end.
+macro_rules! compound {
+    ($($self_ty:ty: $trait:ident { $($method:ident $([$name:ty])?)* })*) => {$(
+        impl<O: Output> $trait for $self_ty {
+            type Ok = ();
+            type Error = Error;
 
-    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Error> {
-        key.serialize(&mut Encoder { out: &mut self.out })
-    }
+            $(
+                #[inline]
+                fn $method<T: Serialize + ?Sized>(
+                    &mut self,
+                    $(_: $name,)?
+                    value: &T,
+                ) -> Result<(), Error> {
+                    value.serialize(&mut self.encoder())
+                }
+            )*
 
-    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        value.serialize(&mut Encoder { out: &mut self.out })
-    }
-
-    fn end(self) -> Result<(), Error> {
-        Ok(())
-    }
+            #[inline]
+            fn end(self) -> Result<(), Error> {
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl<O: Output> SerializeStruct for &mut Encoder<'_, O> {
-    type Ok = ();
-    type Error = Error;
-
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        _: &'static str,
-        value: &T,
-    ) -> Result<(), Error> {
-        value.serialize(&mut **self)
-    }
-
-    fn end(self) -> Result<(), Error> {
-        Ok(())
-    }
-}
-
-impl<O: Output> SerializeStructVariant for &mut Encoder<'_, O> {
-    type Ok = ();
-    type Error = Error;
-
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        _: &'static str,
-        value: &T,
-    ) -> Result<(), Error> {
-        value.serialize(&mut **self)
-    }
-
-    fn end(self) -> Result<(), Error> {
-        Ok(())
-    }
+compound! {
+    &mut Encoder<'_, O>: SerializeTuple { serialize_element }
+    &mut Encoder<'_, O>: SerializeTupleStruct { serialize_field }
+    &mut Encoder<'_, O>: SerializeTupleVariant { serialize_field }
+    &mut Encoder<'_, O>: SerializeStruct { serialize_field [&'static str] }
+    &mut Encoder<'_, O>: SerializeStructVariant { serialize_field [&'static str] }
+    Compound<'_, O>: SerializeSeq { serialize_element }
+    Compound<'_, O>: SerializeMap { serialize_key serialize_value }
 }

@@ -2,24 +2,16 @@
 //! shared dispatcher pool (Spark's plain `RpcEndpoint`, as opposed to its
 //! `ThreadSafeRpcEndpoint`), and the handler its inbox calls.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-
 use log::{debug, error, warn};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::RpcError;
-use crate::log_limit::{kind, peer_warn};
-use crate::metrics::{self, EndpointStats};
 use crate::rpc::address::RpcAddress;
 use crate::rpc::call::RpcCallContext;
 use crate::rpc::endpoint::{EndpointContext, describe_sender};
-use crate::rpc::env::EnvInner;
 use crate::rpc::inbox::{InboxMessage, SharedHandler};
-use crate::rpc::message_loop::decode_payload;
-use crate::rpc::types;
-use crate::sync::Arc;
-use crate::threads::panic_message;
+use crate::rpc::message_loop::{Call, Hosted, Reach, run_call};
 
 /// A named service in an [`RpcEnv`](crate::RpcEnv) whose messages may be handled several
 /// at a time: Spark's plain `RpcEndpoint` (whose `Inbox` runs with `enableConcurrent`),
@@ -180,141 +172,34 @@ pub trait ConcurrentRpcEndpoint: Send + Sync + 'static {
     }
 }
 
-/// A concurrent endpoint with its context, behind the [`SharedHandler`] the inbox calls.
-pub(crate) struct Concurrent<E: ConcurrentRpcEndpoint> {
-    endpoint: E,
-    /// The context of events and of messages without a sender address; a message with
-    /// one gets a copy naming it.
-    ctx: EndpointContext<E::Message>,
-    env: Arc<EnvInner>,
-    name: Arc<str>,
-    /// The fingerprint of `E::Message`.
-    message_type: u64,
-    /// The endpoint's counters (panics; the outcomes of its asks), shared with its inbox.
-    stats: Arc<EndpointStats>,
+/// A concurrent endpoint, borrowed to handle one message, with the context of its calls:
+/// the endpoint's own, or (for a message with a sender address) a copy naming the sender.
+struct Shared<'a, E: ConcurrentRpcEndpoint> {
+    endpoint: &'a E,
+    ctx: &'a EndpointContext<E::Message>,
+    with_sender: Option<EndpointContext<E::Message>>,
 }
 
-impl<E: ConcurrentRpcEndpoint> Concurrent<E> {
-    pub(crate) fn new(
-        endpoint: E,
-        ctx: EndpointContext<E::Message>,
-        env: Arc<EnvInner>,
-        name: Arc<str>,
-        stats: Arc<EndpointStats>,
-    ) -> Self {
-        Self {
-            endpoint,
-            ctx,
-            env,
-            name,
-            message_type: types::fingerprint::<E::Message>(),
-            stats,
-        }
+impl<E: ConcurrentRpcEndpoint> Reach for Shared<'_, E> {
+    type Message = E::Message;
+
+    fn set_sender(&mut self, sender: Option<RpcAddress>) {
+        self.with_sender = sender.map(|sender| self.ctx.with_sender(Some(sender)));
     }
 
-    /// The context for a message from `sender`.
-    fn context(&self, sender: Option<RpcAddress>) -> Option<EndpointContext<E::Message>> {
-        sender.map(|sender| self.ctx.with_sender(Some(sender)))
-    }
-
-    /// Runs endpoint code; a panic goes to `on_error`.
-    fn guard(
-        &self,
-        ctx: Option<&EndpointContext<E::Message>>,
-        f: impl FnOnce(&E, &EndpointContext<E::Message>),
-    ) {
-        let ctx = ctx.unwrap_or(&self.ctx);
-        let outcome = catch_unwind(AssertUnwindSafe(|| f(&self.endpoint, ctx)));
-        let Err(payload) = outcome else {
-            return;
-        };
-        metrics::bump(&self.stats.panics);
-        let message = panic_message(payload.as_ref());
-        RpcCallContext::answer_panicked(&message);
-        let error = RpcError::EndpointPanicked {
-            endpoint: self.name.to_string(),
-            message,
-        };
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.endpoint.on_error(error, ctx)));
-        if let Err(payload) = outcome {
-            let message = panic_message(payload.as_ref());
-            RpcCallContext::answer_panicked(&message);
-            error!(
-                "on_error of endpoint {} panicked ({message}); ignored",
-                self.name
-            );
-        }
+    fn call(&mut self, call: Call<E::Message>) {
+        let ctx = self.with_sender.as_ref().unwrap_or(self.ctx);
+        run_call!(self.endpoint, call, ctx);
     }
 }
 
-impl<E: ConcurrentRpcEndpoint> SharedHandler for Concurrent<E> {
+impl<E: ConcurrentRpcEndpoint> SharedHandler for Hosted<E, E::Message> {
     fn handle(&self, msg: InboxMessage) {
-        match msg {
-            InboxMessage::OnStart => {
-                debug!("endpoint {} starts", self.name);
-                self.guard(None, |e, ctx| e.on_start(ctx));
-            }
-            InboxMessage::OnStop => {
-                debug!("endpoint {} stops", self.name);
-                self.guard(None, |e, ctx| e.on_stop(ctx));
-            }
-            InboxMessage::OneWay { sender, payload } => {
-                let ctx = self.context(sender);
-                let peer = payload.peer();
-                let decoded =
-                    decode_payload::<E::Message>(&self.env, &self.name, self.message_type, payload);
-                match decoded {
-                    Ok(msg) => self.guard(ctx.as_ref(), |e, ctx| e.receive(msg, ctx)),
-                    Err((err, panicked)) => {
-                        if panicked {
-                            metrics::bump(&self.stats.panics);
-                        }
-                        peer_warn!(
-                            self.env.counters().log_limit,
-                            peer,
-                            kind::DECODE,
-                            "one-way message for endpoint {} dropped: {err:#}",
-                            self.name
-                        );
-                        self.guard(ctx.as_ref(), |e, ctx| e.on_error(err, ctx));
-                    }
-                }
-            }
-            InboxMessage::Ask { payload, mut reply } => {
-                let ctx = self.context(reply.sender_address());
-                reply.count_in(&self.stats);
-                let peer = payload.peer();
-                let decoded =
-                    decode_payload::<E::Message>(&self.env, &self.name, self.message_type, payload);
-                match decoded {
-                    Ok(msg) => {
-                        self.guard(ctx.as_ref(), |e, ctx| e.receive_and_reply(msg, reply, ctx));
-                    }
-                    Err((err, panicked)) => {
-                        peer_warn!(
-                            self.env.counters().log_limit,
-                            peer,
-                            kind::DECODE,
-                            "ask for endpoint {} failed: {err:#}",
-                            self.name
-                        );
-                        reply.fail(err.clone());
-                        if panicked {
-                            metrics::bump(&self.stats.panics);
-                            self.guard(ctx.as_ref(), |e, ctx| e.on_error(err, ctx));
-                        }
-                    }
-                }
-            }
-            InboxMessage::Connected(remote) => {
-                self.guard(None, |e, ctx| e.on_connected(&remote, ctx));
-            }
-            InboxMessage::Disconnected(remote) => {
-                self.guard(None, |e, ctx| e.on_disconnected(&remote, ctx));
-            }
-            InboxMessage::NetworkError(error, remote) => {
-                self.guard(None, |e, ctx| e.on_network_error(&error, &remote, ctx));
-            }
-        }
+        let shared = Shared {
+            endpoint: &self.endpoint,
+            ctx: &self.ctx,
+            with_sender: None,
+        };
+        self.runner.handle(shared, msg);
     }
 }

@@ -2,6 +2,7 @@
 //! inbox.
 
 use std::collections::{HashMap, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -9,16 +10,27 @@ use log::{debug, warn};
 
 use crate::error::RpcError;
 use crate::metrics::{EndpointKind, EndpointMetrics, EndpointStats};
-use crate::rpc::concurrent::{Concurrent, ConcurrentRpcEndpoint};
+use crate::rpc::concurrent::ConcurrentRpcEndpoint;
 use crate::rpc::endpoint::{EndpointContext, RpcEndpoint, Threading};
 use crate::rpc::endpoint_ref::{RefInner, RpcEndpointRef};
 use crate::rpc::env::{EnvInner, RpcEnv};
 use crate::rpc::inbox::{Endpoint, Inbox, InboxMessage};
-use crate::rpc::message_loop::{MessageLoop, Typed};
+use crate::rpc::message_loop::{Hosted, MessageLoop};
 use crate::rpc::types::{self, TypeLabel};
 use crate::rpc::verifier::Verdict;
 use crate::sync::{Arc, Mutex, RwLock, RwLockWriteGuard, Weak};
+use crate::threads::panic_message;
 use crate::transport::Admission;
+
+/// Runs `read`, the endpoint method `method` of the endpoint to be registered as `name`
+/// (read once, before it is registered, outside the registry's lock); a panic in it is an
+/// [`RpcError::EndpointPanicked`] naming the endpoint, the method and the panic's message.
+fn read_endpoint<T>(name: &str, method: &str, read: impl FnOnce() -> T) -> Result<T, RpcError> {
+    catch_unwind(AssertUnwindSafe(read)).map_err(|payload| RpcError::EndpointPanicked {
+        endpoint: name.to_owned(),
+        message: format!("in {method}: {}", panic_message(payload.as_ref())),
+    })
+}
 
 /// How many names of stopped endpoints are remembered, so that calls to them fail with
 /// `EndpointStopped` rather than `EndpointNotFound`.
@@ -68,15 +80,16 @@ impl Dispatcher {
         Ok((registry, name))
     }
 
-    /// Registers `endpoint` as `name`; its `on_start` is queued first.
+    /// Registers `endpoint` as `name`; its `on_start` is queued first. Fails with
+    /// [`RpcError::EndpointPanicked`] if its `threading()` panics (nothing is registered).
     pub(crate) fn register<E: RpcEndpoint>(
         &self,
         env: &Arc<EnvInner>,
         name: String,
         endpoint: E,
     ) -> Result<RpcEndpointRef<E::Message>, RpcError> {
+        let threading = read_endpoint(&name, "threading()", || endpoint.threading())?;
         let (registry, name) = self.claim(name)?;
-        let threading = endpoint.threading();
         let runner = match threading {
             Threading::Shared => Arc::clone(&self.shared),
             Threading::Dedicated => {
@@ -92,27 +105,27 @@ impl Dispatcher {
             Threading::Dedicated => EndpointKind::Dedicated,
         };
         self.insert::<E::Message>(env, registry, name, runner, kind, |ctx, name, stats| {
-            let typed = Typed::new(endpoint, ctx, Arc::clone(env), name).counting_in(stats);
-            Endpoint::Exclusive(Box::new(typed))
+            let hosted = Hosted::new(endpoint, ctx, Arc::clone(env), name, stats);
+            Endpoint::Exclusive(Box::new(hosted))
         })
     }
 
     /// Registers the concurrent `endpoint` as `name` on the shared loop; its `on_start`
-    /// is queued first.
+    /// is queued first. Fails with [`RpcError::EndpointPanicked`] if its
+    /// `max_concurrent()` panics (nothing is registered).
     pub(crate) fn register_concurrent<E: ConcurrentRpcEndpoint>(
         &self,
         env: &Arc<EnvInner>,
         name: String,
         endpoint: E,
     ) -> Result<RpcEndpointRef<E::Message>, RpcError> {
-        let (registry, name) = self.claim(name)?;
-        let limit = endpoint
-            .max_concurrent()
+        let limit = read_endpoint(&name, "max_concurrent()", || endpoint.max_concurrent())?
             .clamp(1, self.shared_threads.max(1));
+        let (registry, name) = self.claim(name)?;
         let runner = Arc::clone(&self.shared);
         let kind = EndpointKind::Concurrent;
         self.insert::<E::Message>(env, registry, name, runner, kind, |ctx, name, stats| {
-            let handler = Concurrent::new(endpoint, ctx, Arc::clone(env), name, stats);
+            let handler = Hosted::new(endpoint, ctx, Arc::clone(env), name, stats);
             Endpoint::Concurrent {
                 handler: Box::new(handler),
                 limit,

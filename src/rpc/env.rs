@@ -309,8 +309,10 @@ impl RpcEnv {
     /// before any message.
     ///
     /// Fails with [`RpcError::EndpointExists`] if the name is taken (it is free again once
-    /// that endpoint is [stopped](Self::stop)) and [`RpcError::EnvStopped`] after
-    /// shutdown.
+    /// that endpoint is [stopped](Self::stop)), [`RpcError::EnvStopped`] after
+    /// shutdown, and [`RpcError::EndpointPanicked`] (naming the endpoint, `threading()`
+    /// and the panic's message) if the endpoint's
+    /// [`threading`](RpcEndpoint::threading) panics; then nothing is registered.
     pub fn setup_endpoint<E: RpcEndpoint>(
         &self,
         name: impl Into<String>,
@@ -327,8 +329,11 @@ impl RpcEnv {
     /// [`ConcurrentRpcEndpoint`] for what is promised). Its `on_start` runs first, alone.
     ///
     /// Fails with [`RpcError::EndpointExists`] if the name is taken (it is free again once
-    /// that endpoint is [stopped](Self::stop)) and [`RpcError::EnvStopped`] after
-    /// shutdown.
+    /// that endpoint is [stopped](Self::stop)), [`RpcError::EnvStopped`] after
+    /// shutdown, and [`RpcError::EndpointPanicked`] (naming the endpoint,
+    /// `max_concurrent()` and the panic's message) if the endpoint's
+    /// [`max_concurrent`](ConcurrentRpcEndpoint::max_concurrent) panics; then nothing is
+    /// registered.
     pub fn setup_concurrent_endpoint<E: ConcurrentRpcEndpoint>(
         &self,
         name: impl Into<String>,

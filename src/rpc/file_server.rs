@@ -10,11 +10,13 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt;
 use std::fs::File;
+use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 
-use log::{debug, warn};
+use log::debug;
 
 use crate::error::RpcError;
+use crate::log_limit::{LogLimit, kind, peer_warn};
 use crate::rpc::address::RpcAddress;
 use crate::sync::{Arc, Mutex};
 use crate::transport::StreamBody;
@@ -48,6 +50,8 @@ struct Inner {
     /// `None` in client mode: nothing can be served.
     address: Option<RpcAddress>,
     tables: Mutex<Tables>,
+    /// The limiter of the refusals [`FileServer::open_stream`] logs (one pseudo-peer).
+    log_limit: LogLimit,
 }
 
 #[derive(Default)]
@@ -82,6 +86,7 @@ impl FileServer {
             inner: Arc::new(Inner {
                 address,
                 tables: Mutex::new(Tables::default()),
+                log_limit: LogLimit::default(),
             }),
         }
     }
@@ -234,64 +239,100 @@ impl FileServer {
     /// transport-level handler can serve an env's files too: the file (opened now),
     /// `Ok(None)` when there is no such file (see the type's docs), `Err` with Spark's
     /// text for a directory base that was never added.
+    ///
+    /// A request refused for leading outside what is served logs a `warn` line,
+    /// rate-limited as the env's other peer-caused warnings are (a few lines per peer and
+    /// kind, then one line per 10 s saying how many were suppressed). This method does not
+    /// know the peer: its refusals are limited as if they all came from one peer (named
+    /// "this env" in the summary line), apart from the env's, and are not counted in
+    /// [`RpcEnv::metrics`](crate::RpcEnv::metrics). The env's own handler limits them per
+    /// peer IP and counts them as `bad_stream_request`.
     pub fn open_stream(&self, stream_id: &str) -> Result<Option<StreamBody>, String> {
-        let Some((path, root)) = self.resolve(stream_id)? else {
-            return Ok(None);
+        self.open_stream_from(stream_id, None, &self.inner.log_limit)
+    }
+
+    /// [`open_stream`](Self::open_stream) for `peer`: every request not served is counted
+    /// in `limit` as `bad_stream_request`, and a refusal's line is rate-limited there for
+    /// that peer.
+    pub(crate) fn open_stream_from(
+        &self,
+        stream_id: &str,
+        peer: Option<SocketAddr>,
+        limit: &LogLimit,
+    ) -> Result<Option<StreamBody>, String> {
+        let not_served = match self.find(stream_id) {
+            Ok(body) => return Ok(Some(body)),
+            Err(not_served) => not_served,
         };
-        let file = match open_without_blocking(&path) {
-            Ok(file) => file,
-            Err(err) => {
-                debug!(
-                    "stream {stream_id}: cannot open {}: {err:#}",
-                    path.display()
-                );
-                return Ok(None);
-            }
-        };
+        if let NotServed::Refused(why) = &not_served {
+            peer_warn!(
+                limit,
+                peer,
+                kind::BAD_STREAM_REQUEST,
+                "refused stream {stream_id:?}: {why}"
+            );
+        } else {
+            let _ = limit.admit(peer, kind::BAD_STREAM_REQUEST);
+        }
+        match not_served {
+            NotServed::Invalid(text) => Err(text),
+            NotServed::NotFound | NotServed::Refused(_) => Ok(None),
+        }
+    }
+
+    /// The file `stream_id` names, opened, or why it is not served.
+    fn find(&self, stream_id: &str) -> Result<StreamBody, NotServed> {
+        let (path, root) = self.resolve(stream_id)?;
+        let file = open_without_blocking(&path).map_err(|err| {
+            debug!(
+                "stream {stream_id}: cannot open {}: {err:#}",
+                path.display()
+            );
+            NotServed::NotFound
+        })?;
         if let Some(root) = root {
             // A directory's file: where the descriptor really points, after the open (a
             // link swapped in between the check and the open is caught here).
             if let Ok(opened) = std::fs::read_link(format!("/proc/self/fd/{}", fd_of(&file))) {
                 if !opened.starts_with(&root) {
-                    warn!(
-                        "refused stream {stream_id:?}: it was opened outside {}",
-                        root.display()
-                    );
-                    return Ok(None);
+                    let why = format!("it was opened outside {}", root.display());
+                    return Err(NotServed::Refused(why));
                 }
             }
         }
-        match StreamBody::file(file) {
-            Ok(body) => Ok(Some(body)),
-            Err(err) => {
-                debug!("stream {stream_id}: {}: {err:#}", path.display());
-                Ok(None)
-            }
-        }
+        StreamBody::file(file).map_err(|err| {
+            debug!("stream {stream_id}: {}: {err:#}", path.display());
+            NotServed::NotFound
+        })
     }
 
     /// The real path of the file `stream_id` names, if it names one that is served, and
     /// the directory it must stay in (for a directory's file).
-    #[allow(clippy::type_complexity)]
-    fn resolve(&self, stream_id: &str) -> Result<Option<(PathBuf, Option<PathBuf>)>, String> {
+    fn resolve(&self, stream_id: &str) -> Result<(PathBuf, Option<PathBuf>), NotServed> {
         if stream_id.contains('\0') {
-            return Ok(None);
+            return Err(NotServed::NotFound);
         }
         let Some((kind, name)) = stream_id
             .strip_prefix('/')
             .unwrap_or(stream_id)
             .split_once('/')
         else {
-            return Ok(None);
+            return Err(NotServed::NotFound);
         };
         let tables = self.inner.tables.lock();
+        let flat =
+            |path: Option<&PathBuf>| path.map(|p| (p.clone(), None)).ok_or(NotServed::NotFound);
         let dir = match kind {
-            "files" => return Ok(tables.files.get(name).cloned().map(|path| (path, None))),
-            "jars" => return Ok(tables.jars.get(name).cloned().map(|path| (path, None))),
+            "files" => return flat(tables.files.get(name)),
+            "jars" => return flat(tables.jars.get(name)),
             base => match tables.dirs.get(base) {
                 Some(dir) => dir.clone(),
                 // Spark's `require` text.
-                None => return Err(format!("Invalid stream URI: {base} not found.")),
+                None => {
+                    return Err(NotServed::Invalid(format!(
+                        "Invalid stream URI: {base} not found."
+                    )));
+                }
             },
         };
         drop(tables);
@@ -303,21 +344,28 @@ impl FileServer {
                 .components()
                 .all(|component| matches!(component, Component::Normal(_)));
         if !plain {
-            warn!("refused stream {stream_id:?}: not a plain relative path");
-            return Ok(None);
+            return Err(NotServed::Refused("not a plain relative path".into()));
         }
         let Ok(real) = dir.join(relative).canonicalize() else {
-            return Ok(None);
+            return Err(NotServed::NotFound);
         };
         if !real.starts_with(&dir) {
-            warn!(
-                "refused stream {stream_id:?}: it leads out of {}",
-                dir.display()
-            );
-            return Ok(None);
+            let why = format!("it leads out of {}", dir.display());
+            return Err(NotServed::Refused(why));
         }
-        Ok(Some((real, Some(dir))))
+        Ok((real, Some(dir)))
     }
+}
+
+/// Why a stream is not served.
+enum NotServed {
+    /// Answered "not found"; logged at `debug` at most.
+    NotFound,
+    /// Answered "not found": a path that leads outside what is served, which a peer
+    /// probing for files asks for. Logged at `warn`, rate-limited per peer.
+    Refused(String),
+    /// Answered with this text (Spark's, for a directory base that was never added).
+    Invalid(String),
 }
 
 /// Opens `path` for reading without waiting: a FIFO opened for reading blocks until a

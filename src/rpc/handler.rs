@@ -143,16 +143,10 @@ impl RpcHandler for RpcEnvHandler {
         let Some(env) = self.env() else {
             return Ok(None);
         };
-        let result = env.file_server().open_stream(stream_id);
-        if !matches!(result, Ok(Some(_))) {
-            // The file server logs why; the peer hears it.
-            let peer = Some(client.remote_address());
-            let _ = env
-                .counters()
-                .log_limit
-                .admit(peer, kind::BAD_STREAM_REQUEST);
-        }
-        result
+        // Counted, and logged (rate-limited) when refused, by the file server.
+        let peer = Some(client.remote_address());
+        env.file_server()
+            .open_stream_from(stream_id, peer, &env.counters().log_limit)
     }
 
     fn receive(&self, client: &TransportClient, message: Vec<u8>, responder: Responder) {

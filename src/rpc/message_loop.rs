@@ -19,6 +19,7 @@ use crate::codec;
 use crate::error::RpcError;
 use crate::log_limit::{kind, peer_warn};
 use crate::metrics::{self, EndpointStats};
+use crate::rpc::address::RpcAddress;
 use crate::rpc::call::{RpcCallContext, downcast_or_decode};
 use crate::rpc::endpoint::{EndpointContext, RpcEndpoint};
 use crate::rpc::endpoint_ref::decode_scope;
@@ -113,47 +114,173 @@ impl fmt::Debug for MessageLoop {
     }
 }
 
-/// An endpoint with its context, behind the [`Handler`] the inbox calls.
-pub(crate) struct Typed<E: RpcEndpoint> {
-    endpoint: E,
-    ctx: EndpointContext<E::Message>,
+/// One call of endpoint code, the same for both kinds of endpoint.
+pub(crate) enum Call<M> {
+    OnStart,
+    OnStop,
+    Receive(M),
+    Ask(M, RpcCallContext),
+    OnError(RpcError),
+    Connected(RpcAddress),
+    Disconnected(RpcAddress),
+    NetworkError(RpcError, RpcAddress),
+}
+
+/// Makes `$endpoint` (an [`RpcEndpoint`] or a
+/// [`ConcurrentRpcEndpoint`](crate::ConcurrentRpcEndpoint), whose methods have the same
+/// names) run the [`Call`] `$call` with the context `$ctx`.
+macro_rules! run_call {
+    ($endpoint:expr, $call:expr, $ctx:expr) => {
+        match $call {
+            Call::OnStart => $endpoint.on_start($ctx),
+            Call::OnStop => $endpoint.on_stop($ctx),
+            Call::Receive(msg) => $endpoint.receive(msg, $ctx),
+            Call::Ask(msg, reply) => $endpoint.receive_and_reply(msg, reply, $ctx),
+            Call::OnError(error) => $endpoint.on_error(error, $ctx),
+            Call::Connected(remote) => $endpoint.on_connected(&remote, $ctx),
+            Call::Disconnected(remote) => $endpoint.on_disconnected(&remote, $ctx),
+            Call::NetworkError(error, remote) => $endpoint.on_network_error(&error, &remote, $ctx),
+        }
+    };
+}
+pub(crate) use run_call;
+
+/// How [`Runner::handle`] reaches an endpoint and the context of its calls: [`Exclusive`]
+/// (`&mut` an [`RpcEndpoint`] and its one context) or `concurrent::Shared` (`&` a
+/// [`ConcurrentRpcEndpoint`](crate::ConcurrentRpcEndpoint), and a context of each
+/// message's own).
+pub(crate) trait Reach {
+    type Message: DeserializeOwned + 'static;
+
+    /// Names `sender` (`None`: no sender) in the context of the calls that follow.
+    fn set_sender(&mut self, sender: Option<RpcAddress>);
+
+    /// Runs `call` (not under `catch_unwind`: that is [`Runner`]'s).
+    fn call(&mut self, call: Call<Self::Message>);
+}
+
+/// An [`RpcEndpoint`], borrowed to handle one message, and its context.
+pub(crate) struct Exclusive<'a, E: RpcEndpoint> {
+    endpoint: &'a mut E,
+    ctx: &'a mut EndpointContext<E::Message>,
+}
+
+impl<E: RpcEndpoint> Reach for Exclusive<'_, E> {
+    type Message = E::Message;
+
+    fn set_sender(&mut self, sender: Option<RpcAddress>) {
+        self.ctx.set_sender(sender);
+    }
+
+    fn call(&mut self, call: Call<E::Message>) {
+        run_call!(self.endpoint, call, self.ctx);
+    }
+}
+
+/// What handling a message takes besides the endpoint, whichever its kind: decoding, the
+/// rate-limited warning, the failed ask, `on_error`, the count of panics.
+pub(crate) struct Runner {
     env: Arc<EnvInner>,
     name: Arc<str>,
-    /// The fingerprint of `E::Message`.
+    /// The fingerprint of the endpoint's message type.
     message_type: u64,
-    /// The endpoint's counters (panics; the outcomes of its asks).
+    /// The endpoint's counters (panics; the outcomes of its asks), shared with its inbox.
     stats: Arc<EndpointStats>,
 }
 
-impl<E: RpcEndpoint> Typed<E> {
-    pub(crate) fn new(
-        endpoint: E,
-        ctx: EndpointContext<E::Message>,
+impl Runner {
+    /// The runner of the endpoint `name`, whose messages are `M`s.
+    pub(crate) fn new<M: 'static>(
         env: Arc<EnvInner>,
         name: Arc<str>,
+        stats: Arc<EndpointStats>,
     ) -> Self {
         Self {
-            endpoint,
-            ctx,
             env,
             name,
-            message_type: types::fingerprint::<E::Message>(),
-            stats: Arc::default(),
+            message_type: types::fingerprint::<M>(),
+            stats,
         }
     }
 
-    /// Counts in `stats` (the inbox's).
-    pub(crate) fn counting_in(self, stats: Arc<EndpointStats>) -> Self {
-        Self { stats, ..self }
+    /// Handles `msg` with the endpoint `reach` reaches: sets the sender of its context,
+    /// decodes a message (one that does not decode is logged, rate-limited per peer, and
+    /// goes to `on_error`; an ask fails, and goes to `on_error` only if `Deserialize`
+    /// panicked) and runs the endpoint's code for it under [`guard`](Self::guard).
+    pub(crate) fn handle<R: Reach>(&self, mut reach: R, msg: InboxMessage) {
+        let call = match msg {
+            InboxMessage::OnStart => {
+                debug!("endpoint {} starts", self.name);
+                Call::OnStart
+            }
+            InboxMessage::OnStop => {
+                debug!("endpoint {} stops", self.name);
+                Call::OnStop
+            }
+            InboxMessage::Connected(remote) => Call::Connected(remote),
+            InboxMessage::Disconnected(remote) => Call::Disconnected(remote),
+            InboxMessage::NetworkError(error, remote) => Call::NetworkError(error, remote),
+            InboxMessage::OneWay { sender, payload } => {
+                reach.set_sender(sender);
+                let peer = payload.peer();
+                match self.decode::<R::Message>(payload) {
+                    Ok(msg) => self.guard(&mut reach, Call::Receive(msg)),
+                    Err((err, panicked)) => {
+                        if panicked {
+                            metrics::bump(&self.stats.panics);
+                        }
+                        peer_warn!(
+                            self.env.counters().log_limit,
+                            peer,
+                            kind::DECODE,
+                            "one-way message for endpoint {} dropped: {err:#}",
+                            self.name
+                        );
+                        self.guard(&mut reach, Call::OnError(err));
+                    }
+                }
+                return;
+            }
+            InboxMessage::Ask { payload, mut reply } => {
+                reach.set_sender(reply.sender_address());
+                reply.count_in(&self.stats);
+                let peer = payload.peer();
+                match self.decode::<R::Message>(payload) {
+                    Ok(msg) => self.guard(&mut reach, Call::Ask(msg, reply)),
+                    Err((err, panicked)) => {
+                        peer_warn!(
+                            self.env.counters().log_limit,
+                            peer,
+                            kind::DECODE,
+                            "ask for endpoint {} failed: {err:#}",
+                            self.name
+                        );
+                        reply.fail(err.clone());
+                        if panicked {
+                            metrics::bump(&self.stats.panics);
+                            self.guard(&mut reach, Call::OnError(err));
+                        }
+                    }
+                }
+                return;
+            }
+        };
+        reach.set_sender(None);
+        self.guard(&mut reach, call);
     }
 
-    fn decode(&self, payload: Payload) -> Result<E::Message, (RpcError, bool)> {
-        decode_payload::<E::Message>(&self.env, &self.name, self.message_type, payload)
+    fn decode<M: DeserializeOwned + 'static>(
+        &self,
+        payload: Payload,
+    ) -> Result<M, (RpcError, bool)> {
+        decode_payload::<M>(&self.env, &self.name, self.message_type, payload)
     }
 
-    /// Runs endpoint code; a panic goes to `on_error`.
-    fn guard(&mut self, f: impl FnOnce(&mut E, &EndpointContext<E::Message>)) {
-        let outcome = catch_unwind(AssertUnwindSafe(|| f(&mut self.endpoint, &self.ctx)));
+    /// Runs `call`; a panic is counted, fails the ask the handler held
+    /// ([`RpcCallContext::answer_panicked`]) and goes to `on_error`, whose own panic is
+    /// logged and ignored.
+    fn guard<R: Reach>(&self, reach: &mut R, call: Call<R::Message>) {
+        let outcome = catch_unwind(AssertUnwindSafe(|| reach.call(call)));
         let Err(payload) = outcome else {
             return;
         };
@@ -164,9 +291,7 @@ impl<E: RpcEndpoint> Typed<E> {
             endpoint: self.name.to_string(),
             message,
         };
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            self.endpoint.on_error(error, &self.ctx)
-        }));
+        let outcome = catch_unwind(AssertUnwindSafe(|| reach.call(Call::OnError(error))));
         if let Err(payload) = outcome {
             let message = panic_message(payload.as_ref());
             RpcCallContext::answer_panicked(&message);
@@ -174,6 +299,34 @@ impl<E: RpcEndpoint> Typed<E> {
                 "on_error of endpoint {} panicked ({message}); ignored",
                 self.name
             );
+        }
+    }
+}
+
+/// An endpoint of either kind with its context and [`Runner`], behind the [`Handler`]
+/// (an [`RpcEndpoint`]) or the [`SharedHandler`](crate::rpc::inbox::SharedHandler) (a
+/// [`ConcurrentRpcEndpoint`](crate::ConcurrentRpcEndpoint)) its inbox calls. `M` is the
+/// endpoint's message type.
+pub(crate) struct Hosted<E, M> {
+    pub(crate) endpoint: E,
+    /// The context of events and of messages; a concurrent endpoint's message with a
+    /// sender address gets a copy naming it.
+    pub(crate) ctx: EndpointContext<M>,
+    pub(crate) runner: Runner,
+}
+
+impl<E, M: 'static> Hosted<E, M> {
+    pub(crate) fn new(
+        endpoint: E,
+        ctx: EndpointContext<M>,
+        env: Arc<EnvInner>,
+        name: Arc<str>,
+        stats: Arc<EndpointStats>,
+    ) -> Self {
+        Self {
+            endpoint,
+            ctx,
+            runner: Runner::new::<M>(env, name, stats),
         }
     }
 }
@@ -236,73 +389,13 @@ pub(crate) fn decode_payload<M: DeserializeOwned + 'static>(
     }
 }
 
-impl<E: RpcEndpoint> Handler for Typed<E> {
+impl<E: RpcEndpoint> Handler for Hosted<E, E::Message> {
     fn handle(&mut self, msg: InboxMessage) {
-        match msg {
-            InboxMessage::OnStart => {
-                self.ctx.set_sender(None);
-                debug!("endpoint {} starts", self.name);
-                self.guard(|e, ctx| e.on_start(ctx));
-            }
-            InboxMessage::OnStop => {
-                self.ctx.set_sender(None);
-                debug!("endpoint {} stops", self.name);
-                self.guard(|e, ctx| e.on_stop(ctx));
-            }
-            InboxMessage::OneWay { sender, payload } => {
-                self.ctx.set_sender(sender);
-                let peer = payload.peer();
-                match self.decode(payload) {
-                    Ok(msg) => self.guard(|e, ctx| e.receive(msg, ctx)),
-                    Err((err, panicked)) => {
-                        if panicked {
-                            metrics::bump(&self.stats.panics);
-                        }
-                        peer_warn!(
-                            self.env.counters().log_limit,
-                            peer,
-                            kind::DECODE,
-                            "one-way message for endpoint {} dropped: {err:#}",
-                            self.name
-                        );
-                        self.guard(|e, ctx| e.on_error(err, ctx));
-                    }
-                }
-            }
-            InboxMessage::Ask { payload, mut reply } => {
-                self.ctx.set_sender(reply.sender_address());
-                reply.count_in(&self.stats);
-                let peer = payload.peer();
-                match self.decode(payload) {
-                    Ok(msg) => self.guard(|e, ctx| e.receive_and_reply(msg, reply, ctx)),
-                    Err((err, panicked)) => {
-                        peer_warn!(
-                            self.env.counters().log_limit,
-                            peer,
-                            kind::DECODE,
-                            "ask for endpoint {} failed: {err:#}",
-                            self.name
-                        );
-                        reply.fail(err.clone());
-                        if panicked {
-                            metrics::bump(&self.stats.panics);
-                            self.guard(|e, ctx| e.on_error(err, ctx));
-                        }
-                    }
-                }
-            }
-            InboxMessage::Connected(remote) => {
-                self.ctx.set_sender(None);
-                self.guard(|e, ctx| e.on_connected(&remote, ctx));
-            }
-            InboxMessage::Disconnected(remote) => {
-                self.ctx.set_sender(None);
-                self.guard(|e, ctx| e.on_disconnected(&remote, ctx));
-            }
-            InboxMessage::NetworkError(error, remote) => {
-                self.ctx.set_sender(None);
-                self.guard(|e, ctx| e.on_network_error(&error, &remote, ctx));
-            }
-        }
+        let Self {
+            endpoint,
+            ctx,
+            runner,
+        } = self;
+        runner.handle(Exclusive { endpoint, ctx }, msg);
     }
 }

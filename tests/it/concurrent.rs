@@ -234,6 +234,18 @@ impl ConcurrentRpcEndpoint for Probe {
     }
 }
 
+/// Registers a [`Probe`] as `probe` in `env`, the default one as `configure` changes it;
+/// returns its stats and a reference to it.
+fn setup_probe(
+    env: &RpcEnv,
+    configure: impl FnOnce(Probe) -> Probe,
+) -> (Arc<Stats>, RpcEndpointRef<Msg>) {
+    let stats = Arc::new(Stats::default());
+    let probe = configure(Probe::new(&stats));
+    let probe = env.setup_concurrent_endpoint("probe", probe).unwrap();
+    (stats, probe)
+}
+
 /// A client-mode env with `threads` dispatcher threads.
 fn env_with_threads(name: &str, threads: usize) -> RpcEnv {
     client_env_with(
@@ -253,10 +265,7 @@ fn assert_no_violations(stats: &Stats) {
 #[test]
 fn four_handlers_run_at_once_on_a_pool_of_four_threads() {
     let env = env_with_threads("concurrent-meet", 4);
-    let stats = Arc::new(Stats::default());
-    let probe = env
-        .setup_concurrent_endpoint("probe", Probe::new(&stats))
-        .unwrap();
+    let (stats, probe) = setup_probe(&env, |p| p);
     let pending: Vec<_> = (0..4).map(|_| probe.ask::<bool>(Msg::Meet(4))).collect();
     for p in pending {
         assert!(p.wait().unwrap(), "a handler waited alone: no parallelism");
@@ -271,12 +280,7 @@ fn four_handlers_run_at_once_on_a_pool_of_four_threads() {
 #[test]
 fn max_concurrent_caps_the_handlers_running_at_once() {
     let env = env_with_threads("concurrent-cap", 4);
-    let stats = Arc::new(Stats::default());
-    let probe = Probe {
-        limit: 2,
-        ..Probe::new(&stats)
-    };
-    let probe = env.setup_concurrent_endpoint("probe", probe).unwrap();
+    let (stats, probe) = setup_probe(&env, |p| Probe { limit: 2, ..p });
     let pending: Vec<_> = (0..16).map(|_| probe.ask::<u64>(Msg::Sleep(10))).collect();
     for p in pending {
         assert_eq!(p.wait().unwrap(), 0);
@@ -294,12 +298,10 @@ fn max_concurrent_caps_the_handlers_running_at_once() {
 #[test]
 fn on_start_runs_first_and_alone_and_on_stop_last_and_once() {
     let env = env_with_threads("concurrent-lifecycle", 4);
-    let stats = Arc::new(Stats::default());
-    let probe = Probe {
+    let (stats, probe) = setup_probe(&env, |p| Probe {
         start_pause: Duration::from_millis(100),
-        ..Probe::new(&stats)
-    };
-    let probe = env.setup_concurrent_endpoint("probe", probe).unwrap();
+        ..p
+    });
     for _ in 0..40 {
         probe.send(Msg::Sleep(1)).unwrap();
     }
@@ -328,10 +330,7 @@ fn on_start_runs_first_and_alone_and_on_stop_last_and_once() {
 #[test]
 fn a_panic_goes_to_on_error_and_later_messages_are_still_handled() {
     let env = env_with_threads("concurrent-panic", 2);
-    let stats = Arc::new(Stats::default());
-    let probe = env
-        .setup_concurrent_endpoint("probe", Probe::new(&stats))
-        .unwrap();
+    let (stats, probe) = setup_probe(&env, |p| p);
     for round in 0..3 {
         match probe.ask_sync::<u64>(Msg::Panic) {
             Err(RpcError::Remote { message }) => {
@@ -379,10 +378,7 @@ fn a_panic_goes_to_on_error_and_later_messages_are_still_handled() {
 #[test]
 fn stop_while_a_handler_is_blocked_waits_for_it_before_on_stop() {
     let env = env_with_threads("concurrent-stop", 2);
-    let stats = Arc::new(Stats::default());
-    let probe = env
-        .setup_concurrent_endpoint("probe", Probe::new(&stats))
-        .unwrap();
+    let (stats, probe) = setup_probe(&env, |p| p);
     let held = probe.ask::<u64>(Msg::Hold);
     wait_for("the handler to block", 10, || {
         stats.running.load(Ordering::SeqCst) == 1
@@ -417,10 +413,7 @@ fn stop_while_a_handler_is_blocked_waits_for_it_before_on_stop() {
 #[test]
 fn shutdown_with_busy_handlers_waits_for_them_then_runs_on_stop() {
     let env = env_with_threads("concurrent-shutdown", 2);
-    let stats = Arc::new(Stats::default());
-    let probe = env
-        .setup_concurrent_endpoint("probe", Probe::new(&stats))
-        .unwrap();
+    let (stats, probe) = setup_probe(&env, |p| p);
     let held: Vec<_> = (0..2).map(|_| probe.ask::<u64>(Msg::Hold)).collect();
     wait_for("both handlers to block", 10, || {
         stats.running.load(Ordering::SeqCst) == 2
@@ -456,10 +449,7 @@ fn shutdown_with_busy_handlers_waits_for_them_then_runs_on_stop() {
 #[test]
 fn remote_and_local_asks_and_one_way_messages_are_handled() {
     let server = server_env("concurrent-server");
-    let stats = Arc::new(Stats::default());
-    let local = server
-        .setup_concurrent_endpoint("probe", Probe::new(&stats))
-        .unwrap();
+    let (stats, local) = setup_probe(&server, |p| p);
     let client = server_env("concurrent-client");
     let remote = client
         .setup_endpoint_ref::<Msg>(address_of(&server), "probe")
@@ -498,10 +488,7 @@ fn remote_and_local_asks_and_one_way_messages_are_handled() {
 #[test]
 fn replies_and_lookups_of_the_wrong_type_are_errors() {
     let server = server_env("concurrent-types");
-    let stats = Arc::new(Stats::default());
-    let local = server
-        .setup_concurrent_endpoint("probe", Probe::new(&stats))
-        .unwrap();
+    let (_, local) = setup_probe(&server, |p| p);
     let client = client_env("concurrent-types-client");
     let remote = client
         .setup_endpoint_ref::<Msg>(address_of(&server), "probe")
@@ -557,6 +544,50 @@ fn setup_errors_are_those_of_setup_endpoint() {
     ));
 }
 
+/// A panic in `threading()` (an `RpcEndpoint`) or `max_concurrent()` (a concurrent one),
+/// read when the endpoint is set up, fails the setup with `EndpointPanicked` naming the
+/// endpoint, the method and the panic; nothing is registered, so the name stays free.
+#[test]
+fn a_panic_in_threading_or_max_concurrent_fails_the_setup_and_registers_nothing() {
+    struct BadThreading;
+    impl RpcEndpoint for BadThreading {
+        type Message = Msg;
+        fn threading(&self) -> rpcenv::Threading {
+            panic!("no threading today")
+        }
+    }
+    struct BadLimit;
+    impl ConcurrentRpcEndpoint for BadLimit {
+        type Message = Msg;
+        fn max_concurrent(&self) -> usize {
+            panic!("no limit today")
+        }
+    }
+    let env = client_env("concurrent-setup-panics");
+    let failures = [
+        (env.setup_endpoint("bad", BadThreading).err(), "threading()"),
+        (
+            env.setup_concurrent_endpoint("bad", BadLimit).err(),
+            "max_concurrent()",
+        ),
+    ];
+    for (failure, method) in failures {
+        match failure {
+            Some(RpcError::EndpointPanicked { endpoint, message }) => {
+                assert_eq!(endpoint, "bad");
+                assert!(message.contains(method), "{message}");
+                assert!(message.contains("today"), "{message}");
+            }
+            other => panic!("expected EndpointPanicked, got {other:?}"),
+        }
+    }
+    assert!(env.metrics().endpoints.iter().all(|e| e.name != "bad"));
+    let stats = Arc::new(Stats::default());
+    let probe = env.setup_concurrent_endpoint("bad", Probe::new(&stats));
+    assert_eq!(probe.unwrap().ask_sync::<u64>(Msg::Echo(1)).unwrap(), 2);
+    env.shutdown();
+}
+
 /// The configuration of the flood tests: inboxes, windows and queues of 64k, sends that
 /// give up after 300 ms.
 fn small_bounds() -> rpcenv::RpcConf {
@@ -583,10 +614,7 @@ fn flood(probe: &RpcEndpointRef<Msg>) -> (usize, RpcError) {
 #[test]
 fn remote_flood_is_bounded_by_the_inbox_window() {
     let server = server_env_with("concurrent-flood", small_bounds());
-    let stats = Arc::new(Stats::default());
-    let local = server
-        .setup_concurrent_endpoint("probe", Probe::new(&stats))
-        .unwrap();
+    let (stats, local) = setup_probe(&server, |p| p);
     let client = client_env_with("concurrent-flood-client", small_bounds());
     // Looked up first: the lookup needs a pool thread, which the held handlers take all of.
     let remote = client
@@ -621,10 +649,7 @@ fn remote_flood_is_bounded_by_the_inbox_window() {
 #[test]
 fn local_flood_is_bounded_by_the_inbox_capacity() {
     let env = client_env_with("concurrent-local-flood", small_bounds());
-    let stats = Arc::new(Stats::default());
-    let probe = env
-        .setup_concurrent_endpoint("probe", Probe::new(&stats))
-        .unwrap();
+    let (stats, probe) = setup_probe(&env, |p| p);
     let held: Vec<_> = (0..2).map(|_| probe.ask::<u64>(Msg::Hold)).collect();
     wait_for("both handlers to block", 10, || {
         stats.running.load(Ordering::SeqCst) == 2
@@ -661,12 +686,7 @@ fn a_handler_sending_to_its_own_full_inbox_does_not_wait() {
             .set("rpc.dispatcher.inboxCapacity", "64k")
             .set("rpc.io.sendTimeout", "20s"),
     );
-    let stats = Arc::new(Stats::default());
-    let probe = Probe {
-        limit: 1,
-        ..Probe::new(&stats)
-    };
-    let probe = env.setup_concurrent_endpoint("probe", probe).unwrap();
+    let (stats, probe) = setup_probe(&env, |p| Probe { limit: 1, ..p });
     let started = Instant::now();
     assert_eq!(probe.ask_sync::<u32>(Msg::SelfSend(400)).unwrap(), 400);
     assert!(started.elapsed() < PROMPTLY, "{:?}", started.elapsed());

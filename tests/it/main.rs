@@ -7,6 +7,8 @@
 // by loom and use the standard types directly.
 #![allow(clippy::disallowed_types)]
 
+#[path = "../support/frames.rs"]
+mod frames;
 mod support;
 
 mod auth;

@@ -17,6 +17,7 @@ use rpcenv::transport::{
 };
 use rpcenv::{RpcConf, RpcEnv, RpcError};
 
+use crate::frames::stream_request_frame;
 use crate::support::{
     ClientSide, HOST, PROMPTLY, client_env, client_env_with, init_logger, lock, recv_within,
     rpc_conf, server_env, server_env_with, spawn, transport_conf,
@@ -851,15 +852,6 @@ fn a_worker_fetches_a_file_from_the_masters_file_server() {
 fn _conf_is_used(_: RpcConf) {}
 
 // ---- a new user and a hostile peer ----
-
-/// A `StreamRequest` frame for `id`, as raw bytes.
-fn stream_request_frame(id: &[u8]) -> Vec<u8> {
-    let mut frame = ((9 + 4 + id.len()) as i64).to_be_bytes().to_vec();
-    frame.push(6);
-    frame.extend_from_slice(&(id.len() as i32).to_be_bytes());
-    frame.extend_from_slice(id);
-    frame
-}
 
 /// Makes a FIFO at `path` (with the system's `mkfifo`).
 fn mkfifo(path: &Path) {
