@@ -399,6 +399,12 @@ fn call_misbehaving_server(
     assert!(started.elapsed() < PROMPTLY, "took {:?}", started.elapsed());
     client.close(); // the raw server reads until the client hangs up
     crate::support::join(handle);
+    // The loop reports a failure (`exception_caught`) before the connection's end, which
+    // may come after the call's outcome (a caller that read the bad frame itself hands
+    // the close to the loop).
+    wait_for("the connection's end to be reported", 5, || {
+        side.handler.saw_inactive_id(client.id())
+    });
     let exceptions = side
         .handler
         .exceptions()
