@@ -173,6 +173,7 @@ impl State {
             counter!("rpcenv_frames_rejected_total", labels).absolute(*n);
         }
         counter!("rpcenv_auth_failures_total", env()).absolute(e.auth_failures);
+        counter!("rpcenv_answers_read_by_callers_total", env()).absolute(e.answers_read_by_callers);
         for (label, f) in self.peer_figures(m) {
             let peer = || {
                 let mut labels = env();
@@ -331,6 +332,14 @@ mod tests {
                 assert_eq!(
                     find(&v, "rpcenv_connections", &[("env", "facade-test")]),
                     Some(&DebugValue::Gauge(0.0.into()))
+                );
+                assert_eq!(
+                    find(
+                        &v,
+                        "rpcenv_answers_read_by_callers_total",
+                        &[("env", "facade-test")]
+                    ),
+                    Some(&DebugValue::Counter(0))
                 );
                 break;
             }
