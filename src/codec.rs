@@ -32,8 +32,8 @@
 //! into its final buffer) when it is decoded. A [`SharedBytes`] of at least 16 KiB is not
 //! copied at all on a plaintext connection: encoded for a frame ([`encode_spliced`]), its
 //! buffer is written to the socket from where it is, and decoded from a received frame
-//! ([`decode_shared`]), it is a view of the body. (An encrypted connection copies it once
-//! when it seals the frame.)
+//! ([`decode_shared`]), it is a view of the body. (On an encrypted connection the cipher
+//! reads it where it is and writes the ciphertext into a buffer of its own.)
 //!
 //! # Untrusted bytes
 //!

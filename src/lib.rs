@@ -133,8 +133,8 @@
 //! - **Payloads kept or forwarded.** A [`SharedBytes`] field is the same bytes on the
 //!   wire, but a received one is not copied at all: it is a reference-counted view of the
 //!   received frame body; sent to another env, one of 16 KiB or more is written to the
-//!   socket from its own buffer, not copied into the frame (copied once when sealed on an
-//!   encrypted connection). It keeps that whole frame in memory while it lives; copy a
+//!   socket from its own buffer, not copied into the frame (on an encrypted connection the
+//!   cipher reads it from there). It keeps that whole frame in memory while it lives; copy a
 //!   small part kept for long (`to_vec()`). Which to pick: `Vec<u8>` for small payloads;
 //!   `ByteBuf` or `bytes::Bytes` for large ones read once; `SharedBytes` for large ones
 //!   the receiver keeps, slices or sends on. W5 (a 16 MiB echo, as a ratio to plain TCP

@@ -129,9 +129,10 @@ fn take_offered(bytes: &[u8]) -> Option<Bytes> {
 /// The `SharedBytes` (a reference count, not a copy) is held by the write queue until the
 /// frame is written in full or its connection closes; the buffer is never modified.
 /// Smaller ones are copied into the frame, as a `ByteBuf` is, which costs less than a
-/// piece of its own. On an encrypted connection (`rpc.io.encryption.enabled`) the frame
-/// is copied into one buffer when it is sealed, so a payload is copied once there, as
-/// before. Other encoders (bincode, JSON) see a plain byte string.
+/// piece of its own. On an encrypted connection (`rpc.io.encryption.enabled`) the cipher
+/// reads the buffer where it is and writes the ciphertext into its own buffer (AES-GCM a
+/// 256 KiB chunk at a time, AES-CTR the whole frame at once): that is the one copy there.
+/// Other encoders (bincode, JSON) see a plain byte string.
 ///
 /// **When to use it**: large payloads that the receiver keeps or forwards (a block
 /// cached, a chunk relayed to another env): it saves one copy of the payload per

@@ -83,20 +83,14 @@ impl Body {
         });
     }
 
-    /// The body as one buffer: the spliced pieces are copied into it (once; the body is
-    /// one buffer from then on).
-    pub(crate) fn flatten(&mut self) -> &mut Vec<u8> {
+    /// The bytes of a body that is one buffer, to encrypt in place; `None` if pieces are
+    /// spliced in (they are the caller's buffers, never modified).
+    pub(crate) fn as_flat_mut(&mut self) -> Option<&mut [u8]> {
         if self.is_spliced() {
-            let mut flat = Vec::with_capacity(self.len());
-            self.for_each_part(|part| flat.extend_from_slice(part));
-            *self = Self::from(flat);
+            None
+        } else {
+            Some(&mut self.bytes)
         }
-        &mut self.bytes
-    }
-
-    /// The bytes of a body that is one buffer (`None` if pieces are spliced in).
-    pub(crate) fn as_flat(&self) -> Option<&[u8]> {
-        (!self.is_spliced()).then_some(&self.bytes[..])
     }
 
     /// A copy of the whole body.
@@ -153,7 +147,7 @@ mod tests {
     fn parts_are_the_buffer_with_the_pieces_in_place() {
         let body = body();
         assert_eq!(body.len(), 8);
-        assert!(body.is_spliced() && body.as_flat().is_none());
+        assert!(body.is_spliced());
         let mut parts = Vec::new();
         body.for_each_part(|part| parts.push(part.to_vec()));
         let expected: Vec<&[u8]> = vec![b"ab", b"XY", b"cd", b"Z", b"e"];
@@ -184,12 +178,11 @@ mod tests {
     }
 
     #[test]
-    fn flatten_copies_the_pieces_in() {
+    fn only_a_body_of_one_buffer_is_lent_out_mutably() {
         let mut body = body();
-        assert_eq!(body.flatten(), b"abXYcdZe");
-        assert!(!body.is_spliced());
-        assert_eq!(body.as_flat(), Some(&b"abXYcdZe"[..]));
-        assert_eq!(body.len(), 8);
+        assert!(body.as_flat_mut().is_none());
+        let mut flat = Body::from(b"abc".to_vec());
+        assert_eq!(flat.as_flat_mut().map(|bytes| &*bytes), Some(&b"abc"[..]));
     }
 
     #[test]

@@ -12,8 +12,9 @@
 //!
 //! On an encrypted connection the thread that writes *seals* each segment before its
 //! first byte goes out ([`Segments::seal`]): AES-CTR encrypts it in place, AES-GCM turns it
-//! into one envelope. A body with spliced pieces is first copied into one buffer (the
-//! cipher works on its own copy of the bytes; the caller's buffers are never modified). A sealed segment is never appended to and never sealed again, so a
+//! into one envelope. A body with spliced pieces is never encrypted in place (the pieces
+//! are the caller's buffers, never modified): the cipher reads its parts and writes the
+//! ciphertext into a buffer of its own, as GCM always does. A sealed segment is never appended to and never sealed again, so a
 //! write that stops half way resumes with the same ciphertext. A GCM envelope for a frame
 //! over [`LAZY_SEAL_MIN`] bytes is sealed [`SEAL_CHUNK`] bytes at a time, each chunk when
 //! the socket has taken the one before ([`Segment::Envelope`]): the writer holds 256 KiB
@@ -147,20 +148,20 @@ impl Frame {
         self.header.as_bytes().len() + self.body.len() + tail
     }
 
-    /// The bytes `start..end` of a frame whose body is one buffer (see
-    /// [`Body::flatten`]) as it goes on the wire (header, then body), as up to two slices.
-    fn range(&self, start: usize, end: usize) -> [&[u8]; 2] {
-        let header = self.header.as_bytes();
-        let body = self.body.as_flat().unwrap_or_else(|| {
-            debug_assert!(false, "a spliced body is flattened before it is sealed");
-            &[]
+    /// The bytes `start..end` of the frame as it goes on the wire (header, then the body's
+    /// parts), as slices.
+    fn range(&self, start: usize, end: usize) -> Vec<&[u8]> {
+        let mut parts = Vec::new();
+        let mut at = start;
+        self.parts_from(start, |part| {
+            let part = &part[..part.len().min(end.saturating_sub(at))];
+            at += part.len();
+            if !part.is_empty() {
+                parts.push(part);
+            }
+            at < end
         });
-        let cut = |at: usize| at.min(header.len());
-        let body_at = |at: usize| at.saturating_sub(header.len()).min(body.len());
-        [
-            &header[cut(start)..cut(end)],
-            &body[body_at(start)..body_at(end)],
-        ]
+        parts
     }
 
     /// Calls `f` with the non-empty parts of the frame's wire bytes from `start` on
@@ -530,13 +531,16 @@ impl Segment {
                 sealed,
             } => {
                 debug_assert_eq!(*written, 0, "a segment is sealed before it is written");
-                // The cipher takes the body as one buffer: spliced pieces are copied in
-                // here (the one copy of a spliced payload on an encrypted connection).
-                frame.body.flatten();
-                if cipher.encrypt_in_place(frame.header.as_bytes_mut()) {
-                    cipher.encrypt_in_place(frame.body.flatten());
-                    *sealed = true;
-                    return Ok(());
+                // A body with spliced pieces is never encrypted in place (the pieces are
+                // the caller's): the cipher writes its wire bytes from the parts into a
+                // buffer of its own (the one copy of such a payload on an encrypted
+                // connection, as CTR's in-place copy was before).
+                if let Some(body) = frame.body.as_flat_mut() {
+                    if cipher.encrypt_in_place(frame.header.as_bytes_mut()) {
+                        cipher.encrypt_in_place(body);
+                        *sealed = true;
+                        return Ok(());
+                    }
                 }
                 let len = frame.len();
                 if len > LAZY_SEAL_MIN {
@@ -564,7 +568,7 @@ impl Segment {
                     }
                 }
                 let mut wire = Vec::with_capacity(cipher.max_output(len));
-                cipher.encrypt(&[frame.header.as_bytes(), frame.body.flatten()], &mut wire)?;
+                cipher.encrypt(&frame.range(0, len), &mut wire)?;
                 let mark = Mark {
                     end: wire.len(),
                     len,
@@ -1406,17 +1410,29 @@ mod tests {
         );
     }
 
-    /// On an encrypted connection a spliced body is copied into one buffer when it is
-    /// sealed, and decrypts to the copied frame's bytes.
+    /// On an encrypted connection a spliced body decrypts to the copied frame's bytes;
+    /// the cipher reads the pieces where they are (a large GCM frame is sealed a chunk at
+    /// a time straight from them) and never modifies them.
     #[test]
     fn spliced_bodies_are_sealed_as_the_copied_body_would_be() {
         for cipher in [Cipher::AesCtr, Cipher::AesGcm] {
             for big in [50_000, LAZY_SEAL_MIN + 70_000] {
                 let (mut encryptor, mut decryptor) = channel_pair(cipher);
+                let large = piece(big, 1);
                 let (frame, plain) =
-                    spliced_frame(&[(5, piece(big, 1)), (5, piece(3, 2)), (90, piece(20_000, 3))]);
+                    spliced_frame(&[(5, large.clone()), (5, piece(3, 2)), (90, piece(20_000, 3))]);
                 let mut segments = Segments::default();
                 segments.push(frame);
+                assert!(segments.seal(&mut encryptor).is_ok());
+                if cipher == Cipher::AesGcm && big > LAZY_SEAL_MIN {
+                    assert!(
+                        matches!(
+                            segments.queue.front(),
+                            Some(Segment::Envelope { frame, .. }) if frame.body.is_spliced()
+                        ),
+                        "sealed a chunk at a time from the pieces"
+                    );
+                }
                 let wire = Trickle::new(16_384);
                 let mut calls = 0;
                 while !segments.is_empty() {
@@ -1432,6 +1448,7 @@ mod tests {
                     out == plain,
                     "{cipher:?} of {big}: the copied frame's bytes"
                 );
+                assert!(large.iter().all(|&b| b == 1), "the piece is left as it was");
             }
         }
     }
