@@ -21,7 +21,7 @@
 //! | payload type | encode | decode |
 //! |---|---|---|
 //! | `serde_bytes::ByteBuf`, `bytes::Bytes` (serde feature), anything that calls `serialize_bytes` / `deserialize_byte_buf` | the length, then one `extend_from_slice` | one borrow of the frame, copied once into the value |
-//! | [`SharedBytes`] | as `ByteBuf` | a view of the received frame body ([`decode_shared`]); a copy as for `ByteBuf` elsewhere ([`decode`]) |
+//! | [`SharedBytes`] | as `ByteBuf`; from 16 KiB on, for a frame ([`encode_spliced`]), the length only: the buffer is written to the socket at its place | a view of the received frame body ([`decode_shared`]); a copy as for `ByteBuf` elsewhere ([`decode`]) |
 //! | `Vec<u8>`, `[u8; N]` (serde hands them over byte by byte) | a push per byte | a bounds-checked byte read and a push per byte |
 //!
 //! A value is measured first (a pass that only counts bytes) and then written into a
@@ -29,8 +29,11 @@
 //! that never grows, and the transport writes it from there. So beyond what the kernel
 //! copies, a byte payload is copied once on each side: into the frame body when it is
 //! encoded, and out of the received frame body (which the transport reads from the socket
-//! into its final buffer) when it is decoded. A [`SharedBytes`] is copied only when it is
-//! encoded: decoded from a received frame ([`decode_shared`]), it is a view of the body.
+//! into its final buffer) when it is decoded. A [`SharedBytes`] of at least 16 KiB is not
+//! copied at all on a plaintext connection: encoded for a frame ([`encode_spliced`]), its
+//! buffer is written to the socket from where it is, and decoded from a received frame
+//! ([`decode_shared`]), it is a view of the body. (On an encrypted connection the cipher
+//! reads it where it is and writes the ciphertext into a buffer of its own.)
 //!
 //! # Untrusted bytes
 //!
@@ -110,7 +113,7 @@ impl serde::de::Error for Error {
 fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, Error> {
     let mut counter = ser::Counter::default();
     value.serialize(&mut ser::Encoder { out: &mut counter })?;
-    Ok(counter.0)
+    Ok(counter.total)
 }
 
 /// Serializes `value`; `what` names it in errors (e.g. "message for endpoint echo"). It
@@ -142,6 +145,45 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     });
     result.map_err(|err| {
         out.truncate(start);
+        RpcError::Encode {
+            what: what.to_string(),
+            reason: err.0,
+        }
+    })
+}
+
+/// As [`encode_into`], except that each [`SharedBytes`] of at least
+/// [`SPLICE_MIN`](shared::SPLICE_MIN) bytes in `value` is not copied into `out`: its
+/// length is, and its buffer is pushed to `spliced` as `(at, piece)`, to go on the wire
+/// before `out[at..]`. The bytes `out` and the pieces make together, in that order, are
+/// exactly those [`encode_into`] writes. On error `out` and `spliced` are left as they
+/// were.
+pub(crate) fn encode_spliced<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+    spliced: &mut Vec<(usize, Bytes)>,
+    what: impl fmt::Display,
+) -> Result<(), RpcError> {
+    let start = (out.len(), spliced.len());
+    let mut splicer = ser::Splicer {
+        bytes: std::mem::take(out),
+        spliced: std::mem::take(spliced),
+    };
+    let mut counter = ser::Counter {
+        splicing: true,
+        ..ser::Counter::default()
+    };
+    let result = value
+        .serialize(&mut ser::Encoder { out: &mut counter })
+        .and_then(|()| {
+            splicer.bytes.reserve(counter.total - counter.lent);
+            value.serialize(&mut ser::Encoder { out: &mut splicer })
+        });
+    *out = splicer.bytes;
+    *spliced = splicer.spliced;
+    result.map_err(|err| {
+        out.truncate(start.0);
+        spliced.truncate(start.1);
         RpcError::Encode {
             what: what.to_string(),
             reason: err.0,

@@ -132,12 +132,16 @@
 //!   peers.
 //! - **Payloads kept or forwarded.** A [`SharedBytes`] field is the same bytes on the
 //!   wire, but a received one is not copied at all: it is a reference-counted view of the
-//!   received frame body. It keeps that whole frame in memory while it lives; copy a
+//!   received frame body; sent to another env, one of 16 KiB or more is written to the
+//!   socket from its own buffer, not copied into the frame (on an encrypted connection the
+//!   cipher reads it from there). It keeps that whole frame in memory while it lives; copy a
 //!   small part kept for long (`to_vec()`). Which to pick: `Vec<u8>` for small payloads;
 //!   `ByteBuf` or `bytes::Bytes` for large ones read once; `SharedBytes` for large ones
 //!   the receiver keeps, slices or sends on. W5 (a 16 MiB echo, as a ratio to plain TCP
 //!   in the same run, 6 alternating rounds on a shared 2-core machine): `SharedBytes`
-//!   0.66 to 0.86 (median 0.74), `ByteBuf` 0.52 to 0.97 (median 0.62).
+//!   0.66 to 0.86 (median 0.74), `ByteBuf` 0.52 to 0.97 (median 0.62), before the
+//!   zero-copy send; with it, 16 rounds on a busier machine: `SharedBytes` 1.50x the
+//!   MB/s of the build before (see the README).
 //! - `shutdown` waits up to five seconds for endpoints to run `on_stop` and for threads
 //!   to exit (a connect under way included), then leaves busy ones behind and logs them
 //!   by name: only threads really busy (idle pool threads get a moment to exit even when

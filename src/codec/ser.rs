@@ -21,13 +21,14 @@
 
 use std::fmt;
 
+use bytes::Bytes;
 use serde::Serialize;
 use serde::ser::{
     self, SerializeMap, SerializeSeq, SerializeStruct, SerializeStructVariant, SerializeTuple,
     SerializeTupleStruct, SerializeTupleVariant,
 };
 
-use super::Error;
+use super::{Error, shared};
 
 /// Where an [`Encoder`] puts bytes.
 pub(super) trait Output: Default {
@@ -35,6 +36,13 @@ pub(super) trait Output: Default {
     fn push(&mut self, byte: u8);
     /// Appends `bytes`.
     fn extend(&mut self, bytes: &[u8]);
+
+    /// Appends the bytes of a byte string (after its length): as [`extend`](Self::extend),
+    /// unless the output splices a lent [`SharedBytes`](super::SharedBytes) instead.
+    #[inline]
+    fn byte_string(&mut self, bytes: &[u8]) {
+        self.extend(bytes);
+    }
 }
 
 impl Output for Vec<u8> {
@@ -49,19 +57,62 @@ impl Output for Vec<u8> {
     }
 }
 
-/// Counts the bytes instead of writing them.
+/// Counts the bytes instead of writing them: all of them, and those a [`Splicer`] would
+/// splice rather than copy.
 #[derive(Debug, Default)]
-pub(super) struct Counter(pub(super) usize);
+pub(super) struct Counter {
+    pub(super) total: usize,
+    /// Bytes of lent [`SharedBytes`](super::SharedBytes) (counted in `total` too).
+    pub(super) lent: usize,
+    /// Whether lent bytes are counted in `lent` (a count for a [`Splicer`]).
+    pub(super) splicing: bool,
+}
 
 impl Output for Counter {
     #[inline]
     fn push(&mut self, _: u8) {
-        self.0 += 1;
+        self.total += 1;
     }
 
     #[inline]
     fn extend(&mut self, bytes: &[u8]) {
-        self.0 += bytes.len();
+        self.total += bytes.len();
+    }
+
+    fn byte_string(&mut self, bytes: &[u8]) {
+        self.total += bytes.len();
+        if self.splicing && shared::is_lent(bytes) {
+            self.lent += bytes.len();
+        }
+    }
+}
+
+/// Writes into a buffer, except lent [`SharedBytes`](super::SharedBytes) (those of at
+/// least [`SPLICE_MIN`](shared::SPLICE_MIN) bytes), which it records as pieces to go on
+/// the wire at their place instead of copying them.
+#[derive(Debug, Default)]
+pub(super) struct Splicer {
+    pub(super) bytes: Vec<u8>,
+    /// `(at, piece)`: `piece` goes before `bytes[at..]`.
+    pub(super) spliced: Vec<(usize, Bytes)>,
+}
+
+impl Output for Splicer {
+    #[inline]
+    fn push(&mut self, byte: u8) {
+        self.bytes.push(byte);
+    }
+
+    #[inline]
+    fn extend(&mut self, bytes: &[u8]) {
+        self.bytes.extend_from_slice(bytes);
+    }
+
+    fn byte_string(&mut self, bytes: &[u8]) {
+        match shared::take_lent(bytes) {
+            Some(piece) => self.spliced.push((self.bytes.len(), piece)),
+            None => self.bytes.extend_from_slice(bytes),
+        }
     }
 }
 
@@ -215,14 +266,16 @@ impl<'a, O: Output> ser::Serializer for &'a mut Encoder<'_, O> {
     }
 
     fn serialize_str(self, v: &str) -> Result<(), Error> {
-        self.serialize_bytes(v.as_bytes())
+        varint(self.out, v.len() as u64);
+        self.out.extend(v.as_bytes());
+        Ok(())
     }
 
     /// The length, then the bytes in one copy.
     #[inline]
     fn serialize_bytes(self, v: &[u8]) -> Result<(), Error> {
         varint(self.out, v.len() as u64);
-        self.out.extend(v);
+        self.out.byte_string(v);
         Ok(())
     }
 

@@ -12,7 +12,17 @@ use serde::{Serialize, Serializer};
 /// it and offers the received frame's bytes through [`OFFERED`] instead of a copy.
 pub(super) const NAME: &str = "\0rpcenv::SharedBytes";
 
+/// A [`SharedBytes`] of at least this many bytes (16 KiB) is not copied when rpcenv
+/// encodes a message or reply for a connection: its buffer is written to the socket at its
+/// place in the frame. Smaller ones cost less to copy than to write as a piece of their own.
+pub(crate) const SPLICE_MIN: usize = 16 * 1024;
+
 thread_local! {
+    /// The buffer of the [`SharedBytes`] (of at least [`SPLICE_MIN`] bytes) whose
+    /// `serialize_bytes` call is under way, for a splicing encoder to take instead of a
+    /// copy; emptied when the call returns.
+    static LENT: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+
     /// A view the decoder offers for the bytes it is about to hand to a `SharedBytes`
     /// visitor; taken by that visitor, and cleared by the decoder after the call.
     static OFFERED: RefCell<Option<Bytes>> = const { RefCell::new(None) };
@@ -34,6 +44,49 @@ pub(super) fn offer<T>(view: Bytes, f: impl FnOnce() -> T) -> T {
     OFFERED.with(|slot| *slot.borrow_mut() = Some(view));
     let _withdraw = Withdraw;
     f()
+}
+
+/// Lends `bytes` to the encoder that `f` calls (see [`LENT`]), and takes it back
+/// afterwards, even if `f` panics.
+fn lend<T>(bytes: Bytes, f: impl FnOnce() -> T) -> T {
+    /// Empties the slot when dropped.
+    struct TakeBack;
+
+    impl Drop for TakeBack {
+        fn drop(&mut self) {
+            LENT.with(|slot| slot.borrow_mut().take());
+        }
+    }
+
+    LENT.with(|slot| *slot.borrow_mut() = Some(bytes));
+    let _take_back = TakeBack;
+    f()
+}
+
+/// Whether `bytes` are exactly those of the lent buffer (the same address and length).
+fn lent_is(slot: &Option<Bytes>, bytes: &[u8]) -> bool {
+    slot.as_ref()
+        .is_some_and(|lent| lent.as_ptr() == bytes.as_ptr() && lent.len() == bytes.len())
+}
+
+/// Whether `bytes` are those of a lent [`SharedBytes`] (a splicing encoder would take them).
+pub(super) fn is_lent(bytes: &[u8]) -> bool {
+    bytes.len() >= SPLICE_MIN && LENT.with(|slot| lent_is(&slot.borrow(), bytes))
+}
+
+/// The lent buffer, if `bytes` are exactly its bytes.
+pub(super) fn take_lent(bytes: &[u8]) -> Option<Bytes> {
+    if bytes.len() < SPLICE_MIN {
+        return None;
+    }
+    LENT.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if lent_is(&slot, bytes) {
+            slot.take()
+        } else {
+            None
+        }
+    })
 }
 
 /// The offered view if it is one of exactly `bytes` (the same address and length).
@@ -66,7 +119,20 @@ fn take_offered(bytes: &[u8]) -> Option<Bytes> {
 /// (bincode, JSON, rpcenv's own for a message of a local endpoint sent as another type of
 /// the same name) copies the bytes once, as for a `ByteBuf`. A message sent to an endpoint
 /// of the same env is moved, not encoded, so its `SharedBytes` is the sender's.
-/// Encoding copies the bytes once into the frame, as for a `ByteBuf`.
+///
+/// **Encoding (zero-copy send).** When rpcenv encodes a message (`send`, `ask`) or a reply
+/// for another env, a `SharedBytes` of at least 16 KiB is not copied into the frame: its
+/// length prefix is, and the frame goes to the socket in one vectored write (`writev`) of
+/// the header, the encoded bytes and each such buffer at its place. The frame's bytes,
+/// its length and what it counts against `rpc.message.maxSize`, `rpc.io.maxQueuedBytes`,
+/// flow-control windows and the bytes-sent metrics are exactly those of the copied frame.
+/// The `SharedBytes` (a reference count, not a copy) is held by the write queue until the
+/// frame is written in full or its connection closes; the buffer is never modified.
+/// Smaller ones are copied into the frame, as a `ByteBuf` is, which costs less than a
+/// piece of its own. On an encrypted connection (`rpc.io.encryption.enabled`) the cipher
+/// reads the buffer where it is and writes the ciphertext into its own buffer (AES-GCM a
+/// 256 KiB chunk at a time, AES-CTR the whole frame at once): that is the one copy there.
+/// Other encoders (bincode, JSON) see a plain byte string.
 ///
 /// **When to use it**: large payloads that the receiver keeps or forwards (a block
 /// cached, a chunk relayed to another env): it saves one copy of the payload per
@@ -176,8 +242,15 @@ impl fmt::Debug for SharedBytes {
 }
 
 impl Serialize for SharedBytes {
+    /// A byte string. One of at least 16 KiB lends its buffer to rpcenv's encoder for the
+    /// call, which then writes the buffer to the socket instead of a copy (see the type's
+    /// docs).
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(&self.0)
+        if self.0.len() >= SPLICE_MIN {
+            lend(self.0.clone(), || serializer.serialize_bytes(&self.0))
+        } else {
+            serializer.serialize_bytes(&self.0)
+        }
     }
 }
 
@@ -376,5 +449,124 @@ mod tests {
         assert_eq!(shared.slice(1..), SharedBytes::from(&b"i\n"[..]));
         assert_eq!(shared.clone().into_bytes(), Bytes::from_static(b"hi\n"));
         assert_eq!(Bytes::from(shared.clone()), shared.into_bytes());
+    }
+
+    /// Messages with large `SharedBytes` (several fields, nested in sequences, options,
+    /// maps and enums) and small ones.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum Spliceable {
+        Unit,
+        Blocks {
+            name: String,
+            first: SharedBytes,
+            small: SharedBytes,
+            rest: Vec<(u32, SharedBytes)>,
+            maybe: Option<SharedBytes>,
+            inner: Box<Block>,
+        },
+        Map(std::collections::BTreeMap<u16, SharedBytes>),
+    }
+
+    fn big(len: usize, fill: u8) -> SharedBytes {
+        SharedBytes::from(vec![fill; len])
+    }
+
+    fn spliceables() -> Vec<Spliceable> {
+        let inner = Block {
+            id: 3,
+            data: big(SPLICE_MIN, 4),
+            more: vec![big(SPLICE_MIN - 1, 5), big(70_000, 6)],
+            maybe: None,
+        };
+        vec![
+            Spliceable::Unit,
+            Spliceable::Blocks {
+                name: "b".repeat(SPLICE_MIN),
+                first: big(100_000, 1),
+                small: big(300, 2),
+                rest: vec![
+                    (1, big(20_000, 3)),
+                    (2, SharedBytes::new()),
+                    (3, big(20_000, 3)),
+                ],
+                maybe: Some(big(1 << 20, 7)),
+                inner: Box::new(inner),
+            },
+            Spliceable::Map(
+                (0..4)
+                    .map(|k| (k, big(SPLICE_MIN + usize::from(k), 8)))
+                    .collect(),
+            ),
+        ]
+    }
+
+    /// The bytes and the pieces `encode_spliced` makes, joined, are `encode`'s bytes;
+    /// each piece is the buffer of a `SharedBytes` of at least `SPLICE_MIN` bytes, and
+    /// everything shorter is copied.
+    #[test]
+    fn spliced_encoding_is_the_copied_encoding_with_large_buffers_left_in_place() {
+        for value in spliceables() {
+            let copied = encode(&value, "value").expect("encode");
+            let mut out = vec![0xaa, 0xbb];
+            let mut spliced = Vec::new();
+            crate::codec::encode_spliced(&value, &mut out, &mut spliced, "value").expect("encode");
+            let body = crate::frame::Body::spliced(out.clone(), spliced.clone());
+            assert_eq!(body.len(), 2 + copied.len());
+            assert!(body.to_vec()[2..] == copied[..], "{value:?}");
+            let pieces = spliced.len();
+            let lent: usize = spliced.iter().map(|(_, piece)| piece.len()).sum();
+            assert_eq!(out.len() + lent, 2 + copied.len());
+            assert!(spliced.iter().all(|(_, piece)| piece.len() >= SPLICE_MIN));
+            match &value {
+                Spliceable::Unit => assert_eq!(pieces, 0),
+                Spliceable::Blocks { first, maybe, .. } => {
+                    // first, two of rest, maybe, inner.data, inner.more[1].
+                    assert_eq!(pieces, 6);
+                    assert_eq!(spliced[0].1.as_ptr(), first.as_ptr(), "no copy");
+                    assert_eq!(spliced[3].1.as_ptr(), maybe.as_ref().unwrap().as_ptr());
+                    // The buffer is reserved at its exact size: no room for the pieces.
+                    assert!(out.capacity() < out.len() + SPLICE_MIN);
+                }
+                Spliceable::Map(map) => {
+                    assert_eq!(pieces, map.len());
+                    assert_eq!(spliced[1].1.as_ptr(), map[&1].as_ptr());
+                }
+            }
+            let back: Spliceable = decode(&body.to_vec()[2..], "value").expect("decode");
+            assert_eq!(back, value);
+        }
+        // Nothing stays lent after an encode.
+        assert!(LENT.with(|slot| slot.borrow().is_none()));
+    }
+
+    /// Other serializers see a plain byte string, and a failed encode leaves the output
+    /// as it was.
+    #[test]
+    fn lending_changes_nothing_for_other_serializers_and_failures() {
+        let value = big(SPLICE_MIN, 1);
+        let config = bincode::config::standard();
+        assert_eq!(
+            bincode::serde::encode_to_vec(&value, config).unwrap(),
+            encode(&value, "value").unwrap()
+        );
+        /// Fails after its byte payload was written.
+        struct Failing(SharedBytes);
+        impl Serialize for Failing {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::{Error, SerializeTuple};
+                let mut tuple = s.serialize_tuple(2)?;
+                tuple.serialize_element(&self.0)?;
+                drop(tuple);
+                Err(S::Error::custom("refused"))
+            }
+        }
+        let mut out = vec![1, 2];
+        let mut spliced = vec![(1, bytes::Bytes::from_static(b"x"))];
+        let err = crate::codec::encode_spliced(&Failing(value), &mut out, &mut spliced, "failing")
+            .unwrap_err();
+        assert!(err.to_string().contains("refused"), "{err}");
+        assert_eq!(out, [1, 2]);
+        assert_eq!(spliced.len(), 1);
+        assert!(LENT.with(|slot| slot.borrow().is_none()));
     }
 }

@@ -23,6 +23,7 @@
 //! each length before believing it. This module does no I/O, spawns no threads and reads
 //! no clock; `transport` drives it.
 
+mod body;
 mod decode;
 mod encode;
 mod header;
@@ -35,6 +36,7 @@ pub(crate) mod header_type {
 #[cfg(test)]
 mod tests;
 
+pub(crate) use body::Body;
 pub(crate) use decode::{FrameDecoder, FrameError, Item};
 pub(crate) use encode::FrameHeader;
 pub(crate) use header::{Message, stream_failure_body, stream_request_body, stream_response_body};

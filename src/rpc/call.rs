@@ -727,8 +727,8 @@ impl RpcCallContext {
                 );
                 self.count(|s| &s.asks_answered);
                 let body = envelope::encode_reply(&value, what)
-                    .unwrap_or_else(|err| envelope::encode_reply_error(&err));
-                responder.reply(body);
+                    .unwrap_or_else(|err| envelope::encode_reply_error(&err).into());
+                responder.reply_body(body);
             }
             None => {}
         }

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 
 use crate::conf::{RpcConf, Settings, keys};
 use crate::error::RpcError;
+use crate::frame::Body;
 use crate::log_limit;
 use crate::metrics::{EnvMetrics, PeerMetrics, RpcMetrics};
 use crate::rpc::address::{RpcAddress, endpoint_uri, parse_endpoint_uri};
@@ -736,7 +737,7 @@ impl EnvInner {
     /// `body` if a frame carrying it (a request, or a one-way message) fits
     /// `rpc.message.maxSize`; checked before a message waits for a connection, so that it
     /// fails at once rather than after the connect.
-    pub(crate) fn check_frame(&self, body: Vec<u8>, request: bool) -> Result<Vec<u8>, RpcError> {
+    pub(crate) fn check_frame(&self, body: Body, request: bool) -> Result<Body, RpcError> {
         let size = frame_len(body.len(), request);
         if size > self.settings.max_message_size {
             return Err(RpcError::FrameTooLarge {

@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::error::RpcError;
+use crate::frame::Body;
 use crate::rpc::address::RpcAddress;
 use crate::rpc::types::{self, TypeLabel};
 
@@ -70,13 +71,15 @@ pub(crate) struct RequestHeader<'a> {
 }
 
 /// Writes a request body: the header, then `content` through the codec. `reply_type` is
-/// the fingerprint of the reply type an ask expects (0 for a one-way message).
+/// the fingerprint of the reply type an ask expects (0 for a one-way message). Large
+/// `SharedBytes` in `content` are spliced into the body, not copied (see
+/// [`codec::encode_spliced`]).
 pub(crate) fn encode_request<M: Serialize + ?Sized>(
     sender: Option<&RpcAddress>,
     receiver: &str,
     reply_type: u64,
     content: &M,
-) -> Result<Vec<u8>, RpcError> {
+) -> Result<Body, RpcError> {
     let mut out = Vec::with_capacity(64);
     out.push(VERSION);
     match sender {
@@ -90,15 +93,17 @@ pub(crate) fn encode_request<M: Serialize + ?Sized>(
     put_str(&mut out, receiver, "endpoint name")?;
     out.extend_from_slice(&types::fingerprint::<M>().to_be_bytes());
     out.extend_from_slice(&reply_type.to_be_bytes());
-    codec::encode_into(
+    let mut spliced = Vec::new();
+    codec::encode_spliced(
         content,
         &mut out,
+        &mut spliced,
         format_args!(
             "message for endpoint {receiver} (a {})",
             TypeLabel::of::<M>()
         ),
     )?;
-    Ok(out)
+    Ok(Body::spliced(out, spliced))
 }
 
 fn put_str(out: &mut Vec<u8>, text: &str, what: &str) -> Result<(), RpcError> {
@@ -326,15 +331,17 @@ pub(crate) fn encode_reply_type_error(replied: String) -> Vec<u8> {
     out
 }
 
-/// A reply body carrying `value`.
+/// A reply body carrying `value`, its large `SharedBytes` spliced in, not copied (see
+/// [`codec::encode_spliced`]).
 pub(crate) fn encode_reply<T: Serialize + ?Sized>(
     value: &T,
     what: impl std::fmt::Display,
-) -> Result<Vec<u8>, RpcError> {
+) -> Result<Body, RpcError> {
     let mut out = Vec::with_capacity(16);
     out.push(REPLY_OK);
-    codec::encode_into(value, &mut out, what)?;
-    Ok(out)
+    let mut spliced = Vec::new();
+    codec::encode_spliced(value, &mut out, &mut spliced, what)?;
+    Ok(Body::spliced(out, spliced))
 }
 
 /// A reply body carrying `error`.
@@ -408,7 +415,9 @@ mod tests {
     #[test]
     fn request_message_serialization_round_trips_sender_receiver_and_content() {
         let sender = RpcAddress::new("10.0.0.1", 7077);
-        let body = encode_request(Some(&sender), "echo", 5, &(7u64, "hi".to_string())).unwrap();
+        let body = encode_request(Some(&sender), "echo", 5, &(7u64, "hi".to_string()))
+            .unwrap()
+            .to_vec();
         let header = decode_request(&body).unwrap();
         assert_eq!(header.sender, Some(sender));
         assert_eq!(header.receiver, "echo");
@@ -421,7 +430,7 @@ mod tests {
 
     #[test]
     fn request_message_serialization_without_sender_and_with_unit_content() {
-        let body = encode_request(None, "e", 0, &()).unwrap();
+        let body = encode_request(None, "e", 0, &()).unwrap().to_vec();
         let header = decode_request(&body).unwrap();
         assert_eq!(header.sender, None);
         assert_eq!(header.receiver, "e");
@@ -431,13 +440,17 @@ mod tests {
     #[test]
     fn ipv6_sender_round_trips() {
         let sender = RpcAddress::new("::1", 1);
-        let body = encode_request(Some(&sender), "e", 0, &1u8).unwrap();
+        let body = encode_request(Some(&sender), "e", 0, &1u8)
+            .unwrap()
+            .to_vec();
         assert_eq!(decode_request(&body).unwrap().sender, Some(sender));
     }
 
     #[test]
     fn every_truncation_of_a_header_is_a_decode_error() {
-        let body = encode_request(Some(&RpcAddress::new("host", 9)), "endpoint", 7, &()).unwrap();
+        let body = encode_request(Some(&RpcAddress::new("host", 9)), "endpoint", 7, &())
+            .unwrap()
+            .to_vec();
         for len in 0..body.len() {
             let err = decode_request(&body[..len]).unwrap_err();
             assert!(matches!(err, RpcError::Decode { .. }), "{len}: {err}");
@@ -474,7 +487,9 @@ mod tests {
                 bytes: 12_345
             }
         );
-        assert!(!is_control(&encode_request(None, "e", 0, &()).unwrap()));
+        assert!(!is_control(
+            &encode_request(None, "e", 0, &()).unwrap().to_vec()
+        ));
         for len in 0..grant.len() {
             assert!(decode_control(&grant[..len]).is_err(), "{len}");
         }
@@ -489,7 +504,7 @@ mod tests {
 
     #[test]
     fn replies_round_trip_values_and_errors() {
-        let body = encode_reply(&42u64, "reply").unwrap();
+        let body = encode_reply(&42u64, "reply").unwrap().to_vec();
         assert_eq!(
             codec::decode::<u64>(decode_reply(&body).unwrap(), "r").unwrap(),
             42
@@ -539,5 +554,36 @@ mod tests {
                 Err(ReplyError::Failed(RpcError::Decode { .. }))
             ));
         }
+    }
+
+    /// A request or reply with large `SharedBytes` has its buffers spliced in, and the
+    /// same length and bytes as the body with them copied in.
+    #[test]
+    fn request_and_reply_bodies_splice_large_shared_bytes_and_keep_the_bytes() {
+        use crate::codec::SharedBytes;
+        let big = SharedBytes::from(vec![3u8; 100_000]);
+        let value = (
+            7u64,
+            big.clone(),
+            SharedBytes::from(vec![1u8; 10]),
+            vec![big.clone()],
+        );
+        let content = codec::encode(&value, "content").unwrap();
+        let sender = RpcAddress::new("host", 9);
+        let body = encode_request(Some(&sender), "echo", 5, &value).unwrap();
+        assert!(body.is_spliced());
+        let flat = body.to_vec();
+        assert_eq!(body.len(), flat.len());
+        let header = decode_request(&flat).unwrap();
+        assert_eq!(header.receiver, "echo");
+        assert_eq!(flat[header.content_start..], content[..]);
+
+        let reply = encode_reply(&value, "reply").unwrap();
+        assert!(reply.is_spliced());
+        assert_eq!(reply.len(), 1 + content.len());
+        assert_eq!(decode_reply(&reply.to_vec()).unwrap(), &content[..]);
+        // Small payloads are copied: one buffer.
+        let small = encode_reply(&SharedBytes::from(vec![1u8; 100]), "reply").unwrap();
+        assert!(!small.is_spliced());
     }
 }

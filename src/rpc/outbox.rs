@@ -20,6 +20,7 @@ use log::{debug, warn};
 
 use crate::conf::keys;
 use crate::error::RpcError;
+use crate::frame::Body;
 use crate::rpc::address::RpcAddress;
 use crate::rpc::call::{Call, Reply};
 use crate::rpc::env::EnvInner;
@@ -40,11 +41,11 @@ pub(crate) const CONNECT_IDLE: Duration = Duration::from_secs(60);
 /// A message waiting for (or written to) a connection.
 pub(crate) enum OutboxMessage {
     OneWay {
-        body: Vec<u8>,
+        body: Body,
         receipt: Option<transport::Receipt>,
     },
     Ask {
-        body: Vec<u8>,
+        body: Body,
         call: Arc<Call>,
     },
 }
@@ -80,7 +81,7 @@ impl OutboxMessage {
 pub(crate) fn send_rpc_on(
     client: &TransportClient,
     label: Option<Label>,
-    body: Vec<u8>,
+    body: Body,
     call: Arc<Call>,
     admission: Admission,
 ) {

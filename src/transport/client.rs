@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use mio::Waker;
 
 use crate::error::RpcError;
+use crate::frame::Body;
 use crate::sync::{Arc, Condvar, Mutex};
 use crate::transport::connection::Conn;
 use crate::transport::read_turn::{Awaited, read_for_answer};
@@ -78,15 +79,20 @@ impl TransportClient {
         callback: impl FnOnce(Result<Vec<u8>, RpcError>) + Send + 'static,
     ) -> u64 {
         let admission = self.conn.admission(None);
-        self.conn
-            .send_rpc(body.into(), Box::new(callback), None, None, admission)
+        self.conn.send_rpc(
+            Body::from(body.into()),
+            Box::new(callback),
+            None,
+            None,
+            admission,
+        )
     }
 
     /// Sends a request on the rpc layer's behalf: with its own `deadline` (which the
     /// silent-peer rule leaves alone), a flow-control `label`, and `admission`.
     pub(crate) fn send_rpc_with(
         &self,
-        body: Vec<u8>,
+        body: Body,
         callback: Callback,
         deadline: Option<Instant>,
         label: Option<Label>,
@@ -115,7 +121,7 @@ impl TransportClient {
         let slot = Arc::clone(&answer);
         let deadline = Instant::now().checked_add(timeout);
         let id = self.conn.send_rpc(
-            body.into(),
+            Body::from(body.into()),
             Box::new(move |result| slot.set(result)),
             deadline,
             None,
@@ -146,21 +152,22 @@ impl TransportClient {
     /// `rpc.io.sendTimeout`.
     pub fn send(&self, body: impl Into<Vec<u8>>) -> Result<(), RpcError> {
         let admission = self.conn.admission(None);
-        self.conn.send_one_way(body.into(), None, admission, None)
+        self.conn
+            .send_one_way(Body::from(body.into()), None, admission, None)
     }
 
     /// [`send`](Self::send) that never waits: with no room in the write queue it fails at
     /// once with [`RpcError::QueueFull`].
     pub fn try_send(&self, body: impl Into<Vec<u8>>) -> Result<(), RpcError> {
         self.conn
-            .send_one_way(body.into(), None, Admission::Try, None)
+            .send_one_way(Body::from(body.into()), None, Admission::Try, None)
     }
 
     /// Sends a one-way message on the rpc layer's behalf, with a flow-control `label`,
     /// `admission`, and a `receipt` told once it is written or lost.
     pub(crate) fn send_one_way_with(
         &self,
-        body: Vec<u8>,
+        body: Body,
         label: Option<Label>,
         admission: Admission,
         receipt: Option<Receipt>,

@@ -27,7 +27,9 @@ use log::{debug, error, trace, warn};
 use crate::auth::Encryptor;
 use crate::error::{RESPONSE_NOT_SENT, RpcError};
 use crate::frame::header_type::MessageType;
-use crate::frame::{FrameHeader, stream_failure_body, stream_request_body, stream_response_body};
+use crate::frame::{
+    Body, FrameHeader, stream_failure_body, stream_request_body, stream_response_body,
+};
 use crate::log_limit::{LogLimit, kind, peer_warn};
 use crate::metrics::{PeerMetrics, since_stamp};
 use crate::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -464,7 +466,7 @@ impl Conn {
     /// requests without one, after `rpc.io.connectionTimeout`).
     pub(crate) fn send_rpc(
         self: &Arc<Self>,
-        body: Vec<u8>,
+        body: Body,
         callback: Callback,
         deadline: Option<Instant>,
         label: Option<Label>,
@@ -503,7 +505,7 @@ impl Conn {
     /// why it never will be.
     pub(crate) fn send_one_way(
         self: &Arc<Self>,
-        body: Vec<u8>,
+        body: Body,
         label: Option<Label>,
         admission: Admission,
         receipt: Option<Receipt>,
@@ -749,7 +751,7 @@ impl Conn {
     /// Answers request `id` with a response or a failure. Answers are never refused for
     /// room (they are bounded by what the peer asked); a peer that does not read them
     /// stops being read, unless it speaks flow control.
-    pub(crate) fn respond(self: &Arc<Self>, id: u64, result: Result<Vec<u8>, String>) {
+    pub(crate) fn respond(self: &Arc<Self>, id: u64, result: Result<Body, String>) {
         let (header, body) = match result {
             Ok(body) => {
                 let header = FrameHeader::rpc_response(id, body.len());
@@ -760,11 +762,16 @@ impl Conn {
                             "response to request {id} from {} not sent: {err:#}",
                             self.peer
                         );
-                        self.failure_frame(id, format!("{RESPONSE_NOT_SENT}{err:#}"))
+                        let (header, text) =
+                            self.failure_frame(id, format!("{RESPONSE_NOT_SENT}{err:#}"));
+                        (header, text.into())
                     }
                 }
             }
-            Err(text) => self.failure_frame(id, text),
+            Err(text) => {
+                let (header, text) = self.failure_frame(id, text);
+                (header, text.into())
+            }
         };
         let frame = Frame::new(header, body, Kind::Answer);
         // Like a request sent while others wait: an answer given while others are owed is

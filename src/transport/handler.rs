@@ -3,6 +3,7 @@
 use std::fmt;
 
 use crate::error::RpcError;
+use crate::frame::Body;
 use crate::sync::Arc;
 use crate::transport::connection::Conn;
 use crate::transport::{StreamBody, TransportClient};
@@ -110,7 +111,15 @@ impl Responder {
     /// Sends `body` back as the response.
     pub fn reply(mut self, body: impl Into<Vec<u8>>) {
         if let Some((conn, id)) = self.target.take() {
-            conn.respond(id, Ok(body.into()));
+            conn.respond(id, Ok(Body::from(body.into())));
+        }
+    }
+
+    /// Sends `body` back as the response: a body with spliced pieces (see `Body`) goes
+    /// out without them being copied.
+    pub(crate) fn reply_body(mut self, body: Body) {
+        if let Some((conn, id)) = self.target.take() {
+            conn.respond(id, Ok(body));
         }
     }
 

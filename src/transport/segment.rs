@@ -6,11 +6,15 @@
 //! freed at once by the thread that made it. The event loop then writes a few large
 //! slices instead of two per frame, and never frees memory another thread allocated for
 //! each small frame (which costs the allocator far more than the copy). A large body is
-//! never copied: it is written from its own buffer, after its header.
+//! never copied: it is written from its own buffer, after its header, and so are the
+//! pieces spliced into it (a [`Body`] with large `SharedBytes` left in their own buffers),
+//! each a slice of the same `writev`.
 //!
 //! On an encrypted connection the thread that writes *seals* each segment before its
 //! first byte goes out ([`Segments::seal`]): AES-CTR encrypts it in place, AES-GCM turns it
-//! into one envelope. A sealed segment is never appended to and never sealed again, so a
+//! into one envelope. A body with spliced pieces is never encrypted in place (the pieces
+//! are the caller's buffers, never modified): the cipher reads its parts and writes the
+//! ciphertext into a buffer of its own, as GCM always does. A sealed segment is never appended to and never sealed again, so a
 //! write that stops half way resumes with the same ciphertext. A GCM envelope for a frame
 //! over [`LAZY_SEAL_MIN`] bytes is sealed [`SEAL_CHUNK`] bytes at a time, each chunk when
 //! the socket has taken the one before ([`Segment::Envelope`]): the writer holds 256 KiB
@@ -33,7 +37,7 @@ use log::trace;
 
 use crate::auth::{AuthError, Encryptor, EnvelopeSealer, SEGMENT_PLAINTEXT_LEN};
 use crate::error::RpcError;
-use crate::frame::FrameHeader;
+use crate::frame::{Body, FrameHeader};
 use crate::transport::socket::{Wire, interrupted, would_block};
 use crate::transport::stream::{Counted, Source, StreamBody};
 
@@ -93,7 +97,7 @@ pub(crate) enum Kind {
 /// One frame on its way: its header, its body, and what to tell when it is written.
 pub(crate) struct Frame {
     header: FrameHeader,
-    body: Vec<u8>,
+    body: Body,
     kind: Kind,
     pub(crate) label: Option<Label>,
     receipt: Option<Receipt>,
@@ -102,10 +106,10 @@ pub(crate) struct Frame {
 }
 
 impl Frame {
-    pub(crate) fn new(header: FrameHeader, body: Vec<u8>, kind: Kind) -> Self {
+    pub(crate) fn new(header: FrameHeader, body: impl Into<Body>, kind: Kind) -> Self {
         Self {
             header,
-            body,
+            body: body.into(),
             kind,
             label: None,
             receipt: None,
@@ -144,16 +148,30 @@ impl Frame {
         self.header.as_bytes().len() + self.body.len() + tail
     }
 
-    /// The bytes `start..end` of the frame as it goes on the wire (header, then body), as
-    /// up to two slices.
-    fn range(&self, start: usize, end: usize) -> [&[u8]; 2] {
+    /// The bytes `start..end` of the frame as it goes on the wire (header, then the body's
+    /// parts), as slices.
+    fn range(&self, start: usize, end: usize) -> Vec<&[u8]> {
+        let mut parts = Vec::new();
+        let mut at = start;
+        self.parts_from(start, |part| {
+            let part = &part[..part.len().min(end.saturating_sub(at))];
+            at += part.len();
+            if !part.is_empty() {
+                parts.push(part);
+            }
+            at < end
+        });
+        parts
+    }
+
+    /// Calls `f` with the non-empty parts of the frame's wire bytes from `start` on
+    /// (header, then the body's parts), until it returns `false`.
+    fn parts_from<'a>(&'a self, start: usize, mut f: impl FnMut(&'a [u8]) -> bool) {
         let header = self.header.as_bytes();
-        let cut = |at: usize| at.min(header.len());
-        let body = |at: usize| at.saturating_sub(header.len()).min(self.body.len());
-        [
-            &header[cut(start)..cut(end)],
-            &self.body[body(start)..body(end)],
-        ]
+        if start < header.len() && !f(&header[start..]) {
+            return;
+        }
+        self.body.parts_from(start.saturating_sub(header.len()), f);
     }
 
     /// What the frame costs of its label's window, and of the queue while it is held.
@@ -283,27 +301,27 @@ impl Unwritten {
 }
 
 impl Segment {
-    /// The bytes not yet written, as (up to) two slices.
-    fn remaining(&self) -> (&[u8], &[u8]) {
-        match self {
+    /// Calls `f` with the non-empty parts of the bytes not yet written, in order, until
+    /// it returns `false`.
+    fn remaining_parts<'a>(&'a self, mut f: impl FnMut(&'a [u8]) -> bool) {
+        let rest = match self {
             Self::Whole { frame, written, .. } => {
-                let header = frame.header.as_bytes();
-                if *written < header.len() {
-                    (&header[*written..], &frame.body)
-                } else {
-                    (&[], &frame.body[*written - header.len()..])
-                }
+                frame.parts_from(*written, f);
+                return;
             }
             Self::Flat { bytes, written, .. }
             | Self::Envelope {
                 wire: bytes,
                 written,
                 ..
-            } => (&bytes[*written..], &[]),
+            } => &bytes[*written..],
             Self::File(file) => match &file.piece {
-                Some(piece) => (&piece.bytes[piece.written..], &[]),
-                None => (&[], &[]),
+                Some(piece) => &piece.bytes[piece.written..],
+                None => &[],
             },
+        };
+        if !rest.is_empty() {
+            f(rest);
         }
     }
 
@@ -513,10 +531,16 @@ impl Segment {
                 sealed,
             } => {
                 debug_assert_eq!(*written, 0, "a segment is sealed before it is written");
-                if cipher.encrypt_in_place(frame.header.as_bytes_mut()) {
-                    cipher.encrypt_in_place(&mut frame.body);
-                    *sealed = true;
-                    return Ok(());
+                // A body with spliced pieces is never encrypted in place (the pieces are
+                // the caller's): the cipher writes its wire bytes from the parts into a
+                // buffer of its own (the one copy of such a payload on an encrypted
+                // connection, as CTR's in-place copy was before).
+                if let Some(body) = frame.body.as_flat_mut() {
+                    if cipher.encrypt_in_place(frame.header.as_bytes_mut()) {
+                        cipher.encrypt_in_place(body);
+                        *sealed = true;
+                        return Ok(());
+                    }
                 }
                 let len = frame.len();
                 if len > LAZY_SEAL_MIN {
@@ -544,7 +568,7 @@ impl Segment {
                     }
                 }
                 let mut wire = Vec::with_capacity(cipher.max_output(len));
-                cipher.encrypt(&[frame.header.as_bytes(), &frame.body], &mut wire)?;
+                cipher.encrypt(&frame.range(0, len), &mut wire)?;
                 let mark = Mark {
                     end: wire.len(),
                     len,
@@ -716,7 +740,9 @@ impl Segments {
             unreachable!("the tail is a shared buffer");
         };
         bytes.extend_from_slice(frame.header.as_bytes());
-        bytes.extend_from_slice(&frame.body);
+        frame
+            .body
+            .for_each_part(|part| bytes.extend_from_slice(part));
         marks.push_back(Mark {
             end: bytes.len(),
             len,
@@ -837,7 +863,7 @@ impl Segments {
                     let mut slices = [IoSlice::new(&[]); MAX_SLICES];
                     let mut count = 0;
                     for segment in &self.queue {
-                        if count + 2 > MAX_SLICES || (encrypted && !segment.is_sealed()) {
+                        if count == MAX_SLICES || (encrypted && !segment.is_sealed()) {
                             break;
                         }
                         if let Segment::File(file) = segment {
@@ -848,14 +874,19 @@ impl Segments {
                             }
                             break;
                         }
-                        let (first, second) = segment.remaining();
-                        for part in [first, second] {
-                            if !part.is_empty() {
-                                slices[count] = IoSlice::new(part);
-                                count += 1;
+                        // A segment with more parts than there is room for is written in
+                        // part (a body with many spliced pieces).
+                        let mut listed_all = true;
+                        segment.remaining_parts(|part| {
+                            if count == MAX_SLICES {
+                                listed_all = false;
+                                return false;
                             }
-                        }
-                        if !segment.remaining_is_all() {
+                            slices[count] = IoSlice::new(part);
+                            count += 1;
+                            true
+                        });
+                        if !listed_all || !segment.remaining_is_all() {
                             break;
                         }
                     }
@@ -964,6 +995,7 @@ mod tests {
     use super::*;
     use crate::auth::Cipher;
     use crate::auth::tests::channel_pair;
+    use crate::frame::Body;
     use crate::sync::Arc;
     use crate::sync::atomic::{AtomicUsize, Ordering};
 
@@ -1275,5 +1307,149 @@ mod tests {
         assert!(written.error.is_none());
         assert!(segments.is_empty());
         assert_eq!(*wire.out.lock(), expected);
+    }
+
+    /// A one-way frame whose body is `bytes` with `pieces` spliced in (see `Body`), and
+    /// the bytes it makes on the wire.
+    fn spliced_frame(pieces: &[(usize, bytes::Bytes)]) -> (Frame, Vec<u8>) {
+        let buffer: Vec<u8> = (0..100).collect();
+        let body = Body::spliced(buffer, pieces.to_vec());
+        let flat = body.to_vec();
+        let header = FrameHeader::one_way(body.len());
+        let mut plain = header.as_bytes().to_vec();
+        plain.extend_from_slice(&flat);
+        (Frame::new(header, body, Kind::OneWay), plain)
+    }
+
+    fn piece(len: usize, fill: u8) -> bytes::Bytes {
+        bytes::Bytes::from(vec![fill; len])
+    }
+
+    /// A socket that keeps the bytes and the addresses of the slices it was handed.
+    #[derive(Default)]
+    struct Recorder {
+        out: Mutex<Vec<u8>>,
+        slices: Mutex<Vec<(usize, usize)>>,
+    }
+
+    impl Wire for Recorder {
+        fn read(&self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+
+        fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            // At most 7000 bytes per call: slices are cut, and resumed in the middle.
+            let mut room = 7000;
+            let mut taken = 0;
+            for buf in bufs {
+                let n = buf.len().min(room);
+                self.slices.lock().push((buf.as_ptr() as usize, buf.len()));
+                self.out.lock().extend_from_slice(&buf[..n]);
+                room -= n;
+                taken += n;
+            }
+            Ok(taken)
+        }
+
+        fn send_file(&self, _: &File, _: u64, _: usize) -> io::Result<usize> {
+            unreachable!("no files here")
+        }
+
+        fn shutdown(&self) {}
+    }
+
+    /// A frame with pieces spliced into its body goes out byte for byte as the frame with
+    /// the pieces copied in, each piece straight from its own buffer; its length and its
+    /// charge are the copied frame's. A body of more pieces than one `writev` takes is
+    /// written over several.
+    #[test]
+    fn spliced_bodies_go_out_from_their_pieces_as_the_copied_body_would() {
+        let big = piece(40_000, 9);
+        let (spliced, plain) = spliced_frame(&[
+            (0, piece(3, 1)),
+            (10, big.clone()),
+            (10, piece(5, 2)),
+            (100, piece(20_000, 3)),
+        ]);
+        let many: Vec<_> = (0..300).map(|i| (i / 3, piece(7, i as u8))).collect();
+        let (crowded, crowded_plain) = spliced_frame(&many);
+        let (small, small_plain) = plain_frame(10, 4);
+        let header_len = FrameHeader::one_way(0).as_bytes().len();
+        let copied = Frame::new(
+            FrameHeader::one_way(plain.len() - header_len),
+            plain[header_len..].to_vec(),
+            Kind::OneWay,
+        );
+        assert_eq!(spliced.len(), copied.len());
+        assert_eq!(spliced.charge(), copied.charge());
+        let expected = [small_plain.clone(), plain, crowded_plain, small_plain].concat();
+        let mut segments = Segments::default();
+        segments.push(small);
+        segments.push(spliced);
+        segments.push(crowded);
+        segments.push(plain_frame(10, 4).0);
+        let wire = Recorder::default();
+        let mut bytes = 0;
+        let mut calls = 0;
+        while !segments.is_empty() {
+            calls += 1;
+            assert!(calls < 1000, "the writer makes progress");
+            let written = segments.write_to(&wire, None);
+            assert!(written.error.is_none());
+            bytes += written.bytes;
+        }
+        assert_eq!(bytes, expected.len());
+        assert!(
+            *wire.out.lock() == expected,
+            "the wire bytes are the copied frames'"
+        );
+        let start = big.as_ptr() as usize;
+        assert!(
+            wire.slices.lock().iter().any(|&(at, _)| at == start),
+            "the 40 KiB piece is written from its own buffer"
+        );
+    }
+
+    /// On an encrypted connection a spliced body decrypts to the copied frame's bytes;
+    /// the cipher reads the pieces where they are (a large GCM frame is sealed a chunk at
+    /// a time straight from them) and never modifies them.
+    #[test]
+    fn spliced_bodies_are_sealed_as_the_copied_body_would_be() {
+        for cipher in [Cipher::AesCtr, Cipher::AesGcm] {
+            for big in [50_000, LAZY_SEAL_MIN + 70_000] {
+                let (mut encryptor, mut decryptor) = channel_pair(cipher);
+                let large = piece(big, 1);
+                let (frame, plain) =
+                    spliced_frame(&[(5, large.clone()), (5, piece(3, 2)), (90, piece(20_000, 3))]);
+                let mut segments = Segments::default();
+                segments.push(frame);
+                assert!(segments.seal(&mut encryptor).is_ok());
+                if cipher == Cipher::AesGcm && big > LAZY_SEAL_MIN {
+                    assert!(
+                        matches!(
+                            segments.queue.front(),
+                            Some(Segment::Envelope { frame, .. }) if frame.body.is_spliced()
+                        ),
+                        "sealed a chunk at a time from the pieces"
+                    );
+                }
+                let wire = Trickle::new(16_384);
+                let mut calls = 0;
+                while !segments.is_empty() {
+                    calls += 1;
+                    assert!(calls < 10_000, "the writer makes progress");
+                    wire.allow(100_000);
+                    let written = segments.write_to(&wire, Some(&mut encryptor));
+                    assert!(written.error.is_none());
+                }
+                let mut out = Vec::new();
+                decryptor.decrypt(&wire.out.lock(), &mut out).unwrap();
+                assert!(
+                    out == plain,
+                    "{cipher:?} of {big}: the copied frame's bytes"
+                );
+                assert!(large.iter().all(|&b| b == 1), "the piece is left as it was");
+            }
+        }
     }
 }

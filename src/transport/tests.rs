@@ -520,7 +520,7 @@ fn a_full_write_queue_refuses_try_sends_and_waits_are_bounded_but_answers_go_any
     let conn = Arc::clone(client.conn());
     let started = Instant::now();
     let until = Instant::now() + Duration::from_millis(50);
-    let waited = conn.send_one_way(vec![7; 10], None, Admission::Wait(Some(until)), None);
+    let waited = conn.send_one_way(vec![7; 10].into(), None, Admission::Wait(Some(until)), None);
     assert!(
         matches!(waited, Err(RpcError::QueueFull { waited: true, .. })),
         "{waited:?}"
@@ -541,7 +541,7 @@ fn a_sender_waiting_for_room_goes_on_as_soon_as_the_peer_reads() {
         .name("rpc-test-sender".into())
         .spawn(move || {
             let until = Instant::now() + Duration::from_secs(30);
-            conn.send_one_way(vec![2; 10], None, Admission::Wait(Some(until)), None)
+            conn.send_one_way(vec![2; 10].into(), None, Admission::Wait(Some(until)), None)
         })
         .unwrap();
     std::thread::sleep(Duration::from_millis(20));
@@ -565,7 +565,7 @@ fn a_peer_that_does_not_read_its_answers_is_no_longer_read_until_it_does() {
             let out = Arc::clone(&slot);
             let body = [b"ping:".as_slice(), &[9; 100]].concat();
             let callback = Box::new(move |result| *out.lock() = Some(result));
-            conn.send_rpc(body, callback, None, None, Admission::Force);
+            conn.send_rpc(body.into(), callback, None, None, Admission::Force);
             slot
         })
         .collect();
@@ -753,10 +753,10 @@ fn labelled_frames_wait_for_window_without_holding_up_other_labels() {
     let label = |name: &str| Some(crate::transport::Label::from(name));
     // The window starts at 64 KiB: two 40 KiB messages to `a` use it up.
     for i in 0..3u8 {
-        conn.send_one_way(vec![i; 40 * 1024], label("a"), Admission::Try, None)
+        conn.send_one_way(vec![i; 40 * 1024].into(), label("a"), Admission::Try, None)
             .unwrap();
     }
-    conn.send_one_way(b"to b".to_vec(), label("b"), Admission::Try, None)
+    conn.send_one_way(b"to b".to_vec().into(), label("b"), Admission::Try, None)
         .unwrap();
     pump(&mut client, &mut server);
     let got: Vec<usize> = server.handler.one_way.lock().iter().map(Vec::len).collect();
@@ -778,14 +778,14 @@ fn receipts_tell_written_frames_and_frames_lost_with_the_connection() {
     let (mut client, mut server) = pair_with(100, &conf("4m"));
     let conn = Arc::clone(client.conn());
     let (written, written_slot) = receipt();
-    conn.send_one_way(vec![1; 10], None, Admission::Try, Some(written))
+    conn.send_one_way(vec![1; 10].into(), None, Admission::Try, Some(written))
         .unwrap();
     pump(&mut client, &mut server);
     assert!(matches!(*written_slot.lock(), Some(Ok(()))));
     // 10 KiB cannot pass a 100-byte pipe nobody reads: it is lost when the connection
     // closes, and says so, and is counted.
     let (lost, lost_slot) = receipt();
-    conn.send_one_way(vec![2; 10_000], None, Admission::Try, Some(lost))
+    conn.send_one_way(vec![2; 10_000].into(), None, Admission::Try, Some(lost))
         .unwrap();
     client.flush();
     assert!(lost_slot.lock().is_none());

@@ -7,9 +7,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use rpcenv::{EndpointContext, RpcCallContext, RpcEndpoint, SharedBytes};
+use rpcenv::{EndpointContext, RpcCallContext, RpcEndpoint, RpcError, SharedBytes};
 
-use crate::support::{address_of, client_env, server_env};
+use crate::support::{address_of, client_env, client_env_with, rpc_conf, server_env};
 
 /// The same bytes, carried three ways; each is answered in kind.
 #[derive(Debug, Serialize, Deserialize)]
@@ -199,6 +199,147 @@ fn shared_bytes_are_views_of_the_received_frame_and_interoperate_with_byte_buf()
             "len {len}"
         );
     }
+    client.shutdown();
+    server.shutdown();
+}
+
+/// Answers a list of payloads with the same payloads in reverse order.
+struct Reverse<T = SharedBytes>(std::marker::PhantomData<T>);
+
+impl<T> Reverse<T> {
+    fn new() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<T: Serialize + serde::de::DeserializeOwned + Send + 'static> RpcEndpoint for Reverse<T> {
+    type Message = Vec<T>;
+
+    fn receive_and_reply(
+        &mut self,
+        mut msg: Vec<T>,
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<Vec<T>>,
+    ) {
+        msg.reverse();
+        reply.reply(msg);
+    }
+}
+
+/// Payloads of several sizes around the size above which a `SharedBytes` is written from
+/// its own buffer rather than copied into the frame (16 KiB).
+fn payloads() -> Vec<SharedBytes> {
+    [0, 100, 16 * 1024 - 1, 16 * 1024, 70_000, 3 << 20]
+        .into_iter()
+        .enumerate()
+        .map(|(i, len)| SharedBytes::from((0..len).map(|b| (b + i) as u8).collect::<Vec<u8>>()))
+        .collect()
+}
+
+/// `SharedBytes` sent to an endpoint of the same env are moved, never encoded: the
+/// reply's payloads are the very buffers sent.
+#[test]
+fn shared_bytes_to_a_local_endpoint_are_the_buffers_sent() {
+    let env = server_env("shared-local");
+    let reverse = env
+        .setup_endpoint("reverse", Reverse::<SharedBytes>::new())
+        .expect("endpoint");
+    let sent = payloads();
+    let answer: Vec<SharedBytes> = reverse.ask_sync(sent.clone()).expect("a local ask");
+    assert_eq!(answer.len(), sent.len());
+    for (back, sent) in answer.iter().rev().zip(&sent) {
+        assert_eq!(back.as_ptr(), sent.as_ptr(), "moved, not copied");
+    }
+    env.shutdown();
+}
+
+/// Large `SharedBytes` in a request and in its reply (written from their own buffers)
+/// arrive as the copied bytes would, next to small ones (copied into the frame).
+#[test]
+fn shared_bytes_of_every_size_go_to_another_env_and_back() {
+    let server = server_env("shared-remote");
+    server
+        .setup_endpoint("reverse", Reverse::<SharedBytes>::new())
+        .expect("endpoint");
+    let client = client_env("shared-remote-client");
+    let reverse = client
+        .setup_endpoint_ref::<Vec<SharedBytes>>(&address_of(&server), "reverse")
+        .expect("lookup");
+    let sent = payloads();
+    for _ in 0..3 {
+        let mut answer: Vec<SharedBytes> = reverse.ask_sync(sent.clone()).expect("an ask");
+        answer.reverse();
+        assert!(answer == sent, "the payloads came back intact");
+    }
+    client.shutdown();
+    server.shutdown();
+}
+
+/// A message with spliced `SharedBytes` counts against `rpc.message.maxSize` exactly as
+/// the same bytes copied in (a `ByteBuf`): the same frame size in the error, and a frame
+/// of exactly the maximum goes.
+#[test]
+fn shared_bytes_count_against_max_size_as_copied_bytes_do() {
+    let max = 256 * 1024;
+    // Endpoint names of the same length, so that the envelopes are too.
+    let server = server_env("shared-max-server");
+    server
+        .setup_endpoint("shared", Reverse::<SharedBytes>::new())
+        .expect("endpoint");
+    server
+        .setup_endpoint("copied", Reverse::<ByteBuf>::new())
+        .expect("endpoint");
+    let client = client_env_with(
+        "shared-max-client",
+        rpc_conf().set("rpc.message.maxSize", max.to_string()),
+    );
+    let as_shared = client
+        .setup_endpoint_ref::<Vec<SharedBytes>>(&address_of(&server), "shared")
+        .expect("lookup");
+    let as_buf = client
+        .setup_endpoint_ref::<Vec<ByteBuf>>(&address_of(&server), "copied")
+        .expect("lookup");
+    let too_large = |err: RpcError| match err {
+        RpcError::FrameTooLarge { size, .. } => size,
+        other => panic!("expected FrameTooLarge, got {other:?}"),
+    };
+    // Two payloads of 100,000 bytes (spliced) and a small one (copied): over by `excess`.
+    let lens = [100_000, 100, 100_000];
+    let shared: Vec<SharedBytes> = lens
+        .iter()
+        .map(|&n| SharedBytes::from(vec![1; n]))
+        .collect();
+    let bufs: Vec<ByteBuf> = lens.iter().map(|&n| ByteBuf::from(vec![1; n])).collect();
+    let big = SharedBytes::from(vec![2; max]);
+    let size = too_large(
+        as_shared
+            .ask_sync::<Vec<SharedBytes>>(vec![big.clone()])
+            .unwrap_err(),
+    );
+    let size_buf = too_large(
+        as_buf
+            .ask_sync::<Vec<ByteBuf>>(vec![ByteBuf::from(vec![2; max])])
+            .unwrap_err(),
+    );
+    assert_eq!(size, size_buf);
+    // The frame's overhead beyond the payload; a payload that fills the frame exactly goes.
+    let overhead = size - max as u64;
+    let fits = max - overhead as usize;
+    let answer: Vec<SharedBytes> = as_shared
+        .ask_sync(vec![big.slice(..fits)])
+        .expect("a frame of exactly rpc.message.maxSize");
+    assert_eq!(answer[0].len(), fits);
+    let over = as_shared.ask_sync::<Vec<SharedBytes>>(vec![big.slice(..fits + 1)]);
+    assert_eq!(too_large(over.unwrap_err()), max as u64 + 1);
+    // Several payloads, some spliced and some copied, under the limit: both arrive.
+    assert_eq!(
+        as_shared
+            .ask_sync::<Vec<SharedBytes>>(shared.clone())
+            .expect("ask")
+            .len(),
+        3
+    );
+    assert_eq!(as_buf.ask_sync::<Vec<ByteBuf>>(bufs).expect("ask").len(), 3);
     client.shutdown();
     server.shutdown();
 }
