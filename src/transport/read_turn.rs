@@ -91,7 +91,8 @@ impl ReadTurn {
 
     /// On the loop: `read` runs with the reader, unless a caller holds the turn (then
     /// `None`: the caller reads once more before it gives the turn back). An outcome a
-    /// caller handed back is returned instead of reading.
+    /// caller handed back is returned instead of reading, but for a pause (which may have
+    /// ended while the caller held the turn: reading finds out).
     pub(crate) fn on_loop(
         &self,
         read: impl FnOnce(&mut Reader, &dyn RpcHandler) -> ReadOutcome,
@@ -101,7 +102,13 @@ impl ReadTurn {
             slot.missed = true;
             return None;
         }
-        let handover = slot.handover.take();
+        // A pause a caller's read came to may be over by now (its resume found the turn
+        // taken, and a handed-over outcome stops the caller's last read): the loop reads,
+        // which comes to `Paused` again at once if it is not over.
+        let handover = slot
+            .handover
+            .take()
+            .filter(|outcome| *outcome != ReadOutcome::Paused);
         let (reader, handler) = slot.reader.as_mut()?;
         let outcome = handover.unwrap_or_else(|| read(reader, &**handler));
         let refusal = if outcome == ReadOutcome::Refused {
@@ -679,6 +686,44 @@ mod tests {
             }
         });
         assert_eq!(pair.server.got.lock().len(), 400);
+    }
+
+    /// Waits until `done`, for at most [`PROMPTLY`].
+    fn wait_for(what: &str, done: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < PROMPTLY, "{what}: not within 5 s");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// A caller whose read came to a pause hands it to the loop; if the connection was
+    /// resumed while the caller still held the turn (its wake found the turn taken), the
+    /// loop reads when it gets the turn back rather than taking the pause as its read.
+    #[test]
+    fn a_pause_that_ended_while_a_caller_held_the_turn_is_not_a_read() {
+        let pair = Pair::new();
+        assert_eq!(pair.call("later:").expect("answer"), b"ok");
+        let peer = pair.server.peer.lock().clone().expect("the server's side");
+        let conn = pair.client.conn();
+        let turn = conn.read_turn();
+        // A caller holds the turn; its read just came to a pause.
+        turn.slot.lock().caller = true;
+        pair.client.set_auto_read(false);
+        peer.send(b"meanwhile".to_vec()).expect("send");
+        // The resume wakes the loop, which finds the turn taken.
+        pair.client.set_auto_read(true);
+        wait_for("the loop finds the turn taken", || turn.slot.lock().missed);
+        std::thread::sleep(Duration::from_millis(20));
+        let mut poller = super::Poller::new().expect("a poller");
+        super::give_back(
+            conn,
+            &pair.client,
+            &mut poller,
+            Some(super::ReadOutcome::Paused),
+        );
+        assert_eq!(pair.next_event(), "meanwhile");
+        assert_eq!(pair.call("echo:after").expect("answer"), b"after");
     }
 
     /// A raw server that answers the one request it reads with the first `cut` bytes of
