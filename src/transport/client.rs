@@ -10,7 +10,7 @@ use mio::Waker;
 use crate::error::RpcError;
 use crate::sync::{Arc, Condvar, Mutex};
 use crate::transport::connection::Conn;
-use crate::transport::read_turn::{Awaited, read_for_answer};
+use crate::transport::read_turn::{Awaited, from_peer, read_for_answer};
 use crate::transport::requests::Callback;
 use crate::transport::stream::{CallbackSink, StreamCallback, StreamReader};
 use crate::transport::write_queue::{Admission, Label, Receipt};
@@ -354,6 +354,10 @@ impl Answer {
 impl Awaited for Answer {
     fn is_done(&self) -> bool {
         self.state.lock().result.is_some()
+    }
+
+    fn answered(&self) -> bool {
+        self.state.lock().result.as_ref().is_some_and(from_peer)
     }
 
     fn arm(&self, waker: Option<&Arc<Waker>>) -> bool {

@@ -131,6 +131,9 @@ impl ReadTurn {
 pub(crate) trait Awaited {
     /// Whether the outcome is in.
     fn is_done(&self) -> bool;
+    /// Whether the outcome is in and came from the peer (its answer, or a failure it
+    /// sent), not from this side (a close, a timeout, a shutdown).
+    fn answered(&self) -> bool;
     /// From now until the next call, an outcome set by another thread wakes `waker`
     /// (`None`: nobody). False, with nothing armed, when the outcome is in already.
     fn arm(&self, waker: Option<&Arc<Waker>>) -> bool;
@@ -142,6 +145,15 @@ thread_local! {
     /// The thread holds a connection's read turn: like an event loop, it must not wait
     /// for room to send.
     static READING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether `outcome` came from the peer (see [`Awaited::answered`]): anything but the
+/// failures this side makes up for a call it gives up on.
+pub(crate) fn from_peer<T>(outcome: &Result<T, RpcError>) -> bool {
+    !matches!(
+        outcome,
+        Err(RpcError::Connection { .. } | RpcError::Timeout { .. } | RpcError::EnvStopped)
+    )
 }
 
 /// Whether the calling thread holds a connection's read turn.
@@ -215,10 +227,20 @@ pub(crate) fn read_for_answer(
         let Some(wire) = take_turn(conn, poller) else {
             return false;
         };
+        // Read by the loop before the turn was taken (the loop reads under the turn's
+        // lock): not this thread's answer.
+        let done_before = awaited.is_done();
         READING.with(|reading| reading.set(true));
         let handover = read_until_answered(conn, client, poller, awaited, until);
         READING.with(|reading| reading.set(false));
         give_back(conn, client, poller, handover);
+        // While this thread holds the turn nobody else reads the connection: an answer
+        // that came in meanwhile is one it read.
+        if !done_before && awaited.answered() {
+            conn.env_counters()
+                .caller_answers
+                .fetch_add(1, Ordering::Relaxed);
+        }
         // Only now may the socket close: its descriptor was this turn's.
         drop(wire);
         true
@@ -498,6 +520,11 @@ mod tests {
             self.ctx.counters().caller_turns.load(Ordering::Relaxed)
         }
 
+        /// Answers callers of the client's side read in their turns so far.
+        fn answers(&self) -> u64 {
+            self.ctx.counters().caller_answers.load(Ordering::Relaxed)
+        }
+
         fn call(&self, text: &str) -> Result<Vec<u8>, RpcError> {
             self.client.send_rpc_sync(text.as_bytes().to_vec(), LONG)
         }
@@ -537,6 +564,42 @@ mod tests {
             let text = format!("echo:{i}");
             assert_eq!(pair.call(&text).expect("answer"), i.to_string().as_bytes());
         }
+    }
+
+    /// Only the turns that ended with the answer in count as answers read by callers: a
+    /// timeout, a close, or a failure the peer sent (which counts) tell them apart.
+    #[test]
+    fn only_answers_a_caller_read_are_counted() {
+        let pair = Pair::new();
+        pair.call("echo:warm").expect("warm-up");
+        let (turns, answers) = (pair.turns(), pair.answers());
+        for i in 0..3 {
+            let text = format!("slow:{i}");
+            assert_eq!(pair.call(&text).expect("answer"), i.to_string().as_bytes());
+        }
+        assert_eq!((pair.turns(), pair.answers()), (turns + 3, answers + 3));
+        let result = pair
+            .client
+            .send_rpc_sync(b"hold".to_vec(), Duration::from_millis(100));
+        assert!(
+            matches!(result, Err(RpcError::Timeout { .. })),
+            "{result:?}"
+        );
+        assert_eq!(
+            (pair.turns(), pair.answers()),
+            (turns + 4, answers + 3),
+            "a timeout is no answer"
+        );
+        let result = pair.call("close");
+        assert!(
+            matches!(result, Err(RpcError::Connection { .. })),
+            "{result:?}"
+        );
+        assert_eq!(
+            (pair.turns(), pair.answers()),
+            (turns + 5, answers + 3),
+            "a close is no answer"
+        );
     }
 
     #[test]

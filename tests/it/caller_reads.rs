@@ -106,11 +106,13 @@ fn check(conf: rpcenv::RpcConf) {
         "the relaying handler read its answer"
     );
 
-    // A timeout while reading gives the connection back to its loop.
+    // A timeout while reading gives the connection back to its loop; it is no answer read.
+    let before = reads(&client);
     let err = late
         .ask_sync_timeout::<u64>(Msg::Late(0, 300), Duration::from_millis(50))
         .unwrap_err();
     assert!(matches!(err, RpcError::Timeout { .. }), "{err}");
+    assert_eq!(reads(&client), before, "a timeout is no answer read");
     let pending = late.ask::<u64>(Msg::Late(1, 0));
     assert_eq!(pending.wait().unwrap(), 2);
     for env in [client, server, third] {
