@@ -104,6 +104,11 @@ impl TransportClient {
     /// is [`RpcError::Remote`]; the connection closing while waiting is
     /// [`RpcError::Connection`], at once; the timeout running out is [`RpcError::Timeout`]
     /// and forgets the request, so a late answer is dropped.
+    ///
+    /// From an [`RpcHandler`](super::RpcHandler) method or a [`send_rpc`](Self::send_rpc)
+    /// callback on the connection it came from, the answer cannot come: the thread that
+    /// would read it is this one. Such a call fails at its `timeout`, and holds up the
+    /// connection's event loop until then (see [`RpcHandler`](super::RpcHandler)).
     pub fn send_rpc_sync(
         &self,
         body: impl Into<Vec<u8>>,

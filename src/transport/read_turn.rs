@@ -14,7 +14,9 @@
 //!   caller reads once more before it gives the turn back if the loop was told of bytes
 //!   after its last read);
 //! - the caller reads with the connection's [`Reader`], under the turn's lock (held only
-//!   while it reads, so the loop never waits on a caller that is blocked), and hands on
+//!   while it reads, so the loop never waits on a caller that is blocked waiting for
+//!   the socket; a handler or callback that blocks holds it up as it would on the loop's
+//!   own thread), and hands on
 //!   every frame exactly as the loop would: answers to their callbacks, requests and
 //!   one-way messages to the [`RpcHandler`] (which only queues them: endpoint code never
 //!   runs there, on a loop or a caller). Like a loop, it never waits for room to send
@@ -414,6 +416,8 @@ mod tests {
     const LONG: Duration = Duration::from_secs(30);
     /// Far below `LONG`: an outcome known at once is not waited for.
     const PROMPTLY: Duration = Duration::from_secs(5);
+    /// The timeout of a request a handler makes on the connection it is handed a frame of.
+    const NESTED: Duration = Duration::from_millis(300);
 
     /// The server side: answers by the request's text (see `receive`).
     #[derive(Default)]
@@ -471,7 +475,21 @@ mod tests {
             responder.fail("no requests here");
         }
 
-        fn receive_one_way(&self, _: &TransportClient, message: Vec<u8>) {
+        fn receive_one_way(&self, client: &TransportClient, message: Vec<u8>) {
+            if message == b"nested" {
+                // Blocks (which a handler must not): on the thread that reads the
+                // connection, for an answer that only this thread would read.
+                let start = Instant::now();
+                let result = client.send_rpc_sync(b"echo:nested".to_vec(), NESTED);
+                let took = start.elapsed();
+                let _ = self.0.send(match result {
+                    Err(RpcError::Timeout { .. }) if took >= NESTED && took < PROMPTLY => {
+                        "nested: timed out".to_owned()
+                    }
+                    other => format!("nested: {other:?} after {took:?}"),
+                });
+                return;
+            }
             let _ = self.0.send(String::from_utf8_lossy(&message).into_owned());
         }
 
@@ -787,6 +805,72 @@ mod tests {
         );
         assert_eq!(pair.next_event(), "meanwhile");
         assert_eq!(pair.call("echo:after").expect("answer"), b"after");
+    }
+
+    /// A handler run by a caller that reads its connection (which must not block) and
+    /// waits on the answer to a request of its own on the same connection: nobody reads
+    /// that answer while it waits, so it fails at its own timeout, not later; then the
+    /// caller gets its answer, and the connection goes on.
+    #[test]
+    fn a_handler_that_waits_on_its_own_connection_fails_at_its_timeout() {
+        let pair = Pair::new();
+        pair.call("echo:warm").expect("warm-up");
+        let before = pair.turns();
+        let start = Instant::now();
+        assert_eq!(pair.call("back:nested").expect("answer"), b"ok");
+        assert!(start.elapsed() < PROMPTLY, "{:?}", start.elapsed());
+        assert_eq!(pair.turns(), before + 1);
+        assert_eq!(pair.next_event(), "nested: timed out");
+        assert_eq!(pair.call("echo:after").expect("answer"), b"after");
+    }
+
+    /// One thread asks over several connections in turn, each closed and replaced by a
+    /// new one every few rounds (whose descriptor is likely the number of the one just
+    /// closed): its poller's registration follows, and no stale event or reused number
+    /// costs an answer or delays one.
+    #[test]
+    fn one_thread_alternating_over_connections_that_come_and_go() {
+        let pairs: Vec<Pair> = (0..3).map(|_| Pair::new()).collect();
+        let mut clients: Vec<TransportClient> = pairs.iter().map(|p| p.client.clone()).collect();
+        let factories: Vec<TransportClientFactory> = pairs
+            .iter()
+            .map(|p| p.ctx.create_client_factory())
+            .collect();
+        let turns = |i: usize| pairs[i].turns();
+        let before: Vec<u64> = (0..3).map(turns).collect();
+        let start = Instant::now();
+        let mut late = 0;
+        for round in 0..30 {
+            for (i, client) in clients.iter().enumerate() {
+                let text = if round % 2 == 0 {
+                    format!("slow:{round}-{i}")
+                } else {
+                    format!("echo:{round}-{i}")
+                };
+                late += usize::from(round % 2 == 0);
+                let answer = client.send_rpc_sync(text.into_bytes(), LONG);
+                assert_eq!(answer.expect("answer"), format!("{round}-{i}").as_bytes());
+            }
+            if round % 5 == 4 {
+                let i = round % 3;
+                clients[i].close();
+                let port = pairs[i]._listener.port();
+                clients[i] = factories[i]
+                    .create_client("127.0.0.1", port)
+                    .expect("a new client");
+            }
+        }
+        let taken: u64 = (0..3).map(|i| turns(i) - before[i]).sum();
+        assert!(
+            taken >= late as u64,
+            "{taken} turns for {late} late answers"
+        );
+        // 45 slow answers of 20 ms, the rest at once.
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     /// A raw server that answers the one request it reads with the first `cut` bytes of
