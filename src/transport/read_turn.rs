@@ -465,6 +465,20 @@ mod tests {
                 _ => self.held.lock().push(responder),
             }
         }
+
+        /// Stream `bytes:N`: N bytes, byte i being `i % 251`.
+        fn open_stream(
+            &self,
+            _: &TransportClient,
+            stream_id: &str,
+        ) -> Result<Option<crate::transport::StreamBody>, String> {
+            let Some(len) = stream_id.strip_prefix("bytes:") else {
+                return Ok(None);
+            };
+            let len: usize = len.parse().map_err(|_| "a length".to_owned())?;
+            let body = (0..len).map(|i| (i % 251) as u8).collect();
+            Ok(Some(crate::transport::StreamBody::bytes(body)))
+        }
     }
 
     /// The caller's side: one-way messages and the end of its connection, in order.
@@ -510,14 +524,16 @@ mod tests {
 
     impl Pair {
         fn new() -> Self {
+            Self::with_conf(&TransportConf::default())
+        }
+
+        fn with_conf(conf: &TransportConf) -> Self {
             let server = Arc::new(Server::default());
-            let server_ctx = TransportContext::new(
-                TransportConf::default(),
-                Arc::clone(&server) as Arc<dyn RpcHandler>,
-            );
+            let server_ctx =
+                TransportContext::new(conf.clone(), Arc::clone(&server) as Arc<dyn RpcHandler>);
             let listener = server_ctx.create_server("127.0.0.1", 0).expect("server");
             let (tx, events) = crossbeam_channel::unbounded();
-            let ctx = TransportContext::new(TransportConf::default(), Arc::new(Client(tx)));
+            let ctx = TransportContext::new(conf.clone(), Arc::new(Client(tx)));
             let factory = ctx.create_client_factory();
             let client = factory
                 .create_client("127.0.0.1", listener.port())
@@ -868,6 +884,68 @@ mod tests {
         // 45 slow answers of 20 ms, the rest at once.
         assert!(
             start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    /// Streams asked for by one thread on the connection another thread reads for its
+    /// answer: the caller hands the stream's bytes to its reader, which holds at most
+    /// 64 kB of them and so pauses the connection again and again (the caller gives the
+    /// turn back at the pause; the reader's resume wakes the loop). Every stream comes
+    /// whole and in order, every answer comes, nothing waits for a timeout.
+    #[test]
+    fn streams_asked_for_while_a_caller_reads_come_whole() {
+        use std::io::Read;
+        let conf = TransportConf::from_conf(
+            &crate::RpcConf::new()
+                .set("rpc.io.maxQueuedBytes", "64k")
+                .set("rpc.io.threads", "1"),
+        )
+        .expect("a configuration");
+        let pair = Pair::with_conf(&conf);
+        pair.call("echo:warm").expect("warm-up");
+        let start = Instant::now();
+        let before = pair.turns();
+        std::thread::scope(|scope| {
+            let caller = scope.spawn(|| {
+                for i in 0..40 {
+                    let text = format!("slow:{i}");
+                    assert_eq!(pair.call(&text).expect("answer"), i.to_string().as_bytes());
+                }
+            });
+            let streams = scope.spawn(|| {
+                for round in 0..20 {
+                    let len = 300_000 + round * 1000;
+                    let mut reader = pair
+                        .client
+                        .stream_reader(&format!("bytes:{len}"))
+                        .expect("a stream");
+                    let mut got = Vec::with_capacity(len);
+                    let mut buf = [0; 4096];
+                    loop {
+                        let n = reader.read(&mut buf).expect("stream bytes");
+                        if n == 0 {
+                            break;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                        if got.len() % (64 * 1024) < 4096 {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    }
+                    assert_eq!(got.len(), len, "round {round}");
+                    assert!(
+                        got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8),
+                        "round {round}"
+                    );
+                }
+            });
+            caller.join().expect("caller");
+            streams.join().expect("streams");
+        });
+        assert!(pair.turns() > before, "no caller read");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
             "{:?}",
             start.elapsed()
         );
