@@ -210,43 +210,48 @@ pub(crate) fn read_for_answer(
     {
         return false;
     }
-    POLLER.with(|cell| {
-        let Ok(mut cell) = cell.try_borrow_mut() else {
-            return false;
-        };
-        if cell.is_none() {
-            match Poller::new() {
-                Ok(poller) => *cell = Some(poller),
-                Err(err) => {
-                    debug!("no poller for this thread ({err:#}): answers come through the loop");
-                    return false;
+    // `try_with`: a thread-local's destructor may ask after the poller was destroyed.
+    POLLER
+        .try_with(|cell| {
+            let Ok(mut cell) = cell.try_borrow_mut() else {
+                return false;
+            };
+            if cell.is_none() {
+                match Poller::new() {
+                    Ok(poller) => *cell = Some(poller),
+                    Err(err) => {
+                        debug!(
+                            "no poller for this thread ({err:#}): answers come through the loop"
+                        );
+                        return false;
+                    }
                 }
             }
-        }
-        let Some(poller) = cell.as_mut() else {
-            return false;
-        };
-        let Some(wire) = take_turn(conn, poller) else {
-            return false;
-        };
-        // Read by the loop before the turn was taken (the loop reads under the turn's
-        // lock): not this thread's answer.
-        let done_before = awaited.is_done();
-        READING.with(|reading| reading.set(true));
-        let handover = read_until_answered(conn, client, poller, awaited, until);
-        READING.with(|reading| reading.set(false));
-        give_back(conn, client, poller, handover);
-        // While this thread holds the turn nobody else reads the connection: an answer
-        // that came in meanwhile is one it read.
-        if !done_before && awaited.answered() {
-            conn.env_counters()
-                .caller_answers
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        // Only now may the socket close: its descriptor was this turn's.
-        drop(wire);
-        true
-    })
+            let Some(poller) = cell.as_mut() else {
+                return false;
+            };
+            let Some(wire) = take_turn(conn, poller) else {
+                return false;
+            };
+            // Read by the loop before the turn was taken (the loop reads under the turn's
+            // lock): not this thread's answer.
+            let done_before = awaited.is_done();
+            READING.with(|reading| reading.set(true));
+            let handover = read_until_answered(conn, client, poller, awaited, until);
+            READING.with(|reading| reading.set(false));
+            give_back(conn, client, poller, handover);
+            // While this thread holds the turn nobody else reads the connection: an answer
+            // that came in meanwhile is one it read.
+            if !done_before && awaited.answered() {
+                conn.env_counters()
+                    .caller_answers
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            // Only now may the socket close: its descriptor was this turn's.
+            drop(wire);
+            true
+        })
+        .unwrap_or(false)
 }
 
 /// Takes the turn of `conn` for the calling thread, its socket registered with the
@@ -948,6 +953,48 @@ mod tests {
             start.elapsed() < Duration::from_secs(20),
             "{:?}",
             start.elapsed()
+        );
+    }
+
+    /// A thread that asks from a thread-local's destructor, after its poller was
+    /// destroyed (thread-locals go in the reverse order of their first use): the answer
+    /// comes through the loop, with no panic (which would abort the process there).
+    #[test]
+    fn an_ask_from_a_thread_local_destructor_after_the_poller_is_gone() {
+        use std::cell::RefCell;
+
+        struct AskOnDrop(TransportClient, Sender<Result<Vec<u8>, RpcError>>);
+
+        impl Drop for AskOnDrop {
+            fn drop(&mut self) {
+                let _ = self
+                    .1
+                    .send(self.0.send_rpc_sync(b"slow:bye".to_vec(), LONG));
+            }
+        }
+
+        thread_local! {
+            static ON_EXIT: RefCell<Option<AskOnDrop>> = const { RefCell::new(None) };
+        }
+
+        let pair = Pair::new();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let client = pair.client.clone();
+        let before = pair.turns();
+        let thread = crate::threads::spawn("test-ask-on-exit".to_owned(), move || {
+            ON_EXIT.with(|cell| *cell.borrow_mut() = Some(AskOnDrop(client.clone(), tx)));
+            // Makes the poller, after `ON_EXIT`: it goes first.
+            let answer = client.send_rpc_sync(b"slow:hi".to_vec(), LONG);
+            assert_eq!(answer.expect("an answer"), b"hi");
+        })
+        .expect("a thread");
+        thread.join().expect("the thread");
+        let answer = rx.recv_timeout(PROMPTLY).expect("the destructor's answer");
+        assert_eq!(answer.expect("an answer"), b"bye");
+        assert_eq!(
+            pair.turns(),
+            before + 1,
+            "the second answer came through the loop"
         );
     }
 
