@@ -998,6 +998,33 @@ mod tests {
         );
     }
 
+    /// A caller with no deadline of its own reads a connection whose peer stays silent:
+    /// the loop closes it after `rpc.io.connectionTimeout` (its timers run while the
+    /// caller holds the turn), which wakes the caller with the close.
+    #[test]
+    fn a_silent_peer_is_closed_at_the_connection_timeout_while_a_caller_reads() {
+        let conf = TransportConf::from_conf(
+            &crate::RpcConf::new().set("rpc.io.connectionTimeout", "300ms"),
+        )
+        .expect("a configuration");
+        let pair = Pair::with_conf(&conf);
+        pair.call("echo:warm").expect("warm-up");
+        let before = pair.turns();
+        let start = Instant::now();
+        let result = pair.client.send_rpc_sync(b"hold".to_vec(), Duration::MAX);
+        let took = start.elapsed();
+        assert!(
+            matches!(result, Err(RpcError::Connection { .. })),
+            "{result:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(300) && took < PROMPTLY,
+            "closed after {took:?}"
+        );
+        assert_eq!(pair.turns(), before + 1, "the caller read meanwhile");
+        assert_eq!(pair.next_event(), "inactive");
+    }
+
     /// A raw server that answers the one request it reads with the first `cut` bytes of
     /// an answer, `delay` after it read it, then hangs up. Returns its port.
     fn cutting_server(cut: usize, delay: Duration) -> (u16, std::thread::JoinHandle<()>) {

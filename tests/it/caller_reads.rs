@@ -246,3 +246,35 @@ fn a_late_answer_is_read_by_its_caller_through_aes_ctr() {
             .set("rpc.io.encryption.cipher", "AES/CTR/NoPadding"),
     );
 }
+
+/// The env of a caller that is reading its connection for an answer shuts down: the ask
+/// fails at once, not when the answer would come, and nothing hangs.
+#[test]
+fn a_shutdown_wakes_a_reading_caller() {
+    let server = server_env_with("caller-reads-shutdown-server", rpc_conf());
+    server.setup_endpoint("late", Server).unwrap();
+    let client = client_env_with("caller-reads-shutdown-client", rpc_conf());
+    let late = client
+        .setup_endpoint_ref::<Msg>(address_of(&server), "late")
+        .unwrap();
+    assert_eq!(late.ask_sync::<u64>(Msg::Late(0, 0)).unwrap(), 1);
+    let before = reads(&client);
+    std::thread::scope(|scope| {
+        let caller = scope.spawn(|| {
+            let start = std::time::Instant::now();
+            (late.ask_sync::<u64>(Msg::Late(1, 3000)), start.elapsed())
+        });
+        // The caller is reading by then.
+        std::thread::sleep(Duration::from_millis(200));
+        client.shutdown();
+        let (result, took) = caller.join().unwrap();
+        let err = result.unwrap_err();
+        assert!(
+            matches!(err, RpcError::EnvStopped | RpcError::Connection { .. }),
+            "{err}"
+        );
+        assert!(took < Duration::from_millis(2500), "failed after {took:?}");
+    });
+    assert_eq!(reads(&client), before, "a shutdown is no answer read");
+    server.shutdown();
+}
