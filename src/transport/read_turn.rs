@@ -327,7 +327,13 @@ fn read_until_answered(
         };
         match outcome {
             ReadOutcome::Drained => {}
-            ReadOutcome::Budget if !awaited.is_done() => continue,
+            // Read on at once while bytes are left, until the deadline: a peer that sends
+            // faster than this thread hands frames on must not keep it past it.
+            ReadOutcome::Budget
+                if !awaited.is_done() && until.is_none_or(|until| Instant::now() < until) =>
+            {
+                continue;
+            }
             // Bytes are left for the loop (which reads again after a budget ran out).
             other => return Some(other),
         }
@@ -879,6 +885,9 @@ mod tests {
                 clients[i] = factories[i]
                     .create_client("127.0.0.1", port)
                     .expect("a new client");
+                // Answered once its loop took it over: the next asks may take the turn.
+                let warm = clients[i].send_rpc_sync(b"echo:warm".to_vec(), LONG);
+                assert_eq!(warm.expect("warm-up"), b"warm");
             }
         }
         let taken: u64 = (0..3).map(|i| turns(i) - before[i]).sum();
@@ -1023,6 +1032,83 @@ mod tests {
         );
         assert_eq!(pair.turns(), before + 1, "the caller read meanwhile");
         assert_eq!(pair.next_event(), "inactive");
+    }
+
+    /// A handler that takes a millisecond for each one-way message, then drops it: slower
+    /// than a peer can send.
+    struct Slow;
+
+    impl RpcHandler for Slow {
+        fn receive(&self, _: &TransportClient, _: Vec<u8>, responder: Responder) {
+            responder.fail("no requests here");
+        }
+
+        fn receive_one_way(&self, _: &TransportClient, _: Vec<u8>) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A raw server that reads one request, never answers it, and sends one-way messages
+    /// of 64 KiB as fast as it can for `flood`. Returns its port.
+    fn flooding_server(flood: Duration) -> (u16, std::thread::JoinHandle<()>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let port = listener.local_addr().expect("address").port();
+        let thread = crate::threads::spawn("test-flooding-server".to_owned(), move || {
+            let (mut stream, _) = listener.accept().expect("a connection");
+            stream
+                .set_read_timeout(Some(PROMPTLY))
+                .expect("a read timeout");
+            let mut header = [0u8; 21];
+            stream.read_exact(&mut header).expect("a request header");
+            let len = i32::from_be_bytes(header[17..21].try_into().expect("4 bytes"));
+            let mut body = vec![0u8; usize::try_from(len).expect("a length")];
+            stream.read_exact(&mut body).expect("a request body");
+            let body = vec![3u8; 64 * 1024];
+            let mut frame = crate::frame::FrameHeader::one_way(body.len())
+                .as_bytes()
+                .to_vec();
+            frame.extend_from_slice(&body);
+            let frames: Vec<u8> = frame.repeat(16);
+            let start = Instant::now();
+            while start.elapsed() < flood {
+                if stream.write_all(&frames).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("a thread");
+        (port, thread)
+    }
+
+    /// A `send_rpc_sync` whose caller reads a connection that a peer floods faster than
+    /// it reads (every read ends with its budget spent) still ends at its timeout.
+    #[test]
+    fn a_flood_does_not_keep_a_reading_caller_past_its_timeout() {
+        // Three rounds: a caller whose read happens to empty the socket gets away.
+        for round in 0..3 {
+            let ctx = TransportContext::new(TransportConf::default(), Arc::new(Slow));
+            let factory = ctx.create_client_factory();
+            let (port, server) = flooding_server(Duration::from_secs(3));
+            let client = factory.create_client("127.0.0.1", port).expect("client");
+            wait_for("the loop takes the connection over", || {
+                client.conn().read_turn().with_reader(|_| ()).is_some()
+            });
+            let start = Instant::now();
+            let result = client.send_rpc_sync(b"request".to_vec(), Duration::from_millis(200));
+            let took = start.elapsed();
+            assert!(
+                matches!(result, Err(RpcError::Timeout { .. })),
+                "round {round}: {result:?}"
+            );
+            assert!(
+                took < Duration::from_millis(1500),
+                "round {round}: timed out after {took:?}"
+            );
+            assert_eq!(ctx.counters().caller_turns.load(Ordering::Relaxed), 1);
+            client.close();
+            server.join().expect("the server");
+        }
     }
 
     /// A raw server that answers the one request it reads with the first `cut` bytes of
