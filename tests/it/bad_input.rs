@@ -399,6 +399,11 @@ fn call_misbehaving_server(
     assert!(started.elapsed() < PROMPTLY, "took {:?}", started.elapsed());
     client.close(); // the raw server reads until the client hangs up
     crate::support::join(handle);
+    // The loop reports a failed connection (`exception_caught`, then `channel_inactive`)
+    // after the call failed: on the thread that read the answer, that may be the caller.
+    wait_for("the connection reported inactive", 10, || {
+        side.handler.saw_inactive_id(client.id())
+    });
     let exceptions = side
         .handler
         .exceptions()
