@@ -96,7 +96,7 @@
 //!   comes; a close, a timeout or an abort wakes it at once. A connection with several
 //!   requests outstanding is read by its loop. Each thread that does this keeps an
 //!   epoll and an eventfd descriptor and a 16 KiB buffer for its lifetime;
-//!   [`EnvMetrics::answers_read_by_callers`] counts the waits served this way.
+//!   [`EnvMetrics::answers_read_by_callers`] counts the answers read this way.
 //! - **Who writes a frame.** A connection's `rpc-io-N` event loop owns its socket. A frame
 //!   is written by the thread that hands it over when the connection is idle (nothing
 //!   queued or being written, no burst, no pipeline: one non-blocking `writev`, so a lone

@@ -81,10 +81,11 @@ pub struct EnvMetrics {
     pub frames_rejected: BTreeMap<String, u64>,
     /// Failed authentications, both ways (also counted in `frames_rejected` as `auth`).
     pub auth_failures: u64,
-    /// Waits in which the waiting thread read its connection for the answer itself,
-    /// rather than being woken by the connection's event loop (see the crate docs,
-    /// "Threads": an ask that is its connection's only one outstanding is answered
-    /// one thread hand-off sooner).
+    /// Answers (or failures the peer sent) that the thread waiting for them read from
+    /// their connection itself, rather than being woken by the connection's event loop
+    /// (see the crate docs, "Threads": an ask that is its connection's only one
+    /// outstanding is answered one thread hand-off sooner). A wait that ended with a
+    /// timeout, a close or a shutdown while the thread read is not counted.
     pub answers_read_by_callers: u64,
 }
 

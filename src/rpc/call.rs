@@ -27,7 +27,7 @@ use crate::rpc::types::{self, TypeLabel};
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::{Arc, Condvar, Mutex};
 use crate::threads::panic_message;
-use crate::transport::{Awaited, Responder, TransportClient, read_for_answer};
+use crate::transport::{Awaited, Responder, TransportClient, from_peer, read_for_answer};
 
 /// A value that can travel locally without being serialized, and be serialized when it
 /// must (a local reply or message of the same name but another type than the one the
@@ -123,6 +123,13 @@ enum State {
 impl Awaited for Call {
     fn is_done(&self) -> bool {
         Self::is_done(self)
+    }
+
+    fn answered(&self) -> bool {
+        match &self.state.lock().state {
+            State::Done(outcome) => from_peer(outcome),
+            State::Waiting | State::Taken => false,
+        }
     }
 
     fn arm(&self, waker: Option<&Arc<mio::Waker>>) -> bool {

@@ -659,7 +659,7 @@ impl EnvInner {
             one_way_dropped: counters.one_way_dropped.load(Ordering::Relaxed),
             frames_rejected: counters.log_limit.rejected(),
             auth_failures: counters.log_limit.count(log_limit::kind::AUTH),
-            answers_read_by_callers: counters.caller_turns.load(Ordering::Relaxed),
+            answers_read_by_callers: counters.caller_answers.load(Ordering::Relaxed),
             ..EnvMetrics::default()
         };
         let mut peers: BTreeMap<SocketAddr, PeerMetrics> = BTreeMap::new();

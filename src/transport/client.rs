@@ -11,7 +11,7 @@ use crate::error::RpcError;
 use crate::frame::Body;
 use crate::sync::{Arc, Condvar, Mutex};
 use crate::transport::connection::Conn;
-use crate::transport::read_turn::{Awaited, read_for_answer};
+use crate::transport::read_turn::{Awaited, from_peer, read_for_answer};
 use crate::transport::requests::Callback;
 use crate::transport::stream::{CallbackSink, StreamCallback, StreamReader};
 use crate::transport::write_queue::{Admission, Label, Receipt};
@@ -110,6 +110,11 @@ impl TransportClient {
     /// is [`RpcError::Remote`]; the connection closing while waiting is
     /// [`RpcError::Connection`], at once; the timeout running out is [`RpcError::Timeout`]
     /// and forgets the request, so a late answer is dropped.
+    ///
+    /// From an [`RpcHandler`](super::RpcHandler) method or a [`send_rpc`](Self::send_rpc)
+    /// callback on the connection it came from, the answer cannot come: the thread that
+    /// would read it is this one. Such a call fails at its `timeout`, and holds up the
+    /// connection's event loop until then (see [`RpcHandler`](super::RpcHandler)).
     pub fn send_rpc_sync(
         &self,
         body: impl Into<Vec<u8>>,
@@ -361,6 +366,10 @@ impl Answer {
 impl Awaited for Answer {
     fn is_done(&self) -> bool {
         self.state.lock().result.is_some()
+    }
+
+    fn answered(&self) -> bool {
+        self.state.lock().result.as_ref().is_some_and(from_peer)
     }
 
     fn arm(&self, waker: Option<&Arc<Waker>>) -> bool {

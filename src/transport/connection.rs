@@ -85,6 +85,10 @@ pub(crate) struct Counters {
     pub(crate) reported: ConnTotals,
     /// Read turns taken by callers waiting for their answer (see `read_turn`).
     pub(crate) caller_turns: AtomicU64,
+    /// Answers (or failures the peer sent) read by the caller waiting for them, in its
+    /// read turn: the turns that ended with a timeout, a close or a shutdown, or with an
+    /// answer the loop read before the turn was taken, are not counted.
+    pub(crate) caller_answers: AtomicU64,
     /// Asks timed out, by the key that set their deadline.
     pub(crate) timeouts: Mutex<BTreeMap<&'static str, u64>>,
     /// Refused input from peers, by kind, and the limit on its log lines.

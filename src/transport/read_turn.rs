@@ -14,7 +14,9 @@
 //!   caller reads once more before it gives the turn back if the loop was told of bytes
 //!   after its last read);
 //! - the caller reads with the connection's [`Reader`], under the turn's lock (held only
-//!   while it reads, so the loop never waits on a caller that is blocked), and hands on
+//!   while it reads, so the loop never waits on a caller that is blocked waiting for
+//!   the socket; a handler or callback that blocks holds it up as it would on the loop's
+//!   own thread), and hands on
 //!   every frame exactly as the loop would: answers to their callbacks, requests and
 //!   one-way messages to the [`RpcHandler`] (which only queues them: endpoint code never
 //!   runs there, on a loop or a caller). Like a loop, it never waits for room to send
@@ -91,7 +93,8 @@ impl ReadTurn {
 
     /// On the loop: `read` runs with the reader, unless a caller holds the turn (then
     /// `None`: the caller reads once more before it gives the turn back). An outcome a
-    /// caller handed back is returned instead of reading.
+    /// caller handed back is returned instead of reading, but for a pause (which may have
+    /// ended while the caller held the turn: reading finds out).
     pub(crate) fn on_loop(
         &self,
         read: impl FnOnce(&mut Reader, &dyn RpcHandler) -> ReadOutcome,
@@ -101,7 +104,13 @@ impl ReadTurn {
             slot.missed = true;
             return None;
         }
-        let handover = slot.handover.take();
+        // A pause a caller's read came to may be over by now (its resume found the turn
+        // taken, and a handed-over outcome stops the caller's last read): the loop reads,
+        // which comes to `Paused` again at once if it is not over.
+        let handover = slot
+            .handover
+            .take()
+            .filter(|outcome| *outcome != ReadOutcome::Paused);
         let (reader, handler) = slot.reader.as_mut()?;
         let outcome = handover.unwrap_or_else(|| read(reader, &**handler));
         let refusal = if outcome == ReadOutcome::Refused {
@@ -124,6 +133,9 @@ impl ReadTurn {
 pub(crate) trait Awaited {
     /// Whether the outcome is in.
     fn is_done(&self) -> bool;
+    /// Whether the outcome is in and came from the peer (its answer, or a failure it
+    /// sent), not from this side (a close, a timeout, a shutdown).
+    fn answered(&self) -> bool;
     /// From now until the next call, an outcome set by another thread wakes `waker`
     /// (`None`: nobody). False, with nothing armed, when the outcome is in already.
     fn arm(&self, waker: Option<&Arc<Waker>>) -> bool;
@@ -135,6 +147,15 @@ thread_local! {
     /// The thread holds a connection's read turn: like an event loop, it must not wait
     /// for room to send.
     static READING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether `outcome` came from the peer (see [`Awaited::answered`]): anything but the
+/// failures this side makes up for a call it gives up on.
+pub(crate) fn from_peer<T>(outcome: &Result<T, RpcError>) -> bool {
+    !matches!(
+        outcome,
+        Err(RpcError::Connection { .. } | RpcError::Timeout { .. } | RpcError::EnvStopped)
+    )
 }
 
 /// Whether the calling thread holds a connection's read turn.
@@ -189,33 +210,48 @@ pub(crate) fn read_for_answer(
     {
         return false;
     }
-    POLLER.with(|cell| {
-        let Ok(mut cell) = cell.try_borrow_mut() else {
-            return false;
-        };
-        if cell.is_none() {
-            match Poller::new() {
-                Ok(poller) => *cell = Some(poller),
-                Err(err) => {
-                    debug!("no poller for this thread ({err:#}): answers come through the loop");
-                    return false;
+    // `try_with`: a thread-local's destructor may ask after the poller was destroyed.
+    POLLER
+        .try_with(|cell| {
+            let Ok(mut cell) = cell.try_borrow_mut() else {
+                return false;
+            };
+            if cell.is_none() {
+                match Poller::new() {
+                    Ok(poller) => *cell = Some(poller),
+                    Err(err) => {
+                        debug!(
+                            "no poller for this thread ({err:#}): answers come through the loop"
+                        );
+                        return false;
+                    }
                 }
             }
-        }
-        let Some(poller) = cell.as_mut() else {
-            return false;
-        };
-        let Some(wire) = take_turn(conn, poller) else {
-            return false;
-        };
-        READING.with(|reading| reading.set(true));
-        let handover = read_until_answered(conn, client, poller, awaited, until);
-        READING.with(|reading| reading.set(false));
-        give_back(conn, client, poller, handover);
-        // Only now may the socket close: its descriptor was this turn's.
-        drop(wire);
-        true
-    })
+            let Some(poller) = cell.as_mut() else {
+                return false;
+            };
+            let Some(wire) = take_turn(conn, poller) else {
+                return false;
+            };
+            // Read by the loop before the turn was taken (the loop reads under the turn's
+            // lock): not this thread's answer.
+            let done_before = awaited.is_done();
+            READING.with(|reading| reading.set(true));
+            let handover = read_until_answered(conn, client, poller, awaited, until);
+            READING.with(|reading| reading.set(false));
+            give_back(conn, client, poller, handover);
+            // While this thread holds the turn nobody else reads the connection: an answer
+            // that came in meanwhile is one it read.
+            if !done_before && awaited.answered() {
+                conn.env_counters()
+                    .caller_answers
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            // Only now may the socket close: its descriptor was this turn's.
+            drop(wire);
+            true
+        })
+        .unwrap_or(false)
 }
 
 /// Takes the turn of `conn` for the calling thread, its socket registered with the
@@ -291,7 +327,13 @@ fn read_until_answered(
         };
         match outcome {
             ReadOutcome::Drained => {}
-            ReadOutcome::Budget if !awaited.is_done() => continue,
+            // Read on at once while bytes are left, until the deadline: a peer that sends
+            // faster than this thread hands frames on must not keep it past it.
+            ReadOutcome::Budget
+                if !awaited.is_done() && until.is_none_or(|until| Instant::now() < until) =>
+            {
+                continue;
+            }
             // Bytes are left for the loop (which reads again after a budget ran out).
             other => return Some(other),
         }
@@ -385,6 +427,8 @@ mod tests {
     const LONG: Duration = Duration::from_secs(30);
     /// Far below `LONG`: an outcome known at once is not waited for.
     const PROMPTLY: Duration = Duration::from_secs(5);
+    /// The timeout of a request a handler makes on the connection it is handed a frame of.
+    const NESTED: Duration = Duration::from_millis(300);
 
     /// The server side: answers by the request's text (see `receive`).
     #[derive(Default)]
@@ -432,6 +476,20 @@ mod tests {
                 _ => self.held.lock().push(responder),
             }
         }
+
+        /// Stream `bytes:N`: N bytes, byte i being `i % 251`.
+        fn open_stream(
+            &self,
+            _: &TransportClient,
+            stream_id: &str,
+        ) -> Result<Option<crate::transport::StreamBody>, String> {
+            let Some(len) = stream_id.strip_prefix("bytes:") else {
+                return Ok(None);
+            };
+            let len: usize = len.parse().map_err(|_| "a length".to_owned())?;
+            let body = (0..len).map(|i| (i % 251) as u8).collect();
+            Ok(Some(crate::transport::StreamBody::bytes(body)))
+        }
     }
 
     /// The caller's side: one-way messages and the end of its connection, in order.
@@ -442,7 +500,21 @@ mod tests {
             responder.fail("no requests here");
         }
 
-        fn receive_one_way(&self, _: &TransportClient, message: Vec<u8>) {
+        fn receive_one_way(&self, client: &TransportClient, message: Vec<u8>) {
+            if message == b"nested" {
+                // Blocks (which a handler must not): on the thread that reads the
+                // connection, for an answer that only this thread would read.
+                let start = Instant::now();
+                let result = client.send_rpc_sync(b"echo:nested".to_vec(), NESTED);
+                let took = start.elapsed();
+                let _ = self.0.send(match result {
+                    Err(RpcError::Timeout { .. }) if took >= NESTED && took < PROMPTLY => {
+                        "nested: timed out".to_owned()
+                    }
+                    other => format!("nested: {other:?} after {took:?}"),
+                });
+                return;
+            }
             let _ = self.0.send(String::from_utf8_lossy(&message).into_owned());
         }
 
@@ -463,14 +535,16 @@ mod tests {
 
     impl Pair {
         fn new() -> Self {
+            Self::with_conf(&TransportConf::default())
+        }
+
+        fn with_conf(conf: &TransportConf) -> Self {
             let server = Arc::new(Server::default());
-            let server_ctx = TransportContext::new(
-                TransportConf::default(),
-                Arc::clone(&server) as Arc<dyn RpcHandler>,
-            );
+            let server_ctx =
+                TransportContext::new(conf.clone(), Arc::clone(&server) as Arc<dyn RpcHandler>);
             let listener = server_ctx.create_server("127.0.0.1", 0).expect("server");
             let (tx, events) = crossbeam_channel::unbounded();
-            let ctx = TransportContext::new(TransportConf::default(), Arc::new(Client(tx)));
+            let ctx = TransportContext::new(conf.clone(), Arc::new(Client(tx)));
             let factory = ctx.create_client_factory();
             let client = factory
                 .create_client("127.0.0.1", listener.port())
@@ -489,6 +563,11 @@ mod tests {
         /// Read turns callers of the client's side took so far.
         fn turns(&self) -> u64 {
             self.ctx.counters().caller_turns.load(Ordering::Relaxed)
+        }
+
+        /// Answers callers of the client's side read in their turns so far.
+        fn answers(&self) -> u64 {
+            self.ctx.counters().caller_answers.load(Ordering::Relaxed)
         }
 
         fn call(&self, text: &str) -> Result<Vec<u8>, RpcError> {
@@ -530,6 +609,42 @@ mod tests {
             let text = format!("echo:{i}");
             assert_eq!(pair.call(&text).expect("answer"), i.to_string().as_bytes());
         }
+    }
+
+    /// Only the turns that ended with the answer in count as answers read by callers: a
+    /// timeout, a close, or a failure the peer sent (which counts) tell them apart.
+    #[test]
+    fn only_answers_a_caller_read_are_counted() {
+        let pair = Pair::new();
+        pair.call("echo:warm").expect("warm-up");
+        let (turns, answers) = (pair.turns(), pair.answers());
+        for i in 0..3 {
+            let text = format!("slow:{i}");
+            assert_eq!(pair.call(&text).expect("answer"), i.to_string().as_bytes());
+        }
+        assert_eq!((pair.turns(), pair.answers()), (turns + 3, answers + 3));
+        let result = pair
+            .client
+            .send_rpc_sync(b"hold".to_vec(), Duration::from_millis(100));
+        assert!(
+            matches!(result, Err(RpcError::Timeout { .. })),
+            "{result:?}"
+        );
+        assert_eq!(
+            (pair.turns(), pair.answers()),
+            (turns + 4, answers + 3),
+            "a timeout is no answer"
+        );
+        let result = pair.call("close");
+        assert!(
+            matches!(result, Err(RpcError::Connection { .. })),
+            "{result:?}"
+        );
+        assert_eq!(
+            (pair.turns(), pair.answers()),
+            (turns + 5, answers + 3),
+            "a close is no answer"
+        );
     }
 
     #[test]
@@ -679,6 +794,321 @@ mod tests {
             }
         });
         assert_eq!(pair.server.got.lock().len(), 400);
+    }
+
+    /// Waits until `done`, for at most [`PROMPTLY`].
+    fn wait_for(what: &str, done: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < PROMPTLY, "{what}: not within 5 s");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// A caller whose read came to a pause hands it to the loop; if the connection was
+    /// resumed while the caller still held the turn (its wake found the turn taken), the
+    /// loop reads when it gets the turn back rather than taking the pause as its read.
+    #[test]
+    fn a_pause_that_ended_while_a_caller_held_the_turn_is_not_a_read() {
+        let pair = Pair::new();
+        assert_eq!(pair.call("later:").expect("answer"), b"ok");
+        let peer = pair.server.peer.lock().clone().expect("the server's side");
+        let conn = pair.client.conn();
+        let turn = conn.read_turn();
+        // A caller holds the turn; its read just came to a pause.
+        turn.slot.lock().caller = true;
+        pair.client.set_auto_read(false);
+        peer.send(b"meanwhile".to_vec()).expect("send");
+        // The resume wakes the loop, which finds the turn taken.
+        pair.client.set_auto_read(true);
+        wait_for("the loop finds the turn taken", || turn.slot.lock().missed);
+        std::thread::sleep(Duration::from_millis(20));
+        let mut poller = super::Poller::new().expect("a poller");
+        super::give_back(
+            conn,
+            &pair.client,
+            &mut poller,
+            Some(super::ReadOutcome::Paused),
+        );
+        assert_eq!(pair.next_event(), "meanwhile");
+        assert_eq!(pair.call("echo:after").expect("answer"), b"after");
+    }
+
+    /// A handler run by a caller that reads its connection (which must not block) and
+    /// waits on the answer to a request of its own on the same connection: nobody reads
+    /// that answer while it waits, so it fails at its own timeout, not later; then the
+    /// caller gets its answer, and the connection goes on.
+    #[test]
+    fn a_handler_that_waits_on_its_own_connection_fails_at_its_timeout() {
+        let pair = Pair::new();
+        pair.call("echo:warm").expect("warm-up");
+        let before = pair.turns();
+        let start = Instant::now();
+        assert_eq!(pair.call("back:nested").expect("answer"), b"ok");
+        assert!(start.elapsed() < PROMPTLY, "{:?}", start.elapsed());
+        assert_eq!(pair.turns(), before + 1);
+        assert_eq!(pair.next_event(), "nested: timed out");
+        assert_eq!(pair.call("echo:after").expect("answer"), b"after");
+    }
+
+    /// One thread asks over several connections in turn, each closed and replaced by a
+    /// new one every few rounds (whose descriptor is likely the number of the one just
+    /// closed): its poller's registration follows, and no stale event or reused number
+    /// costs an answer or delays one.
+    #[test]
+    fn one_thread_alternating_over_connections_that_come_and_go() {
+        let pairs: Vec<Pair> = (0..3).map(|_| Pair::new()).collect();
+        let mut clients: Vec<TransportClient> = pairs.iter().map(|p| p.client.clone()).collect();
+        let factories: Vec<TransportClientFactory> = pairs
+            .iter()
+            .map(|p| p.ctx.create_client_factory())
+            .collect();
+        let turns = |i: usize| pairs[i].turns();
+        let before: Vec<u64> = (0..3).map(turns).collect();
+        let start = Instant::now();
+        let mut late = 0;
+        for round in 0..30 {
+            for (i, client) in clients.iter().enumerate() {
+                let text = if round % 2 == 0 {
+                    format!("slow:{round}-{i}")
+                } else {
+                    format!("echo:{round}-{i}")
+                };
+                late += usize::from(round % 2 == 0);
+                let answer = client.send_rpc_sync(text.into_bytes(), LONG);
+                assert_eq!(answer.expect("answer"), format!("{round}-{i}").as_bytes());
+            }
+            if round % 5 == 4 {
+                let i = round % 3;
+                clients[i].close();
+                let port = pairs[i]._listener.port();
+                clients[i] = factories[i]
+                    .create_client("127.0.0.1", port)
+                    .expect("a new client");
+                // Answered once its loop took it over: the next asks may take the turn.
+                let warm = clients[i].send_rpc_sync(b"echo:warm".to_vec(), LONG);
+                assert_eq!(warm.expect("warm-up"), b"warm");
+            }
+        }
+        let taken: u64 = (0..3).map(|i| turns(i) - before[i]).sum();
+        assert!(
+            taken >= late as u64,
+            "{taken} turns for {late} late answers"
+        );
+        // 45 slow answers of 20 ms, the rest at once.
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    /// Streams asked for by one thread on the connection another thread reads for its
+    /// answer: the caller hands the stream's bytes to its reader, which holds at most
+    /// 64 kB of them and so pauses the connection again and again (the caller gives the
+    /// turn back at the pause; the reader's resume wakes the loop). Every stream comes
+    /// whole and in order, every answer comes, nothing waits for a timeout.
+    #[test]
+    fn streams_asked_for_while_a_caller_reads_come_whole() {
+        use std::io::Read;
+        let conf = TransportConf::from_conf(
+            &crate::RpcConf::new()
+                .set("rpc.io.maxQueuedBytes", "64k")
+                .set("rpc.io.threads", "1"),
+        )
+        .expect("a configuration");
+        let pair = Pair::with_conf(&conf);
+        pair.call("echo:warm").expect("warm-up");
+        let start = Instant::now();
+        let before = pair.turns();
+        std::thread::scope(|scope| {
+            let caller = scope.spawn(|| {
+                for i in 0..40 {
+                    let text = format!("slow:{i}");
+                    assert_eq!(pair.call(&text).expect("answer"), i.to_string().as_bytes());
+                }
+            });
+            let streams = scope.spawn(|| {
+                for round in 0..20 {
+                    let len = 300_000 + round * 1000;
+                    let mut reader = pair
+                        .client
+                        .stream_reader(&format!("bytes:{len}"))
+                        .expect("a stream");
+                    let mut got = Vec::with_capacity(len);
+                    let mut buf = [0; 4096];
+                    loop {
+                        let n = reader.read(&mut buf).expect("stream bytes");
+                        if n == 0 {
+                            break;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                        if got.len() % (64 * 1024) < 4096 {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    }
+                    assert_eq!(got.len(), len, "round {round}");
+                    assert!(
+                        got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8),
+                        "round {round}"
+                    );
+                }
+            });
+            caller.join().expect("caller");
+            streams.join().expect("streams");
+        });
+        assert!(pair.turns() > before, "no caller read");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    /// A thread that asks from a thread-local's destructor, after its poller was
+    /// destroyed (thread-locals go in the reverse order of their first use): the answer
+    /// comes through the loop, with no panic (which would abort the process there).
+    #[test]
+    fn an_ask_from_a_thread_local_destructor_after_the_poller_is_gone() {
+        use std::cell::RefCell;
+
+        struct AskOnDrop(TransportClient, Sender<Result<Vec<u8>, RpcError>>);
+
+        impl Drop for AskOnDrop {
+            fn drop(&mut self) {
+                let _ = self
+                    .1
+                    .send(self.0.send_rpc_sync(b"slow:bye".to_vec(), LONG));
+            }
+        }
+
+        thread_local! {
+            static ON_EXIT: RefCell<Option<AskOnDrop>> = const { RefCell::new(None) };
+        }
+
+        let pair = Pair::new();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let client = pair.client.clone();
+        let before = pair.turns();
+        let thread = crate::threads::spawn("test-ask-on-exit".to_owned(), move || {
+            ON_EXIT.with(|cell| *cell.borrow_mut() = Some(AskOnDrop(client.clone(), tx)));
+            // Makes the poller, after `ON_EXIT`: it goes first.
+            let answer = client.send_rpc_sync(b"slow:hi".to_vec(), LONG);
+            assert_eq!(answer.expect("an answer"), b"hi");
+        })
+        .expect("a thread");
+        thread.join().expect("the thread");
+        let answer = rx.recv_timeout(PROMPTLY).expect("the destructor's answer");
+        assert_eq!(answer.expect("an answer"), b"bye");
+        assert_eq!(
+            pair.turns(),
+            before + 1,
+            "the second answer came through the loop"
+        );
+    }
+
+    /// A caller with no deadline of its own reads a connection whose peer stays silent:
+    /// the loop closes it after `rpc.io.connectionTimeout` (its timers run while the
+    /// caller holds the turn), which wakes the caller with the close.
+    #[test]
+    fn a_silent_peer_is_closed_at_the_connection_timeout_while_a_caller_reads() {
+        let conf = TransportConf::from_conf(
+            &crate::RpcConf::new().set("rpc.io.connectionTimeout", "300ms"),
+        )
+        .expect("a configuration");
+        let pair = Pair::with_conf(&conf);
+        pair.call("echo:warm").expect("warm-up");
+        let before = pair.turns();
+        let start = Instant::now();
+        let result = pair.client.send_rpc_sync(b"hold".to_vec(), Duration::MAX);
+        let took = start.elapsed();
+        assert!(
+            matches!(result, Err(RpcError::Connection { .. })),
+            "{result:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(300) && took < PROMPTLY,
+            "closed after {took:?}"
+        );
+        assert_eq!(pair.turns(), before + 1, "the caller read meanwhile");
+        assert_eq!(pair.next_event(), "inactive");
+    }
+
+    /// A handler that takes a millisecond for each one-way message, then drops it: slower
+    /// than a peer can send.
+    struct Slow;
+
+    impl RpcHandler for Slow {
+        fn receive(&self, _: &TransportClient, _: Vec<u8>, responder: Responder) {
+            responder.fail("no requests here");
+        }
+
+        fn receive_one_way(&self, _: &TransportClient, _: Vec<u8>) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A raw server that reads one request, never answers it, and sends one-way messages
+    /// of 64 KiB as fast as it can for `flood`. Returns its port.
+    fn flooding_server(flood: Duration) -> (u16, std::thread::JoinHandle<()>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let port = listener.local_addr().expect("address").port();
+        let thread = crate::threads::spawn("test-flooding-server".to_owned(), move || {
+            let (mut stream, _) = listener.accept().expect("a connection");
+            stream
+                .set_read_timeout(Some(PROMPTLY))
+                .expect("a read timeout");
+            let mut header = [0u8; 21];
+            stream.read_exact(&mut header).expect("a request header");
+            let len = i32::from_be_bytes(header[17..21].try_into().expect("4 bytes"));
+            let mut body = vec![0u8; usize::try_from(len).expect("a length")];
+            stream.read_exact(&mut body).expect("a request body");
+            let body = vec![3u8; 64 * 1024];
+            let mut frame = crate::frame::FrameHeader::one_way(body.len())
+                .as_bytes()
+                .to_vec();
+            frame.extend_from_slice(&body);
+            let frames: Vec<u8> = frame.repeat(16);
+            let start = Instant::now();
+            while start.elapsed() < flood {
+                if stream.write_all(&frames).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("a thread");
+        (port, thread)
+    }
+
+    /// A `send_rpc_sync` whose caller reads a connection that a peer floods faster than
+    /// it reads (every read ends with its budget spent) still ends at its timeout.
+    #[test]
+    fn a_flood_does_not_keep_a_reading_caller_past_its_timeout() {
+        // Three rounds: a caller whose read happens to empty the socket gets away.
+        for round in 0..3 {
+            let ctx = TransportContext::new(TransportConf::default(), Arc::new(Slow));
+            let factory = ctx.create_client_factory();
+            let (port, server) = flooding_server(Duration::from_secs(3));
+            let client = factory.create_client("127.0.0.1", port).expect("client");
+            wait_for("the loop takes the connection over", || {
+                client.conn().read_turn().with_reader(|_| ()).is_some()
+            });
+            let start = Instant::now();
+            let result = client.send_rpc_sync(b"request".to_vec(), Duration::from_millis(200));
+            let took = start.elapsed();
+            assert!(
+                matches!(result, Err(RpcError::Timeout { .. })),
+                "round {round}: {result:?}"
+            );
+            assert!(
+                took < Duration::from_millis(1500),
+                "round {round}: timed out after {took:?}"
+            );
+            assert_eq!(ctx.counters().caller_turns.load(Ordering::Relaxed), 1);
+            client.close();
+            server.join().expect("the server");
+        }
     }
 
     /// A raw server that answers the one request it reads with the first `cut` bytes of
