@@ -1166,12 +1166,14 @@ fn serve(opts: &ServerOpts) -> ExitCode {
         }
     };
     let address = env.address().expect("a server env has an address");
-    println!("STRESS serving on rpc://{ENDPOINT}@{address}");
-    // Ctrl-C and SIGTERM shut the env down cleanly (exit 0).
+    // Ctrl-C and SIGTERM shut the env down cleanly (exit 0); caught before the address
+    // is printed, so a signal sent on seeing it is never the default (fatal) one.
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
-    if let Err(err) = ctrlc::set_handler(move || {
+    let caught = ctrlc::set_handler(move || {
         let _ = stop_tx.try_send(());
-    }) {
+    });
+    println!("STRESS serving on rpc://{ENDPOINT}@{address}");
+    if let Err(err) = caught {
         warn!("cannot catch Ctrl-C/SIGTERM ({err:#}); the server stops when killed");
         env.await_termination();
         return ExitCode::SUCCESS;
