@@ -216,19 +216,17 @@ pub(crate) fn read_for_answer(
             let Ok(mut cell) = cell.try_borrow_mut() else {
                 return false;
             };
-            if cell.is_none() {
-                match Poller::new() {
-                    Ok(poller) => *cell = Some(poller),
+            let poller = match &mut *cell {
+                Some(poller) => poller,
+                empty => match Poller::new() {
+                    Ok(poller) => empty.insert(poller),
                     Err(err) => {
                         debug!(
                             "no poller for this thread ({err:#}): answers come through the loop"
                         );
                         return false;
                     }
-                }
-            }
-            let Some(poller) = cell.as_mut() else {
-                return false;
+                },
             };
             let Some(wire) = take_turn(conn, poller) else {
                 return false;

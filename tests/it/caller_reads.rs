@@ -99,6 +99,15 @@ const FLOOD: u64 = 300;
 /// A peer floods an endpoint of the caller's env with one-way messages (through windows
 /// of 64 kB, so the inbox is full most of the time and grants go back while the caller
 /// reads) before it answers the caller: every answer comes and no message is lost.
+/// The tests' configuration with authentication and the channel cipher `cipher`.
+fn encrypted(cipher: &str) -> rpcenv::RpcConf {
+    rpc_conf()
+        .set("rpc.authenticate", "true")
+        .set("rpc.authenticate.secret", "caller-reads")
+        .set("rpc.io.encryption.enabled", "true")
+        .set("rpc.io.encryption.cipher", cipher)
+}
+
 fn flood(conf: rpcenv::RpcConf) {
     let conf = conf
         .set("rpc.dispatcher.inboxCapacity", "64k")
@@ -140,24 +149,12 @@ fn a_flood_of_messages_ahead_of_the_answer_is_all_handed_on() {
 
 #[test]
 fn a_flood_of_messages_ahead_of_the_answer_is_all_handed_on_through_aes_gcm() {
-    flood(
-        rpc_conf()
-            .set("rpc.authenticate", "true")
-            .set("rpc.authenticate.secret", "caller-reads")
-            .set("rpc.io.encryption.enabled", "true")
-            .set("rpc.io.encryption.cipher", "AES/GCM/NoPadding"),
-    );
+    flood(encrypted("AES/GCM/NoPadding"));
 }
 
 #[test]
 fn a_flood_of_messages_ahead_of_the_answer_is_all_handed_on_through_aes_ctr() {
-    flood(
-        rpc_conf()
-            .set("rpc.authenticate", "true")
-            .set("rpc.authenticate.secret", "caller-reads")
-            .set("rpc.io.encryption.enabled", "true")
-            .set("rpc.io.encryption.cipher", "AES/CTR/NoPadding"),
-    );
+    flood(encrypted("AES/CTR/NoPadding"));
 }
 
 fn reads(env: &RpcEnv) -> u64 {
@@ -227,24 +224,12 @@ fn a_late_answer_is_read_by_its_caller() {
 
 #[test]
 fn a_late_answer_is_read_by_its_caller_through_aes_gcm() {
-    check(
-        rpc_conf()
-            .set("rpc.authenticate", "true")
-            .set("rpc.authenticate.secret", "caller-reads")
-            .set("rpc.io.encryption.enabled", "true")
-            .set("rpc.io.encryption.cipher", "AES/GCM/NoPadding"),
-    );
+    check(encrypted("AES/GCM/NoPadding"));
 }
 
 #[test]
 fn a_late_answer_is_read_by_its_caller_through_aes_ctr() {
-    check(
-        rpc_conf()
-            .set("rpc.authenticate", "true")
-            .set("rpc.authenticate.secret", "caller-reads")
-            .set("rpc.io.encryption.enabled", "true")
-            .set("rpc.io.encryption.cipher", "AES/CTR/NoPadding"),
-    );
+    check(encrypted("AES/CTR/NoPadding"));
 }
 
 /// The env of a caller that is reading its connection for an answer shuts down: the ask
