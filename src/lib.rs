@@ -89,7 +89,9 @@
 //!   request: that thread then takes the connection's read turn and reads the socket
 //!   itself, so the answer wakes it straight from the kernel rather than through the
 //!   loop (one thread hand-off less per round trip; gRPC core's synchronous calls poll
-//!   on the waiting thread the same way). While it holds the turn it hands every frame
+//!   on the waiting thread the same way), and the loop is not woken at all: its poller
+//!   stops watching the socket for bytes until the turn is given back (two `epoll_ctl`
+//!   calls per turn). While it holds the turn it hands every frame
 //!   on exactly as the loop would (requests and one-way messages into inboxes, other
 //!   answers to their askers; no endpoint code runs there), never waits for room to
 //!   send, and gives the turn back as soon as its answer, a failure or its deadline
@@ -101,7 +103,8 @@
 //!   is written by the thread that hands it over when the connection is idle (nothing
 //!   queued or being written, no burst, no pipeline: one non-blocking `writev`, so a lone
 //!   ask or reply pays no hand-off); otherwise it is queued and the loop, woken once,
-//!   writes everything queued. Nothing is held back: a frame leaves at once or as soon as
+//!   writes everything queued; its poller watches the socket for room only while a write
+//!   is left incomplete (Netty's `OP_WRITE`). Nothing is held back: a frame leaves at once or as soon as
 //!   the loop runs, whatever any handler is doing, so a handler that asks another env from
 //!   `receive_and_reply` or `on_start` gets its answer at once. Window grants and answers
 //!   are never refused room.

@@ -40,6 +40,7 @@ use crate::transport::read_turn::{ReadTurn, reading_a_connection};
 use crate::transport::requests::{Callback, Requests};
 use crate::transport::socket::Wire;
 use crate::transport::stream::{Counted, Pending as PendingStream, Sink, StreamBody, Streams};
+use crate::transport::watch::{Rewatch, Watch};
 use crate::transport::write_queue::{
     Admission, After, Frame, Kind, Label, Receipt, Submitted, WriteQueue, settle_all,
 };
@@ -56,7 +57,7 @@ pub(crate) enum Wake {
 }
 
 /// How a connection reaches its event loop from any thread.
-pub(crate) trait Notify: Send + Sync {
+pub(crate) trait Notify: Rewatch + Send + Sync {
     /// `conn_id` was closed; the loop forgets it and reports it inactive.
     fn closed(&self, conn_id: u64);
     /// The loop has something to do for `conn`.
@@ -85,6 +86,10 @@ pub(crate) struct Counters {
     pub(crate) reported: ConnTotals,
     /// Read turns taken by callers waiting for their answer (see `read_turn`).
     pub(crate) caller_turns: AtomicU64,
+    /// Reads the event loop left because a caller held the read turn (it was told of bytes
+    /// the caller reads): rare, since the loop's poller stops watching the socket for
+    /// bytes during a turn (see `watch`).
+    pub(crate) turn_found_taken: AtomicU64,
     /// Answers (or failures the peer sent) read by the caller waiting for them, in its
     /// read turn: the turns that ended with a timeout, a close or a shutdown, or with an
     /// answer the loop read before the turn was taken, are not counted.
@@ -294,6 +299,8 @@ pub(crate) struct Conn {
     attachment: OnceLock<Arc<dyn Any + Send + Sync>>,
     /// Who reads the socket: the loop, or a caller waiting for its answer.
     read_turn: ReadTurn,
+    /// What the loop's poller watches the socket for.
+    watch: Watch,
     /// What it counts for the metrics.
     pub(crate) stats: ConnStats,
 }
@@ -334,6 +341,7 @@ impl Conn {
             answer_estimate: AtomicUsize::new(INITIAL_ANSWER_ESTIMATE),
             attachment: OnceLock::new(),
             read_turn: ReadTurn::default(),
+            watch: Watch::default(),
             stats: ConnStats::default(),
         });
         conn.counters.conns.lock().insert(id, Arc::downgrade(&conn));
@@ -398,6 +406,42 @@ impl Conn {
 
     pub(crate) fn read_turn(&self) -> &ReadTurn {
         &self.read_turn
+    }
+
+    /// A caller takes (`true`) or gives back the read turn: the loop's poller stops or
+    /// starts watching the socket for bytes (see `watch`).
+    pub(crate) fn set_caller_reading(&self, reading: bool) {
+        self.watch.set_caller(reading);
+        self.rewatch();
+    }
+
+    /// After a write: the loop's poller watches the socket for room while the write queue
+    /// is blocked, and only then (see `watch`).
+    pub(crate) fn rewatch_after_write(&self) {
+        if self.writes.is_blocked() != self.watch.watches_writable() {
+            self.rewatch();
+        }
+    }
+
+    /// Brings the loop's interest in the socket up to date (see `watch`). A change the
+    /// poller refuses closes the connection: its loop would no longer hear of it.
+    fn rewatch(&self) {
+        // `None` once closed: the descriptor may be another socket's by now.
+        let Some(wire) = self.writes.wire() else {
+            return;
+        };
+        let Some(fd) = wire.raw_fd() else {
+            return;
+        };
+        let synced = self
+            .watch
+            .sync(self.id, fd, || self.writes.is_blocked(), &*self.notify);
+        if let Err(err) = synced {
+            self.close_with(CloseReason::io(
+                "cannot be watched by its event loop's poller",
+                err,
+            ));
+        }
     }
 
     /// Wakes the connection's event loop for `why`.
@@ -569,7 +613,10 @@ impl Conn {
             &self.counters.stopping,
             || self.closed_error(),
         ) {
-            Ok(After::Nothing) => Ok(()),
+            Ok(After::Nothing) => {
+                self.rewatch_after_write();
+                Ok(())
+            }
             Ok(After::WakeLoop) => {
                 self.notify.wake(Arc::clone(self), Wake::Flush);
                 Ok(())

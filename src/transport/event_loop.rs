@@ -7,12 +7,15 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::io;
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error, trace};
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
 use crate::auth::Decryptor;
@@ -28,6 +31,7 @@ use crate::transport::connection::{
 };
 use crate::transport::reader::{MIN_FRAME_RATE, ReadOutcome, Reader};
 use crate::transport::socket::{Wire, interrupted};
+use crate::transport::watch::{self, Rewatch};
 use crate::transport::write_queue::Flushed;
 use crate::transport::{RpcHandler, TransportClient, TransportConf};
 
@@ -97,6 +101,27 @@ impl LoopHandle {
             }
         }
         true
+    }
+}
+
+impl Rewatch for LoopHandle {
+    fn rewatch(
+        &self,
+        conn_id: u64,
+        fd: RawFd,
+        from: watch::Interest,
+        to: watch::Interest,
+    ) -> io::Result<()> {
+        let token = Token(conn_id as usize);
+        let source = &mut SourceFd(&fd);
+        match (from.to_mio(), to.to_mio()) {
+            (_, None) => match self.registry.deregister(source) {
+                Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+                done => done,
+            },
+            (None, Some(interest)) => self.registry.register(source, token, interest),
+            (Some(_), Some(interest)) => self.registry.reregister(source, token, interest),
+        }
     }
 }
 
@@ -189,11 +214,7 @@ impl IoGroup {
         // dropped, and the loop reads and flushes once when it takes the connection over.
         handle
             .registry
-            .register(
-                &mut stream,
-                Token(id as usize),
-                Interest::READABLE | Interest::WRITABLE,
-            )
+            .register(&mut stream, Token(id as usize), Interest::READABLE)
             .map_err(|e| RpcError::connection_io(peer, "cannot be registered with a poller", e))?;
         let wire: Arc<dyn Wire> = Arc::new(stream);
         let notify: Arc<dyn Notify> = Arc::clone(handle) as Arc<dyn Notify>;
@@ -392,7 +413,9 @@ impl EventLoop {
             return;
         };
         let conn = Arc::clone(entry.client.conn());
-        match conn.writes().flush() {
+        let flushed = conn.writes().flush();
+        conn.rewatch_after_write();
+        match flushed {
             Flushed::Done | Flushed::Blocked => {}
             Flushed::Again => self.flush_again.push(id),
             Flushed::Failed(err) => {
@@ -421,7 +444,7 @@ impl EventLoop {
         let conn = Arc::clone(entry.client.conn());
         let client = &entry.client;
         let scratch = &mut self.scratch;
-        let read = conn.read_turn().on_loop(|reader, handler| {
+        let read = conn.read_turn().on_loop(&conn, |reader, handler| {
             reader.read_ready(&conn, client, scratch, READ_BUDGET, handler, drain, now)
         });
         let Some((outcome, refusal)) = read else {

@@ -83,6 +83,7 @@ mod socket;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod watch;
 mod write_queue;
 
 pub use self::auth::{AuthBootstrap, DEFAULT_AUTH_TIMEOUT, SPARK_RPC_APP_ID};

@@ -10,9 +10,12 @@
 //! While a caller holds the turn:
 //! - the caller waits for the socket on a poller of its own thread, which also holds a
 //!   `Waker` that an outcome arriving by another way (a close, a timeout, an abort)
-//!   wakes; the loop, told of the same bytes, finds the turn taken and leaves them (the
-//!   caller reads once more before it gives the turn back if the loop was told of bytes
-//!   after its last read);
+//!   wakes. The loop's poller stops watching the socket for bytes meanwhile (one
+//!   `epoll_ctl` each way, see `watch`), so the answer wakes the caller alone; when the
+//!   turn is given back the loop watches again, and bytes that came after the caller's
+//!   last read are reported to it at once. A loop told of bytes just before the turn was
+//!   taken finds the turn taken and leaves them (the caller reads once more before it
+//!   gives the turn back if that happened after its last read);
 //! - the caller reads with the connection's [`Reader`], under the turn's lock (held only
 //!   while it reads, so the loop never waits on a caller that is blocked waiting for
 //!   the socket; a handler or callback that blocks holds it up as it would on the loop's
@@ -97,11 +100,15 @@ impl ReadTurn {
     /// ended while the caller held the turn: reading finds out).
     pub(crate) fn on_loop(
         &self,
+        conn: &Conn,
         read: impl FnOnce(&mut Reader, &dyn RpcHandler) -> ReadOutcome,
     ) -> Option<LoopRead> {
         let mut slot = self.slot.lock();
         if slot.caller {
             slot.missed = true;
+            conn.env_counters()
+                .turn_found_taken
+                .fetch_add(1, Ordering::Relaxed);
             return None;
         }
         // A pause a caller's read came to may be over by now (its resume found the turn
@@ -285,6 +292,8 @@ fn take_turn(conn: &Arc<Conn>, poller: &mut Poller) -> Option<Arc<dyn Wire>> {
     }
     slot.caller = true;
     slot.missed = false;
+    // The loop is no longer woken by bytes: they are this thread's to wait for.
+    conn.set_caller_reading(true);
     conn.env_counters()
         .caller_turns
         .fetch_add(1, Ordering::Relaxed);
@@ -401,6 +410,9 @@ fn give_back(
         }
         slot.caller = false;
         slot.handover = handover;
+        // The loop watches for bytes again; bytes that came after the last read are
+        // reported to it at once.
+        conn.set_caller_reading(false);
         break;
     }
     if handover.is_some() {
@@ -611,6 +623,32 @@ mod tests {
 
     /// Only the turns that ended with the answer in count as answers read by callers: a
     /// timeout, a close, or a failure the peer sent (which counts) tell them apart.
+    /// While a caller holds the turn the loop's poller does not watch the socket for
+    /// bytes: the answers wake the caller alone. (A loop that watched would be told of
+    /// every answer and find the turn taken each time.)
+    #[test]
+    fn the_loop_is_not_woken_by_the_answers_a_caller_reads() {
+        let pair = Pair::new();
+        pair.call("echo:warm").expect("warm-up");
+        let taken = || pair.ctx.counters().turn_found_taken.load(Ordering::Relaxed);
+        let (turns, found) = (pair.turns(), taken());
+        for i in 0..10 {
+            let text = format!("slow:{i}");
+            assert_eq!(pair.call(&text).expect("answer"), i.to_string().as_bytes());
+        }
+        assert_eq!(pair.turns(), turns + 10, "every call took the turn");
+        assert!(
+            taken() - found <= 2,
+            "the loop was told of {} of 10 answers read by their callers",
+            taken() - found
+        );
+        // Bytes after the turn are the loop's again: a message the server sends later.
+        pair.call("later:").expect("answer");
+        let peer = pair.server.peer.lock().clone().expect("the server's side");
+        peer.send(b"after".to_vec()).expect("send");
+        assert_eq!(pair.next_event(), "after");
+    }
+
     #[test]
     fn only_answers_a_caller_read_are_counted() {
         let pair = Pair::new();

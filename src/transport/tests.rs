@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use crate::error::RpcError;
@@ -12,6 +13,7 @@ use crate::sync::{Arc, Mutex, Weak};
 use crate::transport::connection::{Conn, Counters, Notify, Wake};
 use crate::transport::reader::{ReadOutcome, Reader};
 use crate::transport::socket::Wire;
+use crate::transport::watch::{Interest, Rewatch};
 use crate::transport::write_queue::{Admission, Flushed};
 use crate::transport::{Responder, RpcHandler, TransportClient, TransportConf};
 
@@ -75,6 +77,12 @@ impl Wire for MemWire {
 }
 
 struct NoLoop;
+
+impl Rewatch for NoLoop {
+    fn rewatch(&self, _: u64, _: RawFd, _: Interest, _: Interest) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 impl Notify for NoLoop {
     fn closed(&self, _conn_id: u64) {}

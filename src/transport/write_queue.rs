@@ -205,6 +205,8 @@ impl State {
 /// The write side of one connection (see the module docs).
 pub(crate) struct WriteQueue {
     state: Mutex<State>,
+    /// `State::blocked`, read without the lock after each write (see `watch`).
+    blocked: AtomicBool,
     room: Condvar,
     limit: usize,
     /// Names the peer in `QueueFull` errors.
@@ -236,6 +238,7 @@ impl WriteQueue {
                 bytes_out: 0,
                 frames_out: 0,
             }),
+            blocked: AtomicBool::new(false),
             room: Condvar::default(),
             limit,
             peer,
@@ -403,6 +406,7 @@ impl WriteQueue {
             if round == 0 {
                 state.loop_woken = false;
                 state.blocked = false;
+                self.blocked.store(false, Ordering::Release);
             }
             if state.writing {
                 // Another thread is inside `writev`: it wakes the loop again when done.
@@ -512,6 +516,7 @@ impl WriteQueue {
                 after = After::WakeLoop;
             } else {
                 state.blocked = true;
+                self.blocked.store(true, Ordering::Release);
             }
         } else {
             state.stalled_since = None;
@@ -622,6 +627,18 @@ impl WriteQueue {
     pub(crate) fn totals(&self) -> (u64, u64) {
         let state = self.state.lock();
         (state.bytes_out, state.frames_out)
+    }
+
+    /// Whether the socket would not take more and the event loop waits for room: its
+    /// poller must then watch the socket for it (see `watch`). Without the lock: as of
+    /// the last write.
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.blocked.load(Ordering::Acquire)
+    }
+
+    /// The socket, while the connection is open: held, its descriptor stays this socket's.
+    pub(crate) fn wire(&self) -> Option<Arc<dyn Wire>> {
+        self.state.lock().wire.clone()
     }
 
     /// Whether everything cleared to go was written (held frames aside).
