@@ -14,9 +14,10 @@ use std::fmt;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::error::RpcError;
+use crate::sync::Arc;
 
 /// The scheme of an endpoint URI that has an address.
 const SCHEME: &str = "rpc://";
@@ -52,11 +53,29 @@ const CLIENT_SCHEME: &str = "rpc-client://";
 /// ```
 ///
 /// [`new`]: RpcAddress::new
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(from = "UncheckedAddress")]
 pub struct RpcAddress {
-    host: String,
+    /// Shared, so that a copy (one per message from a peer) allocates nothing.
+    host: Arc<str>,
     port: u16,
+}
+
+/// Serialized as `{ host: str, port: u16 }`, the fields [`UncheckedAddress`] reads back.
+impl Serialize for RpcAddress {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(rename = "RpcAddress")]
+        struct Fields<'a> {
+            host: &'a str,
+            port: u16,
+        }
+        Fields {
+            host: &self.host,
+            port: self.port,
+        }
+        .serialize(serializer)
+    }
 }
 
 /// The fields of an [`RpcAddress`] as they come off the wire, before normalization.
@@ -85,7 +104,7 @@ impl RpcAddress {
     /// ```
     pub fn new(host: impl Into<String>, port: u16) -> Self {
         Self {
-            host: normalize_host(host.into()),
+            host: normalize_host(host.into()).into(),
             port,
         }
     }
@@ -213,7 +232,10 @@ fn parse_host_port(text: &str, input: &str) -> Result<RpcAddress, RpcError> {
     let port = port
         .parse::<u16>()
         .map_err(|_| invalid(input, format!("port {port} is out of range (0 to 65535)")))?;
-    Ok(RpcAddress { host, port })
+    Ok(RpcAddress {
+        host: host.into(),
+        port,
+    })
 }
 
 /// The URI of the endpoint `name` in the env at `address`: `rpc://name@host:port`, or
@@ -506,6 +528,25 @@ mod tests {
             let bytes = codec::encode(&a, "address").expect("encode");
             let back: RpcAddress = codec::decode(&bytes, "address").expect("decode");
             assert_eq!(back, a);
+        }
+    }
+
+    #[test]
+    fn serialized_as_a_host_string_and_a_port() {
+        // The layout peers of earlier versions wrote and read: a struct of a `String`
+        // host and a `u16` port.
+        #[derive(Serialize)]
+        struct Owned {
+            host: String,
+            port: u16,
+        }
+        for (host, port) in [("127.0.0.1", 7077), ("::1", 1), ("example.com", 65535)] {
+            let ours = codec::encode(&RpcAddress::new(host, port), "address").expect("encode");
+            let owned = Owned {
+                host: host.to_owned(),
+                port,
+            };
+            assert_eq!(ours, codec::encode(&owned, "address").expect("encode"));
         }
     }
 

@@ -59,7 +59,7 @@ const REPLY_ERR: u8 = 1;
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct RequestHeader<'a> {
     /// The listen address of the env that sent it; `None` for a client-mode env.
-    pub(crate) sender: Option<RpcAddress>,
+    pub(crate) sender: Option<Sender<'a>>,
     /// The endpoint it is for.
     pub(crate) receiver: &'a str,
     /// The fingerprint of the message's type; 0: no claim.
@@ -68,6 +68,21 @@ pub(crate) struct RequestHeader<'a> {
     pub(crate) reply_type: u64,
     /// Where the content starts in the body.
     pub(crate) content_start: usize,
+}
+
+/// The sender field of a request header as written (a non-empty UTF-8 host and a port),
+/// before it is made an [`RpcAddress`] (which normalizes the host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sender<'a> {
+    pub(crate) host: &'a str,
+    pub(crate) port: u16,
+}
+
+impl Sender<'_> {
+    /// The address the field names.
+    pub(crate) fn address(self) -> RpcAddress {
+        RpcAddress::new(self.host, self.port)
+    }
 }
 
 /// Writes a request body: the header, then `content` through the codec. `reply_type` is
@@ -147,7 +162,7 @@ pub(crate) fn decode_request(body: &[u8]) -> Result<RequestHeader<'_>, RpcError>
                 return Err(RpcError::decode("request envelope", "empty sender host"));
             }
             let port = u16::from_be_bytes([reader.u8()?, reader.u8()?]);
-            Some(RpcAddress::new(host, port))
+            Some(Sender { host, port })
         }
         flag => {
             return Err(RpcError::decode(
@@ -419,7 +434,7 @@ mod tests {
             .unwrap()
             .to_vec();
         let header = decode_request(&body).unwrap();
-        assert_eq!(header.sender, Some(sender));
+        assert_eq!(header.sender.map(Sender::address), Some(sender));
         assert_eq!(header.receiver, "echo");
         assert_eq!(header.message_type, types::fingerprint::<(u64, String)>());
         assert_eq!(header.reply_type, 5);
@@ -443,7 +458,8 @@ mod tests {
         let body = encode_request(Some(&sender), "e", 0, &1u8)
             .unwrap()
             .to_vec();
-        assert_eq!(decode_request(&body).unwrap().sender, Some(sender));
+        let header = decode_request(&body).unwrap();
+        assert_eq!(header.sender.map(Sender::address), Some(sender));
     }
 
     #[test]

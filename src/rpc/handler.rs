@@ -20,11 +20,45 @@ use crate::log_limit::{kind, peer_warn};
 use crate::rpc::address::{RpcAddress, endpoint_uri};
 use crate::rpc::call::RpcCallContext;
 use crate::rpc::env::EnvInner;
-use crate::rpc::envelope::{self, Control, RequestHeader};
+use crate::rpc::envelope::{self, Control, RequestHeader, Sender};
 use crate::rpc::flow::Inflow;
-use crate::rpc::inbox::{InboxMessage, Payload};
+use crate::rpc::inbox::{Inbox, InboxMessage, Payload};
 use crate::sync::{Arc, Mutex, Weak};
 use crate::transport::{Responder, RpcHandler, StreamBody, TransportClient};
+
+/// What the handler keeps for one connection (its attachment): its flow-control state,
+/// and what its earlier requests already told, so that a run of requests from one sender
+/// to one endpoint makes its sender's address and finds its endpoint once.
+struct Inbound {
+    inflow: Arc<Inflow>,
+    /// Only the connection's event loop takes it, one request at a time.
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// The sender field of the last request that named one, and the address made of it.
+    sender: Option<(Box<str>, u16, RpcAddress)>,
+    /// The connection was announced: requests need not look again.
+    announced: bool,
+    /// The inbox the last request went to; used again while it is not stopped.
+    inbox: Option<Arc<Inbox>>,
+}
+
+impl Seen {
+    /// The address `sender` names, made once per sender field.
+    fn sender(&mut self, sender: Option<Sender<'_>>) -> Option<RpcAddress> {
+        let sender = sender?;
+        if let Some((host, port, address)) = &self.sender {
+            if **host == *sender.host && *port == sender.port {
+                return Some(address.clone());
+            }
+        }
+        let address = sender.address();
+        self.sender = Some((sender.host.into(), sender.port, address.clone()));
+        Some(address)
+    }
+}
 
 /// The handler behind an env's transport.
 pub(crate) struct RpcEnvHandler {
@@ -50,16 +84,20 @@ impl RpcEnvHandler {
     }
 
     /// Posts `Connected(address)` for `client`'s connection unless it was announced;
-    /// `address` is made only then.
+    /// `address` is made only then. Returns whether the connection is announced (now or
+    /// before); `false` once it is inactive.
     pub(crate) fn announce(
         &self,
         env: &EnvInner,
         client: &TransportClient,
         address: impl FnOnce() -> RpcAddress,
-    ) {
+    ) -> bool {
         let mut announced = self.announced.lock();
-        if !client.is_active() || announced.contains_key(&client.id()) {
-            return;
+        if !client.is_active() {
+            return false;
+        }
+        if announced.contains_key(&client.id()) {
+            return true;
         }
         let address = address();
         announced.insert(client.id(), address.clone());
@@ -71,11 +109,58 @@ impl RpcEnvHandler {
         // Posted under the lock, so a Disconnected for the same connection comes after.
         env.dispatcher()
             .post_to_all(|| InboxMessage::Connected(address.clone()));
+        true
+    }
+
+    /// What this handler keeps for `client`'s connection (made on first use).
+    fn inbound<'a>(&self, env: &EnvInner, client: &'a TransportClient) -> Option<&'a Inbound> {
+        client.attachment(|| Inbound {
+            inflow: Arc::new(Inflow::new(env.settings().inbox_capacity)),
+            seen: Mutex::new(Seen::default()),
+        })
     }
 
     /// The flow-control state of `client`'s connection (made on first use).
     fn inflow(&self, env: &EnvInner, client: &TransportClient) -> Option<Arc<Inflow>> {
-        client.attachment(|| Inflow::new(env.settings().inbox_capacity))
+        self.inbound(env, client)
+            .map(|inbound| Arc::clone(&inbound.inflow))
+    }
+
+    /// For a request from `sender` to `receiver` on `client`'s connection: the sender's
+    /// address, and the inbox of the endpoint or why there is none. Announces the
+    /// connection (an inbound one with its sender's address) unless it was.
+    fn route(
+        &self,
+        env: &EnvInner,
+        client: &TransportClient,
+        inbound: Option<&Inbound>,
+        sender: Option<Sender<'_>>,
+        receiver: &str,
+    ) -> (Option<RpcAddress>, Result<Arc<Inbox>, RpcError>) {
+        let resolve = || {
+            env.dispatcher()
+                .resolve(receiver, || endpoint_uri(env.address(), receiver))
+        };
+        let Some(inbound) = inbound else {
+            let sender = sender.map(Sender::address);
+            self.announce_sender(env, client, sender.as_ref());
+            return (sender, resolve());
+        };
+        let mut seen = inbound.seen.lock();
+        let sender = seen.sender(sender);
+        if !seen.announced {
+            seen.announced = self.announce_sender(env, client, sender.as_ref());
+        }
+        let cached = seen
+            .inbox
+            .as_ref()
+            .filter(|inbox| **inbox.name() == *receiver && !inbox.is_stopped());
+        if let Some(inbox) = cached {
+            return (sender, Ok(Arc::clone(inbox)));
+        }
+        let resolved = resolve();
+        seen.inbox = resolved.as_ref().ok().cloned();
+        (sender, resolved)
     }
 
     /// A control message from the peer (see `flow`).
@@ -119,17 +204,17 @@ impl RpcEnvHandler {
     }
 
     /// Announces an inbound connection with its sender's listen address, or its socket
-    /// address when the sender is a client-mode env.
+    /// address when the sender is a client-mode env; whether it is announced.
     fn announce_sender(
         &self,
         env: &EnvInner,
         client: &TransportClient,
         sender: Option<&RpcAddress>,
-    ) {
+    ) -> bool {
         self.announce(env, client, || match sender {
             Some(address) => address.clone(),
             None => RpcAddress::from_socket_addr(client.remote_address()),
-        });
+        })
     }
 }
 
@@ -169,15 +254,13 @@ impl RpcHandler for RpcEnvHandler {
                 return;
             }
         };
-        self.announce_sender(&env, client, sender.as_ref());
-        let inbox = match env
-            .dispatcher()
-            .resolve(receiver, || endpoint_uri(env.address(), receiver))
-        {
+        let inbound = self.inbound(&env, client);
+        let (sender, resolved) = self.route(&env, client, inbound, sender, receiver);
+        let inbox = match resolved {
             Ok(inbox) => inbox,
             Err(err) => {
-                if let Some(inflow) = self.inflow(&env, client) {
-                    inflow.refund(client, receiver, message.len());
+                if let Some(inbound) = inbound {
+                    inbound.inflow.refund(client, receiver, message.len());
                 }
                 if !matches!(err, RpcError::EnvStopped) {
                     // The asker hears why; counted, logged only at debug.
@@ -190,11 +273,11 @@ impl RpcHandler for RpcEnvHandler {
             }
         };
         let reply = RpcCallContext::remote(responder, Arc::clone(inbox.name()), sender, reply_type);
-        let Some(inflow) = self.inflow(&env, client) else {
+        let Some(inbound) = inbound else {
             reply.fail(RpcError::EnvStopped);
             return;
         };
-        let charge = inflow.received(client, inbox.name(), message.len());
+        let charge = inbound.inflow.received(client, inbox.name(), message.len());
         let msg = InboxMessage::Ask {
             payload: Payload::Remote {
                 body: message,
@@ -218,7 +301,6 @@ impl RpcHandler for RpcEnvHandler {
         let Ok(header) = self.header(client, &message) else {
             return;
         };
-        self.announce_sender(&env, client, header.sender.as_ref());
         let RequestHeader {
             sender,
             receiver,
@@ -226,18 +308,16 @@ impl RpcHandler for RpcEnvHandler {
             reply_type: _,
             content_start,
         } = header;
-        let inflow = self.inflow(&env, client);
-        let resolved = env
-            .dispatcher()
-            .resolve(receiver, || endpoint_uri(env.address(), receiver));
+        let inbound = self.inbound(&env, client);
+        let (sender, resolved) = self.route(&env, client, inbound, sender, receiver);
         if resolved.is_err() {
-            if let Some(inflow) = &inflow {
-                inflow.refund(client, receiver, message.len());
+            if let Some(inbound) = inbound {
+                inbound.inflow.refund(client, receiver, message.len());
             }
         }
         let posted = resolved.and_then(|inbox| {
-            let inflow = inflow.ok_or(RpcError::EnvStopped)?;
-            let charge = inflow.received(client, inbox.name(), message.len());
+            let inbound = inbound.ok_or(RpcError::EnvStopped)?;
+            let charge = inbound.inflow.received(client, inbox.name(), message.len());
             inbox.post(InboxMessage::OneWay {
                 sender,
                 payload: Payload::Remote {
@@ -299,5 +379,41 @@ impl fmt::Debug for RpcEnvHandler {
         f.debug_struct("RpcEnvHandler")
             .field("announced", &self.announced.lock().len())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sender_field_seen_before_gives_the_same_address_without_making_it_again() {
+        let mut seen = Seen::default();
+        let field = Sender {
+            host: "0:0:0:0:0:0:0:1",
+            port: 7077,
+        };
+        let first = seen.sender(Some(field)).expect("an address");
+        assert_eq!(first, RpcAddress::new("::1", 7077));
+        let again = seen.sender(Some(field)).expect("an address");
+        assert_eq!(again, first);
+        // The address was copied, not made again: the host is shared.
+        assert_eq!(again.host().as_ptr(), first.host().as_ptr());
+
+        let other_port = seen
+            .sender(Some(Sender {
+                host: "0:0:0:0:0:0:0:1",
+                port: 7078,
+            }))
+            .expect("an address");
+        assert_eq!(other_port, RpcAddress::new("::1", 7078));
+        let other_host = seen
+            .sender(Some(Sender {
+                host: "10.0.0.1",
+                port: 7078,
+            }))
+            .expect("an address");
+        assert_eq!(other_host, RpcAddress::new("10.0.0.1", 7078));
+        assert_eq!(seen.sender(None), None);
     }
 }

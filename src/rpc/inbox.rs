@@ -28,7 +28,7 @@ use crate::rpc::address::RpcAddress;
 use crate::rpc::call::{Content, RpcCallContext};
 use crate::rpc::flow::Charge;
 use crate::rpc::message_loop::MessageLoop;
-use crate::sync::atomic::Ordering;
+use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::sync::{Arc, Condvar, Mutex, RwLock};
 use crate::threads::panic_message;
 use crate::transport::{Admission, TransportClient};
@@ -175,6 +175,8 @@ pub(crate) struct Inbox {
     /// The type of the endpoint's messages: its fingerprint and `type_name`.
     message_type: (u64, &'static str),
     state: Mutex<State>,
+    /// `State::stopped`, readable without the lock (set under it).
+    stopped: AtomicBool,
     room: Condvar,
     capacity: usize,
     handler: Mutex<Option<Box<dyn Handler>>>,
@@ -209,6 +211,7 @@ impl Inbox {
         Self {
             name,
             message_type,
+            stopped: AtomicBool::new(false),
             room: Condvar::default(),
             capacity,
             state: Mutex::new(State {
@@ -361,6 +364,7 @@ impl Inbox {
             return false;
         }
         state.stopped = true;
+        self.stopped.store(true, Ordering::Release);
         state.why = Some(why);
         state.queue.push_back((InboxMessage::OnStop, 0));
         state.high_water = state.high_water.max(state.queue.len());
@@ -386,8 +390,9 @@ impl Inbox {
         true
     }
 
+    /// Whether it was stopped: later posts are refused. Takes no lock.
     pub(crate) fn is_stopped(&self) -> bool {
-        self.state.lock().stopped
+        self.stopped.load(Ordering::Acquire)
     }
 
     pub(crate) fn is_finished(&self) -> bool {

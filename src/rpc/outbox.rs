@@ -257,7 +257,7 @@ impl Outbox {
             .create_client(address.host(), address.port())
         {
             Ok(client) => {
-                env.handler().announce(&env, &client, || address.clone());
+                let _ = env.handler().announce(&env, &client, || address.clone());
                 let mut state = self.state.lock();
                 state.connecting = false;
                 state.failures = 0;

@@ -245,11 +245,12 @@ impl TransportClient {
         self.conn.set_flow_controlled(window);
     }
 
-    /// The state an upper layer keeps for this connection, made by `make` on first use.
+    /// The state an upper layer keeps for this connection, made by `make` on first use;
+    /// `None` if it was made as another type.
     pub(crate) fn attachment<T: std::any::Any + Send + Sync>(
         &self,
         make: impl FnOnce() -> T,
-    ) -> Option<Arc<T>> {
+    ) -> Option<&T> {
         self.conn.attachment(make)
     }
 

@@ -296,7 +296,7 @@ pub(crate) struct Conn {
     /// seen.
     answer_estimate: AtomicUsize,
     /// State an upper layer keeps per connection.
-    attachment: OnceLock<Arc<dyn Any + Send + Sync>>,
+    attachment: OnceLock<Box<dyn Any + Send + Sync>>,
     /// Who reads the socket: the loop, or a caller waiting for its answer.
     read_turn: ReadTurn,
     /// What the loop's poller watches the socket for.
@@ -454,13 +454,11 @@ impl Conn {
         &self.counters
     }
 
-    /// The state an upper layer keeps for this connection, made by `make` on first use.
-    pub(crate) fn attachment<T: Any + Send + Sync>(
-        &self,
-        make: impl FnOnce() -> T,
-    ) -> Option<Arc<T>> {
-        let any = self.attachment.get_or_init(|| Arc::new(make()));
-        Arc::clone(any).downcast::<T>().ok()
+    /// The state an upper layer keeps for this connection, made by `make` on first use;
+    /// `None` if it was made as another type.
+    pub(crate) fn attachment<T: Any + Send + Sync>(&self, make: impl FnOnce() -> T) -> Option<&T> {
+        let any = self.attachment.get_or_init(|| Box::new(make()));
+        any.downcast_ref::<T>()
     }
 
     /// If the connection closed because it failed: the error to report.

@@ -275,6 +275,33 @@ fn asks_to_a_stopped_endpoint_fail_at_once_and_it_is_reached_once_registered_aga
     assert_eq!(answer.expect("the endpoint registered again answers"), 1);
 }
 
+/// A connection remembers the endpoint its last message went to; once that endpoint is
+/// stopped and another is registered under its name, the next message on the same
+/// connection reaches the new one.
+#[test]
+fn a_message_after_its_endpoint_is_registered_again_reaches_the_new_one() {
+    let b = server_env_with("again-b", conf_with(&[]));
+    let a = client_env_with("again-a", conf_with(&[]));
+    let first = Count::default();
+    let first_ref = b.setup_endpoint("again", first.clone()).unwrap();
+    let to_b = a
+        .setup_endpoint_ref::<Blob>(&address_of(&b), "again")
+        .expect("a ref to again");
+    for n in 1..=3u64 {
+        let answer = to_b.ask_sync_timeout::<u64>(Blob(vec![1]), Duration::from_secs(5));
+        assert_eq!(answer.expect("the first endpoint answers"), n);
+    }
+    b.stop(&first_ref).unwrap();
+    let second = Count::default();
+    b.setup_endpoint("again", second.clone()).unwrap();
+    to_b.send(Blob(vec![2])).expect("sent");
+    let answer = to_b.ask_sync_timeout::<u64>(Blob(vec![3]), Duration::from_secs(5));
+    a.shutdown();
+    b.shutdown();
+    assert_eq!(answer.expect("the endpoint registered again answers"), 2);
+    assert_eq!(first.0.load(Ordering::SeqCst), 3);
+}
+
 // =======================================================================================
 // R2. A raw peer that says hello (claims flow control) and then never reads its answers
 // is soon no longer read.
