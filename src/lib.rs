@@ -99,6 +99,18 @@
 //!   requests outstanding is read by its loop. Each thread that does this keeps an
 //!   epoll and an eventfd descriptor and a 16 KiB buffer for its lifetime;
 //!   [`EnvMetrics::answers_read_by_callers`] counts the answers read this way.
+//! - **Who reads a request.** The same read turn lets the server skip a hand-off (the
+//!   leader/follower pattern): an `rpc-dispatcher-N` thread with nothing to do reads the
+//!   connection it last answered a request on, rather than sleeping on its queue, for at
+//!   most 10 s at a time. The next request on it then wakes that thread straight from the
+//!   kernel; its read queues the endpoint's inbox, and the thread gives the turn back and
+//!   runs the inbox itself (no other thread is woken for it), so endpoint code still runs
+//!   only on dispatcher threads, never with the turn held. Work queued from elsewhere
+//!   while every dispatcher reads wakes one of them at once (through its poller's
+//!   eventfd), as do a close and a shutdown. A dispatcher leads once per request it
+//!   answered: a lead that ends without work is not tried again until it answers
+//!   another. Dedicated (`rpc-endpoint-NAME`) threads do not lead.
+//!   [`EnvMetrics::dispatcher_read_turns`] counts the turns taken this way.
 //! - **Who writes a frame.** A connection's `rpc-io-N` event loop owns its socket. A frame
 //!   is written by the thread that hands it over when the connection is idle (nothing
 //!   queued or being written, no burst, no pipeline: one non-blocking `writev`, so a lone

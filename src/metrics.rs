@@ -87,6 +87,10 @@ pub struct EnvMetrics {
     /// outstanding is answered one thread hand-off sooner). A wait that ended with a
     /// timeout, a close or a shutdown while the thread read is not counted.
     pub answers_read_by_callers: u64,
+    /// Read turns taken by idle `rpc-dispatcher-N` threads on the connection they last
+    /// answered a request on (see the crate docs, "Threads": the next request on it then
+    /// reaches a dispatcher without a hand-off from the connection's event loop).
+    pub dispatcher_read_turns: u64,
 }
 
 /// The connections to one peer socket address in an [`RpcMetrics`] snapshot: counts

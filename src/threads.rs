@@ -10,16 +10,19 @@
 //! their own, started and joined the same way.
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::fmt;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use log::{debug, error, warn};
+use mio::Waker;
 
 use crate::error::RpcError;
-use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{Arc, Mutex};
+use crate::transport::Awaited;
 
 /// Starts a thread called `name`.
 pub(crate) fn spawn(
@@ -120,6 +123,123 @@ pub(crate) struct Pool {
     rx: Receiver<Task>,
     state: Arc<Mutex<PoolState>>,
     stopped: AtomicBool,
+    /// How idle workers lead, for a fixed pool made by [`leading`](Self::leading).
+    lead: Option<Arc<Leading>>,
+}
+
+/// What an idle worker of a fixed pool does instead of sleeping on the queue: reads a
+/// connection until `awaited` (the pool has work) is done or the deadline passes; false,
+/// having done nothing, if it could not (`transport::lead`).
+pub(crate) type Lead = fn(&dyn Awaited, Instant) -> bool;
+
+/// How long an idle worker leads before it sleeps on the queue instead: a connection
+/// that is quiet this long is left to its event loop.
+const LEAD_FOR: Duration = Duration::from_secs(10);
+
+/// The ids that tell pools apart in [`LED`].
+static POOL_IDS: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// On a worker that leads: its pool's id, and the first job its read queued on that
+    /// pool, which the worker runs itself once it stops leading (no other is woken).
+    static LED: RefCell<(u64, Option<Job>)> = const { RefCell::new((0, None)) };
+}
+
+/// The leader/follower state of a fixed pool (see [`Pool::leading`]).
+struct Leading {
+    id: u64,
+    lead: Lead,
+    /// Workers asleep on the queue: a job finds one of them without help.
+    sleepers: AtomicUsize,
+    /// The wakers of workers leading now, woken for a job when no worker sleeps.
+    leaders: Mutex<Vec<Arc<Waker>>>,
+}
+
+impl Leading {
+    /// Wakes one leader, if a job needs one: when no worker sleeps on the queue.
+    fn wake_for_job(&self) {
+        if self.sleepers.load(Ordering::SeqCst) != 0 {
+            return;
+        }
+        if let Some(waker) = self.leaders.lock().pop() {
+            if let Err(err) = waker.wake() {
+                error!("cannot wake a leading worker: {err:#}");
+            }
+        }
+    }
+
+    /// Wakes every leader (the pool stops).
+    fn wake_all(&self) {
+        for waker in self.leaders.lock().drain(..) {
+            let _ = waker.wake();
+        }
+    }
+
+    /// Keeps `job` for the calling worker to run next if it is leading for this pool and
+    /// keeps none yet, and nothing older is queued; otherwise gives it back.
+    fn keep(&self, job: Job, rx: &Receiver<Task>) -> Option<Job> {
+        let mut job = Some(job);
+        // A thread whose locals are gone queues it as any other thread would.
+        let _ = LED.try_with(|led| {
+            let mut led = led.borrow_mut();
+            if led.0 == self.id && led.1.is_none() && rx.is_empty() {
+                led.1 = job.take();
+            }
+        });
+        job
+    }
+
+    /// Leads until the pool has work (or [`LEAD_FOR`] passes): whether it led, and the
+    /// job the worker's read kept for it.
+    fn run_lead(&self, rx: &Receiver<Task>) -> (bool, Option<Job>) {
+        LED.with(|led| led.borrow_mut().0 = self.id);
+        let work = PoolWork {
+            leading: self,
+            rx,
+            armed: RefCell::new(None),
+        };
+        let led = (self.lead)(&work, Instant::now() + LEAD_FOR);
+        let kept = LED.with(|led| {
+            let mut led = led.borrow_mut();
+            led.0 = 0;
+            led.1.take()
+        });
+        (led, kept)
+    }
+}
+
+/// The outcome a leading worker waits for: a job for it.
+struct PoolWork<'a> {
+    leading: &'a Leading,
+    rx: &'a Receiver<Task>,
+    /// The waker it registered as a leader's.
+    armed: RefCell<Option<Arc<Waker>>>,
+}
+
+impl Awaited for PoolWork<'_> {
+    fn is_done(&self) -> bool {
+        !self.rx.is_empty() || LED.with(|led| led.borrow().1.is_some())
+    }
+
+    fn answered(&self) -> bool {
+        false
+    }
+
+    fn arm(&self, waker: Option<&Arc<Waker>>) -> bool {
+        let mut leaders = self.leading.leaders.lock();
+        if let Some(old) = self.armed.borrow_mut().take() {
+            leaders.retain(|w| !Arc::ptr_eq(w, &old));
+        }
+        let Some(waker) = waker else {
+            return true;
+        };
+        if self.is_done() {
+            return false;
+        }
+        leaders.push(Arc::clone(waker));
+        *self.armed.borrow_mut() = Some(Arc::clone(waker));
+        true
+    }
 }
 
 #[derive(Default)]
@@ -138,14 +258,47 @@ struct PoolState {
 impl Pool {
     /// A pool whose threads are named after `prefix`; fixed pools start their threads now.
     pub(crate) fn new(prefix: impl Into<String>, workers: Workers) -> Result<Arc<Self>, RpcError> {
+        Self::build(prefix.into(), workers, None)
+    }
+
+    /// A fixed pool of `count` threads whose idle workers `lead` before they sleep on the
+    /// queue (the leader/follower pattern): a worker that answered a request on a
+    /// connection reads that connection itself while it has nothing to do, and runs the
+    /// first job its read queues on the pool, so the next request reaches a worker
+    /// without a hand-off from the connection's event loop. A job queued while every
+    /// worker leads wakes one of them; [`stop`](Self::stop) wakes them all.
+    pub(crate) fn leading(
+        prefix: impl Into<String>,
+        count: usize,
+        lead: Lead,
+    ) -> Result<Arc<Self>, RpcError> {
+        let leading = Leading {
+            id: POOL_IDS.fetch_add(1, Ordering::Relaxed),
+            lead,
+            sleepers: AtomicUsize::new(0),
+            leaders: Mutex::new(Vec::new()),
+        };
+        Self::build(
+            prefix.into(),
+            Workers::Fixed(count),
+            Some(Arc::new(leading)),
+        )
+    }
+
+    fn build(
+        prefix: String,
+        workers: Workers,
+        lead: Option<Arc<Leading>>,
+    ) -> Result<Arc<Self>, RpcError> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let pool = Arc::new(Self {
-            prefix: prefix.into(),
+            prefix,
             workers,
             tx,
             rx,
             state: Arc::new(Mutex::new(PoolState::default())),
             stopped: AtomicBool::new(false),
+            lead,
         });
         if let Workers::Fixed(count) = workers {
             let mut state = pool.state.lock();
@@ -169,7 +322,10 @@ impl Pool {
         let tx = self.tx.clone();
         let shared = Arc::clone(&self.state);
         let thread = match self.workers {
-            Workers::Fixed(_) => spawn(name, move || work_fixed(&rx, &tx, &shared))?,
+            Workers::Fixed(_) => {
+                let lead = self.lead.clone();
+                spawn(name, move || work_fixed(&rx, &tx, &shared, lead.as_deref()))?
+            }
             Workers::Cached { idle, .. } => spawn(name, move || work(&rx, &tx, &shared, idle))?,
         };
         state.next_index += 1;
@@ -187,10 +343,20 @@ impl Pool {
             if self.stopped.load(Ordering::Acquire) {
                 return Err(RpcError::EnvStopped);
             }
-            return self
-                .tx
+            let Some(lead) = &self.lead else {
+                return self
+                    .tx
+                    .send(Task::Run(job))
+                    .map_err(|_| RpcError::EnvStopped);
+            };
+            let Some(job) = lead.keep(job, &self.rx) else {
+                return Ok(());
+            };
+            self.tx
                 .send(Task::Run(job))
-                .map_err(|_| RpcError::EnvStopped);
+                .map_err(|_| RpcError::EnvStopped)?;
+            lead.wake_for_job();
+            return Ok(());
         }
         let mut state = self.state.lock();
         if state.stopped {
@@ -239,6 +405,9 @@ impl Pool {
                 for _ in 0..state.alive {
                     let _ = self.tx.send(Task::Exit);
                 }
+                if let Some(lead) = &self.lead {
+                    lead.wake_all();
+                }
             }
             std::mem::take(&mut state.threads)
         };
@@ -271,9 +440,45 @@ fn run(job: Job) {
 }
 
 /// A fixed pool's worker: runs jobs until told to exit, then runs what is still queued.
-fn work_fixed(rx: &Receiver<Task>, tx: &Sender<Task>, state: &Mutex<PoolState>) {
-    while let Ok(Task::Run(job)) = rx.recv() {
-        run(job);
+/// With `lead`, an idle worker leads before it sleeps on the queue (see [`Pool::leading`]).
+fn work_fixed(
+    rx: &Receiver<Task>,
+    tx: &Sender<Task>,
+    state: &Mutex<PoolState>,
+    lead: Option<&Leading>,
+) {
+    let Some(lead) = lead else {
+        while let Ok(Task::Run(job)) = rx.recv() {
+            run(job);
+        }
+        return drain(rx, tx, state, false);
+    };
+    crate::transport::may_lead();
+    loop {
+        let task = match rx.try_recv() {
+            Ok(task) => task,
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                let (led, kept) = lead.run_lead(rx);
+                if let Some(job) = kept {
+                    run(job);
+                }
+                if led {
+                    continue;
+                }
+                lead.sleepers.fetch_add(1, Ordering::SeqCst);
+                let task = rx.recv();
+                lead.sleepers.fetch_sub(1, Ordering::SeqCst);
+                match task {
+                    Ok(task) => task,
+                    Err(_) => break,
+                }
+            }
+        };
+        match task {
+            Task::Run(job) => run(job),
+            Task::Exit => break,
+        }
     }
     drain(rx, tx, state, false);
 }

@@ -60,7 +60,7 @@ impl MessageLoop {
         Ok(Arc::new(Self {
             name: "shared".into(),
             env_id,
-            pool: Pool::new("rpc-dispatcher-", Workers::Fixed(threads))?,
+            pool: Pool::leading("rpc-dispatcher-", threads, crate::transport::lead)?,
             dedicated: false,
         }))
     }

@@ -36,7 +36,7 @@ use crate::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering
 use crate::sync::{Arc, Mutex, Weak};
 use crate::threads::panic_message;
 use crate::transport::TransportConf;
-use crate::transport::read_turn::{ReadTurn, reading_a_connection};
+use crate::transport::read_turn::{self, ReadTurn, reading_a_connection};
 use crate::transport::requests::{Callback, Requests};
 use crate::transport::socket::Wire;
 use crate::transport::stream::{Counted, Pending as PendingStream, Sink, StreamBody, Streams};
@@ -86,6 +86,9 @@ pub(crate) struct Counters {
     pub(crate) reported: ConnTotals,
     /// Read turns taken by callers waiting for their answer (see `read_turn`).
     pub(crate) caller_turns: AtomicU64,
+    /// Read turns taken by idle dispatcher threads waiting for the next request on the
+    /// connection they last answered (see `read_turn::lead`).
+    pub(crate) lead_turns: AtomicU64,
     /// Reads the event loop left because a caller held the read turn (it was told of bytes
     /// the caller reads): rare, since the loop's poller stops watching the socket for
     /// bytes during a turn (see `watch`).
@@ -823,6 +826,7 @@ impl Conn {
             }
         };
         let frame = Frame::new(header, body, Kind::Answer);
+        read_turn::answered_on(self);
         // Like a request sent while others wait: an answer given while others are owed is
         // left to the loop, which the answers to come find woken.
         let more_owed = self.owed.load(Ordering::Acquire) > 1;

@@ -93,7 +93,7 @@ pub use self::conf::TransportConf;
 pub(crate) use self::connection::{Counters, frame_len, on_event_loop};
 pub use self::context::TransportContext;
 pub use self::handler::{Responder, RpcHandler};
-pub(crate) use self::read_turn::{Awaited, from_peer, read_for_answer};
+pub(crate) use self::read_turn::{Awaited, from_peer, lead, may_lead, read_for_answer};
 pub use self::server::TransportServer;
 pub use self::stream::{StreamBody, StreamCallback, StreamReader};
 pub(crate) use self::write_queue::{Admission, FRAME_CHARGE, Label, Receipt};

@@ -29,6 +29,9 @@
 //!
 //! The caller gives the turn back as soon as its answer is in (or its time is up).
 //!
+//! An idle `rpc-dispatcher-N` thread takes the turn the same way ([`lead`]): it waits for
+//! the next request on the connection it last answered one on, until its pool has work.
+//!
 //! The turn is taken only when it pays and is safe: the request is the connection's
 //! only outstanding one and no stream is under way (a connection busy with many callers
 //! is better read by its loop), the connection is open, not paused and authenticated,
@@ -44,7 +47,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::error::RpcError;
 use crate::sync::atomic::Ordering;
-use crate::sync::{Arc, Mutex};
+use crate::sync::{Arc, Mutex, Weak};
 use crate::transport::connection::{Conn, Wake, on_event_loop};
 use crate::transport::reader::{ReadOutcome, Reader};
 use crate::transport::socket::{Wire, interrupted};
@@ -154,6 +157,75 @@ thread_local! {
     /// The thread holds a connection's read turn: like an event loop, it must not wait
     /// for room to send.
     static READING: Cell<bool> = const { Cell::new(false) };
+    /// The thread is a dispatcher that may lead (see [`lead`]).
+    static LEADS: Cell<bool> = const { Cell::new(false) };
+    /// The connection a leading thread last answered a request on.
+    static LAST_PEER: RefCell<Weak<Conn>> = const { RefCell::new(Weak::new()) };
+}
+
+/// Who takes a read turn, for the counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Taker {
+    /// A caller waiting for its answer ([`read_for_answer`]).
+    Caller,
+    /// An idle dispatcher thread waiting for work ([`lead`]).
+    Leader,
+}
+
+/// Marks the calling thread as one that may [`lead`]: an `rpc-dispatcher-N` thread.
+pub(crate) fn may_lead() {
+    LEADS.with(|leads| leads.set(true));
+}
+
+/// On a thread that may lead: `conn` is the connection it answered a request on last,
+/// the one it reads next time it is idle. Elsewhere nothing.
+pub(crate) fn answered_on(conn: &Arc<Conn>) {
+    if !LEADS.with(Cell::get) {
+        return;
+    }
+    LAST_PEER.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.as_ptr() != Arc::as_ptr(conn) {
+            *last = Arc::downgrade(conn);
+        }
+    });
+}
+
+/// An idle dispatcher thread reads the connection it last answered a request on until
+/// `awaited` (its pool has work) is done or `until` passes: the leader/follower pattern
+/// (Schmidt et al., as in Netty's and gRPC core's pollers taking turns). The next request
+/// on that connection then wakes this thread straight from the kernel; its read queues
+/// the request's inbox on the pool, which hands the job to this thread (no other thread
+/// is woken), so a request and its answer cost no hand-off from the connection's event
+/// loop to a dispatcher. The thread holds the turn as a caller would (see the module
+/// docs): endpoint code runs only once it has given the turn back, as the job it picked.
+///
+/// Returns false at once, having done nothing, when the thread may not lead (it answered
+/// nothing yet, the connection is gone, closing, paused, streaming or being read by a
+/// caller): the thread then waits for work as it otherwise would.
+pub(crate) fn lead(awaited: &dyn Awaited, until: Instant) -> bool {
+    if !LEADS.with(Cell::get) {
+        return false;
+    }
+    // Taken: a thread leads once per request it answered, so a lead that ends without
+    // work (the connection closing, a quiet peer) is not tried again until it answers.
+    let Some(conn) = LAST_PEER.with(|last| last.replace(Weak::new()).upgrade()) else {
+        return false;
+    };
+    if on_event_loop()
+        || awaited.is_done()
+        || !conn.is_active()
+        || conn.is_paused()
+        || conn.streams_outstanding().0 != 0
+    {
+        return false;
+    }
+    hold_turn(
+        &TransportClient::new(conn),
+        awaited,
+        Some(until),
+        Taker::Leader,
+    )
 }
 
 /// Whether `outcome` came from the peer (see [`Awaited::answered`]): anything but the
@@ -217,6 +289,19 @@ pub(crate) fn read_for_answer(
     {
         return false;
     }
+    hold_turn(client, awaited, until, Taker::Caller)
+}
+
+/// Takes `client`'s read turn for the calling thread and reads until `awaited` is done,
+/// `until` passes or the read comes to what the loop must deal with; false, having done
+/// nothing, if the turn could not be taken.
+fn hold_turn(
+    client: &TransportClient,
+    awaited: &dyn Awaited,
+    until: Option<Instant>,
+    taker: Taker,
+) -> bool {
+    let conn = client.conn();
     // `try_with`: a thread-local's destructor may ask after the poller was destroyed.
     POLLER
         .try_with(|cell| {
@@ -235,7 +320,7 @@ pub(crate) fn read_for_answer(
                     }
                 },
             };
-            let Some(wire) = take_turn(conn, poller) else {
+            let Some(wire) = take_turn(conn, poller, taker) else {
                 return false;
             };
             // Read by the loop before the turn was taken (the loop reads under the turn's
@@ -247,7 +332,7 @@ pub(crate) fn read_for_answer(
             give_back(conn, client, poller, handover);
             // While this thread holds the turn nobody else reads the connection: an answer
             // that came in meanwhile is one it read.
-            if !done_before && awaited.answered() {
+            if taker == Taker::Caller && !done_before && awaited.answered() {
                 conn.env_counters()
                     .caller_answers
                     .fetch_add(1, Ordering::Relaxed);
@@ -262,7 +347,7 @@ pub(crate) fn read_for_answer(
 /// Takes the turn of `conn` for the calling thread, its socket registered with the
 /// thread's poller. Returns the socket (held until the turn is given back, so that its
 /// descriptor stays the same file), or `None` with the turn not taken.
-fn take_turn(conn: &Arc<Conn>, poller: &mut Poller) -> Option<Arc<dyn Wire>> {
+fn take_turn(conn: &Arc<Conn>, poller: &mut Poller, taker: Taker) -> Option<Arc<dyn Wire>> {
     let turn = conn.read_turn();
     // The loop holds the lock only while it reads or looks at the reader.
     let mut slot = turn.slot.lock();
@@ -294,9 +379,12 @@ fn take_turn(conn: &Arc<Conn>, poller: &mut Poller) -> Option<Arc<dyn Wire>> {
     slot.missed = false;
     // The loop is no longer woken by bytes: they are this thread's to wait for.
     conn.set_caller_reading(true);
-    conn.env_counters()
-        .caller_turns
-        .fetch_add(1, Ordering::Relaxed);
+    let counters = conn.env_counters();
+    match taker {
+        Taker::Caller => &counters.caller_turns,
+        Taker::Leader => &counters.lead_turns,
+    }
+    .fetch_add(1, Ordering::Relaxed);
     Some(wire)
 }
 

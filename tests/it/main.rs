@@ -16,6 +16,7 @@ mod bad_input;
 mod caller_reads;
 mod concurrent;
 mod connections;
+mod dispatcher_reads;
 mod hostile;
 mod metrics;
 mod ordering;
