@@ -61,7 +61,7 @@ pub struct RpcAddress {
     port: u16,
 }
 
-/// Serialized as `{ host: str, port: u16 }`, the fields [`UncheckedAddress`] reads back.
+/// Serialized as `{ host: str, port: u16 }`, the fields its `Deserialize` reads back.
 impl Serialize for RpcAddress {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
