@@ -370,6 +370,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod auth;
+mod buffer_pool;
 mod codec;
 mod conf;
 mod error;

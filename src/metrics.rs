@@ -87,6 +87,12 @@ pub struct EnvMetrics {
     /// outstanding is answered one thread hand-off sooner). A wait that ended with a
     /// timeout, a close or a shutdown while the thread read is not counted.
     pub answers_read_by_callers: u64,
+    /// Frame buffers of 1 MiB or more (a large message's encoded body, or a received
+    /// one's) taken from the env's pool of reused buffers instead of allocated: each
+    /// saves the page faults of a fresh buffer. The pool keeps at most 64 MiB of buffers
+    /// given back once their frame was written, or once the last view of a received body
+    /// (a `SharedBytes` the message kept, say) dropped.
+    pub buffers_reused: u64,
 }
 
 /// The connections to one peer socket address in an [`RpcMetrics`] snapshot: counts

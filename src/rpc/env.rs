@@ -660,6 +660,7 @@ impl EnvInner {
             frames_rejected: counters.log_limit.rejected(),
             auth_failures: counters.log_limit.count(log_limit::kind::AUTH),
             answers_read_by_callers: counters.caller_answers.load(Ordering::Relaxed),
+            buffers_reused: counters.buffers.reused(),
             ..EnvMetrics::default()
         };
         let mut peers: BTreeMap<SocketAddr, PeerMetrics> = BTreeMap::new();
