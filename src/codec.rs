@@ -64,6 +64,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::buffer_pool::BufferPool;
 use crate::error::RpcError;
 
 pub use shared::SharedBytes;
@@ -158,10 +159,15 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
 /// before `out[at..]`. The bytes `out` and the pieces make together, in that order, are
 /// exactly those [`encode_into`] writes. On error `out` and `spliced` are left as they
 /// were.
+///
+/// When `out` must grow to a buffer of `POOLED_MIN` (1 MiB) or more, the buffer is taken
+/// from `pool` if it has one that fits (`out`'s bytes are copied into it first), so its
+/// pages are already in memory; the pool's old bytes in it are overwritten, not zeroed.
 pub(crate) fn encode_spliced<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
     spliced: &mut Vec<(usize, Bytes)>,
+    pool: Option<&BufferPool>,
     what: impl fmt::Display,
 ) -> Result<(), RpcError> {
     let start = (out.len(), spliced.len());
@@ -176,7 +182,16 @@ pub(crate) fn encode_spliced<T: Serialize + ?Sized>(
     let result = value
         .serialize(&mut ser::Encoder { out: &mut counter })
         .and_then(|()| {
-            splicer.bytes.reserve(counter.total - counter.lent);
+            let needed = counter.total - counter.lent;
+            let len = splicer.bytes.len() + needed;
+            if len > splicer.bytes.capacity() {
+                if let Some(mut buffer) = pool.and_then(|pool| pool.take(len)) {
+                    buffer.clear();
+                    buffer.extend_from_slice(&splicer.bytes);
+                    splicer.bytes = buffer;
+                }
+            }
+            splicer.bytes.reserve(needed);
             value.serialize(&mut ser::Encoder { out: &mut splicer })
         });
     *out = splicer.bytes;

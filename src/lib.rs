@@ -176,6 +176,17 @@
 //! | an endpoint's inbox, from this env's threads | `rpc.dispatcher.inboxCapacity` | senders wait (above) |
 //! | a download's bytes not yet read ([`transport::StreamReader`]) | `rpc.io.maxQueuedBytes` | the connection is not read until the reader took half |
 //! | files a peer asked for and not yet sent | 64 per connection (and `rpc.io.maxQueuedBytes` of answers) | the peer's requests are not read until they are sent |
+//! | large frame buffers kept for reuse | 64 MiB per env, buffers of 1 MiB or more | a buffer given back beyond it is freed |
+//!
+//! The last row is memory an env keeps while it lives, as Netty's pooled allocator keeps
+//! its chunks: the buffer of a frame body of 1 MiB or more (one encoded to send once it
+//! is written, one received once its message is decoded and the last [`SharedBytes`]
+//! view of it dropped) goes back to the env's pool and is lent to the next large frame
+//! that fits it (at most twice that frame's size), whose pages are then already mapped;
+//! otherwise each 16 MiB frame would fault in and zero 4,096 fresh pages.
+//! [`EnvMetrics::buffers_reused`] counts the buffers lent. A peer's claimed frame length
+//! still allocates nothing: a body being read takes a buffer the pool already holds, or
+//! grows as its bytes arrive.
 //!
 //! Between envs every connection speaks a window protocol (the HTTP/2 way, with endpoints
 //! as streams): each side says hello with the window its endpoints grant, a message costs
@@ -385,6 +396,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod auth;
+mod buffer_pool;
 mod codec;
 mod conf;
 mod error;

@@ -91,6 +91,12 @@ pub struct EnvMetrics {
     /// answered a request on (see the crate docs, "Threads": the next request on it then
     /// reaches a dispatcher without a hand-off from the connection's event loop).
     pub dispatcher_read_turns: u64,
+    /// Frame buffers of 1 MiB or more (a large message's encoded body, or a received
+    /// one's) taken from the env's pool of reused buffers instead of allocated: each
+    /// saves the page faults of a fresh buffer. The pool keeps at most 64 MiB of buffers
+    /// given back once their frame was written, or once the last view of a received body
+    /// (a `SharedBytes` the message kept, say) dropped.
+    pub buffers_reused: u64,
 }
 
 /// The connections to one peer socket address in an [`RpcMetrics`] snapshot: counts

@@ -509,7 +509,8 @@ mod tests {
             let copied = encode(&value, "value").expect("encode");
             let mut out = vec![0xaa, 0xbb];
             let mut spliced = Vec::new();
-            crate::codec::encode_spliced(&value, &mut out, &mut spliced, "value").expect("encode");
+            crate::codec::encode_spliced(&value, &mut out, &mut spliced, None, "value")
+                .expect("encode");
             let body = crate::frame::Body::spliced(out.clone(), spliced.clone());
             assert_eq!(body.len(), 2 + copied.len());
             assert!(body.to_vec()[2..] == copied[..], "{value:?}");
@@ -562,8 +563,9 @@ mod tests {
         }
         let mut out = vec![1, 2];
         let mut spliced = vec![(1, bytes::Bytes::from_static(b"x"))];
-        let err = crate::codec::encode_spliced(&Failing(value), &mut out, &mut spliced, "failing")
-            .unwrap_err();
+        let err =
+            crate::codec::encode_spliced(&Failing(value), &mut out, &mut spliced, None, "failing")
+                .unwrap_err();
         assert!(err.to_string().contains("refused"), "{err}");
         assert_eq!(out, [1, 2]);
         assert_eq!(spliced.len(), 1);

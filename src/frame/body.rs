@@ -3,6 +3,9 @@
 
 use bytes::Bytes;
 
+use crate::buffer_pool::{BufferPool, POOLED_MIN};
+use crate::sync::Arc;
+
 /// A frame's body: `bytes`, with each spliced piece going on the wire right before
 /// `bytes[at..]`. Its length and its wire bytes are those of the one buffer that copying
 /// each piece into `bytes` at its place would make.
@@ -13,6 +16,8 @@ pub(crate) struct Body {
     spliced: Vec<(usize, Bytes)>,
     /// The spliced pieces' bytes.
     spliced_len: usize,
+    /// Where `bytes` goes when the body is dropped (see [`return_to`](Self::return_to)).
+    home: Option<Arc<BufferPool>>,
 }
 
 impl Body {
@@ -36,6 +41,16 @@ impl Body {
             bytes,
             spliced,
             spliced_len,
+            home: None,
+        }
+    }
+
+    /// Lets the buffer go back to `pool` when the body is dropped (once written, or
+    /// given up), if its capacity is at least [`POOLED_MIN`]; a smaller one is freed as
+    /// usual. Such a body keeps its capacity (see [`shrink_to_fit`](Self::shrink_to_fit)).
+    pub(crate) fn return_to(&mut self, pool: &Arc<BufferPool>) {
+        if self.home.is_none() && self.bytes.capacity() >= POOLED_MIN {
+            self.home = Some(Arc::clone(pool));
         }
     }
 
@@ -101,9 +116,13 @@ impl Body {
         out
     }
 
-    /// Gives back the buffer's spare capacity (left by encoding).
+    /// Gives back the buffer's spare capacity (left by encoding), unless the buffer goes
+    /// back to a pool: its capacity is what the pool lends out again (at most twice the
+    /// bytes, see `BufferPool::take`).
     pub(crate) fn shrink_to_fit(&mut self) {
-        self.bytes.shrink_to_fit();
+        if self.home.is_none() {
+            self.bytes.shrink_to_fit();
+        }
     }
 }
 
@@ -113,6 +132,15 @@ impl From<Vec<u8>> for Body {
             bytes,
             spliced: Vec::new(),
             spliced_len: 0,
+            home: None,
+        }
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        if let Some(pool) = self.home.take() {
+            pool.give(std::mem::take(&mut self.bytes));
         }
     }
 }
@@ -183,6 +211,23 @@ mod tests {
         assert!(body.as_flat_mut().is_none());
         let mut flat = Body::from(b"abc".to_vec());
         assert_eq!(flat.as_flat_mut().map(|bytes| &*bytes), Some(&b"abc"[..]));
+    }
+
+    #[test]
+    fn a_large_body_goes_back_to_its_pool_when_dropped() {
+        let pool = Arc::new(BufferPool::default());
+        let mut small = Body::from(vec![0; POOLED_MIN - 1]);
+        small.return_to(&pool);
+        drop(small);
+        assert_eq!(pool.kept(), (0, 0));
+        let mut large = Body::spliced(
+            Vec::with_capacity(2 * POOLED_MIN),
+            vec![(0, Bytes::from_static(b"piece"))],
+        );
+        large.return_to(&pool);
+        large.shrink_to_fit();
+        drop(large);
+        assert_eq!(pool.kept(), (2 * POOLED_MIN, 1), "kept at its capacity");
     }
 
     #[test]

@@ -8,7 +8,9 @@
 
 use std::fmt;
 
+use crate::buffer_pool::BufferPool;
 use crate::error::RpcError;
+use crate::sync::Arc;
 
 use super::header::{
     LENGTH_FIELD_LEN, MAX_HEADER_LEN, MIN_FRAME_LEN, Message, MessageType, RPC_HEADER_LEN,
@@ -145,6 +147,9 @@ pub(crate) struct FrameDecoder {
     /// Whether a frame above the maximum is refused only once its type byte (and a
     /// request's id, to answer it) is in; otherwise at its length field.
     read_refused_ids: bool,
+    /// Where the buffer of a large body comes from, if it can (see
+    /// [`set_pool`](FrameDecoder::set_pool)).
+    pool: Option<Arc<BufferPool>>,
 }
 
 /// Where in a frame the decoder is.
@@ -207,8 +212,14 @@ enum Kind {
 struct PartialBody {
     /// The kind of message the body completes.
     kind: Kind,
-    /// The body bytes received so far; its capacity follows the allocation rule.
+    /// The body's buffer: its first `filled` bytes are those received so far. Bytes
+    /// beyond them, up to its length (at most `body_len`), are initialised but not the
+    /// body's: a pooled buffer's old bytes, or room offered to a reader; they are
+    /// overwritten as the body arrives, and the message is made only once all of it did.
+    /// Its capacity follows the allocation rule, unless it came from the pool.
     body: Vec<u8>,
+    /// Body bytes received.
+    filled: usize,
     /// The body length the header announced.
     body_len: usize,
 }
@@ -221,7 +232,33 @@ impl FrameDecoder {
             state: State::Header(PartialHeader::default()),
             consumed_by_error: 0,
             read_refused_ids: true,
+            pool: None,
         }
+    }
+
+    /// Takes the buffer of each body of `POOLED_MIN` (1 MiB) or more from `pool` when it
+    /// has one that fits, once the body's header is in and checked against the maximum.
+    /// That buffer is lent whole before the body's bytes arrive: it is memory the pool
+    /// holds already, so a peer's claim still allocates nothing, and the claims of peers
+    /// that stall hold at most what the pool held. Without one, the allocation rule holds.
+    pub(crate) fn set_pool(&mut self, pool: Arc<BufferPool>) {
+        self.pool = Some(pool);
+    }
+
+    /// Whether [`set_pool`](Self::set_pool) gave it a pool.
+    pub(crate) fn has_pool(&self) -> bool {
+        self.pool.is_some()
+    }
+
+    /// A pooled buffer of `len` bytes (old bytes, not zeroed again), if the pool has one.
+    fn pooled(&self, len: usize) -> Option<Vec<u8>> {
+        let mut buffer = self.pool.as_ref()?.take(len)?;
+        if buffer.len() >= len {
+            buffer.truncate(len);
+        } else {
+            buffer.resize(len, 0);
+        }
+        Some(buffer)
     }
 
     /// Whether a frame above the maximum is refused only once its type byte and, for a
@@ -301,13 +338,21 @@ impl FrameDecoder {
         let ParsedHeader { kind, body_len } = parsed;
         let rest = &input[consumed..];
         if let Some(body) = rest.get(..body_len) {
-            // The whole body is here: one allocation of exactly its size.
-            let message = self.complete(kind, body.to_vec())?;
+            // The whole body is here: one allocation of exactly its size, or a pooled one.
+            let body = match self.pooled(body_len) {
+                Some(mut buffer) => {
+                    buffer.copy_from_slice(body);
+                    buffer
+                }
+                None => body.to_vec(),
+            };
+            let message = self.complete(kind, body)?;
             return Ok((consumed + body_len, Some(Item::Message(message))));
         }
         let mut partial = PartialBody {
             kind,
-            body: Vec::new(),
+            body: self.pooled(body_len).unwrap_or_default(),
+            filled: 0,
             body_len,
         };
         partial.append(rest);
@@ -346,16 +391,18 @@ impl FrameDecoder {
     }
 
     /// While a frame's body is being assembled and at least `threshold` bytes of it are
-    /// still missing: the body buffer and how many bytes to append to it now, so the caller
-    /// can read from the socket straight into it (e.g.
-    /// `(&mut reader).take(want as u64).read_to_end(buf)`), then call
-    /// [`body_filled`](Self::body_filled). `None` otherwise.
+    /// still missing: the room in the body's buffer where its next bytes go, so the
+    /// caller can read from the socket straight into it, then call
+    /// [`body_filled`](Self::body_filled) with how many it read (from the room's start).
+    /// `None` otherwise.
     ///
-    /// The count is the bytes still missing, limited to the buffer's spare capacity, so
-    /// appending that many never reallocates. Before returning, the buffer is grown if it
-    /// is (nearly) full, following the allocation rule: its capacity never exceeds
-    /// max(64 KiB, 2 × body bytes received so far), and never the announced body length.
-    pub(crate) fn pending_body(&mut self, threshold: usize) -> Option<(&mut Vec<u8>, usize)> {
+    /// The room is never longer than the bytes still missing. In a pooled buffer (see
+    /// [`set_pool`](Self::set_pool)) it is all of them, and holds the buffer's old bytes,
+    /// not zeroed again. Otherwise it is the buffer's spare capacity, zeroed, grown first
+    /// if the buffer is (nearly) full, following the allocation rule: its capacity never
+    /// exceeds max(64 KiB, 2 × body bytes received so far), and never the announced body
+    /// length.
+    pub(crate) fn pending_body(&mut self, threshold: usize) -> Option<&mut [u8]> {
         let State::Body(partial) = &mut self.state else {
             return None;
         };
@@ -363,23 +410,28 @@ impl FrameDecoder {
         if missing == 0 || missing < threshold {
             return None;
         }
-        // Grow when less than half the floor (or less than what is missing) is spare.
-        let len = partial.body.len();
-        partial.reserve(len + missing.min(BODY_ALLOCATION_FLOOR / 2), len);
-        let want = missing.min(partial.body.capacity() - len);
-        Some((&mut partial.body, want))
+        if partial.body.len() < partial.body_len {
+            // Grow when less than half the floor (or less than what is missing) is spare.
+            let filled = partial.filled;
+            partial.reserve(filled + missing.min(BODY_ALLOCATION_FLOOR / 2), filled);
+            let want = missing.min(partial.body.capacity() - filled);
+            partial.body.resize(filled + want, 0);
+        }
+        Some(&mut partial.body[partial.filled..])
     }
 
-    /// After the caller appended bytes to the buffer from
-    /// [`pending_body`](Self::pending_body): the message if the body is now complete.
-    pub(crate) fn body_filled(&mut self) -> Result<Option<Message>, FrameError> {
-        if let State::Body(partial) = &self.state {
+    /// After the caller wrote `n` bytes at the start of the room
+    /// [`pending_body`](Self::pending_body) gave: the message if the body is now complete.
+    pub(crate) fn body_filled(&mut self, n: usize) -> Result<Option<Message>, FrameError> {
+        if let State::Body(partial) = &mut self.state {
             debug_assert!(
-                partial.body.len() <= partial.body_len,
-                "{} bytes appended to a body of {}",
-                partial.body.len(),
-                partial.body_len
+                partial.filled + n <= partial.body.len(),
+                "{n} bytes written to a room of {}",
+                partial.body.len() - partial.filled
             );
+            partial.filled += n;
+        } else {
+            debug_assert!(n == 0, "body bytes outside a body");
         }
         self.take_complete_body()
     }
@@ -389,7 +441,7 @@ impl FrameDecoder {
     pub(crate) fn received(&self) -> u64 {
         match &self.state {
             State::Header(header) => header.filled as u64,
-            State::Body(partial) => (MAX_HEADER_LEN + partial.body.len()) as u64,
+            State::Body(partial) => (MAX_HEADER_LEN + partial.filled) as u64,
             State::Stream { received, .. } => *received,
             State::Failed(_) => 0,
         }
@@ -420,11 +472,19 @@ impl FrameDecoder {
     /// a stream's raw bytes).
     fn take_complete_body(&mut self) -> Result<Option<Message>, FrameError> {
         match &self.state {
-            State::Body(partial) if partial.body.len() >= partial.body_len => {}
+            State::Body(partial) if partial.filled >= partial.body_len => {}
             _ => return Ok(None),
         }
         match std::mem::replace(&mut self.state, State::Header(PartialHeader::default())) {
-            State::Body(PartialBody { kind, body, .. }) => self.complete(kind, body).map(Some),
+            State::Body(PartialBody {
+                kind,
+                mut body,
+                filled,
+                ..
+            }) => {
+                body.truncate(filled);
+                self.complete(kind, body).map(Some)
+            }
             _ => unreachable!("checked above"),
         }
     }
@@ -461,7 +521,7 @@ impl fmt::Debug for FrameDecoder {
         match &self.state {
             State::Header(header) => out.field("header_bytes", &header.filled),
             State::Body(partial) => out
-                .field("body_bytes", &partial.body.len())
+                .field("body_bytes", &partial.filled)
                 .field("body_len", &partial.body_len)
                 .field("capacity", &partial.body.capacity()),
             State::Stream {
@@ -747,15 +807,23 @@ fn take_string(
 impl PartialBody {
     /// Body bytes still to come.
     fn missing(&self) -> usize {
-        self.body_len - self.body.len()
+        self.body_len - self.filled
     }
 
-    /// Appends body bytes (never more than are missing).
+    /// Appends body bytes (never more than are missing): written over the buffer's
+    /// bytes beyond those received where it has them (a pooled buffer), appended to it
+    /// otherwise.
     fn append(&mut self, bytes: &[u8]) {
         debug_assert!(bytes.len() <= self.missing());
-        let required = self.body.len() + bytes.len();
-        self.reserve(required, required);
-        self.body.extend_from_slice(bytes);
+        let end = self.filled + bytes.len();
+        if let Some(room) = self.body.get_mut(self.filled..end) {
+            room.copy_from_slice(bytes);
+        } else {
+            self.body.truncate(self.filled);
+            self.reserve(end, end);
+            self.body.extend_from_slice(bytes);
+        }
+        self.filled = end;
     }
 
     /// Makes room for `required` bytes of body in all once `received` bytes of it are in,

@@ -9,7 +9,9 @@ use proptest::prelude::*;
 use super::decode::FrameError;
 use super::header::{MAX_HEADER_LEN, MessageType};
 use super::{FrameDecoder, FrameHeader, Item, Message};
+use crate::buffer_pool::{BufferPool, POOLED_MIN};
 use crate::error::RpcError;
+use crate::sync::Arc;
 
 /// `rpc.message.maxSize`'s default, 128 MiB.
 const MAX: u64 = 128 * 1024 * 1024;
@@ -143,36 +145,33 @@ fn decode_stream(stream: &[u8]) -> Vec<Message> {
 
 /// Decodes `stream` like a connection that reads `chunk` bytes at a time into its read
 /// buffer, and, whenever a body of at least `threshold` missing bytes is pending, reads
-/// at most `read_chunk` bytes straight into the body with `take(..).read_to_end(..)`.
+/// at most `read_chunk` bytes straight into the body's room.
 fn decode_via_pending_body(
     stream: &[u8],
     chunk: usize,
     read_chunk: usize,
     threshold: usize,
 ) -> Vec<Message> {
-    let mut decoder = FrameDecoder::new(MAX);
+    decode_via_pending_body_with(FrameDecoder::new(MAX), stream, chunk, read_chunk, threshold)
+}
+
+/// As [`decode_via_pending_body`], with `decoder`.
+fn decode_via_pending_body_with(
+    mut decoder: FrameDecoder,
+    stream: &[u8],
+    chunk: usize,
+    read_chunk: usize,
+    threshold: usize,
+) -> Vec<Message> {
     let mut out = Vec::new();
     let mut rest = stream;
     while !rest.is_empty() {
-        if let Some((buf, want)) = decoder.pending_body(threshold) {
-            let (len, capacity) = (buf.len(), buf.capacity());
-            assert!(
-                want > 0 && want <= capacity - len,
-                "want {want}, spare {}",
-                capacity - len
-            );
-            let n = want.min(read_chunk).min(rest.len());
-            let got = (&mut rest)
-                .take(n as u64)
-                .read_to_end(buf)
-                .expect("slice read");
+        if let Some(room) = decoder.pending_body(threshold) {
+            assert!(!room.is_empty());
+            let n = room.len().min(read_chunk).min(rest.len());
+            let got = rest.read(&mut room[..n]).expect("slice read");
             assert_eq!(got, n);
-            assert_eq!(
-                buf.capacity(),
-                capacity,
-                "filling up to `want` never reallocates"
-            );
-            out.extend(decoder.body_filled().expect("valid stream"));
+            out.extend(decoder.body_filled(got).expect("valid stream"));
         } else {
             let end = chunk.min(rest.len());
             let (n, message) = decoder.decode(&rest[..end]).expect("valid stream");
@@ -616,7 +615,7 @@ fn errors_stick() {
     assert_eq!(decoder.decode(&golden()[0].1), Err(err.clone()));
     assert_eq!(decoder.decode(&[]), Err(err));
     assert!(decoder.pending_body(0).is_none());
-    assert_eq!(decoder.body_filled(), Ok(None));
+    assert_eq!(decoder.body_filled(0), Ok(None));
 }
 
 // ---- 4. allocation rule ----
@@ -676,17 +675,16 @@ fn body_capacity_rule_holds_at_every_step() {
     assert_eq!(decoder.decode(header.as_bytes()), Ok((21, None)));
     let mut received = 0;
     while received < 3 * MIB {
-        let (buf, want) = decoder.pending_body(0).expect("body pending");
-        assert_eq!(buf.len(), received);
+        let want = decoder.pending_body(0).expect("body pending").len();
         assert!(
-            buf.capacity() <= rule(received),
+            decoder.buffered_capacity() <= rule(received),
             "{} after {received}",
-            buf.capacity()
+            decoder.buffered_capacity()
         );
         assert!(want > 0);
-        buf.resize(received + want, 0);
+        assert!(received + want <= decoder.buffered_capacity());
         received += want;
-        assert_eq!(decoder.body_filled(), Ok(None));
+        assert_eq!(decoder.body_filled(want), Ok(None));
         assert!(decoder.buffered_capacity() <= rule(received));
     }
 }
@@ -714,24 +712,24 @@ fn pending_body_only_while_a_body_is_missing_enough_bytes() {
         decoder.pending_body(1001).is_none(),
         "threshold above what is missing"
     );
-    let (buf, want) = decoder.pending_body(1000).expect("1000 bytes missing");
-    assert_eq!(want, 1000);
-    assert!(buf.capacity() <= 1000);
-    buf.extend_from_slice(&[9; 400]);
-    assert_eq!(decoder.body_filled(), Ok(None));
+    let room = decoder.pending_body(1000).expect("1000 bytes missing");
+    assert_eq!(room.len(), 1000);
+    room[..400].fill(9);
+    assert!(decoder.buffered_capacity() <= 1000);
+    assert_eq!(decoder.body_filled(400), Ok(None));
     assert!(decoder.pending_body(601).is_none());
-    let (buf, want) = decoder.pending_body(600).expect("600 bytes missing");
-    assert_eq!(want, 600);
-    buf.extend_from_slice(&[9; 600]);
+    let room = decoder.pending_body(600).expect("600 bytes missing");
+    assert_eq!(room.len(), 600);
+    room.fill(9);
     assert_eq!(
-        decoder.body_filled(),
+        decoder.body_filled(600),
         Ok(Some(Message::OneWay {
             body: vec![9; 1000]
         }))
     );
     assert!(decoder.is_idle());
     assert!(decoder.pending_body(0).is_none());
-    assert_eq!(decoder.body_filled(), Ok(None));
+    assert_eq!(decoder.body_filled(0), Ok(None));
 }
 
 #[test]
@@ -745,6 +743,104 @@ fn debug_output_shows_progress_not_payload() {
         text.contains("body_bytes: 6") && !text.contains("115"),
         "{text}"
     );
+}
+
+// ---- 4a. pooled body buffers ----
+
+/// A pool holding one buffer of `capacity` bytes full of stale 0xEE bytes, and the
+/// buffer's address.
+fn pool_with_stale_buffer(capacity: usize) -> (Arc<BufferPool>, *const u8) {
+    let pool = Arc::new(BufferPool::default());
+    let stale = vec![0xEE; capacity];
+    let address = stale.as_ptr();
+    pool.give(stale);
+    (pool, address)
+}
+
+/// A large message whose body bytes all differ from their neighbours' (no stale byte
+/// can hide).
+fn large_message(len: usize) -> Message {
+    Message::RpcResponse {
+        request_id: 9,
+        body: (0..len).map(|i| (i % 251) as u8).collect(),
+    }
+}
+
+#[test]
+fn a_large_body_is_read_into_a_pooled_buffer_over_its_old_bytes() {
+    let message = large_message(POOLED_MIN + 12_345);
+    let mut stream = encode_all(std::slice::from_ref(&message));
+    stream.extend(encode_all(&mixed_messages()));
+    for (chunk, read_chunk) in [(64 * KIB, 100 * KIB), (7, 4 * KIB), (MIB, 2 * MIB)] {
+        // Through the room pending_body offers.
+        let (pool, address) = pool_with_stale_buffer(POOLED_MIN + 20_000);
+        let mut decoder = FrameDecoder::new(MAX);
+        decoder.set_pool(Arc::clone(&pool));
+        let decoded = decode_via_pending_body_with(decoder, &stream, chunk, read_chunk, 0);
+        assert_eq!(decoded[0], message, "chunk {chunk}");
+        assert_eq!(decoded[1..], mixed_messages()[..]);
+        let Message::RpcResponse { body, .. } = &decoded[0] else {
+            unreachable!()
+        };
+        assert_eq!(body.as_ptr(), address, "the pooled buffer");
+        assert_eq!(pool.reused(), 1);
+        // Through decode(), in chunks (appended over the old bytes).
+        let (pool, address) = pool_with_stale_buffer(POOLED_MIN + 20_000);
+        let mut decoder = FrameDecoder::new(MAX);
+        decoder.set_pool(pool);
+        let decoded = decode_pieces(&mut decoder, stream.chunks(chunk)).expect("valid");
+        assert_eq!(decoded[0], message, "chunk {chunk}");
+        let Message::RpcResponse { body, .. } = &decoded[0] else {
+            unreachable!()
+        };
+        assert_eq!(body.as_ptr(), address, "the pooled buffer");
+    }
+}
+
+#[test]
+fn a_pooled_buffer_shorter_than_the_body_is_filled_out() {
+    // A buffer of the right capacity whose last user left fewer bytes than this body.
+    let pool = Arc::new(BufferPool::default());
+    let mut short = Vec::with_capacity(2 * MIB);
+    short.resize(MIB, 0xEE);
+    pool.give(short);
+    let message = large_message(MIB + MIB / 2);
+    let stream = encode_all(std::slice::from_ref(&message));
+    let mut decoder = FrameDecoder::new(MAX);
+    decoder.set_pool(Arc::clone(&pool));
+    assert_eq!(
+        decode_via_pending_body_with(decoder, &stream, 4 * KIB, 64 * KIB, 0),
+        [message]
+    );
+    assert_eq!(pool.reused(), 1);
+}
+
+#[test]
+fn small_bodies_and_bodies_without_a_fit_leave_the_pool_alone() {
+    let (pool, _) = pool_with_stale_buffer(4 * MIB);
+    let mut decoder = FrameDecoder::new(MAX);
+    decoder.set_pool(Arc::clone(&pool));
+    // Below the pooled minimum, and more than twice as small as the kept buffer.
+    let small = large_message(POOLED_MIN - 1);
+    let half = large_message(2 * MIB - 1);
+    let stream = encode_all(&[small.clone(), half.clone()]);
+    assert_eq!(
+        decode_pieces(&mut decoder, stream.chunks(64 * KIB)).expect("valid"),
+        [small, half]
+    );
+    assert_eq!(pool.reused(), 0);
+    assert_eq!(pool.kept(), (4 * MIB, 1));
+    // A claim of a large body with nothing of it arrived: the pooled buffer is lent, and
+    // nothing is allocated (the allocation rule bounds a decoder without a fitting one).
+    let header = FrameHeader::rpc_request(1, 3 * MIB);
+    assert_eq!(decoder.decode(header.as_bytes()), Ok((21, None)));
+    assert_eq!(pool.reused(), 1);
+    assert_eq!(decoder.buffered_capacity(), 4 * MIB);
+    let header = FrameHeader::rpc_request(1, 3 * MIB);
+    let mut other = FrameDecoder::new(MAX);
+    other.set_pool(Arc::clone(&pool));
+    assert_eq!(other.decode(header.as_bytes()), Ok((21, None)));
+    assert_eq!(other.buffered_capacity(), 0, "the pool is empty now");
 }
 
 // ---- 6. conversion into RpcError ----

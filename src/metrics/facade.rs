@@ -175,6 +175,7 @@ impl State {
         counter!("rpcenv_auth_failures_total", env()).absolute(e.auth_failures);
         counter!("rpcenv_answers_read_by_callers_total", env()).absolute(e.answers_read_by_callers);
         counter!("rpcenv_dispatcher_read_turns_total", env()).absolute(e.dispatcher_read_turns);
+        counter!("rpcenv_buffers_reused_total", env()).absolute(e.buffers_reused);
         for (label, f) in self.peer_figures(m) {
             let peer = || {
                 let mut labels = env();

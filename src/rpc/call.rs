@@ -8,7 +8,6 @@ use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use log::{debug, warn};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -438,7 +437,8 @@ fn into_typed<T: DeserializeOwned + 'static>(
                     // The payload is the body's tail; the body becomes shareable without
                     // a copy, so a `SharedBytes` in the reply is a view of it.
                     let start = body.len() - payload.len();
-                    let body = Bytes::from(body);
+                    // A large body's buffer goes back to the pool when the last view drops.
+                    let body = env.counters().buffers.share(body);
                     decode_scope(env, Some(&client), || {
                         codec::decode_shared::<T>(&body, start, lazy_what)
                     })
@@ -733,7 +733,7 @@ impl RpcCallContext {
                     TypeLabel::of::<T>()
                 );
                 self.count(|s| &s.asks_answered);
-                let body = envelope::encode_reply(&value, what)
+                let body = envelope::encode_reply(&value, responder.buffers(), what)
                     .unwrap_or_else(|err| envelope::encode_reply_error(&err).into());
                 responder.reply_body(body);
             }

@@ -237,7 +237,13 @@ impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
                 settle(receipt, posted)
             }
             Route::Client(client) => {
-                let body = match envelope::encode_request(env.address(), &inner.name, 0, &msg) {
+                let body = match envelope::encode_request(
+                    env.address(),
+                    &inner.name,
+                    0,
+                    &msg,
+                    Some(&env.counters().buffers),
+                ) {
                     Ok(body) => body,
                     Err(err) => return settle(receipt, Err(err)),
                 };
@@ -245,8 +251,14 @@ impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
                 client.send_one_way_with(body, label, admission, receipt)
             }
             Route::Remote(address) => {
-                let body = match envelope::encode_request(env.address(), &inner.name, 0, &msg)
-                    .and_then(|body| env.check_frame(body, false))
+                let body = match envelope::encode_request(
+                    env.address(),
+                    &inner.name,
+                    0,
+                    &msg,
+                    Some(&env.counters().buffers),
+                )
+                .and_then(|body| env.check_frame(body, false))
                 {
                     Ok(body) => body,
                     Err(err) => return settle(receipt, Err(err)),
@@ -344,7 +356,13 @@ impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
             }
             Route::Client(client) => {
                 let reply_type = types::fingerprint::<R>();
-                match envelope::encode_request(env.address(), &inner.name, reply_type, &msg) {
+                match envelope::encode_request(
+                    env.address(),
+                    &inner.name,
+                    reply_type,
+                    &msg,
+                    Some(&env.counters().buffers),
+                ) {
                     Ok(body) => send_rpc_on(
                         client,
                         Some(Arc::clone(&inner.name)),
@@ -359,8 +377,14 @@ impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
             }
             Route::Remote(address) => {
                 let reply_type = types::fingerprint::<R>();
-                match envelope::encode_request(env.address(), &inner.name, reply_type, &msg)
-                    .and_then(|body| env.check_frame(body, true))
+                match envelope::encode_request(
+                    env.address(),
+                    &inner.name,
+                    reply_type,
+                    &msg,
+                    Some(&env.counters().buffers),
+                )
+                .and_then(|body| env.check_frame(body, true))
                 {
                     Ok(body) => {
                         // Ask failures reach the call itself.

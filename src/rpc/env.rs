@@ -661,6 +661,7 @@ impl EnvInner {
             auth_failures: counters.log_limit.count(log_limit::kind::AUTH),
             answers_read_by_callers: counters.caller_answers.load(Ordering::Relaxed),
             dispatcher_read_turns: counters.lead_turns.load(Ordering::Relaxed),
+            buffers_reused: counters.buffers.reused(),
             ..EnvMetrics::default()
         };
         let mut peers: BTreeMap<SocketAddr, PeerMetrics> = BTreeMap::new();

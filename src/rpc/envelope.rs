@@ -40,6 +40,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::buffer_pool::BufferPool;
 use crate::codec;
 use crate::error::RpcError;
 use crate::frame::Body;
@@ -88,12 +89,13 @@ impl Sender<'_> {
 /// Writes a request body: the header, then `content` through the codec. `reply_type` is
 /// the fingerprint of the reply type an ask expects (0 for a one-way message). Large
 /// `SharedBytes` in `content` are spliced into the body, not copied (see
-/// [`codec::encode_spliced`]).
+/// [`codec::encode_spliced`]); a large body's buffer comes from `pool` when it can.
 pub(crate) fn encode_request<M: Serialize + ?Sized>(
     sender: Option<&RpcAddress>,
     receiver: &str,
     reply_type: u64,
     content: &M,
+    pool: Option<&BufferPool>,
 ) -> Result<Body, RpcError> {
     let mut out = Vec::with_capacity(64);
     out.push(VERSION);
@@ -113,6 +115,7 @@ pub(crate) fn encode_request<M: Serialize + ?Sized>(
         content,
         &mut out,
         &mut spliced,
+        pool,
         format_args!(
             "message for endpoint {receiver} (a {})",
             TypeLabel::of::<M>()
@@ -347,15 +350,16 @@ pub(crate) fn encode_reply_type_error(replied: String) -> Vec<u8> {
 }
 
 /// A reply body carrying `value`, its large `SharedBytes` spliced in, not copied (see
-/// [`codec::encode_spliced`]).
+/// [`codec::encode_spliced`]); a large body's buffer comes from `pool` when it can.
 pub(crate) fn encode_reply<T: Serialize + ?Sized>(
     value: &T,
+    pool: Option<&BufferPool>,
     what: impl std::fmt::Display,
 ) -> Result<Body, RpcError> {
     let mut out = Vec::with_capacity(16);
     out.push(REPLY_OK);
     let mut spliced = Vec::new();
-    codec::encode_spliced(value, &mut out, &mut spliced, what)?;
+    codec::encode_spliced(value, &mut out, &mut spliced, pool, what)?;
     Ok(Body::spliced(out, spliced))
 }
 
@@ -430,7 +434,7 @@ mod tests {
     #[test]
     fn request_message_serialization_round_trips_sender_receiver_and_content() {
         let sender = RpcAddress::new("10.0.0.1", 7077);
-        let body = encode_request(Some(&sender), "echo", 5, &(7u64, "hi".to_string()))
+        let body = encode_request(Some(&sender), "echo", 5, &(7u64, "hi".to_string()), None)
             .unwrap()
             .to_vec();
         let header = decode_request(&body).unwrap();
@@ -445,7 +449,7 @@ mod tests {
 
     #[test]
     fn request_message_serialization_without_sender_and_with_unit_content() {
-        let body = encode_request(None, "e", 0, &()).unwrap().to_vec();
+        let body = encode_request(None, "e", 0, &(), None).unwrap().to_vec();
         let header = decode_request(&body).unwrap();
         assert_eq!(header.sender, None);
         assert_eq!(header.receiver, "e");
@@ -455,7 +459,7 @@ mod tests {
     #[test]
     fn ipv6_sender_round_trips() {
         let sender = RpcAddress::new("::1", 1);
-        let body = encode_request(Some(&sender), "e", 0, &1u8)
+        let body = encode_request(Some(&sender), "e", 0, &1u8, None)
             .unwrap()
             .to_vec();
         let header = decode_request(&body).unwrap();
@@ -464,7 +468,7 @@ mod tests {
 
     #[test]
     fn every_truncation_of_a_header_is_a_decode_error() {
-        let body = encode_request(Some(&RpcAddress::new("host", 9)), "endpoint", 7, &())
+        let body = encode_request(Some(&RpcAddress::new("host", 9)), "endpoint", 7, &(), None)
             .unwrap()
             .to_vec();
         for len in 0..body.len() {
@@ -504,7 +508,7 @@ mod tests {
             }
         );
         assert!(!is_control(
-            &encode_request(None, "e", 0, &()).unwrap().to_vec()
+            &encode_request(None, "e", 0, &(), None).unwrap().to_vec()
         ));
         for len in 0..grant.len() {
             assert!(decode_control(&grant[..len]).is_err(), "{len}");
@@ -520,7 +524,7 @@ mod tests {
 
     #[test]
     fn replies_round_trip_values_and_errors() {
-        let body = encode_reply(&42u64, "reply").unwrap().to_vec();
+        let body = encode_reply(&42u64, None, "reply").unwrap().to_vec();
         assert_eq!(
             codec::decode::<u64>(decode_reply(&body).unwrap(), "r").unwrap(),
             42
@@ -586,7 +590,7 @@ mod tests {
         );
         let content = codec::encode(&value, "content").unwrap();
         let sender = RpcAddress::new("host", 9);
-        let body = encode_request(Some(&sender), "echo", 5, &value).unwrap();
+        let body = encode_request(Some(&sender), "echo", 5, &value, None).unwrap();
         assert!(body.is_spliced());
         let flat = body.to_vec();
         assert_eq!(body.len(), flat.len());
@@ -594,12 +598,12 @@ mod tests {
         assert_eq!(header.receiver, "echo");
         assert_eq!(flat[header.content_start..], content[..]);
 
-        let reply = encode_reply(&value, "reply").unwrap();
+        let reply = encode_reply(&value, None, "reply").unwrap();
         assert!(reply.is_spliced());
         assert_eq!(reply.len(), 1 + content.len());
         assert_eq!(decode_reply(&reply.to_vec()).unwrap(), &content[..]);
         // Small payloads are copied: one buffer.
-        let small = encode_reply(&SharedBytes::from(vec![1u8; 100]), "reply").unwrap();
+        let small = encode_reply(&SharedBytes::from(vec![1u8; 100]), None, "reply").unwrap();
         assert!(!small.is_spliced());
     }
 }

@@ -11,7 +11,6 @@ use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
-use bytes::Bytes;
 use log::{debug, error};
 use serde::de::DeserializeOwned;
 
@@ -367,8 +366,9 @@ pub(crate) fn decode_payload<M: DeserializeOwned + 'static>(
                 return Err(other_type(None));
             }
             // The body becomes shareable without a copy: a `SharedBytes` in the message
-            // is a view of it.
-            let body = Bytes::from(body);
+            // is a view of it. A large body's buffer goes back to the pool when the last
+            // view drops.
+            let body = env.counters().buffers.share(body);
             decode_scope(env, Some(&client), || {
                 codec::decode_shared::<M>(&body, start, what)
             })

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use log::{debug, error, trace, warn};
 
 use crate::auth::Encryptor;
+use crate::buffer_pool::BufferPool;
 use crate::error::{RESPONSE_NOT_SENT, RpcError};
 use crate::frame::header_type::MessageType;
 use crate::frame::{
@@ -101,6 +102,8 @@ pub(crate) struct Counters {
     pub(crate) timeouts: Mutex<BTreeMap<&'static str, u64>>,
     /// Refused input from peers, by kind, and the limit on its log lines.
     pub(crate) log_limit: LogLimit,
+    /// Large frame buffers kept for reuse (see `buffer_pool`).
+    pub(crate) buffers: Arc<BufferPool>,
     /// The connections of this context, for the metrics; each removes itself when
     /// dropped.
     conns: Mutex<HashMap<u64, Weak<Conn>>>,
@@ -599,10 +602,13 @@ impl Conn {
     /// the connection when the write failed.
     fn submit(
         self: &Arc<Self>,
-        frame: Frame,
+        mut frame: Frame,
         admission: Admission,
         pipelined: bool,
     ) -> Result<(), RpcError> {
+        // A large body's buffer goes back to the pool once the frame is written (or
+        // dropped unwritten), wherever that happens.
+        frame.return_body_to(&self.counters.buffers);
         // On the connection's own event loop (a handler answering as it reads), the loop
         // writes what its turn queued at the turn's end: no write per frame.
         let on_owner = EVENT_LOOP.with(Cell::get) == Some(self.loop_id);

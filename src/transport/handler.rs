@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use crate::buffer_pool::BufferPool;
 use crate::error::RpcError;
 use crate::frame::Body;
 use crate::sync::Arc;
@@ -128,6 +129,14 @@ impl Responder {
         if let Some((conn, id)) = self.target.take() {
             conn.respond(id, Ok(body));
         }
+    }
+
+    /// The pool of large buffers of the connection's context, to encode a large answer
+    /// into; `None` for a one-way message.
+    pub(crate) fn buffers(&self) -> Option<&BufferPool> {
+        self.target
+            .as_ref()
+            .map(|(conn, _)| &*conn.env_counters().buffers)
     }
 
     /// Sends a failure whose text the caller receives as [`RpcError::Remote`].

@@ -39,18 +39,20 @@
 //!
 //! # Failures
 //!
-//! A frame larger than `rpc.message.maxSize`, a frame of a type this crate does not
-//! speak, or garbage closes that one connection (logged at `warn`); its outstanding
-//! requests fail at once with [`RpcError::Connection`](crate::RpcError::Connection). The
-//! length of a frame is checked before anything is allocated for it, and a frame's buffer
-//! grows only as its bytes arrive. A peer that ends its side of the stream still gets the
-//! answers it is owed; the requests sent to it fail at once. A peer that stays silent for
-//! `rpc.io.connectionTimeout` while a request without a deadline of its own waits, that
-//! reads nothing that long while frames wait, or (`rpc.io.frameTimeout`) that stalls in
-//! the middle of a frame or sends nothing after connecting, is closed the same way; so is
-//! one that TCP keep-alive or `rpc.io.tcpUserTimeout` finds gone. A server holds at most
-//! `rpc.io.maxConnections` inbound connections and closes further ones as it accepts
-//! them.
+//! A frame larger than `rpc.message.maxSize`, a frame of a type this crate does not speak,
+//! or garbage closes that one connection (logged at `warn`); its outstanding requests fail
+//! at once with [`RpcError::Connection`](crate::RpcError::Connection). The length of a
+//! frame is checked before anything is allocated for it, and a frame's buffer grows only as
+//! its bytes arrive, unless it is one of the context's pooled buffers (a body of 1 MiB or
+//! more reuses the buffer of an earlier large frame, at most 64 MiB of them per context:
+//! memory held already, not allocated for the claim). A peer that ends its side of the
+//! stream still gets the answers it is owed; the requests sent to it fail at once. A peer
+//! that stays silent for `rpc.io.connectionTimeout` while a request without a deadline of
+//! its own waits, that reads nothing that long while frames wait, or
+//! (`rpc.io.frameTimeout`) that stalls in the middle of a frame or sends nothing after
+//! connecting, is closed the same way; so is one that TCP keep-alive or
+//! `rpc.io.tcpUserTimeout` finds gone. A server holds at most `rpc.io.maxConnections`
+//! inbound connections and closes further ones as it accepts them.
 //!
 //! # Authentication and encryption
 //!

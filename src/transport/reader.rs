@@ -41,6 +41,22 @@ const DIRECT_READ_THRESHOLD: usize = 32 * 1024;
 /// The slowest a frame may arrive, in bytes per second, beyond `rpc.io.frameTimeout`.
 pub(crate) const MIN_FRAME_RATE: u64 = 64 * 1024;
 
+/// Reads from `wire` into `room` until it is full, the peer ended the stream, or a read
+/// failed (`WouldBlock` included), as `read_to_end` of `room.len()` bytes would: the
+/// bytes read, and `Ok` when the room is full or the stream ended (fewer bytes then).
+fn read_into(wire: &dyn Wire, room: &mut [u8]) -> (usize, std::io::Result<()>) {
+    let mut got = 0;
+    while got < room.len() {
+        match wire.read(&mut room[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(err) if interrupted(&err) => {}
+            Err(err) => return (got, Err(err)),
+        }
+    }
+    (got, Ok(()))
+}
+
 /// What became of a read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ReadOutcome {
@@ -314,6 +330,11 @@ impl Reader {
         drain: bool,
         now: Instant,
     ) -> ReadOutcome {
+        if !self.decoder.has_pool() {
+            // Large bodies are read into the context's pooled buffers.
+            self.decoder
+                .set_pool(Arc::clone(&conn.env_counters().buffers));
+        }
         let frames_before = self.frames;
         let bytes_before = self.bytes_read;
         if std::mem::take(&mut self.was_paused) {
@@ -410,17 +431,16 @@ impl Reader {
             } else {
                 None
             };
-            if let Some((buffer, missing)) = direct {
-                let before = buffer.len();
-                let result = WireReader(&*self.wire)
-                    .take(missing as u64)
-                    .read_to_end(buffer);
-                let got = buffer.len() - before;
+            if let Some(room) = direct {
+                // Read straight into the body's buffer: a pooled one holds old bytes,
+                // overwritten here rather than zeroed first.
+                let missing = room.len();
+                let (got, result) = read_into(&*self.wire, room);
                 total += got;
                 self.bytes_read += got as u64;
                 if got > 0 {
                     self.last_read = now;
-                    match self.decoder.body_filled() {
+                    match self.decoder.body_filled(got) {
                         Ok(Some(message)) => self.dispatch(conn, client, handler, message),
                         Ok(None) => {}
                         Err(err) => {

@@ -36,8 +36,10 @@ use std::io::{self, IoSlice};
 use log::trace;
 
 use crate::auth::{AuthError, Encryptor, EnvelopeSealer, SEGMENT_PLAINTEXT_LEN};
+use crate::buffer_pool::BufferPool;
 use crate::error::RpcError;
 use crate::frame::{Body, FrameHeader};
+use crate::sync::Arc;
 use crate::transport::socket::{Wire, interrupted, would_block};
 use crate::transport::stream::{Counted, Source, StreamBody};
 
@@ -75,7 +77,7 @@ const CHUNK_START: usize = 4 * 1024;
 pub(crate) const FRAME_CHARGE: usize = 256;
 
 /// A flow-control label: frames with the same label share a window.
-pub(crate) type Label = crate::sync::Arc<str>;
+pub(crate) type Label = Arc<str>;
 
 /// Called once a frame was handed to the socket in full (`Ok`), or with why it never
 /// will be.
@@ -177,6 +179,12 @@ impl Frame {
     /// What the frame costs of its label's window, and of the queue while it is held.
     pub(crate) fn charge(&self) -> usize {
         self.body.len() + FRAME_CHARGE
+    }
+
+    /// Lets the body's buffer go back to `pool` when the frame is dropped, if it is large
+    /// enough to be pooled (see `Body::return_to`).
+    pub(crate) fn return_body_to(&mut self, pool: &Arc<BufferPool>) {
+        self.body.return_to(pool);
     }
 
     /// Gives back the body's spare capacity (left by encoding), for a frame that waits.

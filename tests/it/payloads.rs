@@ -9,7 +9,9 @@ use serde_bytes::ByteBuf;
 
 use rpcenv::{EndpointContext, RpcCallContext, RpcEndpoint, RpcError, SharedBytes};
 
-use crate::support::{address_of, client_env, client_env_with, rpc_conf, server_env};
+use crate::support::{
+    address_of, client_env, client_env_with, rpc_conf, server_env, server_env_with,
+};
 
 /// The same bytes, carried three ways; each is answered in kind.
 #[derive(Debug, Serialize, Deserialize)]
@@ -342,4 +344,111 @@ fn shared_bytes_count_against_max_size_as_copied_bytes_do() {
     assert_eq!(as_buf.ask_sync::<Vec<ByteBuf>>(bufs).expect("ask").len(), 3);
     client.shutdown();
     server.shutdown();
+}
+
+/// The answer of [`Filler`] as it is sent: a `ByteBuf`, copied into the frame.
+mod filled_buf {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub(crate) struct Filled(pub(crate) serde_bytes::ByteBuf);
+}
+
+/// The answer of [`Filler`] as the caller takes it: a view of the received frame.
+mod filled_shared {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub(crate) struct Filled(pub(crate) rpcenv::SharedBytes);
+}
+
+/// Answers `(seed, len)` with `len` bytes of [`seeded`]`(seed, len)`, copied into the
+/// reply's frame: a buffer as large as the payload.
+struct Filler;
+
+impl RpcEndpoint for Filler {
+    type Message = (u8, u32);
+
+    fn receive_and_reply(
+        &mut self,
+        (seed, len): (u8, u32),
+        reply: RpcCallContext,
+        _ctx: &EndpointContext<(u8, u32)>,
+    ) {
+        reply.reply(filled_buf::Filled(ByteBuf::from(seeded(
+            seed,
+            len as usize,
+        ))));
+    }
+}
+
+/// `len` bytes that differ from their neighbours and from those of another seed.
+fn seeded(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i * 7 + i / 251) as u8 ^ seed.wrapping_mul(37))
+        .collect()
+}
+
+fn reused(env: &rpcenv::RpcEnv) -> u64 {
+    env.metrics().env.buffers_reused
+}
+
+/// Large answers are read into, and encoded into, buffers of earlier large frames (the
+/// env's pool) once those were written or their last view dropped; a `SharedBytes` the
+/// caller keeps holds its frame's buffer, which no later frame is given, so it stays
+/// intact while the answers after it reuse other buffers. In the clear and encrypted.
+#[test]
+fn large_frames_reuse_pooled_buffers_and_kept_views_stay_intact() {
+    let encrypted = rpc_conf()
+        .set("rpc.authenticate", "true")
+        .set("rpc.authenticate.secret", "pooled")
+        .set("rpc.io.encryption.enabled", "true")
+        .set("rpc.io.encryption.cipher", "AES/GCM/NoPadding");
+    for (what, conf) in [("clear", rpc_conf()), ("aes-gcm", encrypted)] {
+        let server = server_env_with("pooled-server", conf.clone());
+        server.setup_endpoint("fill", Filler).expect("endpoint");
+        let client = client_env_with("pooled-client", conf);
+        let fill = client
+            .setup_endpoint_ref::<(u8, u32)>(&address_of(&server), "fill")
+            .expect("lookup");
+        const LEN: usize = 3 << 20;
+        const KEPT: u8 = 4;
+        const LATER: u8 = 8;
+        // Answers kept: each holds its frame's buffer, none is back in the pool.
+        let kept: Vec<SharedBytes> = (0..KEPT)
+            .map(|seed| {
+                fill.ask_sync::<filled_shared::Filled>((seed, LEN as u32))
+                    .unwrap_or_else(|err| panic!("{what}: kept ask {seed}: {err}"))
+                    .0
+            })
+            .collect();
+        let before = reused(&client);
+        // Answers dropped at once: each frame's buffer goes back for the next one.
+        for seed in KEPT..KEPT + LATER {
+            let filled_shared::Filled(answer) = fill
+                .ask_sync((seed, LEN as u32))
+                .unwrap_or_else(|err| panic!("{what}: later ask {seed}: {err}"));
+            assert!(*answer == seeded(seed, LEN)[..], "{what}: answer {seed}");
+            for (held, view) in kept.iter().enumerate() {
+                assert!(
+                    !view.as_ptr_range().contains(&answer.as_ptr()),
+                    "{what}: answer {seed} was read into kept answer {held}'s buffer"
+                );
+            }
+        }
+        let later = reused(&client) - before;
+        assert!(
+            later >= u64::from(LATER) - 1,
+            "{what}: {later} of {LATER} answers read into a reused buffer"
+        );
+        assert!(
+            reused(&server) > 0,
+            "{what}: the server encodes into reused buffers"
+        );
+        for (seed, view) in kept.iter().enumerate() {
+            assert!(
+                **view == seeded(seed as u8, LEN)[..],
+                "{what}: kept answer {seed} changed"
+            );
+        }
+        drop(kept);
+        client.shutdown();
+        server.shutdown();
+    }
 }
