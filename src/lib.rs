@@ -105,9 +105,10 @@
 //!   most 10 s at a time. The next request on it then wakes that thread straight from the
 //!   kernel; its read queues the endpoint's inbox, and the thread gives the turn back and
 //!   runs the inbox itself (no other thread is woken for it), so endpoint code still runs
-//!   only on dispatcher threads, never with the turn held. Work queued from elsewhere
-//!   while every dispatcher reads wakes one of them at once (through its poller's
-//!   eventfd), as do a close and a shutdown. A dispatcher leads once per request it
+//!   only on dispatcher threads, never with the turn held. One dispatcher leads at a
+//!   time; the others sleep on the queue as before, and work queued from elsewhere while
+//!   none sleeps wakes the leader at once (through its poller's eventfd), as do a close
+//!   and a shutdown. A dispatcher leads once per request it
 //!   answered: a lead that ends without work is not tried again until it answers
 //!   another. Dedicated (`rpc-endpoint-NAME`) threads do not lead.
 //!   [`EnvMetrics::dispatcher_read_turns`] counts the turns taken this way.

@@ -151,6 +151,10 @@ struct Leading {
     lead: Lead,
     /// Workers asleep on the queue: a job finds one of them without help.
     sleepers: AtomicUsize,
+    /// A worker leads now: the others sleep on the queue (one leader at a time, so that
+    /// jobs from elsewhere find a sleeping follower, woken through the queue, rather than
+    /// a leader that must give up its connection for them).
+    leader: AtomicBool,
     /// The wakers of workers leading now, woken for a job when no worker sleeps.
     leaders: Mutex<Vec<Arc<Waker>>>,
 }
@@ -192,6 +196,9 @@ impl Leading {
     /// Leads until the pool has work (or [`LEAD_FOR`] passes): whether it led, and the
     /// job the worker's read kept for it.
     fn run_lead(&self, rx: &Receiver<Task>) -> (bool, Option<Job>) {
+        if self.leader.swap(true, Ordering::AcqRel) {
+            return (false, None);
+        }
         LED.with(|led| led.borrow_mut().0 = self.id);
         let work = PoolWork {
             leading: self,
@@ -204,6 +211,7 @@ impl Leading {
             led.0 = 0;
             led.1.take()
         });
+        self.leader.store(false, Ordering::Release);
         (led, kept)
     }
 }
@@ -265,8 +273,9 @@ impl Pool {
     /// queue (the leader/follower pattern): a worker that answered a request on a
     /// connection reads that connection itself while it has nothing to do, and runs the
     /// first job its read queues on the pool, so the next request reaches a worker
-    /// without a hand-off from the connection's event loop. A job queued while every
-    /// worker leads wakes one of them; [`stop`](Self::stop) wakes them all.
+    /// without a hand-off from the connection's event loop. One worker leads at a time;
+    /// the others sleep on the queue, and a job queued while none sleeps wakes the
+    /// leader; [`stop`](Self::stop) wakes it too.
     pub(crate) fn leading(
         prefix: impl Into<String>,
         count: usize,
@@ -276,6 +285,7 @@ impl Pool {
             id: POOL_IDS.fetch_add(1, Ordering::Relaxed),
             lead,
             sleepers: AtomicUsize::new(0),
+            leader: AtomicBool::new(false),
             leaders: Mutex::new(Vec::new()),
         };
         Self::build(
