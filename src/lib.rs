@@ -110,7 +110,9 @@
 //!   none sleeps wakes the leader at once (through its poller's eventfd), as do a close
 //!   and a shutdown. A dispatcher leads once per request it
 //!   answered: a lead that ends without work is not tried again until it answers
-//!   another. Dedicated (`rpc-endpoint-NAME`) threads do not lead.
+//!   another. It does not lead when frames came in on the connection since its answer
+//!   (a peer with several requests in flight: its loop reads them while the dispatchers
+//!   handle them, which keeps reading off the dispatchers). Dedicated (`rpc-endpoint-NAME`) threads do not lead.
 //!   [`EnvMetrics::dispatcher_read_turns`] counts the turns taken this way.
 //! - **Who writes a frame.** A connection's `rpc-io-N` event loop owns its socket. A frame
 //!   is written by the thread that hands it over when the connection is idle (nothing

@@ -155,6 +155,10 @@ struct Leading {
     /// jobs from elsewhere find a sleeping follower, woken through the queue, rather than
     /// a leader that must give up its connection for them).
     leader: AtomicBool,
+    /// The pool stops: a leader stops leading (set before the leaders are woken, so one
+    /// arming after that sees it; the queue alone does not tell, since a worker that
+    /// exits may hold another's exit task for a moment).
+    stopping: AtomicBool,
     /// The wakers of workers leading now, woken for a job when no worker sleeps.
     leaders: Mutex<Vec<Arc<Waker>>>,
 }
@@ -172,8 +176,9 @@ impl Leading {
         }
     }
 
-    /// Wakes every leader (the pool stops).
-    fn wake_all(&self) {
+    /// The pool stops: wakes every leader, and no worker leads again.
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         for waker in self.leaders.lock().drain(..) {
             let _ = waker.wake();
         }
@@ -226,7 +231,9 @@ struct PoolWork<'a> {
 
 impl Awaited for PoolWork<'_> {
     fn is_done(&self) -> bool {
-        !self.rx.is_empty() || LED.with(|led| led.borrow().1.is_some())
+        !self.rx.is_empty()
+            || self.leading.stopping.load(Ordering::SeqCst)
+            || LED.with(|led| led.borrow().1.is_some())
     }
 
     fn answered(&self) -> bool {
@@ -286,6 +293,7 @@ impl Pool {
             lead,
             sleepers: AtomicUsize::new(0),
             leader: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             leaders: Mutex::new(Vec::new()),
         };
         Self::build(
@@ -416,7 +424,7 @@ impl Pool {
                     let _ = self.tx.send(Task::Exit);
                 }
                 if let Some(lead) = &self.lead {
-                    lead.wake_all();
+                    lead.stop();
                 }
             }
             std::mem::take(&mut state.threads)
@@ -672,6 +680,81 @@ mod tests {
         assert_eq!(left, vec![busy]);
         drop(release_tx);
         wait_for("the busy worker exits", || pool.is_done());
+    }
+
+    /// A lead like `transport::lead`'s, with no connection: waits on a poller of its own
+    /// until the pool has work or the deadline passes.
+    fn lead_on_nothing(awaited: &dyn Awaited, until: Instant) -> bool {
+        let Ok(mut poll) = mio::Poll::new() else {
+            return false;
+        };
+        let Ok(waker) = Waker::new(poll.registry(), mio::Token(0)).map(Arc::new) else {
+            return false;
+        };
+        let mut events = mio::Events::with_capacity(2);
+        while !awaited.is_done() && Instant::now() < until {
+            if !awaited.arm(Some(&waker)) {
+                break;
+            }
+            let _ = poll.poll(
+                &mut events,
+                Some(until.saturating_duration_since(Instant::now())),
+            );
+            awaited.arm(None);
+        }
+        awaited.is_done()
+    }
+
+    #[test]
+    fn a_leading_pool_runs_jobs_and_stops_while_a_worker_leads() {
+        let pool = Pool::leading("rpc-test-lead-", 2, lead_on_nothing).unwrap();
+        let ran = Arc::new(AtomicUsize::new(0));
+        for round in 1..=3 {
+            // Idle in between: one worker leads, the other sleeps on the queue.
+            thread::sleep(Duration::from_millis(20));
+            for _ in 0..10 {
+                let ran = Arc::clone(&ran);
+                pool.execute(Box::new(move || {
+                    ran.fetch_add(1, Ordering::SeqCst);
+                }))
+                .unwrap();
+            }
+            wait_for("the jobs run", || ran.load(Ordering::SeqCst) == 10 * round);
+        }
+        thread::sleep(Duration::from_millis(20));
+        let start = Instant::now();
+        let busy = pool.stop(Some(Instant::now() + Duration::from_secs(20)));
+        assert!(busy.is_empty(), "{busy:?}");
+        assert!(pool.is_done());
+        // LEAD_FOR is 10 s: a leader not woken by the stop would hold it that long.
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_stopping_pool_is_work_for_its_leader_even_with_an_empty_queue() {
+        // A worker that exits may hold another's exit task for a moment: the queue is
+        // empty then, and the leader must still see the stop.
+        let leading = Leading {
+            id: 0,
+            lead: lead_on_nothing,
+            sleepers: AtomicUsize::new(0),
+            leader: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            leaders: Mutex::new(Vec::new()),
+        };
+        let (_tx, rx) = crossbeam_channel::unbounded::<Task>();
+        let work = PoolWork {
+            leading: &leading,
+            rx: &rx,
+            armed: RefCell::new(None),
+        };
+        assert!(!work.is_done());
+        leading.stop();
+        assert!(work.is_done());
     }
 
     #[test]

@@ -159,8 +159,9 @@ thread_local! {
     static READING: Cell<bool> = const { Cell::new(false) };
     /// The thread is a dispatcher that may lead (see [`lead`]).
     static LEADS: Cell<bool> = const { Cell::new(false) };
-    /// The connection a leading thread last answered a request on.
-    static LAST_PEER: RefCell<Weak<Conn>> = const { RefCell::new(Weak::new()) };
+    /// The connection a leading thread last answered a request on, and the frames read
+    /// from it by then.
+    static LAST_PEER: RefCell<(Weak<Conn>, u64)> = const { RefCell::new((Weak::new(), 0)) };
 }
 
 /// Who takes a read turn, for the counts.
@@ -183,11 +184,13 @@ pub(crate) fn answered_on(conn: &Arc<Conn>) {
     if !LEADS.with(Cell::get) {
         return;
     }
+    let frames = conn.stats.frames_in.load(Ordering::Relaxed);
     LAST_PEER.with(|last| {
         let mut last = last.borrow_mut();
-        if last.as_ptr() != Arc::as_ptr(conn) {
-            *last = Arc::downgrade(conn);
+        if last.0.as_ptr() != Arc::as_ptr(conn) {
+            last.0 = Arc::downgrade(conn);
         }
+        last.1 = frames;
     });
 }
 
@@ -202,16 +205,26 @@ pub(crate) fn answered_on(conn: &Arc<Conn>) {
 ///
 /// Returns false at once, having done nothing, when the thread may not lead (it answered
 /// nothing yet, the connection is gone, closing, paused, streaming or being read by a
-/// caller): the thread then waits for work as it otherwise would.
+/// caller), or should not: frames came in on the connection since the answer (a peer
+/// with requests in flight, whose loop reads them while dispatchers handle them). The
+/// thread then waits for work as it otherwise would.
 pub(crate) fn lead(awaited: &dyn Awaited, until: Instant) -> bool {
     if !LEADS.with(Cell::get) {
         return false;
     }
     // Taken: a thread leads once per request it answered, so a lead that ends without
     // work (the connection closing, a quiet peer) is not tried again until it answers.
-    let Some(conn) = LAST_PEER.with(|last| last.replace(Weak::new()).upgrade()) else {
+    let (peer, frames) = LAST_PEER.with(|last| last.replace((Weak::new(), 0)));
+    let Some(conn) = peer.upgrade() else {
         return false;
     };
+    // Frames came in since the answer: the peer keeps several requests in flight, and
+    // its loop reads them while the dispatchers handle what it read. Reading them here
+    // would put the reading on a dispatcher too; a peer that waits for each answer sends
+    // nothing until it has it.
+    if conn.stats.frames_in.load(Ordering::Relaxed) != frames {
+        return false;
+    }
     if on_event_loop()
         || awaited.is_done()
         || !conn.is_active()
