@@ -15,7 +15,6 @@ use crate::error::RpcError;
 use crate::rpc::address::{RpcAddress, endpoint_uri};
 use crate::rpc::call::{Call, CallInfo, Pending, RpcCallContext, What};
 use crate::rpc::env::EnvInner;
-use crate::rpc::envelope;
 use crate::rpc::inbox::{Inbox, InboxMessage, Payload};
 use crate::rpc::outbox::{Outbox, OutboxMessage, send_rpc_on};
 use crate::rpc::receipt::Receipt;
@@ -237,13 +236,7 @@ impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
                 settle(receipt, posted)
             }
             Route::Client(client) => {
-                let body = match envelope::encode_request(
-                    env.address(),
-                    &inner.name,
-                    0,
-                    &msg,
-                    Some(&env.counters().buffers),
-                ) {
+                let body = match env.encode_request(&inner.name, 0, &msg) {
                     Ok(body) => body,
                     Err(err) => return settle(receipt, Err(err)),
                 };
@@ -251,14 +244,9 @@ impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
                 client.send_one_way_with(body, label, admission, receipt)
             }
             Route::Remote(address) => {
-                let body = match envelope::encode_request(
-                    env.address(),
-                    &inner.name,
-                    0,
-                    &msg,
-                    Some(&env.counters().buffers),
-                )
-                .and_then(|body| env.check_frame(body, false))
+                let body = match env
+                    .encode_request(&inner.name, 0, &msg)
+                    .and_then(|body| env.check_frame(body, false))
                 {
                     Ok(body) => body,
                     Err(err) => return settle(receipt, Err(err)),
@@ -356,13 +344,7 @@ impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
             }
             Route::Client(client) => {
                 let reply_type = types::fingerprint::<R>();
-                match envelope::encode_request(
-                    env.address(),
-                    &inner.name,
-                    reply_type,
-                    &msg,
-                    Some(&env.counters().buffers),
-                ) {
+                match env.encode_request(&inner.name, reply_type, &msg) {
                     Ok(body) => send_rpc_on(
                         client,
                         Some(Arc::clone(&inner.name)),
@@ -377,14 +359,9 @@ impl<M: Serialize + Send + 'static> RpcEndpointRef<M> {
             }
             Route::Remote(address) => {
                 let reply_type = types::fingerprint::<R>();
-                match envelope::encode_request(
-                    env.address(),
-                    &inner.name,
-                    reply_type,
-                    &msg,
-                    Some(&env.counters().buffers),
-                )
-                .and_then(|body| env.check_frame(body, true))
+                match env
+                    .encode_request(&inner.name, reply_type, &msg)
+                    .and_then(|body| env.check_frame(body, true))
                 {
                     Ok(body) => {
                         // Ask failures reach the call itself.

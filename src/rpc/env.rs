@@ -632,6 +632,23 @@ impl EnvInner {
         &self.connect_pool
     }
 
+    /// A request body from this env to the endpoint `receiver` (see
+    /// `envelope::encode_request`), its buffer from the env's pool when large.
+    pub(crate) fn encode_request<M: Serialize + ?Sized>(
+        &self,
+        receiver: &str,
+        reply_type: u64,
+        msg: &M,
+    ) -> Result<Body, RpcError> {
+        crate::rpc::envelope::encode_request(
+            self.address(),
+            receiver,
+            reply_type,
+            msg,
+            Some(&self.counters().buffers),
+        )
+    }
+
     pub(crate) fn counters(&self) -> &Counters {
         &self.counters
     }
