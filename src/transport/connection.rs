@@ -94,6 +94,9 @@ pub(crate) struct Counters {
     /// the caller reads): rare, since the loop's poller stops watching the socket for
     /// bytes during a turn (see `watch`).
     pub(crate) turn_found_taken: AtomicU64,
+    /// Read turns whose holder waited on its poller before it read, the last read of the
+    /// socket having emptied it (see `read_turn`'s `take_turn`).
+    pub(crate) turns_waiting_first: AtomicU64,
     /// Answers (or failures the peer sent) read by the caller waiting for them, in its
     /// read turn: the turns that ended with a timeout, a close or a shutdown, or with an
     /// answer the loop read before the turn was taken, are not counted.

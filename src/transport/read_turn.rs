@@ -29,6 +29,10 @@
 //!
 //! The caller gives the turn back as soon as its answer is in (or its time is up).
 //!
+//! A turn costs one read per frame awaited: a thread that takes the turn when the last
+//! read of the socket emptied it waits on its poller first, rather than read to find
+//! nothing (why no byte is missed that way: `take_turn`).
+//!
 //! An idle `rpc-dispatcher-N` thread takes the turn the same way ([`lead`]): it waits for
 //! the next request on the connection it last answered one on, until its pool has work.
 //!
@@ -80,6 +84,10 @@ struct Slot {
     /// The loop was told that the socket is readable since the caller's last read: the
     /// caller reads once more before it gives the turn back.
     missed: bool,
+    /// The last read of the socket, by the loop or a thread holding the turn, emptied
+    /// it: a thread that takes the turn waits on its poller before it reads (see
+    /// [`take_turn`]).
+    drained: bool,
 }
 
 /// What the loop's read came to: an outcome, with the refusal to report when the reader
@@ -89,7 +97,9 @@ pub(crate) type LoopRead = (ReadOutcome, Option<RpcError>);
 impl ReadTurn {
     /// The loop takes the connection over with `reader`, whose frames go to `handler`.
     pub(crate) fn install(&self, reader: Box<Reader>, handler: Arc<dyn RpcHandler>) {
-        self.slot.lock().reader = Some((reader, handler));
+        let mut slot = self.slot.lock();
+        slot.reader = Some((reader, handler));
+        slot.drained = false;
     }
 
     /// The loop lets the connection go: the reader, if it still had it.
@@ -128,6 +138,7 @@ impl ReadTurn {
         } else {
             None
         };
+        slot.drained = outcome == ReadOutcome::Drained;
         Some((outcome, refusal))
     }
 
@@ -333,14 +344,14 @@ fn hold_turn(
                     }
                 },
             };
-            let Some(wire) = take_turn(conn, poller, taker) else {
+            let Some((wire, read_first)) = take_turn(conn, poller, taker) else {
                 return false;
             };
             // Read by the loop before the turn was taken (the loop reads under the turn's
             // lock): not this thread's answer.
             let done_before = awaited.is_done();
             READING.with(|reading| reading.set(true));
-            let handover = read_until_answered(conn, client, poller, awaited, until);
+            let handover = read_until_answered(conn, client, poller, awaited, until, read_first);
             READING.with(|reading| reading.set(false));
             give_back(conn, client, poller, handover);
             // While this thread holds the turn nobody else reads the connection: an answer
@@ -359,8 +370,18 @@ fn hold_turn(
 
 /// Takes the turn of `conn` for the calling thread, its socket registered with the
 /// thread's poller. Returns the socket (held until the turn is given back, so that its
-/// descriptor stays the same file), or `None` with the turn not taken.
-fn take_turn(conn: &Arc<Conn>, poller: &mut Poller, taker: Taker) -> Option<Arc<dyn Wire>> {
+/// descriptor stays the same file) and whether the thread must read before it waits on
+/// its poller, or `None` with the turn not taken.
+///
+/// The thread need not read first when the last read of the socket emptied it: every
+/// byte that came since then raised an edge on the thread's poller, which is still
+/// pending. The registration is edge-triggered and stays between turns, so an edge is
+/// taken only by this thread's own wait, which it follows with a read: a byte that came
+/// before that wait was read then, or was left by a read that did not empty the socket
+/// (and that read cleared `drained`). A new registration reports bytes already there.
+/// Waiting first saves the read that would find nothing on each turn taken as a request
+/// or an answer is awaited.
+fn take_turn(conn: &Arc<Conn>, poller: &mut Poller, taker: Taker) -> Option<(Arc<dyn Wire>, bool)> {
     let turn = conn.read_turn();
     // The loop holds the lock only while it reads or looks at the reader.
     let mut slot = turn.slot.lock();
@@ -398,7 +419,10 @@ fn take_turn(conn: &Arc<Conn>, poller: &mut Poller, taker: Taker) -> Option<Arc<
         Taker::Leader => &counters.lead_turns,
     }
     .fetch_add(1, Ordering::Relaxed);
-    Some(wire)
+    if slot.drained {
+        counters.turns_waiting_first.fetch_add(1, Ordering::Relaxed);
+    }
+    Some((wire, !slot.drained))
 }
 
 /// Reads and waits until `awaited` is done, `until` passes, or the read comes to
@@ -409,13 +433,17 @@ fn read_until_answered(
     poller: &mut Poller,
     awaited: &dyn Awaited,
     until: Option<Instant>,
+    mut read_first: bool,
 ) -> Option<ReadOutcome> {
     let turn = conn.read_turn();
     // After a hang-up the socket is read to its end: a short read does not mean that
     // nothing is left (the end of stream raises no new edge).
     let mut hang_up = false;
     loop {
-        let outcome = {
+        // Only the first pass may wait before it reads (see `take_turn`).
+        let outcome = if !std::mem::replace(&mut read_first, true) {
+            ReadOutcome::Drained
+        } else {
             let mut guard = turn.slot.lock();
             let slot = &mut *guard;
             slot.missed = false;
@@ -423,7 +451,7 @@ fn read_until_answered(
                 // The loop let the connection go: its requests failed with it.
                 return None;
             };
-            reader.read_ready(
+            let outcome = reader.read_ready(
                 conn,
                 client,
                 &mut poller.scratch,
@@ -431,7 +459,9 @@ fn read_until_answered(
                 &**handler,
                 hang_up,
                 Instant::now(),
-            )
+            );
+            slot.drained = outcome == ReadOutcome::Drained;
+            outcome
         };
         match outcome {
             ReadOutcome::Drained => {}
@@ -503,6 +533,7 @@ fn give_back(
                     true,
                     Instant::now(),
                 );
+                slot.drained = outcome == ReadOutcome::Drained;
                 if outcome == ReadOutcome::Drained {
                     continue;
                 }
@@ -720,6 +751,34 @@ mod tests {
             let text = format!("echo:{i}");
             assert_eq!(pair.call(&text).expect("answer"), i.to_string().as_bytes());
         }
+    }
+
+    /// A turn taken after a read that emptied the socket waits before it reads: no read
+    /// that finds nothing per call. The answers still arrive, read by their callers.
+    #[test]
+    fn a_caller_waits_before_it_reads_when_the_socket_was_emptied() {
+        let pair = Pair::new();
+        pair.call("echo:warm").expect("warm-up");
+        let first = || {
+            pair.ctx
+                .counters()
+                .turns_waiting_first
+                .load(Ordering::Relaxed)
+        };
+        let (turns, waited, answers) = (pair.turns(), first(), pair.answers());
+        for i in 0..10 {
+            let text = format!("slow:{i}");
+            assert_eq!(pair.call(&text).expect("answer"), i.to_string().as_bytes());
+        }
+        assert_eq!(pair.turns(), turns + 10, "every call took the turn");
+        assert_eq!(
+            pair.answers(),
+            answers + 10,
+            "every answer was read by its caller"
+        );
+        // The warm-up's answer and each slow one are read to the socket's end (a short
+        // read), by the loop or the caller, before the next call takes the turn.
+        assert_eq!(first(), waited + 10, "turns that read before they waited");
     }
 
     /// Only the turns that ended with the answer in count as answers read by callers: a
