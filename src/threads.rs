@@ -149,7 +149,9 @@ thread_local! {
 struct Leading {
     id: u64,
     lead: Lead,
-    /// Workers asleep on the queue: a job finds one of them without help.
+    /// Workers asleep on the queue: a job finds one of them without help. A worker still
+    /// counts once it took a task, until it says otherwise; then it looks at the queue
+    /// again, for jobs queued meanwhile that no sleeper is left for.
     sleepers: AtomicUsize,
     /// A worker leads now: the others sleep on the queue (one leader at a time, so that
     /// jobs from elsewhere find a sleeping follower, woken through the queue, rather than
@@ -487,6 +489,11 @@ fn work_fixed(
                 lead.sleepers.fetch_add(1, Ordering::SeqCst);
                 let task = rx.recv();
                 lead.sleepers.fetch_sub(1, Ordering::SeqCst);
+                // A job queued after the one this worker took, while it still counted as
+                // asleep, woke nobody: that is for the leader, unless another sleeps.
+                if !rx.is_empty() {
+                    lead.wake_for_job();
+                }
                 match task {
                     Ok(task) => task,
                     Err(_) => break,
@@ -732,6 +739,37 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    /// Two jobs queued at once while one worker leads and the other sleeps on the queue:
+    /// the sleeper takes the first, and the second wakes the leader rather than waiting
+    /// for the first to end (the sleeper still counted itself asleep when the second was
+    /// queued).
+    #[test]
+    fn a_second_job_behind_the_one_a_sleeper_took_wakes_the_leader() {
+        let pool = Pool::leading("rpc-test-behind-", 2, lead_on_nothing).unwrap();
+        for round in 0..10 {
+            // Idle: one worker leads, the other sleeps on the queue.
+            thread::sleep(Duration::from_millis(20));
+            let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(1);
+            let (ran_tx, ran_rx) = crossbeam_channel::bounded::<()>(1);
+            pool.execute(Box::new(move || {
+                let _ = release_rx.recv_timeout(Duration::from_secs(10));
+            }))
+            .unwrap();
+            pool.execute(Box::new(move || {
+                let _ = ran_tx.send(());
+            }))
+            .unwrap();
+            let ran = ran_rx.recv_timeout(Duration::from_secs(2));
+            let _ = release_tx.send(());
+            assert!(
+                ran.is_ok(),
+                "round {round}: the second job waited for the first"
+            );
+        }
+        let busy = pool.stop(Some(Instant::now() + Duration::from_secs(20)));
+        assert!(busy.is_empty(), "{busy:?}");
     }
 
     #[test]
