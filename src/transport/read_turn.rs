@@ -1311,4 +1311,149 @@ mod tests {
             server.join().expect("the server");
         }
     }
+
+    /// A raw server that reads one request and writes what `answer` makes of its id,
+    /// chunk after chunk with the delay given before each, then hangs up (`hang_up`) or
+    /// waits up to 5 s for the client to. Returns its port.
+    fn scripted_server(
+        answer: impl FnOnce(&[u8]) -> Vec<(Duration, Vec<u8>)> + Send + 'static,
+        hang_up: bool,
+    ) -> (u16, std::thread::JoinHandle<()>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let port = listener.local_addr().expect("address").port();
+        let thread = crate::threads::spawn("test-scripted-server".to_owned(), move || {
+            let (mut stream, _) = listener.accept().expect("a connection");
+            stream
+                .set_read_timeout(Some(PROMPTLY))
+                .expect("a read timeout");
+            let mut header = [0u8; 21];
+            stream.read_exact(&mut header).expect("a request header");
+            let len = i32::from_be_bytes(header[17..21].try_into().expect("4 bytes"));
+            let mut body = vec![0u8; usize::try_from(len).expect("a length")];
+            stream.read_exact(&mut body).expect("a request body");
+            for (delay, chunk) in answer(&header[9..17]) {
+                std::thread::sleep(delay);
+                if stream.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+            if !hang_up {
+                let mut rest = [0u8; 64];
+                let _ = stream.read(&mut rest);
+            }
+        })
+        .expect("a thread");
+        (port, thread)
+    }
+
+    /// An answer frame to request `id` (8 bytes) with `body`.
+    fn answer_frame(id: &[u8], body: &[u8]) -> Vec<u8> {
+        let mut frame = ((21 + body.len()) as i64).to_be_bytes().to_vec();
+        frame.push(4);
+        frame.extend_from_slice(id);
+        frame.extend_from_slice(&(body.len() as i32).to_be_bytes());
+        frame.extend_from_slice(body);
+        frame
+    }
+
+    /// Asks the scripted server once (after its loop took the connection over, so that
+    /// the caller takes the read turn): the outcome, how long it took, and the turns.
+    fn ask_scripted(
+        answer: impl FnOnce(&[u8]) -> Vec<(Duration, Vec<u8>)> + Send + 'static,
+        hang_up: bool,
+    ) -> (Result<Vec<u8>, RpcError>, Duration, u64) {
+        let (tx, _events) = crossbeam_channel::unbounded();
+        let ctx = TransportContext::new(TransportConf::default(), Arc::new(Client(tx)));
+        let factory = ctx.create_client_factory();
+        let (port, server) = scripted_server(answer, hang_up);
+        let client = factory.create_client("127.0.0.1", port).expect("client");
+        wait_for("the loop takes the connection over", || {
+            client.conn().read_turn().with_reader(|_| ()).is_some()
+        });
+        let start = Instant::now();
+        let result = client.send_rpc_sync(b"request".to_vec(), LONG);
+        let took = start.elapsed();
+        client.close();
+        server.join().expect("the server");
+        let turns = ctx.counters().caller_turns.load(Ordering::Relaxed);
+        (result, took, turns)
+    }
+
+    const GAP: Duration = Duration::from_millis(100);
+
+    /// An answer that comes in pieces, with pauses between them, is read by its caller.
+    #[test]
+    fn an_answer_in_pieces_is_read_by_its_caller() {
+        let (result, took, turns) = ask_scripted(
+            |id| {
+                let frame = answer_frame(id, b"in pieces");
+                vec![
+                    (GAP, frame[..5].to_vec()),
+                    (GAP, frame[5..22].to_vec()),
+                    (GAP, frame[22..].to_vec()),
+                ]
+            },
+            false,
+        );
+        assert_eq!(result.expect("the answer"), b"in pieces");
+        assert!(took < PROMPTLY, "{took:?}");
+        assert_eq!(turns, 1);
+    }
+
+    /// A bad frame (a negative length) where the answer should be fails the caller at
+    /// once.
+    #[test]
+    fn a_bad_frame_instead_of_the_answer_fails_the_caller_at_once() {
+        let (result, took, turns) = ask_scripted(
+            |_| {
+                vec![(
+                    GAP,
+                    (-1i64)
+                        .to_be_bytes()
+                        .iter()
+                        .chain(&[4; 13])
+                        .copied()
+                        .collect(),
+                )]
+            },
+            false,
+        );
+        assert!(
+            matches!(result, Err(RpcError::Connection { .. })),
+            "{result:?}"
+        );
+        assert!(took < PROMPTLY, "{took:?}");
+        assert_eq!(turns, 1);
+    }
+
+    /// An answer that claims more than the largest frame fails the caller at once, with
+    /// nothing of that size allocated.
+    #[test]
+    fn an_answer_claiming_more_than_the_largest_frame_fails_the_caller_at_once() {
+        let (result, took, turns) = ask_scripted(
+            |id| {
+                let mut frame = (1i64 << 40).to_be_bytes().to_vec();
+                frame.push(4);
+                frame.extend_from_slice(id);
+                frame.extend_from_slice(&(i32::MAX).to_be_bytes());
+                frame.extend_from_slice(&[1; 100]);
+                vec![(GAP, frame)]
+            },
+            false,
+        );
+        assert!(result.is_err(), "{result:?}");
+        assert!(took < PROMPTLY, "{took:?}");
+        assert_eq!(turns, 1);
+    }
+
+    /// The answer with the peer's end of stream right behind it: the answer is in, and
+    /// the hang-up is the loop's.
+    #[test]
+    fn an_answer_with_a_hang_up_right_behind_it_is_an_answer() {
+        let (result, took, _) =
+            ask_scripted(|id| vec![(GAP, answer_frame(id, b"last words"))], true);
+        assert_eq!(result.expect("the answer"), b"last words");
+        assert!(took < PROMPTLY, "{took:?}");
+    }
 }
