@@ -224,9 +224,13 @@ fn counting_server(name: &str) -> RpcEnv {
 /// (Asked again if the dispatcher that answered found another idle one about to lead,
 /// for nothing, and slept.)
 fn led_raw_peer(server: &RpcEnv) -> std::net::TcpStream {
+    led(server, raw_connect(address_of(server).port()))
+}
+
+/// [`led_raw_peer`], on `raw`.
+fn led(server: &RpcEnv, mut raw: std::net::TcpStream) -> std::net::TcpStream {
     use std::io::Write;
     let before = turns(server);
-    let mut raw = raw_connect(address_of(server).port());
     for id in 1..=5 {
         raw.write_all(&rpc_request(id, &envelope("count"))).unwrap();
         assert!(answer_to(&mut raw, id), "ask {id} was answered");
@@ -407,5 +411,106 @@ fn an_ask_behind_one_that_blocks_the_other_dispatcher_is_answered_at_once() {
             connections(&server) == 0
         });
     }
+    server.shutdown();
+}
+
+/// Reads frames from `raw` to its end (or 20 s): the ids of the answers in them.
+fn all_answers(raw: &mut std::net::TcpStream) -> std::collections::BTreeSet<u64> {
+    use std::io::Read;
+    raw.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut got = Vec::new();
+    let mut ids = std::collections::BTreeSet::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while Instant::now() < deadline {
+        match raw.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(_) => continue,
+        }
+        let mut at = 0;
+        while at + 17 <= got.len() {
+            let len = i64::from_be_bytes(got[at..at + 8].try_into().unwrap()) as usize;
+            if at + len > got.len() {
+                break;
+            }
+            if matches!(got[at + 8], 4 | 5) {
+                ids.insert(u64::from_be_bytes(got[at + 9..at + 17].try_into().unwrap()));
+            }
+            at += len;
+        }
+        got.drain(..at);
+    }
+    ids
+}
+
+/// A peer whose connection a dispatcher reads sends many asks and ends its side: every
+/// ask is answered, then the connection ends.
+#[test]
+fn asks_and_an_end_of_stream_under_a_leading_dispatcher_are_all_answered() {
+    use std::io::Write;
+    let server = counting_server("lead-halfclose-server");
+    let mut raw = led_raw_peer(&server);
+    let mut batch = Vec::new();
+    for id in 1000..1300u64 {
+        batch.extend_from_slice(&rpc_request(id, &envelope("count")));
+    }
+    raw.write_all(&batch).unwrap();
+    raw.shutdown(std::net::Shutdown::Write).unwrap();
+    let ids = all_answers(&mut raw);
+    let missing: Vec<u64> = (1000..1300).filter(|id| !ids.contains(id)).collect();
+    assert!(missing.is_empty(), "unanswered: {missing:?}");
+    wait_for("the server drops the connection", 5, || {
+        connections(&server) == 0
+    });
+    server.shutdown();
+}
+
+/// A peer whose connection a dispatcher reads sends asks without reading its answers,
+/// until the server stops reading it (its answers fill the socket and the queue); then
+/// reads them all: every ask is answered.
+#[test]
+fn a_peer_paused_for_its_unread_answers_under_a_leading_dispatcher_is_read_again() {
+    use std::io::Write;
+    let conf = rpc_conf()
+        .set("rpc.dispatcher.numThreads", "1")
+        .set("rpc.io.sendBuffer", "4k")
+        .set("rpc.io.receiveBuffer", "4k")
+        .set("rpc.io.maxQueuedBytes", "16k");
+    let server = server_env_with("lead-pause-server", conf);
+    server.setup_endpoint("count", Counter(0)).unwrap();
+    // Small buffers: the answers fill them soon, and so do asks the server leaves.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.set_send_buffer_size(4096).unwrap();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], address_of(&server).port()).into();
+    socket.connect(&addr.into()).unwrap();
+    let mut raw = led(&server, socket.into());
+    let asks = 20_000u64;
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = {
+        let mut raw = raw.try_clone().unwrap();
+        let written = std::sync::Arc::clone(&written);
+        crate::support::spawn("test-pause-writer", move || {
+            for id in 0..asks {
+                raw.write_all(&rpc_request(10_000 + id, &envelope("count")))
+                    .unwrap();
+                written.store(id + 1, std::sync::atomic::Ordering::Relaxed);
+            }
+            raw.shutdown(std::net::Shutdown::Write).unwrap();
+        })
+    };
+    // The answers pile up unread until the server stops reading: the writer is stuck.
+    std::thread::sleep(Duration::from_millis(500));
+    let stuck = written.load(std::sync::atomic::Ordering::Relaxed);
+    let ids = all_answers(&mut raw);
+    crate::support::join(writer);
+    assert!(stuck < asks, "the server never stopped reading the peer");
+    let missing = (10_000..10_000 + asks)
+        .filter(|id| !ids.contains(id))
+        .count();
+    assert_eq!(missing, 0, "{missing} of {asks} asks unanswered");
     server.shutdown();
 }
