@@ -43,7 +43,7 @@ use std::time::Instant;
 
 use log::{debug, error};
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Poll, Token, Waker};
 
 use crate::error::RpcError;
 use crate::sync::atomic::Ordering;
@@ -51,6 +51,7 @@ use crate::sync::{Arc, Mutex, Weak};
 use crate::transport::connection::{Conn, Wake, on_event_loop};
 use crate::transport::reader::{ReadOutcome, Reader};
 use crate::transport::socket::{Wire, interrupted};
+use crate::transport::watch;
 use crate::transport::{RpcHandler, TransportClient};
 
 /// Bytes a caller reads before it looks at its own answer again.
@@ -379,7 +380,7 @@ fn take_turn(conn: &Arc<Conn>, poller: &mut Poller, taker: Taker) -> Option<Arc<
             // Gone with its socket already if that closed (`ENOENT` then).
             let _ = registry.deregister(&mut SourceFd(&old));
         }
-        if let Err(err) = registry.register(&mut SourceFd(&fd), SOCKET, Interest::READABLE) {
+        if let Err(err) = registry.register(&mut SourceFd(&fd), SOCKET, watch::READ_INTEREST) {
             debug!(
                 "cannot watch connection {} on this thread: {err:#}",
                 conn.id()
@@ -411,8 +412,9 @@ fn read_until_answered(
     until: Option<Instant>,
 ) -> Option<ReadOutcome> {
     let turn = conn.read_turn();
-    // After a hang-up the socket is read to its end: a short read does not mean that
-    // nothing is left (the end of stream raises no new edge).
+    // After a hang-up (or urgent data) the socket is read to its end: a short read does
+    // not mean that nothing is left (the end of stream raises no new edge, and a read
+    // stops short at an urgent mark).
     let mut hang_up = false;
     loop {
         let outcome = {
@@ -463,10 +465,7 @@ fn read_until_answered(
         }
         let polled = poller.poll.poll(&mut poller.events, timeout);
         awaited.arm(None);
-        hang_up = poller
-            .events
-            .iter()
-            .any(|event| event.is_read_closed() || event.is_error());
+        hang_up = poller.events.iter().any(watch::read_to_end);
         if let Err(err) = polled {
             if !interrupted(&err) {
                 error!("cannot wait on connection {}: {err:#}", conn.id());
@@ -1455,5 +1454,118 @@ mod tests {
             ask_scripted(|id| vec![(GAP, answer_frame(id, b"last words"))], true);
         assert_eq!(result.expect("the answer"), b"last words");
         assert!(took < PROMPTLY, "{took:?}");
+    }
+
+    /// An answer trickled a byte at a time, far slower than `rpc.io.frameTimeout` allows
+    /// a frame: the loop's timers close the connection while the caller reads it, which
+    /// fails the caller then, not at its own timeout.
+    #[test]
+    fn an_answer_trickled_past_the_frame_timeout_fails_the_reading_caller() {
+        let conf =
+            TransportConf::from_conf(&crate::RpcConf::new().set("rpc.io.frameTimeout", "500ms"))
+                .expect("a configuration");
+        let (tx, _events) = crossbeam_channel::unbounded();
+        let ctx = TransportContext::new(conf, Arc::new(Client(tx)));
+        let factory = ctx.create_client_factory();
+        let (port, server) = scripted_server(
+            |id| {
+                answer_frame(id, b"trickled")
+                    .into_iter()
+                    .map(|byte| (Duration::from_millis(100), vec![byte]))
+                    .collect()
+            },
+            false,
+        );
+        let client = factory.create_client("127.0.0.1", port).expect("client");
+        wait_for("the loop takes the connection over", || {
+            client.conn().read_turn().with_reader(|_| ()).is_some()
+        });
+        let start = Instant::now();
+        let result = client.send_rpc_sync(b"request".to_vec(), LONG);
+        let took = start.elapsed();
+        assert!(
+            matches!(result, Err(RpcError::Connection { .. })),
+            "{result:?}"
+        );
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        assert_eq!(ctx.counters().caller_turns.load(Ordering::Relaxed), 1);
+        server.join().expect("the server");
+    }
+
+    /// A raw server that answers the one request it reads with an answer whose first
+    /// 10 bytes end in a byte of TCP urgent data (out of band: not part of the stream),
+    /// the rest right behind. Returns its port.
+    fn urgent_server() -> (u16, std::thread::JoinHandle<()>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let port = listener.local_addr().expect("address").port();
+        let server = crate::threads::spawn("test-urgent-server".to_owned(), move || {
+            let (mut stream, _) = listener.accept().expect("a connection");
+            stream
+                .set_read_timeout(Some(PROMPTLY))
+                .expect("a read timeout");
+            let mut header = [0u8; 21];
+            stream.read_exact(&mut header).expect("a request header");
+            let len = i32::from_be_bytes(header[17..21].try_into().expect("4 bytes"));
+            let mut body = vec![0u8; usize::try_from(len).expect("a length")];
+            stream.read_exact(&mut body).expect("a request body");
+            let frame = answer_frame(&header[9..17], b"urgent");
+            std::thread::sleep(GAP);
+            stream.write_all(&frame[..10]).expect("a write");
+            socket2::SockRef::from(&stream)
+                .send_out_of_band(b"!")
+                .expect("urgent data");
+            stream.write_all(&frame[10..]).expect("a write");
+            let mut rest = [0u8; 64];
+            let _ = stream.read(&mut rest);
+        })
+        .expect("a thread");
+        (port, server)
+    }
+
+    /// A peer that puts a byte of TCP urgent data in the middle of its answer: a read
+    /// stops short at the urgent mark, with the rest of the answer in the socket and no
+    /// new readable edge to come for it. The urgent data raises one (a priority event),
+    /// after which the socket is read to its end: the answer comes at once, to a caller
+    /// reading the connection (`caller`) or through its loop.
+    fn urgent_data_in_an_answer(caller: bool) {
+        let (port, server) = urgent_server();
+        let (tx, _events) = crossbeam_channel::unbounded();
+        let ctx = TransportContext::new(TransportConf::default(), Arc::new(Client(tx)));
+        let factory = ctx.create_client_factory();
+        let client = factory.create_client("127.0.0.1", port).expect("client");
+        wait_for("the loop takes the connection over", || {
+            client.conn().read_turn().with_reader(|_| ()).is_some()
+        });
+        let start = Instant::now();
+        let timeout = Duration::from_secs(3);
+        let result = if caller {
+            client.send_rpc_sync(b"request".to_vec(), timeout)
+        } else {
+            let (answer_tx, answer_rx) = crossbeam_channel::bounded(1);
+            client.send_rpc(b"request".to_vec(), move |answer| {
+                let _ = answer_tx.send(answer);
+            });
+            answer_rx
+                .recv_timeout(timeout)
+                .unwrap_or(Err(RpcError::EnvStopped))
+        };
+        let took = start.elapsed();
+        client.close();
+        server.join().expect("the server");
+        assert_eq!(result.expect("the answer"), b"urgent", "after {took:?}");
+        assert!(took < Duration::from_secs(2), "answered after {took:?}");
+        let turns = ctx.counters().caller_turns.load(Ordering::Relaxed);
+        assert_eq!(turns, u64::from(caller));
+    }
+
+    #[test]
+    fn urgent_data_in_an_answer_does_not_keep_it_from_its_reading_caller() {
+        urgent_data_in_an_answer(true);
+    }
+
+    #[test]
+    fn urgent_data_in_an_answer_does_not_keep_it_from_its_loop() {
+        urgent_data_in_an_answer(false);
     }
 }
