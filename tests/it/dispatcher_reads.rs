@@ -514,3 +514,55 @@ fn a_peer_paused_for_its_unread_answers_under_a_leading_dispatcher_is_read_again
     assert_eq!(missing, 0, "{missing} of {asks} asks unanswered");
     server.shutdown();
 }
+
+/// Many callers on a few connections to a server whose two dispatchers lead, asking in
+/// turn with small random pauses (so that callers, leaders and loops keep taking the
+/// read turns from one another): every ask is answered, none near its timeout.
+#[test]
+fn callers_and_leaders_taking_turns_lose_no_answer() {
+    let conf = rpc_conf().set("rpc.dispatcher.numThreads", "2");
+    let server = server_env_with("lead-mixed-server", conf);
+    let (tx, _events) = crossbeam_channel::unbounded();
+    server.setup_endpoint("adder", Adder(tx)).unwrap();
+    let clients: Vec<RpcEnv> = (0..3)
+        .map(|i| client_env_with(&format!("lead-mixed-client-{i}"), rpc_conf()))
+        .collect();
+    let slowest = std::thread::scope(|scope| {
+        let callers: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .flat_map(|(c, client)| (0..2).map(move |t| (c, t, client)))
+            .map(|(c, t, client)| {
+                let server = &server;
+                scope.spawn(move || {
+                    let adder = client
+                        .setup_endpoint_ref::<Add>(address_of(server), "adder")
+                        .unwrap();
+                    let mut seed = (c * 7 + t * 13 + 1) as u64;
+                    let mut slowest = Duration::ZERO;
+                    for n in 0..300u64 {
+                        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        let pause = (seed >> 33) % 1500;
+                        std::thread::sleep(Duration::from_micros(pause));
+                        let start = Instant::now();
+                        let answer = adder.ask_sync_timeout::<u64>(Add(n), Duration::from_secs(8));
+                        slowest = slowest.max(start.elapsed());
+                        assert_eq!(answer.expect("an answer"), n + 1);
+                    }
+                    slowest
+                })
+            })
+            .collect();
+        callers
+            .into_iter()
+            .map(|caller| caller.join().unwrap())
+            .max()
+            .unwrap()
+    });
+    assert!(slowest < Duration::from_secs(2), "an ask took {slowest:?}");
+    assert!(turns(&server) > 0, "the dispatchers led");
+    for client in clients {
+        client.shutdown();
+    }
+    server.shutdown();
+}
