@@ -150,6 +150,12 @@ pub(crate) trait Awaited {
     /// From now until the next call, an outcome set by another thread wakes `waker`
     /// (`None`: nobody). False, with nothing armed, when the outcome is in already.
     fn arm(&self, waker: Option<&Arc<Waker>>) -> bool;
+    /// Called once the thread found something to read, before it tries to take the turn:
+    /// whether it still may (a pool's worker claims the pool's one leader's place here,
+    /// see [`lead`]). True unless said otherwise.
+    fn claim(&self) -> bool {
+        true
+    }
 }
 
 thread_local! {
@@ -206,7 +212,8 @@ pub(crate) fn answered_on(conn: &Arc<Conn>) {
 ///
 /// Returns false at once, having done nothing, when the thread may not lead (it answered
 /// nothing yet, the connection is gone, closing, paused, streaming or being read by a
-/// caller), or should not: frames came in on the connection since the answer (a peer
+/// caller, or another worker of its pool leads), or should not: frames came in on the
+/// connection since the answer (a peer
 /// with requests in flight, whose loop reads them while dispatchers handle them). The
 /// thread then waits for work as it otherwise would.
 pub(crate) fn lead(awaited: &dyn Awaited, until: Instant) -> bool {
@@ -232,6 +239,13 @@ pub(crate) fn lead(awaited: &dyn Awaited, until: Instant) -> bool {
         || conn.is_paused()
         || conn.streams_outstanding().0 != 0
     {
+        return false;
+    }
+    // Only now, with a connection to read: a worker that finds it has nothing to lead
+    // does not keep one that has from leading meanwhile.
+    if !awaited.claim() {
+        // Another leads: this one may lead next time it is idle.
+        LAST_PEER.with(|last| *last.borrow_mut() = (Arc::downgrade(&conn), frames));
         return false;
     }
     hold_turn(

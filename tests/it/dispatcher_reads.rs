@@ -221,8 +221,7 @@ fn counting_server(name: &str) -> RpcEnv {
 }
 
 /// A raw peer that asked and got its answer: a dispatcher reads its connection now.
-/// (Asked again if the dispatcher that answered found another idle one about to lead,
-/// for nothing, and slept.)
+/// (Asked again if the dispatcher that answered found another one leading, and slept.)
 fn led_raw_peer(server: &RpcEnv) -> std::net::TcpStream {
     led(server, raw_connect(address_of(server).port()))
 }
