@@ -475,19 +475,20 @@ fn a_peer_paused_for_its_unread_answers_under_a_leading_dispatcher_is_read_again
     use std::io::Write;
     let conf = rpc_conf()
         .set("rpc.dispatcher.numThreads", "1")
-        .set("rpc.io.sendBuffer", "4k")
-        .set("rpc.io.receiveBuffer", "4k")
-        .set("rpc.io.maxQueuedBytes", "16k");
+        .set("rpc.io.sendBuffer", "64k")
+        .set("rpc.io.receiveBuffer", "64k")
+        .set("rpc.io.maxQueuedBytes", "64k");
     let server = server_env_with("lead-pause-server", conf);
     server.setup_endpoint("count", Counter(0)).unwrap();
-    // Small buffers: the answers fill them soon, and so do asks the server leaves.
+    // Bounded buffers (not so small that TCP's window updates lag): the answers fill
+    // them soon, and so do asks the server leaves.
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.set_send_buffer_size(4096).unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    socket.set_send_buffer_size(64 * 1024).unwrap();
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], address_of(&server).port()).into();
     socket.connect(&addr.into()).unwrap();
     let mut raw = led(&server, socket.into());
-    let asks = 20_000u64;
+    let asks = 50_000u64;
     let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writer = {
         let mut raw = raw.try_clone().unwrap();
