@@ -10,7 +10,7 @@
 //! their own, started and joined the same way.
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -149,11 +149,15 @@ thread_local! {
 struct Leading {
     id: u64,
     lead: Lead,
-    /// Workers asleep on the queue: a job finds one of them without help.
+    /// Workers asleep on the queue: a job finds one of them without help. A worker still
+    /// counts once it took a task, until it says otherwise; then it looks at the queue
+    /// again, for jobs queued meanwhile that no sleeper is left for.
     sleepers: AtomicUsize,
     /// A worker leads now: the others sleep on the queue (one leader at a time, so that
     /// jobs from elsewhere find a sleeping follower, woken through the queue, rather than
-    /// a leader that must give up its connection for them).
+    /// a leader that must give up its connection for them). Claimed by a worker only once
+    /// it found a connection to read (see [`Awaited::claim`]), so that an idle worker with
+    /// none does not keep one that has from leading.
     leader: AtomicBool,
     /// The pool stops: a leader stops leading (set before the leaders are woken, so one
     /// arming after that sees it; the queue alone does not tell, since a worker that
@@ -201,7 +205,7 @@ impl Leading {
     /// Leads until the pool has work (or [`LEAD_FOR`] passes): whether it led, and the
     /// job the worker's read kept for it.
     fn run_lead(&self, rx: &Receiver<Task>) -> (bool, Option<Job>) {
-        if self.leader.swap(true, Ordering::AcqRel) {
+        if self.leader.load(Ordering::Acquire) {
             return (false, None);
         }
         LED.with(|led| led.borrow_mut().0 = self.id);
@@ -209,6 +213,7 @@ impl Leading {
             leading: self,
             rx,
             armed: RefCell::new(None),
+            claimed: Cell::new(false),
         };
         let led = (self.lead)(&work, Instant::now() + LEAD_FOR);
         let kept = LED.with(|led| {
@@ -216,7 +221,9 @@ impl Leading {
             led.0 = 0;
             led.1.take()
         });
-        self.leader.store(false, Ordering::Release);
+        if work.claimed.get() {
+            self.leader.store(false, Ordering::Release);
+        }
         (led, kept)
     }
 }
@@ -227,6 +234,8 @@ struct PoolWork<'a> {
     rx: &'a Receiver<Task>,
     /// The waker it registered as a leader's.
     armed: RefCell<Option<Arc<Waker>>>,
+    /// It is the pool's leader (see [`Awaited::claim`]).
+    claimed: Cell<bool>,
 }
 
 impl Awaited for PoolWork<'_> {
@@ -254,6 +263,16 @@ impl Awaited for PoolWork<'_> {
         leaders.push(Arc::clone(waker));
         *self.armed.borrow_mut() = Some(Arc::clone(waker));
         true
+    }
+
+    /// The worker found a connection to lead: it leads if no other worker does.
+    fn claim(&self) -> bool {
+        if self.claimed.get() {
+            return true;
+        }
+        let claimed = !self.leading.leader.swap(true, Ordering::AcqRel);
+        self.claimed.set(claimed);
+        claimed
     }
 }
 
@@ -487,6 +506,11 @@ fn work_fixed(
                 lead.sleepers.fetch_add(1, Ordering::SeqCst);
                 let task = rx.recv();
                 lead.sleepers.fetch_sub(1, Ordering::SeqCst);
+                // A job queued after the one this worker took, while it still counted as
+                // asleep, woke nobody: that is for the leader, unless another sleeps.
+                if !rx.is_empty() {
+                    lead.wake_for_job();
+                }
                 match task {
                     Ok(task) => task,
                     Err(_) => break,
@@ -691,6 +715,9 @@ mod tests {
         let Ok(waker) = Waker::new(poll.registry(), mio::Token(0)).map(Arc::new) else {
             return false;
         };
+        if !awaited.claim() {
+            return false;
+        }
         let mut events = mio::Events::with_capacity(2);
         while !awaited.is_done() && Instant::now() < until {
             if !awaited.arm(Some(&waker)) {
@@ -734,6 +761,88 @@ mod tests {
         );
     }
 
+    /// Two jobs queued at once while one worker leads and the other sleeps on the queue:
+    /// the sleeper takes the first, and the second wakes the leader rather than waiting
+    /// for the first to end (the sleeper still counted itself asleep when the second was
+    /// queued).
+    #[test]
+    fn a_second_job_behind_the_one_a_sleeper_took_wakes_the_leader() {
+        let pool = Pool::leading("rpc-test-behind-", 2, lead_on_nothing).unwrap();
+        for round in 0..10 {
+            // Idle: one worker leads, the other sleeps on the queue.
+            thread::sleep(Duration::from_millis(20));
+            let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(1);
+            let (ran_tx, ran_rx) = crossbeam_channel::bounded::<()>(1);
+            pool.execute(Box::new(move || {
+                let _ = release_rx.recv_timeout(Duration::from_secs(10));
+            }))
+            .unwrap();
+            pool.execute(Box::new(move || {
+                let _ = ran_tx.send(());
+            }))
+            .unwrap();
+            let ran = ran_rx.recv_timeout(Duration::from_secs(2));
+            let _ = release_tx.send(());
+            assert!(
+                ran.is_ok(),
+                "round {round}: the second job waited for the first"
+            );
+        }
+        let busy = pool.stop(Some(Instant::now() + Duration::from_secs(20)));
+        assert!(busy.is_empty(), "{busy:?}");
+    }
+
+    thread_local! {
+        /// The worker has a connection to lead (see `lead_if_it_has_a_peer`).
+        static HAS_PEER: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Turns taken by `lead_if_it_has_a_peer`.
+    static PEER_TURNS: AtomicUsize = AtomicUsize::new(0);
+
+    /// A lead like `transport::lead`'s: a worker with no connection to lead finds that
+    /// out (slowly here, to widen the moment), and gives up; one with a connection leads
+    /// it, as `lead_on_nothing` does.
+    fn lead_if_it_has_a_peer(awaited: &dyn Awaited, until: Instant) -> bool {
+        if !HAS_PEER.with(|peer| peer.replace(false)) {
+            thread::sleep(Duration::from_millis(300));
+            return false;
+        }
+        PEER_TURNS.fetch_add(1, Ordering::SeqCst);
+        lead_on_nothing(awaited, until)
+    }
+
+    /// A worker that has a connection to lead is not kept from it by an idle worker that
+    /// has none and is finding that out: only a worker about to read a connection counts
+    /// as the pool's leader.
+    #[test]
+    fn a_worker_with_nothing_to_lead_does_not_keep_one_with_a_peer_from_leading() {
+        let pool = Pool::leading("rpc-test-peer-", 2, lead_if_it_has_a_peer).unwrap();
+        thread::sleep(Duration::from_millis(50));
+        let (ran_tx, ran_rx) = crossbeam_channel::bounded::<()>(2);
+        // Two jobs at once: each worker runs one, then goes idle at about the same time;
+        // only the first job's worker has a connection to lead after it.
+        let first = ran_tx.clone();
+        pool.execute(Box::new(move || {
+            HAS_PEER.with(|peer| peer.set(true));
+            thread::sleep(Duration::from_millis(20));
+            let _ = first.send(());
+        }))
+        .unwrap();
+        pool.execute(Box::new(move || {
+            let _ = ran_tx.send(());
+        }))
+        .unwrap();
+        for _ in 0..2 {
+            ran_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        wait_for("the worker with a peer leads", || {
+            PEER_TURNS.load(Ordering::SeqCst) == 1
+        });
+        let busy = pool.stop(Some(Instant::now() + Duration::from_secs(20)));
+        assert!(busy.is_empty(), "{busy:?}");
+    }
+
     #[test]
     fn a_stopping_pool_is_work_for_its_leader_even_with_an_empty_queue() {
         // A worker that exits may hold another's exit task for a moment: the queue is
@@ -751,6 +860,7 @@ mod tests {
             leading: &leading,
             rx: &rx,
             armed: RefCell::new(None),
+            claimed: Cell::new(false),
         };
         assert!(!work.is_done());
         leading.stop();

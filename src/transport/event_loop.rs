@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error, trace};
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use mio::{Events, Poll, Registry, Token, Waker};
 
 use crate::auth::Decryptor;
 use crate::conf::keys;
@@ -214,7 +214,7 @@ impl IoGroup {
         // dropped, and the loop reads and flushes once when it takes the connection over.
         handle
             .registry
-            .register(&mut stream, Token(id as usize), Interest::READABLE)
+            .register(&mut stream, Token(id as usize), watch::READ_INTEREST)
             .map_err(|e| RpcError::connection_io(peer, "cannot be registered with a poller", e))?;
         let wire: Arc<dyn Wire> = Arc::new(stream);
         let notify: Arc<dyn Notify> = Arc::clone(handle) as Arc<dyn Notify>;
@@ -382,9 +382,9 @@ impl EventLoop {
                 if event.is_writable() {
                     self.flush(id, now);
                 }
-                let hang_up = event.is_read_closed() || event.is_error();
-                if event.is_readable() || hang_up {
-                    self.read(id, now, hang_up);
+                let to_end = watch::read_to_end(event);
+                if event.is_readable() || to_end {
+                    self.read(id, now, to_end);
                 }
             }
             for id in std::mem::take(&mut self.read_again) {

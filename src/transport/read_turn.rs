@@ -47,7 +47,7 @@ use std::time::Instant;
 
 use log::{debug, error};
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Poll, Token, Waker};
 
 use crate::error::RpcError;
 use crate::sync::atomic::Ordering;
@@ -55,6 +55,7 @@ use crate::sync::{Arc, Mutex, Weak};
 use crate::transport::connection::{Conn, Wake, on_event_loop};
 use crate::transport::reader::{ReadOutcome, Reader};
 use crate::transport::socket::{Wire, interrupted};
+use crate::transport::watch;
 use crate::transport::{RpcHandler, TransportClient};
 
 /// Bytes a caller reads before it looks at its own answer again.
@@ -160,6 +161,12 @@ pub(crate) trait Awaited {
     /// From now until the next call, an outcome set by another thread wakes `waker`
     /// (`None`: nobody). False, with nothing armed, when the outcome is in already.
     fn arm(&self, waker: Option<&Arc<Waker>>) -> bool;
+    /// Called once the thread found something to read, before it tries to take the turn:
+    /// whether it still may (a pool's worker claims the pool's one leader's place here,
+    /// see [`lead`]). True unless said otherwise.
+    fn claim(&self) -> bool {
+        true
+    }
 }
 
 thread_local! {
@@ -216,7 +223,8 @@ pub(crate) fn answered_on(conn: &Arc<Conn>) {
 ///
 /// Returns false at once, having done nothing, when the thread may not lead (it answered
 /// nothing yet, the connection is gone, closing, paused, streaming or being read by a
-/// caller), or should not: frames came in on the connection since the answer (a peer
+/// caller, or another worker of its pool leads), or should not: frames came in on the
+/// connection since the answer (a peer
 /// with requests in flight, whose loop reads them while dispatchers handle them). The
 /// thread then waits for work as it otherwise would.
 pub(crate) fn lead(awaited: &dyn Awaited, until: Instant) -> bool {
@@ -242,6 +250,13 @@ pub(crate) fn lead(awaited: &dyn Awaited, until: Instant) -> bool {
         || conn.is_paused()
         || conn.streams_outstanding().0 != 0
     {
+        return false;
+    }
+    // Only now, with a connection to read: a worker that finds it has nothing to lead
+    // does not keep one that has from leading meanwhile.
+    if !awaited.claim() {
+        // Another leads: this one may lead next time it is idle.
+        LAST_PEER.with(|last| *last.borrow_mut() = (Arc::downgrade(&conn), frames));
         return false;
     }
     hold_turn(
@@ -400,7 +415,7 @@ fn take_turn(conn: &Arc<Conn>, poller: &mut Poller, taker: Taker) -> Option<(Arc
             // Gone with its socket already if that closed (`ENOENT` then).
             let _ = registry.deregister(&mut SourceFd(&old));
         }
-        if let Err(err) = registry.register(&mut SourceFd(&fd), SOCKET, Interest::READABLE) {
+        if let Err(err) = registry.register(&mut SourceFd(&fd), SOCKET, watch::READ_INTEREST) {
             debug!(
                 "cannot watch connection {} on this thread: {err:#}",
                 conn.id()
@@ -436,8 +451,9 @@ fn read_until_answered(
     mut read_first: bool,
 ) -> Option<ReadOutcome> {
     let turn = conn.read_turn();
-    // After a hang-up the socket is read to its end: a short read does not mean that
-    // nothing is left (the end of stream raises no new edge).
+    // After a hang-up (or urgent data) the socket is read to its end: a short read does
+    // not mean that nothing is left (the end of stream raises no new edge, and a read
+    // stops short at an urgent mark).
     let mut hang_up = false;
     loop {
         // Only the first pass may wait before it reads (see `take_turn`).
@@ -493,10 +509,7 @@ fn read_until_answered(
         }
         let polled = poller.poll.poll(&mut poller.events, timeout);
         awaited.arm(None);
-        hang_up = poller
-            .events
-            .iter()
-            .any(|event| event.is_read_closed() || event.is_error());
+        hang_up = poller.events.iter().any(watch::read_to_end);
         if let Err(err) = polled {
             if !interrupted(&err) {
                 error!("cannot wait on connection {}: {err:#}", conn.id());
@@ -1369,5 +1382,263 @@ mod tests {
             assert_eq!(ctx.counters().caller_turns.load(Ordering::Relaxed), 1);
             server.join().expect("the server");
         }
+    }
+
+    /// A raw server that reads one request and writes what `answer` makes of its id,
+    /// chunk after chunk with the delay given before each, then hangs up (`hang_up`) or
+    /// waits up to 5 s for the client to. Returns its port.
+    fn scripted_server(
+        answer: impl FnOnce(&[u8]) -> Vec<(Duration, Vec<u8>)> + Send + 'static,
+        hang_up: bool,
+    ) -> (u16, std::thread::JoinHandle<()>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let port = listener.local_addr().expect("address").port();
+        let thread = crate::threads::spawn("test-scripted-server".to_owned(), move || {
+            let (mut stream, _) = listener.accept().expect("a connection");
+            stream
+                .set_read_timeout(Some(PROMPTLY))
+                .expect("a read timeout");
+            let mut header = [0u8; 21];
+            stream.read_exact(&mut header).expect("a request header");
+            let len = i32::from_be_bytes(header[17..21].try_into().expect("4 bytes"));
+            let mut body = vec![0u8; usize::try_from(len).expect("a length")];
+            stream.read_exact(&mut body).expect("a request body");
+            for (delay, chunk) in answer(&header[9..17]) {
+                std::thread::sleep(delay);
+                if stream.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+            if !hang_up {
+                let mut rest = [0u8; 64];
+                let _ = stream.read(&mut rest);
+            }
+        })
+        .expect("a thread");
+        (port, thread)
+    }
+
+    /// An answer frame to request `id` (8 bytes) with `body`.
+    fn answer_frame(id: &[u8], body: &[u8]) -> Vec<u8> {
+        let mut frame = ((21 + body.len()) as i64).to_be_bytes().to_vec();
+        frame.push(4);
+        frame.extend_from_slice(id);
+        frame.extend_from_slice(&(body.len() as i32).to_be_bytes());
+        frame.extend_from_slice(body);
+        frame
+    }
+
+    /// Asks the scripted server once (after its loop took the connection over, so that
+    /// the caller takes the read turn): the outcome, how long it took, and the turns.
+    fn ask_scripted(
+        answer: impl FnOnce(&[u8]) -> Vec<(Duration, Vec<u8>)> + Send + 'static,
+        hang_up: bool,
+    ) -> (Result<Vec<u8>, RpcError>, Duration, u64) {
+        let (tx, _events) = crossbeam_channel::unbounded();
+        let ctx = TransportContext::new(TransportConf::default(), Arc::new(Client(tx)));
+        let factory = ctx.create_client_factory();
+        let (port, server) = scripted_server(answer, hang_up);
+        let client = factory.create_client("127.0.0.1", port).expect("client");
+        wait_for("the loop takes the connection over", || {
+            client.conn().read_turn().with_reader(|_| ()).is_some()
+        });
+        let start = Instant::now();
+        let result = client.send_rpc_sync(b"request".to_vec(), LONG);
+        let took = start.elapsed();
+        client.close();
+        server.join().expect("the server");
+        let turns = ctx.counters().caller_turns.load(Ordering::Relaxed);
+        (result, took, turns)
+    }
+
+    const GAP: Duration = Duration::from_millis(100);
+
+    /// An answer that comes in pieces, with pauses between them, is read by its caller.
+    #[test]
+    fn an_answer_in_pieces_is_read_by_its_caller() {
+        let (result, took, turns) = ask_scripted(
+            |id| {
+                let frame = answer_frame(id, b"in pieces");
+                vec![
+                    (GAP, frame[..5].to_vec()),
+                    (GAP, frame[5..22].to_vec()),
+                    (GAP, frame[22..].to_vec()),
+                ]
+            },
+            false,
+        );
+        assert_eq!(result.expect("the answer"), b"in pieces");
+        assert!(took < PROMPTLY, "{took:?}");
+        assert_eq!(turns, 1);
+    }
+
+    /// A bad frame (a negative length) where the answer should be fails the caller at
+    /// once.
+    #[test]
+    fn a_bad_frame_instead_of_the_answer_fails_the_caller_at_once() {
+        let (result, took, turns) = ask_scripted(
+            |_| {
+                vec![(
+                    GAP,
+                    (-1i64)
+                        .to_be_bytes()
+                        .iter()
+                        .chain(&[4; 13])
+                        .copied()
+                        .collect(),
+                )]
+            },
+            false,
+        );
+        assert!(
+            matches!(result, Err(RpcError::Connection { .. })),
+            "{result:?}"
+        );
+        assert!(took < PROMPTLY, "{took:?}");
+        assert_eq!(turns, 1);
+    }
+
+    /// An answer that claims more than the largest frame fails the caller at once, with
+    /// nothing of that size allocated.
+    #[test]
+    fn an_answer_claiming_more_than_the_largest_frame_fails_the_caller_at_once() {
+        let (result, took, turns) = ask_scripted(
+            |id| {
+                let mut frame = (1i64 << 40).to_be_bytes().to_vec();
+                frame.push(4);
+                frame.extend_from_slice(id);
+                frame.extend_from_slice(&(i32::MAX).to_be_bytes());
+                frame.extend_from_slice(&[1; 100]);
+                vec![(GAP, frame)]
+            },
+            false,
+        );
+        assert!(result.is_err(), "{result:?}");
+        assert!(took < PROMPTLY, "{took:?}");
+        assert_eq!(turns, 1);
+    }
+
+    /// The answer with the peer's end of stream right behind it: the answer is in, and
+    /// the hang-up is the loop's.
+    #[test]
+    fn an_answer_with_a_hang_up_right_behind_it_is_an_answer() {
+        let (result, took, _) =
+            ask_scripted(|id| vec![(GAP, answer_frame(id, b"last words"))], true);
+        assert_eq!(result.expect("the answer"), b"last words");
+        assert!(took < PROMPTLY, "{took:?}");
+    }
+
+    /// An answer trickled a byte at a time, far slower than `rpc.io.frameTimeout` allows
+    /// a frame: the loop's timers close the connection while the caller reads it, which
+    /// fails the caller then, not at its own timeout.
+    #[test]
+    fn an_answer_trickled_past_the_frame_timeout_fails_the_reading_caller() {
+        let conf =
+            TransportConf::from_conf(&crate::RpcConf::new().set("rpc.io.frameTimeout", "500ms"))
+                .expect("a configuration");
+        let (tx, _events) = crossbeam_channel::unbounded();
+        let ctx = TransportContext::new(conf, Arc::new(Client(tx)));
+        let factory = ctx.create_client_factory();
+        let (port, server) = scripted_server(
+            |id| {
+                answer_frame(id, b"trickled")
+                    .into_iter()
+                    .map(|byte| (Duration::from_millis(100), vec![byte]))
+                    .collect()
+            },
+            false,
+        );
+        let client = factory.create_client("127.0.0.1", port).expect("client");
+        wait_for("the loop takes the connection over", || {
+            client.conn().read_turn().with_reader(|_| ()).is_some()
+        });
+        let start = Instant::now();
+        let result = client.send_rpc_sync(b"request".to_vec(), LONG);
+        let took = start.elapsed();
+        assert!(
+            matches!(result, Err(RpcError::Connection { .. })),
+            "{result:?}"
+        );
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        assert_eq!(ctx.counters().caller_turns.load(Ordering::Relaxed), 1);
+        server.join().expect("the server");
+    }
+
+    /// A raw server that answers the one request it reads with an answer whose first
+    /// 10 bytes end in a byte of TCP urgent data (out of band: not part of the stream),
+    /// the rest right behind. Returns its port.
+    fn urgent_server() -> (u16, std::thread::JoinHandle<()>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let port = listener.local_addr().expect("address").port();
+        let server = crate::threads::spawn("test-urgent-server".to_owned(), move || {
+            let (mut stream, _) = listener.accept().expect("a connection");
+            stream
+                .set_read_timeout(Some(PROMPTLY))
+                .expect("a read timeout");
+            let mut header = [0u8; 21];
+            stream.read_exact(&mut header).expect("a request header");
+            let len = i32::from_be_bytes(header[17..21].try_into().expect("4 bytes"));
+            let mut body = vec![0u8; usize::try_from(len).expect("a length")];
+            stream.read_exact(&mut body).expect("a request body");
+            let frame = answer_frame(&header[9..17], b"urgent");
+            std::thread::sleep(GAP);
+            stream.write_all(&frame[..10]).expect("a write");
+            socket2::SockRef::from(&stream)
+                .send_out_of_band(b"!")
+                .expect("urgent data");
+            stream.write_all(&frame[10..]).expect("a write");
+            let mut rest = [0u8; 64];
+            let _ = stream.read(&mut rest);
+        })
+        .expect("a thread");
+        (port, server)
+    }
+
+    /// A peer that puts a byte of TCP urgent data in the middle of its answer: a read
+    /// stops short at the urgent mark, with the rest of the answer in the socket and no
+    /// new readable edge to come for it. The urgent data raises one (a priority event),
+    /// after which the socket is read to its end: the answer comes at once, to a caller
+    /// reading the connection (`caller`) or through its loop.
+    fn urgent_data_in_an_answer(caller: bool) {
+        let (port, server) = urgent_server();
+        let (tx, _events) = crossbeam_channel::unbounded();
+        let ctx = TransportContext::new(TransportConf::default(), Arc::new(Client(tx)));
+        let factory = ctx.create_client_factory();
+        let client = factory.create_client("127.0.0.1", port).expect("client");
+        wait_for("the loop takes the connection over", || {
+            client.conn().read_turn().with_reader(|_| ()).is_some()
+        });
+        let start = Instant::now();
+        let timeout = Duration::from_secs(3);
+        let result = if caller {
+            client.send_rpc_sync(b"request".to_vec(), timeout)
+        } else {
+            let (answer_tx, answer_rx) = crossbeam_channel::bounded(1);
+            client.send_rpc(b"request".to_vec(), move |answer| {
+                let _ = answer_tx.send(answer);
+            });
+            answer_rx
+                .recv_timeout(timeout)
+                .unwrap_or(Err(RpcError::EnvStopped))
+        };
+        let took = start.elapsed();
+        client.close();
+        server.join().expect("the server");
+        assert_eq!(result.expect("the answer"), b"urgent", "after {took:?}");
+        assert!(took < Duration::from_secs(2), "answered after {took:?}");
+        let turns = ctx.counters().caller_turns.load(Ordering::Relaxed);
+        assert_eq!(turns, u64::from(caller));
+    }
+
+    #[test]
+    fn urgent_data_in_an_answer_does_not_keep_it_from_its_reading_caller() {
+        urgent_data_in_an_answer(true);
+    }
+
+    #[test]
+    fn urgent_data_in_an_answer_does_not_keep_it_from_its_loop() {
+        urgent_data_in_an_answer(false);
     }
 }

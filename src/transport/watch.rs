@@ -2,7 +2,10 @@
 //!
 //! The loop's poller watches a connection's socket, edge-triggered, for:
 //!
-//! - **readable** bytes (and hang-ups), except while a caller holds the connection's
+//! - **readable** bytes (and hang-ups, and on Linux TCP urgent data: a read stops short
+//!   at the urgent mark with bytes left behind it, which raise no new readable edge, so
+//!   a priority event has the socket read to its end, as a hang-up does; see
+//!   [`READ_INTEREST`]), except while a caller holds the connection's
 //!   read turn (see `read_turn`): that caller waits for the socket on its own poller, so
 //!   the loop is not woken for bytes it would leave to the caller. The interest comes back
 //!   when the caller gives the turn back, and the kernel then reports bytes that arrived
@@ -16,8 +19,9 @@
 //! `EPOLL_CTL_MOD` look at it), so no edge is lost between "the queue is blocked" and
 //! "the loop watches for room", nor between "the caller gave the turn back" and "the loop
 //! watches for bytes". With no interest left, the socket stays registered on Linux
-//! with only `EPOLLPRI` (TCP urgent data, which no peer of this crate sends; errors and
-//! full hang-ups are reported for every registration anyway), so that taking and giving
+//! with only `EPOLLPRI` (TCP urgent data, which no peer of this crate sends: the loop
+//! then finds the turn taken; errors and full hang-ups are reported for every
+//! registration anyway), so that taking and giving
 //! back a read turn costs one `EPOLL_CTL_MOD` each way: a `DEL` and an `ADD` would free
 //! and allocate the kernel's entry for the socket and unhook and hook it on the socket's
 //! wait queue each time. Elsewhere the socket is deregistered.
@@ -53,12 +57,29 @@ impl Interest {
     /// Linux no interest is `PRIORITY` alone, which keeps the registration).
     pub(crate) fn to_mio(self) -> Option<mio::Interest> {
         match (self.readable, self.writable) {
-            (true, true) => Some(mio::Interest::READABLE | mio::Interest::WRITABLE),
-            (true, false) => Some(mio::Interest::READABLE),
+            (true, true) => Some(READ_INTEREST.add(mio::Interest::WRITABLE)),
+            (true, false) => Some(READ_INTEREST),
             (false, true) => Some(mio::Interest::WRITABLE),
             (false, false) => PARKED,
         }
     }
+}
+
+/// What a thread that reads a socket watches it for: readable bytes and hang-ups, and on
+/// Linux TCP urgent data too. A read stops short at an urgent mark, before bytes that
+/// are in already (and raise no new edge); the priority event that comes with the urgent
+/// data has the socket read to its end (see [`read_to_end`]).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) const READ_INTEREST: mio::Interest =
+    mio::Interest::READABLE.add(mio::Interest::PRIORITY);
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) const READ_INTEREST: mio::Interest = mio::Interest::READABLE;
+
+/// Whether `event` asks for the socket to be read to its end rather than until a short
+/// read: a hang-up or an error (which raise no new edge once a read leaves them), or
+/// urgent data (a read stops short at its mark, see [`READ_INTEREST`]).
+pub(crate) fn read_to_end(event: &mio::event::Event) -> bool {
+    event.is_read_closed() || event.is_error() || event.is_priority()
 }
 
 /// The registration of a socket the loop watches for nothing (see the module docs).
