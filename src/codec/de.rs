@@ -319,7 +319,7 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
         visitor.visit_unit()
     }
 
-    /// A newtype is its content. [`shared::NAME`] (a `SharedBytes`) with an owning buffer:
+    /// A newtype is its content. `shared::NAME` (a `SharedBytes`) with an owning buffer:
     /// the byte string's bytes are offered to the visitor as a view of that buffer.
     fn deserialize_newtype_struct<V: Visitor<'de>>(
         self,

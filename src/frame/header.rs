@@ -171,7 +171,7 @@ pub(crate) enum Message {
     StreamFailure {
         /// The id of the stream that could not be opened.
         stream_id: String,
-        /// Why (from Spark: "Stream '<id>' was not found." or a stack trace).
+        /// Why (from Spark: "Stream '\<id>' was not found." or a stack trace).
         error: String,
     },
 }

@@ -1,7 +1,7 @@
 //! Ask deadlines: the pure [`DeadlineQueue`] and the `rpc-timeout` thread that fires it.
 //!
 //! Every ask is registered here until it completes, so that it fails with
-//! [`RpcError::Timeout`](crate::RpcError::Timeout) when nobody waits for it, and so that a
+//! [`RpcError::Timeout`] when nobody waits for it, and so that a
 //! shutdown can fail every pending ask at once with `EnvStopped`. Only the thread wrapper
 //! reads the clock; the queue takes `now` as an argument.
 

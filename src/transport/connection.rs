@@ -2,7 +2,7 @@
 //! owes, whether it reads, and closing.
 //!
 //! A [`Conn`] is shared (`Arc`) by the `rpc-io-N` event loop that owns it (which alone
-//! reads, see `reader`) and by every [`TransportClient`] and [`Responder`] handle, which
+//! reads, see `reader`) and by every [`TransportClient`](super::TransportClient) and [`Responder`](super::Responder) handle, which
 //! hand it frames from any thread (see `write_queue` for which thread writes each one).
 //! Closing lets go of the socket at once, however many handles are left: later calls on
 //! a handle fail with the reason it closed.
@@ -147,7 +147,7 @@ pub(crate) struct ConnStats {
     /// Written by the connection's event loop only.
     pub(crate) bytes_in: AtomicU64,
     pub(crate) frames_in: AtomicU64,
-    /// When bytes last arrived ([`crate::metrics::stamp_now`]; 0: never).
+    /// When bytes last arrived ([`crate::metrics::stamp_at`]; 0: never).
     pub(crate) last_read: AtomicU64,
 }
 

@@ -22,7 +22,7 @@ use crate::transport::{StreamBody, TransportClient};
 /// A method that waits anyway for an answer over the connection it was handed (a
 /// `send_rpc_sync` on the `client` it got) waits for nothing: the thread that would read
 /// that answer is the one waiting. The call fails at its own timeout with
-/// [`RpcError::Timeout`](crate::RpcError::Timeout) (never later, but with no deadline it
+/// [`RpcError::Timeout`] (never later, but with no deadline it
 /// waits for ever), and until then the connection's event loop, with every connection it
 /// serves, waits too.
 ///

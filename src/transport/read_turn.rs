@@ -23,7 +23,7 @@
 //!   every frame exactly as the loop would: answers to their callbacks, requests and
 //!   one-way messages to the [`RpcHandler`] (which only queues them: endpoint code never
 //!   runs there, on a loop or a caller). Like a loop, it never waits for room to send
-//!   while it reads ([`on_event_loop`](super::connection::on_event_loop) says so);
+//!   while it reads ([`on_event_loop`] says so);
 //! - anything but a plain read (the peer's end of stream, a bad frame, a pause) is
 //!   handed back to the loop, which deals with it as if it had read it.
 //!

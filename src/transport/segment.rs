@@ -350,7 +350,7 @@ impl Segment {
         }
     }
 
-    /// Whether [`remaining`](Self::remaining) is all this segment has left to write, so
+    /// Whether [`remaining_parts`](Self::remaining_parts) is all this segment has left to write, so
     /// that the next segment's bytes may follow it in the same write.
     fn remaining_is_all(&self) -> bool {
         match self {
