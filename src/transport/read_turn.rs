@@ -52,7 +52,7 @@ use mio::{Events, Poll, Token, Waker};
 use crate::error::RpcError;
 use crate::sync::atomic::Ordering;
 use crate::sync::{Arc, Mutex, Weak};
-use crate::transport::connection::{Conn, Wake, on_event_loop};
+use crate::transport::connection::{CloseReason, Conn, Wake, on_event_loop};
 use crate::transport::reader::{ReadOutcome, Reader};
 use crate::transport::socket::{Wire, interrupted};
 use crate::transport::watch;
@@ -366,9 +366,11 @@ fn hold_turn(
             // lock): not this thread's answer.
             let done_before = awaited.is_done();
             READING.with(|reading| reading.set(true));
+            let unwinding = Unwinding(conn);
             let handover = read_until_answered(conn, client, poller, awaited, until, read_first);
             READING.with(|reading| reading.set(false));
             give_back(conn, client, poller, handover);
+            std::mem::forget(unwinding);
             // While this thread holds the turn nobody else reads the connection: an answer
             // that came in meanwhile is one it read.
             if taker == Taker::Caller && !done_before && awaited.answered() {
@@ -381,6 +383,28 @@ fn hold_turn(
             true
         })
         .unwrap_or(false)
+}
+
+/// Armed while a thread holds a turn: dropped only if the thread unwinds meanwhile (a
+/// panic inside a read, which only a bug in a frame's handler or in this crate raises),
+/// it gives the turn up and closes the connection, whose reader is then in an unknown
+/// state, so that neither the loop nor the thread's later sends are held up by a turn
+/// nobody holds. A normal end forgets it.
+struct Unwinding<'a>(&'a Arc<Conn>);
+
+impl Drop for Unwinding<'_> {
+    fn drop(&mut self) {
+        let _ = READING.try_with(|reading| reading.set(false));
+        let conn = self.0;
+        conn.read_turn().slot.lock().caller = false;
+        conn.set_caller_reading(false);
+        error!(
+            "a read of connection {} panicked while a waiting thread held its read turn; \
+             closing the connection",
+            conn.id()
+        );
+        conn.close_with(CloseReason::new("a read of the connection panicked"));
+    }
 }
 
 /// Takes the turn of `conn` for the calling thread, its socket registered with the
@@ -764,6 +788,55 @@ mod tests {
             let text = format!("echo:{i}");
             assert_eq!(pair.call(&text).expect("answer"), i.to_string().as_bytes());
         }
+    }
+
+    /// A panic while a thread holds the turn (a bug of this crate's: a handler's panic
+    /// is contained where it is called) does not leave the turn taken: the connection
+    /// closes, and the next call on it fails at once rather than wait for a loop that
+    /// would never read it again.
+    #[test]
+    fn a_panic_while_a_thread_holds_the_turn_closes_the_connection() {
+        /// Waits for nothing, and panics once armed: inside the turn.
+        struct Panics;
+
+        impl super::Awaited for Panics {
+            fn is_done(&self) -> bool {
+                false
+            }
+            fn answered(&self) -> bool {
+                false
+            }
+            fn arm(&self, _: Option<&Arc<mio::Waker>>) -> bool {
+                panic!("a bug inside a read turn");
+            }
+        }
+
+        let pair = Pair::new();
+        pair.call("echo:warm").expect("warm-up");
+        let before = pair.turns();
+        // The connection's only outstanding request, which the server holds unanswered.
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        pair.client.send_rpc(b"hold".to_vec(), move |result| {
+            let _ = tx.send(result);
+        });
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            super::read_for_answer(&pair.client, &Panics, Some(Instant::now() + LONG))
+        }));
+        assert!(unwound.is_err(), "the panic went through");
+        assert_eq!(pair.turns(), before + 1, "the thread held the turn");
+        assert!(!super::reading_a_connection(), "the thread no longer reads");
+        let held = rx
+            .recv_timeout(PROMPTLY)
+            .expect("the held request's outcome");
+        assert!(matches!(held, Err(RpcError::Connection { .. })), "{held:?}");
+        let start = Instant::now();
+        let result = pair.call("echo:after");
+        assert!(
+            matches!(result, Err(RpcError::Connection { .. })),
+            "{result:?}"
+        );
+        assert!(start.elapsed() < PROMPTLY, "{:?}", start.elapsed());
+        assert_eq!(pair.next_event(), "inactive");
     }
 
     /// A turn taken after a read that emptied the socket waits before it reads: no read
