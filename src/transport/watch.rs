@@ -23,7 +23,7 @@
 //! a socket wakes every epoll entry hooked on it that takes `EPOLLPRI` whenever bytes
 //! arrive (the kernel's wake-up key for readable data includes it), so the loop would be
 //! woken for each byte a caller reads, only to find no event to report (W1 on one CPU:
-//! 4.0–5.1 context switches per round trip, against 2.6–3.1 with the socket deregistered).
+//! 4.0–5.5 context switches per round trip, against 2.3–3.1 with the socket deregistered).
 //!
 //! Any thread may change the interest (a sender whose write blocked, a caller taking or
 //! giving back the turn), under the connection's watch lock, which is held only for that
