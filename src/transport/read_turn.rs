@@ -1337,22 +1337,30 @@ mod tests {
         }
     }
 
+    /// On a raw server: accepts one connection and reads one request off it, returning
+    /// the connection and the request's header (its id is bytes 9..17).
+    fn accept_request(listener: &std::net::TcpListener) -> (std::net::TcpStream, [u8; 21]) {
+        use std::io::Read;
+        let (mut stream, _) = listener.accept().expect("a connection");
+        stream
+            .set_read_timeout(Some(PROMPTLY))
+            .expect("a read timeout");
+        let mut header = [0u8; 21];
+        stream.read_exact(&mut header).expect("a request header");
+        let len = i32::from_be_bytes(header[17..21].try_into().expect("4 bytes"));
+        let mut body = vec![0u8; usize::try_from(len).expect("a length")];
+        stream.read_exact(&mut body).expect("a request body");
+        (stream, header)
+    }
+
     /// A raw server that reads one request, never answers it, and sends one-way messages
     /// of 64 KiB as fast as it can for `flood`. Returns its port.
     fn flooding_server(flood: Duration) -> (u16, std::thread::JoinHandle<()>) {
-        use std::io::{Read, Write};
+        use std::io::Write;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
         let port = listener.local_addr().expect("address").port();
         let thread = crate::threads::spawn("test-flooding-server".to_owned(), move || {
-            let (mut stream, _) = listener.accept().expect("a connection");
-            stream
-                .set_read_timeout(Some(PROMPTLY))
-                .expect("a read timeout");
-            let mut header = [0u8; 21];
-            stream.read_exact(&mut header).expect("a request header");
-            let len = i32::from_be_bytes(header[17..21].try_into().expect("4 bytes"));
-            let mut body = vec![0u8; usize::try_from(len).expect("a length")];
-            stream.read_exact(&mut body).expect("a request body");
+            let (mut stream, _) = accept_request(&listener);
             let body = vec![3u8; 64 * 1024];
             let mut frame = crate::frame::FrameHeader::one_way(body.len())
                 .as_bytes()
@@ -1403,19 +1411,11 @@ mod tests {
     /// A raw server that answers the one request it reads with the first `cut` bytes of
     /// an answer, `delay` after it read it, then hangs up. Returns its port.
     fn cutting_server(cut: usize, delay: Duration) -> (u16, std::thread::JoinHandle<()>) {
-        use std::io::{Read, Write};
+        use std::io::Write;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
         let port = listener.local_addr().expect("address").port();
         let thread = crate::threads::spawn("test-cutting-server".to_owned(), move || {
-            let (mut stream, _) = listener.accept().expect("a connection");
-            stream
-                .set_read_timeout(Some(PROMPTLY))
-                .expect("a read timeout");
-            let mut header = [0u8; 21];
-            stream.read_exact(&mut header).expect("a request header");
-            let len = i32::from_be_bytes(header[17..21].try_into().expect("4 bytes"));
-            let mut body = vec![0u8; usize::try_from(len).expect("a length")];
-            stream.read_exact(&mut body).expect("a request body");
+            let (mut stream, header) = accept_request(&listener);
             let answer = b"an answer that is cut short";
             let mut frame = ((21 + answer.len()) as i64).to_be_bytes().to_vec();
             frame.push(4);
@@ -1468,15 +1468,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
         let port = listener.local_addr().expect("address").port();
         let thread = crate::threads::spawn("test-scripted-server".to_owned(), move || {
-            let (mut stream, _) = listener.accept().expect("a connection");
-            stream
-                .set_read_timeout(Some(PROMPTLY))
-                .expect("a read timeout");
-            let mut header = [0u8; 21];
-            stream.read_exact(&mut header).expect("a request header");
-            let len = i32::from_be_bytes(header[17..21].try_into().expect("4 bytes"));
-            let mut body = vec![0u8; usize::try_from(len).expect("a length")];
-            stream.read_exact(&mut body).expect("a request body");
+            let (mut stream, header) = accept_request(&listener);
             for (delay, chunk) in answer(&header[9..17]) {
                 std::thread::sleep(delay);
                 if stream.write_all(&chunk).is_err() {
@@ -1646,15 +1638,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
         let port = listener.local_addr().expect("address").port();
         let server = crate::threads::spawn("test-urgent-server".to_owned(), move || {
-            let (mut stream, _) = listener.accept().expect("a connection");
-            stream
-                .set_read_timeout(Some(PROMPTLY))
-                .expect("a read timeout");
-            let mut header = [0u8; 21];
-            stream.read_exact(&mut header).expect("a request header");
-            let len = i32::from_be_bytes(header[17..21].try_into().expect("4 bytes"));
-            let mut body = vec![0u8; usize::try_from(len).expect("a length")];
-            stream.read_exact(&mut body).expect("a request body");
+            let (mut stream, header) = accept_request(&listener);
             let frame = answer_frame(&header[9..17], b"urgent");
             std::thread::sleep(GAP);
             stream.write_all(&frame[..10]).expect("a write");
