@@ -181,33 +181,7 @@ fn envelope(endpoint: &str) -> Vec<u8> {
 /// Reads frames from `raw` until an answer to `id` (a response or a failure) arrives:
 /// false if the peer closed first or none came within 10 s.
 fn answer_to(raw: &mut std::net::TcpStream, id: u64) -> bool {
-    use std::io::Read;
-    raw.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        match raw.read(&mut buf) {
-            Ok(0) => return false,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(_) => continue,
-        }
-        let mut at = 0;
-        while at + 17 <= got.len() {
-            let len = i64::from_be_bytes(got[at..at + 8].try_into().unwrap()) as usize;
-            if at + len > got.len() {
-                break;
-            }
-            let frame_id = u64::from_be_bytes(got[at + 9..at + 17].try_into().unwrap());
-            if matches!(got[at + 8], 4 | 5) && frame_id == id {
-                return true;
-            }
-            at += len;
-        }
-        got.drain(..at);
-    }
-    false
+    crate::hostile::answers_to(raw, &[id]).contains_key(&id)
 }
 
 /// A server with one dispatcher thread, a `Counter` named "count" and an "adder".

@@ -1400,7 +1400,7 @@ impl RpcEndpoint for Trees {
 
 /// Whether an answer carried a value or an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Answer {
+pub(crate) enum Answer {
     /// A response whose reply body has status 0: a value.
     Value,
     /// A response whose reply body has status 1 (an error), or a failure frame.
@@ -1409,7 +1409,10 @@ enum Answer {
 
 /// Reads frames from `raw` until every id in `ids` has an answer (a response, type 4, or
 /// a failure, type 5) or 10 s went by; returns each answer, by id.
-fn answers_to(raw: &mut TcpStream, ids: &[u64]) -> std::collections::BTreeMap<u64, Answer> {
+pub(crate) fn answers_to(
+    raw: &mut TcpStream,
+    ids: &[u64],
+) -> std::collections::BTreeMap<u64, Answer> {
     let mut got = Vec::new();
     let mut answers = std::collections::BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(10);
